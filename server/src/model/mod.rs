@@ -1,0 +1,181 @@
+//! The model engine: checkpoints in, a differentiable causal LM out, plus the two things the
+//! learning loop needs from it: batched sampling with a KV cache ([`sample`]) and exact
+//! completion log-probabilities ([`logprobs`]).
+//!
+//! One implementation per architecture serves scoring, training and sampling; the sampler
+//! only adds a cache. [`Model`] hides which architecture is inside.
+
+pub mod batch;
+pub mod config;
+pub mod error;
+pub mod gpt2;
+pub mod gpt_neox;
+pub mod llama;
+pub mod load;
+pub mod logprobs;
+pub mod ops;
+pub mod sample;
+pub mod tokenizer;
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarBuilder;
+
+pub use batch::{Batch, KvCache, Padding};
+pub use config::ArchConfig;
+pub use error::{ModelError, Result};
+pub use load::Checkpoint;
+pub use logprobs::{SequenceLogprobs, sequence_logprobs};
+pub use sample::{FinishReason, Sample, SampleRequest, SamplingConfig};
+pub use tokenizer::Tokenizer;
+
+#[derive(Debug, Clone)]
+enum Arch {
+    Llama(llama::Model),
+    Gpt2(gpt2::Model),
+    GptNeoX(gpt_neox::Model),
+}
+
+/// A causal language model of any supported architecture.
+#[derive(Debug, Clone)]
+pub struct Model {
+    arch: Arch,
+    dtype: DType,
+    device: Device,
+    vocab_size: usize,
+    num_layers: usize,
+}
+
+macro_rules! dispatch {
+    ($self:expr, $m:ident => $e:expr) => {
+        match &$self.arch {
+            Arch::Llama($m) => $e,
+            Arch::Gpt2($m) => $e,
+            Arch::GptNeoX($m) => $e,
+        }
+    };
+}
+
+impl Model {
+    /// Builds a model from a config and weights in HF names.
+    pub fn new(cfg: &ArchConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+        let (dtype, device) = (vb.dtype(), vb.device().clone());
+        let arch = match cfg {
+            ArchConfig::Llama(c) => Arch::Llama(llama::Model::new(c, vb)?),
+            ArchConfig::Gpt2(c) => Arch::Gpt2(gpt2::Model::new(c, vb)?),
+            ArchConfig::GptNeoX(c) => Arch::GptNeoX(gpt_neox::Model::new(c, vb)?),
+        };
+        Ok(Self {
+            arch,
+            dtype,
+            device,
+            vocab_size: cfg.vocab_size(),
+            num_layers: cfg.num_layers(),
+        })
+    }
+
+    /// Builds the model for inference over a checkpoint's tensors (shared, not copied).
+    pub fn from_checkpoint(ck: &Checkpoint) -> Result<Self> {
+        let vb = VarBuilder::from_tensors(ck.tensors.clone(), ck.dtype, &ck.device);
+        Self::new(&ck.config, vb).map_err(|e| ModelError::format(&ck.source, e))
+    }
+
+    /// Builds the model with the tensors selected by `trainable` turned into variables, and
+    /// returns those variables (HF names) for an optimiser. Other tensors stay frozen: no
+    /// gradient is computed for them.
+    pub fn trainable(
+        ck: &Checkpoint,
+        trainable: impl Fn(&str) -> bool,
+    ) -> Result<(Self, Vec<(String, Var)>)> {
+        let mut tensors = HashMap::with_capacity(ck.tensors.len());
+        let mut vars = Vec::new();
+        let mut names: Vec<&String> = ck.tensors.keys().collect();
+        names.sort();
+        for name in names {
+            let t = &ck.tensors[name];
+            if trainable(name) {
+                let v = Var::from_tensor(t)?;
+                tensors.insert(name.clone(), v.as_tensor().clone());
+                vars.push((name.clone(), v));
+            } else {
+                tensors.insert(name.clone(), t.clone());
+            }
+        }
+        let vb = VarBuilder::from_tensors(tensors, ck.dtype, &ck.device);
+        let model = Self::new(&ck.config, vb).map_err(|e| ModelError::format(&ck.source, e))?;
+        Ok((model, vars))
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+    pub fn num_layers(&self) -> usize {
+        self.num_layers
+    }
+    /// Longest sequence (prompt + completion) the model has positions for.
+    pub fn max_positions(&self) -> usize {
+        dispatch!(self, m => m.max_positions())
+    }
+
+    /// Token (and, for GPT-2, position) embeddings: (batch, seq, hidden).
+    pub fn embed(&self, input_ids: &Tensor, position_ids: &Tensor) -> candle_core::Result<Tensor> {
+        dispatch!(self, m => m.embed(input_ids, position_ids))
+    }
+
+    /// Layers `from..` and the final norm. Starting above 0 lets a trainer cache what lies below.
+    pub fn blocks(
+        &self,
+        xs: Tensor,
+        from: usize,
+        position_ids: &Tensor,
+        mask: &Tensor,
+        cache: Option<&mut KvCache>,
+    ) -> candle_core::Result<Tensor> {
+        dispatch!(self, m => m.blocks(xs, from, position_ids, mask, cache))
+    }
+
+    /// Output head: (..., hidden) -> (..., vocab).
+    pub fn lm_head(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
+        dispatch!(self, m => m.lm_head(hidden))
+    }
+
+    /// Final hidden states (batch, seq, hidden) for token ids with positions and mask.
+    pub fn hidden(
+        &self,
+        input_ids: &Tensor,
+        position_ids: &Tensor,
+        mask: &Tensor,
+        cache: Option<&mut KvCache>,
+    ) -> candle_core::Result<Tensor> {
+        let xs = self.embed(input_ids, position_ids)?;
+        self.blocks(xs, 0, position_ids, mask, cache)
+    }
+
+    /// Logits for every position of a batch: (batch, seq, vocab).
+    pub fn forward(&self, batch: &Batch) -> candle_core::Result<Tensor> {
+        let h = self.hidden(&batch.input_ids, &batch.position_ids, &batch.mask, None)?;
+        self.lm_head(&h)
+    }
+
+    /// Checks that token ids fit the vocabulary, naming the first offender.
+    pub fn check_ids(&self, what: &str, ids: &[u32]) -> Result<()> {
+        if let Some((i, id)) = ids
+            .iter()
+            .enumerate()
+            .find(|(_, id)| **id as usize >= self.vocab_size)
+        {
+            return Err(ModelError::Input(format!(
+                "{what}: token {i} has id {id}, beyond the vocabulary of {}",
+                self.vocab_size
+            )));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,375 @@
+//! Building blocks shared by every architecture, each in two forms behind one function.
+//!
+//! candle-nn's fused kernels (`softmax_last_dim`, `rms_norm`, `layer_norm`, `rope`) are fast but
+//! record no backward op: a model built on them trains only its head while the loss still falls.
+//! Each function here therefore checks whether any input takes part in a gradient graph
+//! (`Tensor::track_op`) and, if so, uses a composition of differentiable primitives; otherwise it
+//! uses the fused kernel. Tests check that both forms agree and that every parameter of every
+//! architecture receives a gradient.
+
+use candle_core::{D, DType, Device, Result, Tensor};
+
+fn tracks(ts: &[&Tensor]) -> bool {
+    ts.iter().any(|t| t.track_op())
+}
+
+/// Softmax over the last dimension.
+pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    if tracks(&[xs]) {
+        candle_nn::ops::softmax(xs, D::Minus1)
+    } else {
+        candle_nn::ops::softmax_last_dim(xs)
+    }
+}
+
+/// RMSNorm as in HF `LlamaRMSNorm`: computed in f32, scaled by `weight` in the input dtype.
+pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    if tracks(&[xs, weight]) {
+        let dtype = xs.dtype();
+        let x = xs.to_dtype(DType::F32)?;
+        let var = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let x = x.broadcast_div(&(var + eps)?.sqrt()?)?;
+        x.to_dtype(dtype)?.broadcast_mul(weight)
+    } else {
+        candle_nn::ops::rms_norm(&xs.contiguous()?, weight, eps as f32)
+    }
+}
+
+/// LayerNorm with weight and bias over the last dimension.
+pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    if tracks(&[xs, weight, bias]) {
+        let dtype = xs.dtype();
+        let x = xs.to_dtype(DType::F32)?;
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let x = x.broadcast_sub(&mean)?;
+        let var = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let x = x.broadcast_div(&(var + eps)?.sqrt()?)?;
+        x.to_dtype(dtype)?
+            .broadcast_mul(weight)?
+            .broadcast_add(bias)
+    } else {
+        candle_nn::ops::layer_norm(&xs.contiguous()?, weight, bias, eps as f32)
+    }
+}
+
+/// Rotary embedding in the "rotate half" layout used by HF Llama and GPT-NeoX checkpoints.
+///
+/// `xs`: (batch, heads, seq, head_dim); `cos`, `sin`: (batch, seq, head_dim / 2), one row per
+/// position id, so rows of a batch may sit at different positions (left padding, KV cache).
+pub fn rope(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if tracks(&[xs, cos, sin]) {
+        let half = xs.dim(D::Minus1)? / 2;
+        let cos = cos.unsqueeze(1)?;
+        let sin = sin.unsqueeze(1)?;
+        let x1 = xs.narrow(D::Minus1, 0, half)?;
+        let x2 = xs.narrow(D::Minus1, half, half)?;
+        let r1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
+        let r2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
+        Tensor::cat(&[r1, r2], D::Minus1)
+    } else {
+        candle_nn::rotary_emb::rope(&xs.contiguous()?, &cos.contiguous()?, &sin.contiguous()?)
+    }
+}
+
+/// Rotary embedding on the first `rot_dims` of each head only (GPT-NeoX `rotary_pct`).
+pub fn partial_rope(xs: &Tensor, cos: &Tensor, sin: &Tensor, rot_dims: usize) -> Result<Tensor> {
+    let head_dim = xs.dim(D::Minus1)?;
+    if rot_dims == head_dim {
+        return rope(xs, cos, sin);
+    }
+    let rot = rope(&xs.narrow(D::Minus1, 0, rot_dims)?, cos, sin)?;
+    let pass = xs.narrow(D::Minus1, rot_dims, head_dim - rot_dims)?;
+    Tensor::cat(&[rot, pass], D::Minus1)
+}
+
+/// Precomputed rotary tables, indexed by position id.
+#[derive(Debug, Clone)]
+pub struct RotaryTable {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl RotaryTable {
+    /// `inv_freq` has `rot_dims / 2` entries; tables cover positions `0..max_positions`.
+    pub fn new(
+        inv_freq: &[f32],
+        max_positions: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let half = inv_freq.len();
+        let mut freqs = Vec::with_capacity(max_positions * half);
+        for p in 0..max_positions {
+            for f in inv_freq {
+                freqs.push(p as f32 * f);
+            }
+        }
+        let freqs = Tensor::from_vec(freqs, (max_positions, half), device)?;
+        Ok(Self {
+            cos: freqs.cos()?.to_dtype(dtype)?,
+            sin: freqs.sin()?.to_dtype(dtype)?,
+        })
+    }
+
+    /// The standard inverse frequencies `1 / base^(2i / dims)`.
+    pub fn default_inv_freq(rot_dims: usize, base: f64) -> Vec<f32> {
+        (0..rot_dims / 2)
+            .map(|i| (1.0 / base.powf(2.0 * i as f64 / rot_dims as f64)) as f32)
+            .collect()
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.cos.dim(0).unwrap_or(0)
+    }
+
+    /// cos and sin for `position_ids` (batch, seq): each (batch, seq, rot_dims / 2).
+    pub fn lookup(&self, position_ids: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, t) = position_ids.dims2()?;
+        let max = self.max_positions();
+        let flat = position_ids.flatten_all()?;
+        let top = flat.max(0)?.to_scalar::<u32>()? as usize;
+        if top >= max {
+            candle_core::bail!("position {top} is beyond the model's {max} positions");
+        }
+        let cos = self.cos.index_select(&flat, 0)?;
+        let sin = self.sin.index_select(&flat, 0)?;
+        let half = cos.dim(1)?;
+        Ok((cos.reshape((b, t, half))?, sin.reshape((b, t, half))?))
+    }
+}
+
+/// LayerNorm weights with their epsilon.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn load(vb: &candle_nn::VarBuilder, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(dim, "weight")?,
+            bias: vb.get(dim, "bias")?,
+            eps,
+        })
+    }
+
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        layer_norm(xs, &self.weight, &self.bias, self.eps)
+    }
+}
+
+/// A dense layer in HF `nn.Linear` layout: `weight` is (out, in).
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn load(
+        vb: &candle_nn::VarBuilder,
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        let weight = vb.get((out_dim, in_dim), "weight")?;
+        let bias = if bias {
+            Some(vb.get(out_dim, "bias")?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
+    }
+
+    /// Applies the layer to (..., in), flattening leading dims into one matmul.
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        matmul_2d(xs, &self.weight.t()?, self.bias.as_ref())
+    }
+}
+
+/// `xs @ w (+ bias)` where `w` is (in, out), e.g. GPT-2's Conv1D or a transposed Linear weight.
+pub fn matmul_2d(xs: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let dims = xs.dims().to_vec();
+    let in_dim = *dims.last().expect("matmul on a scalar");
+    let rows: usize = dims[..dims.len() - 1].iter().product();
+    let ys = xs.reshape((rows, in_dim))?.matmul(w)?;
+    let ys = match bias {
+        Some(b) => ys.broadcast_add(b)?,
+        None => ys,
+    };
+    let mut out_dims = dims;
+    *out_dims.last_mut().expect("non-empty") = ys.dim(1)?;
+    ys.reshape(out_dims)
+}
+
+/// Activation functions named as in HF configs (`hidden_act`, `activation_function`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+pub enum Activation {
+    #[serde(alias = "swish")]
+    #[serde(rename = "silu")]
+    Silu,
+    /// Exact GELU (erf).
+    #[serde(rename = "gelu")]
+    Gelu,
+    /// GELU, tanh approximation.
+    #[serde(rename = "gelu_new", alias = "gelu_pytorch_tanh", alias = "gelu_fast")]
+    GeluTanh,
+    #[serde(rename = "relu")]
+    Relu,
+}
+
+impl Activation {
+    pub fn forward(self, xs: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Silu => xs.silu(),
+            Self::Gelu => xs.gelu_erf(),
+            Self::GeluTanh => xs.gelu(),
+            Self::Relu => xs.relu(),
+        }
+    }
+}
+
+/// Scaled dot-product attention with grouped key/value heads, without copying the kv heads.
+///
+/// q: (b, heads, t, d); k, v: (b, kv_heads, s, d); mask: additive, (b, 1, t, s).
+/// Query heads `g * rep .. (g + 1) * rep` share kv head `g`, as in HF's `repeat_kv`; they are
+/// folded into the row dimension so one batched matmul serves the whole group.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
+    let (b, h, t, d) = q.dims4()?;
+    let kv = k.dim(1)?;
+    let s = k.dim(2)?;
+    let rep = h / kv;
+    let q = q.contiguous()?.reshape((b, kv, rep * t, d))?;
+    let scores = (q.matmul(&k.t()?)? * scale)?;
+    let scores = scores
+        .reshape((b, kv, rep, t, s))?
+        .broadcast_add(&mask.unsqueeze(1)?)?;
+    let probs = softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
+    let probs = probs.reshape((b, kv, rep * t, s))?;
+    probs.matmul(&v.contiguous()?)?.reshape((b, h, t, d))
+}
+
+/// The additive mask value for padded or future keys: finite, so fully masked rows stay NaN-free.
+pub fn mask_value(dtype: DType) -> f32 {
+    match dtype {
+        DType::F16 => -65504.0,
+        _ => -1.0e30,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Var;
+
+    fn rand(shape: &[usize], seed: u64) -> Tensor {
+        // A small deterministic pseudo-random fill, independent of candle's RNG.
+        let n: usize = shape.iter().product();
+        let mut x = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((x >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    /// Runs `f` on plain tensors (fused path) and on variables (differentiable path).
+    fn both(inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Tensor) -> (Tensor, Tensor) {
+        let fused = f(inputs);
+        let vars: Vec<Tensor> = inputs
+            .iter()
+            .map(|t| Var::from_tensor(t).unwrap().as_tensor().clone())
+            .collect();
+        let diff = f(&vars);
+        assert!(diff.track_op(), "differentiable path must record ops");
+        (fused, diff)
+    }
+
+    #[test]
+    fn fused_and_differentiable_forms_agree() {
+        let x = rand(&[2, 3, 5, 8], 1);
+        let (a, b) = both(&[x.clone()], |t| softmax_last_dim(&t[0]).unwrap());
+        assert!(max_diff(&a, &b) < 1e-6);
+
+        let w = rand(&[8], 2);
+        let bias = rand(&[8], 3);
+        let (a, b) = both(&[x.clone(), w.clone()], |t| {
+            rms_norm(&t[0], &t[1], 1e-5).unwrap()
+        });
+        assert!(max_diff(&a, &b) < 1e-5);
+        let (a, b) = both(&[x.clone(), w, bias], |t| {
+            layer_norm(&t[0], &t[1], &t[2], 1e-5).unwrap()
+        });
+        assert!(max_diff(&a, &b) < 1e-5);
+
+        let table = RotaryTable::new(
+            &RotaryTable::default_inv_freq(8, 10000.0),
+            16,
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let pos = Tensor::new(&[[0u32, 1, 2, 3, 4], [3, 4, 5, 6, 7]], &Device::Cpu).unwrap();
+        let (cos, sin) = table.lookup(&pos).unwrap();
+        let (a, b) = both(&[x.clone()], |t| rope(&t[0], &cos, &sin).unwrap());
+        assert!(max_diff(&a, &b) < 1e-6);
+        let table4 = RotaryTable::new(
+            &RotaryTable::default_inv_freq(4, 10000.0),
+            16,
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let (cos4, sin4) = table4.lookup(&pos).unwrap();
+        let (a, b) = both(&[x], |t| partial_rope(&t[0], &cos4, &sin4, 4).unwrap());
+        assert!(max_diff(&a, &b) < 1e-6);
+    }
+
+    #[test]
+    fn grouped_attention_matches_repeated_kv() {
+        let (b, h, kv, t, d) = (2, 4, 2, 3, 4);
+        let q = rand(&[b, h, t, d], 4);
+        let k = rand(&[b, kv, t, d], 5);
+        let v = rand(&[b, kv, t, d], 6);
+        let mask = Tensor::zeros((b, 1, t, t), DType::F32, &Device::Cpu).unwrap();
+        let got = attention(&q, &k, &v, &mask, 0.5).unwrap();
+        // Reference: repeat each kv head `h / kv` times, then plain attention per head.
+        let rep = |x: &Tensor| {
+            let x = x
+                .unsqueeze(2)
+                .unwrap()
+                .broadcast_as((b, kv, h / kv, t, d))
+                .unwrap();
+            x.contiguous().unwrap().reshape((b, h, t, d)).unwrap()
+        };
+        let (k2, v2) = (rep(&k), rep(&v));
+        let p = candle_nn::ops::softmax(
+            (q.matmul(&k2.t().unwrap()).unwrap() * 0.5).unwrap(),
+            D::Minus1,
+        )
+        .unwrap();
+        let want = p.matmul(&v2).unwrap();
+        assert!(max_diff(&got, &want) < 1e-6);
+    }
+}

@@ -1,0 +1,406 @@
+//! Batched sampling with a KV cache: temperature, top-k, top-p, per-row minimum and maximum
+//! lengths, stop at EOS, seeded and reproducible.
+//!
+//! Prompts are left-padded so every row's next token lands in the same column; each step feeds
+//! one token per row through the cached model, so a step costs the same whatever the prefix
+//! length. Each row draws from its own ChaCha stream (seed, row), so a row's sample does not
+//! depend on which other rows share its batch.
+
+use candle_core::{DType, IndexOp, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::Model;
+use super::batch::{self, Batch, KvCache, Padding};
+use super::error::{ModelError, Result};
+
+/// How to sample. Defaults are the paper's pair generation: T = 0.7, top-k off, top-p 1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SamplingConfig {
+    /// Softmax temperature; 0 means greedy.
+    pub temperature: f64,
+    /// Keep only the k most likely tokens; 0 = off.
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches p; 1 = off.
+    pub top_p: f64,
+    /// Longest completion, in tokens (a request may ask for fewer).
+    pub max_new_tokens: usize,
+    /// EOS is suppressed until a completion has this many tokens.
+    pub min_new_tokens: usize,
+    /// Stop a row when it emits an end-of-sequence token.
+    pub stop_at_eos: bool,
+    pub seed: u64,
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        Self {
+            temperature: 0.7,
+            top_k: 0,
+            top_p: 1.0,
+            max_new_tokens: 24,
+            min_new_tokens: 0,
+            stop_at_eos: true,
+            seed: 0,
+        }
+    }
+}
+
+/// One row to sample: a prompt and, optionally, its own length limits.
+#[derive(Debug, Clone, Default)]
+pub struct SampleRequest<'a> {
+    pub prompt: &'a [u32],
+    pub max_new_tokens: Option<usize>,
+    pub min_new_tokens: Option<usize>,
+}
+
+impl<'a> SampleRequest<'a> {
+    pub fn new(prompt: &'a [u32]) -> Self {
+        Self {
+            prompt,
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// Emitted an end-of-sequence token (included in `tokens`).
+    Eos,
+    /// Reached its maximum length.
+    Length,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    pub tokens: Vec<u32>,
+    /// log pi(token | prefix) of each sampled token under the model itself (temperature 1,
+    /// no truncation): what the entropy acquisition averages.
+    pub logprobs: Vec<f32>,
+    pub finish: FinishReason,
+}
+
+/// Samples a completion for every request in one batch. `on_step` is called after each new
+/// column with the number of rows still running.
+pub fn sample(
+    model: &Model,
+    requests: &[SampleRequest],
+    cfg: &SamplingConfig,
+    eos_ids: &[u32],
+    mut on_step: impl FnMut(usize),
+) -> Result<Vec<Sample>> {
+    validate(model, requests, cfg)?;
+    let b = requests.len();
+    let max_new: Vec<usize> = requests
+        .iter()
+        .map(|r| r.max_new_tokens.unwrap_or(cfg.max_new_tokens))
+        .collect();
+    let min_new: Vec<usize> = requests
+        .iter()
+        .map(|r| r.min_new_tokens.unwrap_or(cfg.min_new_tokens))
+        .collect();
+    let steps = max_new.iter().copied().max().unwrap_or(0);
+    let mut out: Vec<Sample> = (0..b)
+        .map(|_| Sample {
+            tokens: Vec::new(),
+            logprobs: Vec::new(),
+            finish: FinishReason::Length,
+        })
+        .collect();
+    if steps == 0 {
+        return Ok(out);
+    }
+
+    let prompts: Vec<&[u32]> = requests.iter().map(|r| r.prompt).collect();
+    let pad = eos_ids.first().copied().unwrap_or(0);
+    let batch = Batch::new(&prompts, Padding::Left, pad, model.dtype(), model.device())?;
+    let width = batch.dims().1;
+    let mut valid = batch.valid.clone();
+    let mut next_pos: Vec<u32> = requests.iter().map(|r| r.prompt.len() as u32).collect();
+    let mut cache = KvCache::new(model.num_layers(), width + steps);
+    let mut rngs: Vec<ChaCha8Rng> = (0..b)
+        .map(|i| {
+            let mut r = ChaCha8Rng::seed_from_u64(cfg.seed);
+            r.set_stream(i as u64);
+            r
+        })
+        .collect();
+    let mut running: Vec<bool> = max_new.iter().map(|&m| m > 0).collect();
+
+    let hidden = model.hidden(
+        &batch.input_ids,
+        &batch.position_ids,
+        &batch.mask,
+        Some(&mut cache),
+    )?;
+    let mut last = hidden.i((.., width - 1..width, ..))?;
+    let mut scratch = Scratch::default();
+    for _ in 0..steps {
+        let logits = model
+            .lm_head(&last)?
+            .squeeze(1)?
+            .to_dtype(DType::F32)?
+            .to_vec2::<f32>()?;
+        let mut column = Vec::with_capacity(b);
+        for i in 0..b {
+            if !running[i] {
+                column.push((pad, false));
+                continue;
+            }
+            let row = &logits[i];
+            let suppress_eos = cfg.stop_at_eos && out[i].tokens.len() < min_new[i];
+            let tok = pick(
+                row,
+                cfg,
+                if suppress_eos { eos_ids } else { &[] },
+                &mut rngs[i],
+                &mut scratch,
+            );
+            out[i].tokens.push(tok);
+            out[i].logprobs.push(log_softmax_at(row, tok));
+            if cfg.stop_at_eos && eos_ids.contains(&tok) {
+                out[i].finish = FinishReason::Eos;
+                running[i] = false;
+            } else if out[i].tokens.len() >= max_new[i] {
+                running[i] = false;
+            }
+            column.push((tok, true));
+        }
+        let alive = running.iter().filter(|r| **r).count();
+        on_step(alive);
+        if alive == 0 {
+            break;
+        }
+        // Feed the new column: finished rows get a masked pad token.
+        for (row, (_, ok)) in valid.iter_mut().zip(&column) {
+            row.push(*ok);
+        }
+        let ids: Vec<u32> = column.iter().map(|(t, _)| *t).collect();
+        let pos: Vec<u32> = column
+            .iter()
+            .zip(&mut next_pos)
+            .map(|((_, ok), p)| {
+                let here = *p;
+                if *ok {
+                    *p += 1;
+                }
+                here
+            })
+            .collect();
+        let dev = model.device();
+        let ids = Tensor::from_vec(ids, (b, 1), dev)?;
+        let pos = Tensor::from_vec(pos, (b, 1), dev)?;
+        let s = valid[0].len();
+        let mask = batch::attention_mask(&valid, s - 1, model.dtype(), dev)?;
+        last = model.hidden(&ids, &pos, &mask, Some(&mut cache))?;
+    }
+    Ok(out)
+}
+
+fn validate(model: &Model, requests: &[SampleRequest], cfg: &SamplingConfig) -> Result<()> {
+    if requests.is_empty() {
+        return Err(ModelError::Input("no prompts to sample from".into()));
+    }
+    if !(cfg.temperature >= 0.0 && cfg.temperature.is_finite()) {
+        return Err(ModelError::Input(format!(
+            "temperature must be >= 0, got {}",
+            cfg.temperature
+        )));
+    }
+    if !(cfg.top_p > 0.0 && cfg.top_p <= 1.0) {
+        return Err(ModelError::Input(format!(
+            "top_p must be in (0, 1], got {}",
+            cfg.top_p
+        )));
+    }
+    for (i, r) in requests.iter().enumerate() {
+        if r.prompt.is_empty() {
+            return Err(ModelError::Input(format!("prompt {i} is empty")));
+        }
+        model.check_ids(&format!("prompt {i}"), r.prompt)?;
+        let max_new = r.max_new_tokens.unwrap_or(cfg.max_new_tokens);
+        let min_new = r.min_new_tokens.unwrap_or(cfg.min_new_tokens);
+        if min_new > max_new {
+            return Err(ModelError::Input(format!(
+                "prompt {i}: min_new_tokens {min_new} exceeds max_new_tokens {max_new}"
+            )));
+        }
+        if r.prompt.len() + max_new > model.max_positions() {
+            return Err(ModelError::Input(format!(
+                "prompt {i}: {} prompt tokens + {max_new} new tokens exceed the model's {} positions",
+                r.prompt.len(),
+                model.max_positions()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Reused buffers for one row's token choice.
+#[derive(Default)]
+struct Scratch {
+    idx: Vec<u32>,
+    probs: Vec<f32>,
+}
+
+/// Chooses a token from one row of logits.
+fn pick(
+    logits: &[f32],
+    cfg: &SamplingConfig,
+    banned: &[u32],
+    rng: &mut ChaCha8Rng,
+    s: &mut Scratch,
+) -> u32 {
+    let allowed = |i: usize| !banned.contains(&(i as u32));
+    if cfg.temperature == 0.0 {
+        return argmax(logits, allowed);
+    }
+    let inv_t = (1.0 / cfg.temperature) as f32;
+    // Candidates: every allowed token, cut to the top k when asked.
+    s.idx.clear();
+    s.idx
+        .extend((0..logits.len() as u32).filter(|&i| allowed(i as usize)));
+    if s.idx.is_empty() {
+        return argmax(logits, |_| true);
+    }
+    let by_logit_desc = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]);
+    if cfg.top_k > 0 && cfg.top_k < s.idx.len() {
+        s.idx.select_nth_unstable_by(cfg.top_k - 1, by_logit_desc);
+        s.idx.truncate(cfg.top_k);
+    }
+    let max = s
+        .idx
+        .iter()
+        .map(|&i| logits[i as usize])
+        .fold(f32::NEG_INFINITY, f32::max);
+    s.probs.clear();
+    s.probs.extend(
+        s.idx
+            .iter()
+            .map(|&i| ((logits[i as usize] - max) * inv_t).exp()),
+    );
+    let mut total: f32 = s.probs.iter().sum();
+    if cfg.top_p < 1.0 {
+        // Sort candidates by probability and keep the smallest prefix reaching top_p.
+        let mut order: Vec<usize> = (0..s.idx.len()).collect();
+        order.sort_unstable_by(|&a, &b| s.probs[b].total_cmp(&s.probs[a]));
+        let mut acc = 0.0;
+        let mut keep = order.len();
+        for (n, &k) in order.iter().enumerate() {
+            acc += s.probs[k] / total;
+            if acc >= cfg.top_p as f32 {
+                keep = n + 1;
+                break;
+            }
+        }
+        let idx: Vec<u32> = order[..keep].iter().map(|&k| s.idx[k]).collect();
+        let probs: Vec<f32> = order[..keep].iter().map(|&k| s.probs[k]).collect();
+        s.idx = idx;
+        s.probs = probs;
+        total = s.probs.iter().sum();
+    }
+    let mut r = rng.random::<f32>() * total;
+    for (k, p) in s.probs.iter().enumerate() {
+        if r < *p {
+            return s.idx[k];
+        }
+        r -= p;
+    }
+    *s.idx.last().expect("non-empty candidates")
+}
+
+fn argmax(logits: &[f32], allowed: impl Fn(usize) -> bool) -> u32 {
+    let mut best: Option<(f32, u32)> = None;
+    for (i, &l) in logits.iter().enumerate() {
+        if allowed(i) && best.is_none_or(|(b, _)| l > b) {
+            best = Some((l, i as u32));
+        }
+    }
+    best.map_or(0, |(_, i)| i)
+}
+
+/// log softmax(logits)[tok] at temperature 1.
+fn log_softmax_at(logits: &[f32], tok: u32) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = logits.iter().map(|&l| (l - max).exp()).sum();
+    logits[tok as usize] - max - sum.ln()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(t: f64, k: usize, p: f64) -> SamplingConfig {
+        SamplingConfig {
+            temperature: t,
+            top_k: k,
+            top_p: p,
+            ..Default::default()
+        }
+    }
+
+    fn freq(logits: &[f32], c: &SamplingConfig, banned: &[u32]) -> Vec<f64> {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let mut s = Scratch::default();
+        let mut n = vec![0usize; logits.len()];
+        let draws = 20000;
+        for _ in 0..draws {
+            n[pick(logits, c, banned, &mut rng, &mut s) as usize] += 1;
+        }
+        n.into_iter().map(|k| k as f64 / draws as f64).collect()
+    }
+
+    #[test]
+    fn greedy_takes_the_argmax_unless_banned() {
+        let l = [0.1, 3.0, 2.0];
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        assert_eq!(
+            pick(
+                &l,
+                &cfg(0.0, 0, 1.0),
+                &[],
+                &mut rng,
+                &mut Scratch::default()
+            ),
+            1
+        );
+        assert_eq!(
+            pick(
+                &l,
+                &cfg(0.0, 0, 1.0),
+                &[1],
+                &mut rng,
+                &mut Scratch::default()
+            ),
+            2
+        );
+    }
+
+    #[test]
+    fn temperature_one_matches_softmax() {
+        let l = [0.0f32, 1.0, 2.0];
+        let z: f64 = l.iter().map(|&x| (x as f64).exp()).sum();
+        let f = freq(&l, &cfg(1.0, 0, 1.0), &[]);
+        for (i, &x) in l.iter().enumerate() {
+            assert!((f[i] - (x as f64).exp() / z).abs() < 0.015, "{f:?}");
+        }
+    }
+
+    #[test]
+    fn top_k_and_top_p_truncate() {
+        let l = [0.0f32, 1.0, 2.0, 3.0];
+        let f = freq(&l, &cfg(1.0, 2, 1.0), &[]);
+        assert_eq!((f[0], f[1]), (0.0, 0.0));
+        assert!(f[2] > 0.2 && f[3] > 0.6);
+        // softmax: .032 .087 .237 .644 -> top_p 0.7 keeps {3, 2}
+        let f = freq(&l, &cfg(1.0, 0, 0.7), &[]);
+        assert_eq!((f[0], f[1]), (0.0, 0.0));
+        let f = freq(&l, &cfg(1.0, 0, 0.5), &[]);
+        assert_eq!(f[3], 1.0);
+        let f = freq(&l, &cfg(1.0, 0, 1.0), &[3]);
+        assert_eq!(f[3], 0.0);
+    }
+}

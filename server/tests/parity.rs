@@ -23,10 +23,7 @@ fn check_logits(name: &str) {
     for (r, row) in valid.iter().enumerate() {
         for (c, &ok) in row.iter().enumerate() {
             if ok {
-                assert_eq!(
-                    got_pos[r][c], want_pos[r][c],
-                    "{name}: position id at ({r}, {c})"
-                );
+                assert_eq!(got_pos[r][c], want_pos[r][c], "{name}: position id at ({r}, {c})");
             }
         }
     }
@@ -42,10 +39,7 @@ fn check_logits(name: &str) {
         }
     }
     eprintln!("{name}: max |logit - HF| = {worst:.2e}");
-    assert!(
-        worst < TOL,
-        "{name}: max abs logit difference {worst} >= {TOL}"
-    );
+    assert!(worst < TOL, "{name}: max abs logit difference {worst} >= {TOL}");
 }
 
 #[test]
@@ -74,35 +68,18 @@ fn completion_logprobs_match_hf() {
         let seqs: Vec<Vec<u32>> = ids
             .iter()
             .zip(&mask)
-            .map(|(r, m)| {
-                r.iter()
-                    .zip(m)
-                    .filter(|(_, m)| **m == 1)
-                    .map(|(t, _)| *t)
-                    .collect()
-            })
+            .map(|(r, m)| r.iter().zip(m).filter(|(_, m)| **m == 1).map(|(t, _)| *t).collect())
             .collect();
-        let pairs: Vec<(&[u32], &[u32])> = seqs
-            .iter()
-            .zip(&prompt_lens)
-            .map(|(s, &p)| s.split_at(p as usize))
-            .collect();
+        let pairs: Vec<(&[u32], &[u32])> =
+            seqs.iter().zip(&prompt_lens).map(|(s, &p)| s.split_at(p as usize)).collect();
         // Batch size 2 so that one pass mixes lengths and the order is restored afterwards.
         let got = sequence_logprobs(&model, &pairs, 2, |_| {}).unwrap();
         for (r, g) in got.iter().enumerate() {
             let p = prompt_lens[r] as usize;
-            assert!(
-                (g.sum - want_sums[r]).abs() < TOL,
-                "{name} row {r}: sum {} vs HF {}",
-                g.sum,
-                want_sums[r]
-            );
+            assert!((g.sum - want_sums[r]).abs() < TOL, "{name} row {r}: sum {} vs HF {}", g.sum, want_sums[r]);
             for (j, v) in g.tokens.iter().enumerate() {
                 let w = want_tokens[r][p + j];
-                assert!(
-                    (v - w).abs() < TOL,
-                    "{name} row {r} token {j}: {v} vs HF {w}"
-                );
+                assert!((v - w).abs() < TOL, "{name} row {r} token {j}: {v} vs HF {w}");
             }
         }
     }

@@ -32,13 +32,7 @@ pub enum Padding {
 }
 
 impl Batch {
-    pub fn new(
-        seqs: &[&[u32]],
-        padding: Padding,
-        pad_id: u32,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
+    pub fn new(seqs: &[&[u32]], padding: Padding, pad_id: u32, dtype: DType, device: &Device) -> Result<Self> {
         if seqs.is_empty() {
             candle_core::bail!("empty batch");
         }
@@ -69,37 +63,19 @@ impl Batch {
         let input_ids = Tensor::from_vec(ids, (seqs.len(), width), device)?;
         let position_ids = positions(&valid, 0, &vec![0; seqs.len()], device)?;
         let mask = attention_mask(&valid, 0, dtype, device)?;
-        Ok(Self {
-            input_ids,
-            position_ids,
-            mask,
-            valid,
-        })
+        Ok(Self { input_ids, position_ids, mask, valid })
     }
 
     /// A batch with an arbitrary pattern of real tokens (`valid`), e.g. mixed padding sides.
-    pub fn from_rows(
-        ids: Vec<Vec<u32>>,
-        valid: Vec<Vec<bool>>,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
+    pub fn from_rows(ids: Vec<Vec<u32>>, valid: Vec<Vec<bool>>, dtype: DType, device: &Device) -> Result<Self> {
         let (b, t) = (ids.len(), ids.first().map_or(0, |r| r.len()));
-        if valid.len() != b
-            || ids.iter().any(|r| r.len() != t)
-            || valid.iter().any(|r| r.len() != t)
-        {
+        if valid.len() != b || ids.iter().any(|r| r.len() != t) || valid.iter().any(|r| r.len() != t) {
             candle_core::bail!("ids and valid must both be {b} rows of {t} columns");
         }
         let input_ids = Tensor::from_vec(ids.concat(), (b, t), device)?;
         let position_ids = positions(&valid, 0, &vec![0; b], device)?;
         let mask = attention_mask(&valid, 0, dtype, device)?;
-        Ok(Self {
-            input_ids,
-            position_ids,
-            mask,
-            valid,
-        })
+        Ok(Self { input_ids, position_ids, mask, valid })
     }
 
     pub fn dims(&self) -> (usize, usize) {
@@ -108,12 +84,7 @@ impl Batch {
 }
 
 /// Position ids for columns `offset..` of `valid`, where `start[b]` real tokens precede `offset`.
-pub fn positions(
-    valid: &[Vec<bool>],
-    offset: usize,
-    start: &[u32],
-    device: &Device,
-) -> Result<Tensor> {
+pub fn positions(valid: &[Vec<bool>], offset: usize, start: &[u32], device: &Device) -> Result<Tensor> {
     let t = valid.first().map_or(0, |r| r.len()) - offset;
     let mut out = Vec::with_capacity(valid.len() * t);
     for (row, &s) in valid.iter().zip(start) {
@@ -130,12 +101,7 @@ pub fn positions(
 
 /// Additive mask (batch, 1, t, s) for queries in columns `offset..s` over keys `0..s`:
 /// a query may see a key if the key is a real token and not in its future.
-pub fn attention_mask(
-    valid: &[Vec<bool>],
-    offset: usize,
-    dtype: DType,
-    device: &Device,
-) -> Result<Tensor> {
+pub fn attention_mask(valid: &[Vec<bool>], offset: usize, dtype: DType, device: &Device) -> Result<Tensor> {
     let b = valid.len();
     let s = valid.first().map_or(0, |r| r.len());
     let t = s - offset;
@@ -144,11 +110,7 @@ pub fn attention_mask(
     for row in valid {
         for i in 0..t {
             let q = offset + i;
-            m.extend(
-                row.iter()
-                    .enumerate()
-                    .map(|(j, &ok)| if ok && j <= q { 0.0 } else { neg }),
-            );
+            m.extend(row.iter().enumerate().map(|(j, &ok)| if ok && j <= q { 0.0 } else { neg }));
         }
     }
     Tensor::from_vec(m, (b, 1, t, s), device)?.to_dtype(dtype)
@@ -171,18 +133,12 @@ struct LayerCache {
 
 impl KvCache {
     pub fn new(num_layers: usize, capacity: usize) -> Self {
-        Self {
-            layers: (0..num_layers).map(|_| None).collect(),
-            capacity,
-        }
+        Self { layers: (0..num_layers).map(|_| None).collect(), capacity }
     }
 
     /// Number of positions cached (by the first layer).
     pub fn len(&self) -> usize {
-        self.layers
-            .first()
-            .and_then(|l| l.as_ref())
-            .map_or(0, |l| l.len)
+        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |l| l.len)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -207,10 +163,7 @@ impl KvCache {
         }
         let c = slot.as_mut().expect("just set");
         if c.len + t > capacity {
-            candle_core::bail!(
-                "KV cache full: {} + {t} positions exceed its capacity {capacity}",
-                c.len
-            );
+            candle_core::bail!("KV cache full: {} + {t} positions exceed its capacity {capacity}", c.len);
         }
         c.k.slice_set(&k.contiguous()?, 2, c.len)?;
         c.v.slice_set(&v.contiguous()?, 2, c.len)?;
@@ -225,22 +178,9 @@ mod tests {
 
     #[test]
     fn left_padding_positions_and_mask() {
-        let b = Batch::new(
-            &[&[5, 6, 7], &[8]],
-            Padding::Left,
-            0,
-            DType::F32,
-            &Device::Cpu,
-        )
-        .unwrap();
-        assert_eq!(
-            b.input_ids.to_vec2::<u32>().unwrap(),
-            vec![vec![5, 6, 7], vec![0, 0, 8]]
-        );
-        assert_eq!(
-            b.position_ids.to_vec2::<u32>().unwrap(),
-            vec![vec![0, 1, 2], vec![0, 0, 0]]
-        );
+        let b = Batch::new(&[&[5, 6, 7], &[8]], Padding::Left, 0, DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(b.input_ids.to_vec2::<u32>().unwrap(), vec![vec![5, 6, 7], vec![0, 0, 8]]);
+        assert_eq!(b.position_ids.to_vec2::<u32>().unwrap(), vec![vec![0, 1, 2], vec![0, 0, 0]]);
         let m = b.mask.squeeze(1).unwrap().to_vec3::<f32>().unwrap();
         let neg = mask_value(DType::F32);
         assert_eq!(m[0][1], vec![0.0, 0.0, neg]);
@@ -249,22 +189,9 @@ mod tests {
 
     #[test]
     fn right_padding_positions() {
-        let b = Batch::new(
-            &[&[5, 6], &[8, 9, 10]],
-            Padding::Right,
-            1,
-            DType::F32,
-            &Device::Cpu,
-        )
-        .unwrap();
-        assert_eq!(
-            b.input_ids.to_vec2::<u32>().unwrap(),
-            vec![vec![5, 6, 1], vec![8, 9, 10]]
-        );
-        assert_eq!(
-            b.position_ids.to_vec2::<u32>().unwrap(),
-            vec![vec![0, 1, 0], vec![0, 1, 2]]
-        );
+        let b = Batch::new(&[&[5, 6], &[8, 9, 10]], Padding::Right, 1, DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(b.input_ids.to_vec2::<u32>().unwrap(), vec![vec![5, 6, 1], vec![8, 9, 10]]);
+        assert_eq!(b.position_ids.to_vec2::<u32>().unwrap(), vec![vec![0, 1, 0], vec![0, 1, 2]]);
     }
 
     #[test]

@@ -23,10 +23,7 @@ pub const SUPPORTED_MODEL_TYPES: &str = "llama, qwen2, gpt2, gpt_neox";
 impl ArchConfig {
     /// Parses a `config.json`, dispatching on its `model_type`.
     pub fn from_json(text: &str, origin: &str) -> Result<Self, ModelError> {
-        let bad = |e: serde_json::Error| ModelError::Config {
-            origin: origin.to_string(),
-            message: e.to_string(),
-        };
+        let bad = |e: serde_json::Error| ModelError::Config { origin: origin.to_string(), message: e.to_string() };
         #[derive(Deserialize)]
         struct Probe {
             model_type: Option<String>,
@@ -143,19 +140,12 @@ pub struct RopeScaling {
 impl RopeParameters {
     /// The rotary base, `default` when the config names none.
     pub fn theta(&self, default: f64) -> f64 {
-        self.rope_parameters
-            .as_ref()
-            .and_then(|p| p.rope_theta)
-            .or(self.rope_theta)
-            .unwrap_or(default)
+        self.rope_parameters.as_ref().and_then(|p| p.rope_theta).or(self.rope_theta).unwrap_or(default)
     }
 
     /// The fraction of each head that is rotated, if the config gives one.
     pub fn partial_factor(&self) -> Option<f64> {
-        self.rope_parameters
-            .as_ref()
-            .and_then(|p| p.partial_rotary_factor)
-            .or(self.partial_rotary_factor)
+        self.rope_parameters.as_ref().and_then(|p| p.partial_rotary_factor).or(self.partial_rotary_factor)
     }
 
     fn scaling(&self) -> Option<&RopeScaling> {
@@ -164,17 +154,11 @@ impl RopeParameters {
 
     /// Inverse frequencies for `rot_dims` rotated dims, with the config's scaling applied.
     pub fn inv_freq_with_base(&self, rot_dims: usize, base: f64) -> candle_core::Result<Vec<f32>> {
-        let inv: Vec<f64> = (0..rot_dims / 2)
-            .map(|i| 1.0 / base.powf(2.0 * i as f64 / rot_dims as f64))
-            .collect();
+        let inv: Vec<f64> = (0..rot_dims / 2).map(|i| 1.0 / base.powf(2.0 * i as f64 / rot_dims as f64)).collect();
         let Some(s) = self.scaling() else {
             return Ok(inv.into_iter().map(|f| f as f32).collect());
         };
-        let kind = s
-            .rope_type
-            .as_deref()
-            .or(s.legacy_type.as_deref())
-            .unwrap_or("default");
+        let kind = s.rope_type.as_deref().or(s.legacy_type.as_deref()).unwrap_or("default");
         let factor = s.factor.unwrap_or(1.0);
         let out: Vec<f64> = match kind {
             "default" => inv,
@@ -200,9 +184,7 @@ impl RopeParameters {
                     })
                     .collect()
             }
-            other => candle_core::bail!(
-                "rope scaling type {other:?} is not supported (default, linear, llama3)"
-            ),
+            other => candle_core::bail!("rope scaling type {other:?} is not supported (default, linear, llama3)"),
         };
         Ok(out.into_iter().map(|f| f as f32).collect())
     }
@@ -220,17 +202,13 @@ mod tests {
     fn reads_both_rope_spellings() {
         let v4 = r#"{"model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":16,
             "num_hidden_layers":1,"num_attention_heads":2,"rope_theta":500000.0,"eos_token_id":[1,2]}"#;
-        let ArchConfig::Llama(c) = ArchConfig::from_json(v4, "v4").unwrap() else {
-            panic!()
-        };
+        let ArchConfig::Llama(c) = ArchConfig::from_json(v4, "v4").unwrap() else { panic!() };
         assert_eq!(c.rope.theta(10000.0), 500000.0);
         assert_eq!(c.tokens.eos_ids(), vec![1, 2]);
         let v5 = r#"{"model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":16,
             "num_hidden_layers":1,"num_attention_heads":2,
             "rope_parameters":{"rope_theta":1000.0,"rope_type":"default"},"eos_token_id":3}"#;
-        let ArchConfig::Llama(c) = ArchConfig::from_json(v5, "v5").unwrap() else {
-            panic!()
-        };
+        let ArchConfig::Llama(c) = ArchConfig::from_json(v5, "v5").unwrap() else { panic!() };
         assert_eq!(c.rope.theta(10000.0), 1000.0);
         assert_eq!(c.tokens.eos_ids(), vec![3]);
     }
@@ -239,9 +217,6 @@ mod tests {
     fn unknown_model_type_names_what_is_supported() {
         let err = ArchConfig::from_json(r#"{"model_type":"t5"}"#, "x/config.json").unwrap_err();
         let msg = err.to_string();
-        assert!(
-            msg.contains("t5") && msg.contains("gpt_neox") && msg.contains("x/config.json"),
-            "{msg}"
-        );
+        assert!(msg.contains("t5") && msg.contains("gpt_neox") && msg.contains("x/config.json"), "{msg}");
     }
 }

@@ -6,10 +6,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{origin}: invalid config: {message}")]
     Config { origin: String, message: String },
     #[error("{}: {message}", path.display())]
@@ -32,10 +29,7 @@ impl ModelError {
     }
 
     pub(crate) fn format(path: impl Into<PathBuf>, message: impl std::fmt::Display) -> Self {
-        Self::Format {
-            path: path.into(),
-            message: message.to_string(),
-        }
+        Self::Format { path: path.into(), message: message.to_string() }
     }
 }
 

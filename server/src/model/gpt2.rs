@@ -54,10 +54,7 @@ struct Conv1D {
 
 impl Conv1D {
     fn load(vb: VarBuilder, d_in: usize, d_out: usize) -> Result<Self> {
-        Ok(Self {
-            weight: vb.get((d_in, d_out), "weight")?,
-            bias: vb.get(d_out, "bias")?,
-        })
+        Ok(Self { weight: vb.get((d_in, d_out), "weight")?, bias: vb.get(d_out, "bias")? })
     }
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         ops::matmul_2d(xs, &self.weight, Some(&self.bias))
@@ -81,11 +78,7 @@ impl Block {
     fn load(cfg: &Config, vb: VarBuilder, layer: usize) -> Result<Self> {
         let h = cfg.n_embd;
         let inner = cfg.n_inner.unwrap_or(4 * h);
-        let mut scale = if cfg.scale_attn_weights {
-            1.0 / ((h / cfg.n_head) as f64).sqrt()
-        } else {
-            1.0
-        };
+        let mut scale = if cfg.scale_attn_weights { 1.0 / ((h / cfg.n_head) as f64).sqrt() } else { 1.0 };
         if cfg.scale_attn_by_inverse_layer_idx {
             scale /= (layer + 1) as f64;
         }
@@ -102,41 +95,23 @@ impl Block {
         })
     }
 
-    fn attn(
-        &self,
-        xs: &Tensor,
-        mask: &Tensor,
-        cache: Option<(&mut KvCache, usize)>,
-    ) -> Result<Tensor> {
+    fn attn(&self, xs: &Tensor, mask: &Tensor, cache: Option<(&mut KvCache, usize)>) -> Result<Tensor> {
         let (b, t, h) = xs.dims3()?;
         let d = h / self.n_head;
         let qkv = self.c_attn.forward(xs)?;
-        let heads = |i: usize| {
-            qkv.narrow(2, i * h, h)?
-                .reshape((b, t, self.n_head, d))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
+        let heads = |i: usize| qkv.narrow(2, i * h, h)?.reshape((b, t, self.n_head, d))?.transpose(1, 2)?.contiguous();
         let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
         let (k, v) = match cache {
             Some((c, layer)) => c.append(layer, &k, &v)?,
             None => (k, v),
         };
         let y = ops::attention(&q, &k, &v, mask, self.scale)?;
-        self.attn_c_proj
-            .forward(&y.transpose(1, 2)?.reshape((b, t, h))?)
+        self.attn_c_proj.forward(&y.transpose(1, 2)?.reshape((b, t, h))?)
     }
 
-    fn forward(
-        &self,
-        xs: &Tensor,
-        mask: &Tensor,
-        cache: Option<(&mut KvCache, usize)>,
-    ) -> Result<Tensor> {
+    fn forward(&self, xs: &Tensor, mask: &Tensor, cache: Option<(&mut KvCache, usize)>) -> Result<Tensor> {
         let xs = (xs + self.attn(&self.ln_1.forward(xs)?, mask, cache)?)?;
-        let h = self
-            .act
-            .forward(&self.c_fc.forward(&self.ln_2.forward(&xs)?)?)?;
+        let h = self.act.forward(&self.c_fc.forward(&self.ln_2.forward(&xs)?)?)?;
         xs + self.mlp_c_proj.forward(&h)?
     }
 }
@@ -152,21 +127,14 @@ pub struct Model {
 
 impl Model {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        let t = if vb.contains_tensor("transformer.wte.weight") {
-            vb.pp("transformer")
-        } else {
-            vb.clone()
-        };
+        let t = if vb.contains_tensor("transformer.wte.weight") { vb.pp("transformer") } else { vb.clone() };
         let wte = t.pp("wte").get((cfg.vocab_size, cfg.n_embd), "weight")?;
         let lm_head = if cfg.tie_word_embeddings || !vb.contains_tensor("lm_head.weight") {
             wte.clone()
         } else {
-            vb.pp("lm_head")
-                .get((cfg.vocab_size, cfg.n_embd), "weight")?
+            vb.pp("lm_head").get((cfg.vocab_size, cfg.n_embd), "weight")?
         };
-        let h = (0..cfg.n_layer)
-            .map(|i| Block::load(cfg, t.pp("h").pp(i), i))
-            .collect::<Result<Vec<_>>>()?;
+        let h = (0..cfg.n_layer).map(|i| Block::load(cfg, t.pp("h").pp(i), i)).collect::<Result<Vec<_>>>()?;
         Ok(Self {
             wte: Embedding::new(wte, cfg.n_embd),
             wpe: t.pp("wpe").get((cfg.n_positions, cfg.n_embd), "weight")?,
@@ -188,15 +156,9 @@ impl Model {
         let (b, t) = position_ids.dims2()?;
         let top = position_ids.flatten_all()?.max(0)?.to_scalar::<u32>()? as usize;
         if top >= self.max_positions() {
-            candle_core::bail!(
-                "position {top} is beyond the model's {} positions",
-                self.max_positions()
-            );
+            candle_core::bail!("position {top} is beyond the model's {} positions", self.max_positions());
         }
-        let pos = self
-            .wpe
-            .index_select(&position_ids.flatten_all()?, 0)?
-            .reshape((b, t, ()))?;
+        let pos = self.wpe.index_select(&position_ids.flatten_all()?, 0)?.reshape((b, t, ()))?;
         self.wte.forward(input_ids)? + pos
     }
 

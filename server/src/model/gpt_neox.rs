@@ -59,11 +59,7 @@ impl Config {
         self.hidden_size / self.num_attention_heads
     }
     pub fn rotary_dims(&self) -> usize {
-        let pct = self
-            .rope
-            .partial_factor()
-            .or(self.rotary_pct)
-            .unwrap_or(0.25);
+        let pct = self.rope.partial_factor().or(self.rotary_pct).unwrap_or(0.25);
         (self.head_dim() as f64 * pct) as usize
     }
 }
@@ -84,12 +80,7 @@ struct Layer {
 
 impl Layer {
     fn load(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        let (h, i, eps, bias) = (
-            cfg.hidden_size,
-            cfg.intermediate_size,
-            cfg.layer_norm_eps,
-            cfg.attention_bias,
-        );
+        let (h, i, eps, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.layer_norm_eps, cfg.attention_bias);
         let a = vb.pp("attention");
         let m = vb.pp("mlp");
         Ok(Self {
@@ -116,10 +107,7 @@ impl Layer {
         let (b, t, h) = xs.dims3()?;
         let d = h / self.n_head;
         // (b, t, heads, 3 * d) -> per head [q | k | v].
-        let qkv = self
-            .query_key_value
-            .forward(xs)?
-            .reshape((b, t, self.n_head, 3 * d))?;
+        let qkv = self.query_key_value.forward(xs)?.reshape((b, t, self.n_head, 3 * d))?;
         let part = |i: usize| qkv.narrow(3, i * d, d)?.transpose(1, 2)?.contiguous();
         let q = ops::partial_rope(&part(0)?, &rot.0, &rot.1, self.rot_dims)?;
         let k = ops::partial_rope(&part(1)?, &rot.0, &rot.1, self.rot_dims)?;
@@ -133,8 +121,7 @@ impl Layer {
     }
 
     fn mlp(&self, xs: &Tensor) -> Result<Tensor> {
-        self.dense_4h_to_h
-            .forward(&self.act.forward(&self.dense_h_to_4h.forward(xs)?)?)
+        self.dense_4h_to_h.forward(&self.act.forward(&self.dense_h_to_4h.forward(xs)?)?)
     }
 
     fn forward(
@@ -168,37 +155,22 @@ pub struct Model {
 impl Model {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         let g = vb.pp("gpt_neox");
-        let embed = g
-            .pp("embed_in")
-            .get((cfg.vocab_size, cfg.hidden_size), "weight")?;
+        let embed = g.pp("embed_in").get((cfg.vocab_size, cfg.hidden_size), "weight")?;
         let embed_out = if cfg.tie_word_embeddings && !vb.contains_tensor("embed_out.weight") {
             embed.clone()
         } else {
-            vb.pp("embed_out")
-                .get((cfg.vocab_size, cfg.hidden_size), "weight")?
+            vb.pp("embed_out").get((cfg.vocab_size, cfg.hidden_size), "weight")?
         };
-        let layers = (0..cfg.num_hidden_layers)
-            .map(|i| Layer::load(cfg, g.pp("layers").pp(i)))
-            .collect::<Result<Vec<_>>>()?;
-        let base = cfg
-            .rotary_emb_base
-            .unwrap_or_else(|| cfg.rope.theta(10000.0));
+        let layers =
+            (0..cfg.num_hidden_layers).map(|i| Layer::load(cfg, g.pp("layers").pp(i))).collect::<Result<Vec<_>>>()?;
+        let base = cfg.rotary_emb_base.unwrap_or_else(|| cfg.rope.theta(10000.0));
         let inv_freq = cfg.rope.inv_freq_with_base(cfg.rotary_dims(), base)?;
         Ok(Self {
             embed_in: Embedding::new(embed, cfg.hidden_size),
             layers,
-            final_layer_norm: LayerNorm::load(
-                &g.pp("final_layer_norm"),
-                cfg.hidden_size,
-                cfg.layer_norm_eps,
-            )?,
+            final_layer_norm: LayerNorm::load(&g.pp("final_layer_norm"), cfg.hidden_size, cfg.layer_norm_eps)?,
             embed_out,
-            rotary: RotaryTable::new(
-                &inv_freq,
-                cfg.max_position_embeddings,
-                vb.dtype(),
-                vb.device(),
-            )?,
+            rotary: RotaryTable::new(&inv_freq, cfg.max_position_embeddings, vb.dtype(), vb.device())?,
         })
     }
 

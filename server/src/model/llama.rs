@@ -62,8 +62,7 @@ impl Config {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
     pub fn head_dim(&self) -> usize {
-        self.head_dim
-            .unwrap_or(self.hidden_size / self.num_attention_heads)
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
     }
     fn is_qwen2(&self) -> bool {
         self.model_type.as_deref() == Some("qwen2")
@@ -168,9 +167,7 @@ impl Block {
         Ok(Self {
             input_layernorm: vb.pp("input_layernorm").get(cfg.hidden_size, "weight")?,
             self_attn: Attention::load(cfg, vb.pp("self_attn"))?,
-            post_attention_layernorm: vb
-                .pp("post_attention_layernorm")
-                .get(cfg.hidden_size, "weight")?,
+            post_attention_layernorm: vb.pp("post_attention_layernorm").get(cfg.hidden_size, "weight")?,
             mlp: Mlp::load(cfg, vb.pp("mlp"))?,
             eps: cfg.rms_norm_eps,
         })
@@ -203,18 +200,14 @@ pub struct Model {
 impl Model {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         let m = vb.pp("model");
-        let embed = m
-            .pp("embed_tokens")
-            .get((cfg.vocab_size, cfg.hidden_size), "weight")?;
+        let embed = m.pp("embed_tokens").get((cfg.vocab_size, cfg.hidden_size), "weight")?;
         let lm_head = if cfg.tie_word_embeddings && !vb.contains_tensor("lm_head.weight") {
             embed.clone()
         } else {
-            vb.pp("lm_head")
-                .get((cfg.vocab_size, cfg.hidden_size), "weight")?
+            vb.pp("lm_head").get((cfg.vocab_size, cfg.hidden_size), "weight")?
         };
-        let layers = (0..cfg.num_hidden_layers)
-            .map(|i| Block::load(cfg, m.pp("layers").pp(i)))
-            .collect::<Result<Vec<_>>>()?;
+        let layers =
+            (0..cfg.num_hidden_layers).map(|i| Block::load(cfg, m.pp("layers").pp(i))).collect::<Result<Vec<_>>>()?;
         let inv_freq = match &cfg.inv_freq_override {
             Some(f) => f.clone(),
             None => cfg.rope.inv_freq(cfg.head_dim())?,
@@ -224,12 +217,7 @@ impl Model {
             layers,
             norm: m.pp("norm").get(cfg.hidden_size, "weight")?,
             lm_head,
-            rotary: RotaryTable::new(
-                &inv_freq,
-                cfg.max_position_embeddings,
-                vb.dtype(),
-                vb.device(),
-            )?,
+            rotary: RotaryTable::new(&inv_freq, cfg.max_position_embeddings, vb.dtype(), vb.device())?,
             eps: cfg.rms_norm_eps,
         })
     }

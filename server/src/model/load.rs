@@ -37,10 +37,7 @@ impl Checkpoint {
     pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<Self> {
         if path.is_dir() {
             load_hf_dir(path, dtype, device)
-        } else if path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-        {
+        } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
             load_gguf(path, dtype, device)
         } else if !path.exists() {
             Err(ModelError::Input(format!(
@@ -48,21 +45,15 @@ impl Checkpoint {
                 path.display()
             )))
         } else {
-            Err(ModelError::Input(format!(
-                "model path {} is neither a directory nor a .gguf file",
-                path.display()
-            )))
+            Err(ModelError::Input(format!("model path {} is neither a directory nor a .gguf file", path.display())))
         }
     }
 
     /// The tokenizer, or an error naming the checkpoint that lacks one.
     pub fn tokenizer(&self) -> Result<&Tokenizer> {
-        self.tokenizer.as_ref().ok_or_else(|| {
-            ModelError::Input(format!(
-                "{} has no tokenizer (tokenizer.json)",
-                self.source.display()
-            ))
-        })
+        self.tokenizer
+            .as_ref()
+            .ok_or_else(|| ModelError::Input(format!("{} has no tokenizer (tokenizer.json)", self.source.display())))
     }
 
     /// Total number of parameters held.
@@ -78,10 +69,7 @@ fn read_to_string(path: &Path) -> Result<String> {
 /// Loads an HF checkpoint directory.
 pub fn load_hf_dir(dir: &Path, dtype: DType, device: &Device) -> Result<Checkpoint> {
     let config_path = dir.join("config.json");
-    let config = ArchConfig::from_json(
-        &read_to_string(&config_path)?,
-        &config_path.display().to_string(),
-    )?;
+    let config = ArchConfig::from_json(&read_to_string(&config_path)?, &config_path.display().to_string())?;
 
     let files = weight_files(dir)?;
     let mut tensors = HashMap::new();
@@ -90,37 +78,23 @@ pub fn load_hf_dir(dir: &Path, dtype: DType, device: &Device) -> Result<Checkpoi
         let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(file) }
             .map_err(|e| ModelError::format(file, e))?;
         for (name, _) in st.tensors() {
-            let t = st
-                .load(&name, &Device::Cpu)
-                .map_err(|e| ModelError::format(file, format!("{name}: {e}")))?;
+            let t = st.load(&name, &Device::Cpu).map_err(|e| ModelError::format(file, format!("{name}: {e}")))?;
             tensors.insert(name, t.to_dtype(dtype)?.to_device(device)?);
         }
     }
 
     let tok_path = dir.join("tokenizer.json");
-    let mut tokenizer = if tok_path.exists() {
-        Some(Tokenizer::from_file(&tok_path)?)
-    } else {
-        None
-    };
+    let mut tokenizer = if tok_path.exists() { Some(Tokenizer::from_file(&tok_path)?) } else { None };
     if let Some(tok) = tokenizer.as_mut() {
         tok.add_eos_ids(&config.tokens().eos_ids());
         let gen_path = dir.join("generation_config.json");
         if gen_path.exists() {
             let gen_cfg: super::config::TokenIds =
-                serde_json::from_str(&read_to_string(&gen_path)?)
-                    .map_err(|e| ModelError::format(&gen_path, e))?;
+                serde_json::from_str(&read_to_string(&gen_path)?).map_err(|e| ModelError::format(&gen_path, e))?;
             tok.add_eos_ids(&gen_cfg.eos_ids());
         }
     }
-    Ok(Checkpoint {
-        config,
-        tensors,
-        tokenizer,
-        source: dir.to_path_buf(),
-        dtype,
-        device: device.clone(),
-    })
+    Ok(Checkpoint { config, tensors, tokenizer, source: dir.to_path_buf(), dtype, device: device.clone() })
 }
 
 /// `model.safetensors`, or every shard named by `model.safetensors.index.json`.
@@ -131,24 +105,18 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
-        let v: serde_json::Value = serde_json::from_str(&read_to_string(&index)?)
-            .map_err(|e| ModelError::format(&index, e))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&read_to_string(&index)?).map_err(|e| ModelError::format(&index, e))?;
         let map = v
             .get("weight_map")
             .and_then(|m| m.as_object())
             .ok_or_else(|| ModelError::format(&index, "no \"weight_map\" object"))?;
-        let mut files: Vec<String> = map
-            .values()
-            .filter_map(|f| f.as_str().map(String::from))
-            .collect();
+        let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
         files.sort();
         files.dedup();
         let files: Vec<PathBuf> = files.into_iter().map(|f| dir.join(f)).collect();
         if let Some(missing) = files.iter().find(|f| !f.exists()) {
-            return Err(ModelError::format(
-                &index,
-                format!("shard {} is missing", missing.display()),
-            ));
+            return Err(ModelError::format(&index, format!("shard {} is missing", missing.display())));
         }
         return Ok(files);
     }
@@ -159,10 +127,7 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
             dir.display()
         )));
     }
-    Err(ModelError::Input(format!(
-        "{}: no model.safetensors or model.safetensors.index.json",
-        dir.display()
-    )))
+    Err(ModelError::Input(format!("{}: no model.safetensors or model.safetensors.index.json", dir.display())))
 }
 
 /// Loads a GGUF file: Llama (q/k rows un-permuted) or Qwen2 architecture.
@@ -190,21 +155,13 @@ pub fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<Checkpoin
     };
     let float = |k: &str| md.get(&key(k)).and_then(|v| v.to_f32().ok());
     let n_head = num("attention.head_count")? as usize;
-    let n_kv = md
-        .get(&key("attention.head_count_kv"))
-        .map_or(Ok(n_head as u64), |_| num("attention.head_count_kv"))? as usize;
+    let n_kv =
+        md.get(&key("attention.head_count_kv")).map_or(Ok(n_head as u64), |_| num("attention.head_count_kv"))? as usize;
     let hidden = num("embedding_length")? as usize;
-    let head_dim = md
-        .get(&key("attention.key_length"))
-        .and_then(|v| v.to_u32().ok())
-        .map(|v| v as usize);
+    let head_dim = md.get(&key("attention.key_length")).and_then(|v| v.to_u32().ok()).map(|v| v as usize);
     let has_output = content.tensor_infos.contains_key("output.weight");
-    let eos = md
-        .get("tokenizer.ggml.eos_token_id")
-        .and_then(|v| v.to_u32().ok());
-    let bos = md
-        .get("tokenizer.ggml.bos_token_id")
-        .and_then(|v| v.to_u32().ok());
+    let eos = md.get("tokenizer.ggml.eos_token_id").and_then(|v| v.to_u32().ok());
+    let bos = md.get("tokenizer.ggml.bos_token_id").and_then(|v| v.to_u32().ok());
     let cfg_json = json!({
         "model_type": arch,
         "vocab_size": tokenizer.vocab_size(),
@@ -221,8 +178,7 @@ pub fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<Checkpoin
         "bos_token_id": bos,
         "eos_token_id": eos,
     });
-    let mut config: llama::Config =
-        serde_json::from_value(cfg_json).map_err(|e| ModelError::format(path, e))?;
+    let mut config: llama::Config = serde_json::from_value(cfg_json).map_err(|e| ModelError::format(path, e))?;
     let head_dim = config.head_dim();
 
     let mut tensors = HashMap::new();
@@ -234,16 +190,12 @@ pub fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<Checkpoin
         if name == "rope_freqs.weight" {
             // Llama 3.x: llama.cpp stores the rope scaling as per-frequency divisors.
             let factors = t.to_vec1::<f32>()?;
-            let inv =
-                super::ops::RotaryTable::default_inv_freq(head_dim, config.rope.theta(10000.0));
+            let inv = super::ops::RotaryTable::default_inv_freq(head_dim, config.rope.theta(10000.0));
             config.inv_freq_override = Some(inv.iter().zip(&factors).map(|(f, d)| f / d).collect());
             continue;
         }
         let Some(hf) = hf_name(name) else {
-            return Err(ModelError::Unsupported(format!(
-                "{}: unexpected GGUF tensor {name}",
-                path.display()
-            )));
+            return Err(ModelError::Unsupported(format!("{}: unexpected GGUF tensor {name}", path.display())));
         };
         let t = if arch == "llama" && name.contains("attn_q.") {
             unpermute(&t, n_head, head_dim)?
@@ -298,11 +250,7 @@ fn hf_name(gguf: &str) -> Option<String> {
 fn unpermute(t: &Tensor, n_head: usize, head_dim: usize) -> Result<Tensor> {
     let dims = t.dims().to_vec();
     let rest: usize = dims[1..].iter().product();
-    let out = t
-        .reshape((n_head, head_dim / 2, 2, rest))?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape(dims)?;
+    let out = t.reshape((n_head, head_dim / 2, 2, rest))?.transpose(1, 2)?.contiguous()?.reshape(dims)?;
     Ok(out)
 }
 
@@ -312,14 +260,8 @@ mod tests {
 
     #[test]
     fn maps_gguf_names() {
-        assert_eq!(
-            hf_name("blk.12.attn_q.weight").unwrap(),
-            "model.layers.12.self_attn.q_proj.weight"
-        );
-        assert_eq!(
-            hf_name("blk.0.attn_q.bias").unwrap(),
-            "model.layers.0.self_attn.q_proj.bias"
-        );
+        assert_eq!(hf_name("blk.12.attn_q.weight").unwrap(), "model.layers.12.self_attn.q_proj.weight");
+        assert_eq!(hf_name("blk.0.attn_q.bias").unwrap(), "model.layers.0.self_attn.q_proj.bias");
         assert_eq!(hf_name("output.weight").unwrap(), "lm_head.weight");
         assert!(hf_name("blk.0.weird.weight").is_none());
     }

@@ -11,6 +11,7 @@ use rayon::prelude::*;
 use super::Model;
 use super::batch::{Batch, Padding};
 use super::error::{ModelError, Result};
+use super::ops::acc_dtype;
 
 /// Log-probs of one completion.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -93,11 +94,7 @@ impl CustomOp2 for TokenLogprob {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         // d lp_i / d z_ij = 1[j = target_i] - softmax(z_i)_j
-        let acc = if logits.dtype() == DType::F64 {
-            DType::F64
-        } else {
-            DType::F32
-        };
+        let acc = acc_dtype(logits.dtype());
         let p = candle_nn::ops::softmax_last_dim(&logits.detach().to_dtype(acc)?)?;
         let g = grad.detach().to_dtype(acc)?.unsqueeze(1)?;
         let dz = p.broadcast_mul(&g)?.neg()?;
@@ -110,15 +107,9 @@ impl CustomOp2 for TokenLogprob {
 /// f32 out (f64 for f64 logits) whatever the logits' dtype.
 pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
     if logits.device().is_cpu() {
-        logits
-            .contiguous()?
-            .apply_op2(&targets.contiguous()?, TokenLogprob)
+        logits.contiguous()?.apply_op2(&targets.contiguous()?, TokenLogprob)
     } else {
-        let acc = if logits.dtype() == DType::F64 {
-            DType::F64
-        } else {
-            DType::F32
-        };
+        let acc = acc_dtype(logits.dtype());
         let lp = candle_nn::ops::log_softmax(&logits.to_dtype(acc)?, 1)?;
         lp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)
     }
@@ -144,9 +135,7 @@ pub fn batch_logprobs(model: &Model, pairs: &[(&[u32], &[u32])]) -> Result<Batch
             )));
         }
         if c.is_empty() {
-            return Err(ModelError::Input(format!(
-                "pair {i}: the completion is empty"
-            )));
+            return Err(ModelError::Input(format!("pair {i}: the completion is empty")));
         }
         model.check_ids(&format!("pair {i} prompt"), p)?;
         model.check_ids(&format!("pair {i} completion"), c)?;
@@ -177,9 +166,7 @@ pub fn batch_logprobs(model: &Model, pairs: &[(&[u32], &[u32])]) -> Result<Batch
     }
     let n = rows.len();
     let dev = model.device();
-    let hidden = hidden
-        .reshape((b * t, ()))?
-        .index_select(&Tensor::from_vec(rows, n, dev)?, 0)?;
+    let hidden = hidden.reshape((b * t, ()))?.index_select(&Tensor::from_vec(rows, n, dev)?, 0)?;
     let logits = model.lm_head(&hidden)?;
     let tokens = token_logprobs(&logits, &Tensor::from_vec(targets, n, dev)?)?;
 
@@ -194,11 +181,7 @@ pub fn batch_logprobs(model: &Model, pairs: &[(&[u32], &[u32])]) -> Result<Batch
     }
     let sel = Tensor::from_vec(sel, (b, n), dev)?.to_dtype(tokens.dtype())?;
     let sums = sel.matmul(&tokens.unsqueeze(1)?)?.squeeze(1)?;
-    Ok(BatchLogprobs {
-        sums,
-        tokens,
-        lengths,
-    })
+    Ok(BatchLogprobs { sums, tokens, lengths })
 }
 
 /// Scores many (prompt, completion) pairs without gradients, `batch_size` pairs per forward
@@ -225,28 +208,20 @@ pub fn sequence_logprobs(
         let tokens = lp.tokens.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         let mut at = 0;
         for ((&i, len), sum) in chunk.iter().zip(&lp.lengths).zip(sums) {
-            out[i] = Some(SequenceLogprobs {
-                sum,
-                tokens: tokens[at..at + len].to_vec(),
-            });
+            out[i] = Some(SequenceLogprobs { sum, tokens: tokens[at..at + len].to_vec() });
             at += len;
         }
         on_batch(chunk.len());
     }
-    Ok(out
-        .into_iter()
-        .map(|o| o.expect("every pair scored"))
-        .collect())
+    Ok(out.into_iter().map(|o| o.expect("every pair scored")).collect())
 }
 
 fn renumber(message: &str, chunk: &[usize]) -> String {
     // Messages start "pair {k}: ..." with k an index into `chunk`.
     if let Some(rest) = message.strip_prefix("pair ") {
         let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
-        if let Ok(k) = digits.parse::<usize>() {
-            if let Some(&orig) = chunk.get(k) {
-                return format!("pair {orig}{}", &rest[digits.len()..]);
-            }
+        if let Some(&orig) = digits.parse::<usize>().ok().and_then(|k| chunk.get(k)) {
+            return format!("pair {orig}{}", &rest[digits.len()..]);
         }
     }
     message.to_string()
@@ -269,57 +244,28 @@ mod tests {
             .squeeze(1)
             .unwrap();
         let got = token_logprobs(&z, &t).unwrap();
-        let d = (got - &want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
+        let d = (got - &want).unwrap().abs().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
         assert!(d < 1e-12);
 
         // Gradient against the composed (autograd) form, with unequal weights per row.
         let w = Tensor::new(&[0.3f64, -1.7], &dev).unwrap();
         let v = Var::from_tensor(&z).unwrap();
-        let g1 = (token_logprobs(v.as_tensor(), &t).unwrap() * &w)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let g1 = (token_logprobs(v.as_tensor(), &t).unwrap() * &w).unwrap().sum_all().unwrap().backward().unwrap();
         let composed = candle_nn::ops::log_softmax(v.as_tensor(), 1)
             .unwrap()
             .gather(&t.unsqueeze(1).unwrap(), 1)
             .unwrap()
             .squeeze(1)
             .unwrap();
-        let g2 = (composed * &w)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let g2 = (composed * &w).unwrap().sum_all().unwrap().backward().unwrap();
         let a = g1.get(v.as_tensor()).unwrap();
         let b = g2.get(v.as_tensor()).unwrap();
-        let d = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
+        let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
         assert!(d < 1e-12, "gradient mismatch {d}");
     }
 
     #[test]
     fn renumbers_errors_to_caller_indices() {
-        assert_eq!(
-            renumber("pair 1: the completion is empty", &[7, 3]),
-            "pair 3: the completion is empty"
-        );
+        assert_eq!(renumber("pair 1: the completion is empty", &[7, 3]), "pair 3: the completion is empty");
     }
 }

@@ -27,7 +27,7 @@ pub use config::ArchConfig;
 pub use error::{ModelError, Result};
 pub use load::Checkpoint;
 pub use logprobs::{SequenceLogprobs, sequence_logprobs};
-pub use sample::{FinishReason, Sample, SampleRequest, SamplingConfig};
+pub use sample::{Decoder, FinishReason, Sample, SampleRequest, SamplingConfig, sample};
 pub use tokenizer::Tokenizer;
 
 #[derive(Debug, Clone)]
@@ -66,13 +66,7 @@ impl Model {
             ArchConfig::Gpt2(c) => Arch::Gpt2(gpt2::Model::new(c, vb)?),
             ArchConfig::GptNeoX(c) => Arch::GptNeoX(gpt_neox::Model::new(c, vb)?),
         };
-        Ok(Self {
-            arch,
-            dtype,
-            device,
-            vocab_size: cfg.vocab_size(),
-            num_layers: cfg.num_layers(),
-        })
+        Ok(Self { arch, dtype, device, vocab_size: cfg.vocab_size(), num_layers: cfg.num_layers() })
     }
 
     /// Builds the model for inference over a checkpoint's tensors (shared, not copied).
@@ -84,10 +78,7 @@ impl Model {
     /// Builds the model with the tensors selected by `trainable` turned into variables, and
     /// returns those variables (HF names) for an optimiser. Other tensors stay frozen: no
     /// gradient is computed for them.
-    pub fn trainable(
-        ck: &Checkpoint,
-        trainable: impl Fn(&str) -> bool,
-    ) -> Result<(Self, Vec<(String, Var)>)> {
+    pub fn trainable(ck: &Checkpoint, trainable: impl Fn(&str) -> bool) -> Result<(Self, Vec<(String, Var)>)> {
         let mut tensors = HashMap::with_capacity(ck.tensors.len());
         let mut vars = Vec::new();
         let mut names: Vec<&String> = ck.tensors.keys().collect();
@@ -166,11 +157,7 @@ impl Model {
 
     /// Checks that token ids fit the vocabulary, naming the first offender.
     pub fn check_ids(&self, what: &str, ids: &[u32]) -> Result<()> {
-        if let Some((i, id)) = ids
-            .iter()
-            .enumerate()
-            .find(|(_, id)| **id as usize >= self.vocab_size)
-        {
+        if let Some((i, id)) = ids.iter().enumerate().find(|(_, id)| **id as usize >= self.vocab_size) {
             return Err(ModelError::Input(format!(
                 "{what}: token {i} has id {id}, beyond the vocabulary of {}",
                 self.vocab_size

@@ -9,24 +9,30 @@
 
 use candle_core::{D, DType, Device, Result, Tensor};
 
+/// Whether to use the composed form: gradients are needed, or the dtype is one the fused
+/// kernels do not cover (f64, used by the finite-difference checks).
 fn tracks(ts: &[&Tensor]) -> bool {
-    ts.iter().any(|t| t.track_op())
+    ts.iter().any(|t| t.track_op() || t.dtype() == DType::F64)
+}
+
+/// The dtype to accumulate in: f32 for 16-bit inputs, the input's own otherwise.
+pub fn acc_dtype(dtype: DType) -> DType {
+    match dtype {
+        DType::F16 | DType::BF16 => DType::F32,
+        other => other,
+    }
 }
 
 /// Softmax over the last dimension.
 pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
-    if tracks(&[xs]) {
-        candle_nn::ops::softmax(xs, D::Minus1)
-    } else {
-        candle_nn::ops::softmax_last_dim(xs)
-    }
+    if tracks(&[xs]) { candle_nn::ops::softmax(xs, D::Minus1) } else { candle_nn::ops::softmax_last_dim(xs) }
 }
 
-/// RMSNorm as in HF `LlamaRMSNorm`: computed in f32, scaled by `weight` in the input dtype.
+/// RMSNorm as in HF `LlamaRMSNorm`: computed in at least f32, scaled by `weight` in the input dtype.
 pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     if tracks(&[xs, weight]) {
         let dtype = xs.dtype();
-        let x = xs.to_dtype(DType::F32)?;
+        let x = xs.to_dtype(acc_dtype(dtype))?;
         let var = x.sqr()?.mean_keepdim(D::Minus1)?;
         let x = x.broadcast_div(&(var + eps)?.sqrt()?)?;
         x.to_dtype(dtype)?.broadcast_mul(weight)
@@ -39,14 +45,12 @@ pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
 pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     if tracks(&[xs, weight, bias]) {
         let dtype = xs.dtype();
-        let x = xs.to_dtype(DType::F32)?;
+        let x = xs.to_dtype(acc_dtype(dtype))?;
         let mean = x.mean_keepdim(D::Minus1)?;
         let x = x.broadcast_sub(&mean)?;
         let var = x.sqr()?.mean_keepdim(D::Minus1)?;
         let x = x.broadcast_div(&(var + eps)?.sqrt()?)?;
-        x.to_dtype(dtype)?
-            .broadcast_mul(weight)?
-            .broadcast_add(bias)
+        x.to_dtype(dtype)?.broadcast_mul(weight)?.broadcast_add(bias)
     } else {
         candle_nn::ops::layer_norm(&xs.contiguous()?, weight, bias, eps as f32)
     }
@@ -91,12 +95,7 @@ pub struct RotaryTable {
 
 impl RotaryTable {
     /// `inv_freq` has `rot_dims / 2` entries; tables cover positions `0..max_positions`.
-    pub fn new(
-        inv_freq: &[f32],
-        max_positions: usize,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
+    pub fn new(inv_freq: &[f32], max_positions: usize, dtype: DType, device: &Device) -> Result<Self> {
         let half = inv_freq.len();
         let mut freqs = Vec::with_capacity(max_positions * half);
         for p in 0..max_positions {
@@ -105,17 +104,12 @@ impl RotaryTable {
             }
         }
         let freqs = Tensor::from_vec(freqs, (max_positions, half), device)?;
-        Ok(Self {
-            cos: freqs.cos()?.to_dtype(dtype)?,
-            sin: freqs.sin()?.to_dtype(dtype)?,
-        })
+        Ok(Self { cos: freqs.cos()?.to_dtype(dtype)?, sin: freqs.sin()?.to_dtype(dtype)? })
     }
 
     /// The standard inverse frequencies `1 / base^(2i / dims)`.
     pub fn default_inv_freq(rot_dims: usize, base: f64) -> Vec<f32> {
-        (0..rot_dims / 2)
-            .map(|i| (1.0 / base.powf(2.0 * i as f64 / rot_dims as f64)) as f32)
-            .collect()
+        (0..rot_dims / 2).map(|i| (1.0 / base.powf(2.0 * i as f64 / rot_dims as f64)) as f32).collect()
     }
 
     pub fn max_positions(&self) -> usize {
@@ -148,11 +142,7 @@ pub struct LayerNorm {
 
 impl LayerNorm {
     pub fn load(vb: &candle_nn::VarBuilder, dim: usize, eps: f64) -> Result<Self> {
-        Ok(Self {
-            weight: vb.get(dim, "weight")?,
-            bias: vb.get(dim, "bias")?,
-            eps,
-        })
+        Ok(Self { weight: vb.get(dim, "weight")?, bias: vb.get(dim, "bias")?, eps })
     }
 
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
@@ -168,18 +158,9 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn load(
-        vb: &candle_nn::VarBuilder,
-        in_dim: usize,
-        out_dim: usize,
-        bias: bool,
-    ) -> Result<Self> {
+    pub fn load(vb: &candle_nn::VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
         let weight = vb.get((out_dim, in_dim), "weight")?;
-        let bias = if bias {
-            Some(vb.get(out_dim, "bias")?)
-        } else {
-            None
-        };
+        let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
         Ok(Self { weight, bias })
     }
 
@@ -243,10 +224,8 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) 
     let rep = h / kv;
     let q = q.contiguous()?.reshape((b, kv, rep * t, d))?;
     let scores = (q.matmul(&k.t()?)? * scale)?;
-    let scores = scores
-        .reshape((b, kv, rep, t, s))?
-        .broadcast_add(&mask.unsqueeze(1)?)?;
-    let probs = softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
+    let scores = scores.reshape((b, kv, rep, t, s))?.broadcast_add(&mask.unsqueeze(1)?)?;
+    let probs = softmax_last_dim(&scores.to_dtype(acc_dtype(scores.dtype()))?)?.to_dtype(v.dtype())?;
     let probs = probs.reshape((b, kv, rep * t, s))?;
     probs.matmul(&v.contiguous()?)?.reshape((b, h, t, d))
 }
@@ -267,14 +246,10 @@ mod tests {
     fn rand(shape: &[usize], seed: u64) -> Tensor {
         // A small deterministic pseudo-random fill, independent of candle's RNG.
         let n: usize = shape.iter().product();
-        let mut x = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         let v: Vec<f32> = (0..n)
             .map(|_| {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 ((x >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
             })
             .collect();
@@ -282,25 +257,13 @@ mod tests {
     }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
     }
 
     /// Runs `f` on plain tensors (fused path) and on variables (differentiable path).
     fn both(inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Tensor) -> (Tensor, Tensor) {
         let fused = f(inputs);
-        let vars: Vec<Tensor> = inputs
-            .iter()
-            .map(|t| Var::from_tensor(t).unwrap().as_tensor().clone())
-            .collect();
+        let vars: Vec<Tensor> = inputs.iter().map(|t| Var::from_tensor(t).unwrap().as_tensor().clone()).collect();
         let diff = f(&vars);
         assert!(diff.track_op(), "differentiable path must record ops");
         (fused, diff)
@@ -309,38 +272,23 @@ mod tests {
     #[test]
     fn fused_and_differentiable_forms_agree() {
         let x = rand(&[2, 3, 5, 8], 1);
-        let (a, b) = both(&[x.clone()], |t| softmax_last_dim(&t[0]).unwrap());
+        let (a, b) = both(std::slice::from_ref(&x), |t| softmax_last_dim(&t[0]).unwrap());
         assert!(max_diff(&a, &b) < 1e-6);
 
         let w = rand(&[8], 2);
         let bias = rand(&[8], 3);
-        let (a, b) = both(&[x.clone(), w.clone()], |t| {
-            rms_norm(&t[0], &t[1], 1e-5).unwrap()
-        });
+        let (a, b) = both(&[x.clone(), w.clone()], |t| rms_norm(&t[0], &t[1], 1e-5).unwrap());
         assert!(max_diff(&a, &b) < 1e-5);
-        let (a, b) = both(&[x.clone(), w, bias], |t| {
-            layer_norm(&t[0], &t[1], &t[2], 1e-5).unwrap()
-        });
+        let (a, b) = both(&[x.clone(), w, bias], |t| layer_norm(&t[0], &t[1], &t[2], 1e-5).unwrap());
         assert!(max_diff(&a, &b) < 1e-5);
 
-        let table = RotaryTable::new(
-            &RotaryTable::default_inv_freq(8, 10000.0),
-            16,
-            DType::F32,
-            &Device::Cpu,
-        )
-        .unwrap();
+        let table = RotaryTable::new(&RotaryTable::default_inv_freq(8, 10000.0), 16, DType::F32, &Device::Cpu).unwrap();
         let pos = Tensor::new(&[[0u32, 1, 2, 3, 4], [3, 4, 5, 6, 7]], &Device::Cpu).unwrap();
         let (cos, sin) = table.lookup(&pos).unwrap();
-        let (a, b) = both(&[x.clone()], |t| rope(&t[0], &cos, &sin).unwrap());
+        let (a, b) = both(std::slice::from_ref(&x), |t| rope(&t[0], &cos, &sin).unwrap());
         assert!(max_diff(&a, &b) < 1e-6);
-        let table4 = RotaryTable::new(
-            &RotaryTable::default_inv_freq(4, 10000.0),
-            16,
-            DType::F32,
-            &Device::Cpu,
-        )
-        .unwrap();
+        let table4 =
+            RotaryTable::new(&RotaryTable::default_inv_freq(4, 10000.0), 16, DType::F32, &Device::Cpu).unwrap();
         let (cos4, sin4) = table4.lookup(&pos).unwrap();
         let (a, b) = both(&[x], |t| partial_rope(&t[0], &cos4, &sin4, 4).unwrap());
         assert!(max_diff(&a, &b) < 1e-6);
@@ -356,19 +304,11 @@ mod tests {
         let got = attention(&q, &k, &v, &mask, 0.5).unwrap();
         // Reference: repeat each kv head `h / kv` times, then plain attention per head.
         let rep = |x: &Tensor| {
-            let x = x
-                .unsqueeze(2)
-                .unwrap()
-                .broadcast_as((b, kv, h / kv, t, d))
-                .unwrap();
+            let x = x.unsqueeze(2).unwrap().broadcast_as((b, kv, h / kv, t, d)).unwrap();
             x.contiguous().unwrap().reshape((b, h, t, d)).unwrap()
         };
         let (k2, v2) = (rep(&k), rep(&v));
-        let p = candle_nn::ops::softmax(
-            (q.matmul(&k2.t().unwrap()).unwrap() * 0.5).unwrap(),
-            D::Minus1,
-        )
-        .unwrap();
+        let p = candle_nn::ops::softmax(&(q.matmul(&k2.t().unwrap()).unwrap() * 0.5).unwrap(), D::Minus1).unwrap();
         let want = p.matmul(&v2).unwrap();
         assert!(max_diff(&got, &want) < 1e-6);
     }

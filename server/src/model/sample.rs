@@ -58,10 +58,7 @@ pub struct SampleRequest<'a> {
 
 impl<'a> SampleRequest<'a> {
     pub fn new(prompt: &'a [u32]) -> Self {
-        Self {
-            prompt,
-            ..Default::default()
-        }
+        Self { prompt, ..Default::default() }
     }
 }
 
@@ -94,33 +91,18 @@ pub fn sample(
 ) -> Result<Vec<Sample>> {
     validate(model, requests, cfg)?;
     let b = requests.len();
-    let max_new: Vec<usize> = requests
-        .iter()
-        .map(|r| r.max_new_tokens.unwrap_or(cfg.max_new_tokens))
-        .collect();
-    let min_new: Vec<usize> = requests
-        .iter()
-        .map(|r| r.min_new_tokens.unwrap_or(cfg.min_new_tokens))
-        .collect();
+    let max_new: Vec<usize> = requests.iter().map(|r| r.max_new_tokens.unwrap_or(cfg.max_new_tokens)).collect();
+    let min_new: Vec<usize> = requests.iter().map(|r| r.min_new_tokens.unwrap_or(cfg.min_new_tokens)).collect();
     let steps = max_new.iter().copied().max().unwrap_or(0);
-    let mut out: Vec<Sample> = (0..b)
-        .map(|_| Sample {
-            tokens: Vec::new(),
-            logprobs: Vec::new(),
-            finish: FinishReason::Length,
-        })
-        .collect();
+    let mut out: Vec<Sample> =
+        (0..b).map(|_| Sample { tokens: Vec::new(), logprobs: Vec::new(), finish: FinishReason::Length }).collect();
     if steps == 0 {
         return Ok(out);
     }
 
     let prompts: Vec<&[u32]> = requests.iter().map(|r| r.prompt).collect();
     let pad = eos_ids.first().copied().unwrap_or(0);
-    let batch = Batch::new(&prompts, Padding::Left, pad, model.dtype(), model.device())?;
-    let width = batch.dims().1;
-    let mut valid = batch.valid.clone();
-    let mut next_pos: Vec<u32> = requests.iter().map(|r| r.prompt.len() as u32).collect();
-    let mut cache = KvCache::new(model.num_layers(), width + steps);
+    let (mut decoder, mut logits) = Decoder::new(model, &prompts, steps, pad)?;
     let mut rngs: Vec<ChaCha8Rng> = (0..b)
         .map(|i| {
             let mut r = ChaCha8Rng::seed_from_u64(cfg.seed);
@@ -129,36 +111,18 @@ pub fn sample(
         })
         .collect();
     let mut running: Vec<bool> = max_new.iter().map(|&m| m > 0).collect();
-
-    let hidden = model.hidden(
-        &batch.input_ids,
-        &batch.position_ids,
-        &batch.mask,
-        Some(&mut cache),
-    )?;
-    let mut last = hidden.i((.., width - 1..width, ..))?;
     let mut scratch = Scratch::default();
     for _ in 0..steps {
-        let logits = model
-            .lm_head(&last)?
-            .squeeze(1)?
-            .to_dtype(DType::F32)?
-            .to_vec2::<f32>()?;
+        let rows = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
         let mut column = Vec::with_capacity(b);
         for i in 0..b {
             if !running[i] {
-                column.push((pad, false));
+                column.push(None);
                 continue;
             }
-            let row = &logits[i];
+            let row = &rows[i];
             let suppress_eos = cfg.stop_at_eos && out[i].tokens.len() < min_new[i];
-            let tok = pick(
-                row,
-                cfg,
-                if suppress_eos { eos_ids } else { &[] },
-                &mut rngs[i],
-                &mut scratch,
-            );
+            let tok = pick(row, cfg, if suppress_eos { eos_ids } else { &[] }, &mut rngs[i], &mut scratch);
             out[i].tokens.push(tok);
             out[i].logprobs.push(log_softmax_at(row, tok));
             if cfg.stop_at_eos && eos_ids.contains(&tok) {
@@ -167,37 +131,67 @@ pub fn sample(
             } else if out[i].tokens.len() >= max_new[i] {
                 running[i] = false;
             }
-            column.push((tok, true));
+            column.push(Some(tok));
         }
         let alive = running.iter().filter(|r| **r).count();
         on_step(alive);
         if alive == 0 {
             break;
         }
-        // Feed the new column: finished rows get a masked pad token.
-        for (row, (_, ok)) in valid.iter_mut().zip(&column) {
-            row.push(*ok);
-        }
-        let ids: Vec<u32> = column.iter().map(|(t, _)| *t).collect();
-        let pos: Vec<u32> = column
-            .iter()
-            .zip(&mut next_pos)
-            .map(|((_, ok), p)| {
-                let here = *p;
-                if *ok {
-                    *p += 1;
-                }
-                here
-            })
-            .collect();
-        let dev = model.device();
-        let ids = Tensor::from_vec(ids, (b, 1), dev)?;
-        let pos = Tensor::from_vec(pos, (b, 1), dev)?;
-        let s = valid[0].len();
-        let mask = batch::attention_mask(&valid, s - 1, model.dtype(), dev)?;
-        last = model.hidden(&ids, &pos, &mask, Some(&mut cache))?;
+        logits = decoder.step(&column)?;
     }
     Ok(out)
+}
+
+/// Incremental decoding of a batch with a KV cache: prefill the prompts once, then one token
+/// per row per step. Rows are left-padded; a row fed `None` is finished and its new column is
+/// masked out.
+pub struct Decoder<'m> {
+    model: &'m Model,
+    cache: KvCache,
+    valid: Vec<Vec<bool>>,
+    next_pos: Vec<u32>,
+    pad: u32,
+}
+
+impl<'m> Decoder<'m> {
+    /// Runs the prompts through the model, leaving room for `max_new` more tokens, and returns
+    /// the next-token logits (batch, vocab).
+    pub fn new(model: &'m Model, prompts: &[&[u32]], max_new: usize, pad: u32) -> Result<(Self, Tensor)> {
+        let batch = Batch::new(prompts, Padding::Left, pad, model.dtype(), model.device())?;
+        let width = batch.dims().1;
+        let mut cache = KvCache::new(model.num_layers(), width + max_new);
+        let hidden = model.hidden(&batch.input_ids, &batch.position_ids, &batch.mask, Some(&mut cache))?;
+        let logits = model.lm_head(&hidden.i((.., width - 1, ..))?)?;
+        let decoder =
+            Self { model, cache, valid: batch.valid, next_pos: prompts.iter().map(|p| p.len() as u32).collect(), pad };
+        Ok((decoder, logits))
+    }
+
+    /// Feeds one token per row (`None` for finished rows) and returns the next logits.
+    pub fn step(&mut self, tokens: &[Option<u32>]) -> Result<Tensor> {
+        let b = self.valid.len();
+        if tokens.len() != b {
+            return Err(ModelError::Input(format!("step got {} tokens for {b} rows", tokens.len())));
+        }
+        let mut ids = Vec::with_capacity(b);
+        let mut pos = Vec::with_capacity(b);
+        for ((tok, row), next) in tokens.iter().zip(&mut self.valid).zip(&mut self.next_pos) {
+            row.push(tok.is_some());
+            ids.push(tok.unwrap_or(self.pad));
+            pos.push(*next);
+            if tok.is_some() {
+                *next += 1;
+            }
+        }
+        let (model, dev) = (self.model, self.model.device());
+        let ids = Tensor::from_vec(ids, (b, 1), dev)?;
+        let pos = Tensor::from_vec(pos, (b, 1), dev)?;
+        let s = self.valid[0].len();
+        let mask = batch::attention_mask(&self.valid, s - 1, model.dtype(), dev)?;
+        let hidden = model.hidden(&ids, &pos, &mask, Some(&mut self.cache))?;
+        Ok(model.lm_head(&hidden.squeeze(1)?)?)
+    }
 }
 
 fn validate(model: &Model, requests: &[SampleRequest], cfg: &SamplingConfig) -> Result<()> {
@@ -205,16 +199,10 @@ fn validate(model: &Model, requests: &[SampleRequest], cfg: &SamplingConfig) -> 
         return Err(ModelError::Input("no prompts to sample from".into()));
     }
     if !(cfg.temperature >= 0.0 && cfg.temperature.is_finite()) {
-        return Err(ModelError::Input(format!(
-            "temperature must be >= 0, got {}",
-            cfg.temperature
-        )));
+        return Err(ModelError::Input(format!("temperature must be >= 0, got {}", cfg.temperature)));
     }
     if !(cfg.top_p > 0.0 && cfg.top_p <= 1.0) {
-        return Err(ModelError::Input(format!(
-            "top_p must be in (0, 1], got {}",
-            cfg.top_p
-        )));
+        return Err(ModelError::Input(format!("top_p must be in (0, 1], got {}", cfg.top_p)));
     }
     for (i, r) in requests.iter().enumerate() {
         if r.prompt.is_empty() {
@@ -247,13 +235,7 @@ struct Scratch {
 }
 
 /// Chooses a token from one row of logits.
-fn pick(
-    logits: &[f32],
-    cfg: &SamplingConfig,
-    banned: &[u32],
-    rng: &mut ChaCha8Rng,
-    s: &mut Scratch,
-) -> u32 {
+fn pick(logits: &[f32], cfg: &SamplingConfig, banned: &[u32], rng: &mut ChaCha8Rng, s: &mut Scratch) -> u32 {
     let allowed = |i: usize| !banned.contains(&(i as u32));
     if cfg.temperature == 0.0 {
         return argmax(logits, allowed);
@@ -261,8 +243,7 @@ fn pick(
     let inv_t = (1.0 / cfg.temperature) as f32;
     // Candidates: every allowed token, cut to the top k when asked.
     s.idx.clear();
-    s.idx
-        .extend((0..logits.len() as u32).filter(|&i| allowed(i as usize)));
+    s.idx.extend((0..logits.len() as u32).filter(|&i| allowed(i as usize)));
     if s.idx.is_empty() {
         return argmax(logits, |_| true);
     }
@@ -271,17 +252,9 @@ fn pick(
         s.idx.select_nth_unstable_by(cfg.top_k - 1, by_logit_desc);
         s.idx.truncate(cfg.top_k);
     }
-    let max = s
-        .idx
-        .iter()
-        .map(|&i| logits[i as usize])
-        .fold(f32::NEG_INFINITY, f32::max);
+    let max = s.idx.iter().map(|&i| logits[i as usize]).fold(f32::NEG_INFINITY, f32::max);
     s.probs.clear();
-    s.probs.extend(
-        s.idx
-            .iter()
-            .map(|&i| ((logits[i as usize] - max) * inv_t).exp()),
-    );
+    s.probs.extend(s.idx.iter().map(|&i| ((logits[i as usize] - max) * inv_t).exp()));
     let mut total: f32 = s.probs.iter().sum();
     if cfg.top_p < 1.0 {
         // Sort candidates by probability and keep the smallest prefix reaching top_p.
@@ -334,12 +307,7 @@ mod tests {
     use super::*;
 
     fn cfg(t: f64, k: usize, p: f64) -> SamplingConfig {
-        SamplingConfig {
-            temperature: t,
-            top_k: k,
-            top_p: p,
-            ..Default::default()
-        }
+        SamplingConfig { temperature: t, top_k: k, top_p: p, ..Default::default() }
     }
 
     fn freq(logits: &[f32], c: &SamplingConfig, banned: &[u32]) -> Vec<f64> {
@@ -357,26 +325,8 @@ mod tests {
     fn greedy_takes_the_argmax_unless_banned() {
         let l = [0.1, 3.0, 2.0];
         let mut rng = ChaCha8Rng::seed_from_u64(0);
-        assert_eq!(
-            pick(
-                &l,
-                &cfg(0.0, 0, 1.0),
-                &[],
-                &mut rng,
-                &mut Scratch::default()
-            ),
-            1
-        );
-        assert_eq!(
-            pick(
-                &l,
-                &cfg(0.0, 0, 1.0),
-                &[1],
-                &mut rng,
-                &mut Scratch::default()
-            ),
-            2
-        );
+        assert_eq!(pick(&l, &cfg(0.0, 0, 1.0), &[], &mut rng, &mut Scratch::default()), 1);
+        assert_eq!(pick(&l, &cfg(0.0, 0, 1.0), &[1], &mut rng, &mut Scratch::default()), 2);
     }
 
     #[test]

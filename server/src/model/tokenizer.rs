@@ -13,13 +13,7 @@ use serde_json::{Value, json};
 use super::error::{ModelError, Result};
 
 /// Names of special tokens that end a completion when the model emits them.
-const END_TOKENS: &[&str] = &[
-    "<|endoftext|>",
-    "<|im_end|>",
-    "</s>",
-    "<|eot_id|>",
-    "<|end_of_text|>",
-];
+const END_TOKENS: &[&str] = &["<|endoftext|>", "<|im_end|>", "</s>", "<|eot_id|>", "<|end_of_text|>"];
 
 #[derive(Clone)]
 pub struct Tokenizer {
@@ -29,34 +23,24 @@ pub struct Tokenizer {
 
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tokenizer")
-            .field("vocab_size", &self.vocab_size())
-            .field("eos_ids", &self.eos_ids)
-            .finish()
+        f.debug_struct("Tokenizer").field("vocab_size", &self.vocab_size()).field("eos_ids", &self.eos_ids).finish()
     }
 }
 
 impl Tokenizer {
     /// Loads an HF `tokenizer.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let inner =
-            tokenizers::Tokenizer::from_file(path).map_err(|e| ModelError::format(path, e))?;
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| ModelError::format(path, e))?;
         Ok(Self::with_end_tokens(inner, &[]))
     }
 
     /// Rebuilds the tokenizer stored in a GGUF file's `tokenizer.ggml.*` metadata.
     pub fn from_gguf(content: &gguf_file::Content, path: &Path) -> Result<Self> {
         let doc = gguf_tokenizer_json(content).map_err(|m| ModelError::format(path, m))?;
-        let inner: tokenizers::Tokenizer = doc
-            .to_string()
-            .parse()
-            .map_err(|e| ModelError::format(path, format!("rebuilding the tokenizer: {e}")))?;
+        let inner: tokenizers::Tokenizer =
+            doc.to_string().parse().map_err(|e| ModelError::format(path, format!("rebuilding the tokenizer: {e}")))?;
         let md = &content.metadata;
-        let eos: Vec<u32> = md
-            .get("tokenizer.ggml.eos_token_id")
-            .and_then(|v| v.to_u32().ok())
-            .into_iter()
-            .collect();
+        let eos: Vec<u32> = md.get("tokenizer.ggml.eos_token_id").and_then(|v| v.to_u32().ok()).into_iter().collect();
         Ok(Self::with_end_tokens(inner, &eos))
     }
 
@@ -67,10 +51,7 @@ impl Tokenizer {
                 eos.insert(id);
             }
         }
-        Self {
-            inner,
-            eos_ids: eos.into_iter().collect(),
-        }
+        Self { inner, eos_ids: eos.into_iter().collect() }
     }
 
     /// Adds end-of-sequence ids given by the model config.
@@ -108,9 +89,7 @@ impl Tokenizer {
 
     /// Decodes ids back to text, special tokens included, so that decode(encode(s)) == s.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner
-            .decode(ids, false)
-            .map_err(|e| ModelError::Tokenizer(format!("decoding {} ids: {e}", ids.len())))
+        self.inner.decode(ids, false).map_err(|e| ModelError::Tokenizer(format!("decoding {} ids: {e}", ids.len())))
     }
 
     /// The text of each token, for display.
@@ -129,12 +108,14 @@ fn preview(text: &str) -> String {
 
 /// GPT-2's pre-tokenizer regex is the ByteLevel default; others are spelled out as HF writes them.
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_REGEX: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// The pre-tokenizer `tokenizer.json` uses for a llama.cpp `tokenizer.ggml.pre` name.
 fn pre_tokenizer(pre: &str) -> std::result::Result<(Value, bool), String> {
     let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
-    let split = |regex: &str| json!({"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false});
+    let split =
+        |regex: &str| json!({"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false});
     // (pre-tokenizer, ignore_merges)
     Ok(match pre {
         "default" | "gpt2" | "gpt-2" => (byte_level(true), false),
@@ -144,14 +125,10 @@ fn pre_tokenizer(pre: &str) -> std::result::Result<(Value, bool), String> {
                 {"type": "Digits", "individual_digits": true}, byte_level(true)]}),
             false,
         ),
-        "llama-bpe" | "llama3" => (
-            json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_REGEX), byte_level(false)]}),
-            true,
-        ),
-        "qwen2" => (
-            json!({"type": "Sequence", "pretokenizers": [split(QWEN2_REGEX), byte_level(false)]}),
-            false,
-        ),
+        "llama-bpe" | "llama3" => {
+            (json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_REGEX), byte_level(false)]}), true)
+        }
+        "qwen2" => (json!({"type": "Sequence", "pretokenizers": [split(QWEN2_REGEX), byte_level(false)]}), false),
         other => {
             return Err(format!(
                 "tokenizer.ggml.pre {other:?} is not supported (default, gpt2, smollm, starcoder, llama-bpe, qwen2); \
@@ -164,13 +141,8 @@ fn pre_tokenizer(pre: &str) -> std::result::Result<(Value, bool), String> {
 /// Builds an HF `tokenizer.json` document from GGUF metadata.
 fn gguf_tokenizer_json(content: &gguf_file::Content) -> std::result::Result<Value, String> {
     let md = &content.metadata;
-    let get = |k: &str| {
-        md.get(k)
-            .ok_or_else(|| format!("metadata key {k} is missing"))
-    };
-    let model = get("tokenizer.ggml.model")?
-        .to_string()
-        .map_err(|e| e.to_string())?;
+    let get = |k: &str| md.get(k).ok_or_else(|| format!("metadata key {k} is missing"));
+    let model = get("tokenizer.ggml.model")?.to_string().map_err(|e| e.to_string())?;
     if model != "gpt2" {
         return Err(format!(
             "tokenizer.ggml.model {model:?} is not supported (only byte-level BPE, \"gpt2\"); \
@@ -216,18 +188,11 @@ fn gguf_tokenizer_json(content: &gguf_file::Content) -> std::result::Result<Valu
             }));
         }
     }
-    let bos = md
-        .get("tokenizer.ggml.bos_token_id")
-        .and_then(|v| v.to_u32().ok());
-    let add_bos = md
-        .get("tokenizer.ggml.add_bos_token")
-        .and_then(|v| v.to_bool().ok())
-        .unwrap_or(false);
+    let bos = md.get("tokenizer.ggml.bos_token_id").and_then(|v| v.to_u32().ok());
+    let add_bos = md.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false);
     let post_processor = match (add_bos, bos) {
         (true, Some(id)) => {
-            let tok = tokens
-                .get(id as usize)
-                .ok_or_else(|| format!("bos_token_id {id} is beyond the vocabulary"))?;
+            let tok = tokens.get(id as usize).ok_or_else(|| format!("bos_token_id {id} is beyond the vocabulary"))?;
             json!({
                 "type": "TemplateProcessing",
                 "single": [{"SpecialToken": {"id": tok, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],

@@ -8,28 +8,15 @@ use apl::model::{Batch, Checkpoint, Model};
 use candle_core::{DType, Device, Tensor};
 
 /// Every HF fixture directory written by `tests/fixtures/make_fixtures.py`.
-pub const FIXTURES: &[&str] = &[
-    "llama",
-    "llama3",
-    "qwen2",
-    "gpt2",
-    "gpt_neox",
-    "gpt_neox_seq",
-];
+pub const FIXTURES: &[&str] = &["llama", "llama3", "qwen2", "gpt2", "gpt_neox", "gpt_neox_seq"];
 
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
 pub fn load(name: &str, dtype: DType) -> Checkpoint {
     let p = fixture(name);
-    let p = if p.join("model.gguf").exists() {
-        p.join("model.gguf")
-    } else {
-        p
-    };
+    let p = if p.join("model.gguf").exists() { p.join("model.gguf") } else { p };
     Checkpoint::load(&p, dtype, &Device::Cpu).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
@@ -38,8 +25,7 @@ pub fn model(name: &str) -> Model {
 }
 
 pub fn expected(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture(name).join("expected.safetensors"), &Device::Cpu)
-        .unwrap()
+    candle_core::safetensors::load(fixture(name).join("expected.safetensors"), &Device::Cpu).unwrap()
 }
 
 pub fn rows_u32(t: &Tensor) -> Vec<Vec<u32>> {
@@ -53,23 +39,11 @@ pub fn parity_batch(exp: &HashMap<String, Tensor>, prefix: &str) -> (Batch, Vec<
         .into_iter()
         .map(|r| r.into_iter().map(|m| m == 1).collect())
         .collect();
-    (
-        Batch::from_rows(ids, valid.clone(), DType::F32, &Device::Cpu).unwrap(),
-        valid,
-    )
+    (Batch::from_rows(ids, valid.clone(), DType::F32, &Device::Cpu).unwrap(), valid)
 }
 
 pub fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
 }
 
 /// A deterministic token sequence in 3..vocab.

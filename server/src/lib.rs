@@ -1,4 +1,10 @@
 //! Active preference learning workbench: the model engine, and (growing) the learning loop
 //! and the annotation server built on it. `main.rs` only parses the command line.
 
+pub mod api;
+pub mod assets;
+pub mod cli;
+pub mod data;
+pub mod device;
 pub mod model;
+pub mod worker;

@@ -1,0 +1,140 @@
+//! The command line: `serve` (the main job) and quick checks of the model engine
+//! (`generate`, `score`, `bench`), plus `assets` to fetch the offline data ahead of time.
+//!
+//! Every command takes the same model options, so any checkpoint the engine reads can be
+//! tried from the terminal before it is used in a project.
+
+pub mod bench;
+pub mod generate;
+pub mod score;
+pub mod serve;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::assets;
+use crate::device::{describe, parse_device, parse_dtype};
+use crate::model::{Checkpoint, Model, Tokenizer};
+
+#[derive(Debug, Parser)]
+#[command(name = "apl", version, about = "Active preference learning workbench: DPO with as few labels as possible")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start the web server (the main job).
+    Serve(serve::Args),
+    /// Sample completions of a prompt.
+    Generate(generate::Args),
+    /// Log-probabilities of completions given a prompt.
+    Score(score::Args),
+    /// Measure sampling, scoring and DPO-step throughput.
+    Bench(bench::Args),
+    /// Fetch the default model and the IMDB data into the cache directory.
+    Assets(CacheArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct CacheArgs {
+    /// Where downloaded assets live [default: $XDG_CACHE_HOME/apl or ~/.cache/apl].
+    #[arg(long, env = "APL_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl CacheArgs {
+    pub fn dir(&self) -> PathBuf {
+        self.cache_dir.clone().unwrap_or_else(assets::default_cache_dir)
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ModelArgs {
+    /// HF checkpoint directory or .gguf file [default: SmolLM2-135M-Instruct, fetched on first use].
+    #[arg(long, env = "APL_MODEL")]
+    pub model: Option<PathBuf>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu", env = "APL_DEVICE")]
+    pub device: String,
+    /// Compute dtype: f32, bf16 or f16.
+    #[arg(long, default_value = "f32", env = "APL_DTYPE")]
+    pub dtype: String,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+/// A model ready to use, with its tokenizer.
+pub struct Loaded {
+    pub checkpoint: Checkpoint,
+    pub model: Model,
+    pub tokenizer: Tokenizer,
+}
+
+impl ModelArgs {
+    /// The model path: as given, or the bundled default (fetched if needed).
+    pub fn path(&self) -> Result<PathBuf> {
+        match &self.model {
+            Some(p) => Ok(p.clone()),
+            None => assets::ensure(&assets::SMOLLM2, &self.cache.dir()),
+        }
+    }
+
+    pub fn load(&self) -> Result<Loaded> {
+        let path = self.path()?;
+        let device = parse_device(&self.device)?;
+        let dtype = parse_dtype(&self.dtype)?;
+        let t = Instant::now();
+        let checkpoint = Checkpoint::load(&path, dtype, &device)?;
+        let model = Model::from_checkpoint(&checkpoint)?;
+        let tokenizer = checkpoint.tokenizer().context("the CLI needs a tokenizer")?.clone();
+        tracing::info!(
+            model = %path.display(),
+            architecture = checkpoint.config.name(),
+            params = checkpoint.num_params(),
+            device = %describe(&device),
+            ?dtype,
+            secs = format!("{:.1}", t.elapsed().as_secs_f64()),
+            "model loaded"
+        );
+        Ok(Loaded { checkpoint, model, tokenizer })
+    }
+}
+
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("APL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve(a) => serve::run(a),
+        Command::Generate(a) => generate::run(a),
+        Command::Score(a) => score::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Assets(a) => {
+            let dir = a.dir();
+            for asset in [&assets::SMOLLM2, &assets::IMDB] {
+                println!("{}", assets::ensure(asset, &dir)?.display());
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A progress bar on stderr in the house style; hidden when stderr is not a terminal.
+pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new(len);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}

@@ -1,0 +1,62 @@
+//! Run-time choice of device and dtype (`--device cpu|cuda|cuda:N`, `--dtype f32|bf16|f16`).
+//!
+//! A CUDA binary is a separate build (`--features cuda`); asking a CPU build for CUDA is an
+//! error that says how to get one, not a silent fallback to the CPU.
+
+use anyhow::{Result, bail};
+use candle_core::{DType, Device};
+
+pub fn parse_device(spec: &str) -> Result<Device> {
+    let spec = spec.trim().to_ascii_lowercase();
+    if spec == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    let ordinal = match spec.as_str() {
+        "cuda" | "gpu" => 0,
+        s => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => n,
+            _ => bail!("unknown device {spec:?}: use cpu, cuda or cuda:N"),
+        },
+    };
+    if !candle_core::utils::cuda_is_available() {
+        bail!(
+            "device {spec:?} asked for, but this binary was built without CUDA; \
+             rebuild with `cargo build --release --features cuda` (see README)"
+        );
+    }
+    Ok(Device::new_cuda(ordinal)?)
+}
+
+pub fn parse_dtype(spec: &str) -> Result<DType> {
+    Ok(match spec.trim().to_ascii_lowercase().as_str() {
+        "f32" | "float32" => DType::F32,
+        "bf16" | "bfloat16" => DType::BF16,
+        "f16" | "float16" | "half" => DType::F16,
+        "f64" | "float64" => DType::F64,
+        other => bail!("unknown dtype {other:?}: use f32, bf16 or f16"),
+    })
+}
+
+pub fn describe(device: &Device) -> String {
+    match device {
+        Device::Cpu => format!("cpu ({} threads)", candle_core::utils::get_num_threads()),
+        Device::Cuda(_) => "cuda".to_string(),
+        Device::Metal(_) => "metal".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_refuses_clearly() {
+        assert!(parse_device("cpu").unwrap().is_cpu());
+        assert!(parse_device("tpu").unwrap_err().to_string().contains("cpu, cuda or cuda:N"));
+        if !candle_core::utils::cuda_is_available() {
+            assert!(parse_device("cuda:0").unwrap_err().to_string().contains("--features cuda"));
+        }
+        assert_eq!(parse_dtype("bf16").unwrap(), DType::BF16);
+        assert!(parse_dtype("int8").is_err());
+    }
+}

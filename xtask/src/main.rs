@@ -1,1 +1,107 @@
-fn main() {}
+//! Build chores, as `cargo xtask <command>`:
+//!
+//! - `frontend`: compile the Leptos app to wasm and generate its JS glue with
+//!   wasm-bindgen's library (pinned to the same version as the `wasm-bindgen` crate), into
+//!   `dist/`. No downloaded tools (trunk, wasm-bindgen-cli binaries) are needed.
+//! - `run [ARGS]`: the main job. Builds the frontend and the server (release) and starts
+//!   `apl serve ARGS` on embedded defaults; the model and IMDB data are fetched on first use.
+//! - `test [ARGS]`: the whole test suite: the frontend's wasm build, then `cargo test --workspace`.
+//! - `ci`: what CI enforces: `cargo fmt --check`, clippy with warnings denied, then `test`.
+//! - `bench [ARGS]`: release build, then `apl bench ARGS`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let cmd = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.collect();
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    match cmd.as_str() {
+        "frontend" => frontend(&root),
+        "run" => {
+            frontend(&root)?;
+            cargo(&["run", "--release", "-p", "apl-server", "--bin", "apl", "--", "serve"], &rest)
+        }
+        "test" => {
+            frontend(&root)?;
+            cargo(&["test", "--workspace"], &rest)
+        }
+        "ci" => {
+            cargo(&["fmt", "--all", "--", "--check"], &[])?;
+            cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"], &[])?;
+            frontend(&root)?;
+            cargo(&["test", "--workspace"], &rest)
+        }
+        "bench" => cargo(&["run", "--release", "-p", "apl-server", "--bin", "apl", "--", "bench"], &rest),
+        other => {
+            eprintln!("usage: cargo xtask <frontend | run [ARGS] | test [ARGS] | ci | bench [ARGS]>");
+            if other.is_empty() { Ok(()) } else { bail!("unknown command {other:?}") }
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_path_buf()
+}
+
+fn cargo(args: &[&str], extra: &[String]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("+ cargo {} {}", args.join(" "), extra.join(" "));
+    let status = Command::new(&cargo).args(args).args(extra).status().with_context(|| format!("running {cargo}"))?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Adds the wasm32 target through rustup when it is missing (a fresh machine).
+fn ensure_wasm_target() -> Result<()> {
+    let Ok(out) = Command::new("rustup").args(["target", "list", "--installed"]).output() else {
+        return Ok(()); // no rustup: let cargo report what is missing
+    };
+    if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == "wasm32-unknown-unknown") {
+        return Ok(());
+    }
+    eprintln!("+ rustup target add wasm32-unknown-unknown");
+    let status = Command::new("rustup").args(["target", "add", "wasm32-unknown-unknown"]).status()?;
+    if !status.success() {
+        bail!("`rustup target add wasm32-unknown-unknown` failed ({status})");
+    }
+    Ok(())
+}
+
+/// Builds `dist/`: index.html, boot.js, style.css and pkg/ (wasm + JS glue).
+fn frontend(root: &Path) -> Result<()> {
+    ensure_wasm_target()?;
+    cargo(
+        &["build", "-p", "apl-frontend", "--lib", "--target", "wasm32-unknown-unknown", "--profile", "wasm-release"],
+        &[],
+    )?;
+    let wasm = root.join("target/wasm32-unknown-unknown/wasm-release/apl_frontend.wasm");
+    let dist = root.join("dist");
+    let pkg = dist.join("pkg");
+    if pkg.exists() {
+        std::fs::remove_dir_all(&pkg)?;
+    }
+    std::fs::create_dir_all(&pkg)?;
+    wasm_bindgen_cli_support::Bindgen::new()
+        .input_path(&wasm)
+        .web(true)?
+        .typescript(false)
+        .remove_name_section(true)
+        .remove_producers_section(true)
+        .generate(&pkg)
+        .context("wasm-bindgen")?;
+    for (from, to) in
+        [("frontend/index.html", "index.html"), ("frontend/boot.js", "boot.js"), ("style/style.css", "style.css")]
+    {
+        std::fs::copy(root.join(from), dist.join(to)).with_context(|| format!("copying {from}"))?;
+    }
+    let size = std::fs::metadata(pkg.join("apl_frontend_bg.wasm"))?.len();
+    eprintln!("frontend built in {} (wasm {:.0} KB after wasm-bindgen)", dist.display(), size as f64 / 1024.0);
+    Ok(())
+}

@@ -175,7 +175,12 @@ pub fn matmul_2d(xs: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tenso
     let dims = xs.dims().to_vec();
     let in_dim = *dims.last().expect("matmul on a scalar");
     let rows: usize = dims[..dims.len() - 1].iter().product();
-    let ys = xs.reshape((rows, in_dim))?.matmul(w)?;
+    let x2 = xs.reshape((rows, in_dim))?;
+    let ys = if rows <= SMALL_M && w.device().is_cpu() && !tracks(&[&x2, w]) {
+        matmul_split_columns(&x2, w)?
+    } else {
+        x2.matmul(w)?
+    };
     let ys = match bias {
         Some(b) => ys.broadcast_add(b)?,
         None => ys,
@@ -183,6 +188,32 @@ pub fn matmul_2d(xs: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tenso
     let mut out_dims = dims;
     *out_dims.last_mut().expect("non-empty") = ys.dim(1)?;
     ys.reshape(out_dims)
+}
+
+/// Up to this many rows, a CPU matmul is a matrix-vector product in disguise.
+const SMALL_M: usize = 8;
+
+/// `x @ w` for a few rows of `x`, with the columns of `w` split across the CPU threads.
+///
+/// gemm runs matrix-vector products on one thread, so sampling one sequence at a time used
+/// one core of two; splitting the output columns (contiguous rows of an HF weight) lets each
+/// thread stream its own share of the weights.
+fn matmul_split_columns(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    use rayon::prelude::*;
+    let out = w.dim(1)?;
+    let parts = rayon::current_num_threads().min(out / 256);
+    if parts <= 1 {
+        return x.matmul(w);
+    }
+    let chunk = out.div_ceil(parts);
+    let ys = (0..parts)
+        .into_par_iter()
+        .map(|i| {
+            let start = i * chunk;
+            x.matmul(&w.narrow(1, start, chunk.min(out - start))?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&ys, 1)
 }
 
 /// Activation functions named as in HF configs (`hidden_act`, `activation_function`).

@@ -9,6 +9,7 @@
 use candle_core::{DType, IndexOp, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::Model;
@@ -111,20 +112,30 @@ pub fn sample(
         })
         .collect();
     let mut running: Vec<bool> = max_new.iter().map(|&m| m > 0).collect();
-    let mut scratch = Scratch::default();
+    let mut scratch: Vec<Scratch> = (0..b).map(|_| Scratch::default()).collect();
     for _ in 0..steps {
         let rows = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        // Rows are independent (own RNG, own buffers), so they are picked in parallel.
+        let picks: Vec<Option<(u32, f32)>> = rows
+            .par_iter()
+            .zip(rngs.par_iter_mut())
+            .zip(scratch.par_iter_mut())
+            .enumerate()
+            .map(|(i, ((row, rng), s))| {
+                running[i].then(|| {
+                    let suppress_eos = cfg.stop_at_eos && out[i].tokens.len() < min_new[i];
+                    pick(row, cfg, if suppress_eos { eos_ids } else { &[] }, rng, s)
+                })
+            })
+            .collect();
         let mut column = Vec::with_capacity(b);
-        for i in 0..b {
-            if !running[i] {
+        for (i, p) in picks.into_iter().enumerate() {
+            let Some((tok, logprob)) = p else {
                 column.push(None);
                 continue;
-            }
-            let row = &rows[i];
-            let suppress_eos = cfg.stop_at_eos && out[i].tokens.len() < min_new[i];
-            let tok = pick(row, cfg, if suppress_eos { eos_ids } else { &[] }, &mut rngs[i], &mut scratch);
+            };
             out[i].tokens.push(tok);
-            out[i].logprobs.push(log_softmax_at(row, tok));
+            out[i].logprobs.push(logprob);
             if cfg.stop_at_eos && eos_ids.contains(&tok) {
                 out[i].finish = FinishReason::Eos;
                 running[i] = false;
@@ -234,55 +245,76 @@ struct Scratch {
     probs: Vec<f32>,
 }
 
-/// Chooses a token from one row of logits.
-fn pick(logits: &[f32], cfg: &SamplingConfig, banned: &[u32], rng: &mut ChaCha8Rng, s: &mut Scratch) -> u32 {
-    let allowed = |i: usize| !banned.contains(&(i as u32));
+/// Chooses a token from one row of logits; returns it with its log-probability under the
+/// model at temperature 1 (before any truncation or EOS suppression).
+fn pick(logits: &[f32], cfg: &SamplingConfig, banned: &[u32], rng: &mut ChaCha8Rng, s: &mut Scratch) -> (u32, f32) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     if cfg.temperature == 0.0 {
-        return argmax(logits, allowed);
+        let tok = argmax(logits, |i| !banned.contains(&(i as u32)));
+        let z1: f32 = logits.iter().map(|&l| (l - max).exp()).sum();
+        return (tok, logits[tok as usize] - max - z1.ln());
     }
     let inv_t = (1.0 / cfg.temperature) as f32;
-    // Candidates: every allowed token, cut to the top k when asked.
-    s.idx.clear();
-    s.idx.extend((0..logits.len() as u32).filter(|&i| allowed(i as usize)));
-    if s.idx.is_empty() {
-        return argmax(logits, |_| true);
+    // One pass for the sampling weights; the temperature-1 normaliser reuses it when T = 1.
+    s.probs.clear();
+    s.probs.extend(logits.iter().map(|&l| ((l - max) * inv_t).exp()));
+    let z1: f32 = if inv_t == 1.0 { s.probs.iter().sum() } else { logits.iter().map(|&l| (l - max).exp()).sum() };
+    for &b in banned {
+        if let Some(p) = s.probs.get_mut(b as usize) {
+            *p = 0.0;
+        }
     }
-    let by_logit_desc = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]);
+    let tok = if cfg.top_k == 0 && cfg.top_p >= 1.0 { draw(&s.probs, rng) } else { truncated_draw(cfg, rng, s) };
+    let tok = tok.unwrap_or_else(|| argmax(logits, |_| true));
+    (tok, logits[tok as usize] - max - z1.ln())
+}
+
+/// Draws an index with probability proportional to `weights`; None if they are all zero.
+fn draw(weights: &[f32], rng: &mut ChaCha8Rng) -> Option<u32> {
+    let total: f32 = weights.iter().sum();
+    if total.is_nan() || total <= 0.0 {
+        return None;
+    }
+    let mut r = rng.random::<f32>() * total;
+    let mut last = None;
+    for (i, &w) in weights.iter().enumerate() {
+        if w > 0.0 {
+            if r < w {
+                return Some(i as u32);
+            }
+            r -= w;
+            last = Some(i as u32);
+        }
+    }
+    last
+}
+
+/// Top-k, then top-p (the order HF applies them), over the weights in `s.probs`.
+fn truncated_draw(cfg: &SamplingConfig, rng: &mut ChaCha8Rng, s: &mut Scratch) -> Option<u32> {
+    let probs = &s.probs;
+    s.idx.clear();
+    s.idx.extend((0..probs.len() as u32).filter(|&i| probs[i as usize] > 0.0));
+    let desc = |a: &u32, b: &u32| probs[*b as usize].total_cmp(&probs[*a as usize]);
     if cfg.top_k > 0 && cfg.top_k < s.idx.len() {
-        s.idx.select_nth_unstable_by(cfg.top_k - 1, by_logit_desc);
+        s.idx.select_nth_unstable_by(cfg.top_k - 1, desc);
         s.idx.truncate(cfg.top_k);
     }
-    let max = s.idx.iter().map(|&i| logits[i as usize]).fold(f32::NEG_INFINITY, f32::max);
-    s.probs.clear();
-    s.probs.extend(s.idx.iter().map(|&i| ((logits[i as usize] - max) * inv_t).exp()));
-    let mut total: f32 = s.probs.iter().sum();
     if cfg.top_p < 1.0 {
-        // Sort candidates by probability and keep the smallest prefix reaching top_p.
-        let mut order: Vec<usize> = (0..s.idx.len()).collect();
-        order.sort_unstable_by(|&a, &b| s.probs[b].total_cmp(&s.probs[a]));
+        s.idx.sort_unstable_by(desc);
+        let total: f32 = s.idx.iter().map(|&i| probs[i as usize]).sum();
         let mut acc = 0.0;
-        let mut keep = order.len();
-        for (n, &k) in order.iter().enumerate() {
-            acc += s.probs[k] / total;
+        let mut keep = s.idx.len();
+        for (n, &i) in s.idx.iter().enumerate() {
+            acc += probs[i as usize] / total;
             if acc >= cfg.top_p as f32 {
                 keep = n + 1;
                 break;
             }
         }
-        let idx: Vec<u32> = order[..keep].iter().map(|&k| s.idx[k]).collect();
-        let probs: Vec<f32> = order[..keep].iter().map(|&k| s.probs[k]).collect();
-        s.idx = idx;
-        s.probs = probs;
-        total = s.probs.iter().sum();
+        s.idx.truncate(keep);
     }
-    let mut r = rng.random::<f32>() * total;
-    for (k, p) in s.probs.iter().enumerate() {
-        if r < *p {
-            return s.idx[k];
-        }
-        r -= p;
-    }
-    *s.idx.last().expect("non-empty candidates")
+    let weights: Vec<f32> = s.idx.iter().map(|&i| probs[i as usize]).collect();
+    draw(&weights, rng).map(|k| s.idx[k as usize])
 }
 
 fn argmax(logits: &[f32], allowed: impl Fn(usize) -> bool) -> u32 {
@@ -293,13 +325,6 @@ fn argmax(logits: &[f32], allowed: impl Fn(usize) -> bool) -> u32 {
         }
     }
     best.map_or(0, |(_, i)| i)
-}
-
-/// log softmax(logits)[tok] at temperature 1.
-fn log_softmax_at(logits: &[f32], tok: u32) -> f32 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f32 = logits.iter().map(|&l| (l - max).exp()).sum();
-    logits[tok as usize] - max - sum.ln()
 }
 
 #[cfg(test)]
@@ -316,7 +341,7 @@ mod tests {
         let mut n = vec![0usize; logits.len()];
         let draws = 20000;
         for _ in 0..draws {
-            n[pick(logits, c, banned, &mut rng, &mut s) as usize] += 1;
+            n[pick(logits, c, banned, &mut rng, &mut s).0 as usize] += 1;
         }
         n.into_iter().map(|k| k as f64 / draws as f64).collect()
     }
@@ -325,8 +350,8 @@ mod tests {
     fn greedy_takes_the_argmax_unless_banned() {
         let l = [0.1, 3.0, 2.0];
         let mut rng = ChaCha8Rng::seed_from_u64(0);
-        assert_eq!(pick(&l, &cfg(0.0, 0, 1.0), &[], &mut rng, &mut Scratch::default()), 1);
-        assert_eq!(pick(&l, &cfg(0.0, 0, 1.0), &[1], &mut rng, &mut Scratch::default()), 2);
+        assert_eq!(pick(&l, &cfg(0.0, 0, 1.0), &[], &mut rng, &mut Scratch::default()).0, 1);
+        assert_eq!(pick(&l, &cfg(0.0, 0, 1.0), &[1], &mut rng, &mut Scratch::default()).0, 2);
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub struct AppState {
 #[derive(Debug)]
 pub enum AppError {
     BadRequest(String),
+    NotFound(String),
     Internal(String),
 }
 
@@ -48,6 +49,7 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let (status, message) = match self {
             Self::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            Self::NotFound(m) => (StatusCode::NOT_FOUND, m),
             Self::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal error; see the server log".to_string())
@@ -62,10 +64,11 @@ const CSP: &str = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; sty
                    connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'";
 
 pub fn app(state: AppState) -> Router {
-    let api = Router::new()
-        .route("/health", get(health))
-        .route("/pair", post(pair))
-        .fallback(|| async { AppError::BadRequest("no such API endpoint".into()) });
+    let api = Router::new().route("/health", get(health)).route("/pair", post(pair)).fallback(
+        |axum::extract::OriginalUri(uri): axum::extract::OriginalUri| async move {
+            AppError::NotFound(format!("no API endpoint at {}", uri.path()))
+        },
+    );
     let mut router = Router::new().nest("/api", api);
     router = match &state.dist {
         Some(dir) if dir.join("index.html").exists() => router.fallback_service(ServeDir::new(dir)),

@@ -81,3 +81,39 @@ pub fn prompts(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn csv(body: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), body).unwrap();
+        f
+    }
+
+    #[test]
+    fn reads_imdb_rows_only_and_names_bad_lines() {
+        let f = csv("text,label,source\n\"a<br />b\",1,imdb\nshort,0,rotten_tomatoes\nc,0,imdb\n");
+        let r = read_reviews(f.path()).unwrap();
+        assert_eq!(r, vec![Review { text: "a b".into(), label: 1 }, Review { text: "c".into(), label: 0 }]);
+        let f = csv("text,label,source\nok,1,imdb\nbad,maybe,imdb\n");
+        let err = read_reviews(f.path()).unwrap_err().to_string();
+        assert!(err.contains(":3:") && err.contains("maybe"), "{err}");
+        let f = csv("review,label,source\nx,1,imdb\n");
+        assert!(read_reviews(f.path()).unwrap_err().to_string().contains("\"text\""));
+    }
+
+    #[test]
+    fn prompts_are_8_to_16_tokens_of_long_reviews() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama/tokenizer.json");
+        let tok = Tokenizer::from_file(&path).unwrap();
+        let long = "This film is a quiet marvel of patient storytelling and careful acting. ".repeat(4);
+        let reviews = vec![Review { text: long.clone(), label: 1 }, Review { text: "too short".into(), label: 0 }];
+        let p = prompts(&reviews, &tok, 200, (8, 16), 3).unwrap();
+        assert_eq!(p.len(), 1);
+        assert!((8..=16).contains(&p[0].ids.len()));
+        assert!(long.starts_with(&p[0].text));
+        assert_eq!(prompts(&reviews, &tok, 200, (8, 16), 3).unwrap(), p, "seeded");
+    }
+}

@@ -1,6 +1,6 @@
 //! `apl generate`: sample completions of one or more prompts, to eyeball a checkpoint.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 use anyhow::{Result, bail};
 
@@ -68,6 +68,7 @@ pub fn run(a: Args) -> Result<()> {
     let secs = t.elapsed().as_secs_f64();
     let new_tokens: usize = samples.iter().map(|s| s.tokens.len()).sum();
     let mut out = std::io::stdout().lock();
+    let (bold, plain) = if out.is_terminal() { ("\x1b[1m", "\x1b[0m") } else { ("", "") };
     for (i, s) in samples.iter().enumerate() {
         let prompt = &a.prompt[i / a.num_samples];
         let text = m.tokenizer.decode(&s.tokens)?;
@@ -87,7 +88,7 @@ pub fn run(a: Args) -> Result<()> {
                 s.tokens.len(),
                 s.finish
             )?;
-            writeln!(out, "{prompt}\x1b[1m{text}\x1b[0m")?;
+            writeln!(out, "{prompt}{bold}{text}{plain}")?;
         }
     }
     eprintln!("{new_tokens} tokens in {secs:.2} s ({:.1} tok/s)", new_tokens as f64 / secs);

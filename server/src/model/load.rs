@@ -78,6 +78,9 @@ pub fn load_hf_dir(dir: &Path, dtype: DType, device: &Device) -> Result<Checkpoi
         let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(file) }
             .map_err(|e| ModelError::format(file, e))?;
         for (name, _) in st.tensors() {
+            if is_buffer(&name) {
+                continue;
+            }
             let t = st.load(&name, &Device::Cpu).map_err(|e| ModelError::format(file, format!("{name}: {e}")))?;
             tensors.insert(name, t.to_dtype(dtype)?.to_device(device)?);
         }
@@ -95,6 +98,14 @@ pub fn load_hf_dir(dir: &Path, dtype: DType, device: &Device) -> Result<Checkpoi
         }
     }
     Ok(Checkpoint { config, tensors, tokenizer, source: dir.to_path_buf(), dtype, device: device.clone() })
+}
+
+/// Non-parameter buffers some checkpoints carry (GPT-2's causal masks, Pythia's bool masks and
+/// rotary frequencies): never weights, sometimes in dtypes candle cannot read, so never loaded.
+fn is_buffer(name: &str) -> bool {
+    [".attn.bias", ".attn.masked_bias", ".attention.bias", ".attention.masked_bias", "rotary_emb.inv_freq"]
+        .iter()
+        .any(|b| name.ends_with(b))
 }
 
 /// `model.safetensors`, or every shard named by `model.safetensors.index.json`.
@@ -160,11 +171,17 @@ pub fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<Checkpoin
     let hidden = num("embedding_length")? as usize;
     let head_dim = md.get(&key("attention.key_length")).and_then(|v| v.to_u32().ok()).map(|v| v as usize);
     let has_output = content.tensor_infos.contains_key("output.weight");
+    // The embedding's rows, which may exceed the tokenizer's entries (padded vocabularies).
+    let vocab_size = content
+        .tensor_infos
+        .get("token_embd.weight")
+        .map(|t| t.shape.dims()[0])
+        .ok_or_else(|| ModelError::format(path, "tensor token_embd.weight is missing"))?;
     let eos = md.get("tokenizer.ggml.eos_token_id").and_then(|v| v.to_u32().ok());
     let bos = md.get("tokenizer.ggml.bos_token_id").and_then(|v| v.to_u32().ok());
     let cfg_json = json!({
         "model_type": arch,
-        "vocab_size": tokenizer.vocab_size(),
+        "vocab_size": vocab_size,
         "hidden_size": hidden,
         "intermediate_size": num("feed_forward_length")?,
         "num_hidden_layers": num("block_count")?,
@@ -257,6 +274,14 @@ fn unpermute(t: &Tensor, n_head: usize, head_dim: usize) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn skips_buffers_but_not_biases() {
+        assert!(is_buffer("h.0.attn.bias") && is_buffer("gpt_neox.layers.3.attention.bias"));
+        assert!(is_buffer("gpt_neox.layers.3.attention.rotary_emb.inv_freq"));
+        assert!(!is_buffer("transformer.h.0.attn.c_attn.bias") && !is_buffer("gpt_neox.layers.0.attention.dense.bias"));
+        assert!(!is_buffer("gpt_neox.layers.0.attention.query_key_value.bias"));
+    }
 
     #[test]
     fn maps_gguf_names() {

@@ -84,3 +84,40 @@ fn completion_logprobs_match_hf() {
         }
     }
 }
+
+#[test]
+fn half_precision_runs_and_stays_close_to_f32() {
+    // The engine must not assume f32: bf16 and f16 go through the same code (f32 accumulation
+    // in norms, softmax and log-probs), including the KV-cache sampler.
+    for name in ["llama", "gpt2", "gpt_neox"] {
+        let exp = expected(name);
+        let (_, valid) = parity_batch(&exp, "");
+        for dtype in [DType::BF16, DType::F16] {
+            let ck = load(name, dtype);
+            let model = Model::from_checkpoint(&ck).unwrap();
+            let b = apl::model::Batch::from_rows(
+                rows_u32(&exp["input_ids"]),
+                valid.clone(),
+                dtype,
+                &candle_core::Device::Cpu,
+            )
+            .unwrap();
+            let logits = model.forward(&b).unwrap().to_dtype(DType::F32).unwrap();
+            let want = &exp["logits"];
+            let mut worst = 0f32;
+            for (r, row) in valid.iter().enumerate() {
+                for (c, &ok) in row.iter().enumerate() {
+                    if ok {
+                        worst = worst.max(max_abs(&logits.i((r, c)).unwrap(), &want.i((r, c)).unwrap()));
+                    }
+                }
+            }
+            eprintln!("{name} {dtype:?}: max |logit - HF f32| = {worst:.3}");
+            assert!(worst < 0.1, "{name} {dtype:?}: {worst}");
+            let cfg = apl::model::SamplingConfig { max_new_tokens: 4, ..Default::default() };
+            let p = tokens(5, 1, 320);
+            let s = apl::model::sample(&model, &[apl::model::SampleRequest::new(&p)], &cfg, &[0], |_| {}).unwrap();
+            assert!(!s[0].tokens.is_empty());
+        }
+    }
+}

@@ -129,11 +129,7 @@ impl Model {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         let t = if vb.contains_tensor("transformer.wte.weight") { vb.pp("transformer") } else { vb.clone() };
         let wte = t.pp("wte").get((cfg.vocab_size, cfg.n_embd), "weight")?;
-        let lm_head = if cfg.tie_word_embeddings || !vb.contains_tensor("lm_head.weight") {
-            wte.clone()
-        } else {
-            vb.pp("lm_head").get((cfg.vocab_size, cfg.n_embd), "weight")?
-        };
+        let lm_head = ops::output_head(&vb, "lm_head", &wte, cfg.tie_word_embeddings)?;
         let h = (0..cfg.n_layer).map(|i| Block::load(cfg, t.pp("h").pp(i), i)).collect::<Result<Vec<_>>>()?;
         Ok(Self {
             wte: Embedding::new(wte, cfg.n_embd),
@@ -178,6 +174,6 @@ impl Model {
     }
 
     pub fn lm_head(&self, hidden: &Tensor) -> Result<Tensor> {
-        ops::matmul_2d(hidden, &self.lm_head.t()?, None)
+        ops::apply_head(hidden, &self.lm_head)
     }
 }

@@ -156,11 +156,7 @@ impl Model {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         let g = vb.pp("gpt_neox");
         let embed = g.pp("embed_in").get((cfg.vocab_size, cfg.hidden_size), "weight")?;
-        let embed_out = if cfg.tie_word_embeddings && !vb.contains_tensor("embed_out.weight") {
-            embed.clone()
-        } else {
-            vb.pp("embed_out").get((cfg.vocab_size, cfg.hidden_size), "weight")?
-        };
+        let embed_out = ops::output_head(&vb, "embed_out", &embed, cfg.tie_word_embeddings)?;
         let layers =
             (0..cfg.num_hidden_layers).map(|i| Layer::load(cfg, g.pp("layers").pp(i))).collect::<Result<Vec<_>>>()?;
         let base = cfg.rotary_emb_base.unwrap_or_else(|| cfg.rope.theta(10000.0));
@@ -203,6 +199,6 @@ impl Model {
     }
 
     pub fn lm_head(&self, hidden: &Tensor) -> Result<Tensor> {
-        ops::matmul_2d(hidden, &self.embed_out.t()?, None)
+        ops::apply_head(hidden, &self.embed_out)
     }
 }

@@ -201,11 +201,7 @@ impl Model {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         let m = vb.pp("model");
         let embed = m.pp("embed_tokens").get((cfg.vocab_size, cfg.hidden_size), "weight")?;
-        let lm_head = if cfg.tie_word_embeddings && !vb.contains_tensor("lm_head.weight") {
-            embed.clone()
-        } else {
-            vb.pp("lm_head").get((cfg.vocab_size, cfg.hidden_size), "weight")?
-        };
+        let lm_head = ops::output_head(&vb, "lm_head", &embed, cfg.tie_word_embeddings)?;
         let layers =
             (0..cfg.num_hidden_layers).map(|i| Block::load(cfg, m.pp("layers").pp(i))).collect::<Result<Vec<_>>>()?;
         let inv_freq = match &cfg.inv_freq_override {
@@ -252,6 +248,6 @@ impl Model {
     }
 
     pub fn lm_head(&self, hidden: &Tensor) -> Result<Tensor> {
-        ops::matmul_2d(hidden, &self.lm_head.t()?, None)
+        ops::apply_head(hidden, &self.lm_head)
     }
 }

@@ -132,6 +132,17 @@ impl RotaryTable {
     }
 }
 
+/// The output head: the input embedding when tied (HF `tie_word_embeddings`), else the
+/// checkpoint's own `{name}.weight`, (vocab, hidden) like the embedding.
+pub fn output_head(vb: &candle_nn::VarBuilder, name: &str, embed: &Tensor, tied: bool) -> Result<Tensor> {
+    if tied { Ok(embed.clone()) } else { vb.pp(name).get(embed.dims2()?, "weight") }
+}
+
+/// Logits from final hidden states: (..., hidden) @ head^T -> (..., vocab).
+pub fn apply_head(hidden: &Tensor, head: &Tensor) -> Result<Tensor> {
+    matmul_2d(hidden, &head.t()?, None)
+}
+
 /// LayerNorm weights with their epsilon.
 #[derive(Debug, Clone)]
 pub struct LayerNorm {

@@ -7,4 +7,5 @@ pub mod cli;
 pub mod data;
 pub mod device;
 pub mod model;
+pub mod train;
 pub mod worker;

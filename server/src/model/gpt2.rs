@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::batch::KvCache;
 use super::config::TokenIds;
-use super::ops::{self, Activation, LayerNorm};
+use super::ops::{self, Activation, LayerNorm, Linear};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Config {
@@ -45,30 +45,14 @@ fn yes() -> bool {
     true
 }
 
-/// GPT-2's Conv1D: `y = x @ weight + bias`, weight (in, out).
-#[derive(Debug, Clone)]
-struct Conv1D {
-    weight: Tensor,
-    bias: Tensor,
-}
-
-impl Conv1D {
-    fn load(vb: VarBuilder, d_in: usize, d_out: usize) -> Result<Self> {
-        Ok(Self { weight: vb.get((d_in, d_out), "weight")?, bias: vb.get(d_out, "bias")? })
-    }
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        ops::matmul_2d(xs, &self.weight, Some(&self.bias))
-    }
-}
-
 #[derive(Debug, Clone)]
 struct Block {
     ln_1: LayerNorm,
-    c_attn: Conv1D,
-    attn_c_proj: Conv1D,
+    c_attn: Linear,
+    attn_c_proj: Linear,
     ln_2: LayerNorm,
-    c_fc: Conv1D,
-    mlp_c_proj: Conv1D,
+    c_fc: Linear,
+    mlp_c_proj: Linear,
     act: Activation,
     n_head: usize,
     scale: f64,
@@ -84,11 +68,11 @@ impl Block {
         }
         Ok(Self {
             ln_1: LayerNorm::load(&vb.pp("ln_1"), h, cfg.layer_norm_epsilon)?,
-            c_attn: Conv1D::load(vb.pp("attn").pp("c_attn"), h, 3 * h)?,
-            attn_c_proj: Conv1D::load(vb.pp("attn").pp("c_proj"), h, h)?,
+            c_attn: Linear::load_conv1d(&vb.pp("attn").pp("c_attn"), h, 3 * h)?,
+            attn_c_proj: Linear::load_conv1d(&vb.pp("attn").pp("c_proj"), h, h)?,
             ln_2: LayerNorm::load(&vb.pp("ln_2"), h, cfg.layer_norm_epsilon)?,
-            c_fc: Conv1D::load(vb.pp("mlp").pp("c_fc"), h, inner)?,
-            mlp_c_proj: Conv1D::load(vb.pp("mlp").pp("c_proj"), inner, h)?,
+            c_fc: Linear::load_conv1d(&vb.pp("mlp").pp("c_fc"), h, inner)?,
+            mlp_c_proj: Linear::load_conv1d(&vb.pp("mlp").pp("c_proj"), inner, h)?,
             act: cfg.activation_function,
             n_head: cfg.n_head,
             scale,
@@ -140,6 +124,15 @@ impl Model {
         })
     }
 
+    /// Every projection, for adapters and weight surgery.
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut out = Vec::new();
+        for b in &mut self.h {
+            out.extend([&mut b.c_attn, &mut b.attn_c_proj, &mut b.c_fc, &mut b.mlp_c_proj]);
+        }
+        out
+    }
+
     pub fn num_layers(&self) -> usize {
         self.h.len()
     }
@@ -158,19 +151,24 @@ impl Model {
         self.wte.forward(input_ids)? + pos
     }
 
-    pub fn blocks(
+    /// Runs the layers in `range` on `xs` (batch, seq, hidden), without the final norm.
+    pub fn layers(
         &self,
         xs: Tensor,
-        from: usize,
+        range: std::ops::Range<usize>,
         _position_ids: &Tensor,
         mask: &Tensor,
         mut cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         let mut xs = xs;
-        for (i, block) in self.h.iter().enumerate().skip(from) {
+        for (i, block) in self.h.iter().enumerate().take(range.end).skip(range.start) {
             xs = block.forward(&xs, mask, cache.as_deref_mut().map(|c| (c, i)))?;
         }
-        self.ln_f.forward(&xs)
+        Ok(xs)
+    }
+
+    pub fn final_norm(&self, xs: &Tensor) -> Result<Tensor> {
+        self.ln_f.forward(xs)
     }
 
     pub fn lm_head(&self, hidden: &Tensor) -> Result<Tensor> {

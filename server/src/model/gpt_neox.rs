@@ -170,6 +170,15 @@ impl Model {
         })
     }
 
+    /// Every projection, for adapters and weight surgery.
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut out = Vec::new();
+        for l in &mut self.layers {
+            out.extend([&mut l.query_key_value, &mut l.dense, &mut l.dense_h_to_4h, &mut l.dense_4h_to_h]);
+        }
+        out
+    }
+
     pub fn num_layers(&self) -> usize {
         self.layers.len()
     }
@@ -182,20 +191,25 @@ impl Model {
         self.embed_in.forward(input_ids)
     }
 
-    pub fn blocks(
+    /// Runs the layers in `range` on `xs` (batch, seq, hidden), without the final norm.
+    pub fn layers(
         &self,
         xs: Tensor,
-        from: usize,
+        range: std::ops::Range<usize>,
         position_ids: &Tensor,
         mask: &Tensor,
         mut cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         let rot = self.rotary.lookup(position_ids)?;
         let mut xs = xs;
-        for (i, layer) in self.layers.iter().enumerate().skip(from) {
+        for (i, layer) in self.layers.iter().enumerate().take(range.end).skip(range.start) {
             xs = layer.forward(&xs, &rot, mask, cache.as_deref_mut().map(|c| (c, i)))?;
         }
-        self.final_layer_norm.forward(&xs)
+        Ok(xs)
+    }
+
+    pub fn final_norm(&self, xs: &Tensor) -> Result<Tensor> {
+        self.final_layer_norm.forward(xs)
     }
 
     pub fn lm_head(&self, hidden: &Tensor) -> Result<Tensor> {

@@ -218,6 +218,17 @@ impl Model {
         })
     }
 
+    /// Every projection, for adapters and weight surgery.
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut out = Vec::new();
+        for l in &mut self.layers {
+            let (a, m) = (&mut l.self_attn, &mut l.mlp);
+            out.extend([&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj]);
+            out.extend([&mut m.gate_proj, &mut m.up_proj, &mut m.down_proj]);
+        }
+        out
+    }
+
     pub fn num_layers(&self) -> usize {
         self.layers.len()
     }
@@ -231,20 +242,25 @@ impl Model {
     }
 
     /// Runs layers `from..` and the final norm on `xs` (batch, seq, hidden).
-    pub fn blocks(
+    /// Runs the layers in `range` on `xs` (batch, seq, hidden), without the final norm.
+    pub fn layers(
         &self,
         xs: Tensor,
-        from: usize,
+        range: std::ops::Range<usize>,
         position_ids: &Tensor,
         mask: &Tensor,
         mut cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         let rot = self.rotary.lookup(position_ids)?;
         let mut xs = xs;
-        for (i, layer) in self.layers.iter().enumerate().skip(from) {
+        for (i, layer) in self.layers.iter().enumerate().take(range.end).skip(range.start) {
             xs = layer.forward(&xs, &rot, mask, cache.as_deref_mut().map(|c| (c, i)))?;
         }
-        ops::rms_norm(&xs, &self.norm, self.eps)
+        Ok(xs)
+    }
+
+    pub fn final_norm(&self, xs: &Tensor) -> Result<Tensor> {
+        ops::rms_norm(xs, &self.norm, self.eps)
     }
 
     pub fn lm_head(&self, hidden: &Tensor) -> Result<Tensor> {

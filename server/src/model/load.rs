@@ -24,6 +24,9 @@ use super::tokenizer::Tokenizer;
 #[derive(Debug, Clone)]
 pub struct Checkpoint {
     pub config: ArchConfig,
+    /// The HF `config.json` document (as read, or synthesised from GGUF metadata), written
+    /// back when a trained checkpoint is saved.
+    pub config_json: serde_json::Value,
     /// HF weight names -> tensors in `dtype` on `device`.
     pub tensors: HashMap<String, Tensor>,
     pub tokenizer: Option<Tokenizer>,
@@ -69,7 +72,10 @@ fn read_to_string(path: &Path) -> Result<String> {
 /// Loads an HF checkpoint directory.
 pub fn load_hf_dir(dir: &Path, dtype: DType, device: &Device) -> Result<Checkpoint> {
     let config_path = dir.join("config.json");
-    let config = ArchConfig::from_json(&read_to_string(&config_path)?, &config_path.display().to_string())?;
+    let config_text = read_to_string(&config_path)?;
+    let config = ArchConfig::from_json(&config_text, &config_path.display().to_string())?;
+    let config_json: serde_json::Value =
+        serde_json::from_str(&config_text).map_err(|e| ModelError::format(&config_path, e))?;
 
     let files = weight_files(dir)?;
     let mut tensors = HashMap::new();
@@ -97,7 +103,7 @@ pub fn load_hf_dir(dir: &Path, dtype: DType, device: &Device) -> Result<Checkpoi
             tok.add_eos_ids(&gen_cfg.eos_ids());
         }
     }
-    Ok(Checkpoint { config, tensors, tokenizer, source: dir.to_path_buf(), dtype, device: device.clone() })
+    Ok(Checkpoint { config, config_json, tensors, tokenizer, source: dir.to_path_buf(), dtype, device: device.clone() })
 }
 
 /// Non-parameter buffers some checkpoints carry (GPT-2's causal masks, Pythia's bool masks and
@@ -195,7 +201,11 @@ pub fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<Checkpoin
         "bos_token_id": bos,
         "eos_token_id": eos,
     });
-    let mut config: llama::Config = serde_json::from_value(cfg_json).map_err(|e| ModelError::format(path, e))?;
+    let mut config: llama::Config =
+        serde_json::from_value(cfg_json.clone()).map_err(|e| ModelError::format(path, e))?;
+    let mut config_json = cfg_json;
+    config_json["architectures"] = json!([if arch == "qwen2" { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }]);
+    config_json["torch_dtype"] = json!("float32");
     let head_dim = config.head_dim();
 
     let mut tensors = HashMap::new();
@@ -225,6 +235,7 @@ pub fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<Checkpoin
     }
     Ok(Checkpoint {
         config: ArchConfig::Llama(config),
+        config_json,
         tensors,
         tokenizer: Some(tokenizer),
         source: path.to_path_buf(),

@@ -126,8 +126,37 @@ pub struct BatchLogprobs {
     pub lengths: Vec<usize>,
 }
 
+/// What the first `layer` layers compute for each sequence (prompt then completion), one
+/// (length, hidden) tensor per sequence. When those layers are frozen it never changes, so a
+/// trainer computes it once and runs only the layers above on every step.
+#[derive(Debug, Clone, Copy)]
+pub struct Prefix<'a> {
+    pub layer: usize,
+    pub states: &'a [Tensor],
+}
+
+/// Hidden states after the first `layer` layers for each sequence, without gradients,
+/// `batch_size` sequences per forward pass.
+pub fn prefix_states(model: &Model, seqs: &[&[u32]], layer: usize, batch_size: usize) -> Result<Vec<Tensor>> {
+    let mut out = Vec::with_capacity(seqs.len());
+    for chunk in seqs.chunks(batch_size.max(1)) {
+        let batch = Batch::new(chunk, Padding::Right, 0, model.dtype(), model.device())?;
+        let xs = model.embed(&batch.input_ids, &batch.position_ids)?;
+        let h = model.layers(xs, 0..layer, &batch.position_ids, &batch.mask, None)?.detach();
+        for (i, s) in chunk.iter().enumerate() {
+            out.push(h.get(i)?.narrow(0, 0, s.len())?.contiguous()?);
+        }
+    }
+    Ok(out)
+}
+
 /// Scores one batch of (prompt, completion) pairs in a single forward pass.
 pub fn batch_logprobs(model: &Model, pairs: &[(&[u32], &[u32])]) -> Result<BatchLogprobs> {
+    batch_logprobs_from(model, pairs, None)
+}
+
+/// As [`batch_logprobs`], starting from cached hidden states when `prefix` is given.
+pub fn batch_logprobs_from(model: &Model, pairs: &[(&[u32], &[u32])], prefix: Option<Prefix>) -> Result<BatchLogprobs> {
     for (i, (p, c)) in pairs.iter().enumerate() {
         if p.is_empty() {
             return Err(ModelError::Input(format!(
@@ -151,7 +180,24 @@ pub fn batch_logprobs(model: &Model, pairs: &[(&[u32], &[u32])]) -> Result<Batch
     let refs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
     let batch = Batch::new(&refs, Padding::Right, 0, model.dtype(), model.device())?;
     let (b, t) = batch.dims();
-    let hidden = model.hidden(&batch.input_ids, &batch.position_ids, &batch.mask, None)?;
+    let hidden = match prefix {
+        None => model.hidden(&batch.input_ids, &batch.position_ids, &batch.mask, None)?,
+        Some(p) => {
+            if p.states.len() != b {
+                return Err(ModelError::Input(format!("{} cached prefixes for {b} sequences", p.states.len())));
+            }
+            let rows = p
+                .states
+                .iter()
+                .map(|h| {
+                    let pad = t - h.dim(0)?;
+                    if pad == 0 { Ok(h.clone()) } else { h.pad_with_zeros(0, 0, pad) }
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let xs = Tensor::stack(&rows, 0)?;
+            model.blocks(xs, p.layer, &batch.position_ids, &batch.mask, None)?
+        }
+    };
 
     // Rows of the flattened hidden states that predict a completion token, and their targets.
     let mut rows = Vec::new();

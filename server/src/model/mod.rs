@@ -98,6 +98,15 @@ impl Model {
         Ok((model, vars))
     }
 
+    /// Every attention and MLP projection of the model, with its HF module name.
+    pub fn linears_mut(&mut self) -> Vec<&mut ops::Linear> {
+        match &mut self.arch {
+            Arch::Llama(m) => m.linears_mut(),
+            Arch::Gpt2(m) => m.linears_mut(),
+            Arch::GptNeoX(m) => m.linears_mut(),
+        }
+    }
+
     pub fn dtype(&self) -> DType {
         self.dtype
     }
@@ -120,7 +129,20 @@ impl Model {
         dispatch!(self, m => m.embed(input_ids, position_ids))
     }
 
-    /// Layers `from..` and the final norm. Starting above 0 lets a trainer cache what lies below.
+    /// Runs the layers in `range` (no final norm). Running `0..k` once and `k..` many times is
+    /// how a trainer caches what frozen lower layers compute.
+    pub fn layers(
+        &self,
+        xs: Tensor,
+        range: std::ops::Range<usize>,
+        position_ids: &Tensor,
+        mask: &Tensor,
+        cache: Option<&mut KvCache>,
+    ) -> candle_core::Result<Tensor> {
+        dispatch!(self, m => m.layers(xs, range, position_ids, mask, cache))
+    }
+
+    /// Layers `from..` and the final norm.
     pub fn blocks(
         &self,
         xs: Tensor,
@@ -129,7 +151,8 @@ impl Model {
         mask: &Tensor,
         cache: Option<&mut KvCache>,
     ) -> candle_core::Result<Tensor> {
-        dispatch!(self, m => m.blocks(xs, from, position_ids, mask, cache))
+        let xs = self.layers(xs, from..self.num_layers, position_ids, mask, cache)?;
+        dispatch!(self, m => m.final_norm(&xs))
     }
 
     /// Output head: (..., hidden) -> (..., vocab).

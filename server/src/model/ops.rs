@@ -161,23 +161,71 @@ impl LayerNorm {
     }
 }
 
-/// A dense layer in HF `nn.Linear` layout: `weight` is (out, in).
+/// A dense layer with an optional LoRA adapter. `weight` is (out, in) as in `nn.Linear`, or
+/// (in, out) as in GPT-2's `Conv1D` (`in_out`). `name` is the HF module path, e.g.
+/// `model.layers.3.self_attn.q_proj`, used to name adapters and to select targets.
 #[derive(Debug, Clone)]
 pub struct Linear {
+    pub name: String,
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    pub in_out: bool,
+    pub lora: Option<LoraAdapter>,
+}
+
+/// `y += scale * (x @ a^T) @ b^T`, with `a` (rank, in) and `b` (out, rank), scale = alpha / rank.
+#[derive(Debug, Clone)]
+pub struct LoraAdapter {
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scale: f64,
 }
 
 impl Linear {
     pub fn load(vb: &candle_nn::VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
         let weight = vb.get((out_dim, in_dim), "weight")?;
         let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
-        Ok(Self { weight, bias })
+        Ok(Self { name: vb.prefix(), weight, bias, in_out: false, lora: None })
+    }
+
+    /// GPT-2's Conv1D: weight (in, out), always with a bias.
+    pub fn load_conv1d(vb: &candle_nn::VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
+        let weight = vb.get((in_dim, out_dim), "weight")?;
+        let bias = Some(vb.get(out_dim, "bias")?);
+        Ok(Self { name: vb.prefix(), weight, bias, in_out: true, lora: None })
+    }
+
+    pub fn in_dim(&self) -> usize {
+        self.weight.dims()[if self.in_out { 0 } else { 1 }]
+    }
+
+    pub fn out_dim(&self) -> usize {
+        self.weight.dims()[if self.in_out { 1 } else { 0 }]
     }
 
     /// Applies the layer to (..., in), flattening leading dims into one matmul.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        matmul_2d(xs, &self.weight.t()?, self.bias.as_ref())
+        let w = if self.in_out { self.weight.clone() } else { self.weight.t()? };
+        let ys = matmul_2d(xs, &w, self.bias.as_ref())?;
+        match &self.lora {
+            None => Ok(ys),
+            Some(l) => {
+                let low = matmul_2d(xs, &l.a.t()?, None)?;
+                ys + (matmul_2d(&low, &l.b.t()?, None)? * l.scale)?
+            }
+        }
+    }
+
+    /// The weight with the adapter folded in, in the layer's own layout.
+    pub fn merged_weight(&self) -> Result<Tensor> {
+        match &self.lora {
+            None => Ok(self.weight.clone()),
+            Some(l) => {
+                let delta = (l.b.matmul(&l.a)? * l.scale)?; // (out, in)
+                let delta = if self.in_out { delta.t()?.contiguous()? } else { delta };
+                (&self.weight + delta.to_dtype(self.weight.dtype())?)?.detach().contiguous()
+            }
+        }
     }
 }
 

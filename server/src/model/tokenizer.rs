@@ -92,6 +92,11 @@ impl Tokenizer {
         self.inner.decode(ids, false).map_err(|e| ModelError::Tokenizer(format!("decoding {} ids: {e}", ids.len())))
     }
 
+    /// Writes the tokenizer as an HF `tokenizer.json`.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        self.inner.save(path, false).map_err(|e| ModelError::format(path, format!("writing the tokenizer: {e}")))
+    }
+
     /// The text of each token, for display.
     pub fn id_to_token(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)

@@ -1,0 +1,7 @@
+//! DPO training: preference losses, the optimiser, the trainable policy (all parameters, the
+//! top k layers with the frozen rest cached, or LoRA adapters) and the training loop.
+
+pub mod loss;
+pub mod optim;
+pub mod policy;
+pub mod trainer;

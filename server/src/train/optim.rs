@@ -1,0 +1,238 @@
+//! Adam and AdamW (decoupled weight decay) over candle variables.
+//!
+//! On the CPU the update is one fused in-place pass per parameter (moments kept beside it),
+//! instead of the dozen temporary tensors a composed update allocates: candle-nn's AdamW took
+//! 2.9 s per step on SmolLM2, PyTorch 0.2 s. Other devices use the composed update.
+
+use std::sync::Mutex;
+
+use candle_core::backprop::GradStore;
+use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Result, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AdamConfig {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Decoupled weight decay (AdamW); 0 = plain Adam.
+    pub weight_decay: f64,
+}
+
+impl Default for AdamConfig {
+    fn default() -> Self {
+        Self { lr: 1e-6, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }
+    }
+}
+
+struct Slot {
+    var: Var,
+    /// First and second moments (CPU path), or as tensors (other devices).
+    state: Mutex<Moments>,
+}
+
+enum Moments {
+    Cpu { m: Vec<f32>, v: Vec<f32> },
+    Tensors { m: Tensor, v: Tensor },
+}
+
+pub struct Adam {
+    cfg: AdamConfig,
+    slots: Vec<Slot>,
+    step: u64,
+}
+
+impl Adam {
+    pub fn new(vars: Vec<Var>, cfg: AdamConfig) -> Result<Self> {
+        let slots = vars
+            .into_iter()
+            .map(|var| {
+                let state = if var.device().is_cpu() && var.dtype() == DType::F32 {
+                    let n = var.elem_count();
+                    Moments::Cpu { m: vec![0.0; n], v: vec![0.0; n] }
+                } else {
+                    Moments::Tensors { m: var.zeros_like()?, v: var.zeros_like()? }
+                };
+                Ok(Slot { var, state: Mutex::new(state) })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { cfg, slots, step: 0 })
+    }
+
+    pub fn config(&self) -> &AdamConfig {
+        &self.cfg
+    }
+
+    pub fn set_lr(&mut self, lr: f64) {
+        self.cfg.lr = lr;
+    }
+
+    pub fn steps_taken(&self) -> u64 {
+        self.step
+    }
+
+    /// Forgets the moments and the step count (a fresh optimiser over the same variables).
+    pub fn reset(&mut self) -> Result<()> {
+        self.step = 0;
+        for s in &self.slots {
+            let mut st = s.state.lock().expect("optimiser state");
+            match &mut *st {
+                Moments::Cpu { m, v } => {
+                    m.fill(0.0);
+                    v.fill(0.0);
+                }
+                Moments::Tensors { m, v } => {
+                    *m = m.zeros_like()?;
+                    *v = v.zeros_like()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One update from `grads`; variables without a gradient are left alone.
+    pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+        self.step += 1;
+        let c = &self.cfg;
+        let bc1 = 1.0 - c.beta1.powi(self.step as i32);
+        let bc2 = 1.0 - c.beta2.powi(self.step as i32);
+        for s in &self.slots {
+            let Some(g) = grads.get(s.var.as_tensor()) else { continue };
+            let mut st = s.state.lock().expect("optimiser state");
+            match &mut *st {
+                Moments::Cpu { m, v } => {
+                    let op = FusedAdam {
+                        cfg: c.clone(),
+                        bc1,
+                        bc2,
+                        m: Mutex::new(std::mem::take(m)),
+                        v: Mutex::new(std::mem::take(v)),
+                    };
+                    let g = g.to_dtype(DType::F32)?.contiguous()?;
+                    s.var.as_tensor().inplace_op2(&g, &op)?;
+                    *m = op.m.into_inner().expect("moments");
+                    *v = op.v.into_inner().expect("moments");
+                }
+                Moments::Tensors { m, v } => {
+                    let g = g.to_dtype(s.var.dtype())?;
+                    *m = ((&*m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
+                    *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+                    let m_hat = (&*m / bc1)?;
+                    let v_hat = (&*v / bc2)?;
+                    let update = (m_hat / (v_hat.sqrt()? + c.eps)?)?;
+                    let p = s.var.as_tensor();
+                    let decayed = if c.weight_decay > 0.0 { (p * (1.0 - c.lr * c.weight_decay))? } else { p.clone() };
+                    s.var.set(&(decayed - (update * c.lr)?)?.detach())?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The in-place CPU update of one f32 parameter from its gradient.
+struct FusedAdam {
+    cfg: AdamConfig,
+    bc1: f64,
+    bc2: f64,
+    m: Mutex<Vec<f32>>,
+    v: Mutex<Vec<f32>>,
+}
+
+impl InplaceOp2 for FusedAdam {
+    fn name(&self) -> &'static str {
+        "fused-adam"
+    }
+
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
+        let (CpuStorage::F32(p), CpuStorage::F32(g)) = (s1, s2) else {
+            candle_core::bail!("fused-adam: f32 parameter and gradient expected");
+        };
+        let (Some((p0, p1)), Some((g0, g1))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+            candle_core::bail!("fused-adam: contiguous parameter and gradient expected");
+        };
+        let (p, g) = (&mut p[p0..p1], &g[g0..g1]);
+        let mut m = self.m.lock().expect("moments");
+        let mut v = self.v.lock().expect("moments");
+        if p.len() != g.len() || p.len() != m.len() {
+            candle_core::bail!("fused-adam: sizes differ ({} / {} / {})", p.len(), g.len(), m.len());
+        }
+        let c = &self.cfg;
+        let (b1, b2) = (c.beta1 as f32, c.beta2 as f32);
+        let step = (c.lr / self.bc1) as f32;
+        let inv_bc2 = (1.0 / self.bc2) as f32;
+        let eps = c.eps as f32;
+        let decay = (1.0 - c.lr * c.weight_decay) as f32;
+        for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+            *m = b1 * *m + (1.0 - b1) * g;
+            *v = b2 * *v + (1.0 - b2) * g * g;
+            *p = *p * decay - step * *m / ((*v * inv_bc2).sqrt() + eps);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Minimises sum((x - 3)^2) from 0; both paths must agree with a scalar reference.
+    fn run(dtype: DType, wd: f64) -> Vec<f64> {
+        let x = Var::from_tensor(&Tensor::new(&[0.0f32, 1.0, -2.0], &Device::Cpu).unwrap().to_dtype(dtype).unwrap())
+            .unwrap();
+        let cfg = AdamConfig { lr: 0.1, weight_decay: wd, ..Default::default() };
+        let mut opt = Adam::new(vec![x.clone()], cfg).unwrap();
+        for _ in 0..5 {
+            let loss = (x.as_tensor() - 3.0).unwrap().sqr().unwrap().sum_all().unwrap();
+            opt.step(&loss.backward().unwrap()).unwrap();
+        }
+        x.as_tensor().to_dtype(DType::F64).unwrap().to_vec1().unwrap()
+    }
+
+    fn reference(x0: f64, wd: f64) -> f64 {
+        // Adam by hand (PyTorch's AdamW formula with bias correction).
+        let (lr, b1, b2, eps) = (0.1, 0.9, 0.999, 1e-8);
+        let (mut x, mut m, mut v) = (x0, 0.0, 0.0);
+        for t in 1..=5 {
+            let g = 2.0 * (x - 3.0);
+            m = b1 * m + (1.0 - b1) * g;
+            v = b2 * v + (1.0 - b2) * g * g;
+            x *= 1.0 - lr * wd;
+            x -= lr * (m / (1.0 - f64::powi(b1, t))) / ((v / (1.0 - f64::powi(b2, t))).sqrt() + eps);
+        }
+        x
+    }
+
+    #[test]
+    fn fused_and_composed_updates_match_adam_by_hand() {
+        for wd in [0.0, 0.01] {
+            let want: Vec<f64> = [0.0, 1.0, -2.0].iter().map(|&x0| reference(x0, wd)).collect();
+            // f32 takes the fused CPU path, f64 the composed one.
+            for (dtype, tol) in [(DType::F32, 1e-5), (DType::F64, 1e-12)] {
+                let got = run(dtype, wd);
+                for (g, w) in got.iter().zip(&want) {
+                    assert!((g - w).abs() < tol, "{dtype:?} wd {wd}: {got:?} vs {want:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn reset_forgets_the_moments() {
+        let x = Var::from_tensor(&Tensor::new(&[1.0f32], &Device::Cpu).unwrap()).unwrap();
+        let mut opt = Adam::new(vec![x.clone()], AdamConfig { lr: 0.1, ..Default::default() }).unwrap();
+        let grads = (x.as_tensor() * 2.0).unwrap().sum_all().unwrap().backward().unwrap();
+        opt.step(&grads).unwrap();
+        opt.reset().unwrap();
+        assert_eq!(opt.steps_taken(), 0);
+        // First step after a reset moves by exactly lr (bias-corrected m / sqrt(v) = 1).
+        let before = x.as_tensor().to_vec1::<f32>().unwrap()[0];
+        let grads = (x.as_tensor() * 2.0).unwrap().sum_all().unwrap().backward().unwrap();
+        opt.step(&grads).unwrap();
+        let after = x.as_tensor().to_vec1::<f32>().unwrap()[0];
+        assert!((before - after - 0.1).abs() < 1e-6);
+    }
+}

@@ -221,14 +221,11 @@ fn detached_view(base: &Checkpoint, vars: &[(String, Var)]) -> Result<Model> {
     Model::new(&base.config, vb).map_err(|e| ModelError::format(&base.source, e))
 }
 
+/// A training view, an inference view, and the named variables they share.
+type Views = (Model, Model, Vec<(String, Var)>);
+
 /// Attaches LoRA adapters (A random, B zero, as PEFT does) to the targeted projections.
-fn with_lora(
-    reference: &Model,
-    rank: usize,
-    alpha: f64,
-    targets: &[String],
-    seed: u64,
-) -> Result<(Model, Model, Vec<(String, Var)>)> {
+fn with_lora(reference: &Model, rank: usize, alpha: f64, targets: &[String], seed: u64) -> Result<Views> {
     if rank == 0 {
         return Err(ModelError::Input("LoRA rank must be at least 1".into()));
     }

@@ -1,11 +1,15 @@
 //! Active preference learning workbench: the model engine, and (growing) the learning loop
 //! and the annotation server built on it. `main.rs` only parses the command line.
 
+pub mod acquire;
 pub mod api;
 pub mod assets;
 pub mod cli;
 pub mod data;
 pub mod device;
+pub mod eval;
+pub mod experiment;
 pub mod model;
+pub mod oracle;
 pub mod train;
 pub mod worker;

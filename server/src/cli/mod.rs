@@ -5,6 +5,7 @@
 //! tried from the terminal before it is used in a project.
 
 pub mod bench;
+pub mod experiment;
 pub mod generate;
 pub mod score;
 pub mod serve;
@@ -36,6 +37,8 @@ pub enum Command {
     Score(score::Args),
     /// Measure sampling, scoring and DPO-step throughput.
     Bench(bench::Args),
+    /// Run an active preference learning experiment (acquisition functions x seeds x phases).
+    Experiment(Box<experiment::Args>),
     /// Fetch the default model and the IMDB data into the cache directory.
     Assets(CacheArgs),
 }
@@ -117,6 +120,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Score(a) => score::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Experiment(a) => experiment::run(*a),
         Command::Assets(a) => {
             let dir = a.dir();
             for asset in [&assets::SMOLLM2, &assets::IMDB] {

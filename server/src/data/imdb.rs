@@ -57,6 +57,44 @@ pub fn read_reviews(path: &Path) -> Result<Vec<Review>> {
     Ok(out)
 }
 
+/// A fixed split of the reviews, the same for every seed and acquisition function.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Split {
+    /// Held-out reviews (over `min_chars`) whose prompts evaluate win-rates.
+    pub eval: Vec<usize>,
+    /// Reviews held out to measure the sentiment oracle's accuracy.
+    pub oracle_test: Vec<usize>,
+    /// Reviews the sentiment oracle trains on (everything not in `eval` or `oracle_test`).
+    pub oracle_train: Vec<usize>,
+    /// Reviews over `min_chars` not in `eval`: where acquisition prompts come from. Only their
+    /// first tokens are used, so overlapping the oracle's training reviews is harmless.
+    pub pool: Vec<usize>,
+}
+
+/// Splits by a seeded permutation: the first `eval` long reviews evaluate, the next
+/// `oracle_test` reviews test the oracle, the rest train it.
+pub fn split(reviews: &[Review], eval: usize, oracle_test: usize, min_chars: usize, seed: u64) -> Split {
+    use rand::seq::SliceRandom;
+    let mut perm: Vec<usize> = (0..reviews.len()).collect();
+    perm.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+    let long = |i: &usize| reviews[*i].text.chars().count() > min_chars;
+    let eval_set: Vec<usize> = perm.iter().copied().filter(long).take(eval).collect();
+    let in_eval: std::collections::HashSet<usize> = eval_set.iter().copied().collect();
+    let rest: Vec<usize> = perm.iter().copied().filter(|i| !in_eval.contains(i)).collect();
+    let oracle_test: Vec<usize> = rest.iter().copied().take(oracle_test).collect();
+    let oracle_train: Vec<usize> = rest.iter().copied().skip(oracle_test.len()).collect();
+    let pool: Vec<usize> = rest.iter().copied().filter(long).collect();
+    Split { eval: eval_set, oracle_test, oracle_train, pool }
+}
+
+/// The first `n` tokens of a review as a prompt (fewer if the review is shorter).
+pub fn prompt_of(reviews: &[Review], i: usize, tokenizer: &Tokenizer, n: usize) -> Result<Prompt> {
+    let head: String = reviews[i].text.chars().take(n * 24 + 64).collect();
+    let ids = tokenizer.encode(&head, false)?;
+    let ids = ids[..n.min(ids.len())].to_vec();
+    Ok(Prompt { text: tokenizer.decode(&ids)?, ids, review: i })
+}
+
 /// Prompts from reviews over `min_chars` characters, each the first `lo..=hi` tokens (length
 /// drawn per review from `seed`).
 pub fn prompts(
@@ -73,11 +111,7 @@ pub fn prompts(
             continue;
         }
         let n = rng.random_range(lo..=hi);
-        // Tokenise only a prefix: 16 tokens never need more than a few hundred characters.
-        let head: String = r.text.chars().take(hi * 24).collect();
-        let ids = tokenizer.encode(&head, false)?;
-        let ids = ids[..n.min(ids.len())].to_vec();
-        out.push(Prompt { text: tokenizer.decode(&ids)?, ids, review: i });
+        out.push(prompt_of(reviews, i, tokenizer, n)?);
     }
     Ok(out)
 }
@@ -102,6 +136,21 @@ mod tests {
         assert!(err.contains(":3:") && err.contains("maybe"), "{err}");
         let f = csv("review,label,source\nx,1,imdb\n");
         assert!(read_reviews(f.path()).unwrap_err().to_string().contains("\"text\""));
+    }
+
+    #[test]
+    fn split_is_fixed_disjoint_and_complete() {
+        let reviews: Vec<Review> = (0..50)
+            .map(|i| Review { text: "x".repeat(if i % 3 == 0 { 10 } else { 300 }), label: (i % 2) as u8 })
+            .collect();
+        let s = split(&reviews, 5, 7, 200, 0);
+        assert_eq!(s, split(&reviews, 5, 7, 200, 0));
+        assert_eq!((s.eval.len(), s.oracle_test.len()), (5, 7));
+        assert!(s.eval.iter().all(|i| reviews[*i].text.len() > 200));
+        assert!(s.pool.iter().all(|i| !s.eval.contains(i) && reviews[*i].text.len() > 200));
+        assert!(s.oracle_train.iter().chain(&s.oracle_test).all(|i| !s.eval.contains(i)));
+        assert_eq!(s.eval.len() + s.oracle_test.len() + s.oracle_train.len(), 50);
+        assert_ne!(s.eval, split(&reviews, 5, 7, 200, 1).eval);
     }
 
     #[test]

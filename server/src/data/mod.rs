@@ -2,3 +2,4 @@
 //! learning loop.
 
 pub mod imdb;
+pub mod prompts;

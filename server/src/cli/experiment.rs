@@ -1,0 +1,277 @@
+//! `apl experiment`: run the active-learning comparison of arXiv 2402.08114 from a preset,
+//! with single fields overridable from the command line, resumable in its output directory.
+//!
+//!     apl experiment --preset imdb-cpu --acquisition random,certainty --seeds 2 --out runs/cpu
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use super::ModelArgs;
+use crate::acquire::Acquisition;
+use crate::assets;
+use crate::device::{parse_device, parse_dtype};
+use crate::experiment::config::{self, ExperimentConfig, Mode, OracleKind, TaskKind};
+use crate::experiment::run::PhaseRecord;
+use crate::experiment::setup::Setup;
+use crate::experiment::{Observer, report, run_experiment};
+use crate::model::Checkpoint;
+use crate::train::loss::Loss;
+use crate::train::policy::Trainable;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Starting settings: imdb-paper (the paper's, for a GPU), imdb-cpu (fits an hour on 2
+    /// cores), imdb-protocol (the PyTorch reference protocol).
+    #[arg(long, default_value = "imdb-cpu")]
+    pub preset: String,
+    /// A JSON file of settings (the shape of a results directory's config.json), applied over
+    /// the preset; the flags below are applied last.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Acquisition functions, comma-separated: random, certainty, uncertainty, entropy, hybrid.
+    #[arg(long, value_delimiter = ',')]
+    pub acquisition: Option<Vec<Acquisition>>,
+    /// Labelled-set sizes, comma-separated (e.g. 128,256,512,768).
+    #[arg(long, value_delimiter = ',')]
+    pub schedule: Option<Vec<usize>>,
+    /// Number of seeds (0..N).
+    #[arg(long)]
+    pub seeds: Option<u64>,
+    /// imdb, tldr or prompts.
+    #[arg(long)]
+    pub task: Option<String>,
+    /// Data file for the task (IMDB CSV, TL;DR JSONL/CSV, prompt JSONL/CSV).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// sentiment or length.
+    #[arg(long)]
+    pub oracle: Option<String>,
+    /// reset (the paper), continue, or online.
+    #[arg(long)]
+    pub mode: Option<String>,
+    #[arg(long)]
+    pub eval_prompts: Option<usize>,
+    /// Also evaluate the untrained policy (phase 0).
+    #[arg(long)]
+    pub eval_initial: bool,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub beta: Option<f64>,
+    /// dpo, ipo, or cdpo:EPSILON (label smoothing).
+    #[arg(long)]
+    pub loss: Option<String>,
+    #[arg(long)]
+    pub pairs_per_step: Option<usize>,
+    /// Train only the top K layers (0 = all parameters).
+    #[arg(long)]
+    pub top_layers: Option<usize>,
+    /// Train LoRA adapters of this rank instead (alpha and targets below).
+    #[arg(long)]
+    pub lora_rank: Option<usize>,
+    #[arg(long, default_value_t = 16.0)]
+    pub lora_alpha: f64,
+    #[arg(long, value_delimiter = ',', default_value = "q_proj,v_proj,c_attn,query_key_value")]
+    pub lora_targets: Vec<String>,
+    /// Use the reference code's sliding-window entropy estimate (to compare with the paper).
+    #[arg(long)]
+    pub windowed_entropy: bool,
+    /// Results directory [default: experiments/PRESET].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print the resolved settings as JSON and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+fn parse_enum<T: serde::de::DeserializeOwned>(what: &str, s: &str, allowed: &str) -> Result<T> {
+    serde_json::from_value(serde_json::Value::String(s.trim().to_ascii_lowercase()))
+        .map_err(|_| anyhow::anyhow!("--{what} {s:?}: expected one of {allowed}"))
+}
+
+/// The preset, then the config file, then the flags.
+pub fn resolve(a: &Args) -> Result<ExperimentConfig> {
+    let mut cfg = config::preset(&a.preset)
+        .with_context(|| format!("unknown preset {:?} (presets: {})", a.preset, config::PRESETS))?;
+    if let Some(path) = &a.config {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut base = serde_json::to_value(&cfg)?;
+        let over: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+        merge(&mut base, over);
+        cfg = serde_json::from_value(base).with_context(|| format!("{}: settings do not fit", path.display()))?;
+    }
+    if let Some(v) = &a.acquisition {
+        cfg.acquisitions = v.clone();
+    }
+    if let Some(v) = &a.schedule {
+        cfg.schedule = v.clone();
+    }
+    if let Some(n) = a.seeds {
+        cfg.seeds = (0..n).collect();
+    }
+    if let Some(t) = &a.task {
+        cfg.task.kind = parse_enum::<TaskKind>("task", t, "imdb, tldr, prompts")?;
+        if cfg.task.kind == TaskKind::Tldr {
+            cfg.task.completion_tokens = (128, 128);
+            cfg.task.exact_length = false;
+        }
+    }
+    if let Some(p) = &a.data {
+        cfg.task.path = Some(p.clone());
+    }
+    if let Some(o) = &a.oracle {
+        cfg.oracle = parse_enum::<OracleKind>("oracle", o, "sentiment, length")?;
+    }
+    if let Some(m) = &a.mode {
+        cfg.mode = parse_enum::<Mode>("mode", m, "reset, continue, online")?;
+    }
+    if let Some(n) = a.eval_prompts {
+        cfg.eval.prompts = n;
+    }
+    cfg.eval.initial |= a.eval_initial;
+    if let Some(n) = a.epochs {
+        cfg.train.epochs = n;
+    }
+    if let Some(lr) = a.lr {
+        cfg.train.adam.lr = lr;
+    }
+    if let Some(b) = a.beta {
+        cfg.train.beta = b;
+    }
+    if let Some(n) = a.pairs_per_step {
+        cfg.train.pairs_per_step = n;
+        cfg.train.micro_batch = cfg.train.micro_batch.min(n);
+    }
+    if let Some(l) = &a.loss {
+        cfg.train.loss = match l.split_once(':') {
+            None if l == "dpo" => Loss::Dpo,
+            None if l == "ipo" => Loss::Ipo,
+            Some(("cdpo", e)) => {
+                Loss::Cdpo { label_smoothing: e.parse().context("--loss cdpo:EPSILON needs a number")? }
+            }
+            _ => bail!("--loss {l:?}: expected dpo, ipo or cdpo:EPSILON"),
+        };
+    }
+    match (a.top_layers, a.lora_rank) {
+        (Some(_), Some(_)) => bail!("--top-layers and --lora-rank exclude each other"),
+        (Some(0), None) => cfg.trainable = Trainable::All,
+        (Some(k), None) => cfg.trainable = Trainable::TopLayers { k },
+        (None, Some(r)) => {
+            cfg.trainable = Trainable::Lora { rank: r, alpha: a.lora_alpha, targets: a.lora_targets.clone() }
+        }
+        (None, None) => {}
+    }
+    cfg.acquire.windowed_entropy_reference |= a.windowed_entropy;
+    if let Some(m) = &a.model.model {
+        cfg.model = Some(m.clone());
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Overlays `over` onto `base`, object by object.
+fn merge(base: &mut serde_json::Value, over: serde_json::Value) {
+    match (base, over) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
+            for (k, v) in o {
+                merge(b.entry(k).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+/// Two progress bars: phases overall, and the stage under way.
+struct Bars {
+    phases: ProgressBar,
+    stage: ProgressBar,
+}
+
+impl Observer for Bars {
+    fn begin(&self, total: usize, done: usize) {
+        self.phases.set_length(total as u64);
+        self.phases.set_position(done as u64);
+    }
+
+    fn stage(&self, run: &str, stage: &str, done: usize, total: usize) {
+        self.stage.set_length(total as u64);
+        self.stage.set_position(done as u64);
+        self.stage.set_message(format!("{run}: {stage}"));
+    }
+
+    fn phase(&self, r: &PhaseRecord) {
+        self.phases.inc(1);
+        self.phases.println(format!(
+            "{:<11} seed {} phase {} (m = {:>4}): win-rate {:.3} ± {:.3}  [{} labels, loss {:.3}, {:.0} s]",
+            r.acquisition,
+            r.seed,
+            r.phase,
+            r.m,
+            r.win_rate.win_rate,
+            r.win_rate.stderr,
+            r.labels,
+            r.train.loss_curve.last().copied().unwrap_or(f64::NAN),
+            r.timings.total
+        ));
+    }
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let cfg = resolve(&a)?;
+    if a.print_config {
+        println!("{}", serde_json::to_string_pretty(&cfg)?);
+        return Ok(());
+    }
+    let out =
+        a.out.clone().unwrap_or_else(|| PathBuf::from("experiments").join(cfg.preset.as_deref().unwrap_or("custom")));
+    let cache = a.model.cache.dir();
+    let model_path = match &cfg.model {
+        Some(p) => p.clone(),
+        None => assets::ensure(&assets::SMOLLM2, &cache)?,
+    };
+    let imdb_csv = if cfg.task.kind == TaskKind::Imdb && cfg.task.path.is_none() {
+        Some(assets::ensure(&assets::IMDB, &cache)?)
+    } else {
+        None
+    };
+    let base = Checkpoint::load(&model_path, parse_dtype(&a.model.dtype)?, &parse_device(&a.model.device)?)?;
+    let t = std::time::Instant::now();
+    let setup = Setup::build(&cfg, base, imdb_csv.as_deref())?;
+    if let Some(r) = &setup.oracle_report {
+        eprintln!(
+            "oracle {}: held-out accuracy {:.3} on {} full reviews, {:.3} on their first 60 words ({} features, {:.1} s)",
+            r.name, r.accuracy_full_reviews, r.test_reviews, r.accuracy_60_words, r.vocabulary, r.seconds
+        );
+    }
+    eprintln!(
+        "{} evaluation prompts, {} pool prompts; results in {} (setup {:.1} s)",
+        setup.eval.len(),
+        setup.pool.len(),
+        out.display(),
+        t.elapsed().as_secs_f64()
+    );
+    let mp = MultiProgress::new();
+    let phases = mp.add(ProgressBar::new(0));
+    phases.set_style(
+        ProgressStyle::with_template("phases [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}")?
+            .progress_chars("=> "),
+    );
+    let stage = mp.add(ProgressBar::new(0));
+    stage.set_style(ProgressStyle::with_template("  {msg:<40} [{bar:25}] {pos}/{len}")?.progress_chars("=> "));
+    let bars = Bars { phases, stage };
+    let t = std::time::Instant::now();
+    let records = run_experiment(&cfg, &setup, &out, &bars)?;
+    bars.stage.finish_and_clear();
+    bars.phases.finish();
+    let rows = report::summarize(&records.iter().filter(|r| r.phase > 0).cloned().collect::<Vec<_>>());
+    println!("\n{}", report::summary_markdown(&rows));
+    println!("wall time {:.0} s; reports in {}", t.elapsed().as_secs_f64(), out.display());
+    Ok(())
+}

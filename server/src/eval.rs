@@ -1,0 +1,91 @@
+//! Win-rates: the share of prompts on which the policy's sample beats the baseline's (the
+//! starting model's sample, or a reference text), ties and undecided judgements counting half,
+//! with standard errors over prompts and over seeds.
+
+use serde::{Deserialize, Serialize};
+
+use crate::oracle::Preference;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Win,
+    Tie,
+    Loss,
+}
+
+impl Outcome {
+    /// From a judgement of (policy as A, baseline as B).
+    pub fn from_preference(p: Preference) -> Self {
+        match p {
+            Preference::A => Self::Win,
+            Preference::B => Self::Loss,
+            Preference::NoDecision => Self::Tie,
+        }
+    }
+
+    pub fn score(self) -> f64 {
+        match self {
+            Self::Win => 1.0,
+            Self::Tie => 0.5,
+            Self::Loss => 0.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct WinRate {
+    pub win_rate: f64,
+    /// Standard error of the mean over prompts: sample std (ddof 1) / sqrt(n).
+    pub stderr: f64,
+    pub n: usize,
+    pub wins: usize,
+    pub ties: usize,
+    pub losses: usize,
+}
+
+pub fn win_rate(outcomes: &[Outcome]) -> WinRate {
+    let n = outcomes.len();
+    let scores: Vec<f64> = outcomes.iter().map(|o| o.score()).collect();
+    let (mean, stderr) = mean_and_stderr(&scores);
+    let count = |k: Outcome| outcomes.iter().filter(|&&o| o == k).count();
+    WinRate {
+        win_rate: mean,
+        stderr,
+        n,
+        wins: count(Outcome::Win),
+        ties: count(Outcome::Tie),
+        losses: count(Outcome::Loss),
+    }
+}
+
+/// Mean and its standard error (sample std with ddof 1, over sqrt(n)); 0 error for n < 2.
+pub fn mean_and_stderr(values: &[f64]) -> (f64, f64) {
+    let n = values.len();
+    if n == 0 {
+        return (f64::NAN, f64::NAN);
+    }
+    let mean = values.iter().sum::<f64>() / n as f64;
+    if n < 2 {
+        return (mean, 0.0);
+    }
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    (mean, (var / n as f64).sqrt())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ties_count_half_and_stderr_is_the_sample_one() {
+        use Outcome::*;
+        let w = win_rate(&[Win, Win, Tie, Loss]);
+        // scores 1, 1, .5, 0: mean .625; deviations .375 .375 -.125 -.625 -> squares sum .6875;
+        // var = .6875 / 3 = .229167; se = sqrt(.229167 / 4) = .239357
+        assert_eq!((w.wins, w.ties, w.losses, w.n), (2, 1, 1, 4));
+        assert!((w.win_rate - 0.625).abs() < 1e-12);
+        assert!((w.stderr - 0.239357).abs() < 1e-6);
+        assert_eq!(mean_and_stderr(&[0.7]), (0.7, 0.0));
+    }
+}

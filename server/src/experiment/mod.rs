@@ -1,0 +1,141 @@
+//! The experiment runner: every (acquisition function, seed) run of a configuration, one
+//! after another, with progress bars, resumable results and the reports at the end.
+//!
+//! Layout of the output directory:
+//!     config.json                 the settings (a resumed run must match them)
+//!     oracle.json                 the sentiment oracle's held-out accuracy
+//!     baseline-seed{S}.json       the starting model's evaluation samples for seed S
+//!     runs/{acq}-seed{S}/         phase-{P}.json, data.jsonl, policy.safetensors, samples
+//!     phases.csv summary.csv summary.md winrate.svg
+
+pub mod config;
+pub mod report;
+pub mod run;
+pub mod setup;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use config::{ExperimentConfig, TaskKind};
+use run::{PhaseRecord, Run, eval_samples, write_atomic};
+use setup::Setup;
+
+use crate::model::Model;
+
+/// Receives progress: the phase count, each finished phase, and the current stage.
+pub trait Observer {
+    /// `total` phases in the experiment, `done` of them finished by an earlier invocation.
+    fn begin(&self, total: usize, done: usize);
+    fn stage(&self, run: &str, stage: &str, done: usize, total: usize);
+    fn phase(&self, record: &PhaseRecord);
+}
+
+/// Checks that `out` is empty or holds this same experiment, and records the settings.
+fn claim_output(cfg: &ExperimentConfig, out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let path = out.join("config.json");
+    let mine = serde_json::to_value(cfg)?;
+    if path.exists() {
+        let theirs: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)
+            .with_context(|| format!("{} is not valid JSON", path.display()))?;
+        if theirs != mine {
+            let diff = mine
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(k, v)| theirs.get(*k) != Some(v))
+                .map(|(k, _)| k.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            bail!(
+                "{} holds results of a different experiment (settings differ in: {diff}); choose another --out \
+                 or resume with the same settings",
+                out.display()
+            );
+        }
+    } else {
+        write_atomic(&path, &serde_json::to_string_pretty(&mine)?)?;
+    }
+    Ok(())
+}
+
+/// The baseline texts of a seed: the TL;DR references, or the starting model's samples
+/// (generated once per seed and kept, so every acquisition function is judged against the same).
+fn baseline(cfg: &ExperimentConfig, setup: &Setup, out: &Path, seed: u64, obs: &dyn Observer) -> Result<Vec<String>> {
+    if cfg.task.kind == TaskKind::Tldr {
+        return setup.eval.iter().map(|e| e.reference.clone().context("TL;DR prompt without reference")).collect();
+    }
+    let path = out.join(format!("baseline-seed{seed}.json"));
+    if path.exists() {
+        let v: Vec<String> = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+        if v.len() == setup.eval.len() {
+            return Ok(v);
+        }
+    }
+    let reference = Model::from_checkpoint(&setup.base)?;
+    let name = format!("baseline seed {seed}");
+    let texts = eval_samples(&reference, setup, cfg, seed.wrapping_mul(31).wrapping_add(999), &|s, d, n| {
+        obs.stage(&name, s, d, n)
+    })?;
+    write_atomic(&path, &serde_json::to_string_pretty(&texts)?)?;
+    Ok(texts)
+}
+
+/// Runs (or resumes) the whole experiment and writes the reports.
+pub fn run_experiment(
+    cfg: &ExperimentConfig,
+    setup: &Setup,
+    out: &Path,
+    obs: &dyn Observer,
+) -> Result<Vec<PhaseRecord>> {
+    cfg.validate()?;
+    claim_output(cfg, out)?;
+    if let Some(r) = &setup.oracle_report {
+        write_atomic(&out.join("oracle.json"), &serde_json::to_string_pretty(r)?)?;
+    }
+    let per_run = cfg.schedule.len() + usize::from(cfg.eval.initial);
+    let total = per_run * cfg.seeds.len() * cfg.acquisitions.len();
+    let mut done = 0;
+    for &seed in &cfg.seeds {
+        for &acq in &cfg.acquisitions {
+            let base: [String; 0] = [];
+            let run = Run { cfg, setup, acquisition: acq, seed, dir: run_dir(out, acq, seed), baseline: &base };
+            done += run.finished()?.len();
+        }
+    }
+    obs.begin(total, done);
+    let mut all: Vec<PhaseRecord> = Vec::new();
+    for &seed in &cfg.seeds {
+        let base = baseline(cfg, setup, out, seed, obs)?;
+        for &acq in &cfg.acquisitions {
+            let name = format!("{acq} seed {seed}");
+            let run = Run { cfg, setup, acquisition: acq, seed, dir: run_dir(out, acq, seed), baseline: &base };
+            let recs = run.run(&|s, d, n| obs.stage(&name, s, d, n), &|rec| obs.phase(rec))?;
+            all.extend(recs);
+            write_reports(cfg, &all, out)?;
+        }
+    }
+    Ok(all)
+}
+
+pub fn run_dir(out: &Path, acq: crate::acquire::Acquisition, seed: u64) -> PathBuf {
+    out.join("runs").join(format!("{acq}-seed{seed}"))
+}
+
+/// phases.csv, summary.csv, summary.md and winrate.svg from the records so far.
+pub fn write_reports(cfg: &ExperimentConfig, records: &[PhaseRecord], out: &Path) -> Result<()> {
+    write_atomic(&out.join("phases.csv"), &report::phases_csv(records))?;
+    let trained: Vec<PhaseRecord> = records.iter().filter(|r| r.phase > 0).cloned().collect();
+    let rows = report::summarize(&trained);
+    write_atomic(&out.join("summary.csv"), &report::summary_csv(&rows))?;
+    write_atomic(&out.join("summary.md"), &report::summary_markdown(&rows))?;
+    let title = format!(
+        "{} · win-rate vs {} · {} seed(s)",
+        cfg.preset.as_deref().unwrap_or("experiment"),
+        if cfg.task.kind == TaskKind::Tldr { "reference summaries" } else { "starting model" },
+        cfg.seeds.len()
+    );
+    write_atomic(&out.join("winrate.svg"), &report::winrate_svg(&rows, &title))?;
+    Ok(())
+}

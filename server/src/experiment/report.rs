@@ -1,0 +1,277 @@
+//! Results as files people read: one CSV row per phase, a summary per (acquisition, m) with
+//! the mean over seeds and its standard error, a Markdown table, and an SVG plot of win-rate
+//! against labels used, one line per acquisition function with error bars.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use super::run::PhaseRecord;
+use crate::acquire::Acquisition;
+use crate::eval::mean_and_stderr;
+
+/// One row per phase.
+pub fn phases_csv(records: &[PhaseRecord]) -> String {
+    let mut s = String::from(
+        "acquisition,seed,phase,m,labels,new_pairs,oracle_calls,undecided,win_rate,stderr,wins,ties,losses,\
+         final_loss,final_reward_accuracy,final_reward_margin,acquire_sampling_s,acquire_scoring_s,labelling_s,\
+         train_reference_s,train_prefix_s,train_steps_s,eval_sampling_s,eval_judging_s,total_s\n",
+    );
+    for r in records {
+        let t = &r.timings;
+        let last = |v: &[f64]| v.last().copied().map_or(String::new(), |x| format!("{x:.4}"));
+        let _ = writeln!(
+            s,
+            "{},{},{},{},{},{},{},{},{:.4},{:.4},{},{},{},{},{},{},{:.2},{:.2},{:.2},{:.2},{:.2},{:.2},{:.2},{:.2},{:.2}",
+            r.acquisition,
+            r.seed,
+            r.phase,
+            r.m,
+            r.labels,
+            r.new_pairs,
+            r.oracle_calls,
+            r.undecided,
+            r.win_rate.win_rate,
+            r.win_rate.stderr,
+            r.win_rate.wins,
+            r.win_rate.ties,
+            r.win_rate.losses,
+            last(&r.train.loss_curve),
+            last(&r.train.accuracy_curve),
+            last(&r.train.margin_curve),
+            t.acquire_sampling,
+            t.acquire_scoring,
+            t.labelling,
+            t.train_reference_logprobs,
+            t.train_prefix_cache,
+            t.train_steps,
+            t.eval_sampling,
+            t.eval_judging,
+            t.total
+        );
+    }
+    s
+}
+
+/// Mean win-rate over seeds for one (acquisition, m).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SummaryRow {
+    pub acquisition: Acquisition,
+    pub m: usize,
+    pub seeds: usize,
+    pub win_rate: f64,
+    /// Over seeds when there are several, else the single run's over prompts.
+    pub stderr: f64,
+    pub mean_labels: f64,
+    pub mean_seconds: f64,
+}
+
+pub fn summarize(records: &[PhaseRecord]) -> Vec<SummaryRow> {
+    let mut groups: BTreeMap<(Acquisition, usize), Vec<&PhaseRecord>> = BTreeMap::new();
+    for r in records {
+        groups.entry((r.acquisition, r.m)).or_default().push(r);
+    }
+    groups
+        .into_iter()
+        .map(|((acquisition, m), rs)| {
+            let rates: Vec<f64> = rs.iter().map(|r| r.win_rate.win_rate).collect();
+            let (mean, se) = mean_and_stderr(&rates);
+            let stderr = if rs.len() > 1 { se } else { rs[0].win_rate.stderr };
+            SummaryRow {
+                acquisition,
+                m,
+                seeds: rs.len(),
+                win_rate: mean,
+                stderr,
+                mean_labels: rs.iter().map(|r| r.labels as f64).sum::<f64>() / rs.len() as f64,
+                mean_seconds: rs.iter().map(|r| r.timings.total).sum::<f64>() / rs.len() as f64,
+            }
+        })
+        .collect()
+}
+
+pub fn summary_csv(rows: &[SummaryRow]) -> String {
+    let mut s = String::from("acquisition,m,seeds,win_rate,stderr,mean_labels,mean_phase_seconds\n");
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "{},{},{},{:.4},{:.4},{:.1},{:.1}",
+            r.acquisition, r.m, r.seeds, r.win_rate, r.stderr, r.mean_labels, r.mean_seconds
+        );
+    }
+    s
+}
+
+/// A Markdown table: one row per acquisition function, one column per m.
+pub fn summary_markdown(rows: &[SummaryRow]) -> String {
+    let ms: Vec<usize> = {
+        let mut v: Vec<usize> = rows.iter().map(|r| r.m).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    let mut s = String::from("| acquisition |");
+    for m in &ms {
+        let _ = write!(s, " m={m} |");
+    }
+    s.push_str("\n|---|");
+    for _ in &ms {
+        s.push_str("---|");
+    }
+    s.push('\n');
+    let mut acqs: Vec<Acquisition> = rows.iter().map(|r| r.acquisition).collect();
+    acqs.sort();
+    acqs.dedup();
+    for a in acqs {
+        let _ = write!(s, "| {a} |");
+        for m in &ms {
+            match rows.iter().find(|r| r.acquisition == a && r.m == *m) {
+                Some(r) => {
+                    let _ = write!(s, " {:.3} ± {:.3} |", r.win_rate, r.stderr);
+                }
+                None => s.push_str(" |"),
+            }
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// Win-rate against labels: one coloured line per acquisition function, ±1 standard error bars.
+pub fn winrate_svg(rows: &[SummaryRow], title: &str) -> String {
+    let (w, h) = (720.0, 440.0);
+    let (left, right, top, bottom) = (70.0, 170.0, 40.0, 60.0);
+    let pw = w - left - right;
+    let ph = h - top - bottom;
+    let xs: Vec<f64> = rows.iter().map(|r| r.mean_labels).collect();
+    let (xmin, xmax) =
+        (xs.iter().copied().fold(f64::INFINITY, f64::min).min(0.0), xs.iter().copied().fold(0.0, f64::max).max(1.0));
+    let lo = rows.iter().map(|r| r.win_rate - r.stderr).fold(0.5f64, f64::min);
+    let hi = rows.iter().map(|r| r.win_rate + r.stderr).fold(0.5f64, f64::max);
+    let (ymin, ymax) = (((lo - 0.02) * 20.0).floor() / 20.0, ((hi + 0.02) * 20.0).ceil() / 20.0);
+    let x = |v: f64| left + (v - xmin) / (xmax - xmin) * pw;
+    let y = |v: f64| top + (1.0 - (v - ymin) / (ymax - ymin)) * ph;
+    let colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"];
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="22" font-size="15" text-anchor="middle">{}</text>"#,
+        left + pw / 2.0,
+        escape(title)
+    );
+    // Axes, grid and ticks.
+    let mut t = ymin;
+    while t <= ymax + 1e-9 {
+        let _ = writeln!(
+            s,
+            r##"<line x1="{left}" x2="{}" y1="{:.1}" y2="{:.1}" stroke="#e5e5e5"/>"##,
+            left + pw,
+            y(t),
+            y(t)
+        );
+        let _ = writeln!(s, r#"<text x="{}" y="{:.1}" text-anchor="end">{t:.2}</text>"#, left - 6.0, y(t) + 4.0);
+        t += 0.05;
+    }
+    let _ = writeln!(
+        s,
+        r##"<line x1="{left}" x2="{}" y1="{:.1}" y2="{:.1}" stroke="#999" stroke-dasharray="4 3"/>"##,
+        left + pw,
+        y(0.5),
+        y(0.5)
+    );
+    let mut ticks: Vec<f64> = xs.clone();
+    ticks.sort_by(f64::total_cmp);
+    ticks.dedup_by(|a, b| (*a - *b).abs() < 1e-9);
+    for v in ticks {
+        let _ = writeln!(s, r#"<text x="{:.1}" y="{}" text-anchor="middle">{v:.0}</text>"#, x(v), top + ph + 18.0);
+    }
+    let _ = writeln!(s, r#"<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="black"/>"#);
+    let _ =
+        writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle">labels used (m)</text>"#, left + pw / 2.0, h - 18.0);
+    let _ = writeln!(
+        s,
+        r#"<text transform="translate(18 {}) rotate(-90)" text-anchor="middle">win-rate vs baseline</text>"#,
+        top + ph / 2.0
+    );
+    // One series per acquisition function.
+    let mut acqs: Vec<Acquisition> = rows.iter().map(|r| r.acquisition).collect();
+    acqs.sort();
+    acqs.dedup();
+    for (k, a) in acqs.iter().enumerate() {
+        let c = colours[k % colours.len()];
+        let mut pts: Vec<&SummaryRow> = rows.iter().filter(|r| r.acquisition == *a).collect();
+        pts.sort_by(|p, q| p.mean_labels.total_cmp(&q.mean_labels));
+        // Offset series slightly so error bars do not hide each other.
+        let dx = (k as f64 - (acqs.len() as f64 - 1.0) / 2.0) * 4.0;
+        let path: Vec<String> =
+            pts.iter().map(|r| format!("{:.1},{:.1}", x(r.mean_labels) + dx, y(r.win_rate))).collect();
+        let _ = writeln!(s, r#"<polyline points="{}" fill="none" stroke="{c}" stroke-width="2"/>"#, path.join(" "));
+        for r in &pts {
+            let (cx, cy) = (x(r.mean_labels) + dx, y(r.win_rate));
+            let (y0, y1) = (y(r.win_rate - r.stderr), y(r.win_rate + r.stderr));
+            let _ = writeln!(
+                s,
+                r#"<line x1="{cx:.1}" x2="{cx:.1}" y1="{y0:.1}" y2="{y1:.1}" stroke="{c}" stroke-width="1.5"/>"#
+            );
+            let _ = writeln!(
+                s,
+                r#"<line x1="{:.1}" x2="{:.1}" y1="{y0:.1}" y2="{y0:.1}" stroke="{c}"/>"#,
+                cx - 4.0,
+                cx + 4.0
+            );
+            let _ = writeln!(
+                s,
+                r#"<line x1="{:.1}" x2="{:.1}" y1="{y1:.1}" y2="{y1:.1}" stroke="{c}"/>"#,
+                cx - 4.0,
+                cx + 4.0
+            );
+            let _ = writeln!(
+                s,
+                r#"<circle cx="{cx:.1}" cy="{cy:.1}" r="3.5" fill="{c}"><title>{a} m={}: {:.3} ± {:.3}</title></circle>"#,
+                r.m, r.win_rate, r.stderr
+            );
+        }
+        let ly = top + 16.0 + k as f64 * 20.0;
+        let _ = writeln!(
+            s,
+            r#"<line x1="{}" x2="{}" y1="{ly}" y2="{ly}" stroke="{c}" stroke-width="3"/>"#,
+            left + pw + 16.0,
+            left + pw + 40.0
+        );
+        let _ = writeln!(s, r#"<text x="{}" y="{}">{a}</text>"#, left + pw + 46.0, ly + 4.0);
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn escape(t: &str) -> String {
+    t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(a: Acquisition, m: usize, w: f64, se: f64) -> SummaryRow {
+        SummaryRow { acquisition: a, m, seeds: 2, win_rate: w, stderr: se, mean_labels: m as f64, mean_seconds: 1.0 }
+    }
+
+    #[test]
+    fn markdown_and_svg_carry_every_point() {
+        let rows = vec![
+            row(Acquisition::Random, 64, 0.55, 0.02),
+            row(Acquisition::Random, 128, 0.60, 0.02),
+            row(Acquisition::Certainty, 64, 0.56, 0.03),
+            row(Acquisition::Certainty, 128, 0.66, 0.03),
+        ];
+        let md = summary_markdown(&rows);
+        assert!(md.contains("| random | 0.550 ± 0.020 | 0.600 ± 0.020 |"), "{md}");
+        let svg = winrate_svg(&rows, "IMDB <test>");
+        assert_eq!(svg.matches("<circle").count(), 4);
+        assert!(svg.contains("IMDB &lt;test&gt;") && svg.contains("certainty"));
+    }
+}

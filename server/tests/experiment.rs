@@ -1,0 +1,160 @@
+//! The whole loop on a tiny random model with the length oracle: training must raise the
+//! win-rate above one half by learning (the oracle's preference is for characters, which the
+//! model can only get by preferring tokens that carry more of them), results must be resumable,
+//! and every acquisition function must run.
+
+mod common;
+
+use std::io::Write;
+
+use apl::acquire::Acquisition;
+use apl::experiment::config::{ExperimentConfig, Mode, OracleKind, TaskKind, preset};
+use apl::experiment::run::PhaseRecord;
+use apl::experiment::setup::Setup;
+use apl::experiment::{Observer, run_experiment};
+use apl::train::optim::AdamConfig;
+use apl::train::policy::Trainable;
+use candle_core::DType;
+
+struct Quiet;
+impl Observer for Quiet {
+    fn begin(&self, _: usize, _: usize) {}
+    fn stage(&self, _: &str, _: &str, _: usize, _: usize) {}
+    fn phase(&self, _: &PhaseRecord) {}
+}
+
+/// A prompt file of short phrases the tiny tokenizer can encode.
+fn prompts_file(dir: &std::path::Path, n: usize) -> std::path::PathBuf {
+    let words = ["the", "film", "was", "great", "boring", "acting", "story", "and", "I", "loved", "it", "plot"];
+    let path = dir.join("prompts.jsonl");
+    let mut f = std::fs::File::create(&path).unwrap();
+    for i in 0..n {
+        let p: Vec<&str> = (0..4).map(|k| words[(i * 7 + k * 5 + i / 3) % words.len()]).collect();
+        writeln!(f, "{}", serde_json::json!({"prompt": p.join(" ")})).unwrap();
+    }
+    path
+}
+
+fn tiny(dir: &std::path::Path) -> ExperimentConfig {
+    let mut c = preset("imdb-cpu").unwrap();
+    c.preset = Some("tiny-length".into());
+    c.task.kind = TaskKind::Prompts;
+    c.task.path = Some(prompts_file(dir, 1200));
+    c.task.completion_tokens = (8, 8);
+    c.oracle = OracleKind::Length;
+    c.acquisitions = vec![Acquisition::Random, Acquisition::Certainty];
+    c.schedule = vec![96, 256];
+    c.seeds = vec![0];
+    c.mode = Mode::Reset;
+    c.trainable = Trainable::All;
+    c.train.adam = AdamConfig { lr: 3e-3, ..Default::default() };
+    c.train.epochs = 3;
+    c.train.pairs_per_step = 16;
+    c.train.micro_batch = 16;
+    c.acquire.over_generate = 2;
+    c.eval.prompts = 200;
+    c.eval.initial = true;
+    c
+}
+
+#[test]
+fn training_raises_the_length_win_rate_and_runs_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny(dir.path());
+    let setup = Setup::build(&cfg, common::load("llama", DType::F32), None).unwrap();
+    let out = dir.path().join("out");
+    let records = run_experiment(&cfg, &setup, &out, &Quiet).unwrap();
+    assert_eq!(records.len(), 2 * 3, "2 acquisitions x (phase 0 + 2 phases)");
+    for r in &records {
+        eprintln!(
+            "{} phase {}: {:.3} ± {:.3} (loss {:?})",
+            r.acquisition, r.phase, r.win_rate.win_rate, r.win_rate.stderr, r.train.epoch_losses
+        );
+    }
+    for acq in [Acquisition::Random, Acquisition::Certainty] {
+        let run: Vec<&PhaseRecord> = records.iter().filter(|r| r.acquisition == acq).collect();
+        let (start, end) = (run[0], run[2]);
+        // The untrained policy is the baseline's own distribution: about one half.
+        assert!(
+            (start.win_rate.win_rate - 0.5).abs() < 3.0 * start.win_rate.stderr + 0.05,
+            "{acq}: {:?}",
+            start.win_rate
+        );
+        assert!(end.win_rate.win_rate > 0.5 + 2.0 * end.win_rate.stderr, "{acq}: {:?}", end.win_rate);
+        assert_eq!(end.labels, 256);
+        let losses = &end.train.epoch_losses;
+        assert!(losses.last().unwrap() < &losses[0]);
+    }
+    // Certainty phase 1: all margins are 0 (policy = reference), phase 2: not all.
+    let cert: Vec<&PhaseRecord> =
+        records.iter().filter(|r| r.acquisition == Acquisition::Certainty && r.phase > 0).collect();
+    assert!(cert[0].acquisition_stats.candidate_margins.iter().all(|m| *m == 0.0));
+    assert!(cert[1].acquisition_stats.candidate_margins.iter().any(|m| *m != 0.0));
+    for f in ["phases.csv", "summary.csv", "summary.md", "winrate.svg", "config.json"] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+
+    // A second invocation finds every phase done and recomputes nothing.
+    let t = std::time::Instant::now();
+    let again = run_experiment(&cfg, &setup, &out, &Quiet).unwrap();
+    assert!(t.elapsed().as_secs_f64() < 2.0);
+    let key = |rs: &[PhaseRecord]| -> Vec<(Acquisition, usize, f64, usize)> {
+        rs.iter().map(|r| (r.acquisition, r.phase, r.win_rate.win_rate, r.prompts_consumed)).collect()
+    };
+    assert_eq!(key(&again), key(&records));
+    assert!(again == records, "records read back differ from those written");
+
+    // Phase 2 undone (its record deleted, as an interruption before the record would leave it):
+    // resuming redoes it from phase 1's weights and labels and gets the same result.
+    let run_dir = apl::experiment::run_dir(&out, Acquisition::Certainty, 0);
+    std::fs::remove_file(run_dir.join("phase-2.json")).unwrap();
+    let resumed = run_experiment(&cfg, &setup, &out, &Quiet).unwrap();
+    assert_eq!(key(&resumed), key(&records), "resuming from phase 1 reproduces phase 2");
+    // Without phase 1's weights there is nothing to resume from: an error, not a silent restart.
+    std::fs::remove_file(run_dir.join("phase-2.json")).unwrap();
+    std::fs::remove_file(run_dir.join("policy-phase-1.safetensors")).unwrap();
+    let err = run_experiment(&cfg, &setup, &out, &Quiet).unwrap_err();
+    assert!(format!("{err:#}").contains("resuming the policy"), "{err:#}");
+
+    // Different settings in the same directory are refused.
+    let mut other = cfg.clone();
+    other.train.epochs = 7;
+    let err = run_experiment(&other, &setup, &out, &Quiet).unwrap_err().to_string();
+    assert!(err.contains("different experiment") && err.contains("train"), "{err}");
+}
+
+#[test]
+fn every_acquisition_function_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tiny(dir.path());
+    cfg.acquisitions = Acquisition::ALL.to_vec();
+    cfg.schedule = vec![8];
+    cfg.eval.prompts = 16;
+    cfg.eval.initial = false;
+    cfg.train.epochs = 1;
+    cfg.acquire.entropy_over_sample = 2;
+    cfg.acquire.entropy_samples = 3;
+    for windowed in [false, true] {
+        cfg.acquire.windowed_entropy_reference = windowed;
+        let setup = Setup::build(&cfg, common::load("gpt2", DType::F32), None).unwrap();
+        let out = dir.path().join(format!("all-{windowed}"));
+        let records = run_experiment(&cfg, &setup, &out, &Quiet).unwrap();
+        assert_eq!(records.len(), 5);
+        for r in &records {
+            assert_eq!(r.labels, 8, "{}", r.acquisition);
+            let s = &r.acquisition_stats;
+            match r.acquisition {
+                Acquisition::Random => assert_eq!(s.prompts_drawn, 8),
+                // Undecided labels send the loop back for more, so "at least".
+                Acquisition::Certainty | Acquisition::Uncertainty => {
+                    assert!(s.candidate_margins.len() >= 16)
+                }
+                Acquisition::Entropy => assert!(s.candidate_entropies.len() >= 16),
+                Acquisition::Hybrid => {
+                    assert!(s.candidate_entropies.len() >= 32);
+                    assert!(s.candidate_margins.len() >= 16);
+                }
+            }
+        }
+    }
+}

@@ -1,7 +1,9 @@
 //! `apl experiment`: run the active-learning comparison of arXiv 2402.08114 from a preset,
 //! with single fields overridable from the command line, resumable in its output directory.
 //!
-//!     apl experiment --preset imdb-cpu --acquisition random,certainty --seeds 2 --out runs/cpu
+//! ```text
+//! apl experiment --preset imdb-cpu --acquisition random,certainty --seeds 2 --out runs/cpu
+//! ```
 
 use std::path::PathBuf;
 

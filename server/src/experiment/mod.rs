@@ -2,11 +2,15 @@
 //! after another, with progress bars, resumable results and the reports at the end.
 //!
 //! Layout of the output directory:
-//!     config.json                 the settings (a resumed run must match them)
-//!     oracle.json                 the sentiment oracle's held-out accuracy
-//!     baseline-seed{S}.json       the starting model's evaluation samples for seed S
-//!     runs/{acq}-seed{S}/         phase-{P}.json, data.jsonl, policy.safetensors, samples
-//!     phases.csv summary.csv summary.md winrate.svg
+//!
+//! ```text
+//! config.json                 the settings (a resumed run must match them)
+//! oracle.json                 the sentiment oracle's held-out accuracy
+//! baseline-seed{S}.json       the starting model's evaluation samples for seed S
+//! runs/{acq}-seed{S}/         phase-{P}.json, data.jsonl, policy-phase-{P}.safetensors,
+//!                             samples-phase-{P}.json
+//! phases.csv summary.csv summary.md winrate.svg
+//! ```
 
 pub mod config;
 pub mod report;

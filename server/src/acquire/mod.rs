@@ -12,6 +12,7 @@
 
 pub mod select;
 
+use std::cell::RefCell;
 use std::str::FromStr;
 use std::time::Instant;
 
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::logprobs::{Prefix, batch_logprobs_from, prefix_states};
 use crate::model::{Model, ModelError, Result, SampleRequest, SamplingConfig, Tokenizer, sample};
 use crate::train::policy::Policy;
+use crate::train::trainer::PrefixCache;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -158,6 +160,9 @@ pub type Progress<'p> = &'p dyn Fn(&str, usize, usize);
 
 pub struct Acquirer<'a> {
     pub policy: &'a Policy,
+    /// Where the frozen lower layers' states of scored sequences go (top-k training), so the
+    /// pairs kept are not recomputed for reference log-probs and training.
+    pub cache: Option<&'a RefCell<PrefixCache>>,
     pub tokenizer: &'a Tokenizer,
     pub cfg: &'a AcquireConfig,
     /// Completion length range in tokens; one length is drawn per prompt.
@@ -326,7 +331,7 @@ impl Acquirer<'_> {
             .flat_map(|c| [(c.prompt.as_slice(), c.a.as_slice()), (c.prompt.as_slice(), c.b.as_slice())])
             .collect();
         let (policy_lp, ref_lp) =
-            score_rows(self.policy, &rows, self.cfg.batch_size, &|d, n| progress("scoring", d, n))?;
+            score_rows(self.policy, &rows, self.cfg.batch_size, self.cache, &|d, n| progress("scoring", d, n))?;
         let scored = rows.len();
         drop(rows);
         for (k, c) in cands.iter_mut().enumerate() {
@@ -384,6 +389,7 @@ pub fn score_rows(
     policy: &Policy,
     rows: &[(&[u32], &[u32])],
     batch: usize,
+    cache: Option<&RefCell<PrefixCache>>,
     progress: &dyn Fn(usize, usize),
 ) -> Result<(Vec<f32>, Vec<f32>)> {
     let (mut pol, mut refr) = (Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len()));
@@ -394,9 +400,14 @@ pub fn score_rows(
     };
     for chunk in rows.chunks(batch.max(1)) {
         if layer > 0 {
-            let seqs: Vec<Vec<u32>> = chunk.iter().map(|(p, c)| [*p, *c].concat()).collect();
-            let refs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
-            let states = prefix_states(policy.reference(), &refs, layer, batch)?;
+            let states = match cache {
+                Some(c) => c.borrow_mut().states_for(policy.reference(), layer, chunk, batch)?,
+                None => {
+                    let seqs: Vec<Vec<u32>> = chunk.iter().map(|(p, c)| [*p, *c].concat()).collect();
+                    let refs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
+                    prefix_states(policy.reference(), &refs, layer, batch)?
+                }
+            };
             let prefix = Prefix { layer, states: &states };
             pol.extend(sums(policy.model(), chunk, Some(prefix))?);
             refr.extend(sums(policy.reference(), chunk, Some(prefix))?);

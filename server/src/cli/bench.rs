@@ -8,7 +8,7 @@
 //!   gradient, micro-batches of 8; seq/s.
 //! - `dpo`: 8 pairs x 128 tokens (prompt 64 + completion 64, chosen and rejected in one batch
 //!   of 16): reference log-probs without gradient, policy forward + backward, AdamW step;
-//!   pairs/s, with the time of each part (the step with cached reference log-probs is the
+//!   (this project's fused AdamW) pairs/s, with the time of each part (the step with cached reference log-probs is the
 //!   total minus the reference part).
 //!
 //! Medians over `--reps` after `--warmup`; a table on stdout and, with `--json`, a JSON file.
@@ -18,7 +18,6 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 use candle_core::{DType, Tensor};
-use candle_nn::Optimizer;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -26,6 +25,7 @@ use serde::Serialize;
 use super::ModelArgs;
 use crate::model::logprobs::batch_logprobs;
 use crate::model::{Model, SampleRequest, SamplingConfig, sample, sequence_logprobs};
+use crate::train::optim::{Adam, AdamConfig};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -210,9 +210,9 @@ fn dpo(a: &Args, m: &super::Loaded, ids: &mut impl FnMut(usize) -> Vec<u32>) -> 
         .collect();
     let reference = &m.model;
     let (policy, vars) = Model::trainable(&m.checkpoint, |_| true)?;
-    let mut opt = candle_nn::AdamW::new(
+    let mut opt = Adam::new(
         vars.into_iter().map(|(_, v)| v).collect(),
-        candle_nn::ParamsAdamW { lr: a.lr, ..Default::default() },
+        AdamConfig { lr: a.lr, weight_decay: 0.01, ..Default::default() },
     )?;
     let beta = 0.2;
     let mut parts: [Vec<f64>; 3] = Default::default();

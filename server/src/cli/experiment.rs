@@ -210,7 +210,7 @@ impl Observer for Bars {
 
     fn phase(&self, r: &PhaseRecord) {
         self.phases.inc(1);
-        self.phases.println(format!(
+        let line = format!(
             "{:<11} seed {} phase {} (m = {:>4}): win-rate {:.3} ± {:.3}  [{} labels, loss {:.3}, {:.0} s]",
             r.acquisition,
             r.seed,
@@ -221,7 +221,9 @@ impl Observer for Bars {
             r.labels,
             r.train.loss_curve.last().copied().unwrap_or(f64::NAN),
             r.timings.total
-        ));
+        );
+        // A hidden bar (output not a terminal, e.g. a log file) would swallow the line.
+        if self.phases.is_hidden() { eprintln!("{line}") } else { self.phases.println(line) }
     }
 }
 

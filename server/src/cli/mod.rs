@@ -5,6 +5,7 @@
 //! tried from the terminal before it is used in a project.
 
 pub mod bench;
+pub mod convert;
 pub mod experiment;
 pub mod generate;
 pub mod score;
@@ -39,6 +40,8 @@ pub enum Command {
     Bench(bench::Args),
     /// Run an active preference learning experiment (acquisition functions x seeds x phases).
     Experiment(Box<experiment::Args>),
+    /// Write a checkpoint (e.g. the bundled GGUF) as an HF safetensors directory.
+    Convert(convert::Args),
     /// Fetch the default model and the IMDB data into the cache directory.
     Assets(CacheArgs),
 }
@@ -120,6 +123,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Score(a) => score::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Convert(a) => convert::run(a),
         Command::Experiment(a) => experiment::run(*a),
         Command::Assets(a) => {
             let dir = a.dir();

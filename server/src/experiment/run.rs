@@ -5,6 +5,7 @@
 //! Each finished phase is written to disk (its record, the labelled set, the trained weights),
 //! so an interrupted experiment resumes at the first unfinished phase.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -21,7 +22,7 @@ use crate::model::{Model, SampleRequest, SamplingConfig, sample};
 use crate::oracle::{Comparison, Preference};
 use crate::train::optim::Adam;
 use crate::train::policy::Policy;
-use crate::train::trainer::{PreferencePair, PrefixCache, StepStats, fill_reference, train};
+use crate::train::trainer::{PreferencePair, PrefixCache, StepStats, fill_reference_cached, train};
 
 /// Wall-clock seconds of each stage of a phase.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -194,7 +195,7 @@ impl Run<'_> {
         }
         let vars = policy.vars().iter().map(|(_, v)| v.clone()).collect();
         let mut opt = Adam::new(vars, cfg.train.adam.clone())?;
-        let mut cache = PrefixCache::default();
+        let cache = RefCell::new(PrefixCache::default());
 
         if cfg.eval.initial && !done.contains(&0) {
             let t = Instant::now();
@@ -236,6 +237,7 @@ impl Run<'_> {
             let mut timings = Timings::default();
             let acquirer = Acquirer {
                 policy: &policy,
+                cache: Some(&cache),
                 tokenizer: &self.setup.tokenizer,
                 cfg: &cfg.acquire,
                 completion_len: cfg.task.completion_tokens,
@@ -278,13 +280,24 @@ impl Run<'_> {
             // Reference log-probs, once per pair (certainty already has them from scoring).
             let t = Instant::now();
             let mut fresh: Vec<PreferencePair> = new_pairs.iter().map(|s| s.pair.clone()).collect();
-            fill_reference(policy.reference(), &mut fresh, cfg.acquire.batch_size)?;
+            fill_reference_cached(&policy, &mut fresh, &mut cache.borrow_mut(), cfg.acquire.batch_size)?;
             for (s, p) in new_pairs.iter_mut().zip(fresh) {
                 s.pair = p;
             }
             timings.train_reference_logprobs = t.elapsed().as_secs_f64();
             let n_new = new_pairs.len();
             data.extend(new_pairs);
+            // Keep cached states only for sequences of the labelled set.
+            let keep: std::collections::HashSet<Vec<u32>> = data
+                .iter()
+                .flat_map(|s| {
+                    [
+                        [&s.pair.prompt[..], &s.pair.chosen[..]].concat(),
+                        [&s.pair.prompt[..], &s.pair.rejected[..]].concat(),
+                    ]
+                })
+                .collect();
+            cache.borrow_mut().retain(|seq| keep.contains(seq));
 
             // Train.
             let (train_set, mut tcfg) = match cfg.mode {
@@ -305,7 +318,7 @@ impl Run<'_> {
             };
             tcfg.seed = stage_seed(self.seed, phase, 4);
             let total_steps = tcfg.epochs * train_set.len().div_ceil(tcfg.pairs_per_step);
-            let report = train(&policy, &mut opt, &train_set, &tcfg, &mut cache, |s: &StepStats| {
+            let report = train(&policy, &mut opt, &train_set, &tcfg, &mut cache.borrow_mut(), |s: &StepStats| {
                 progress("training", s.step + 1, total_steps)
             })?;
             timings.train_prefix_cache = report.prefix_seconds;

@@ -59,6 +59,38 @@ impl Checkpoint {
             .ok_or_else(|| ModelError::Input(format!("{} has no tokenizer (tokenizer.json)", self.source.display())))
     }
 
+    /// Writes an HF checkpoint directory (config.json, model.safetensors, tokenizer.json)
+    /// holding `tensors` (HF names) with this checkpoint's config and tokenizer; loadable by
+    /// this engine and by `transformers`.
+    pub fn save_hf_with(&self, tensors: &HashMap<String, Tensor>, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(ModelError::io(dir))?;
+        let mut cfg = self.config_json.clone();
+        cfg["torch_dtype"] = json!(match self.dtype {
+            DType::BF16 => "bfloat16",
+            DType::F16 => "float16",
+            DType::F64 => "float64",
+            _ => "float32",
+        });
+        let cfg_path = dir.join("config.json");
+        let text = serde_json::to_string_pretty(&cfg).map_err(|e| ModelError::format(&cfg_path, e))?;
+        std::fs::write(&cfg_path, text).map_err(ModelError::io(&cfg_path))?;
+        let cpu: HashMap<String, Tensor> = tensors
+            .iter()
+            .map(|(n, t)| Ok((n.clone(), t.to_device(&Device::Cpu)?.contiguous()?)))
+            .collect::<Result<_>>()?;
+        let st = dir.join("model.safetensors");
+        candle_core::safetensors::save(&cpu, &st).map_err(|e| ModelError::format(&st, e))?;
+        if let Some(tok) = &self.tokenizer {
+            tok.save(&dir.join("tokenizer.json"))?;
+        }
+        Ok(())
+    }
+
+    /// Writes this checkpoint as an HF directory (e.g. a GGUF file as safetensors).
+    pub fn save_hf(&self, dir: &Path) -> Result<()> {
+        self.save_hf_with(&self.tensors, dir)
+    }
+
     /// Total number of parameters held.
     pub fn num_params(&self) -> usize {
         self.tensors.values().map(|t| t.elem_count()).sum()

@@ -237,6 +237,13 @@ pub fn matmul_2d(xs: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tenso
     let x2 = xs.reshape((rows, in_dim))?;
     let ys = if rows <= SMALL_M && w.device().is_cpu() && !tracks(&[&x2, w]) {
         matmul_split_columns(&x2, w)?
+    } else if x2.track_op()
+        && !w.track_op()
+        && w.device().is_cpu()
+        && w.dtype() == DType::F32
+        && x2.dtype() == DType::F32
+    {
+        x2.contiguous()?.apply_op2_arc(w, std::sync::Arc::new(Box::new(FrozenRhsMatmul)))?
     } else {
         x2.matmul(w)?
     };
@@ -247,6 +254,70 @@ pub fn matmul_2d(xs: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tenso
     let mut out_dims = dims;
     *out_dims.last_mut().expect("non-empty") = ys.dim(1)?;
     ys.reshape(out_dims)
+}
+
+/// `x @ w` for a frozen `w`: candle's matmul backward computes the gradient of both operands,
+/// so a frozen weight (the tied head, LoRA's base weights) would cost a whole extra matmul per
+/// backward for a gradient nobody reads. This op's backward returns only `grad @ w^T`.
+struct FrozenRhsMatmul;
+
+impl candle_core::CustomOp2 for FrozenRhsMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-rhs-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::CpuStorage;
+        let (CpuStorage::F32(x), CpuStorage::F32(w)) = (s1, s2) else {
+            candle_core::bail!("frozen-rhs-matmul: f32 operands expected");
+        };
+        let (m, k) = l1.shape().dims2()?;
+        let (k2, n) = l2.shape().dims2()?;
+        if k != k2 {
+            candle_core::bail!("frozen-rhs-matmul: ({m}, {k}) @ ({k2}, {n})");
+        }
+        let (xs, ws) = (l1.stride(), l2.stride());
+        let x = &x[l1.start_offset()..];
+        let w = &w[l2.start_offset()..];
+        let mut dst = vec![0f32; m * n];
+        let threads = rayon::current_num_threads();
+        let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+        // SAFETY: the strides and sizes come from the operands' own layouts; dst is m x n.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                x.as_ptr(),
+                xs[1] as isize,
+                xs[0] as isize,
+                w.as_ptr(),
+                ws[1] as isize,
+                ws[0] as isize,
+                0f32,
+                1f32,
+                false,
+                false,
+                false,
+                par,
+            );
+        }
+        Ok((CpuStorage::F32(dst), candle_core::Shape::from((m, n))))
+    }
+
+    fn bwd(&self, _x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.matmul(&w.t()?)?), None))
+    }
 }
 
 /// Up to this many rows, a CPU matmul is a matrix-vector product in disguise.
@@ -382,6 +453,20 @@ mod tests {
         let (cos4, sin4) = table4.lookup(&pos).unwrap();
         let (a, b) = both(&[x], |t| partial_rope(&t[0], &cos4, &sin4, 4).unwrap());
         assert!(max_diff(&a, &b) < 1e-6);
+    }
+
+    #[test]
+    fn frozen_weight_matmul_matches_matmul_and_its_input_gradient() {
+        let x = Var::from_tensor(&rand(&[5, 7], 11)).unwrap();
+        let w_out_in = rand(&[9, 7], 12); // HF layout; used transposed, as the head is
+        let y = matmul_2d(x.as_tensor(), &w_out_in.t().unwrap(), None).unwrap();
+        let want = x.as_tensor().matmul(&w_out_in.t().unwrap()).unwrap();
+        assert!(max_diff(&y, &want) < 1e-5);
+        let g = rand(&[5, 9], 13);
+        let got = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let reference = (want * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let (a, b) = (got.get(x.as_tensor()).unwrap(), reference.get(x.as_tensor()).unwrap());
+        assert!(max_diff(a, b) < 1e-5);
     }
 
     #[test]

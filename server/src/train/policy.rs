@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Tensor, Var};
+use candle_core::{Tensor, Var};
 use candle_nn::VarBuilder;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -180,34 +180,9 @@ impl Policy {
     }
 
     /// Writes an HF checkpoint directory (config.json, model.safetensors, tokenizer.json) of the
-    /// current policy, loadable by this engine and by `transformers`.
+    /// current policy, adapters merged, loadable by this engine and by `transformers`.
     pub fn save_hf(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(ModelError::io(dir))?;
-        let mut cfg = self.base.config_json.clone();
-        cfg["torch_dtype"] = serde_json::json!(dtype_name(self.base.dtype));
-        let cfg_path = dir.join("config.json");
-        let text = serde_json::to_string_pretty(&cfg).map_err(|e| ModelError::format(&cfg_path, e))?;
-        std::fs::write(&cfg_path, text).map_err(ModelError::io(&cfg_path))?;
-        let tensors: HashMap<String, Tensor> = self
-            .merged_tensors()?
-            .into_iter()
-            .map(|(n, t)| Ok((n, t.to_device(&candle_core::Device::Cpu)?.contiguous()?)))
-            .collect::<Result<_>>()?;
-        let st = dir.join("model.safetensors");
-        candle_core::safetensors::save(&tensors, &st).map_err(|e| ModelError::format(&st, e))?;
-        if let Some(tok) = &self.base.tokenizer {
-            tok.save(&dir.join("tokenizer.json"))?;
-        }
-        Ok(())
-    }
-}
-
-fn dtype_name(d: DType) -> &'static str {
-    match d {
-        DType::BF16 => "bfloat16",
-        DType::F16 => "float16",
-        DType::F64 => "float64",
-        _ => "float32",
+        self.base.save_hf_with(&self.merged_tensors()?, dir)
     }
 }
 

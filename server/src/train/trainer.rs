@@ -117,7 +117,7 @@ impl PrefixCache {
     }
 
     /// Computes the states of any `seqs` not cached yet (after `layer` layers of `model`).
-    fn fill(&mut self, model: &Model, layer: usize, seqs: &[Vec<u32>], batch: usize) -> Result<()> {
+    pub fn fill(&mut self, model: &Model, layer: usize, seqs: &[Vec<u32>], batch: usize) -> Result<()> {
         if layer != self.layer {
             self.states.clear();
             self.layer = layer;
@@ -136,8 +136,28 @@ impl PrefixCache {
         Ok(())
     }
 
-    fn get(&self, seq: &[u32]) -> Option<&Tensor> {
+    pub fn get(&self, seq: &[u32]) -> Option<&Tensor> {
         self.states.get(seq)
+    }
+
+    /// Keeps only the sequences `keep` accepts (e.g. those of the labelled set).
+    pub fn retain(&mut self, keep: impl Fn(&[u32]) -> bool) {
+        self.states.retain(|k, _| keep(k));
+    }
+
+    /// The cached states of `rows` (prompt, completion), computing what is missing.
+    pub fn states_for(
+        &mut self,
+        model: &Model,
+        layer: usize,
+        rows: &[(&[u32], &[u32])],
+        batch: usize,
+    ) -> Result<Vec<Tensor>> {
+        let seqs: Vec<Vec<u32>> = rows.iter().map(|(p, c)| [*p, *c].concat()).collect();
+        self.fill(model, layer, &seqs, batch)?;
+        seqs.iter()
+            .map(|s| self.get(s).cloned().ok_or_else(|| ModelError::Input("prefix cache is missing a sequence".into())))
+            .collect()
     }
 }
 
@@ -161,6 +181,41 @@ pub fn fill_reference(reference: &Model, pairs: &mut [PreferencePair], batch_siz
     for (k, &i) in todo.iter().enumerate() {
         pairs[i].ref_chosen = Some(lp[2 * k].sum);
         pairs[i].ref_rejected = Some(lp[2 * k + 1].sum);
+    }
+    Ok(())
+}
+
+/// Computes missing reference log-probs; when the policy's lower layers are frozen, through
+/// the prefix cache, so those layers run once per sequence for reference and training alike.
+pub fn fill_reference_cached(
+    policy: &Policy,
+    pairs: &mut [PreferencePair],
+    cache: &mut PrefixCache,
+    batch: usize,
+) -> Result<()> {
+    let layer = policy.prefix_layer();
+    if layer == 0 {
+        return fill_reference(policy.reference(), pairs, batch);
+    }
+    let todo: Vec<usize> =
+        (0..pairs.len()).filter(|&i| pairs[i].ref_chosen.is_none() || pairs[i].ref_rejected.is_none()).collect();
+    for chunk in todo.chunks(batch.max(2) / 2) {
+        let rows: Vec<(&[u32], &[u32])> = chunk
+            .iter()
+            .flat_map(|&i| {
+                [
+                    (pairs[i].prompt.as_slice(), pairs[i].chosen.as_slice()),
+                    (pairs[i].prompt.as_slice(), pairs[i].rejected.as_slice()),
+                ]
+            })
+            .collect();
+        let states = cache.states_for(policy.reference(), layer, &rows, batch)?;
+        let sums = batch_logprobs_from(policy.reference(), &rows, Some(Prefix { layer, states: &states }))?.sums;
+        let sums = sums.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        for (k, &i) in chunk.iter().enumerate() {
+            pairs[i].ref_chosen = Some(sums[2 * k]);
+            pairs[i].ref_rejected = Some(sums[2 * k + 1]);
+        }
     }
     Ok(())
 }

@@ -85,10 +85,12 @@ fn training_raises_the_length_win_rate_and_runs_resume() {
         let losses = &end.train.epoch_losses;
         assert!(losses.last().unwrap() < &losses[0]);
     }
-    // Certainty phase 1: all margins are 0 (policy = reference), phase 2: not all.
+    // Certainty phase 1: the policy is the reference, so nothing is over-generated or scored
+    // (every margin would be 0); phase 2 scores 4 candidates per pair and finds margins.
     let cert: Vec<&PhaseRecord> =
         records.iter().filter(|r| r.acquisition == Acquisition::Certainty && r.phase > 0).collect();
-    assert!(cert[0].acquisition_stats.candidate_margins.iter().all(|m| *m == 0.0));
+    assert_eq!(cert[0].acquisition_stats.sequences_scored, 0);
+    assert!(cert[1].acquisition_stats.candidate_margins.len() >= 2 * (256 - 96));
     assert!(cert[1].acquisition_stats.candidate_margins.iter().any(|m| *m != 0.0));
     for f in ["phases.csv", "summary.csv", "summary.md", "winrate.svg", "config.json"] {
         assert!(out.join(f).exists(), "{f}");
@@ -121,6 +123,19 @@ fn training_raises_the_length_win_rate_and_runs_resume() {
     other.train.epochs = 7;
     let err = run_experiment(&other, &setup, &out, &Quiet).unwrap_err().to_string();
     assert!(err.contains("different experiment") && err.contains("train"), "{err}");
+    let mut other = cfg.clone();
+    other.schedule[0] += 1;
+    let err = run_experiment(&other, &setup, &out, &Quiet).unwrap_err().to_string();
+    assert!(err.contains("different experiment") && err.contains("schedule"), "{err}");
+    // Fewer acquisition functions and a shorter schedule: the finished phases are reused as they are.
+    let mut fewer = cfg.clone();
+    fewer.acquisitions.truncate(1);
+    fewer.schedule.truncate(1);
+    let t = std::time::Instant::now();
+    let part = run_experiment(&fewer, &setup, &out, &Quiet).unwrap();
+    assert!(t.elapsed().as_secs_f64() < 2.0);
+    let want: Vec<_> = key(&records).into_iter().filter(|k| k.0 == fewer.acquisitions[0] && k.1 <= 1).collect();
+    assert_eq!(key(&part), want);
 }
 
 #[test]
@@ -128,7 +143,7 @@ fn every_acquisition_function_runs() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = tiny(dir.path());
     cfg.acquisitions = Acquisition::ALL.to_vec();
-    cfg.schedule = vec![8];
+    cfg.schedule = vec![4, 8];
     cfg.eval.prompts = 16;
     cfg.eval.initial = false;
     cfg.train.epochs = 1;
@@ -139,20 +154,23 @@ fn every_acquisition_function_runs() {
         let setup = Setup::build(&cfg, common::load("gpt2", DType::F32), None).unwrap();
         let out = dir.path().join(format!("all-{windowed}"));
         let records = run_experiment(&cfg, &setup, &out, &Quiet).unwrap();
-        assert_eq!(records.len(), 5);
+        assert_eq!(records.len(), 10);
         for r in &records {
-            assert_eq!(r.labels, 8, "{}", r.acquisition);
+            assert_eq!(r.labels, 4 * r.phase, "{}", r.acquisition);
             let s = &r.acquisition_stats;
+            // Phase 1: the policy is the reference, nothing is scored.
+            let want_margins = if r.phase == 1 { 0 } else { 8 };
             match r.acquisition {
-                Acquisition::Random => assert_eq!(s.prompts_drawn, 8),
+                Acquisition::Random => assert_eq!(s.prompts_drawn, 4),
                 // Undecided labels send the loop back for more, so "at least".
                 Acquisition::Certainty | Acquisition::Uncertainty => {
-                    assert!(s.candidate_margins.len() >= 16)
+                    assert!(s.candidate_margins.len() >= want_margins);
+                    assert_eq!(s.sequences_scored, 2 * s.candidate_margins.len());
                 }
-                Acquisition::Entropy => assert!(s.candidate_entropies.len() >= 16),
+                Acquisition::Entropy => assert!(s.candidate_entropies.len() >= 8),
                 Acquisition::Hybrid => {
-                    assert!(s.candidate_entropies.len() >= 32);
-                    assert!(s.candidate_margins.len() >= 16);
+                    assert!(s.candidate_entropies.len() >= 16);
+                    assert!(s.candidate_margins.len() >= want_margins);
                 }
             }
         }

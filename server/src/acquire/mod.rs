@@ -9,6 +9,9 @@
 //!   completions each at T = 1 give the mean negative log-likelihood; keep the highest, then
 //!   one pair per kept prompt.
 //! - hybrid: entropy keeps `m * over_generate` prompts, certainty keeps `m` of their pairs.
+//!
+//! While the policy is still the reference every margin is 0 and certainty is a uniform
+//! choice (the paper's first column shows it), so no candidates are over-generated or scored.
 
 pub mod select;
 
@@ -170,6 +173,10 @@ pub struct Acquirer<'a> {
     /// Suppress end-of-sequence tokens so every completion has the drawn length.
     pub exact_length: bool,
     pub beta: f64,
+    /// The policy is still the reference (the first phase, or just reset): every margin is 0,
+    /// so certainty's choice is uniform and over-generating and scoring change nothing about
+    /// which pairs are drawn. Candidates are then not over-generated nor scored.
+    pub policy_is_reference: bool,
 }
 
 impl Acquirer<'_> {
@@ -198,6 +205,10 @@ impl Acquirer<'_> {
                 let prompts = take(m, &mut stats)?;
                 self.sample_pairs(&prompts, rng.random(), &mut stats, progress)?
             }
+            Acquisition::Certainty | Acquisition::Uncertainty if self.policy_is_reference => {
+                let prompts = take(m, &mut stats)?;
+                self.sample_pairs(&prompts, rng.random(), &mut stats, progress)?
+            }
             Acquisition::Certainty | Acquisition::Uncertainty => {
                 let prompts = take(m * self.cfg.over_generate.max(1), &mut stats)?;
                 let mut cands = self.sample_pairs(&prompts, rng.random(), &mut stats, progress)?;
@@ -222,11 +233,20 @@ impl Acquirer<'_> {
             Acquisition::Hybrid => {
                 let keep = m * self.cfg.over_generate.max(1);
                 let prompts = take(keep * self.cfg.entropy_over_sample.max(1), &mut stats)?;
-                let kept = self.by_entropy(prompts, keep, &mut rng, &mut stats, progress)?;
+                let mut kept = self.by_entropy(prompts, keep, &mut rng, &mut stats, progress)?;
+                if self.policy_is_reference {
+                    // Certainty among equal margins: m of the kept prompts, uniformly.
+                    let idx = select::top_k(&vec![0.0; kept.len()], m, &mut rng);
+                    let mut slots: Vec<Option<_>> = kept.into_iter().map(Some).collect();
+                    kept = idx.into_iter().filter_map(|i| slots[i].take()).collect();
+                }
                 let (prompts, ent): (Vec<_>, Vec<_>) = kept.into_iter().unzip();
                 let mut cands = self.sample_pairs(&prompts, rng.random(), &mut stats, progress)?;
                 for (c, e) in cands.iter_mut().zip(ent) {
                     c.prompt_entropy = Some(e);
+                }
+                if self.policy_is_reference {
+                    return Ok((cands, stats));
                 }
                 let margins = self.score(&mut cands, &mut stats, progress)?;
                 let idx = select::certainty(&margins, m, &mut rng);

@@ -40,9 +40,9 @@ pub struct Args {
     /// Labelled-set sizes, comma-separated (e.g. 128,256,512,768).
     #[arg(long, value_delimiter = ',')]
     pub schedule: Option<Vec<usize>>,
-    /// Number of seeds (0..N).
+    /// Seeds: a count N (seeds 0..N), a list (1,3) or a range (2..4).
     #[arg(long)]
-    pub seeds: Option<u64>,
+    pub seeds: Option<String>,
     /// imdb, tldr or prompts.
     #[arg(long)]
     pub task: Option<String>,
@@ -97,6 +97,20 @@ fn parse_enum<T: serde::de::DeserializeOwned>(what: &str, s: &str, allowed: &str
         .map_err(|_| anyhow::anyhow!("--{what} {s:?}: expected one of {allowed}"))
 }
 
+/// `N` = 0..N, `a,b,c` = those seeds, `a..b` = a..b.
+fn parse_seeds(s: &str) -> Result<Vec<u64>> {
+    let num = |x: &str| -> Result<u64> {
+        x.trim().parse().with_context(|| format!("--seeds {s:?}: {x:?} is not a whole number"))
+    };
+    Ok(if let Some((a, b)) = s.split_once("..") {
+        (num(a)?..num(b)?).collect()
+    } else if s.contains(',') {
+        s.split(',').map(num).collect::<Result<_>>()?
+    } else {
+        (0..num(s)?).collect()
+    })
+}
+
 /// The preset, then the config file, then the flags.
 pub fn resolve(a: &Args) -> Result<ExperimentConfig> {
     let mut cfg = config::preset(&a.preset)
@@ -115,8 +129,8 @@ pub fn resolve(a: &Args) -> Result<ExperimentConfig> {
     if let Some(v) = &a.schedule {
         cfg.schedule = v.clone();
     }
-    if let Some(n) = a.seeds {
-        cfg.seeds = (0..n).collect();
+    if let Some(s) = &a.seeds {
+        cfg.seeds = parse_seeds(s)?;
     }
     if let Some(t) = &a.task {
         cfg.task.kind = parse_enum::<TaskKind>("task", t, "imdb, tldr, prompts")?;
@@ -278,4 +292,18 @@ pub fn run(a: Args) -> Result<()> {
     println!("\n{}", report::summary_markdown(&rows));
     println!("wall time {:.0} s; reports in {}", t.elapsed().as_secs_f64(), out.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_seeds;
+
+    #[test]
+    fn seeds_as_count_list_or_range() {
+        assert_eq!(parse_seeds("3").unwrap(), vec![0, 1, 2]);
+        assert_eq!(parse_seeds("1,4").unwrap(), vec![1, 4]);
+        assert_eq!(parse_seeds("2..4").unwrap(), vec![2, 3]);
+        let err = parse_seeds("1,x").unwrap_err().to_string();
+        assert!(err.contains("\"x\" is not a whole number"), "{err}");
+    }
 }

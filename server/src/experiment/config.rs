@@ -1,7 +1,8 @@
 //! An experiment as plain data: task, model, acquisition functions, schedule of labelled-set
 //! sizes, seeds, training and evaluation settings. Presets give the paper's settings and a
 //! CPU-sized variant; the command line overrides single fields; the result directory keeps a
-//! copy so a resumed run continues with the same settings.
+//! copy so a resumed run continues with the same settings (it may add acquisition functions
+//! or seeds, or extend the schedule).
 
 use std::path::PathBuf;
 
@@ -187,10 +188,13 @@ pub fn preset(name: &str) -> Option<ExperimentConfig> {
                 epochs: 6,
                 ..paper.train.clone()
             },
+            // Hybrid samples m * over_generate * entropy_over_sample * entropy_samples
+            // completions per phase: these factors keep it near 1000 at m = 64.
             acquire: AcquireConfig {
                 over_generate: 4,
-                entropy_over_sample: 4,
-                entropy_samples: 4,
+                entropy_over_sample: 2,
+                entropy_samples: 2,
+                batch_size: 64,
                 ..AcquireConfig::default()
             },
             eval: EvalConfig { prompts: 512, batch_size: 64, ..EvalConfig::default() },

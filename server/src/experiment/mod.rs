@@ -4,7 +4,8 @@
 //! Layout of the output directory:
 //!
 //! ```text
-//! config.json                 the settings (a resumed run must match them)
+//! config.json                 the settings (a resumed run must match them, save for
+//!                             acquisition functions, seeds and the schedule's length)
 //! oracle.json                 the sentiment oracle's held-out accuracy
 //! baseline-seed{S}.json       the starting model's evaluation samples for seed S
 //! runs/{acq}-seed{S}/         phase-{P}.json, data.jsonl, policy-phase-{P}.safetensors,
@@ -36,6 +37,9 @@ pub trait Observer {
 }
 
 /// Checks that `out` is empty or holds this same experiment, and records the settings.
+/// Runs are independent per (acquisition, seed) and phases depend only on the schedule up to
+/// them, so a resumed run may name other acquisition functions or seeds, or extend (or cut)
+/// the schedule; every other setting must match.
 fn claim_output(cfg: &ExperimentConfig, out: &Path) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let path = out.join("config.json");
@@ -43,24 +47,30 @@ fn claim_output(cfg: &ExperimentConfig, out: &Path) -> Result<()> {
     if path.exists() {
         let theirs: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)
             .with_context(|| format!("{} is not valid JSON", path.display()))?;
-        if theirs != mine {
-            let diff = mine
-                .as_object()
-                .into_iter()
-                .flatten()
-                .filter(|(k, v)| theirs.get(*k) != Some(v))
-                .map(|(k, _)| k.as_str())
-                .collect::<Vec<_>>()
-                .join(", ");
+        let differs = |k: &str, v: &serde_json::Value| match (k, v, theirs.get(k)) {
+            ("acquisitions" | "seeds", _, _) => false,
+            ("schedule", serde_json::Value::Array(a), Some(serde_json::Value::Array(b))) => {
+                a.iter().zip(b).any(|(x, y)| x != y)
+            }
+            (_, v, t) => t != Some(v),
+        };
+        let diff = mine
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, v)| differs(k, v))
+            .map(|(k, _)| k.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        if !diff.is_empty() {
             bail!(
                 "{} holds results of a different experiment (settings differ in: {diff}); choose another --out \
                  or resume with the same settings",
                 out.display()
             );
         }
-    } else {
-        write_atomic(&path, &serde_json::to_string_pretty(&mine)?)?;
     }
+    write_atomic(&path, &serde_json::to_string_pretty(&mine)?)?;
     Ok(())
 }
 

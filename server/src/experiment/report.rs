@@ -61,6 +61,10 @@ pub struct SummaryRow {
     pub win_rate: f64,
     /// Over seeds when there are several, else the single run's over prompts.
     pub stderr: f64,
+    /// The part the finite evaluation set explains: each seed's over-prompts standard error,
+    /// combined for the mean, sqrt(sum se_i^2) / n. With few seeds the over-seeds figure is
+    /// itself noisy; this one is not.
+    pub stderr_prompts: f64,
     pub mean_labels: f64,
     pub mean_seconds: f64,
 }
@@ -82,6 +86,7 @@ pub fn summarize(records: &[PhaseRecord]) -> Vec<SummaryRow> {
                 seeds: rs.len(),
                 win_rate: mean,
                 stderr,
+                stderr_prompts: stderr_of_mean(&rs.iter().map(|r| r.win_rate.stderr).collect::<Vec<_>>()),
                 mean_labels: rs.iter().map(|r| r.labels as f64).sum::<f64>() / rs.len() as f64,
                 mean_seconds: rs.iter().map(|r| r.timings.total).sum::<f64>() / rs.len() as f64,
             }
@@ -89,13 +94,18 @@ pub fn summarize(records: &[PhaseRecord]) -> Vec<SummaryRow> {
         .collect()
 }
 
+/// Standard error of the mean of independent estimates with these standard errors.
+fn stderr_of_mean(se: &[f64]) -> f64 {
+    se.iter().map(|e| e * e).sum::<f64>().sqrt() / se.len() as f64
+}
+
 pub fn summary_csv(rows: &[SummaryRow]) -> String {
-    let mut s = String::from("acquisition,m,seeds,win_rate,stderr,mean_labels,mean_phase_seconds\n");
+    let mut s = String::from("acquisition,m,seeds,win_rate,stderr,stderr_prompts,mean_labels,mean_phase_seconds\n");
     for r in rows {
         let _ = writeln!(
             s,
-            "{},{},{},{:.4},{:.4},{:.1},{:.1}",
-            r.acquisition, r.m, r.seeds, r.win_rate, r.stderr, r.mean_labels, r.mean_seconds
+            "{},{},{},{:.4},{:.4},{:.4},{:.1},{:.1}",
+            r.acquisition, r.m, r.seeds, r.win_rate, r.stderr, r.stderr_prompts, r.mean_labels, r.mean_seconds
         );
     }
     s
@@ -126,13 +136,20 @@ pub fn summary_markdown(rows: &[SummaryRow]) -> String {
         for m in &ms {
             match rows.iter().find(|r| r.acquisition == a && r.m == *m) {
                 Some(r) => {
-                    let _ = write!(s, " {:.3} ± {:.3} |", r.win_rate, r.stderr);
+                    let _ = write!(s, " {:.3} ± {:.3} ({:.3}) |", r.win_rate, r.stderr, r.stderr_prompts);
                 }
                 None => s.push_str(" |"),
             }
         }
         s.push('\n');
     }
+    let seeds = rows.iter().map(|r| r.seeds).max().unwrap_or(0);
+    let _ = writeln!(
+        s,
+        "\nWin-rate against the baseline, mean over {seeds} seed(s) ± standard error {}; in brackets the \
+         standard error from the finite evaluation set alone.",
+        if seeds > 1 { "over seeds" } else { "over prompts" }
+    );
     s
 }
 
@@ -257,7 +274,23 @@ mod tests {
     use super::*;
 
     fn row(a: Acquisition, m: usize, w: f64, se: f64) -> SummaryRow {
-        SummaryRow { acquisition: a, m, seeds: 2, win_rate: w, stderr: se, mean_labels: m as f64, mean_seconds: 1.0 }
+        SummaryRow {
+            acquisition: a,
+            m,
+            seeds: 2,
+            win_rate: w,
+            stderr: se,
+            stderr_prompts: se / 2.0,
+            mean_labels: m as f64,
+            mean_seconds: 1.0,
+        }
+    }
+
+    #[test]
+    fn prompt_stderr_of_a_mean_over_seeds() {
+        // Two seeds at 0.03 and 0.04: sqrt(0.0009 + 0.0016) / 2 = 0.05 / 2.
+        assert!((stderr_of_mean(&[0.03, 0.04]) - 0.025).abs() < 1e-12);
+        assert_eq!(stderr_of_mean(&[0.02]), 0.02);
     }
 
     #[test]
@@ -269,7 +302,8 @@ mod tests {
             row(Acquisition::Certainty, 128, 0.66, 0.03),
         ];
         let md = summary_markdown(&rows);
-        assert!(md.contains("| random | 0.550 ± 0.020 | 0.600 ± 0.020 |"), "{md}");
+        assert!(md.contains("| random | 0.550 ± 0.020 (0.010) | 0.600 ± 0.020 (0.010) |"), "{md}");
+        assert!(md.contains("mean over 2 seed(s) ± standard error over seeds"), "{md}");
         let svg = winrate_svg(&rows, "IMDB <test>");
         assert_eq!(svg.matches("<circle").count(), 4);
         assert!(svg.contains("IMDB &lt;test&gt;") && svg.contains("certainty"));

@@ -243,6 +243,8 @@ impl Run<'_> {
                 completion_len: cfg.task.completion_tokens,
                 exact_length: cfg.task.exact_length,
                 beta: cfg.train.beta,
+                // Resuming starts after a trained phase, so phase 1 always has the untrained policy.
+                policy_is_reference: phase == 1,
             };
             // Acquire and label until the labelled set reaches m (undecided pairs are dropped).
             let mut new_pairs: Vec<StoredPair> = Vec::new();

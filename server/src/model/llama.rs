@@ -241,7 +241,6 @@ impl Model {
         self.embed_tokens.forward(input_ids)
     }
 
-    /// Runs layers `from..` and the final norm on `xs` (batch, seq, hidden).
     /// Runs the layers in `range` on `xs` (batch, seq, hidden), without the final norm.
     pub fn layers(
         &self,

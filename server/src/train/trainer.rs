@@ -161,22 +161,28 @@ impl PrefixCache {
     }
 }
 
+/// Indices of the pairs still without reference log-probs.
+fn missing_reference(pairs: &[PreferencePair]) -> Vec<usize> {
+    (0..pairs.len()).filter(|&i| pairs[i].ref_chosen.is_none() || pairs[i].ref_rejected.is_none()).collect()
+}
+
+/// (prompt, chosen), (prompt, rejected) of each listed pair, interleaved.
+fn chosen_rejected_rows<'p>(pairs: &'p [PreferencePair], idx: &[usize]) -> Vec<(&'p [u32], &'p [u32])> {
+    idx.iter()
+        .flat_map(|&i| {
+            let p = &pairs[i];
+            [(p.prompt.as_slice(), p.chosen.as_slice()), (p.prompt.as_slice(), p.rejected.as_slice())]
+        })
+        .collect()
+}
+
 /// Computes the reference log-probs of every pair that lacks them.
 pub fn fill_reference(reference: &Model, pairs: &mut [PreferencePair], batch_size: usize) -> Result<()> {
-    let todo: Vec<usize> =
-        (0..pairs.len()).filter(|&i| pairs[i].ref_chosen.is_none() || pairs[i].ref_rejected.is_none()).collect();
+    let todo = missing_reference(pairs);
     if todo.is_empty() {
         return Ok(());
     }
-    let rows: Vec<(&[u32], &[u32])> = todo
-        .iter()
-        .flat_map(|&i| {
-            [
-                (pairs[i].prompt.as_slice(), pairs[i].chosen.as_slice()),
-                (pairs[i].prompt.as_slice(), pairs[i].rejected.as_slice()),
-            ]
-        })
-        .collect();
+    let rows = chosen_rejected_rows(pairs, &todo);
     let lp = sequence_logprobs(reference, &rows, batch_size, |_| {})?;
     for (k, &i) in todo.iter().enumerate() {
         pairs[i].ref_chosen = Some(lp[2 * k].sum);
@@ -197,18 +203,9 @@ pub fn fill_reference_cached(
     if layer == 0 {
         return fill_reference(policy.reference(), pairs, batch);
     }
-    let todo: Vec<usize> =
-        (0..pairs.len()).filter(|&i| pairs[i].ref_chosen.is_none() || pairs[i].ref_rejected.is_none()).collect();
+    let todo = missing_reference(pairs);
     for chunk in todo.chunks(batch.max(2) / 2) {
-        let rows: Vec<(&[u32], &[u32])> = chunk
-            .iter()
-            .flat_map(|&i| {
-                [
-                    (pairs[i].prompt.as_slice(), pairs[i].chosen.as_slice()),
-                    (pairs[i].prompt.as_slice(), pairs[i].rejected.as_slice()),
-                ]
-            })
-            .collect();
+        let rows = chosen_rejected_rows(pairs, chunk);
         let states = cache.states_for(policy.reference(), layer, &rows, batch)?;
         let sums = batch_logprobs_from(policy.reference(), &rows, Some(Prefix { layer, states: &states }))?.sums;
         let sums = sums.to_dtype(DType::F32)?.to_vec1::<f32>()?;

@@ -2,9 +2,63 @@
 //! starting model's sample, or a reference text), ties and undecided judgements counting half,
 //! with standard errors over prompts and over seeds.
 
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::model::{Model, SampleRequest, SamplingConfig, Tokenizer, sample};
 use crate::oracle::Preference;
+
+/// How evaluation samples are drawn.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalSampling {
+    /// One length drawn per prompt from this range.
+    pub completion_tokens: (usize, usize),
+    /// Suppress end-of-sequence until the drawn length.
+    pub exact_length: bool,
+    pub temperature: f64,
+    pub batch_size: usize,
+}
+
+/// Samples one completion per prompt. Lengths depend on the seed only, so the policy's and the
+/// baseline's samples of one seed match in length.
+pub fn sample_completions(
+    model: &Model,
+    tokenizer: &Tokenizer,
+    prompts: &[&[u32]],
+    how: &EvalSampling,
+    seed: u64,
+    progress: &dyn Fn(&str, usize, usize),
+) -> crate::model::Result<Vec<String>> {
+    let mut len_rng = ChaCha8Rng::seed_from_u64(seed ^ 0xe7a1);
+    let (lo, hi) = how.completion_tokens;
+    let lens: Vec<usize> = prompts.iter().map(|_| len_rng.random_range(lo..=hi)).collect();
+    let eos = tokenizer.eos_ids();
+    let mut out = Vec::with_capacity(prompts.len());
+    let idx: Vec<usize> = (0..prompts.len()).collect();
+    for (c, chunk) in idx.chunks(how.batch_size.max(1)).enumerate() {
+        let reqs: Vec<SampleRequest> = chunk
+            .iter()
+            .map(|&i| SampleRequest {
+                prompt: prompts[i],
+                max_new_tokens: Some(lens[i]),
+                min_new_tokens: Some(if how.exact_length { lens[i] } else { 0 }),
+            })
+            .collect();
+        let sc = SamplingConfig {
+            temperature: how.temperature,
+            max_new_tokens: hi,
+            seed: seed.wrapping_add(c as u64 * 7919),
+            ..Default::default()
+        };
+        for s in sample(model, &reqs, &sc, eos, |_| {})? {
+            let kept: Vec<u32> = s.tokens.into_iter().filter(|t| !eos.contains(t)).collect();
+            out.push(tokenizer.decode(&kept)?);
+        }
+        progress("evaluation samples", out.len(), prompts.len());
+    }
+    Ok(out)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

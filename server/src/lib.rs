@@ -11,5 +11,6 @@ pub mod eval;
 pub mod experiment;
 pub mod model;
 pub mod oracle;
+pub mod store;
 pub mod train;
 pub mod worker;

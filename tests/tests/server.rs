@@ -1,48 +1,20 @@
 //! The real router, served on port 0 over a tiny random-weight Llama (the committed parity
 //! fixture) and a six-review CSV, spoken to over HTTP like a browser would.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+mod common;
 
-use apl::api::{AppState, app};
-use apl::data::imdb;
-use apl::model::{Checkpoint, Model, SamplingConfig};
-use apl::worker::Worker;
 use apl_shared::{ApiError, Health, Pair};
-use candle_core::{DType, Device};
+use common::{ADMIN, Backend, Options};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-/// Starts the app and returns its base URL.
-async fn start(dist: Option<PathBuf>) -> String {
-    let ck = Checkpoint::load(&root().join("server/tests/fixtures/llama"), DType::F32, &Device::Cpu).unwrap();
-    let model = Model::from_checkpoint(&ck).unwrap();
-    let tok = ck.tokenizer().unwrap().clone();
-    let reviews = imdb::read_reviews(&root().join("tests/fixtures/reviews.csv")).unwrap();
-    let prompts = imdb::prompts(&reviews, &tok, 200, (8, 16), 0).unwrap();
-    let health = Health {
-        status: "ok".into(),
-        version: "test".into(),
-        model: "llama".into(),
-        architecture: "llama".into(),
-        parameters: ck.num_params() as u64,
-        device: "cpu".into(),
-        prompts: prompts.len(),
-    };
-    let sampling = SamplingConfig { max_new_tokens: 6, ..Default::default() };
-    let worker = Worker::new(model, tok, prompts, sampling);
-    let state = AppState { worker: Arc::new(worker), health: Arc::new(health), dist };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app(state)).await.unwrap() });
-    format!("http://{addr}")
+/// Starts the app over SQLite and returns its base URL.
+async fn start(dist: Option<std::path::PathBuf>) -> String {
+    common::start(&Backend::Sqlite, Options { dist, worker: false, ..Default::default() }).await.base_leaked()
 }
 
 async fn post(base: &str, body: &str) -> reqwest::Response {
     reqwest::Client::new()
         .post(format!("{base}/api/pair"))
+        .bearer_auth(ADMIN)
         .header("content-type", "application/json")
         .body(body.to_string())
         .send()
@@ -107,4 +79,36 @@ async fn pages_carry_security_headers() {
     assert_eq!(r.headers()["x-content-type-options"], "nosniff");
     assert!(r.text().await.unwrap().contains("<title>apl</title>"));
     assert_eq!(reqwest::get(format!("{base}/api/health")).await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn the_openapi_document_matches_the_router() {
+    let s = common::start(&Backend::Sqlite, Options { worker: false, ..Default::default() }).await;
+    let doc = s.call("GET", "/api/openapi.json", None, None).await.ok();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 20, "{} paths", paths.len());
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    // Schemas come from the real types: a field of each shows up.
+    assert_eq!(schemas["LabelRequest"]["properties"]["choice"]["type"], "string");
+    assert_eq!(schemas["Job"]["properties"]["progress"]["properties"]["eta_seconds"]["type"], "number");
+    assert_eq!(schemas["NextPair"]["properties"]["assignment"]["type"], serde_json::json!(["object", "null"]));
+    let mut checked = 0;
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            // Every $ref points at a schema that exists.
+            for r in op.to_string().split("#/components/schemas/").skip(1) {
+                let name: String = r.chars().take_while(|c| c.is_alphanumeric()).collect();
+                assert!(schemas.contains_key(&name), "{method} {path}: missing schema {name}");
+            }
+            let concrete = path.replace("{id}", "nope").replace("{rater}", "nope").replace("{pair}", "nope");
+            let r = s.call(&method.to_uppercase(), &concrete, None, None).await;
+            assert!(!r.message().starts_with("no API endpoint"), "{method} {path} is not routed");
+            assert_ne!(r.status, 405, "{method} {path} is not routed for this method");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 27, "{checked} operations");
+    // And an undocumented path is not routed.
+    assert!(s.call("GET", "/api/secret", None, None).await.message().starts_with("no API endpoint"));
 }

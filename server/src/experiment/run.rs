@@ -10,15 +10,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::config::{ExperimentConfig, Mode};
 use super::setup::{PromptStream, Setup};
 use crate::acquire::{AcquireStats, Acquirer, Acquisition, Candidate};
-use crate::eval::{Outcome, WinRate, win_rate};
-use crate::model::{Model, SampleRequest, SamplingConfig, sample};
+use crate::eval::{EvalSampling, Outcome, WinRate, sample_completions, win_rate};
+use crate::model::Model;
 use crate::oracle::{Comparison, Preference};
 use crate::train::optim::Adam;
 use crate::train::policy::Policy;
@@ -105,35 +103,14 @@ pub fn eval_samples(
     seed: u64,
     progress: StageProgress,
 ) -> Result<Vec<String>> {
-    // Lengths depend on the seed only, so policy and baseline samples of a seed match in length.
-    let mut len_rng = ChaCha8Rng::seed_from_u64(seed ^ 0xe7a1);
-    let (lo, hi) = cfg.task.completion_tokens;
-    let lens: Vec<usize> = setup.eval.iter().map(|_| len_rng.random_range(lo..=hi)).collect();
-    let eos = setup.tokenizer.eos_ids();
-    let mut out = Vec::with_capacity(setup.eval.len());
-    let idx: Vec<usize> = (0..setup.eval.len()).collect();
-    for (c, chunk) in idx.chunks(cfg.eval.batch_size.max(1)).enumerate() {
-        let reqs: Vec<SampleRequest> = chunk
-            .iter()
-            .map(|&i| SampleRequest {
-                prompt: &setup.eval[i].item.ids,
-                max_new_tokens: Some(lens[i]),
-                min_new_tokens: Some(if cfg.task.exact_length { lens[i] } else { 0 }),
-            })
-            .collect();
-        let sc = SamplingConfig {
-            temperature: cfg.eval.temperature,
-            max_new_tokens: hi,
-            seed: seed.wrapping_add(c as u64 * 7919),
-            ..Default::default()
-        };
-        for s in sample(model, &reqs, &sc, eos, |_| {})? {
-            let kept: Vec<u32> = s.tokens.into_iter().filter(|t| !eos.contains(t)).collect();
-            out.push(setup.tokenizer.decode(&kept)?);
-        }
-        progress("evaluation samples", out.len(), setup.eval.len());
-    }
-    Ok(out)
+    let prompts: Vec<&[u32]> = setup.eval.iter().map(|e| e.item.ids.as_slice()).collect();
+    let how = EvalSampling {
+        completion_tokens: cfg.task.completion_tokens,
+        exact_length: cfg.task.exact_length,
+        temperature: cfg.eval.temperature,
+        batch_size: cfg.eval.batch_size,
+    };
+    Ok(sample_completions(model, &setup.tokenizer, &prompts, &how, seed, progress)?)
 }
 
 /// Judges policy samples against the baseline texts, policy as A.

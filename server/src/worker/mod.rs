@@ -1,34 +1,92 @@
-//! The one owner of the model. Requests that need the model queue here and run one at a time
-//! on a blocking thread, so the async server never stalls on a forward pass.
-//!
-//! For now it serves single pair samples; the job queue (generate, acquire, train, evaluate),
-//! with progress streamed to the browser, builds on this.
+//! The one owner of the model. Work that needs the model runs here one piece at a time on a
+//! blocking thread, so the async server never stalls on a forward pass: the admin's pair
+//! preview, and the jobs of the database queue (`jobs`), whose progress goes back to the
+//! database for any server process to stream.
 
-use std::sync::Mutex;
+pub mod jobs;
+pub mod settings;
+
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use apl_shared::{Completion, Pair, PairRequest};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::data::imdb::Prompt;
-use crate::model::{Model, ModelError, SampleRequest, SamplingConfig, Tokenizer, sample, sequence_logprobs};
+use crate::data::imdb::{Prompt, Review};
+use crate::model::{
+    Checkpoint, Model, ModelError, SampleRequest, SamplingConfig, Tokenizer, sample, sequence_logprobs,
+};
+use crate::oracle::sentiment::{NaiveBayes, SentimentOracle};
+
+/// What the worker is built from.
+pub struct WorkerParts {
+    /// The starting model, as loaded (policies are trained views of it).
+    pub checkpoint: Checkpoint,
+    pub model: Model,
+    pub tokenizer: Tokenizer,
+    /// The IMDB prompt pool (empty when the server runs without it).
+    pub prompts: Vec<Prompt>,
+    /// IMDB reviews with labels, for the sentiment oracle (empty: no sentiment oracle).
+    pub reviews: Vec<Review>,
+    pub sampling: SamplingConfig,
+    /// Where trained checkpoints are written.
+    pub data_dir: PathBuf,
+}
 
 pub struct Worker {
+    checkpoint: Checkpoint,
     model: Model,
     tokenizer: Tokenizer,
     prompts: Vec<Prompt>,
+    reviews: Vec<Review>,
     sampling: SamplingConfig,
+    data_dir: PathBuf,
     busy: Mutex<()>,
+    wake: tokio::sync::Notify,
+    sentiment: OnceLock<SentimentOracle>,
 }
 
 impl Worker {
-    pub fn new(model: Model, tokenizer: Tokenizer, prompts: Vec<Prompt>, sampling: SamplingConfig) -> Self {
-        Self { model, tokenizer, prompts, sampling, busy: Mutex::new(()) }
+    pub fn new(p: WorkerParts) -> Self {
+        Self {
+            checkpoint: p.checkpoint,
+            model: p.model,
+            tokenizer: p.tokenizer,
+            prompts: p.prompts,
+            reviews: p.reviews,
+            sampling: p.sampling,
+            data_dir: p.data_dir,
+            busy: Mutex::new(()),
+            wake: tokio::sync::Notify::new(),
+            sentiment: OnceLock::new(),
+        }
     }
 
     pub fn num_prompts(&self) -> usize {
         self.prompts.len()
+    }
+
+    /// The IMDB prompt pool's texts, in pool order.
+    pub fn prompt_texts(&self) -> Vec<String> {
+        self.prompts.iter().map(|p| p.text.clone()).collect()
+    }
+
+    /// Tells the job loop a job was queued.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// The naive-Bayes sentiment oracle, trained on first use from every IMDB review.
+    pub fn sentiment(&self) -> Result<&SentimentOracle, String> {
+        if self.reviews.is_empty() {
+            return Err("the sentiment oracle needs the IMDB reviews, and this server runs without them".into());
+        }
+        Ok(self.sentiment.get_or_init(|| {
+            let docs: Vec<(&str, u8)> = self.reviews.iter().map(|r| (r.text.as_str(), r.label)).collect();
+            SentimentOracle { model: NaiveBayes::train(&docs, 2, 1.0) }
+        }))
     }
 
     /// Two completions of one prompt (given, or drawn from the IMDB pool), with their

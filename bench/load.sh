@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Load benchmark of label submissions (not a test): starts the release `apl serve` on loopback
+# over a fresh SQLite file (or DATABASE, e.g. a postgres:// URL) with the tiny fixture model,
+# imports PAIRS pairs, creates one rater per connection, and drives them with wrk (Debian's
+# `wrk`): each rater asks for a pair and labels it, as fast as the server answers.
+#
+#   bash bench/load.sh [CONNECTIONS=8] [SECONDS=20]
+#
+# Prints labels/s and the latency percentiles wrk measured.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+conns=${1:-8}
+secs=${2:-20}
+pairs=${PAIRS:-60000}
+command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 1; }
+cargo build --release -q -p apl-server --bin apl
+work=$(mktemp -d)
+trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
+admin=load-bench-admin-token-0123456789
+RUST_LOG=warn ./target/release/apl serve --model server/tests/fixtures/llama --no-prompts --no-worker \
+  --addr 127.0.0.1:0 --data-dir "$work" --admin-token "$admin" ${DATABASE:+--database "$DATABASE"} \
+  >"$work/out" 2>"$work/err" &
+server=$!
+for _ in $(seq 100); do grep -q "serving on" "$work/out" 2>/dev/null && break; sleep 0.1; done
+base=$(grep -o 'http://[0-9.:]*' "$work/out" | head -1)
+api() { curl -sf -H "Authorization: Bearer $admin" "$@"; }
+project=$(api -H 'content-type: application/json' -d '{"name":"load","task":"generic"}' "$base/api/projects" \
+  | sed 's/.*"id":"\([0-9a-f]*\)".*/\1/')
+python3 -c "
+import json
+for i in range($pairs):
+    print(json.dumps({'prompt': f'Prompt {i}: the film', 'chosen': f'was good {i}', 'rejected': f'was bad {i}'}))
+" >"$work/pairs.jsonl"
+api --data-binary @"$work/pairs.jsonl" "$base/api/projects/$project/pairs?format=trl&rate=true" >/dev/null
+for i in $(seq "$conns"); do
+  api -H 'content-type: application/json' -d "{\"name\":\"rater$i\"}" "$base/api/projects/$project/raters" \
+    | sed 's/.*"token":"\([^"]*\)".*/\1/'
+  echo
+done >"$work/tokens"
+echo "apl serve on $base: $(nproc) cores, ${DATABASE:-SQLite}, $pairs pairs, $conns raters, ${secs}s"
+RATER_TOKENS="$work/tokens" wrk -t "$conns" -c "$conns" -d "${secs}s" --latency -s bench/label.lua "$base"

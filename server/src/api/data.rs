@@ -1,0 +1,256 @@
+//! Admin endpoints that move data in and out: prompt files (JSONL, CSV, the built-in IMDB
+//! pool), preference pairs in TRL's format, the pair list, and the exports (TRL DPO JSONL with
+//! metadata, every raw vote as JSONL and CSV). Imports are all-or-nothing; their errors name
+//! the line and the problem.
+
+use apl_shared::{ImportReport, PairRecord};
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use serde::Deserialize;
+
+use super::auth::Admin;
+use super::body::{JsonBody, Upload};
+use super::{ApiResult, AppError, AppState};
+use crate::data::prompts::{self, PromptRecord};
+use crate::data::trl;
+use crate::store::export::{LabelSource, dpo_line, votes_csv};
+use crate::store::imports::{NewCompletion, NewPair, PromptRef};
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
+    q.map(|Query(v)| v).map_err(|e| AppError::BadRequest(format!("query: {}", e.body_text())))
+}
+
+fn utf8(bytes: &[u8]) -> ApiResult<&str> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        let line = bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() + 1;
+        AppError::BadRequest(format!("upload:{line}: not valid UTF-8"))
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptImport {
+    /// jsonl or csv.
+    pub format: String,
+    /// train or eval.
+    #[serde(default = "train")]
+    pub split: String,
+    /// TL;DR format: every prompt ends with "TL;DR:" and has a reference summary.
+    #[serde(default)]
+    pub tldr: bool,
+}
+
+fn train() -> String {
+    "train".into()
+}
+
+/// `POST /api/projects/{id}/prompts?format=jsonl|csv&split=train|eval`, the file as the body.
+pub async fn import_prompts(
+    _: Admin,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    q: Result<Query<PromptImport>, QueryRejection>,
+    Upload(body): Upload,
+) -> ApiResult<(StatusCode, Json<ImportReport>)> {
+    let q = query(q)?;
+    let records = match q.format.as_str() {
+        "jsonl" => prompts::parse_jsonl("upload", utf8(&body)?, q.tldr),
+        "csv" => prompts::parse_csv("upload", &body, q.tldr),
+        other => return Err(AppError::BadRequest(format!("format: {other:?} is not jsonl or csv"))),
+    }
+    .map_err(|e| AppError::BadRequest(format!("{e:#}")))?;
+    let imported = s.store.insert_prompts(&id, &records, &q.split, "upload").await?;
+    Ok((StatusCode::CREATED, Json(ImportReport { imported })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImdbImport {
+    pub train: usize,
+    pub eval: usize,
+}
+
+impl Default for ImdbImport {
+    fn default() -> Self {
+        Self { train: 2048, eval: 128 }
+    }
+}
+
+/// `POST /api/projects/{id}/prompts/imdb {train, eval}`: prompts from the built-in IMDB pool
+/// (the first 8-16 tokens of reviews), disjoint between the splits.
+pub async fn import_imdb(
+    _: Admin,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<ImdbImport>,
+) -> ApiResult<(StatusCode, Json<ImportReport>)> {
+    let pool = s.worker.prompt_texts();
+    if pool.is_empty() {
+        return Err(AppError::Conflict("this server runs without the IMDB prompt pool".into()));
+    }
+    if req.train + req.eval > pool.len() {
+        return Err(AppError::BadRequest(format!(
+            "train + eval = {} but the IMDB pool has {} prompts",
+            req.train + req.eval,
+            pool.len()
+        )));
+    }
+    let rec = |t: &String| PromptRecord { prompt: t.clone(), reference: None };
+    let eval: Vec<PromptRecord> = pool[..req.eval].iter().map(rec).collect();
+    let train: Vec<PromptRecord> = pool[req.eval..req.eval + req.train].iter().map(rec).collect();
+    let mut imported = 0;
+    if !eval.is_empty() {
+        imported += s.store.insert_prompts(&id, &eval, "eval", "imdb").await?;
+    }
+    if !train.is_empty() {
+        imported += s.store.insert_prompts(&id, &train, "train", "imdb").await?;
+    }
+    Ok((StatusCode::CREATED, Json(ImportReport { imported })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairImport {
+    /// trl: JSONL of {prompt, chosen, rejected}.
+    pub format: String,
+    /// Gold pairs: the chosen completion is the known answer raters are checked against.
+    #[serde(default)]
+    pub gold: bool,
+    /// Also send the pairs to raters (with the project's overlap), e.g. to measure agreement
+    /// with the imported labels.
+    #[serde(default)]
+    pub rate: bool,
+}
+
+/// `POST /api/projects/{id}/pairs?format=trl[&gold=true][&rate=true]`, the file as the body.
+/// The file's preference is stored as a judge label named `import`.
+pub async fn import_pairs(
+    _: Admin,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    q: Result<Query<PairImport>, QueryRejection>,
+    Upload(body): Upload,
+) -> ApiResult<(StatusCode, Json<ImportReport>)> {
+    let q = query(q)?;
+    if q.format != "trl" {
+        return Err(AppError::BadRequest(format!("format: {:?} is not trl", q.format)));
+    }
+    let project = s.store.project(&id).await?;
+    let records = trl::parse_jsonl("upload", utf8(&body)?).map_err(|e| AppError::BadRequest(format!("{e:#}")))?;
+    let completion =
+        |text: &str| NewCompletion { text: text.to_string(), source: "import".into(), logp: None, tokens: None };
+    let pairs: Vec<NewPair> = records
+        .iter()
+        .map(|r| NewPair {
+            prompt: PromptRef::New(r.prompt.clone()),
+            a: completion(&r.chosen),
+            b: completion(&r.rejected),
+            kind: if q.gold { "gold" } else { "train" },
+            round: None,
+            acquisition: None,
+            r_a: None,
+            r_b: None,
+            margin: None,
+            entropy: None,
+            gold_choice: q.gold.then_some("a"),
+            target_votes: if q.rate && !q.gold { project.config.rating.overlap as i64 } else { 0 },
+            known: Some(("import".into(), "a")),
+        })
+        .collect();
+    let ids = s.store.insert_pairs(&id, &pairs, "import").await?;
+    Ok((StatusCode::CREATED, Json(ImportReport { imported: ids.len() })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PairList {
+    pub round: Option<i64>,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+impl Default for PairList {
+    fn default() -> Self {
+        Self { round: None, limit: 100, offset: 0 }
+    }
+}
+
+pub async fn list_pairs(
+    _: Admin,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    q: Result<Query<PairList>, QueryRejection>,
+) -> ApiResult<Json<Vec<PairRecord>>> {
+    let q = query(q)?;
+    if !(1..=1000).contains(&q.limit) || q.offset < 0 {
+        return Err(AppError::BadRequest("limit: 1 to 1000; offset: 0 or more".into()));
+    }
+    s.store.project(&id).await?;
+    Ok(Json(s.store.pair_records(&id, q.round, q.limit, q.offset).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DpoExport {
+    /// human, judge or human_then_judge.
+    pub source: String,
+}
+
+impl Default for DpoExport {
+    fn default() -> Self {
+        Self { source: "human".into() }
+    }
+}
+
+/// A download; the file name keeps only safe characters of the project name.
+fn attachment(body: String, content_type: &'static str, name: String) -> impl IntoResponse {
+    let name: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
+    (
+        [
+            (header::CONTENT_TYPE, content_type.to_string()),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}\"")),
+        ],
+        body,
+    )
+}
+
+fn jsonl<T: serde::Serialize>(rows: impl IntoIterator<Item = T>) -> String {
+    rows.into_iter().map(|r| serde_json::to_string(&r).expect("rows serialise") + "\n").collect()
+}
+
+/// `GET /api/projects/{id}/export/dpo.jsonl[?source=human|judge|human_then_judge]`.
+pub async fn export_dpo(
+    _: Admin,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    q: Result<Query<DpoExport>, QueryRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let source: LabelSource = query(q)?.source.parse()?;
+    let project = s.store.project(&id).await?;
+    let prefs = s.store.preferences(&id, source).await?;
+    Ok(attachment(jsonl(prefs.iter().map(dpo_line)), "application/x-ndjson", format!("{}-dpo.jsonl", project.name)))
+}
+
+pub async fn export_votes_jsonl(
+    _: Admin,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let project = s.store.project(&id).await?;
+    let votes = s.store.votes(&id).await?;
+    Ok(attachment(jsonl(votes), "application/x-ndjson", format!("{}-votes.jsonl", project.name)))
+}
+
+pub async fn export_votes_csv(
+    _: Admin,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let project = s.store.project(&id).await?;
+    let votes = s.store.votes(&id).await?;
+    Ok(attachment(votes_csv(&votes), "text/csv; charset=utf-8", format!("{}-votes.csv", project.name)))
+}

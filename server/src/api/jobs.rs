@@ -1,0 +1,82 @@
+//! Admin endpoints for jobs, and their live progress as server-sent events.
+//!
+//! Progress lives in the database (the worker writes it with its heartbeat), so any server
+//! process can stream any job's progress: the event stream polls the job row and sends it
+//! whenever it changed, until the job ends.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use apl_shared::{Job, NewJob};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::auth::Admin;
+use super::body::JsonBody;
+use super::{ApiResult, AppError, AppState};
+use crate::worker::jobs::JobSpec;
+
+pub async fn create(
+    _: Admin,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<NewJob>,
+) -> ApiResult<(StatusCode, Json<Job>)> {
+    let spec = JobSpec::parse(&req.kind, &req.params).map_err(AppError::BadRequest)?;
+    let job =
+        s.store.create_job(&id, &req.kind, &serde_json::to_value(&spec.params).expect("params serialise")).await?;
+    s.worker.wake();
+    Ok((StatusCode::CREATED, Json(job)))
+}
+
+pub async fn list(_: Admin, State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Vec<Job>>> {
+    s.store.project(&id).await?;
+    Ok(Json(s.store.jobs(&id).await?))
+}
+
+pub async fn get_one(_: Admin, State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Job>> {
+    Ok(Json(s.store.job(&id).await?))
+}
+
+pub async fn cancel(_: Admin, State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Job>> {
+    Ok(Json(s.store.cancel_job(&id).await?))
+}
+
+/// `GET /api/jobs/{id}/events`: a `job` event with the whole job at start and at every
+/// change, the last one when it ends.
+pub async fn events(
+    _: Admin,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<impl axum::response::IntoResponse> {
+    let first = s.store.job(&id).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(8);
+    tokio::spawn(async move {
+        let mut last: Option<Job> = None;
+        let mut job = first;
+        loop {
+            if last.as_ref() != Some(&job) {
+                let ev = Event::default().event("job").json_data(&job).expect("job serialises");
+                if tx.send(Ok(ev)).await.is_err() {
+                    return;
+                }
+                if matches!(job.state.as_str(), "done" | "failed" | "cancelled") {
+                    return;
+                }
+                last = Some(job);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            job = match s.store.job(&id).await {
+                Ok(j) => j,
+                Err(e) => {
+                    tracing::warn!(job = %id, error = %e, "job events: reading the job");
+                    return;
+                }
+            };
+        }
+    });
+    Ok(Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default()))
+}

@@ -1,0 +1,90 @@
+//! Admin endpoints for projects and their raters.
+
+use apl_shared::{NewProject, NewRater, Project, ProjectConfig, ProjectDetail, RaterInvite, RaterStats};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+
+use super::auth::Admin;
+use super::body::JsonBody;
+use super::{ApiResult, AppError, AppState};
+use crate::worker::settings::LoopSettings;
+
+/// Checks a configuration and fills every loop setting with its default.
+fn checked(mut cfg: ProjectConfig) -> ApiResult<ProjectConfig> {
+    let r = &cfg.rating;
+    if r.overlap == 0 || r.overlap > 50 {
+        return Err(AppError::BadRequest("rating.overlap: must be 1 to 50".into()));
+    }
+    if !(0.0..=1.0).contains(&r.gold_rate) {
+        return Err(AppError::BadRequest("rating.gold_rate: must be between 0 and 1".into()));
+    }
+    if r.lease_seconds < 10 || r.lease_seconds > 7 * 24 * 3600 {
+        return Err(AppError::BadRequest("rating.lease_seconds: must be 10 s to a week".into()));
+    }
+    if r.guidelines.chars().count() > 20_000 {
+        return Err(AppError::BadRequest("rating.guidelines: longer than 20000 characters".into()));
+    }
+    let settings = LoopSettings::from_value(&cfg.loop_settings).map_err(AppError::BadRequest)?;
+    cfg.loop_settings = serde_json::to_value(settings).expect("settings serialise");
+    Ok(cfg)
+}
+
+/// `GET /api/defaults`: a project configuration with every default spelled out.
+pub async fn defaults(_: Admin) -> ApiResult<Json<ProjectConfig>> {
+    Ok(Json(checked(ProjectConfig::default())?))
+}
+
+pub async fn list(_: Admin, State(s): State<AppState>) -> ApiResult<Json<Vec<Project>>> {
+    Ok(Json(s.store.projects().await?))
+}
+
+pub async fn create(
+    _: Admin,
+    State(s): State<AppState>,
+    JsonBody(req): JsonBody<NewProject>,
+) -> ApiResult<(StatusCode, Json<Project>)> {
+    let cfg = checked(req.config.unwrap_or_default())?;
+    Ok((StatusCode::CREATED, Json(s.store.create_project(&req.name, &req.task, &cfg).await?)))
+}
+
+pub async fn get_one(_: Admin, State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<ProjectDetail>> {
+    let project = s.store.project(&id).await?;
+    let stats = s.store.project_stats(&id).await?;
+    Ok(Json(ProjectDetail { project, stats }))
+}
+
+pub async fn set_config(
+    _: Admin,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(cfg): JsonBody<ProjectConfig>,
+) -> ApiResult<Json<Project>> {
+    let cfg = checked(cfg)?;
+    Ok(Json(s.store.set_project_config(&id, &cfg).await?))
+}
+
+pub async fn raters(_: Admin, State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Vec<RaterStats>>> {
+    s.store.project(&id).await?;
+    Ok(Json(s.store.rater_stats(&id).await?))
+}
+
+pub async fn create_rater(
+    _: Admin,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<NewRater>,
+) -> ApiResult<(StatusCode, Json<RaterInvite>)> {
+    let (rater, token) = s.store.create_rater(&id, &req.name, req.quota).await?;
+    let invite_path = format!("/rate#token={token}");
+    Ok((StatusCode::CREATED, Json(RaterInvite { rater, token, invite_path })))
+}
+
+pub async fn disable_rater(
+    _: Admin,
+    State(s): State<AppState>,
+    Path((id, rater)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    s.store.disable_rater(&id, &rater).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

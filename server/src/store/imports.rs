@@ -1,0 +1,212 @@
+//! Writing prompts and pairs, from an upload or from the model worker. Every batch is one
+//! transaction: a file is stored whole or not at all.
+
+use sqlx::Row;
+
+use super::{Result, Store, StoreError, WriteTx, new_id, now_ms};
+use crate::data::prompts::PromptRecord;
+
+/// A completion to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewCompletion {
+    pub text: String,
+    /// `import`, `reference`, or `policy:<checkpoint id or base>`.
+    pub source: String,
+    pub logp: Option<f64>,
+    pub tokens: Option<i64>,
+}
+
+/// Where a new pair's prompt comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PromptRef {
+    Existing(String),
+    /// Created as a used training prompt.
+    New(String),
+}
+
+/// A pair to store, with its acquisition scores when it was acquired.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewPair {
+    pub prompt: PromptRef,
+    pub a: NewCompletion,
+    pub b: NewCompletion,
+    /// `train` or `gold`.
+    pub kind: &'static str,
+    pub round: Option<i64>,
+    pub acquisition: Option<String>,
+    pub r_a: Option<f64>,
+    pub r_b: Option<f64>,
+    pub margin: Option<f64>,
+    pub entropy: Option<f64>,
+    pub gold_choice: Option<&'static str>,
+    /// Distinct raters wanted; 0 keeps the pair away from raters.
+    pub target_votes: i64,
+    /// A known preference to store as a judge label (`judge`, `a` or `b`), e.g. an import's.
+    pub known: Option<(String, &'static str)>,
+}
+
+impl Store {
+    /// Stores prompts (`split` train or eval); returns how many.
+    pub async fn insert_prompts(
+        &self,
+        project_id: &str,
+        records: &[PromptRecord],
+        split: &str,
+        source: &str,
+    ) -> Result<usize> {
+        self.project(project_id).await?;
+        if split != "train" && split != "eval" {
+            return Err(StoreError::Invalid(format!("split: {split:?} is not train or eval")));
+        }
+        let mut w = self.begin_write().await?;
+        let now = now_ms();
+        for r in records {
+            insert_prompt(&mut w, project_id, &r.prompt, r.reference.as_deref(), split, source, None, now).await?;
+        }
+        w.commit().await?;
+        Ok(records.len())
+    }
+
+    /// Stores pairs (and their completions and new prompts); returns their ids.
+    pub async fn insert_pairs(&self, project_id: &str, pairs: &[NewPair], source: &str) -> Result<Vec<String>> {
+        let mut w = self.begin_write().await?;
+        let ids = insert_pairs_tx(&mut w, project_id, pairs, source).await?;
+        w.commit().await?;
+        Ok(ids)
+    }
+
+    /// Prompts of a split, oldest first: (id, text, reference). With `unused`, only training
+    /// prompts no round has used yet.
+    pub async fn prompts(
+        &self,
+        project_id: &str,
+        split: &str,
+        unused: bool,
+        limit: i64,
+    ) -> Result<Vec<(String, String, Option<String>)>> {
+        let q = if unused {
+            "SELECT id, text, reference FROM prompts WHERE project_id = $1 AND split = $2 AND used_round IS NULL \
+             ORDER BY created_at, id LIMIT $3"
+        } else {
+            "SELECT id, text, reference FROM prompts WHERE project_id = $1 AND split = $2 ORDER BY created_at, id LIMIT $3"
+        };
+        let rows = sqlx::query(q).bind(project_id).bind(split).bind(limit).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("text")?, r.try_get("reference")?)))
+            .collect::<std::result::Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn insert_prompt(
+    w: &mut WriteTx<'_>,
+    project_id: &str,
+    text: &str,
+    reference: Option<&str>,
+    split: &str,
+    source: &str,
+    used_round: Option<i64>,
+    now: i64,
+) -> Result<String> {
+    let id = new_id();
+    sqlx::query(
+        "INSERT INTO prompts (id, project_id, text, reference, split, source, used_round, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&id)
+    .bind(project_id)
+    .bind(text)
+    .bind(reference)
+    .bind(split)
+    .bind(source)
+    .bind(used_round)
+    .bind(now)
+    .execute(&mut *w.tx)
+    .await?;
+    Ok(id)
+}
+
+async fn insert_completion(w: &mut WriteTx<'_>, prompt_id: &str, c: &NewCompletion, now: i64) -> Result<String> {
+    let id = new_id();
+    sqlx::query(
+        "INSERT INTO completions (id, prompt_id, text, source, logp, tokens, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(&id)
+    .bind(prompt_id)
+    .bind(&c.text)
+    .bind(&c.source)
+    .bind(c.logp)
+    .bind(c.tokens)
+    .bind(now)
+    .execute(&mut *w.tx)
+    .await?;
+    Ok(id)
+}
+
+pub(crate) async fn insert_pairs_tx(
+    w: &mut WriteTx<'_>,
+    project_id: &str,
+    pairs: &[NewPair],
+    source: &str,
+) -> Result<Vec<String>> {
+    let now = now_ms();
+    let mut ids = Vec::with_capacity(pairs.len());
+    for p in pairs {
+        let prompt_id = match &p.prompt {
+            PromptRef::Existing(id) => {
+                let owner = sqlx::query("SELECT project_id FROM prompts WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&mut *w.tx)
+                    .await?
+                    .map(|r| r.get::<String, _>(0));
+                if owner.as_deref() != Some(project_id) {
+                    return Err(StoreError::NotFound(format!("no prompt {id:?} in this project")));
+                }
+                id.clone()
+            }
+            PromptRef::New(text) => insert_prompt(w, project_id, text, None, "train", source, Some(0), now).await?,
+        };
+        let a = insert_completion(w, &prompt_id, &p.a, now).await?;
+        let b = insert_completion(w, &prompt_id, &p.b, now).await?;
+        let id = new_id();
+        sqlx::query(
+            "INSERT INTO pairs (id, project_id, prompt_id, completion_a, completion_b, kind, round, acquisition, \
+               r_a, r_b, margin, entropy, gold_choice, target_votes, votes, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 0, $15)",
+        )
+        .bind(&id)
+        .bind(project_id)
+        .bind(&prompt_id)
+        .bind(&a)
+        .bind(&b)
+        .bind(p.kind)
+        .bind(p.round)
+        .bind(p.acquisition.as_deref())
+        .bind(p.r_a)
+        .bind(p.r_b)
+        .bind(p.margin)
+        .bind(p.entropy)
+        .bind(p.gold_choice)
+        .bind(p.target_votes)
+        .bind(now)
+        .execute(&mut *w.tx)
+        .await?;
+        if let Some((judge, choice)) = &p.known {
+            sqlx::query(
+                "INSERT INTO judge_labels (id, pair_id, judge, choice, first_shown, rationale, created_at) \
+                 VALUES ($1, $2, $3, $4, 'a', NULL, $5)",
+            )
+            .bind(new_id())
+            .bind(&id)
+            .bind(judge)
+            .bind(*choice)
+            .bind(now)
+            .execute(&mut *w.tx)
+            .await?;
+        }
+        ids.push(id);
+    }
+    Ok(ids)
+}

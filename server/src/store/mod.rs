@@ -1,0 +1,194 @@
+//! The annotation store: SQLite by default, PostgreSQL by URL, through sqlx's `Any` driver so
+//! every query is written once, in the dialect both accept (`$1` parameters, `ON CONFLICT`,
+//! BIGINT/TEXT/DOUBLE PRECISION columns). Migrations are embedded.
+//!
+//! Invariants that concurrent servers could break (overlap, one label per pair and rater) are
+//! database constraints, and claims are single conditional statements, so several processes
+//! over one PostgreSQL stay consistent. On SQLite one process writes at a time through
+//! [`Store::begin_write`] (a deferred SQLite transaction that reads and then writes could
+//! otherwise fail with SQLITE_BUSY); SQLite runs in WAL mode with `synchronous = FULL`, so a
+//! label acknowledged to a client survives a crash or power loss.
+
+pub mod export;
+pub mod imports;
+pub mod jobs;
+pub mod projects;
+pub mod rating;
+pub mod rounds;
+pub mod tokens;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, Executor, Row, Transaction};
+use tokio::sync::{Mutex, MutexGuard};
+
+/// The store's one error type.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub struct Store {
+    pub pool: AnyPool,
+    pub backend: Backend,
+    /// Serialises write transactions on SQLite; unused on PostgreSQL.
+    write_lock: Mutex<()>,
+}
+
+/// A write transaction (and, on SQLite, the process-wide write lock it holds).
+pub struct WriteTx<'a> {
+    pub tx: Transaction<'static, Any>,
+    _guard: Option<MutexGuard<'a, ()>>,
+}
+
+impl WriteTx<'_> {
+    pub async fn commit(self) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Opens `postgres://...` or `sqlite://...` (a plain path means an SQLite file, created if
+    /// missing) and runs the migrations.
+    pub async fn connect(url_or_path: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let (url, backend) = if url_or_path.starts_with("postgres://") || url_or_path.starts_with("postgresql://") {
+            (url_or_path.to_string(), Backend::Postgres)
+        } else if url_or_path.starts_with("sqlite:") {
+            (url_or_path.to_string(), Backend::Sqlite)
+        } else {
+            (sqlite_url(Path::new(url_or_path)), Backend::Sqlite)
+        };
+        let mut opts = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30));
+        if backend == Backend::Sqlite {
+            opts = opts.max_connections(8).after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("PRAGMA foreign_keys = ON").await?;
+                    conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    conn.execute("PRAGMA synchronous = FULL").await?;
+                    Ok(())
+                })
+            });
+        } else {
+            opts = opts.max_connections(16);
+        }
+        let pool = opts.connect(&url).await?;
+        if backend == Backend::Sqlite {
+            // WAL persists in the file: readers never wait for the writer.
+            sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
+        }
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Self { pool, backend, write_lock: Mutex::new(()) })
+    }
+
+    pub async fn begin_write(&self) -> Result<WriteTx<'_>> {
+        let guard = match self.backend {
+            Backend::Sqlite => Some(self.write_lock.lock().await),
+            Backend::Postgres => None,
+        };
+        Ok(WriteTx { tx: self.pool.begin().await?, _guard: guard })
+    }
+
+    pub async fn setting(&self, key: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT value FROM settings WHERE key = $1").bind(key).fetch_optional(&self.pool).await?;
+        Ok(row.map(|r| r.get::<String, _>(0)))
+    }
+
+    /// Sets `key` unless it is already set; returns whether this call set it.
+    pub async fn set_setting_once(&self, key: &str, value: &str) -> Result<bool> {
+        let mut w = self.begin_write().await?;
+        let r = sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
+            .bind(key)
+            .bind(value)
+            .execute(&mut *w.tx)
+            .await?;
+        w.commit().await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    pub async fn set_setting(&self, key: &str, value: &str) -> Result<()> {
+        let mut w = self.begin_write().await?;
+        sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = $2")
+            .bind(key)
+            .bind(value)
+            .execute(&mut *w.tx)
+            .await?;
+        w.commit().await
+    }
+}
+
+fn sqlite_url(path: &Path) -> String {
+    format!("sqlite://{}?mode=rwc", path.display())
+}
+
+/// A new time-ordered id.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Reads a JSON TEXT column.
+pub(crate) fn json_col<T: serde::de::DeserializeOwned>(row: &AnyRow, col: &str) -> Result<T> {
+    let s: String = row.try_get(col)?;
+    serde_json::from_str(&s).map_err(|e| StoreError::Invalid(format!("stored {col} is not valid JSON: {e}")))
+}
+
+/// A label choice as stored: a, b, tie, both_bad or skip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    A,
+    B,
+    Tie,
+    BothBad,
+    Skip,
+}
+
+impl Choice {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::A => "a",
+            Self::B => "b",
+            Self::Tie => "tie",
+            Self::BothBad => "both_bad",
+            Self::Skip => "skip",
+        }
+    }
+}
+
+impl FromStr for Choice {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "a" => Self::A,
+            "b" => Self::B,
+            "tie" => Self::Tie,
+            "both_bad" => Self::BothBad,
+            "skip" => Self::Skip,
+            other => return Err(StoreError::Invalid(format!("unknown choice {other:?}"))),
+        })
+    }
+}

@@ -1,0 +1,223 @@
+//! Projects and the raters who join them. Configuration is stored as JSON text and validated
+//! before it gets here.
+
+use apl_shared::{Project, ProjectConfig, ProjectStats, RaterStats};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::{Result, Store, StoreError, json_col, new_id, now_ms, tokens};
+
+pub const TASKS: &[&str] = &["imdb", "summarize", "generic"];
+
+fn project_of(row: &AnyRow) -> Result<Project> {
+    Ok(Project {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        task: row.try_get("task")?,
+        config: json_col(row, "config")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+impl Store {
+    pub async fn create_project(&self, name: &str, task: &str, config: &ProjectConfig) -> Result<Project> {
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > 200 {
+            return Err(StoreError::Invalid("name: must have 1 to 200 characters".into()));
+        }
+        if !TASKS.contains(&task) {
+            return Err(StoreError::Invalid(format!("task: {task:?} is not one of {}", TASKS.join(", "))));
+        }
+        let p = Project {
+            id: new_id(),
+            name: name.to_string(),
+            task: task.to_string(),
+            config: config.clone(),
+            created_at: now_ms(),
+        };
+        let mut w = self.begin_write().await?;
+        let r = sqlx::query(
+            "INSERT INTO projects (id, name, task, config, created_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&p.id)
+        .bind(&p.name)
+        .bind(&p.task)
+        .bind(serde_json::to_string(&p.config).expect("config serialises"))
+        .bind(p.created_at)
+        .execute(&mut *w.tx)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!("name: a project called {name:?} already exists")));
+        }
+        w.commit().await?;
+        Ok(p)
+    }
+
+    pub async fn projects(&self) -> Result<Vec<Project>> {
+        let rows = sqlx::query("SELECT * FROM projects ORDER BY created_at, id").fetch_all(&self.pool).await?;
+        rows.iter().map(project_of).collect()
+    }
+
+    pub async fn project(&self, id: &str) -> Result<Project> {
+        let row = sqlx::query("SELECT * FROM projects WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
+        project_of(&row.ok_or_else(|| StoreError::NotFound(format!("no project {id:?}")))?)
+    }
+
+    pub async fn set_project_config(&self, id: &str, config: &ProjectConfig) -> Result<Project> {
+        let mut w = self.begin_write().await?;
+        let r = sqlx::query("UPDATE projects SET config = $1 WHERE id = $2")
+            .bind(serde_json::to_string(config).expect("config serialises"))
+            .bind(id)
+            .execute(&mut *w.tx)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("no project {id:?}")));
+        }
+        w.commit().await?;
+        self.project(id).await
+    }
+
+    pub async fn project_stats(&self, id: &str) -> Result<ProjectStats> {
+        let q = "SELECT \
+            (SELECT COUNT(*) FROM prompts WHERE project_id = $1 AND split = 'train') AS prompts_train, \
+            (SELECT COUNT(*) FROM prompts WHERE project_id = $1 AND split = 'eval') AS prompts_eval, \
+            (SELECT COUNT(*) FROM prompts WHERE project_id = $1 AND split = 'train' AND used_round IS NULL) \
+                AS prompts_unused, \
+            (SELECT COUNT(*) FROM pairs WHERE project_id = $1 AND kind = 'train') AS pairs, \
+            (SELECT COUNT(*) FROM pairs WHERE project_id = $1 AND kind = 'gold') AS gold_pairs, \
+            (SELECT COUNT(*) FROM pairs WHERE project_id = $1 AND kind = 'train' AND target_votes > 0 \
+                AND votes >= target_votes) AS pairs_complete, \
+            (SELECT COUNT(*) FROM labels l JOIN pairs p ON p.id = l.pair_id WHERE p.project_id = $1 \
+                AND l.choice <> 'skip') AS labels, \
+            (SELECT COUNT(*) FROM judge_labels l JOIN pairs p ON p.id = l.pair_id WHERE p.project_id = $1) \
+                AS judge_labels, \
+            (SELECT COUNT(*) FROM raters WHERE project_id = $1) AS raters, \
+            (SELECT COUNT(*) FROM rounds WHERE project_id = $1) AS rounds, \
+            (SELECT COUNT(*) FROM checkpoints WHERE project_id = $1) AS checkpoints";
+        let r = sqlx::query(q).bind(id).fetch_one(&self.pool).await?;
+        Ok(ProjectStats {
+            prompts_train: r.try_get("prompts_train")?,
+            prompts_eval: r.try_get("prompts_eval")?,
+            prompts_unused: r.try_get("prompts_unused")?,
+            pairs: r.try_get("pairs")?,
+            gold_pairs: r.try_get("gold_pairs")?,
+            pairs_complete: r.try_get("pairs_complete")?,
+            labels: r.try_get("labels")?,
+            judge_labels: r.try_get("judge_labels")?,
+            raters: r.try_get("raters")?,
+            rounds: r.try_get("rounds")?,
+            checkpoints: r.try_get("checkpoints")?,
+        })
+    }
+
+    /// Creates a rater and returns them with their token (shown this once).
+    pub async fn create_rater(&self, project_id: &str, name: &str, quota: Option<i64>) -> Result<(RaterStats, String)> {
+        self.project(project_id).await?;
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > 100 {
+            return Err(StoreError::Invalid("name: must have 1 to 100 characters".into()));
+        }
+        if quota.is_some_and(|q| q < 1) {
+            return Err(StoreError::Invalid("quota: must be at least 1".into()));
+        }
+        let token = tokens::generate("apl_rater");
+        let id = new_id();
+        let now = now_ms();
+        let mut w = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO raters (id, project_id, name, token_hash, quota, disabled, created_at) \
+             VALUES ($1, $2, $3, $4, $5, 0, $6)",
+        )
+        .bind(&id)
+        .bind(project_id)
+        .bind(name)
+        .bind(tokens::hash(&token))
+        .bind(quota)
+        .bind(now)
+        .execute(&mut *w.tx)
+        .await?;
+        w.commit().await?;
+        let stats = RaterStats {
+            id,
+            name: name.to_string(),
+            quota,
+            disabled: false,
+            labels: 0,
+            skips: 0,
+            gold_answered: 0,
+            gold_correct: 0,
+            median_seconds: None,
+            created_at: now,
+        };
+        Ok((stats, token))
+    }
+
+    pub async fn disable_rater(&self, project_id: &str, rater_id: &str) -> Result<()> {
+        let mut w = self.begin_write().await?;
+        let r = sqlx::query("UPDATE raters SET disabled = 1 WHERE id = $1 AND project_id = $2")
+            .bind(rater_id)
+            .bind(project_id)
+            .execute(&mut *w.tx)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("no rater {rater_id:?} in this project")));
+        }
+        // Their open leases go back to the pool at once.
+        sqlx::query("DELETE FROM assignments WHERE rater_id = $1 AND done = 0")
+            .bind(rater_id)
+            .execute(&mut *w.tx)
+            .await?;
+        w.commit().await
+    }
+
+    /// Every rater of a project with counts, gold accuracy and median time per label.
+    pub async fn rater_stats(&self, project_id: &str) -> Result<Vec<RaterStats>> {
+        let rows = sqlx::query(
+            "SELECT r.id, r.name, r.quota, r.disabled, r.created_at, \
+               (SELECT COUNT(*) FROM labels l WHERE l.rater_id = r.id AND l.choice <> 'skip') AS labels, \
+               (SELECT COUNT(*) FROM labels l WHERE l.rater_id = r.id AND l.choice = 'skip') AS skips, \
+               (SELECT COUNT(*) FROM labels l JOIN pairs p ON p.id = l.pair_id \
+                  WHERE l.rater_id = r.id AND p.kind = 'gold' AND l.choice <> 'skip') AS gold_answered, \
+               (SELECT COUNT(*) FROM labels l JOIN pairs p ON p.id = l.pair_id \
+                  WHERE l.rater_id = r.id AND p.kind = 'gold' AND l.choice = p.gold_choice) AS gold_correct \
+             FROM raters r WHERE r.project_id = $1 ORDER BY r.created_at, r.id",
+        )
+        .bind(project_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let id: String = r.try_get("id")?;
+            let times: Vec<i64> = sqlx::query("SELECT time_ms FROM labels WHERE rater_id = $1 AND choice <> 'skip'")
+                .bind(&id)
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|r| r.try_get::<i64, _>(0))
+                .collect::<std::result::Result<_, _>>()?;
+            out.push(RaterStats {
+                id,
+                name: r.try_get("name")?,
+                quota: r.try_get("quota")?,
+                disabled: r.try_get::<i64, _>("disabled")? != 0,
+                labels: r.try_get("labels")?,
+                skips: r.try_get("skips")?,
+                gold_answered: r.try_get("gold_answered")?,
+                gold_correct: r.try_get("gold_correct")?,
+                median_seconds: median(times).map(|ms| ms / 1000.0),
+                created_at: r.try_get("created_at")?,
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn median(mut v: Vec<i64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_unstable();
+    let n = v.len();
+    Some(if n % 2 == 1 { v[n / 2] as f64 } else { (v[n / 2 - 1] + v[n / 2]) as f64 / 2.0 })
+}

@@ -1,0 +1,468 @@
+//! The rater flow: who gets which pair, leases, labels and undo.
+//!
+//! A pair wants `target_votes` distinct raters. Slot `s` of a pair is one row of
+//! `assignments`; the primary key (pair, slot) caps the overlap and the unique (pair, rater)
+//! keeps a rater to one slot, so two servers racing for the last slot cannot both win. A
+//! claim is one conditional statement: an INSERT of a free slot (`ON CONFLICT DO NOTHING`) or
+//! an UPDATE that takes over a slot whose lease has expired unfinished. Gold pairs are open
+//! to every rater once, mixed in at the project's rate.
+//!
+//! Sides are randomised per assignment and stored with it; raters answer left/right and only
+//! the server maps that back to A/B.
+
+use apl_shared::{Assignment, LabelAck, LabelRequest, RaterChoice, RaterProgress, RatingConfig};
+use rand::Rng;
+use rand::seq::SliceRandom;
+use sqlx::Row;
+
+use super::{Choice, Result, Store, StoreError, WriteTx, new_id, now_ms, tokens};
+
+/// A rater resolved from their token.
+#[derive(Debug, Clone)]
+pub struct Rater {
+    pub id: String,
+    pub project_id: String,
+    pub name: String,
+    pub quota: Option<i64>,
+}
+
+const MAX_RATIONALE: usize = 2000;
+
+fn side_choice(left_side: &str, c: RaterChoice) -> Choice {
+    let left = if left_side == "a" { Choice::A } else { Choice::B };
+    let right = if left_side == "a" { Choice::B } else { Choice::A };
+    match c {
+        RaterChoice::Left => left,
+        RaterChoice::Right => right,
+        RaterChoice::Tie => Choice::Tie,
+        RaterChoice::BothBad => Choice::BothBad,
+        RaterChoice::Skip => Choice::Skip,
+    }
+}
+
+fn screen_choice(left_side: &str, c: Choice) -> RaterChoice {
+    match c {
+        Choice::A if left_side == "a" => RaterChoice::Left,
+        Choice::B if left_side == "b" => RaterChoice::Left,
+        Choice::A | Choice::B => RaterChoice::Right,
+        Choice::Tie => RaterChoice::Tie,
+        Choice::BothBad => RaterChoice::BothBad,
+        Choice::Skip => RaterChoice::Skip,
+    }
+}
+
+fn random_side() -> &'static str {
+    if rand::rng().random_bool(0.5) { "a" } else { "b" }
+}
+
+impl Store {
+    /// The rater holding `token`, if any and not disabled.
+    pub async fn rater_by_token(&self, token: &str) -> Result<Option<Rater>> {
+        let h = tokens::hash(token);
+        let row = sqlx::query(
+            "SELECT id, project_id, name, quota, token_hash FROM raters WHERE token_hash = $1 AND disabled = 0",
+        )
+        .bind(&h)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        let stored: String = r.try_get("token_hash")?;
+        if !tokens::same_hash(&stored, &h) {
+            return Ok(None);
+        }
+        Ok(Some(Rater {
+            id: r.try_get("id")?,
+            project_id: r.try_get("project_id")?,
+            name: r.try_get("name")?,
+            quota: r.try_get("quota")?,
+        }))
+    }
+
+    pub async fn rating_config(&self, project_id: &str) -> Result<RatingConfig> {
+        Ok(self.project(project_id).await?.config.rating)
+    }
+
+    pub async fn progress(&self, rater: &Rater) -> Result<RaterProgress> {
+        let done = self.labels_done(rater).await?;
+        if let Some(q) = rater.quota {
+            return Ok(RaterProgress { done, target: q });
+        }
+        // Pairs still open to this rater, counted up to 500 ahead so the cost stays flat however
+        // large the pool (set a quota for a fixed target). The limit is a literal: PostgreSQL's
+        // generic plan for a parameter limit scans every open pair.
+        let r = sqlx::query(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM pairs p WHERE p.project_id = $2 AND p.kind = 'train' \
+               AND p.votes < p.target_votes \
+               AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.pair_id = p.id AND l.rater_id = $1) LIMIT 500) AS open",
+        )
+        .bind(&rater.id)
+        .bind(&rater.project_id)
+        .fetch_one(&self.pool)
+        .await?;
+        let open: i64 = r.try_get(0)?;
+        Ok(RaterProgress { done, target: done + open })
+    }
+
+    async fn labels_done(&self, rater: &Rater) -> Result<i64> {
+        let r = sqlx::query("SELECT COUNT(*) FROM labels WHERE rater_id = $1 AND choice <> 'skip'")
+            .bind(&rater.id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(r.try_get(0)?)
+    }
+
+    /// The rater's current pair: a lease they already hold, else a newly claimed one; `None`
+    /// when nothing is left for them (or their quota is reached).
+    pub async fn next_assignment(&self, rater: &Rater) -> Result<Option<Assignment>> {
+        let cfg = self.rating_config(&rater.project_id).await?;
+        let now = now_ms();
+        let lease = cfg.lease_seconds as i64 * 1000;
+        // 1. A pair they already hold (the newest first, so an undone label comes back first).
+        let held = sqlx::query(
+            "SELECT pair_id FROM assignments WHERE rater_id = $1 AND done = 0 ORDER BY leased_at DESC LIMIT 1",
+        )
+        .bind(&rater.id)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(row) = held {
+            let pair: String = row.try_get(0)?;
+            let mut w = self.begin_write().await?;
+            sqlx::query("UPDATE assignments SET lease_expires = $1 WHERE pair_id = $2 AND rater_id = $3 AND done = 0")
+                .bind(now + lease)
+                .bind(&pair)
+                .bind(&rater.id)
+                .execute(&mut *w.tx)
+                .await?;
+            w.commit().await?;
+            return self.assignment_view(rater, &pair).await.map(Some);
+        }
+        if let Some(q) = rater.quota
+            && self.labels_done(rater).await? >= q
+        {
+            return Ok(None);
+        }
+        // 2. A gold pair, at the project's rate.
+        if cfg.gold_rate > 0.0
+            && rand::rng().random_bool(cfg.gold_rate.min(1.0))
+            && let Some(pair) = self.claim_gold(rater, now, lease).await?
+        {
+            return self.assignment_view(rater, &pair).await.map(Some);
+        }
+        // 3. The oldest pair still short of votes that this rater has not seen.
+        for _ in 0..4 {
+            let candidates = sqlx::query(
+                "SELECT p.id, p.target_votes FROM pairs p \
+                 WHERE p.project_id = $1 AND p.kind = 'train' AND p.votes < p.target_votes \
+                   AND NOT EXISTS (SELECT 1 FROM assignments a WHERE a.pair_id = p.id AND a.rater_id = $2) \
+                   AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.pair_id = p.id AND l.rater_id = $2) \
+                   AND (SELECT COUNT(*) FROM assignments a WHERE a.pair_id = p.id \
+                          AND (a.done = 1 OR a.lease_expires > $3)) < p.target_votes \
+                 ORDER BY p.created_at, p.id LIMIT 8",
+            )
+            .bind(&rater.project_id)
+            .bind(&rater.id)
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await?;
+            if candidates.is_empty() {
+                return Ok(None);
+            }
+            // Raters asking at once would all race for the oldest pair: each tries the oldest
+            // few in its own random order.
+            let mut candidates = candidates;
+            candidates.shuffle(&mut rand::rng());
+            for c in candidates {
+                let pair: String = c.try_get(0)?;
+                let target: i64 = c.try_get(1)?;
+                let mut w = self.begin_write().await?;
+                if claim_slot(&mut w, &pair, &rater.id, target, now, lease).await? {
+                    w.commit().await?;
+                    return self.assignment_view(rater, &pair).await.map(Some);
+                }
+            }
+        }
+        // Every candidate went to other raters while we looked: the pool is busy, not empty.
+        Err(StoreError::Conflict("other raters took every open pair at once; ask again".into()))
+    }
+
+    async fn claim_gold(&self, rater: &Rater, now: i64, lease: i64) -> Result<Option<String>> {
+        let rows = sqlx::query(
+            "SELECT p.id FROM pairs p WHERE p.project_id = $1 AND p.kind = 'gold' \
+               AND NOT EXISTS (SELECT 1 FROM assignments a WHERE a.pair_id = p.id AND a.rater_id = $2) \
+               AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.pair_id = p.id AND l.rater_id = $2) \
+             LIMIT 64",
+        )
+        .bind(&rater.project_id)
+        .bind(&rater.id)
+        .fetch_all(&self.pool)
+        .await?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let pick = rand::rng().random_range(0..rows.len());
+        let pair: String = rows[pick].try_get(0)?;
+        let mut w = self.begin_write().await?;
+        if claim_slot(&mut w, &pair, &rater.id, i64::MAX, now, lease).await? {
+            w.commit().await?;
+            return Ok(Some(pair));
+        }
+        Ok(None)
+    }
+
+    /// The pair as this rater sees it (they must hold or have held it).
+    async fn assignment_view(&self, rater: &Rater, pair: &str) -> Result<Assignment> {
+        let r = sqlx::query(
+            "SELECT a.left_side, a.lease_expires, pr.text AS prompt, ca.text AS text_a, cb.text AS text_b \
+             FROM assignments a JOIN pairs p ON p.id = a.pair_id JOIN prompts pr ON pr.id = p.prompt_id \
+             JOIN completions ca ON ca.id = p.completion_a JOIN completions cb ON cb.id = p.completion_b \
+             WHERE a.pair_id = $1 AND a.rater_id = $2",
+        )
+        .bind(pair)
+        .bind(&rater.id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("pair {pair:?} is not assigned to you")))?;
+        let left_side: String = r.try_get("left_side")?;
+        let (a, b): (String, String) = (r.try_get("text_a")?, r.try_get("text_b")?);
+        let (left, right) = if left_side == "a" { (a, b) } else { (b, a) };
+        Ok(Assignment {
+            pair: pair.to_string(),
+            prompt: r.try_get("prompt")?,
+            left,
+            right,
+            lease_expires_at: r.try_get("lease_expires")?,
+            progress: self.progress(rater).await?,
+        })
+    }
+
+    /// Stores a label; acknowledged only once committed. A retry of the same label returns the
+    /// stored one; a different answer for a labelled pair must be undone first.
+    pub async fn submit_label(&self, rater: &Rater, req: &LabelRequest) -> Result<LabelAck> {
+        if let Some(r) = &req.rationale
+            && r.chars().count() > MAX_RATIONALE
+        {
+            return Err(StoreError::Invalid(format!("rationale: longer than {MAX_RATIONALE} characters")));
+        }
+        if req.time_ms > 24 * 3600 * 1000 {
+            return Err(StoreError::Invalid("time_ms: more than a day".into()));
+        }
+        let mut w = self.begin_write().await?;
+        let held = sqlx::query("SELECT left_side, done FROM assignments WHERE pair_id = $1 AND rater_id = $2")
+            .bind(&req.pair)
+            .bind(&rater.id)
+            .fetch_optional(&mut *w.tx)
+            .await?;
+        let existing =
+            sqlx::query("SELECT choice, left_side, created_at FROM labels WHERE pair_id = $1 AND rater_id = $2")
+                .bind(&req.pair)
+                .bind(&rater.id)
+                .fetch_optional(&mut *w.tx)
+                .await?;
+        if let Some(e) = existing {
+            drop(w);
+            let left: String = e.try_get("left_side")?;
+            let stored = screen_choice(&left, e.try_get::<String, _>("choice")?.parse()?);
+            if stored != req.choice {
+                return Err(StoreError::Conflict(format!(
+                    "pair {:?} already has your label ({stored:?}); undo it to change it",
+                    req.pair
+                )));
+            }
+            return Ok(LabelAck {
+                pair: req.pair.clone(),
+                choice: stored,
+                created_at: e.try_get("created_at")?,
+                progress: self.progress(rater).await?,
+            });
+        }
+        let Some(held) = held else {
+            drop(w);
+            let in_project = sqlx::query("SELECT 1 FROM pairs WHERE id = $1 AND project_id = $2")
+                .bind(&req.pair)
+                .bind(&rater.project_id)
+                .fetch_optional(&self.pool)
+                .await?
+                .is_some();
+            return Err(if in_project {
+                StoreError::Conflict(format!(
+                    "your lease on pair {:?} expired and it went to another rater; ask for the next pair",
+                    req.pair
+                ))
+            } else {
+                StoreError::NotFound(format!("pair {:?} is not assigned to you", req.pair))
+            });
+        };
+        let left: String = held.try_get("left_side")?;
+        let choice = side_choice(&left, req.choice);
+        let now = now_ms();
+        let rationale = req.rationale.as_deref().map(str::trim).filter(|s| !s.is_empty());
+        sqlx::query(
+            "INSERT INTO labels (id, pair_id, rater_id, choice, left_side, time_ms, rationale, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(new_id())
+        .bind(&req.pair)
+        .bind(&rater.id)
+        .bind(choice.as_str())
+        .bind(&left)
+        .bind(req.time_ms as i64)
+        .bind(rationale)
+        .bind(now)
+        .execute(&mut *w.tx)
+        .await?;
+        if choice == Choice::Skip {
+            // The slot goes back to the pool; the label row keeps the pair from this rater.
+            sqlx::query("DELETE FROM assignments WHERE pair_id = $1 AND rater_id = $2")
+                .bind(&req.pair)
+                .bind(&rater.id)
+                .execute(&mut *w.tx)
+                .await?;
+        } else {
+            sqlx::query("UPDATE assignments SET done = 1 WHERE pair_id = $1 AND rater_id = $2")
+                .bind(&req.pair)
+                .bind(&rater.id)
+                .execute(&mut *w.tx)
+                .await?;
+            sqlx::query("UPDATE pairs SET votes = votes + 1 WHERE id = $1").bind(&req.pair).execute(&mut *w.tx).await?;
+        }
+        w.commit().await?;
+        Ok(LabelAck {
+            pair: req.pair.clone(),
+            choice: req.choice,
+            created_at: now,
+            progress: self.progress(rater).await?,
+        })
+    }
+
+    /// Takes back the rater's label on `pair` and gives the pair back to them.
+    pub async fn undo_label(&self, rater: &Rater, pair: &str) -> Result<Assignment> {
+        let cfg = self.rating_config(&rater.project_id).await?;
+        let now = now_ms();
+        let lease = cfg.lease_seconds as i64 * 1000;
+        let mut w = self.begin_write().await?;
+        let label = sqlx::query("SELECT choice FROM labels WHERE pair_id = $1 AND rater_id = $2")
+            .bind(pair)
+            .bind(&rater.id)
+            .fetch_optional(&mut *w.tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("you have no label on pair {pair:?}")))?;
+        let choice: Choice = label.try_get::<String, _>(0)?.parse()?;
+        sqlx::query("DELETE FROM labels WHERE pair_id = $1 AND rater_id = $2")
+            .bind(pair)
+            .bind(&rater.id)
+            .execute(&mut *w.tx)
+            .await?;
+        if choice == Choice::Skip {
+            let p = sqlx::query("SELECT kind, target_votes FROM pairs WHERE id = $1")
+                .bind(pair)
+                .fetch_one(&mut *w.tx)
+                .await?;
+            let target = if p.try_get::<String, _>(0)? == "gold" { i64::MAX } else { p.try_get(1)? };
+            if !claim_slot(&mut w, pair, &rater.id, target, now, lease).await? {
+                return Err(StoreError::Conflict(format!(
+                    "pair {pair:?} went to other raters after you skipped it; it cannot be undone"
+                )));
+            }
+        } else {
+            sqlx::query(
+                "UPDATE assignments SET done = 0, leased_at = $1, lease_expires = $2 WHERE pair_id = $3 AND rater_id = $4",
+            )
+            .bind(now)
+            .bind(now + lease)
+            .bind(pair)
+            .bind(&rater.id)
+            .execute(&mut *w.tx)
+            .await?;
+            sqlx::query("UPDATE pairs SET votes = votes - 1 WHERE id = $1").bind(pair).execute(&mut *w.tx).await?;
+        }
+        w.commit().await?;
+        self.assignment_view(rater, pair).await
+    }
+
+    /// The rater's own labels, newest first.
+    pub async fn own_labels(&self, rater: &Rater, limit: i64) -> Result<Vec<LabelAck>> {
+        let rows = sqlx::query(
+            "SELECT pair_id, choice, left_side, created_at FROM labels WHERE rater_id = $1 \
+             ORDER BY created_at DESC, id DESC LIMIT $2",
+        )
+        .bind(&rater.id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let progress = self.progress(rater).await?;
+        rows.iter()
+            .map(|r| {
+                let left: String = r.try_get("left_side")?;
+                Ok(LabelAck {
+                    pair: r.try_get("pair_id")?,
+                    choice: screen_choice(&left, r.try_get::<String, _>("choice")?.parse()?),
+                    created_at: r.try_get("created_at")?,
+                    progress,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Claims a slot of `pair` for `rater`: takes over an expired unfinished lease, else inserts
+/// the lowest free slot below `target`. False when every slot is live (someone else won).
+async fn claim_slot(w: &mut WriteTx<'_>, pair: &str, rater: &str, target: i64, now: i64, lease: i64) -> Result<bool> {
+    let side = random_side();
+    let taken = sqlx::query(
+        "UPDATE assignments SET rater_id = $1, left_side = $2, leased_at = $3, lease_expires = $4 \
+         WHERE pair_id = $5 AND done = 0 AND lease_expires <= $3 \
+           AND slot = (SELECT MIN(slot) FROM assignments WHERE pair_id = $5 AND done = 0 AND lease_expires <= $3) \
+           AND NOT EXISTS (SELECT 1 FROM assignments WHERE pair_id = $5 AND rater_id = $1)",
+    )
+    .bind(rater)
+    .bind(side)
+    .bind(now)
+    .bind(now + lease)
+    .bind(pair)
+    .execute(&mut *w.tx)
+    .await?;
+    if taken.rows_affected() == 1 {
+        return Ok(true);
+    }
+    let slots: Vec<i64> = sqlx::query("SELECT slot FROM assignments WHERE pair_id = $1 ORDER BY slot")
+        .bind(pair)
+        .fetch_all(&mut *w.tx)
+        .await?
+        .iter()
+        .map(|r| r.try_get::<i64, _>(0))
+        .collect::<std::result::Result<_, _>>()?;
+    let free = (0..).find(|s| !slots.contains(s)).expect("some slot is free");
+    if free >= target {
+        return Ok(false);
+    }
+    let ins = sqlx::query(
+        "INSERT INTO assignments (pair_id, slot, rater_id, left_side, leased_at, lease_expires, done) \
+         VALUES ($1, $2, $3, $4, $5, $6, 0) ON CONFLICT DO NOTHING",
+    )
+    .bind(pair)
+    .bind(free)
+    .bind(rater)
+    .bind(side)
+    .bind(now)
+    .bind(now + lease)
+    .execute(&mut *w.tx)
+    .await?;
+    Ok(ins.rows_affected() == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sides_map_back_and_forth() {
+        for left in ["a", "b"] {
+            for c in [RaterChoice::Left, RaterChoice::Right, RaterChoice::Tie, RaterChoice::BothBad, RaterChoice::Skip]
+            {
+                assert_eq!(screen_choice(left, side_choice(left, c)), c);
+            }
+        }
+        assert_eq!(side_choice("b", RaterChoice::Left), Choice::B);
+        assert_eq!(side_choice("b", RaterChoice::Right), Choice::A);
+    }
+}

@@ -1,0 +1,236 @@
+//! What the model worker writes: rounds of acquired pairs, oracle labels, checkpoints and
+//! evaluations, each in one transaction.
+
+use sqlx::Row;
+
+use super::imports::{NewPair, insert_pairs_tx};
+use super::{Result, Store, StoreError, json_col, new_id, now_ms};
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CheckpointRow {
+    pub id: String,
+    pub round: i64,
+    pub path: String,
+    pub pairs: i64,
+    pub report: serde_json::Value,
+    pub created_at: i64,
+}
+
+/// A pair awaiting an oracle's label.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairTexts {
+    pub id: String,
+    pub prompt: String,
+    pub a: String,
+    pub b: String,
+}
+
+/// A round as the worker acquired it.
+#[derive(Debug, Clone, Copy)]
+pub struct NewRound<'a> {
+    pub number: i64,
+    pub acquisition: &'a str,
+    /// The policy that generated it (none: the starting model).
+    pub policy_checkpoint: Option<&'a str>,
+    pub stats: &'a serde_json::Value,
+    pub pairs: &'a [NewPair],
+    pub used_prompts: &'a [String],
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EvaluationRow {
+    pub id: String,
+    pub checkpoint_id: Option<String>,
+    pub judge: String,
+    pub baseline: String,
+    pub win_rate: f64,
+    pub stderr: f64,
+    pub n: i64,
+    pub details: serde_json::Value,
+    pub created_at: i64,
+}
+
+impl Store {
+    pub async fn next_round_number(&self, project_id: &str) -> Result<i64> {
+        let r = sqlx::query("SELECT COALESCE(MAX(number), 0) FROM rounds WHERE project_id = $1")
+            .bind(project_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(r.try_get::<i64, _>(0)? + 1)
+    }
+
+    /// Stores a round: its pairs, and its prompts marked used. Fails (storing nothing) if the
+    /// round number was taken meanwhile.
+    pub async fn record_round(&self, project_id: &str, round: &NewRound<'_>) -> Result<Vec<String>> {
+        let NewRound { number, acquisition, policy_checkpoint, stats, pairs, used_prompts } = *round;
+        let mut w = self.begin_write().await?;
+        let r = sqlx::query(
+            "INSERT INTO rounds (id, project_id, number, acquisition, policy_checkpoint, stats, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+        )
+        .bind(new_id())
+        .bind(project_id)
+        .bind(number)
+        .bind(acquisition)
+        .bind(policy_checkpoint)
+        .bind(stats.to_string())
+        .bind(now_ms())
+        .execute(&mut *w.tx)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!("round {number} of this project already exists")));
+        }
+        for id in used_prompts {
+            sqlx::query("UPDATE prompts SET used_round = $1 WHERE id = $2 AND project_id = $3")
+                .bind(number)
+                .bind(id)
+                .bind(project_id)
+                .execute(&mut *w.tx)
+                .await?;
+        }
+        let ids = insert_pairs_tx(&mut w, project_id, pairs, "acquired").await?;
+        w.commit().await?;
+        Ok(ids)
+    }
+
+    /// Training pairs without a label from `judge`.
+    pub async fn pairs_without_judge(&self, project_id: &str, judge: &str) -> Result<Vec<PairTexts>> {
+        let rows = sqlx::query(
+            "SELECT p.id, pr.text, ca.text, cb.text FROM pairs p JOIN prompts pr ON pr.id = p.prompt_id \
+             JOIN completions ca ON ca.id = p.completion_a JOIN completions cb ON cb.id = p.completion_b \
+             WHERE p.project_id = $1 AND p.kind = 'train' \
+               AND NOT EXISTS (SELECT 1 FROM judge_labels j WHERE j.pair_id = p.id AND j.judge = $2) \
+             ORDER BY p.created_at, p.id",
+        )
+        .bind(project_id)
+        .bind(judge)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok(PairTexts { id: r.try_get(0)?, prompt: r.try_get(1)?, a: r.try_get(2)?, b: r.try_get(3)? }))
+            .collect()
+    }
+
+    /// Stores judge labels: (pair, choice a/b/tie/none, rationale), shown in A-B order.
+    pub async fn add_judge_labels(&self, judge: &str, labels: &[(String, &str, Option<String>)]) -> Result<usize> {
+        let mut w = self.begin_write().await?;
+        let now = now_ms();
+        let mut n = 0;
+        for (pair, choice, rationale) in labels {
+            let r = sqlx::query(
+                "INSERT INTO judge_labels (id, pair_id, judge, choice, first_shown, rationale, created_at) \
+                 VALUES ($1, $2, $3, $4, 'a', $5, $6) ON CONFLICT DO NOTHING",
+            )
+            .bind(new_id())
+            .bind(pair)
+            .bind(judge)
+            .bind(*choice)
+            .bind(rationale.as_deref())
+            .bind(now)
+            .execute(&mut *w.tx)
+            .await?;
+            n += r.rows_affected() as usize;
+        }
+        w.commit().await?;
+        Ok(n)
+    }
+
+    pub async fn latest_checkpoint(&self, project_id: &str) -> Result<Option<CheckpointRow>> {
+        let r =
+            sqlx::query("SELECT * FROM checkpoints WHERE project_id = $1 ORDER BY created_at DESC, id DESC LIMIT 1")
+                .bind(project_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        r.map(|r| checkpoint_of(&r)).transpose()
+    }
+
+    pub async fn checkpoint(&self, project_id: &str, id: &str) -> Result<CheckpointRow> {
+        let r = sqlx::query("SELECT * FROM checkpoints WHERE project_id = $1 AND id = $2")
+            .bind(project_id)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("no checkpoint {id:?} in this project")))?;
+        checkpoint_of(&r)
+    }
+
+    pub async fn checkpoints(&self, project_id: &str) -> Result<Vec<CheckpointRow>> {
+        let rows = sqlx::query("SELECT * FROM checkpoints WHERE project_id = $1 ORDER BY created_at, id")
+            .bind(project_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(checkpoint_of).collect()
+    }
+
+    pub async fn add_checkpoint(&self, project_id: &str, c: &CheckpointRow) -> Result<()> {
+        let mut w = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO checkpoints (id, project_id, round, path, pairs, report, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&c.id)
+        .bind(project_id)
+        .bind(c.round)
+        .bind(&c.path)
+        .bind(c.pairs)
+        .bind(c.report.to_string())
+        .bind(c.created_at)
+        .execute(&mut *w.tx)
+        .await?;
+        w.commit().await
+    }
+
+    pub async fn add_evaluation(&self, project_id: &str, e: &EvaluationRow) -> Result<()> {
+        let mut w = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO evaluations (id, project_id, checkpoint_id, judge, baseline, win_rate, stderr, n, details, \
+               created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&e.id)
+        .bind(project_id)
+        .bind(e.checkpoint_id.as_deref())
+        .bind(&e.judge)
+        .bind(&e.baseline)
+        .bind(e.win_rate)
+        .bind(e.stderr)
+        .bind(e.n)
+        .bind(e.details.to_string())
+        .bind(e.created_at)
+        .execute(&mut *w.tx)
+        .await?;
+        w.commit().await
+    }
+
+    pub async fn evaluations(&self, project_id: &str) -> Result<Vec<EvaluationRow>> {
+        let rows = sqlx::query("SELECT * FROM evaluations WHERE project_id = $1 ORDER BY created_at, id")
+            .bind(project_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(EvaluationRow {
+                    id: r.try_get("id")?,
+                    checkpoint_id: r.try_get("checkpoint_id")?,
+                    judge: r.try_get("judge")?,
+                    baseline: r.try_get("baseline")?,
+                    win_rate: r.try_get("win_rate")?,
+                    stderr: r.try_get("stderr")?,
+                    n: r.try_get("n")?,
+                    details: json_col(r, "details")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+}
+
+fn checkpoint_of(r: &sqlx::any::AnyRow) -> Result<CheckpointRow> {
+    Ok(CheckpointRow {
+        id: r.try_get("id")?,
+        round: r.try_get("round")?,
+        path: r.try_get("path")?,
+        pairs: r.try_get("pairs")?,
+        report: json_col(r, "report")?,
+        created_at: r.try_get("created_at")?,
+    })
+}

@@ -1,0 +1,203 @@
+//! Durability: a client submits labels as fast as it can, the server process is killed with
+//! SIGKILL mid-stream and started again on the same data, and every label that was
+//! acknowledged must be there exactly once, with the answer given. Runs the real `apl` binary
+//! over SQLite (and over PostgreSQL too when APL_TEST_DATABASE_URL is set).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const ADMIN: &str = "durability-admin-token-0123";
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama")
+}
+
+/// Starts `apl serve` and returns it with its base URL (read from its first line).
+fn serve(data: &Path, database: &str) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_apl"))
+        .args(["serve", "--no-prompts", "--addr", "127.0.0.1:0", "--admin-token", ADMIN])
+        .arg("--model")
+        .arg(fixture())
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--database", database])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("apl starts");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    // Keep draining its output so it never writes to a closed pipe.
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    let url = line.split_whitespace().find(|w| w.starts_with("http://")).expect("serving line").trim_end_matches('/');
+    (child, url.to_string())
+}
+
+async fn call(c: &reqwest::Client, method: reqwest::Method, url: String, token: &str, body: Option<Value>) -> Value {
+    let mut r = c.request(method, url).bearer_auth(token);
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let resp = r.send().await.unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    resp.json().await.unwrap()
+}
+
+async fn killed_mid_stream(database: impl Fn(&Path) -> String) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = database(dir.path());
+    let (mut server, base) = serve(dir.path(), &db);
+    let c = reqwest::Client::new();
+    let p = call(
+        &c,
+        reqwest::Method::POST,
+        format!("{base}/api/projects"),
+        ADMIN,
+        Some(json!({"name": "d", "task": "generic"})),
+    )
+    .await;
+    let pid = p["id"].as_str().unwrap().to_string();
+    let pairs: String = (0..2000)
+        .map(|i| {
+            json!({"prompt": format!("p{i}"), "chosen": format!("c{i}"), "rejected": format!("r{i}")}).to_string()
+                + "\n"
+        })
+        .collect();
+    let r = c
+        .post(format!("{base}/api/projects/{pid}/pairs?format=trl&rate=true"))
+        .bearer_auth(ADMIN)
+        .body(pairs)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let mut tokens = Vec::new();
+    for i in 0..4 {
+        let inv = call(
+            &c,
+            reqwest::Method::POST,
+            format!("{base}/api/projects/{pid}/raters"),
+            ADMIN,
+            Some(json!({"name": format!("r{i}")})),
+        )
+        .await;
+        tokens.push(inv["token"].as_str().unwrap().to_string());
+    }
+
+    // Four clients label continuously; each remembers what was acknowledged.
+    let stop = Instant::now() + Duration::from_millis(1500);
+    let mut clients = Vec::new();
+    for t in tokens.clone() {
+        let (c, base) = (c.clone(), base.clone());
+        clients.push(tokio::spawn(async move {
+            let mut acked: Vec<(String, String)> = Vec::new();
+            let choices = ["left", "right", "tie", "both_bad"];
+            loop {
+                let Ok(r) = c.post(format!("{base}/api/rate/next")).bearer_auth(&t).send().await else { break };
+                let Ok(v) = r.json::<Value>().await else { break };
+                let pair = v["assignment"]["pair"].as_str().unwrap().to_string();
+                let choice = choices[acked.len() % 4];
+                let sent = c
+                    .post(format!("{base}/api/rate/labels"))
+                    .bearer_auth(&t)
+                    .json(&json!({"pair": pair, "choice": choice, "time_ms": 10}))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status().is_success() => match r.json::<Value>().await {
+                        Ok(ack) => {
+                            assert_eq!(ack["choice"], choice);
+                            acked.push((pair, choice.to_string()))
+                        }
+                        Err(_) => break, // killed while answering: not acknowledged
+                    },
+                    _ => break,
+                }
+            }
+            acked
+        }));
+    }
+    tokio::time::sleep_until(stop.into()).await;
+    server.kill().unwrap(); // SIGKILL
+    server.wait().unwrap();
+    let mut acked: HashMap<(String, String), String> = HashMap::new();
+    for (t, h) in tokens.iter().zip(clients) {
+        for (pair, choice) in h.await.unwrap() {
+            assert!(acked.insert((t.clone(), pair), choice).is_none());
+        }
+    }
+    assert!(acked.len() > 20, "the clients got going: {} labels", acked.len());
+
+    // Restart on the same data: every acknowledged label is there exactly once.
+    let (mut server, base) = serve(dir.path(), &db);
+    let votes = c
+        .get(format!("{base}/api/projects/{pid}/export/votes.jsonl"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut stored: HashMap<(String, String), u32> = HashMap::new();
+    let mut choice_of: HashMap<(String, String), (String, String)> = HashMap::new();
+    let raters = call(&c, reqwest::Method::GET, format!("{base}/api/projects/{pid}/raters"), ADMIN, None).await;
+    let name_of_token: HashMap<String, String> =
+        tokens.iter().enumerate().map(|(i, t)| (format!("r{i}"), t.clone())).collect();
+    assert_eq!(raters.as_array().unwrap().len(), 4);
+    for l in votes.lines() {
+        let v: Value = serde_json::from_str(l).unwrap();
+        let key = (name_of_token[v["rater"].as_str().unwrap()].clone(), v["pair_id"].as_str().unwrap().to_string());
+        *stored.entry(key.clone()).or_default() += 1;
+        choice_of.insert(key, (v["choice"].as_str().unwrap().to_string(), v["left"].as_str().unwrap().to_string()));
+    }
+    for (key, choice) in &acked {
+        assert_eq!(stored.get(key), Some(&1), "acknowledged label {key:?} stored exactly once");
+        let (stored_choice, left) = &choice_of[key];
+        let want = match choice.as_str() {
+            "left" => left.clone(),
+            "right" => {
+                if left == "a" {
+                    "b".into()
+                } else {
+                    "a".into()
+                }
+            }
+            other => other.to_string(),
+        };
+        assert_eq!(stored_choice, &want);
+    }
+    // At most one label per client was committed without its acknowledgement arriving.
+    assert!(stored.len() <= acked.len() + tokens.len(), "{} stored, {} acknowledged", stored.len(), acked.len());
+    eprintln!("{} labels acknowledged before SIGKILL, {} stored after restart", acked.len(), stored.len());
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_labels_survive_sigkill_on_sqlite() {
+    killed_mid_stream(|dir| dir.join("apl.sqlite").display().to_string()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_labels_survive_sigkill_on_postgres() {
+    let Ok(url) = std::env::var("APL_TEST_DATABASE_URL") else {
+        eprintln!("APL_TEST_DATABASE_URL not set: PostgreSQL durability not checked here");
+        return;
+    };
+    sqlx::any::install_default_drivers();
+    let name = format!("apl_durability_{}", std::process::id());
+    let admin = sqlx::AnyPool::connect(&url).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}"))).execute(&admin).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.unwrap();
+    let (head, _) = url.rsplit_once('/').unwrap();
+    let db = format!("{head}/{name}");
+    killed_mid_stream(move |_| db.clone()).await;
+}

@@ -117,6 +117,18 @@ async fn a_round_runs_end_to_end_with_live_progress() {
             assert!((ra - rb - m).abs() < 1e-6);
             assert_eq!(q["target_votes"], 0, "oracle rounds do not go to raters");
         }
+        // Rounds, checkpoints and evaluations are listed for the dashboard (no server paths).
+        let rounds = s.admin("GET", &format!("/api/projects/{}/rounds", p.id), None).await.ok();
+        assert_eq!(rounds.as_array().unwrap().len(), 2);
+        assert_eq!(rounds[0]["pairs"], 4);
+        assert!(rounds[0]["policy_checkpoint"].is_null());
+        assert!(rounds[1]["policy_checkpoint"].is_string(), "round 2 came from the trained policy");
+        let cks = s.admin("GET", &format!("/api/projects/{}/checkpoints", p.id), None).await;
+        assert!(!cks.text.contains("safetensors"), "{}", cks.text);
+        assert_eq!(cks.body[0]["report"]["epoch_losses"].as_array().unwrap().len(), 2);
+        let evals = s.admin("GET", &format!("/api/projects/{}/evaluations", p.id), None).await.ok();
+        assert_eq!(evals[0]["checkpoint_id"], cks.body[0]["id"]);
+        assert_eq!(evals[0]["details"]["samples"].as_array().unwrap().len(), 4);
         // The judge-labelled pairs export as DPO data from the judge source.
         let dpo = s.admin("GET", &format!("/api/projects/{}/export/dpo.jsonl?source=judge", p.id), None).await;
         assert!(dpo.text.lines().count() >= 1);

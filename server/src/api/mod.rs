@@ -4,7 +4,8 @@
 //! Every error leaves as JSON `{message}` through one type, [`AppError`], which never echoes
 //! internals: a database or model failure is logged here and answered with a generic message.
 //! Handlers are split by who calls them: `projects` and `data` (admin), `rate` (raters),
-//! `jobs` (admin, with live progress), `openapi` (the document describing all of them).
+//! `jobs` (admin, with live progress), `results` (admin: rounds, checkpoints, evaluations),
+//! `openapi` (the document describing all of them).
 
 pub mod auth;
 pub mod body;
@@ -13,6 +14,7 @@ pub mod jobs;
 pub mod openapi;
 pub mod projects;
 pub mod rate;
+pub mod results;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -120,6 +122,9 @@ pub fn app(state: AppState) -> Router {
         .route("/projects/{id}/raters", get(projects::raters).post(projects::create_rater))
         .route("/projects/{id}/raters/{rater}", delete(projects::disable_rater))
         .route("/projects/{id}/jobs", get(jobs::list).post(jobs::create))
+        .route("/projects/{id}/rounds", get(results::rounds))
+        .route("/projects/{id}/checkpoints", get(results::checkpoints))
+        .route("/projects/{id}/evaluations", get(results::evaluations))
         .route("/jobs/{id}", get(jobs::get_one))
         .route("/jobs/{id}/cancel", post(jobs::cancel))
         .route("/jobs/{id}/events", get(jobs::events))

@@ -90,6 +90,11 @@ const ENDPOINTS: &[Endpoint] = &[
     ep("delete", "/api/projects/{id}/raters/{rater}", "Remove a rater (their open leases return)", Who::Admin),
     ep("get", "/api/projects/{id}/jobs", "Jobs of a project, newest first", Who::Admin).resp("[Job]"),
     ep("post", "/api/projects/{id}/jobs", "Queue a job", Who::Admin).req("NewJob").resp("Job"),
+    ep("get", "/api/projects/{id}/rounds", "Acquired rounds with their statistics", Who::Admin).resp("[Round]"),
+    ep("get", "/api/projects/{id}/checkpoints", "Trained checkpoints with their training curves", Who::Admin)
+        .resp("[Checkpoint]"),
+    ep("get", "/api/projects/{id}/evaluations", "Win-rates of checkpoints, with their samples", Who::Admin)
+        .resp("[Evaluation]"),
     ep("get", "/api/jobs/{id}", "A job", Who::Admin).resp("Job"),
     ep("post", "/api/jobs/{id}/cancel", "Cancel a queued or running job", Who::Admin).resp("Job"),
     ep("get", "/api/jobs/{id}/events", "Live progress: server-sent `job` events until the job ends", Who::Admin)
@@ -180,7 +185,37 @@ fn examples() -> Vec<(&'static str, Value)> {
         finished_at: Some(0),
     };
     let completion = Completion { text: "was wonderful".into(), tokens: 3, logprob: -4.5 };
+    let round = crate::store::rounds::RoundRow {
+        number: 1,
+        acquisition: "certainty".into(),
+        policy_checkpoint: Some("c".into()),
+        pairs: 64,
+        stats: json!({"prompts_drawn": 256, "sampling_seconds": 1.5}),
+        created_at: 0,
+    };
+    let checkpoint = crate::store::rounds::CheckpointRow {
+        id: "c".into(),
+        round: 1,
+        path: String::new(),
+        pairs: 64,
+        report: json!({"epoch_losses": [0.69, 0.5], "steps": 8}),
+        created_at: 0,
+    };
+    let evaluation = crate::store::rounds::EvaluationRow {
+        id: "e".into(),
+        checkpoint_id: Some("c".into()),
+        judge: "imdb-sentiment-nb".into(),
+        baseline: "reference samples".into(),
+        win_rate: 0.62,
+        stderr: 0.04,
+        n: 128,
+        details: json!({"samples": [{"prompt": "p", "policy": "a", "reference": "b", "outcome": "win"}]}),
+        created_at: 0,
+    };
     vec![
+        ("Round", example(round)),
+        ("Checkpoint", example(checkpoint)),
+        ("Evaluation", example(evaluation)),
         ("ApiError", example(ApiError { message: "what was wrong".into() })),
         (
             "Health",
@@ -275,6 +310,8 @@ fn nullable_fields(name: &str) -> &'static [&'static str] {
         "NextPair" => &["assignment"],
         "LabelRequest" => &["rationale"],
         "Job" => &["result", "error", "started_at", "finished_at"],
+        "Round" => &["policy_checkpoint"],
+        "Evaluation" => &["checkpoint_id"],
         "PairRecord" => &["round", "acquisition", "r_a", "r_b", "margin", "entropy", "gold_choice"],
         _ => &[],
     }

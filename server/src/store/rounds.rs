@@ -10,6 +10,8 @@ use super::{Result, Store, StoreError, json_col, new_id, now_ms};
 pub struct CheckpointRow {
     pub id: String,
     pub round: i64,
+    /// Where the weights are on the server (never sent to clients).
+    #[serde(skip_serializing)]
     pub path: String,
     pub pairs: i64,
     pub report: serde_json::Value,
@@ -23,6 +25,19 @@ pub struct PairTexts {
     pub prompt: String,
     pub a: String,
     pub b: String,
+}
+
+/// A stored round, for the dashboard.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RoundRow {
+    pub number: i64,
+    pub acquisition: String,
+    /// The checkpoint whose policy acquired it (none: the starting model).
+    pub policy_checkpoint: Option<String>,
+    pub pairs: i64,
+    /// Acquisition statistics: prompts drawn, sequences sampled and scored, timings, margins.
+    pub stats: serde_json::Value,
+    pub created_at: i64,
 }
 
 /// A round as the worker acquired it.
@@ -133,6 +148,29 @@ impl Store {
         }
         w.commit().await?;
         Ok(n)
+    }
+
+    pub async fn rounds(&self, project_id: &str) -> Result<Vec<RoundRow>> {
+        let rows = sqlx::query(
+            "SELECT r.number, r.acquisition, r.policy_checkpoint, r.stats, r.created_at, \
+               (SELECT COUNT(*) FROM pairs p WHERE p.project_id = r.project_id AND p.round = r.number) AS pairs \
+             FROM rounds r WHERE r.project_id = $1 ORDER BY r.number",
+        )
+        .bind(project_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RoundRow {
+                    number: r.try_get("number")?,
+                    acquisition: r.try_get("acquisition")?,
+                    policy_checkpoint: r.try_get("policy_checkpoint")?,
+                    pairs: r.try_get("pairs")?,
+                    stats: json_col(r, "stats")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
     }
 
     pub async fn latest_checkpoint(&self, project_id: &str) -> Result<Option<CheckpointRow>> {

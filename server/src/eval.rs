@@ -74,7 +74,7 @@ impl Outcome {
         match p {
             Preference::A => Self::Win,
             Preference::B => Self::Loss,
-            Preference::NoDecision => Self::Tie,
+            Preference::Tie | Preference::NoDecision => Self::Tie,
         }
     }
 

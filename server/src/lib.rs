@@ -2,6 +2,7 @@
 //! and the annotation server built on it. `main.rs` only parses the command line.
 
 pub mod acquire;
+pub mod analytics;
 pub mod api;
 pub mod assets;
 pub mod cli;
@@ -9,6 +10,7 @@ pub mod data;
 pub mod device;
 pub mod eval;
 pub mod experiment;
+pub mod judge;
 pub mod model;
 pub mod oracle;
 pub mod store;

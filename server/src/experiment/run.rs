@@ -355,7 +355,7 @@ impl Run<'_> {
         let items: Vec<Comparison> =
             cands.iter().map(|c| Comparison { prompt: &c.prompt_text, a: &c.text_a, b: &c.text_b }).collect();
         let js = self.setup.oracle.judge_all(&items)?;
-        *undecided += js.iter().filter(|j| j.preference == Preference::NoDecision).count();
+        *undecided += js.iter().filter(|j| matches!(j.preference, Preference::NoDecision | Preference::Tie)).count();
         Ok(js.into_iter().map(|j| j.preference).collect())
     }
 
@@ -401,7 +401,7 @@ fn to_pair(c: &Candidate, pref: Preference) -> Option<PreferencePair> {
     let (chosen, rejected, rc, rr) = match pref {
         Preference::A => (&c.a, &c.b, c.ref_logp_a, c.ref_logp_b),
         Preference::B => (&c.b, &c.a, c.ref_logp_b, c.ref_logp_a),
-        Preference::NoDecision => return None,
+        Preference::Tie | Preference::NoDecision => return None,
     };
     Some(PreferencePair {
         prompt: c.prompt.clone(),

@@ -1,6 +1,6 @@
 //! Oracles: whatever labels a pair. Given a prompt and two completions, an oracle prefers A,
 //! prefers B, or makes no decision, with a rationale when it has one. The learning loop, the
-//! win-rate evaluation and (later) the LLM judge and human raters all meet at this trait.
+//! win-rate evaluation, the LLM judge (`crate::judge`) and human raters all meet at this trait.
 
 pub mod length;
 pub mod sentiment;
@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 pub enum Preference {
     A,
     B,
+    /// Judged equal (a judge asked in both orders that disagreed with itself, when configured so):
+    /// dropped from training, half a win in win-rates.
+    Tie,
     /// No usable answer: the pair is dropped from training and counts as a tie in win-rates.
     NoDecision,
 }

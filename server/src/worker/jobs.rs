@@ -366,6 +366,7 @@ fn label(ctx: &Ctx) -> JobResult<Value> {
             let choice = match j.preference {
                 Preference::A => "a",
                 Preference::B => "b",
+                Preference::Tie => "tie",
                 Preference::NoDecision => "none",
             };
             labels.push((p.id.clone(), choice, j.rationale));

@@ -1,0 +1,286 @@
+//! A client for the OpenAI-compatible chat completions protocol (`POST {base}/chat/completions`),
+//! spoken by OpenAI, vLLM, llama.cpp's server and Ollama. It retries what is worth retrying —
+//! 408, 429, 5xx, timeouts, dropped connections, replies that are not the protocol's JSON — with
+//! exponential backoff, honouring `Retry-After` (seconds) and `retry-after-ms` when the server
+//! sends them; other 4xx answers fail at once.
+//!
+//! The API key is only ever put in the Authorization header. Errors name the status and what to
+//! check, never the upstream body (which may echo the request or the key).
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn system(content: &str) -> Self {
+        Self { role: "system".into(), content: content.into() }
+    }
+
+    pub fn user(content: &str) -> Self {
+        Self { role: "user".into(), content: content.into() }
+    }
+}
+
+/// What the audit log keeps of a request: everything but the key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<Message>,
+    pub temperature: f64,
+    pub max_tokens: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatReply {
+    pub content: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<String>,
+    pub usage: Usage,
+}
+
+/// Why a call failed, after any retries.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ChatError {
+    #[error("the judge server answered {status}{hint}")]
+    Status { status: u16, hint: &'static str },
+    #[error("no answer from the judge server within {0:?}")]
+    Timeout(Duration),
+    #[error("could not reach the judge server: {0}")]
+    Connect(String),
+    #[error("the judge server's reply is not a chat completion: {0}")]
+    Malformed(String),
+}
+
+impl ChatError {
+    fn retryable(&self) -> bool {
+        match self {
+            ChatError::Status { status, .. } => *status == 408 || *status == 429 || *status >= 500,
+            ChatError::Timeout(_) | ChatError::Connect(_) | ChatError::Malformed(_) => true,
+        }
+    }
+}
+
+/// A failed call with how many attempts it took.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub error: ChatError,
+    pub attempts: u32,
+}
+
+/// How a call went: the reply or the final error, attempts made, time taken.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub result: Result<ChatReply, ChatError>,
+    pub attempts: u32,
+    pub latency_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Up to and including the version, e.g. `https://api.openai.com/v1`.
+    pub base_url: String,
+    pub api_key: Option<String>,
+    pub timeout: Duration,
+    /// Attempts after the first.
+    pub retries: u32,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+#[derive(Clone)]
+pub struct ChatClient {
+    http: reqwest::Client,
+    cfg: ClientConfig,
+    url: String,
+}
+
+impl std::fmt::Debug for ChatClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatClient").field("url", &self.url).field("has_key", &self.cfg.api_key.is_some()).finish()
+    }
+}
+
+impl ChatClient {
+    pub fn new(cfg: ClientConfig) -> Result<Self, String> {
+        crate::judge::install_crypto();
+        let base = cfg.base_url.trim_end_matches('/');
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(format!("judge.base_url: {base:?} is not an http:// or https:// address"));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
+            .build()
+            .map_err(|e| format!("building the HTTP client: {e}"))?;
+        Ok(Self { http, url: format!("{base}/chat/completions"), cfg })
+    }
+
+    /// One chat completion, retried as the module header says.
+    pub async fn chat(&self, req: &ChatRequest) -> Outcome {
+        let start = Instant::now();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let (result, retry_after) = self.once(req).await;
+            let done = match &result {
+                Ok(_) => true,
+                Err(e) => !e.retryable() || attempts > self.cfg.retries,
+            };
+            if done {
+                return Outcome { result, attempts, latency_ms: start.elapsed().as_millis() as u64 };
+            }
+            let backoff =
+                self.cfg.backoff_initial.saturating_mul(1 << (attempts - 1).min(16)).min(self.cfg.backoff_max);
+            // A server's own Retry-After wins, within reason.
+            let wait = retry_after.map(|r| r.min(Duration::from_secs(300))).unwrap_or(backoff);
+            tracing::debug!(attempt = attempts, ?wait, error = %result.as_ref().unwrap_err(), "judge call retried");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn once(&self, req: &ChatRequest) -> (Result<ChatReply, ChatError>, Option<Duration>) {
+        let body = json!({
+            "model": req.model,
+            "messages": req.messages,
+            "temperature": req.temperature,
+            "max_tokens": req.max_tokens,
+        });
+        let mut r = self.http.post(&self.url).json(&body);
+        if let Some(key) = &self.cfg.api_key {
+            r = r.bearer_auth(key);
+        }
+        let resp = match r.send().await {
+            Ok(resp) => resp,
+            Err(e) if e.is_timeout() => return (Err(ChatError::Timeout(self.cfg.timeout)), None),
+            Err(e) => return (Err(ChatError::Connect(describe(e))), None),
+        };
+        let status = resp.status().as_u16();
+        let retry_after = retry_after(resp.headers());
+        if !(200..300).contains(&status) {
+            let hint = match status {
+                401 | 403 => " (check the API key)",
+                404 => " (check the base URL and the model name)",
+                429 => " (rate limited)",
+                _ => "",
+            };
+            return (Err(ChatError::Status { status, hint }), retry_after);
+        }
+        let bytes = match resp.bytes().await {
+            Ok(b) => b,
+            Err(e) if e.is_timeout() => return (Err(ChatError::Timeout(self.cfg.timeout)), None),
+            Err(e) => return (Err(ChatError::Connect(describe(e))), None),
+        };
+        (parse_reply(&bytes), None)
+    }
+}
+
+/// The error chain without URLs (they are ours, but keep the messages short).
+fn describe(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let get = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<f64>().ok());
+    let d = get("retry-after-ms").map(|ms| ms / 1000.0).or_else(|| get("retry-after"))?;
+    (d.is_finite() && d >= 0.0).then(|| Duration::from_secs_f64(d))
+}
+
+#[derive(Deserialize)]
+struct Wire {
+    choices: Vec<WireChoice>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+struct WireChoice {
+    message: WireMessage,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireMessage {
+    #[serde(default)]
+    content: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireUsage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+}
+
+fn parse_reply(bytes: &[u8]) -> Result<ChatReply, ChatError> {
+    let w: Wire = serde_json::from_slice(bytes).map_err(|e| ChatError::Malformed(format!("{e}")))?;
+    let c = w.choices.into_iter().next().ok_or_else(|| ChatError::Malformed("no choices".into()))?;
+    let usage = w.usage.map(|u| Usage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens });
+    Ok(ChatReply {
+        content: c.message.content.unwrap_or_default(),
+        finish_reason: c.finish_reason,
+        usage: usage.unwrap_or_default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_parsed_and_malformed_ones_named() {
+        let ok = br#"{"choices":[{"message":{"role":"assistant","content":"Preferred: A"},"finish_reason":"stop"}],
+                     "usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15}}"#;
+        let r = parse_reply(ok).unwrap();
+        assert_eq!(r.content, "Preferred: A");
+        assert_eq!(r.usage, Usage { prompt_tokens: 12, completion_tokens: 3 });
+        assert!(matches!(parse_reply(b"<html>busy</html>"), Err(ChatError::Malformed(_))));
+        assert!(matches!(parse_reply(br#"{"choices":[]}"#), Err(ChatError::Malformed(m)) if m == "no choices"));
+        // A null content (refusals, tool calls) is an empty answer, not a protocol error.
+        let null = br#"{"choices":[{"message":{"content":null}}]}"#;
+        assert_eq!(parse_reply(null).unwrap().content, "");
+    }
+
+    #[test]
+    fn retry_after_in_seconds_or_milliseconds() {
+        let mut h = reqwest::header::HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert("retry-after", "2".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
+        h.insert("retry-after-ms", "150".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_millis(150)));
+        let mut date = reqwest::header::HeaderMap::new();
+        date.insert("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap());
+        assert_eq!(retry_after(&date), None, "dates fall back to our own backoff");
+    }
+
+    #[test]
+    fn only_transient_errors_retried() {
+        let s = |status| ChatError::Status { status, hint: "" };
+        assert!(s(429).retryable() && s(500).retryable() && s(503).retryable() && s(408).retryable());
+        assert!(!s(400).retryable() && !s(401).retryable() && !s(404).retryable());
+        assert!(ChatError::Timeout(Duration::from_secs(1)).retryable());
+    }
+}

@@ -1,0 +1,218 @@
+//! The judge's ledger: every request and response as one JSON line (the audit log), which is also
+//! the cache. A call is keyed by (judge model, rendered messages — hence prompt, pair and order —
+//! temperature, max tokens, repeat number), so running a job again asks the server only what it
+//! never answered. Keys and authorisation headers never reach it: requests are logged as the
+//! `ChatRequest` the client was given, which has no key.
+//!
+//! A line cut short by a crash is skipped when the file is read back; entries are appended and
+//! synced at the end of every batch.
+
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::client::{ChatReply, ChatRequest};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub time_ms: i64,
+    /// The cache key (hex SHA-256).
+    pub key: String,
+    /// Where it was sent, without credentials.
+    pub base_url: String,
+    /// Identifies the pair (hex SHA-256 of prompt and both texts), whatever the order shown.
+    pub pair: String,
+    /// Which of the pair's texts was shown first, as "A": `a` or `b`.
+    pub first_shown: String,
+    /// 0 for labelling; 1.. for self-consistency re-asks.
+    pub repeat: u32,
+    pub request: ChatRequest,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<ChatReply>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The letter read off the reply (as shown: `A` = first), none when undecided or failed.
+    #[serde(default)]
+    pub verdict: Option<String>,
+    pub attempts: u32,
+    pub latency_ms: u64,
+    /// Served from the ledger: no request was sent, nothing was spent.
+    pub cached: bool,
+    pub cost_usd: f64,
+}
+
+#[derive(Debug)]
+pub struct Ledger {
+    path: Option<PathBuf>,
+    file: Mutex<Option<std::fs::File>>,
+    cache: Mutex<HashMap<String, ChatReply>>,
+}
+
+impl Ledger {
+    /// A ledger that keeps nothing across runs (tests, one-off checks).
+    pub fn in_memory() -> Self {
+        Self { path: None, file: Mutex::new(None), cache: Mutex::new(HashMap::new()) }
+    }
+
+    /// Opens (creating) the JSONL file and loads the answered calls in it as the cache.
+    pub fn open(path: &Path) -> Result<Self, String> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        }
+        let mut cache = HashMap::new();
+        if path.exists() {
+            let f = std::fs::File::open(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+            for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+                let line = line.map_err(|e| format!("reading {}: {e}", path.display()))?;
+                match serde_json::from_str::<AuditEntry>(&line) {
+                    Ok(e) if !e.cached => {
+                        if let Some(r) = e.reply {
+                            cache.insert(e.key, r);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        tracing::warn!("{}:{}: skipping a damaged judge log line: {err}", path.display(), i + 1)
+                    }
+                }
+            }
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| format!("opening {}: {e}", path.display()))?;
+        Ok(Self { path: Some(path.to_path_buf()), file: Mutex::new(Some(file)), cache: Mutex::new(cache) })
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    pub fn cached(&self, key: &str) -> Option<ChatReply> {
+        self.cache.lock().unwrap().get(key).cloned()
+    }
+
+    pub fn cached_calls(&self) -> usize {
+        self.cache.lock().unwrap().len()
+    }
+
+    pub fn record(&self, entry: &AuditEntry) -> Result<(), String> {
+        if !entry.cached
+            && let Some(r) = &entry.reply
+        {
+            self.cache.lock().unwrap().insert(entry.key.clone(), r.clone());
+        }
+        let mut file = self.file.lock().unwrap();
+        if let Some(f) = file.as_mut() {
+            let mut line = serde_json::to_string(entry).map_err(|e| e.to_string())?;
+            line.push('\n');
+            f.write_all(line.as_bytes()).map_err(|e| format!("writing the judge log: {e}"))?;
+        }
+        Ok(())
+    }
+
+    pub fn sync(&self) -> Result<(), String> {
+        if let Some(f) = self.file.lock().unwrap().as_mut() {
+            f.sync_data().map_err(|e| format!("syncing the judge log: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+pub fn sha256_hex(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The cache key of a call.
+pub fn call_key(req: &ChatRequest, repeat: u32) -> String {
+    let messages = serde_json::to_string(&req.messages).unwrap_or_default();
+    sha256_hex(&[
+        &req.model,
+        &messages,
+        &format!("{}", req.temperature),
+        &req.max_tokens.to_string(),
+        &repeat.to_string(),
+    ])
+}
+
+/// `https://user:pass@host/v1` → `https://host/v1`.
+pub fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let host_end = rest.find('/').unwrap_or(rest.len());
+            let (authority, path) = rest.split_at(host_end);
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            format!("{scheme}://{host}{path}")
+        }
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::judge::client::{Message, Usage};
+
+    fn entry(key: &str, reply: Option<&str>, cached: bool) -> AuditEntry {
+        AuditEntry {
+            time_ms: 0,
+            key: key.into(),
+            base_url: "http://x/v1".into(),
+            pair: "p".into(),
+            first_shown: "a".into(),
+            repeat: 0,
+            request: ChatRequest {
+                model: "m".into(),
+                messages: vec![Message::user("u")],
+                temperature: 0.05,
+                max_tokens: 8,
+            },
+            reply: reply.map(|c| ChatReply { content: c.into(), finish_reason: None, usage: Usage::default() }),
+            error: reply.is_none().then(|| "boom".into()),
+            verdict: None,
+            attempts: 1,
+            latency_ms: 1,
+            cached,
+            cost_usd: 0.0,
+        }
+    }
+
+    #[test]
+    fn answered_calls_come_back_as_cache_and_damaged_lines_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("judge/audit.jsonl");
+        {
+            let l = Ledger::open(&path).unwrap();
+            l.record(&entry("k1", Some("A"), false)).unwrap();
+            l.record(&entry("k2", None, false)).unwrap();
+            l.record(&entry("k1", Some("A"), true)).unwrap();
+            l.sync().unwrap();
+        }
+        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"time_ms\": 1, \"ke").unwrap();
+        let l = Ledger::open(&path).unwrap();
+        assert_eq!(l.cached("k1").unwrap().content, "A");
+        assert!(l.cached("k2").is_none(), "failed calls are not cached");
+        assert_eq!(l.cached_calls(), 1);
+    }
+
+    #[test]
+    fn keys_depend_on_messages_and_repeat_and_urls_lose_credentials() {
+        let r = entry("", None, false).request;
+        assert_ne!(call_key(&r, 0), call_key(&r, 1));
+        let mut r2 = r.clone();
+        r2.messages[0].content.push('!');
+        assert_ne!(call_key(&r, 0), call_key(&r2, 0));
+        assert_eq!(redact_url("https://u:secret@api.example.com/v1"), "https://api.example.com/v1");
+        assert_eq!(redact_url("http://127.0.0.1:8080/v1"), "http://127.0.0.1:8080/v1");
+    }
+}

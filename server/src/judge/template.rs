@@ -1,0 +1,235 @@
+//! Judge prompts, one per task, in the shape the paper used with GPT-4: the system message states
+//! the task; the user message gives the criteria, then the "A" and "B" texts, and asks for a
+//! one-sentence comparison followed, on its own line, by only the letter. The judge must choose.
+//!
+//! Parsing is deliberately strict: only the last non-empty line is read (the comparison sentence
+//! names both letters), and anything that is not a bare A or B there is no decision — never
+//! guessed into a side.
+
+use serde::{Deserialize, Serialize};
+
+/// Which criteria the judge applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JudgeTask {
+    /// IMDB continuations: more positive sentiment, while fluent.
+    #[default]
+    Imdb,
+    /// TL;DR summaries: the important points without irrelevant detail.
+    Summarize,
+    /// Generic assistant responses: which is more helpful.
+    Helpful,
+    /// The project's own `template`.
+    Custom,
+}
+
+/// A user-supplied template: `{prompt}`, `{a}` and `{b}` are replaced, each must appear in
+/// `user`, and no other `{name}` may.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CustomTemplate {
+    pub system: String,
+    pub user: String,
+}
+
+const ANSWER_FORMAT: &str = "FIRST provide a one-sentence comparison of the two {what}, explaining which you prefer \
+and why. SECOND, on a new line, state only \"A\" or \"B\" to indicate your choice. You must choose one of them. \
+Your response should use the format:\nComparison: <one-sentence comparison and explanation>\nPreferred: <\"A\" or \"B\">";
+
+/// The messages for one call; `a` and `b` are in the order shown to the judge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rendered {
+    pub system: String,
+    pub user: String,
+}
+
+impl JudgeTask {
+    pub fn render(self, custom: Option<&CustomTemplate>, prompt: &str, a: &str, b: &str) -> Result<Rendered, String> {
+        let fmt = |what: &str| ANSWER_FORMAT.replace("{what}", what);
+        Ok(match self {
+            JudgeTask::Imdb => Rendered {
+                system: "You are a careful judge of movie-review text. You compare two continuations of the same \
+                         review and always pick one."
+                    .into(),
+                user: format!(
+                    "Which of the following continuations of a movie review expresses a more positive sentiment, \
+                     while staying fluent and coherent with the start of the review?\n\nReview start: {prompt}\n\n\
+                     Continuation A: {a}\n\nContinuation B: {b}\n\n{}",
+                    fmt("continuations")
+                ),
+            },
+            JudgeTask::Summarize => Rendered {
+                system: "You are a careful judge of summaries. You compare two summaries of the same post and always \
+                         pick one."
+                    .into(),
+                user: format!(
+                    "Which of the following summaries does a better job of summarizing the most important points in \
+                     the given forum post, without including unimportant or irrelevant details? A good summary is \
+                     both precise and concise.\n\nPost: {prompt}\n\nSummary A: {a}\n\nSummary B: {b}\n\n{}",
+                    fmt("summaries")
+                ),
+            },
+            JudgeTask::Helpful => Rendered {
+                system: "You are a careful judge of assistant responses. You compare two responses to the same query \
+                         and always pick one."
+                    .into(),
+                user: format!(
+                    "For the following query to a chatbot, which response is more helpful?\n\nQuery: {prompt}\n\n\
+                     Response A: {a}\n\nResponse B: {b}\n\n{}",
+                    fmt("responses")
+                ),
+            },
+            JudgeTask::Custom => {
+                let t = custom.ok_or("judge.task is custom but judge.template is missing")?;
+                check_template(t)?;
+                Rendered {
+                    system: t.system.clone(),
+                    // One pass, so a placeholder inside a completion is never substituted.
+                    user: substitute(&t.user, &[("prompt", prompt), ("a", a), ("b", b)]),
+                }
+            }
+        })
+    }
+}
+
+/// Checks a custom template: the three placeholders present, no others.
+pub fn check_template(t: &CustomTemplate) -> Result<(), String> {
+    for name in ["prompt", "a", "b"] {
+        if !t.user.contains(&format!("{{{name}}}")) {
+            return Err(format!("judge.template.user: the placeholder {{{name}}} is missing"));
+        }
+    }
+    for field in [("system", &t.system), ("user", &t.user)] {
+        let mut rest = field.1.as_str();
+        while let Some(i) = rest.find('{') {
+            let tail = &rest[i + 1..];
+            if let Some(j) = tail.find('}') {
+                let name = &tail[..j];
+                let ident = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if ident && (field.0 == "system" || !["prompt", "a", "b"].contains(&name)) {
+                    return Err(format!(
+                        "judge.template.{}: unknown placeholder {{{name}}} (only {{prompt}}, {{a}} and {{b}}, in user)",
+                        field.0
+                    ));
+                }
+            }
+            rest = tail;
+        }
+    }
+    Ok(())
+}
+
+fn substitute(template: &str, values: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(template.len() + 256);
+    let mut rest = template;
+    'outer: while let Some(i) = rest.find('{') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        for (name, value) in values {
+            let key = format!("{{{name}}}");
+            if tail.starts_with(&key) {
+                out.push_str(value);
+                rest = &tail[key.len()..];
+                continue 'outer;
+            }
+        }
+        out.push('{');
+        rest = &tail[1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The position the judge chose, as shown to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Shown {
+    /// The first text, labelled "A".
+    First,
+    /// The second text, labelled "B".
+    Second,
+}
+
+/// Reads the letter off the last non-empty line: `B`, `"B"`, `**B**`, `B.`, `Preferred: B`,
+/// `Answer: (B)`. Anything else, including an empty reply, is no decision.
+pub fn parse_verdict(reply: &str) -> Option<Shown> {
+    let line = reply.lines().map(str::trim).rfind(|l| !l.is_empty())?;
+    let mut s = line.trim_matches(|c: char| c == '*' || c == '#' || c.is_whitespace());
+    for prefix in ["preferred", "answer", "choice", "verdict", "final answer"] {
+        if s.len() > prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix) {
+            let after = s[prefix.len()..].trim_start_matches(|c: char| c == '*' || c.is_whitespace());
+            if let Some(rest) = after.strip_prefix(':') {
+                s = rest;
+            }
+            break;
+        }
+    }
+    let letter = s.trim_matches(|c: char| c.is_whitespace() || "*\"'`.()[]<>".contains(c));
+    match letter {
+        "A" | "a" => Some(Shown::First),
+        "B" | "b" => Some(Shown::Second),
+        _ => None,
+    }
+}
+
+/// The comparison sentence, when the reply has one (the rationale kept with the label).
+pub fn comparison(reply: &str) -> Option<String> {
+    let line = reply.lines().map(str::trim).find(|l| !l.is_empty())?;
+    let text = line.strip_prefix("Comparison:").unwrap_or(line).trim();
+    (!text.is_empty() && parse_verdict(line).is_none()).then(|| text.chars().take(500).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_from_the_last_line_only() {
+        assert_eq!(parse_verdict("Comparison: A is nicer than B.\nPreferred: B"), Some(Shown::Second));
+        assert_eq!(parse_verdict("Comparison: B rambles.\n\nA\n"), Some(Shown::First));
+        assert_eq!(parse_verdict("**Preferred:** \"A\""), Some(Shown::First));
+        assert_eq!(parse_verdict("Answer: (B)."), Some(Shown::Second));
+        assert_eq!(parse_verdict("b"), Some(Shown::Second));
+        // Not a bare letter: no decision, never guessed.
+        assert_eq!(parse_verdict("Comparison: A is better.\nPreferred: A or B"), None);
+        assert_eq!(parse_verdict("Both are fine."), None);
+        assert_eq!(parse_verdict("A is better"), None);
+        assert_eq!(parse_verdict("Preferred: C"), None);
+        assert_eq!(parse_verdict(""), None);
+        assert_eq!(parse_verdict("Comparison: A wins.\nPreferred:"), None);
+    }
+
+    #[test]
+    fn comparison_sentence_kept() {
+        assert_eq!(comparison("Comparison: A is warmer.\nPreferred: A").as_deref(), Some("A is warmer."));
+        assert_eq!(comparison("B"), None);
+    }
+
+    #[test]
+    fn built_in_prompts_have_both_texts_in_order() {
+        for task in [JudgeTask::Imdb, JudgeTask::Summarize, JudgeTask::Helpful] {
+            let r = task.render(None, "PROMPT", "FIRST-TEXT", "SECOND-TEXT").unwrap();
+            let (p, a, b) = (
+                r.user.find("PROMPT").unwrap(),
+                r.user.find("FIRST-TEXT").unwrap(),
+                r.user.find("SECOND-TEXT").unwrap(),
+            );
+            assert!(p < a && a < b, "{task:?}");
+            assert!(r.user.ends_with("Preferred: <\"A\" or \"B\">"));
+        }
+    }
+
+    #[test]
+    fn custom_templates_checked_and_filled_once() {
+        let t = CustomTemplate { system: "Judge.".into(), user: "Q: {prompt}\nA: {a}\nB: {b}\nLetter?".into() };
+        let r = JudgeTask::Custom.render(Some(&t), "p", "{b}", "y").unwrap();
+        assert_eq!(r.user, "Q: p\nA: {b}\nB: y\nLetter?");
+        let missing = CustomTemplate { system: String::new(), user: "{prompt} {a}".into() };
+        assert!(check_template(&missing).unwrap_err().contains("{b} is missing"));
+        let unknown = CustomTemplate { system: String::new(), user: "{prompt} {a} {b} {model}".into() };
+        assert!(check_template(&unknown).unwrap_err().contains("unknown placeholder {model}"));
+        // JSON-looking braces are not placeholders.
+        let json = CustomTemplate { system: String::new(), user: "{prompt} {a} {b} answer {\"x\": 1}".into() };
+        assert!(check_template(&json).is_ok());
+        assert!(JudgeTask::Custom.render(None, "p", "a", "b").is_err());
+    }
+}

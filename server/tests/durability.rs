@@ -54,6 +54,7 @@ async fn killed_mid_stream(database: impl Fn(&Path) -> String) {
     let dir = tempfile::tempdir().unwrap();
     let db = database(dir.path());
     let (mut server, base) = serve(dir.path(), &db);
+    apl::judge::install_crypto();
     let c = reqwest::Client::new();
     let p = call(
         &c,

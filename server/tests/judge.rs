@@ -18,6 +18,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+mod common;
+
 const KEY: &str = "sk-test-key-0123456789";
 
 #[derive(Default)]
@@ -285,4 +287,66 @@ async fn self_consistency_asks_afresh() {
     // The flipping pair: two answers each way, 2 of its 6 answer pairs agree.
     assert!((c.agreement - (1.0 + 2.0 / 6.0) / 2.0).abs() < 1e-12, "{c:?}");
     assert_eq!(c.unanimous, 0.5);
+}
+
+/// The local judge on a tiny random model: its margins are log p(" A") - log p(" B") read off
+/// the plain forward pass and a log-softmax, and its preferences un-swap them.
+#[test]
+fn local_judge_reads_letter_logprobs_and_unswaps() {
+    use apl::judge::local::LocalJudge;
+    use apl::model::Batch;
+    use candle_core::{D, DType};
+
+    let ck = common::load("llama", DType::F32);
+    let model = apl::model::Model::from_checkpoint(&ck).unwrap();
+    let tok = ck.tokenizer().unwrap();
+    // The fixture has 64 positions: a short custom prompt.
+    let items: Vec<Item> =
+        (0..6).map(|i| Item { prompt: format!("p{i}"), a: format!("good {i}"), b: format!("bad {}", 7 * i) }).collect();
+    let cs = comparisons(&items);
+    let template = apl::judge::CustomTemplate { system: "Judge.".into(), user: "{prompt} A: {a} B: {b}".into() };
+    let both = JudgeSettings {
+        task: apl::judge::JudgeTask::Custom,
+        template: Some(template),
+        order: JudgeOrder::Both,
+        on_disagreement: Disagreement::NoDecision,
+        ..Default::default()
+    };
+    let judge = LocalJudge::new(&model, tok, both.clone(), 4);
+    let asks: Vec<(Comparison, Side)> = cs.iter().flat_map(|c| [(*c, Side::A), (*c, Side::B)]).collect();
+    let margins = judge.margins(&asks).unwrap();
+
+    // Independently: prompt + letter through forward(), log-softmax row by row, summed over the
+    // letter's tokens.
+    let letter_logp = |prompt: &[u32], letter: &[u32]| -> f32 {
+        let ids: Vec<u32> = prompt.iter().chain(letter).copied().collect();
+        let batch =
+            Batch::from_rows(vec![ids.clone()], vec![vec![true; ids.len()]], DType::F32, model.device()).unwrap();
+        let logits = model.forward(&batch).unwrap().get(0).unwrap();
+        let lsm = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap().to_vec2::<f32>().unwrap();
+        letter.iter().enumerate().map(|(t, &id)| lsm[prompt.len() - 1 + t][id as usize]).sum()
+    };
+    let (a_ids, b_ids) = (tok.encode(" A", false).unwrap(), tok.encode(" B", false).unwrap());
+    assert!(tok.token_to_id("<|im_start|>").is_some());
+    for (k, (c, first)) in asks.iter().enumerate() {
+        let (x, y) = if *first == Side::A { (c.a, c.b) } else { (c.b, c.a) };
+        let r = both.task.render(both.template.as_ref(), c.prompt, x, y).unwrap();
+        // The fixture's tokenizer has ChatML's tokens, so the chat layout applies.
+        let text = format!(
+            "<|im_start|>system\n{}<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\nPreferred:",
+            r.system, r.user
+        );
+        let ids = tok.encode(&text, true).unwrap();
+        let want = letter_logp(&ids, &a_ids) - letter_logp(&ids, &b_ids);
+        assert!((margins[k] - want).abs() < 1e-4, "ask {k}: {} vs {want}", margins[k]);
+    }
+    // Both orders: a side only when the two un-swapped answers agree.
+    let judged = judge.judge_all(&cs).unwrap();
+    for (i, j) in judged.iter().enumerate() {
+        let first = if margins[2 * i] > 0.0 { Preference::A } else { Preference::B };
+        let second = if margins[2 * i + 1] > 0.0 { Preference::B } else { Preference::A };
+        let want = if first == second { first } else { Preference::NoDecision };
+        assert_eq!(j.preference, want, "pair {i}");
+    }
+    assert_eq!(judge.name(), "local:logprob");
 }

@@ -135,6 +135,88 @@ async fn a_round_runs_end_to_end_with_live_progress() {
     }
 }
 
+/// A chat-completions server that prefers the longer continuation (in characters), with the
+/// paper's answer format; counts its calls.
+async fn length_judge_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use axum::Json;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = std::sync::Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move |Json(body): Json<Value>| {
+            let c = c.clone();
+            async move {
+                c.fetch_add(1, Ordering::SeqCst);
+                let user = body["messages"][1]["content"].as_str().unwrap_or_default().to_string();
+                let text = |label: &str, next: &str| {
+                    let start = user.find(label).unwrap() + label.len();
+                    let end = user[start..].find(next).unwrap() + start;
+                    user[start..end].chars().count()
+                };
+                let (a, b) = (text("Continuation A: ", "\n\nContinuation B: "), text("Continuation B: ", "\n\nFIRST"));
+                let letter = if a >= b { "A" } else { "B" };
+                Json(json!({
+                    "choices": [{"message": {"role": "assistant",
+                        "content": format!("Comparison: {letter} is longer.\nPreferred: {letter}")}}],
+                    "usage": {"prompt_tokens": 50, "completion_tokens": 8}
+                }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/v1"), calls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_labelled_and_evaluated_by_an_llm_judge() {
+    let (url, calls) = length_judge_server().await;
+    let s = common::start(&Backend::Sqlite, Default::default()).await;
+    let mut cfg = tiny("judge");
+    cfg["loop_settings"]["eval"]["judge"] = json!("judge");
+    cfg["loop_settings"]["judge"] =
+        json!({"base_url": url, "model": "scripted", "api_key_env": null, "price_prompt_per_million": 2.0});
+    let p = s.project("judged", cfg).await;
+    prompts(&s, &p.id, "train", 24).await;
+    prompts(&s, &p.id, "eval", 4).await;
+    let j = job(&s, &p.id, "round", json!({})).await;
+    let last = watch(&s, j["id"].as_str().unwrap()).await.pop().unwrap();
+    assert_eq!(last["state"], "done", "{last}");
+    let res = &last["result"];
+    assert_eq!(res["label"]["judge"], "llm:scripted");
+    assert_eq!(res["label"]["labelled"], 4);
+    assert_eq!(res["label"]["report"]["calls"], 4);
+    assert_eq!(res["evaluate"]["judge_report"]["calls"], 4);
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 8);
+    // The judge's labels, un-swapped: every exported chosen text is at least as long.
+    let dpo = s.admin("GET", &format!("/api/projects/{}/export/dpo.jsonl?source=judge", p.id), None).await;
+    assert_eq!(dpo.text.lines().count(), 4);
+    for line in dpo.text.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let len = |k: &str| v[k].as_str().unwrap().chars().count();
+        assert!(len("chosen") >= len("rejected"), "{v}");
+    }
+    // Analytics: the judge's labels, the evaluation with its length-controlled rate, the
+    // leaderboard, and usage summed from the audit log.
+    let a = s.admin("GET", &format!("/api/projects/{}/analytics", p.id), None).await.ok();
+    assert_eq!(a["judges"][0]["judge"], "llm:scripted");
+    assert_eq!(a["judges"][0]["labels"], 4);
+    assert_eq!(a["evaluations"][0]["judge"], "llm:scripted");
+    assert!(a["evaluations"][0]["length_controlled"]["raw"].is_number());
+    assert_eq!(a["leaderboard"].as_array().unwrap().len(), 2);
+    assert_eq!(a["judge_usage"]["calls"], 8);
+    assert_eq!(a["judge_usage"]["prompt_tokens"], 400);
+    assert!((a["judge_usage"]["cost_usd"].as_f64().unwrap() - 400.0 * 2.0 / 1e6).abs() < 1e-12);
+    // Bad judge settings are refused by name.
+    let mut bad = tiny("judge");
+    bad["loop_settings"]["judge"] = json!({"base_url": "ftp://x", "model": "m"});
+    let r = s.admin("POST", "/api/projects", Some(json!({"name": "bad", "task": "generic", "config": bad}))).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.text.contains("judge.base_url"), "{}", r.text);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rater_rounds_wait_for_labels_and_jobs_can_be_cancelled() {
     for b in backends() {

@@ -125,6 +125,7 @@ pub fn app(state: AppState) -> Router {
         .route("/projects/{id}/rounds", get(results::rounds))
         .route("/projects/{id}/checkpoints", get(results::checkpoints))
         .route("/projects/{id}/evaluations", get(results::evaluations))
+        .route("/projects/{id}/analytics", get(results::analytics))
         .route("/jobs/{id}", get(jobs::get_one))
         .route("/jobs/{id}/cancel", post(jobs::cancel))
         .route("/jobs/{id}/events", get(jobs::events))

@@ -95,6 +95,14 @@ const ENDPOINTS: &[Endpoint] = &[
         .resp("[Checkpoint]"),
     ep("get", "/api/projects/{id}/evaluations", "Win-rates of checkpoints, with their samples", Who::Admin)
         .resp("[Evaluation]"),
+    ep(
+        "get",
+        "/api/projects/{id}/analytics",
+        "Agreement (Krippendorff alpha, Fleiss and Cohen kappa, human vs judge), left-side bias, raw and \
+         length-controlled win-rates, Bradley-Terry leaderboard, judge usage; intervals are 95% bootstrap",
+        Who::Admin,
+    )
+    .resp("Analytics"),
     ep("get", "/api/jobs/{id}", "A job", Who::Admin).resp("Job"),
     ep("post", "/api/jobs/{id}/cancel", "Cancel a queued or running job", Who::Admin).resp("Job"),
     ep("get", "/api/jobs/{id}/events", "Live progress: server-sent `job` events until the job ends", Who::Admin)
@@ -212,7 +220,19 @@ fn examples() -> Vec<(&'static str, Value)> {
         details: json!({"samples": [{"prompt": "p", "policy": "a", "reference": "b", "outcome": "win"}]}),
         created_at: 0,
     };
+    let analytics = {
+        use crate::analytics::project::{EvalRow, JudgeRow, VoteRow, build};
+        let v = |pair, rater, choice| VoteRow { pair, rater, choice, left: "a" };
+        let votes = [v("p1", "r1", "a"), v("p1", "r2", "a"), v("p2", "r1", "b"), v("p2", "r2", "a")];
+        let judges = [JudgeRow { pair: "p1", judge: "llm:gpt-4", choice: "a" }];
+        let evals =
+            [EvalRow { id: "e", checkpoint: Some("c"), judge: "llm:gpt-4", games: vec![(1.0, 2.0), (0.0, -1.0)] }];
+        let mut a = example(build(&votes, &judges, &evals, 0));
+        a["judge_usage"] = example(crate::judge::ledger::LedgerSummary::default());
+        a
+    };
     vec![
+        ("Analytics", analytics),
         ("Round", example(round)),
         ("Checkpoint", example(checkpoint)),
         ("Evaluation", example(evaluation)),

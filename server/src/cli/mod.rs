@@ -1,5 +1,6 @@
 //! The command line: `serve` (the main job) and quick checks of the model engine
-//! (`generate`, `score`, `bench`), plus `assets` to fetch the offline data ahead of time.
+//! (`generate`, `score`, `bench`), `experiment`, `judge` (try an LLM judge), plus `assets` to
+//! fetch the offline data ahead of time.
 //!
 //! Every command takes the same model options, so any checkpoint the engine reads can be
 //! tried from the terminal before it is used in a project.
@@ -8,6 +9,7 @@ pub mod bench;
 pub mod convert;
 pub mod experiment;
 pub mod generate;
+pub mod judge;
 pub mod score;
 pub mod serve;
 
@@ -40,6 +42,8 @@ pub enum Command {
     Bench(bench::Args),
     /// Run an active preference learning experiment (acquisition functions x seeds x phases).
     Experiment(Box<experiment::Args>),
+    /// Try an LLM judge on pairs with a known answer: accuracy, position bias, self-consistency.
+    Judge(Box<judge::Args>),
     /// Write a checkpoint (e.g. the bundled GGUF) as an HF safetensors directory.
     Convert(convert::Args),
     /// Fetch the default model and the IMDB data into the cache directory.
@@ -124,6 +128,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Score(a) => score::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Convert(a) => convert::run(a),
+        Command::Judge(a) => judge::run(*a),
         Command::Experiment(a) => experiment::run(*a),
         Command::Assets(a) => {
             let dir = a.dir();

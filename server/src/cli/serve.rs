@@ -37,6 +37,10 @@ pub struct Args {
     /// Replace the admin token with a new one, printed once.
     #[arg(long)]
     pub reset_admin_token: bool,
+    /// A file of NAME=value lines (e.g. OPENAI_API_KEY=...) where judge API keys are looked up
+    /// after the environment. Keys never leave the server.
+    #[arg(long, env = "APL_SECRETS_FILE")]
+    pub secrets_file: Option<PathBuf>,
     /// The built frontend (from `cargo xtask frontend`).
     #[arg(long, default_value = "dist", env = "APL_DIST")]
     pub dist: PathBuf,
@@ -84,6 +88,7 @@ pub fn run(a: Args) -> Result<()> {
         reviews,
         sampling: SamplingConfig::default(),
         data_dir: a.data_dir.clone(),
+        secrets_file: a.secrets_file.clone(),
     }));
     let dist = a.dist.join("index.html").exists().then(|| a.dist.clone());
     if dist.is_none() {

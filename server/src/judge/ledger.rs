@@ -124,6 +124,48 @@ impl Ledger {
     }
 }
 
+/// Usage summed over an audit log: what a project's judge calls cost.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LedgerSummary {
+    pub calls: u64,
+    pub cached: u64,
+    pub failed: u64,
+    pub no_decision: u64,
+    pub decided: u64,
+    pub first_position: u64,
+    pub attempts: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_usd: f64,
+}
+
+pub fn summarize(path: &Path) -> Result<LedgerSummary, String> {
+    let f = std::fs::File::open(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let mut s = LedgerSummary::default();
+    for line in std::io::BufReader::new(f).lines() {
+        let Ok(e) = serde_json::from_str::<AuditEntry>(&line.map_err(|e| e.to_string())?) else { continue };
+        s.calls += 1;
+        s.cached += e.cached as u64;
+        s.attempts += e.attempts as u64;
+        s.cost_usd += e.cost_usd;
+        if !e.cached
+            && let Some(r) = &e.reply
+        {
+            s.prompt_tokens += r.usage.prompt_tokens;
+            s.completion_tokens += r.usage.completion_tokens;
+        }
+        match (&e.error, e.verdict.as_deref()) {
+            (Some(_), _) => s.failed += 1,
+            (None, Some(v)) => {
+                s.decided += 1;
+                s.first_position += (v == "A") as u64;
+            }
+            (None, None) => s.no_decision += 1,
+        }
+    }
+    Ok(s)
+}
+
 pub fn sha256_hex(parts: &[&str]) -> String {
     let mut h = Sha256::new();
     for p in parts {

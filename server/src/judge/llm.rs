@@ -168,11 +168,8 @@ impl LlmJudge {
         })
     }
 
-    /// The order a pair is shown in, in `random` mode: from the seed and the texts, so the same
-    /// pair is asked the same way on a rerun.
     fn random_first(&self, c: &Comparison) -> Side {
-        let h = sha256_hex(&[&self.settings.seed.to_string(), c.prompt, c.a, c.b]);
-        if u8::from_str_radix(&h[..2], 16).unwrap_or(0) & 1 == 0 { Side::A } else { Side::B }
+        random_first(self.settings.seed, c)
     }
 
     fn request(&self, c: &Comparison, first: Side) -> Result<ChatRequest, String> {
@@ -305,18 +302,7 @@ impl LlmJudge {
         let mut out = Vec::with_capacity(items.len());
         for calls in per_item {
             let choices: Vec<Option<Side>> = calls.iter().map(|c| c.choice).collect();
-            let (preference, disagree) = match choices.as_slice() {
-                [Some(x)] => (side_pref(*x), false),
-                [Some(x), Some(y)] if x == y => (side_pref(*x), false),
-                [Some(_), Some(_)] => (
-                    match self.settings.on_disagreement {
-                        Disagreement::Tie => Preference::Tie,
-                        Disagreement::NoDecision => Preference::NoDecision,
-                    },
-                    true,
-                ),
-                _ => (Preference::NoDecision, false),
-            };
+            let (preference, disagree) = combine(&choices, self.settings.on_disagreement);
             if calls.len() == 2 && choices.iter().all(Option::is_some) {
                 let mut t = self.totals.lock().unwrap();
                 t.both_orders += 1;
@@ -365,10 +351,31 @@ impl LlmJudge {
     }
 }
 
-fn side_pref(s: Side) -> Preference {
-    match s {
+/// The order a pair is shown in, in `random` mode: from the seed and the texts, so the same pair
+/// is asked the same way on a rerun.
+pub fn random_first(seed: u64, c: &Comparison) -> Side {
+    let h = sha256_hex(&[&seed.to_string(), c.prompt, c.a, c.b]);
+    if u8::from_str_radix(&h[..2], 16).unwrap_or(0) & 1 == 0 { Side::A } else { Side::B }
+}
+
+/// A pair's preference from its un-swapped answers (one, or one per order), and whether two
+/// answers disagreed.
+pub fn combine(choices: &[Option<Side>], on_disagreement: Disagreement) -> (Preference, bool) {
+    let pref = |s: Side| match s {
         Side::A => Preference::A,
         Side::B => Preference::B,
+    };
+    match choices {
+        [Some(x)] => (pref(*x), false),
+        [Some(x), Some(y)] if x == y => (pref(*x), false),
+        [Some(_), Some(_)] => (
+            match on_disagreement {
+                Disagreement::Tie => Preference::Tie,
+                Disagreement::NoDecision => Preference::NoDecision,
+            },
+            true,
+        ),
+        _ => (Preference::NoDecision, false),
     }
 }
 
@@ -399,6 +406,15 @@ impl Oracle for LlmJudge {
 
     fn judge(&self, item: &Comparison) -> anyhow::Result<Judgement> {
         Ok(self.judge_all(std::slice::from_ref(item))?.remove(0))
+    }
+
+    fn report(&self) -> Option<serde_json::Value> {
+        let t = self.totals();
+        let mut v = serde_json::to_value(&t).ok()?;
+        v["first_position_rate"] = serde_json::json!(t.first_position_rate());
+        v["position_bias_rate"] = serde_json::json!(t.position_bias_rate());
+        v["audit_log_calls"] = serde_json::json!(self.ledger.cached_calls());
+        Some(v)
     }
 
     /// Fails if any call failed after its retries (answered calls are in the ledger, so running

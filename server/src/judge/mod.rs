@@ -1,6 +1,7 @@
 //! LLM judges: an OpenAI-compatible chat client (`client`), the paper's judge prompts and a strict
 //! answer parser (`template`), the audit log that doubles as a cache (`ledger`), and the judge
-//! itself with position-bias controls and self-consistency checks (`llm`).
+//! itself with position-bias controls and self-consistency checks (`llm`), and a judge with no
+//! API that reads a loaded model's log-probabilities of answering A or B (`local`).
 //!
 //! Settings are plain data a project stores; they name the API key's environment variable, never
 //! the key. The key is looked up in the server's environment, then in its secrets file.
@@ -8,6 +9,7 @@
 pub mod client;
 pub mod ledger;
 pub mod llm;
+pub mod local;
 pub mod template;
 
 use std::path::Path;
@@ -156,8 +158,9 @@ impl JudgeSettings {
     }
 }
 
-/// rustls needs one process-wide crypto provider; ring builds with a C compiler alone.
-pub(crate) fn install_crypto() {
+/// rustls needs one process-wide crypto provider; ring builds with a C compiler alone. Anything
+/// in this process that builds a reqwest client calls this first (tests included).
+pub fn install_crypto() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let _ = rustls::crypto::ring::default_provider().install_default();

@@ -46,6 +46,12 @@ pub trait Oracle: Send + Sync {
 
     fn judge(&self, item: &Comparison) -> anyhow::Result<Judgement>;
 
+    /// What the oracle has to report after judging (an LLM judge: calls, tokens, cost, position
+    /// bias), for job results.
+    fn report(&self) -> Option<serde_json::Value> {
+        None
+    }
+
     /// Judges many items; oracles that batch or call out concurrently override this.
     fn judge_all(&self, items: &[Comparison]) -> anyhow::Result<Vec<Judgement>> {
         items.iter().map(|c| self.judge(c)).collect()

@@ -150,6 +150,18 @@ impl Store {
         Ok(n)
     }
 
+    /// Every judge label of a project: (pair, judge, choice), oldest first.
+    pub async fn judge_labels(&self, project_id: &str) -> Result<Vec<(String, String, String)>> {
+        let rows = sqlx::query(
+            "SELECT j.pair_id, j.judge, j.choice FROM judge_labels j JOIN pairs p ON p.id = j.pair_id \
+             WHERE p.project_id = $1 ORDER BY j.created_at, j.id",
+        )
+        .bind(project_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).collect()
+    }
+
     pub async fn rounds(&self, project_id: &str) -> Result<Vec<RoundRow>> {
         let rows = sqlx::query(
             "SELECT r.number, r.acquisition, r.policy_checkpoint, r.stats, r.created_at, \

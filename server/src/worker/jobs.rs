@@ -23,6 +23,7 @@ use super::Worker;
 use super::settings::{Labeller, LoopSettings};
 use crate::acquire::{Acquirer, Acquisition, PromptItem};
 use crate::eval::{EvalSampling, Outcome, sample_completions, win_rate};
+use crate::judge::local::LocalJudge;
 use crate::oracle::length::LengthOracle;
 use crate::oracle::{Comparison, Oracle, Preference};
 use crate::store::export::LabelSource;
@@ -79,6 +80,23 @@ fn err(e: impl std::fmt::Display) -> String {
     format!("{e:#}")
 }
 
+/// An oracle the worker keeps (sentiment, length) or one made for the job (the judges).
+enum OracleRef<'a> {
+    Borrowed(&'a dyn Oracle),
+    Owned(Box<dyn Oracle + 'a>),
+}
+
+impl<'a> std::ops::Deref for OracleRef<'a> {
+    type Target = dyn Oracle + 'a;
+
+    fn deref(&self) -> &Self::Target {
+        match self {
+            OracleRef::Borrowed(o) => *o,
+            OracleRef::Owned(o) => o.as_ref(),
+        }
+    }
+}
+
 /// What a running job can reach.
 struct Ctx<'a> {
     worker: &'a Worker,
@@ -119,10 +137,19 @@ impl Ctx<'_> {
         });
     }
 
-    fn oracle(&self, kind: Labeller) -> JobResult<&dyn Oracle> {
+    fn oracle(&self, kind: Labeller) -> JobResult<OracleRef<'_>> {
         match kind {
-            Labeller::Sentiment => Ok(self.worker.sentiment()? as &dyn Oracle),
-            Labeller::Length => Ok(&LengthOracle),
+            Labeller::Sentiment => Ok(OracleRef::Borrowed(self.worker.sentiment()? as &dyn Oracle)),
+            Labeller::Length => Ok(OracleRef::Borrowed(&LengthOracle)),
+            Labeller::Judge => {
+                Ok(OracleRef::Owned(Box::new(self.worker.llm_judge(&self.project.id, &self.settings.judge)?)))
+            }
+            Labeller::LocalJudge => Ok(OracleRef::Owned(Box::new(LocalJudge::new(
+                &self.worker.model,
+                &self.worker.tokenizer,
+                self.settings.judge.clone(),
+                self.settings.acquire.batch_size,
+            )))),
             Labeller::Raters => Err("human raters are not an automatic oracle".into()),
         }
     }
@@ -375,7 +402,7 @@ fn label(ctx: &Ctx) -> JobResult<Value> {
     }
     let stored = ctx.block(ctx.store.add_judge_labels(&judge, &labels))?;
     let undecided = labels.iter().filter(|l| l.1 == "none").count();
-    Ok(json!({"judge": judge, "labelled": stored, "undecided": undecided}))
+    Ok(json!({"judge": judge, "labelled": stored, "undecided": undecided, "report": oracle.report()}))
 }
 
 fn train_job(ctx: &Ctx) -> JobResult<Value> {
@@ -497,6 +524,6 @@ fn evaluate(ctx: &Ctx, p: &JobParams) -> JobResult<Value> {
     };
     ctx.block(ctx.store.add_evaluation(pid, &row))?;
     Ok(
-        json!({"evaluation": row.id, "checkpoint": row.checkpoint_id, "win_rate": wr.win_rate, "stderr": wr.stderr, "n": row.n}),
+        json!({"evaluation": row.id, "checkpoint": row.checkpoint_id, "win_rate": wr.win_rate, "stderr": wr.stderr, "n": row.n, "judge_report": oracle.report()}),
     )
 }

@@ -7,7 +7,7 @@ pub mod jobs;
 pub mod settings;
 
 use std::path::PathBuf;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use apl_shared::{Completion, Pair, PairRequest};
@@ -15,6 +15,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::data::imdb::{Prompt, Review};
+use crate::judge::ledger::Ledger;
+use crate::judge::{JudgeSettings, LlmJudge};
 use crate::model::{
     Checkpoint, Model, ModelError, SampleRequest, SamplingConfig, Tokenizer, sample, sequence_logprobs,
 };
@@ -31,8 +33,10 @@ pub struct WorkerParts {
     /// IMDB reviews with labels, for the sentiment oracle (empty: no sentiment oracle).
     pub reviews: Vec<Review>,
     pub sampling: SamplingConfig,
-    /// Where trained checkpoints are written.
+    /// Where trained checkpoints and judge audit logs are written.
     pub data_dir: PathBuf,
+    /// Where judge API keys are looked up after the environment.
+    pub secrets_file: Option<PathBuf>,
 }
 
 pub struct Worker {
@@ -43,6 +47,7 @@ pub struct Worker {
     reviews: Vec<Review>,
     sampling: SamplingConfig,
     data_dir: PathBuf,
+    secrets_file: Option<PathBuf>,
     busy: Mutex<()>,
     wake: tokio::sync::Notify,
     sentiment: OnceLock<SentimentOracle>,
@@ -58,6 +63,7 @@ impl Worker {
             reviews: p.reviews,
             sampling: p.sampling,
             data_dir: p.data_dir,
+            secrets_file: p.secrets_file,
             busy: Mutex::new(()),
             wake: tokio::sync::Notify::new(),
             sentiment: OnceLock::new(),
@@ -71,6 +77,17 @@ impl Worker {
     /// The IMDB prompt pool's texts, in pool order.
     pub fn prompt_texts(&self) -> Vec<String> {
         self.prompts.iter().map(|p| p.text.clone()).collect()
+    }
+
+    /// A project's LLM judge; its audit log (and cache) is `DATA_DIR/judge/<project>.jsonl`.
+    pub fn llm_judge(&self, project_id: &str, settings: &JudgeSettings) -> Result<LlmJudge, String> {
+        let key = settings.api_key(self.secrets_file.as_deref())?;
+        let ledger = Ledger::open(&self.judge_log(project_id))?;
+        LlmJudge::new(settings.clone(), key, Arc::new(ledger))
+    }
+
+    pub fn judge_log(&self, project_id: &str) -> PathBuf {
+        self.data_dir.join("judge").join(format!("{project_id}.jsonl"))
     }
 
     /// Tells the job loop a job was queued.

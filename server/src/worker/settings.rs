@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::acquire::{AcquireConfig, Acquisition};
+use crate::judge::JudgeSettings;
 use crate::train::optim::AdamConfig;
 use crate::train::policy::Trainable;
 use crate::train::trainer::TrainConfig;
@@ -22,6 +23,11 @@ pub enum Labeller {
     Sentiment,
     /// Prefers the longer completion (tests and smoke runs).
     Length,
+    /// The project's LLM judge (`loop_settings.judge`) over an OpenAI-compatible API.
+    Judge,
+    /// The starting model itself, comparing its log-probabilities of answering A or B with the
+    /// judge prompt of `loop_settings.judge.task`.
+    LocalJudge,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,7 +37,7 @@ pub struct EvalSettings {
     pub prompts: usize,
     pub temperature: f64,
     pub batch_size: usize,
-    /// Who judges policy against reference (an oracle; the LLM judge joins here).
+    /// Who judges policy against reference: an automatic oracle or judge.
     pub judge: Labeller,
 }
 
@@ -58,6 +64,9 @@ pub struct LoopSettings {
     pub trainable: Trainable,
     pub train: TrainConfig,
     pub eval: EvalSettings,
+    /// The LLM judge, used where `labeller` or `eval.judge` says `judge` (or `local_judge`: its
+    /// task, template and order settings).
+    pub judge: JudgeSettings,
     pub seed: u64,
 }
 
@@ -85,6 +94,7 @@ impl Default for LoopSettings {
                 ..TrainConfig::default()
             },
             eval: EvalSettings::default(),
+            judge: JudgeSettings::default(),
             seed: 0,
         }
     }
@@ -120,7 +130,13 @@ impl LoopSettings {
             return Err("loop_settings: batch sizes must be at least 1".into());
         }
         if self.eval.judge == Labeller::Raters {
-            return Err("loop_settings.eval.judge: an automatic judge is needed (sentiment or length)".into());
+            return Err(
+                "loop_settings.eval.judge: an automatic judge is needed (sentiment, length, judge or local_judge)"
+                    .into(),
+            );
+        }
+        if [self.labeller, self.eval.judge].iter().any(|l| matches!(l, Labeller::Judge | Labeller::LocalJudge)) {
+            self.judge.validate().map_err(|e| format!("loop_settings.{e}"))?;
         }
         if !["human", "judge", "human_then_judge"].contains(&self.train_on.as_str()) {
             return Err(format!("loop_settings.train_on: {:?} is not human, judge or human_then_judge", self.train_on));

@@ -107,6 +107,7 @@ pub async fn start(b: &Backend, opts: Options) -> Server {
         reviews,
         sampling,
         data_dir: dir.path().to_path_buf(),
+        secrets_file: None,
     }));
     let url = fresh_database(b, dir.path()).await;
     let store = Arc::new(Store::connect(&url).await.unwrap());
@@ -118,6 +119,7 @@ pub async fn start(b: &Backend, opts: Options) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app(state)).await.unwrap() });
+    apl::judge::install_crypto();
     Server { base: format!("http://{addr}"), store, client: reqwest::Client::new(), dir }
 }
 

@@ -61,6 +61,21 @@ async fn chat(State(s): State<Shared>, headers: HeaderMap, Json(body): Json<Valu
         v.len()
     };
     let good = format!("Comparison: one of them is upbeat.\nPreferred: {}", letter_of_good(&user));
+    if body["logprobs"] == json!(true) {
+        // A model that never writes the letter first, but ranks the right one above the other.
+        let (right, wrong) = if letter_of_good(&user) == "A" { ("A", " B") } else { (" B", "A") };
+        let top = if tag == "noletter" {
+            json!([{"token": "The", "logprob": -0.1}, {"token": "I", "logprob": -2.0}])
+        } else {
+            json!([{"token": "The", "logprob": -0.1}, {"token": right, "logprob": -1.5}, {"token": wrong, "logprob": -2.5}])
+        };
+        return Json(json!({
+            "choices": [{"message": {"role": "assistant", "content": "The"}, "finish_reason": "length",
+                         "logprobs": {"content": [{"token": "The", "logprob": -0.1, "top_logprobs": top}]}}],
+            "usage": {"prompt_tokens": 90, "completion_tokens": 1}
+        }))
+        .into_response();
+    }
     match tag.as_str() {
         "malformed" => reply("Comparison: both are lovely.\nI cannot choose."),
         "garbage" if n == 1 => (StatusCode::OK, "<html>upstream busy</html>").into_response(),
@@ -246,6 +261,7 @@ async fn failures_are_reported_never_labelled() {
         ],
         temperature: 0.0,
         max_tokens: 4,
+        top_logprobs: None,
     };
     let out = client.chat(&req).await;
     assert_eq!(out.attempts, 1);
@@ -349,4 +365,26 @@ fn local_judge_reads_letter_logprobs_and_unswaps() {
         assert_eq!(j.preference, want, "pair {i}");
     }
     assert_eq!(judge.name(), "local:logprob");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logprob_answers_force_a_choice() {
+    let (url, script) = start().await;
+    let mut items: Vec<Item> = (0..6).map(|i| item("ok", i, if i % 3 == 0 { Side::A } else { Side::B })).collect();
+    items.push(item("noletter", 9, Side::A));
+    let s = JudgeSettings { answer: apl::judge::AnswerMode::Logprobs, ..settings(&url) };
+    let judge = LlmJudge::new(s, None, Arc::new(Ledger::in_memory())).unwrap();
+    let v = judge.judge_pairs(&comparisons(&items)).await.unwrap();
+    for (i, v) in v.iter().enumerate().take(6) {
+        assert_eq!(v.preference, if i % 3 == 0 { Preference::A } else { Preference::B }, "pair {i}");
+    }
+    assert_eq!(v[6].preference, Preference::NoDecision, "neither letter among the alternatives");
+    let s = script.lock().unwrap();
+    for b in &s.bodies {
+        assert_eq!(
+            (b["max_tokens"].clone(), b["logprobs"].clone(), b["top_logprobs"].clone()),
+            (json!(1), json!(true), json!(20))
+        );
+        assert!(b["messages"][1]["content"].as_str().unwrap().ends_with("nothing else."));
+    }
 }

@@ -183,9 +183,8 @@ pub fn build(votes: &[VoteRow], judges: &[JudgeRow], evals: &[EvalRow], seed: u6
         for rb in &raters[i + 1..] {
             let (ma, mb) = (&per_rater[ra], &per_rater[rb]);
             let (mut xa, mut xb) = (Vec::new(), Vec::new());
-            for (pair, pair_labels) in &pairs {
+            for (pair, _) in &pairs {
                 if let (Some(a), Some(b)) = (ma.get(pair), mb.get(pair)) {
-                    let _ = pair_labels;
                     xa.push(*a);
                     xb.push(*b);
                 }
@@ -282,7 +281,8 @@ pub fn build(votes: &[VoteRow], judges: &[JudgeRow], evals: &[EvalRow], seed: u6
     ProjectAnalytics { categories: CATEGORIES, humans, rater_pairs, judges: judges_out, evaluations, leaderboard }
 }
 
-fn share(xs: &[bool], seed: u64) -> Option<Interval> {
+/// The share of `true`, with a bootstrap interval.
+pub fn share(xs: &[bool], seed: u64) -> Option<Interval> {
     bootstrap(xs.len(), RESAMPLES, LEVEL, seed, |idx| {
         (!idx.is_empty()).then(|| idx.iter().filter(|&&i| xs[i]).count() as f64 / idx.len() as f64)
     })

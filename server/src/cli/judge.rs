@@ -14,6 +14,7 @@ use serde_json::json;
 
 use super::CacheArgs;
 use crate::analytics::bootstrap::{LEVEL, RESAMPLES, bootstrap};
+use crate::analytics::project::share;
 use crate::assets;
 use crate::data::{imdb, trl};
 use crate::judge::ledger::Ledger;
@@ -160,11 +161,7 @@ pub fn run(a: Args) -> Result<()> {
         .filter(|v| v.calls.len() == 2 && v.calls.iter().all(|c| c.choice.is_some()))
         .map(|v| v.orders_disagree)
         .collect();
-    let rate = |xs: &[bool]| {
-        bootstrap(xs.len(), RESAMPLES, LEVEL, 1, |idx| {
-            (!idx.is_empty()).then(|| idx.iter().filter(|&&i| xs[i]).count() as f64 / idx.len() as f64)
-        })
-    };
+    let rate = |xs: &[bool]| share(xs, 1);
     let decided: Vec<bool> = calls.iter().flatten().copied().collect();
     let accuracy = rate(&decided);
     let first_position = rate(&firsts);

@@ -35,6 +35,9 @@ pub struct ChatRequest {
     pub messages: Vec<Message>,
     pub temperature: f64,
     pub max_tokens: u32,
+    /// Ask for this many most likely first tokens with their log-probabilities.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_logprobs: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -49,6 +52,9 @@ pub struct ChatReply {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finish_reason: Option<String>,
     pub usage: Usage,
+    /// The first answer token's most likely alternatives, when asked for: (token, log-prob).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_logprobs: Option<Vec<(String, f64)>>,
 }
 
 /// Why a call failed, after any retries.
@@ -152,12 +158,16 @@ impl ChatClient {
     }
 
     async fn once(&self, req: &ChatRequest) -> (Result<ChatReply, ChatError>, Option<Duration>) {
-        let body = json!({
+        let mut body = json!({
             "model": req.model,
             "messages": req.messages,
             "temperature": req.temperature,
             "max_tokens": req.max_tokens,
         });
+        if let Some(k) = req.top_logprobs {
+            body["logprobs"] = json!(true);
+            body["top_logprobs"] = json!(k);
+        }
         let mut r = self.http.post(&self.url).json(&body);
         if let Some(key) = &self.cfg.api_key {
             r = r.bearer_auth(key);
@@ -218,6 +228,26 @@ struct WireChoice {
     message: WireMessage,
     #[serde(default)]
     finish_reason: Option<String>,
+    #[serde(default)]
+    logprobs: Option<WireLogprobs>,
+}
+
+#[derive(Deserialize)]
+struct WireLogprobs {
+    #[serde(default)]
+    content: Option<Vec<WireTokenLogprob>>,
+}
+
+#[derive(Deserialize)]
+struct WireTokenLogprob {
+    #[serde(default)]
+    top_logprobs: Vec<WireTop>,
+}
+
+#[derive(Deserialize)]
+struct WireTop {
+    token: String,
+    logprob: f64,
 }
 
 #[derive(Deserialize)]
@@ -238,10 +268,16 @@ fn parse_reply(bytes: &[u8]) -> Result<ChatReply, ChatError> {
     let w: Wire = serde_json::from_slice(bytes).map_err(|e| ChatError::Malformed(format!("{e}")))?;
     let c = w.choices.into_iter().next().ok_or_else(|| ChatError::Malformed("no choices".into()))?;
     let usage = w.usage.map(|u| Usage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens });
+    let top_logprobs = c
+        .logprobs
+        .and_then(|l| l.content)
+        .and_then(|tokens| tokens.into_iter().next())
+        .map(|t| t.top_logprobs.into_iter().map(|x| (x.token, x.logprob)).collect());
     Ok(ChatReply {
         content: c.message.content.unwrap_or_default(),
         finish_reason: c.finish_reason,
         usage: usage.unwrap_or_default(),
+        top_logprobs,
     })
 }
 
@@ -261,6 +297,9 @@ mod tests {
         // A null content (refusals, tool calls) is an empty answer, not a protocol error.
         let null = br#"{"choices":[{"message":{"content":null}}]}"#;
         assert_eq!(parse_reply(null).unwrap().content, "");
+        let lp = br#"{"choices":[{"message":{"content":"A"},"logprobs":{"content":[{"token":"A","logprob":-0.4,
+                     "top_logprobs":[{"token":"A","logprob":-0.4},{"token":" B","logprob":-3.1}]}]}}]}"#;
+        assert_eq!(parse_reply(lp).unwrap().top_logprobs, Some(vec![("A".into(), -0.4), (" B".into(), -3.1)]));
     }
 
     #[test]

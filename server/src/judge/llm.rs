@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use super::client::{ChatClient, ChatRequest, ClientConfig, Message, Usage};
 use super::ledger::{AuditEntry, Ledger, call_key, redact_url, sha256_hex};
-use super::template::{Shown, comparison, parse_verdict};
-use super::{Disagreement, JudgeOrder, JudgeSettings};
+use super::template::{Shown, comparison, logprob_verdict, parse_verdict};
+use super::{AnswerMode, Disagreement, JudgeOrder, JudgeSettings};
 use crate::oracle::{Comparison, Judgement, Oracle, Preference};
 
 /// Which of the pair's texts.
@@ -178,12 +178,14 @@ impl LlmJudge {
             Side::A => (c.a, c.b),
             Side::B => (c.b, c.a),
         };
-        let r = s.task.render(s.template.as_ref(), c.prompt, x, y)?;
+        let r = s.task.render_for(s.answer, s.template.as_ref(), c.prompt, x, y)?;
+        let logprobs = s.answer == AnswerMode::Logprobs;
         Ok(ChatRequest {
             model: s.model.clone(),
             messages: vec![Message::system(&r.system), Message::user(&r.user)],
             temperature: s.temperature,
-            max_tokens: s.max_tokens,
+            max_tokens: if logprobs { 1 } else { s.max_tokens },
+            top_logprobs: logprobs.then_some(20),
         })
     }
 
@@ -212,7 +214,10 @@ impl LlmJudge {
                 }
             }
         };
-        let shown = reply.as_ref().and_then(|r| parse_verdict(&r.content));
+        let shown = reply.as_ref().and_then(|r| match self.settings.answer {
+            AnswerMode::Text => parse_verdict(&r.content),
+            AnswerMode::Logprobs => r.top_logprobs.as_deref().and_then(logprob_verdict),
+        });
         let choice = shown.map(|s| match (s, ask.first) {
             (Shown::First, first) => first,
             (Shown::Second, Side::A) => Side::B,

@@ -17,7 +17,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 pub use llm::LlmJudge;
-pub use template::{CustomTemplate, JudgeTask};
+pub use template::{AnswerMode, CustomTemplate, JudgeTask};
 
 /// How the two texts are ordered for the judge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -52,6 +52,9 @@ pub struct JudgeSettings {
     pub task: JudgeTask,
     /// For `task: custom`.
     pub template: Option<CustomTemplate>,
+    /// `text` (comparison, then the letter) or `logprobs` (only the letter, read off the first
+    /// token's log-probabilities; needs a server that returns them).
+    pub answer: AnswerMode,
     /// The paper: 0.05.
     pub temperature: f64,
     pub max_tokens: u32,
@@ -79,6 +82,7 @@ impl Default for JudgeSettings {
             api_key_env: Some("OPENAI_API_KEY".into()),
             task: JudgeTask::Imdb,
             template: None,
+            answer: AnswerMode::Text,
             temperature: 0.05,
             max_tokens: 128,
             concurrency: 4,

@@ -36,6 +36,21 @@ const ANSWER_FORMAT: &str = "FIRST provide a one-sentence comparison of the two 
 and why. SECOND, on a new line, state only \"A\" or \"B\" to indicate your choice. You must choose one of them. \
 Your response should use the format:\nComparison: <one-sentence comparison and explanation>\nPreferred: <\"A\" or \"B\">";
 
+const LETTER_FORMAT: &str = "Answer with only the letter \"A\" or \"B\" for the {what} you prefer, nothing else.";
+
+/// How the judge answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnswerMode {
+    /// A one-sentence comparison, then the letter on its own line (the paper's format).
+    #[default]
+    Text,
+    /// Only the letter, as one token; the verdict is whichever of "A" and "B" has the higher
+    /// log-probability among the first token's most likely alternatives (a forced choice, for
+    /// servers that return `logprobs`; small models that never write the letter still answer).
+    Logprobs,
+}
+
 /// The messages for one call; `a` and `b` are in the order shown to the judge.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rendered {
@@ -45,7 +60,22 @@ pub struct Rendered {
 
 impl JudgeTask {
     pub fn render(self, custom: Option<&CustomTemplate>, prompt: &str, a: &str, b: &str) -> Result<Rendered, String> {
-        let fmt = |what: &str| ANSWER_FORMAT.replace("{what}", what);
+        self.render_for(AnswerMode::Text, custom, prompt, a, b)
+    }
+
+    pub fn render_for(
+        self,
+        mode: AnswerMode,
+        custom: Option<&CustomTemplate>,
+        prompt: &str,
+        a: &str,
+        b: &str,
+    ) -> Result<Rendered, String> {
+        let format = match mode {
+            AnswerMode::Text => ANSWER_FORMAT,
+            AnswerMode::Logprobs => LETTER_FORMAT,
+        };
+        let fmt = |what: &str| format.replace("{what}", what);
         Ok(match self {
             JudgeTask::Imdb => Rendered {
                 system: "You are a careful judge of movie-review text. You compare two continuations of the same \
@@ -171,6 +201,21 @@ pub fn parse_verdict(reply: &str) -> Option<Shown> {
     }
 }
 
+/// The letter with the higher log-probability among the first token's alternatives (tokens
+/// compared after trimming spaces; "A" and "a" are the same letter). None when neither is there.
+pub fn logprob_verdict(top: &[(String, f64)]) -> Option<Shown> {
+    let best = |letter: &str| {
+        top.iter().filter(|(t, _)| t.trim().eq_ignore_ascii_case(letter)).map(|(_, lp)| *lp).reduce(f64::max)
+    };
+    match (best("A"), best("B")) {
+        (Some(a), Some(b)) if a == b => None,
+        (Some(a), Some(b)) => Some(if a > b { Shown::First } else { Shown::Second }),
+        (Some(_), None) => Some(Shown::First),
+        (None, Some(_)) => Some(Shown::Second),
+        (None, None) => None,
+    }
+}
+
 /// The comparison sentence, when the reply has one (the rationale kept with the label).
 pub fn comparison(reply: &str) -> Option<String> {
     let line = reply.lines().map(str::trim).find(|l| !l.is_empty())?;
@@ -196,6 +241,16 @@ mod tests {
         assert_eq!(parse_verdict("Preferred: C"), None);
         assert_eq!(parse_verdict(""), None);
         assert_eq!(parse_verdict("Comparison: A wins.\nPreferred:"), None);
+    }
+
+    #[test]
+    fn logprob_verdicts() {
+        let t = |v: &[(&str, f64)]| v.iter().map(|(s, l)| (s.to_string(), *l)).collect::<Vec<_>>();
+        assert_eq!(logprob_verdict(&t(&[("A", -0.5), ("The", -1.0), (" B", -2.0)])), Some(Shown::First));
+        assert_eq!(logprob_verdict(&t(&[("The", -0.1), (" B", -2.0), ("A", -2.5)])), Some(Shown::Second));
+        assert_eq!(logprob_verdict(&t(&[("The", -0.1), ("b", -2.0)])), Some(Shown::Second));
+        assert_eq!(logprob_verdict(&t(&[("The", -0.1), ("I", -2.0)])), None);
+        assert_eq!(logprob_verdict(&t(&[("A", -1.0), ("B", -1.0)])), None);
     }
 
     #[test]

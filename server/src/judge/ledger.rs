@@ -137,13 +137,22 @@ pub struct LedgerSummary {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub cost_usd: f64,
+    /// Over questions asked more than once (self-consistency re-asks): the mean share of
+    /// agreeing answer pairs, and how many questions that covers.
+    pub self_consistency: Option<f64>,
+    pub repeated_questions: usize,
 }
 
 pub fn summarize(path: &Path) -> Result<LedgerSummary, String> {
     let f = std::fs::File::open(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
     let mut s = LedgerSummary::default();
+    // (pair, order) -> repeat -> verdict, from calls actually made.
+    let mut asked: HashMap<(String, String), HashMap<u32, Option<String>>> = HashMap::new();
     for line in std::io::BufReader::new(f).lines() {
         let Ok(e) = serde_json::from_str::<AuditEntry>(&line.map_err(|e| e.to_string())?) else { continue };
+        if !e.cached && e.error.is_none() {
+            asked.entry((e.pair.clone(), e.first_shown.clone())).or_default().insert(e.repeat, e.verdict.clone());
+        }
         s.calls += 1;
         s.cached += e.cached as u64;
         s.attempts += e.attempts as u64;
@@ -162,6 +171,25 @@ pub fn summarize(path: &Path) -> Result<LedgerSummary, String> {
             }
             (None, None) => s.no_decision += 1,
         }
+    }
+    let groups: Vec<Vec<Option<String>>> =
+        asked.into_values().filter(|g| g.len() >= 2).map(|g| g.into_values().collect()).collect();
+    s.repeated_questions = groups.len();
+    if !groups.is_empty() {
+        let per: Vec<f64> = groups
+            .iter()
+            .map(|g| {
+                let (mut same, mut all) = (0, 0);
+                for i in 0..g.len() {
+                    for j in i + 1..g.len() {
+                        all += 1;
+                        same += (g[i] == g[j]) as usize;
+                    }
+                }
+                same as f64 / all as f64
+            })
+            .collect();
+        s.self_consistency = Some(per.iter().sum::<f64>() / per.len() as f64);
     }
     Ok(s)
 }
@@ -251,6 +279,34 @@ mod tests {
         assert_eq!(l.cached("k1").unwrap().content, "A");
         assert!(l.cached("k2").is_none(), "failed calls are not cached");
         assert_eq!(l.cached_calls(), 1);
+    }
+
+    #[test]
+    fn summary_sums_usage_and_measures_self_consistency() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let l = Ledger::open(&path).unwrap();
+        // Pair p asked three times: A, A, B (1 of 3 answer pairs agree); pair q once; one cache hit.
+        for (pair, repeat, verdict, cached) in [
+            ("p", 0, Some("A"), false),
+            ("p", 1, Some("A"), false),
+            ("p", 2, Some("B"), false),
+            ("q", 0, None, false),
+            ("p", 0, Some("A"), true),
+        ] {
+            let mut e = entry(&format!("{pair}{repeat}"), Some("x"), cached);
+            e.pair = pair.into();
+            e.repeat = repeat;
+            e.verdict = verdict.map(str::to_string);
+            e.cost_usd = if cached { 0.0 } else { 0.5 };
+            l.record(&e).unwrap();
+        }
+        l.sync().unwrap();
+        let s = summarize(&path).unwrap();
+        assert_eq!((s.calls, s.cached, s.decided, s.no_decision, s.first_position), (5, 1, 4, 1, 3));
+        assert_eq!(s.cost_usd, 2.0);
+        assert_eq!(s.repeated_questions, 1);
+        assert!((s.self_consistency.unwrap() - 1.0 / 3.0).abs() < 1e-12);
     }
 
     #[test]

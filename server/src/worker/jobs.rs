@@ -386,7 +386,9 @@ fn label(ctx: &Ctx) -> JobResult<Value> {
     let pending = ctx.block(ctx.store.pairs_without_judge(&ctx.project.id, &judge))?;
     ctx.phase("labelling", format!("{} pairs by {judge}", pending.len()));
     let mut labels = Vec::with_capacity(pending.len());
-    for (i, chunk) in pending.chunks(256).enumerate() {
+    // Small chunks, so an LLM judge's progress shows (its calls within a chunk run concurrently).
+    const CHUNK: usize = 32;
+    for (i, chunk) in pending.chunks(CHUNK).enumerate() {
         ctx.check()?;
         let items: Vec<Comparison> = chunk.iter().map(|p| Comparison { prompt: &p.prompt, a: &p.a, b: &p.b }).collect();
         for (p, j) in chunk.iter().zip(oracle.judge_all(&items).map_err(err)?) {
@@ -398,7 +400,7 @@ fn label(ctx: &Ctx) -> JobResult<Value> {
             };
             labels.push((p.id.clone(), choice, j.rationale));
         }
-        ctx.step("labelling", (i * 256 + chunk.len()).min(pending.len()), pending.len(), None);
+        ctx.step("labelling", (i * CHUNK + chunk.len()).min(pending.len()), pending.len(), None);
     }
     let stored = ctx.block(ctx.store.add_judge_labels(&judge, &labels))?;
     let undecided = labels.iter().filter(|l| l.1 == "none").count();
@@ -503,8 +505,13 @@ fn evaluate(ctx: &Ctx, p: &JobParams) -> JobResult<Value> {
     ctx.phase("judging", String::new());
     let items: Vec<Comparison> =
         prompts.iter().zip(ours.iter().zip(&theirs)).map(|(p, (a, b))| Comparison { prompt: &p.1, a, b }).collect();
-    let outcomes: Vec<Outcome> =
-        oracle.judge_all(&items).map_err(err)?.into_iter().map(|j| Outcome::from_preference(j.preference)).collect();
+    let mut outcomes: Vec<Outcome> = Vec::with_capacity(items.len());
+    for chunk in items.chunks(32) {
+        ctx.check()?;
+        outcomes
+            .extend(oracle.judge_all(chunk).map_err(err)?.into_iter().map(|j| Outcome::from_preference(j.preference)));
+        ctx.step("judging", outcomes.len(), items.len(), None);
+    }
     let wr = win_rate(&outcomes);
     let samples: Vec<Value> = prompts
         .iter()

@@ -18,7 +18,7 @@ use crate::analytics::project::share;
 use crate::assets;
 use crate::data::{imdb, trl};
 use crate::judge::ledger::Ledger;
-use crate::judge::llm::{PairVerdict, Side};
+use crate::judge::llm::{PairVerdict, Side, pairwise_agreement};
 use crate::judge::{JudgeOrder, JudgeSettings, JudgeTask, LlmJudge};
 use crate::oracle::Comparison;
 
@@ -172,11 +172,7 @@ pub fn run(a: Args) -> Result<()> {
     let consistency = if a.repeats >= 2 {
         eprintln!("re-asking each pair {} times", a.repeats);
         let c = rt.block_on(judge.self_consistency(&items, a.repeats)).map_err(anyhow::Error::msg)?;
-        let per: Vec<f64> = c
-            .answers
-            .iter()
-            .map(|ans| crate::judge::llm::consistency(vec![ans.clone()], a.repeats).agreement)
-            .collect();
+        let per: Vec<f64> = c.answers.iter().map(|ans| pairwise_agreement(ans)).collect();
         let ci = bootstrap(per.len(), RESAMPLES, LEVEL, 2, |idx| {
             (!idx.is_empty()).then(|| idx.iter().map(|&i| per[i]).sum::<f64>() / idx.len() as f64)
         });

@@ -176,20 +176,8 @@ pub fn summarize(path: &Path) -> Result<LedgerSummary, String> {
         asked.into_values().filter(|g| g.len() >= 2).map(|g| g.into_values().collect()).collect();
     s.repeated_questions = groups.len();
     if !groups.is_empty() {
-        let per: Vec<f64> = groups
-            .iter()
-            .map(|g| {
-                let (mut same, mut all) = (0, 0);
-                for i in 0..g.len() {
-                    for j in i + 1..g.len() {
-                        all += 1;
-                        same += (g[i] == g[j]) as usize;
-                    }
-                }
-                same as f64 / all as f64
-            })
-            .collect();
-        s.self_consistency = Some(per.iter().sum::<f64>() / per.len() as f64);
+        let total: f64 = groups.iter().map(|g| super::llm::pairwise_agreement(g)).sum();
+        s.self_consistency = Some(total / groups.len() as f64);
     }
     Ok(s)
 }

@@ -384,22 +384,21 @@ pub fn combine(choices: &[Option<Side>], on_disagreement: Disagreement) -> (Pref
     }
 }
 
+/// The share of agreeing pairs among one question's answers (1 for fewer than two answers).
+pub fn pairwise_agreement<T: PartialEq>(answers: &[T]) -> f64 {
+    let n = answers.len();
+    let pairs = n * n.saturating_sub(1) / 2;
+    if pairs == 0 {
+        return 1.0;
+    }
+    let same: usize = (0..n).map(|i| answers[i + 1..].iter().filter(|x| **x == answers[i]).count()).sum();
+    same as f64 / pairs as f64
+}
+
 /// Agreement statistics over repeated answers.
 pub fn consistency(answers: Vec<Vec<Option<Side>>>, repeats: u32) -> Consistency {
-    let mut agree_sum = 0.0;
-    let mut unanimous = 0usize;
-    for a in &answers {
-        let n = a.len();
-        let mut same = 0usize;
-        for i in 0..n {
-            for j in i + 1..n {
-                same += (a[i] == a[j]) as usize;
-            }
-        }
-        let pairs = n * n.saturating_sub(1) / 2;
-        agree_sum += if pairs == 0 { 1.0 } else { same as f64 / pairs as f64 };
-        unanimous += a.windows(2).all(|w| w[0] == w[1]) as usize;
-    }
+    let agree_sum: f64 = answers.iter().map(|a| pairwise_agreement(a)).sum();
+    let unanimous = answers.iter().filter(|a| a.windows(2).all(|w| w[0] == w[1])).count();
     let n = answers.len().max(1) as f64;
     Consistency { pairs: answers.len(), repeats, agreement: agree_sum / n, unanimous: unanimous as f64 / n, answers }
 }

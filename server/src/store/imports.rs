@@ -131,18 +131,27 @@ async fn insert_completion(w: &mut WriteTx<'_>, prompt_id: &str, c: &NewCompleti
     let id = new_id();
     sqlx::query(
         "INSERT INTO completions (id, prompt_id, text, source, logp, tokens, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+         VALUES ($1, $2, $3, $4, NULLIF($5, 'NaN'), $6, $7)",
     )
     .bind(&id)
     .bind(prompt_id)
     .bind(&c.text)
     .bind(&c.source)
-    .bind(c.logp)
+    .bind(nullable_f64(c.logp))
     .bind(c.tokens)
     .bind(now)
     .execute(&mut *w.tx)
     .await?;
     Ok(id)
+}
+
+/// An optional float as a bind parameter: NaN for none, which the SQL turns into NULL with
+/// `NULLIF($n, 'NaN')` (SQLite stores a bound NaN as NULL anyway). sqlx 0.9's Any driver sends a
+/// NULL f64 typed as float4 (`any/arguments.rs` maps Null(Double) to `Option<f32>`); PostgreSQL
+/// then caches the statement with a float4 parameter and rejects the next real f64 bound on that
+/// connection ("incorrect binary data format in bind parameter").
+fn nullable_f64(v: Option<f64>) -> f64 {
+    v.unwrap_or(f64::NAN)
 }
 
 pub(crate) async fn insert_pairs_tx(
@@ -174,7 +183,8 @@ pub(crate) async fn insert_pairs_tx(
         sqlx::query(
             "INSERT INTO pairs (id, project_id, prompt_id, completion_a, completion_b, kind, round, acquisition, \
                r_a, r_b, margin, entropy, gold_choice, target_votes, votes, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 0, $15)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULLIF($9, 'NaN'), NULLIF($10, 'NaN'), NULLIF($11, 'NaN'), \
+               NULLIF($12, 'NaN'), $13, $14, 0, $15)",
         )
         .bind(&id)
         .bind(project_id)
@@ -184,10 +194,10 @@ pub(crate) async fn insert_pairs_tx(
         .bind(p.kind)
         .bind(p.round)
         .bind(p.acquisition.as_deref())
-        .bind(p.r_a)
-        .bind(p.r_b)
-        .bind(p.margin)
-        .bind(p.entropy)
+        .bind(nullable_f64(p.r_a))
+        .bind(nullable_f64(p.r_b))
+        .bind(nullable_f64(p.margin))
+        .bind(nullable_f64(p.entropy))
         .bind(p.gold_choice)
         .bind(p.target_votes)
         .bind(now)

@@ -5,6 +5,11 @@
 
 use serde::{Deserialize, Serialize};
 
+mod checks;
+mod results;
+pub use checks::*;
+pub use results::*;
+
 /// Every error the API returns: a message saying what was wrong and where.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApiError {

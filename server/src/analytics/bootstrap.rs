@@ -4,16 +4,8 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Interval {
-    pub estimate: f64,
-    pub lo: f64,
-    pub hi: f64,
-    /// Coverage, e.g. 0.95.
-    pub level: f64,
-}
+pub use apl_shared::Interval;
 
 pub const RESAMPLES: usize = 1000;
 pub const LEVEL: f64 = 0.95;

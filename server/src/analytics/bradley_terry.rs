@@ -46,17 +46,7 @@ pub fn fit(n: usize, games: &[Game], alpha: f64) -> Vec<f64> {
     log
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Rated {
-    pub index: usize,
-    /// Centred log-strength with its bootstrap interval.
-    pub strength: f64,
-    pub lo: f64,
-    pub hi: f64,
-    /// 1000 + 400 log10(p_i): differences read as Elo points.
-    pub elo: f64,
-    pub games: usize,
-}
+pub use apl_shared::Rated;
 
 /// Players ranked strongest first, with 95% bootstrap intervals over games.
 pub fn ranking(n: usize, games: &[Game], seed: u64) -> Vec<Rated> {

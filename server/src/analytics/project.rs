@@ -8,12 +8,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde::Serialize;
-
 use super::agreement::{cohen_kappa, fleiss_kappa, krippendorff_alpha};
 use super::bootstrap::{Interval, LEVEL, RESAMPLES, bootstrap};
-use super::bradley_terry::{Game, Rated, ranking};
-use super::winrate::{LengthControlled, length_controlled};
+use super::bradley_terry::{Game, ranking};
+use super::winrate::length_controlled;
 
 pub const CATEGORIES: [&str; 4] = ["a", "b", "tie", "both_bad"];
 
@@ -46,66 +44,9 @@ pub struct EvalRow<'a> {
     pub games: Vec<(f64, f64)>,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct HumanAgreement {
-    /// Votes other than skips.
-    pub votes: usize,
-    /// Pairs with at least two such votes.
-    pub overlapping_pairs: usize,
-    pub krippendorff_alpha: Option<Interval>,
-    /// Over the pairs with the most common number of votes (Fleiss needs equal counts).
-    pub fleiss_kappa: Option<f64>,
-    pub fleiss_pairs: usize,
-    /// Share of A-or-B votes that chose the text shown on the left (0.5: no position bias).
-    pub left_preference: Option<Interval>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct RaterPair {
-    pub rater_a: String,
-    pub rater_b: String,
-    pub common_pairs: usize,
-    pub kappa: Option<f64>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct JudgeAgreement {
-    pub judge: String,
-    pub labels: usize,
-    pub no_decision: usize,
-    /// Pairs with both a judge answer and a plurality human label.
-    pub compared_pairs: usize,
-    /// Raw agreement and Cohen's kappa between the judge and the humans' plurality.
-    pub agreement: Option<f64>,
-    pub kappa: Option<Interval>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct EvaluationSummary {
-    pub id: String,
-    pub checkpoint: Option<String>,
-    pub judge: String,
-    pub win_rate: Option<Interval>,
-    pub length_controlled: Option<LengthControlled>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct LeaderboardEntry {
-    /// A checkpoint id, or "starting model".
-    pub name: String,
-    #[serde(flatten)]
-    pub rating: Rated,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ProjectAnalytics {
-    pub categories: [&'static str; 4],
-    pub humans: HumanAgreement,
-    pub rater_pairs: Vec<RaterPair>,
-    pub judges: Vec<JudgeAgreement>,
-    pub evaluations: Vec<EvaluationSummary>,
-    pub leaderboard: Vec<LeaderboardEntry>,
-}
+pub use apl_shared::{
+    EvaluationSummary, HumanAgreement, JudgeAgreement, LeaderboardEntry, ProjectAnalytics, RaterPair,
+};
 
 /// Pairs in first-seen order with each rater's category.
 fn by_pair<'a>(votes: &[VoteRow<'a>]) -> Vec<(&'a str, Vec<(&'a str, usize)>)> {
@@ -278,7 +219,15 @@ pub fn build(votes: &[VoteRow], judges: &[JudgeRow], evals: &[EvalRow], seed: u6
         Vec::new()
     };
 
-    ProjectAnalytics { categories: CATEGORIES, humans, rater_pairs, judges: judges_out, evaluations, leaderboard }
+    ProjectAnalytics {
+        categories: CATEGORIES.iter().map(|c| c.to_string()).collect(),
+        humans,
+        rater_pairs,
+        judges: judges_out,
+        evaluations,
+        leaderboard,
+        judge_usage: None,
+    }
 }
 
 /// The share of `true`, with a bootstrap interval.

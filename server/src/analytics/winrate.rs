@@ -4,16 +4,7 @@
 //! (policy minus baseline) over its standard deviation, by Newton's method, and report
 //! sigmoid(b0). Ties count as half a win, as in the raw rate.
 
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct LengthControlled {
-    pub n: usize,
-    pub raw: f64,
-    pub controlled: f64,
-    /// Change in log-odds of winning per standard deviation of length difference.
-    pub slope: f64,
-}
+pub use apl_shared::LengthControlled;
 
 /// `games[i]` = (score of the policy: 1 win, 0.5 tie, 0 loss; length of the policy's text minus
 /// the baseline's). None for no games.

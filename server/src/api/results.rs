@@ -6,11 +6,9 @@
 use axum::Json;
 use axum::extract::{Path, State};
 
-use serde_json::{Value, json};
-
 use super::auth::Admin;
 use super::{ApiResult, AppError, AppState};
-use crate::analytics::project::{EvalRow, JudgeRow, VoteRow, build};
+use crate::analytics::project::{EvalRow, JudgeRow, ProjectAnalytics, VoteRow, build};
 use crate::judge::ledger::summarize;
 use crate::store::rounds::{CheckpointRow, EvaluationRow, RoundRow};
 
@@ -39,7 +37,11 @@ pub async fn evaluations(
 
 /// Label quality and evaluation statistics (see `analytics::project`), with the LLM judge's
 /// usage summed from its audit log when this process can see it.
-pub async fn analytics(_: Admin, State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn analytics(
+    _: Admin,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ProjectAnalytics>> {
     s.store.project(&id).await?;
     let votes = s.store.votes(&id).await?;
     let judge_rows = s.store.judge_labels(&id).await?;
@@ -52,8 +54,8 @@ pub async fn analytics(_: Admin, State(s): State<AppState>, Path(id): Path<Strin
             .collect();
         let j: Vec<JudgeRow> = judge_rows.iter().map(|(p, j, c)| JudgeRow { pair: p, judge: j, choice: c }).collect();
         let e: Vec<EvalRow> = evals.iter().map(eval_games).collect();
-        let mut out = serde_json::to_value(build(&v, &j, &e, 0)).unwrap_or(Value::Null);
-        out["judge_usage"] = log.and_then(|p| summarize(&p).ok()).map_or(Value::Null, |u| json!(u));
+        let mut out = build(&v, &j, &e, 0);
+        out.judge_usage = log.and_then(|p| summarize(&p).ok());
         out
     })
     .await

@@ -124,24 +124,7 @@ impl Ledger {
     }
 }
 
-/// Usage summed over an audit log: what a project's judge calls cost.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct LedgerSummary {
-    pub calls: u64,
-    pub cached: u64,
-    pub failed: u64,
-    pub no_decision: u64,
-    pub decided: u64,
-    pub first_position: u64,
-    pub attempts: u64,
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-    pub cost_usd: f64,
-    /// Over questions asked more than once (self-consistency re-asks): the mean share of
-    /// agreeing answer pairs, and how many questions that covers.
-    pub self_consistency: Option<f64>,
-    pub repeated_questions: usize,
-}
+pub use apl_shared::LedgerSummary;
 
 pub fn summarize(path: &Path) -> Result<LedgerSummary, String> {
     let f = std::fs::File::open(path).map_err(|e| format!("reading {}: {e}", path.display()))?;

@@ -82,6 +82,34 @@ async fn pages_carry_security_headers() {
 }
 
 #[tokio::test]
+async fn the_frontend_answers_its_own_paths_and_the_api_stays_json() {
+    let dist = tempfile::tempdir().unwrap();
+    std::fs::write(dist.path().join("index.html"), "<!doctype html><title>apl</title>").unwrap();
+    std::fs::create_dir(dist.path().join("pkg")).unwrap();
+    std::fs::write(dist.path().join("pkg/app.js"), "export const x = 1;").unwrap();
+    let base = start(Some(dist.path().to_path_buf())).await;
+    // The app's own routes are not files: each gets index.html, with 200 and the headers.
+    for path in ["/rate", "/projects/0192f0c2", "/projects/0192f0c2/checks", "/pkg/missing.js"] {
+        let r = reqwest::get(format!("{base}{path}")).await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+        assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"), "{path}");
+        assert!(r.text().await.unwrap().contains("<title>apl</title>"), "{path}");
+    }
+    // Files are still files.
+    let r = reqwest::get(format!("{base}/pkg/app.js")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "export const x = 1;");
+    // Unknown API paths stay JSON 404s.
+    for path in ["/api/nope", "/api/projects/x/nope", "/api", "/api/"] {
+        let r = reqwest::get(format!("{base}{path}")).await.unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+        let e: ApiError = r.json().await.unwrap();
+        assert!(e.message.starts_with("no API endpoint"), "{path}: {}", e.message);
+    }
+}
+
+#[tokio::test]
 async fn the_openapi_document_matches_the_router() {
     let s = common::start(&Backend::Sqlite, Options { worker: false, ..Default::default() }).await;
     let doc = s.call("GET", "/api/openapi.json", None, None).await.ok();
@@ -101,14 +129,18 @@ async fn the_openapi_document_matches_the_router() {
                 let name: String = r.chars().take_while(|c| c.is_alphanumeric()).collect();
                 assert!(schemas.contains_key(&name), "{method} {path}: missing schema {name}");
             }
-            let concrete = path.replace("{id}", "nope").replace("{rater}", "nope").replace("{pair}", "nope");
+            let concrete = path
+                .replace("{id}", "nope")
+                .replace("{rater}", "nope")
+                .replace("{pair}", "nope")
+                .replace("{check}", "nope");
             let r = s.call(&method.to_uppercase(), &concrete, None, None).await;
             assert!(!r.message().starts_with("no API endpoint"), "{method} {path} is not routed");
             assert_ne!(r.status, 405, "{method} {path} is not routed for this method");
             checked += 1;
         }
     }
-    assert!(checked >= 27, "{checked} operations");
+    assert!(checked >= 30, "{checked} operations");
     // And an undocumented path is not routed.
     assert!(s.call("GET", "/api/secret", None, None).await.message().starts_with("no API endpoint"));
 }

@@ -5,10 +5,16 @@
 //! internals: a database or model failure is logged here and answered with a generic message.
 //! Handlers are split by who calls them: `projects` and `data` (admin), `rate` (raters),
 //! `jobs` (admin, with live progress), `results` (admin: rounds, checkpoints, evaluations),
-//! `openapi` (the document describing all of them).
+//! `checks` (admin: human win-rate checks of evaluations), `openapi` (the document describing
+//! all of them).
+//!
+//! The frontend is a single-page app with real paths (`/rate`, `/projects/ID`): when it is
+//! built, any other path that is not one of its files is answered with its `index.html`, while
+//! unknown `/api/` paths stay JSON 404s.
 
 pub mod auth;
 pub mod body;
+pub mod checks;
 pub mod data;
 pub mod jobs;
 pub mod openapi;
@@ -23,9 +29,9 @@ use apl_shared::{ApiError, Health, Pair, PairRequest};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
+use axum::routing::{any, delete, get, post, put};
 use axum::{Json, Router};
-use tower_http::services::ServeDir;
+use tower_http::services::{ServeDir, ServeFile};
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::model::ModelError;
@@ -126,6 +132,8 @@ pub fn app(state: AppState) -> Router {
         .route("/projects/{id}/checkpoints", get(results::checkpoints))
         .route("/projects/{id}/evaluations", get(results::evaluations))
         .route("/projects/{id}/analytics", get(results::analytics))
+        .route("/projects/{id}/checks", get(checks::list).post(checks::create))
+        .route("/checks/{check}/pairs", get(checks::pairs))
         .route("/jobs/{id}", get(jobs::get_one))
         .route("/jobs/{id}/cancel", post(jobs::cancel))
         .route("/jobs/{id}/events", get(jobs::events))
@@ -135,16 +143,17 @@ pub fn app(state: AppState) -> Router {
         .route("/rate/labels/{pair}", delete(rate::undo))
         .layer(DefaultBodyLimit::max(JSON_LIMIT))
         .merge(uploads)
-        .fallback(|axum::extract::OriginalUri(uri): axum::extract::OriginalUri| async move {
-            AppError::NotFound(format!("no API endpoint at {}", uri.path()))
-        })
+        .fallback(no_endpoint)
         .method_not_allowed_fallback(|axum::extract::OriginalUri(uri): axum::extract::OriginalUri| async move {
             let e = ApiError { message: format!("{} does not take this method", uri.path()) };
             (StatusCode::METHOD_NOT_ALLOWED, Json(e))
         });
-    let mut router = Router::new().nest("/api", api);
+    // `/api/` itself is not matched by the nest: without this route it would get index.html.
+    let mut router = Router::new().nest("/api", api).route("/api/", any(no_endpoint));
     router = match &state.dist {
-        Some(dir) if dir.join("index.html").exists() => router.fallback_service(ServeDir::new(dir)),
+        Some(dir) if dir.join("index.html").exists() => {
+            router.fallback_service(ServeDir::new(dir).fallback(ServeFile::new(dir.join("index.html"))))
+        }
         _ => router.route("/", get(not_built)),
     };
     router
@@ -152,6 +161,10 @@ pub fn app(state: AppState) -> Router {
         .layer(SetResponseHeaderLayer::overriding(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
         .layer(SetResponseHeaderLayer::overriding(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")))
         .with_state(state)
+}
+
+async fn no_endpoint(axum::extract::OriginalUri(uri): axum::extract::OriginalUri) -> AppError {
+    AppError::NotFound(format!("no API endpoint at {}", uri.path()))
 }
 
 async fn health(State(s): State<AppState>) -> Json<Health> {

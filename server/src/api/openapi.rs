@@ -103,6 +103,25 @@ const ENDPOINTS: &[Endpoint] = &[
         Who::Admin,
     )
     .resp("Analytics"),
+    ep(
+        "post",
+        "/api/projects/{id}/checks",
+        "Send an evaluation's samples (policy against reference) to chosen raters, blind and with sides \
+         randomised, for a human win-rate check",
+        Who::Admin,
+    )
+    .req("NewHumanCheck")
+    .resp("HumanCheck"),
+    ep(
+        "get",
+        "/api/projects/{id}/checks",
+        "Human win-rate checks, newest first: the raters' win-rate beside the judge's on the same pairs (95% \
+         bootstrap intervals), their agreement and Cohen's kappa",
+        Who::Admin,
+    )
+    .resp("[HumanCheck]"),
+    ep("get", "/api/checks/{check}/pairs", "A check's pairs with the judge's outcome and the human votes", Who::Admin)
+        .resp("[CheckPair]"),
     ep("get", "/api/jobs/{id}", "A job", Who::Admin).resp("Job"),
     ep("post", "/api/jobs/{id}/cancel", "Cancel a queued or running job", Who::Admin).resp("Job"),
     ep("get", "/api/jobs/{id}/events", "Live progress: server-sent `job` events until the job ends", Who::Admin)
@@ -217,7 +236,7 @@ fn examples() -> Vec<(&'static str, Value)> {
         win_rate: 0.62,
         stderr: 0.04,
         n: 128,
-        details: json!({"samples": [{"prompt": "p", "policy": "a", "reference": "b", "outcome": "win"}]}),
+        details: json!({"samples": [{"prompt_id": "q", "prompt": "p", "policy": "a", "reference": "b", "outcome": "win"}]}),
         created_at: 0,
     };
     let analytics = {
@@ -231,7 +250,46 @@ fn examples() -> Vec<(&'static str, Value)> {
         a["judge_usage"] = example(crate::judge::ledger::LedgerSummary::default());
         a
     };
+    let interval = RateInterval { rate: 0.6, low: 0.45, high: 0.75, n: 40 };
+    let check = HumanCheck {
+        id: "h".into(),
+        evaluation: "e".into(),
+        checkpoint: Some("c".into()),
+        judge: "llm:gpt-4".into(),
+        raters: vec!["r".into()],
+        overlap: 2,
+        pairs: 40,
+        votes: 80,
+        target_votes: 80,
+        human: Some(interval),
+        judge_rate: Some(interval),
+        agreement: Some(0.8),
+        kappa: Some(0.6),
+        created_at: 0,
+    };
     vec![
+        (
+            "NewHumanCheck",
+            example(NewHumanCheck {
+                evaluation: "e".into(),
+                raters: vec!["r".into()],
+                overlap: Some(2),
+                pairs: Some(40),
+            }),
+        ),
+        ("RateInterval", example(interval)),
+        ("HumanCheck", example(check)),
+        (
+            "CheckPair",
+            example(CheckPair {
+                pair: "x".into(),
+                prompt: "p".into(),
+                policy: "a".into(),
+                reference: "b".into(),
+                judge: "win".into(),
+                human: vec!["win".into(), "tie".into()],
+            }),
+        ),
         ("Analytics", analytics),
         ("Round", example(round)),
         ("Checkpoint", example(checkpoint)),
@@ -332,6 +390,8 @@ fn nullable_fields(name: &str) -> &'static [&'static str] {
         "Job" => &["result", "error", "started_at", "finished_at"],
         "Round" => &["policy_checkpoint"],
         "Evaluation" => &["checkpoint_id"],
+        "NewHumanCheck" => &["overlap", "pairs"],
+        "HumanCheck" => &["checkpoint", "human", "judge_rate", "agreement", "kappa"],
         "PairRecord" => &["round", "acquisition", "r_a", "r_b", "margin", "entropy", "gold_choice"],
         _ => &[],
     }

@@ -2,6 +2,9 @@
 //! admin's view of pairs. Human votes on a pair are aggregated by majority between A and B
 //! (ties, both-bad and skips counted but never turned into a side); judge labels stay a
 //! separate source.
+//!
+//! Pairs of human win-rate checks (`check_id` set) are evaluation data: none of these reads
+//! return them or their votes; `store::checks` reports them.
 
 use std::collections::BTreeMap;
 
@@ -113,7 +116,7 @@ fn pair_of(r: &AnyRow) -> Result<PairRecord> {
 }
 
 impl Store {
-    /// Pairs of a project, oldest first; `round` narrows to one round.
+    /// Pairs of a project (not those of human checks), oldest first; `round` narrows to one round.
     pub async fn pair_records(
         &self,
         project_id: &str,
@@ -122,7 +125,7 @@ impl Store {
         offset: i64,
     ) -> Result<Vec<PairRecord>> {
         let q = format!(
-            "SELECT {PAIR_COLS} {PAIR_JOINS} WHERE p.project_id = $1 AND ($2 IS NULL OR p.round = $2) \
+            "SELECT {PAIR_COLS} {PAIR_JOINS} WHERE p.project_id = $1 AND p.check_id IS NULL AND ($2 IS NULL OR p.round = $2) \
              ORDER BY p.created_at, p.id LIMIT $3 OFFSET $4"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(q))
@@ -138,19 +141,21 @@ impl Store {
     /// Training pairs with a majority preference from `source`, oldest first.
     pub async fn preferences(&self, project_id: &str, source: LabelSource) -> Result<Vec<Preference>> {
         let q = format!(
-            "SELECT {PAIR_COLS} {PAIR_JOINS} WHERE p.project_id = $1 AND p.kind = 'train' ORDER BY p.created_at, p.id"
+            "SELECT {PAIR_COLS} {PAIR_JOINS} WHERE p.project_id = $1 AND p.kind = 'train' AND p.check_id IS NULL \
+             ORDER BY p.created_at, p.id"
         );
         let pairs = sqlx::query(sqlx::AssertSqlSafe(q)).bind(project_id).fetch_all(&self.pool).await?;
         let human = sqlx::query(
             "SELECT l.pair_id, l.choice, r.name FROM labels l JOIN raters r ON r.id = l.rater_id \
-             JOIN pairs p ON p.id = l.pair_id WHERE p.project_id = $1 AND p.kind = 'train' ORDER BY l.created_at, l.id",
+             JOIN pairs p ON p.id = l.pair_id WHERE p.project_id = $1 AND p.kind = 'train' AND p.check_id IS NULL \
+             ORDER BY l.created_at, l.id",
         )
         .bind(project_id)
         .fetch_all(&self.pool)
         .await?;
         let judge = sqlx::query(
             "SELECT l.pair_id, l.choice, l.judge FROM judge_labels l JOIN pairs p ON p.id = l.pair_id \
-             WHERE p.project_id = $1 AND p.kind = 'train' ORDER BY l.created_at, l.id",
+             WHERE p.project_id = $1 AND p.kind = 'train' AND p.check_id IS NULL ORDER BY l.created_at, l.id",
         )
         .bind(project_id)
         .fetch_all(&self.pool)
@@ -188,13 +193,14 @@ impl Store {
         Ok(out)
     }
 
-    /// Every human vote of a project, in the order given.
+    /// Every human vote of a project on training and gold pairs, in the order given (the raw
+    /// exports and the label-quality analytics read these).
     pub async fn votes(&self, project_id: &str) -> Result<Vec<Vote>> {
         let rows = sqlx::query(
             "SELECT l.pair_id, p.kind, p.round, l.rater_id, r.name, l.choice, l.left_side, l.time_ms, l.rationale, \
                p.gold_choice, l.created_at \
              FROM labels l JOIN pairs p ON p.id = l.pair_id JOIN raters r ON r.id = l.rater_id \
-             WHERE p.project_id = $1 ORDER BY l.created_at, l.id",
+             WHERE p.project_id = $1 AND p.check_id IS NULL ORDER BY l.created_at, l.id",
         )
         .bind(project_id)
         .fetch_all(&self.pool)

@@ -99,7 +99,7 @@ impl Store {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn insert_prompt(
+pub(crate) async fn insert_prompt(
     w: &mut WriteTx<'_>,
     project_id: &str,
     text: &str,
@@ -127,7 +127,12 @@ async fn insert_prompt(
     Ok(id)
 }
 
-async fn insert_completion(w: &mut WriteTx<'_>, prompt_id: &str, c: &NewCompletion, now: i64) -> Result<String> {
+pub(crate) async fn insert_completion(
+    w: &mut WriteTx<'_>,
+    prompt_id: &str,
+    c: &NewCompletion,
+    now: i64,
+) -> Result<String> {
     let id = new_id();
     sqlx::query(
         "INSERT INTO completions (id, prompt_id, text, source, logp, tokens, created_at) \

@@ -9,6 +9,7 @@
 //! otherwise fail with SQLITE_BUSY); SQLite runs in WAL mode with `synchronous = FULL`, so a
 //! label acknowledged to a client survives a crash or power loss.
 
+pub mod checks;
 pub mod export;
 pub mod imports;
 pub mod jobs;

@@ -78,18 +78,20 @@ impl Store {
         self.project(id).await
     }
 
+    /// Counts of the project's data. Pairs and labels of human win-rate checks are evaluation,
+    /// not training data, and are left out (the checks endpoints report them).
     pub async fn project_stats(&self, id: &str) -> Result<ProjectStats> {
         let q = "SELECT \
             (SELECT COUNT(*) FROM prompts WHERE project_id = $1 AND split = 'train') AS prompts_train, \
             (SELECT COUNT(*) FROM prompts WHERE project_id = $1 AND split = 'eval') AS prompts_eval, \
             (SELECT COUNT(*) FROM prompts WHERE project_id = $1 AND split = 'train' AND used_round IS NULL) \
                 AS prompts_unused, \
-            (SELECT COUNT(*) FROM pairs WHERE project_id = $1 AND kind = 'train') AS pairs, \
+            (SELECT COUNT(*) FROM pairs WHERE project_id = $1 AND kind = 'train' AND check_id IS NULL) AS pairs, \
             (SELECT COUNT(*) FROM pairs WHERE project_id = $1 AND kind = 'gold') AS gold_pairs, \
-            (SELECT COUNT(*) FROM pairs WHERE project_id = $1 AND kind = 'train' AND target_votes > 0 \
-                AND votes >= target_votes) AS pairs_complete, \
+            (SELECT COUNT(*) FROM pairs WHERE project_id = $1 AND kind = 'train' AND check_id IS NULL \
+                AND target_votes > 0 AND votes >= target_votes) AS pairs_complete, \
             (SELECT COUNT(*) FROM labels l JOIN pairs p ON p.id = l.pair_id WHERE p.project_id = $1 \
-                AND l.choice <> 'skip') AS labels, \
+                AND p.check_id IS NULL AND l.choice <> 'skip') AS labels, \
             (SELECT COUNT(*) FROM judge_labels l JOIN pairs p ON p.id = l.pair_id WHERE p.project_id = $1) \
                 AS judge_labels, \
             (SELECT COUNT(*) FROM raters WHERE project_id = $1) AS raters, \

@@ -5,7 +5,8 @@
 //! keeps a rater to one slot, so two servers racing for the last slot cannot both win. A
 //! claim is one conditional statement: an INSERT of a free slot (`ON CONFLICT DO NOTHING`) or
 //! an UPDATE that takes over a slot whose lease has expired unfinished. Gold pairs are open
-//! to every rater once, mixed in at the project's rate.
+//! to every rater once, mixed in at the project's rate. Pairs of a human win-rate check
+//! (`pairs.check_id`, see `store::checks`) go only to the check's raters, before anything else.
 //!
 //! Sides are randomised per assignment and stored with it; raters answer left/right and only
 //! the server maps that back to A/B.
@@ -51,6 +52,20 @@ fn screen_choice(left_side: &str, c: Choice) -> RaterChoice {
     }
 }
 
+/// Training pairs: not part of any human check.
+const TRAINING_PAIRS: &str = "p.check_id IS NULL";
+/// Pairs of the checks this rater (`$2`) was chosen for.
+const CHECK_PAIRS: &str = "p.check_id IN (SELECT c.check_id FROM check_raters c WHERE c.rater_id = $2)";
+
+/// What a claim of the oldest open pair of a pool came to.
+enum Claim {
+    Got(String),
+    /// Nothing open for this rater.
+    Empty,
+    /// Open pairs, but other raters took every one while we tried.
+    Busy,
+}
+
 fn random_side() -> &'static str {
     if rand::rng().random_bool(0.5) { "a" } else { "b" }
 }
@@ -87,12 +102,15 @@ impl Store {
         if let Some(q) = rater.quota {
             return Ok(RaterProgress { done, target: q });
         }
-        // Pairs still open to this rater, counted up to 500 ahead so the cost stays flat however
-        // large the pool (set a quota for a fixed target). The limit is a literal: PostgreSQL's
-        // generic plan for a parameter limit scans every open pair.
+        // Pairs still open to this rater (a check's pairs only for its raters), counted up to 500
+        // ahead so the cost stays flat however large the pool (set a quota for a fixed target).
+        // The limit is a literal: PostgreSQL's generic plan for a parameter limit scans every
+        // open pair.
         let r = sqlx::query(
             "SELECT COUNT(*) FROM (SELECT 1 FROM pairs p WHERE p.project_id = $2 AND p.kind = 'train' \
                AND p.votes < p.target_votes \
+               AND (p.check_id IS NULL OR EXISTS (SELECT 1 FROM check_raters c \
+                      WHERE c.check_id = p.check_id AND c.rater_id = $1)) \
                AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.pair_id = p.id AND l.rater_id = $1) LIMIT 500) AS open",
         )
         .bind(&rater.id)
@@ -141,31 +159,49 @@ impl Store {
         {
             return Ok(None);
         }
-        // 2. A gold pair, at the project's rate.
+        // 2. A pair of a human check this rater was chosen for, before anything else.
+        match self.claim_oldest(rater, CHECK_PAIRS, now, lease).await? {
+            Claim::Got(pair) => return self.assignment_view(rater, &pair).await.map(Some),
+            // None open, or other check raters hold them all: go on to the rest.
+            Claim::Empty | Claim::Busy => {}
+        }
+        // 3. A gold pair, at the project's rate.
         if cfg.gold_rate > 0.0
             && rand::rng().random_bool(cfg.gold_rate.min(1.0))
             && let Some(pair) = self.claim_gold(rater, now, lease).await?
         {
             return self.assignment_view(rater, &pair).await.map(Some);
         }
-        // 3. The oldest pair still short of votes that this rater has not seen.
+        // 4. The oldest training pair still short of votes that this rater has not seen.
+        match self.claim_oldest(rater, TRAINING_PAIRS, now, lease).await? {
+            Claim::Got(pair) => self.assignment_view(rater, &pair).await.map(Some),
+            Claim::Empty => Ok(None),
+            // Every candidate went to other raters while we looked: the pool is busy, not empty.
+            Claim::Busy => Err(StoreError::Conflict("other raters took every open pair at once; ask again".into())),
+        }
+    }
+
+    /// Claims the oldest open pair matching `pool` (a fixed SQL condition on `p`, where `$2` is
+    /// the rater) that this rater has not seen.
+    async fn claim_oldest(&self, rater: &Rater, pool: &'static str, now: i64, lease: i64) -> Result<Claim> {
+        let q = format!(
+            "SELECT p.id, p.target_votes FROM pairs p \
+             WHERE p.project_id = $1 AND p.kind = 'train' AND {pool} AND p.votes < p.target_votes \
+               AND NOT EXISTS (SELECT 1 FROM assignments a WHERE a.pair_id = p.id AND a.rater_id = $2) \
+               AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.pair_id = p.id AND l.rater_id = $2) \
+               AND (SELECT COUNT(*) FROM assignments a WHERE a.pair_id = p.id \
+                      AND (a.done = 1 OR a.lease_expires > $3)) < p.target_votes \
+             ORDER BY p.created_at, p.id LIMIT 8"
+        );
         for _ in 0..4 {
-            let candidates = sqlx::query(
-                "SELECT p.id, p.target_votes FROM pairs p \
-                 WHERE p.project_id = $1 AND p.kind = 'train' AND p.votes < p.target_votes \
-                   AND NOT EXISTS (SELECT 1 FROM assignments a WHERE a.pair_id = p.id AND a.rater_id = $2) \
-                   AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.pair_id = p.id AND l.rater_id = $2) \
-                   AND (SELECT COUNT(*) FROM assignments a WHERE a.pair_id = p.id \
-                          AND (a.done = 1 OR a.lease_expires > $3)) < p.target_votes \
-                 ORDER BY p.created_at, p.id LIMIT 8",
-            )
-            .bind(&rater.project_id)
-            .bind(&rater.id)
-            .bind(now)
-            .fetch_all(&self.pool)
-            .await?;
+            let candidates = sqlx::query(sqlx::AssertSqlSafe(q.as_str()))
+                .bind(&rater.project_id)
+                .bind(&rater.id)
+                .bind(now)
+                .fetch_all(&self.pool)
+                .await?;
             if candidates.is_empty() {
-                return Ok(None);
+                return Ok(Claim::Empty);
             }
             // Raters asking at once would all race for the oldest pair: each tries the oldest
             // few in its own random order.
@@ -177,12 +213,11 @@ impl Store {
                 let mut w = self.begin_write().await?;
                 if claim_slot(&mut w, &pair, &rater.id, target, now, lease).await? {
                     w.commit().await?;
-                    return self.assignment_view(rater, &pair).await.map(Some);
+                    return Ok(Claim::Got(pair));
                 }
             }
         }
-        // Every candidate went to other raters while we looked: the pool is busy, not empty.
-        Err(StoreError::Conflict("other raters took every open pair at once; ask again".into()))
+        Ok(Claim::Busy)
     }
 
     async fn claim_gold(&self, rater: &Rater, now: i64, lease: i64) -> Result<Option<String>> {

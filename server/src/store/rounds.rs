@@ -6,17 +6,7 @@ use sqlx::Row;
 use super::imports::{NewPair, insert_pairs_tx};
 use super::{Result, Store, StoreError, json_col, new_id, now_ms};
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct CheckpointRow {
-    pub id: String,
-    pub round: i64,
-    /// Where the weights are on the server (never sent to clients).
-    #[serde(skip_serializing)]
-    pub path: String,
-    pub pairs: i64,
-    pub report: serde_json::Value,
-    pub created_at: i64,
-}
+pub use apl_shared::{CheckpointRow, EvaluationRow, RoundRow};
 
 /// A pair awaiting an oracle's label.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,19 +15,6 @@ pub struct PairTexts {
     pub prompt: String,
     pub a: String,
     pub b: String,
-}
-
-/// A stored round, for the dashboard.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct RoundRow {
-    pub number: i64,
-    pub acquisition: String,
-    /// The checkpoint whose policy acquired it (none: the starting model).
-    pub policy_checkpoint: Option<String>,
-    pub pairs: i64,
-    /// Acquisition statistics: prompts drawn, sequences sampled and scored, timings, margins.
-    pub stats: serde_json::Value,
-    pub created_at: i64,
 }
 
 /// A round as the worker acquired it.
@@ -50,19 +27,6 @@ pub struct NewRound<'a> {
     pub stats: &'a serde_json::Value,
     pub pairs: &'a [NewPair],
     pub used_prompts: &'a [String],
-}
-
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct EvaluationRow {
-    pub id: String,
-    pub checkpoint_id: Option<String>,
-    pub judge: String,
-    pub baseline: String,
-    pub win_rate: f64,
-    pub stderr: f64,
-    pub n: i64,
-    pub details: serde_json::Value,
-    pub created_at: i64,
 }
 
 impl Store {
@@ -113,7 +77,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT p.id, pr.text, ca.text, cb.text FROM pairs p JOIN prompts pr ON pr.id = p.prompt_id \
              JOIN completions ca ON ca.id = p.completion_a JOIN completions cb ON cb.id = p.completion_b \
-             WHERE p.project_id = $1 AND p.kind = 'train' \
+             WHERE p.project_id = $1 AND p.kind = 'train' AND p.check_id IS NULL \
                AND NOT EXISTS (SELECT 1 FROM judge_labels j WHERE j.pair_id = p.id AND j.judge = $2) \
              ORDER BY p.created_at, p.id",
         )

@@ -383,6 +383,7 @@ fn generate(ctx: &Ctx, p: &JobParams) -> JobResult<Value> {
 fn label(ctx: &Ctx) -> JobResult<Value> {
     let oracle = ctx.oracle(ctx.settings.labeller)?;
     let judge = oracle.name();
+    // Pairs of human win-rate checks are not among them: their raters alone label them.
     let pending = ctx.block(ctx.store.pairs_without_judge(&ctx.project.id, &judge))?;
     ctx.phase("labelling", format!("{} pairs by {judge}", pending.len()));
     let mut labels = Vec::with_capacity(pending.len());
@@ -516,7 +517,7 @@ fn evaluate(ctx: &Ctx, p: &JobParams) -> JobResult<Value> {
     let samples: Vec<Value> = prompts
         .iter()
         .zip(ours.iter().zip(&theirs).zip(&outcomes))
-        .map(|(p, ((a, b), o))| json!({"prompt": p.1, "policy": a, "reference": b, "outcome": o}))
+        .map(|(p, ((a, b), o))| json!({"prompt_id": p.0, "prompt": p.1, "policy": a, "reference": b, "outcome": o}))
         .collect();
     let row = EvaluationRow {
         id: new_id(),

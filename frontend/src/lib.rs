@@ -1,11 +1,24 @@
 //! The web frontend: a Leptos client-side app, compiled to WebAssembly and served by the
-//! server. `start` only mounts; pages and components live in their own modules.
+//! server. `start` only mounts; each page lives in its own module:
 //!
-//! For now one page: what the server runs, and a button that samples a completion pair from
-//! the policy. Every text from the server is rendered as text, never as HTML.
+//! - `/rate` — the rater workspace (invite link `#token=…`);
+//! - `/` — the admin's projects (admin link `#admin=…`);
+//! - `/projects/ID?tab=…` — a project's dashboard: run, setup, raters, quality, evaluation.
+//!
+//! Pages are chosen from the path at load; links between them are ordinary links. Every text
+//! from the server is rendered as text, never as HTML. Built twice: with the `admin` feature
+//! (every page) and without (the rater workspace alone, a smaller download that `boot.js`
+//! loads on `/rate`).
 
 mod api;
-mod pair_view;
+#[cfg(feature = "admin")]
+mod components;
+#[cfg(feature = "admin")]
+mod dashboard;
+#[cfg(feature = "admin")]
+mod home;
+mod rate;
+mod util;
 
 use leptos::prelude::*;
 use wasm_bindgen::prelude::wasm_bindgen;
@@ -18,26 +31,23 @@ pub fn start() {
 
 #[component]
 fn App() -> impl IntoView {
-    let health = LocalResource::new(api::health);
-    view! {
-        <header class="top">
-            <h1>"apl"</h1>
-            <p class="tagline">"Active preference learning: fine-tune a language model with DPO on as few labels as possible."</p>
-        </header>
-        <main>
-            <Transition fallback=|| view! { <p class="muted">"Connecting to the server…"</p> }>
-                {move || health.get().map(|h| match h {
-                    Ok(h) => view! {
-                        <p class="status">
-                            "Model " <strong>{h.model}</strong> " (" {h.architecture} ", "
-                            {format!("{:.1}M", h.parameters as f64 / 1e6)} " parameters) on " {h.device}
-                            " · " {h.prompts} " IMDB prompts"
-                        </p>
-                    }.into_any(),
-                    Err(e) => view! { <p class="error" role="alert">{e}</p> }.into_any(),
-                })}
-            </Transition>
-            <pair_view::PairView/>
-        </main>
+    let path = web_sys::window().and_then(|w| w.location().pathname().ok()).unwrap_or_default();
+    let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    match parts.as_slice() {
+        ["rate"] => view! { <rate::RaterWorkspace/> }.into_any(),
+        #[cfg(feature = "admin")]
+        [] => view! { <home::Home/> }.into_any(),
+        #[cfg(feature = "admin")]
+        ["projects", id] => {
+            let id = id.to_string();
+            view! { <dashboard::ProjectPage id=id/> }.into_any()
+        }
+        _ => view! {
+            <main>
+                <h1>"Not found"</h1>
+                <p>"There is no page at " <code>{path.clone()}</code> ". " <a href="/">"Projects"</a></p>
+            </main>
+        }
+        .into_any(),
     }
 }

@@ -5,7 +5,8 @@
 //!   `dist/`. No downloaded tools (trunk, wasm-bindgen-cli binaries) are needed.
 //! - `run [ARGS]`: the main job. Builds the frontend and the server (release) and starts
 //!   `apl serve ARGS` on embedded defaults; the model and IMDB data are fetched on first use.
-//! - `test [ARGS]`: the whole test suite: the frontend's wasm build, then `cargo test --workspace`.
+//! - `test [ARGS]`: the whole test suite: the frontend's wasm build, playwright-core for the
+//!   browser tests (`npm ci` in tests/browser, once), then `cargo test --workspace`.
 //! - `ci`: what CI enforces: `cargo fmt --check`, clippy with warnings denied, then `test`.
 //! - `bench [ARGS]`: release build, then `apl bench ARGS`.
 
@@ -28,12 +29,14 @@ fn main() -> Result<()> {
         }
         "test" => {
             frontend(&root)?;
+            browser_deps(&root)?;
             cargo(&["test", "--workspace"], &rest)
         }
         "ci" => {
             cargo(&["fmt", "--all", "--", "--check"], &[])?;
             cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"], &[])?;
             frontend(&root)?;
+            browser_deps(&root)?;
             cargo(&["test", "--workspace"], &rest)
         }
         "bench" => cargo(&["run", "--release", "-p", "apl-server", "--bin", "apl", "--", "bench"], &rest),
@@ -58,6 +61,25 @@ fn cargo(args: &[&str], extra: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Installs playwright-core (pinned in tests/browser/package-lock.json) for the browser tests;
+/// the browser itself is the system's chromium, never a download.
+fn browser_deps(root: &Path) -> Result<()> {
+    let dir = root.join("tests/browser");
+    if dir.join("node_modules/playwright-core").exists() {
+        return Ok(());
+    }
+    eprintln!("+ npm ci (in tests/browser)");
+    let status = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(&dir)
+        .status()
+        .context("running npm (install Node.js and npm: the browser tests need them)")?;
+    if !status.success() {
+        bail!("`npm ci` in tests/browser failed ({status})");
+    }
+    Ok(())
+}
+
 /// Adds the wasm32 target through rustup when it is missing (a fresh machine).
 fn ensure_wasm_target() -> Result<()> {
     let Ok(out) = Command::new("rustup").args(["target", "list", "--installed"]).output() else {
@@ -74,34 +96,49 @@ fn ensure_wasm_target() -> Result<()> {
     Ok(())
 }
 
-/// Builds `dist/`: index.html, boot.js, style.css and pkg/ (wasm + JS glue).
+/// Builds `dist/`: index.html, boot.js, style.css, pkg/ (the whole app: wasm + JS glue) and
+/// pkg-rater/ (the rater workspace alone, built without the `admin` feature).
 fn frontend(root: &Path) -> Result<()> {
     ensure_wasm_target()?;
-    cargo(
-        &["build", "-p", "apl-frontend", "--lib", "--target", "wasm32-unknown-unknown", "--profile", "wasm-release"],
-        &[],
-    )?;
-    let wasm = root.join("target/wasm32-unknown-unknown/wasm-release/apl_frontend.wasm");
     let dist = root.join("dist");
-    let pkg = dist.join("pkg");
-    if pkg.exists() {
-        std::fs::remove_dir_all(&pkg)?;
+    let mut sizes = Vec::new();
+    for (dir, features) in [("pkg", &[][..]), ("pkg-rater", &["--no-default-features"][..])] {
+        let mut args = vec![
+            "build",
+            "-p",
+            "apl-frontend",
+            "--lib",
+            "--target",
+            "wasm32-unknown-unknown",
+            "--profile",
+            "wasm-release",
+        ];
+        args.extend_from_slice(features);
+        cargo(&args, &[])?;
+        let wasm = root.join("target/wasm32-unknown-unknown/wasm-release/apl_frontend.wasm");
+        let pkg = dist.join(dir);
+        if pkg.exists() {
+            std::fs::remove_dir_all(&pkg)?;
+        }
+        std::fs::create_dir_all(&pkg)?;
+        wasm_bindgen_cli_support::Bindgen::new()
+            .input_path(&wasm)
+            .web(true)?
+            .typescript(false)
+            .remove_name_section(true)
+            .remove_producers_section(true)
+            .generate(&pkg)
+            .context("wasm-bindgen")?;
+        sizes.push(format!(
+            "{dir} {:.0} KB",
+            std::fs::metadata(pkg.join("apl_frontend_bg.wasm"))?.len() as f64 / 1024.0
+        ));
     }
-    std::fs::create_dir_all(&pkg)?;
-    wasm_bindgen_cli_support::Bindgen::new()
-        .input_path(&wasm)
-        .web(true)?
-        .typescript(false)
-        .remove_name_section(true)
-        .remove_producers_section(true)
-        .generate(&pkg)
-        .context("wasm-bindgen")?;
     for (from, to) in
         [("frontend/index.html", "index.html"), ("frontend/boot.js", "boot.js"), ("style/style.css", "style.css")]
     {
         std::fs::copy(root.join(from), dist.join(to)).with_context(|| format!("copying {from}"))?;
     }
-    let size = std::fs::metadata(pkg.join("apl_frontend_bg.wasm"))?.len();
-    eprintln!("frontend built in {} (wasm {:.0} KB after wasm-bindgen)", dist.display(), size as f64 / 1024.0);
+    eprintln!("frontend built in {} (wasm after wasm-bindgen: {})", dist.display(), sizes.join(", "));
     Ok(())
 }

@@ -1,0 +1,90 @@
+//! A job with live progress: subscribes to the job's server-sent events while it runs and
+//! shows phase, a progress bar, loss and time left; a cancel button while it is not finished.
+//! The event stream ends with the job; `on_done` lets the page reload what the job produced.
+
+use apl_shared::Job;
+use leptos::prelude::*;
+use leptos::task::spawn_local;
+use wasm_bindgen::JsCast;
+use wasm_bindgen::prelude::Closure;
+
+use crate::api;
+use crate::util::{short, when};
+
+pub fn finished(state: &str) -> bool {
+    matches!(state, "done" | "failed" | "cancelled")
+}
+
+/// Follows `job` live until it finishes; calls `on_done` once then.
+#[component]
+pub fn JobCard(job: Job, #[prop(optional)] on_done: Option<Callback<Job>>) -> impl IntoView {
+    let live = RwSignal::new(job.clone());
+    if !finished(&job.state)
+        && let Ok(es) = web_sys::EventSource::new(&api::job_events_url(&job.id))
+    {
+        let es2 = es.clone();
+        let handler = Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |e: web_sys::MessageEvent| {
+            let Some(text) = e.data().as_string() else { return };
+            let Ok(j) = serde_json::from_str::<Job>(&text) else { return };
+            let end = finished(&j.state);
+            live.set(j.clone());
+            if end {
+                es2.close();
+                if let Some(cb) = on_done {
+                    cb.run(j);
+                }
+            }
+        });
+        let _ = es.add_event_listener_with_callback("job", handler.as_ref().unchecked_ref());
+        // The listener lives as long as the page's EventSource (closed on cleanup).
+        handler.forget();
+        let es3 = es.clone();
+        on_cleanup(move || es3.close());
+    }
+    let cancel = move |_| {
+        let id = live.get_untracked().id;
+        spawn_local(async move {
+            if let Ok(j) = api::cancel_job(&id).await {
+                live.set(j);
+            }
+        });
+    };
+    view! {
+        {move || {
+            let j = live.get();
+            let p = j.progress.clone();
+            let frac = if p.total > 0 { p.step as f64 / p.total as f64 } else { 0.0 };
+            let running = !finished(&j.state);
+            let took = j.started_at.zip(j.finished_at).map(|(a, b)| format!("took {:.1} s", (b - a) as f64 / 1000.0));
+            let detail = if j.state == "done" { took.unwrap_or_default() } else { [
+                (!p.phase.is_empty()).then(|| p.phase.clone()),
+                (p.total > 0).then(|| format!("{} / {}", p.step, p.total)),
+                p.loss.map(|l| format!("loss {l:.4}")),
+                p.eta_seconds.filter(|_| running).map(|s| format!("about {:.0} s left", s.ceil())),
+                (!p.message.is_empty()).then(|| p.message.clone()),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" · ") };
+            view! {
+                <article class=format!("job job-{}", j.state) data-job=j.id.clone() data-state=j.state.clone()>
+                    <header>
+                        <strong>{j.kind.clone()}</strong>
+                        <span class=format!("state state-{}", j.state)>{j.state.clone()}</span>
+                        <span class="muted">{format!("#{} · {}", short(&j.id), when(j.created_at))}</span>
+                        {running.then(|| view! { <button class="small" on:click=cancel>"Cancel"</button> })}
+                    </header>
+                    {running.then(|| view! {
+                        <progress max="1" value=frac aria-label=format!("{} progress", j.kind)></progress>
+                    })}
+                    <p class="muted">{detail}</p>
+                    {j.error.clone().map(|e| view! { <p class="error">{e}</p> })}
+                    {j.result.clone().filter(|_| j.state == "done").map(|r| view! {
+                        <details><summary>"Result"</summary><pre>{serde_json::to_string_pretty(&r).unwrap_or_default()}</pre></details>
+                    })}
+                </article>
+            }
+        }}
+    }
+}

@@ -1,0 +1,129 @@
+//! A project's dashboard: one page, five tabs (run, setup, raters, quality, evaluation). The
+//! tab is in the address (`?tab=`), so a link or a test can open any of them directly. Tabs
+//! share the project and a `version` counter: anything that changes data bumps it, and every
+//! tab's loaders re-run.
+
+mod evaluation;
+mod quality;
+mod raters;
+mod run;
+mod setup;
+
+use apl_shared::ProjectDetail;
+use leptos::prelude::*;
+
+use crate::api;
+use crate::util::{query_param, set_query_param};
+
+#[derive(Clone, Copy)]
+pub struct Ctx {
+    pub id: StoredValue<String>,
+    pub detail: RwSignal<Option<ProjectDetail>>,
+    /// Bumped after every change; loaders read it to reload.
+    pub version: RwSignal<u64>,
+}
+
+impl Ctx {
+    pub fn id(&self) -> String {
+        self.id.get_value()
+    }
+
+    pub fn changed(&self) {
+        self.version.update(|v| *v += 1);
+    }
+}
+
+const TABS: [(&str, &str); 5] = [
+    ("run", "Run"),
+    ("setup", "Setup"),
+    ("raters", "Raters"),
+    ("quality", "Label quality"),
+    ("evaluation", "Evaluation"),
+];
+
+#[component]
+pub fn ProjectPage(id: String) -> impl IntoView {
+    let ctx = Ctx { id: StoredValue::new(id), detail: RwSignal::new(None), version: RwSignal::new(0) };
+    provide_context(ctx);
+    let error = RwSignal::new(None::<String>);
+    Effect::new(move |_| {
+        ctx.version.get();
+        let id = ctx.id();
+        leptos::task::spawn_local(async move {
+            match api::project(&id).await {
+                Ok(d) => {
+                    error.set(None);
+                    ctx.detail.set(Some(d));
+                }
+                Err(e) => error.set(Some(e.message)),
+            }
+        });
+    });
+    let start = query_param("tab").filter(|t| TABS.iter().any(|(k, _)| k == t)).unwrap_or_else(|| "run".into());
+    let tab = RwSignal::new(start);
+    view! {
+        <header class="top">
+            <p class="crumbs"><a href="/">"Projects"</a></p>
+            <h1>{move || ctx.detail.get().map(|d| d.project.name).unwrap_or_else(|| "Project".into())}</h1>
+            {move || ctx.detail.get().map(|d| view! { <StatsLine d=d/> })}
+            {move || error.get().map(|e| view! { <p class="error" role="alert">{e}</p> })}
+            <nav class="tabs" role="tablist" aria-label="Dashboard sections">
+                {TABS.iter().map(|(key, name)| {
+                    let key = *key;
+                    view! {
+                        <button role="tab" class="tab" id=format!("tab-{key}")
+                            aria-selected=move || (tab.get() == key).to_string()
+                            on:click=move |_| { tab.set(key.to_string()); set_query_param("tab", key); }>
+                            {*name}
+                        </button>
+                    }
+                }).collect_view()}
+            </nav>
+        </header>
+        <main role="tabpanel">
+            {move || match tab.get().as_str() {
+                "setup" => view! { <setup::Setup/> }.into_any(),
+                "raters" => view! { <raters::Raters/> }.into_any(),
+                "quality" => view! { <quality::Quality/> }.into_any(),
+                "evaluation" => view! { <evaluation::Evaluation/> }.into_any(),
+                _ => view! { <run::Run/> }.into_any(),
+            }}
+        </main>
+    }
+}
+
+#[component]
+fn StatsLine(d: ProjectDetail) -> impl IntoView {
+    let s = d.stats;
+    let items = [
+        ("train prompts", s.prompts_train),
+        ("unused", s.prompts_unused),
+        ("eval prompts", s.prompts_eval),
+        ("pairs", s.pairs),
+        ("complete", s.pairs_complete),
+        ("gold", s.gold_pairs),
+        ("human labels", s.labels),
+        ("judge labels", s.judge_labels),
+        ("raters", s.raters),
+        ("rounds", s.rounds),
+        ("checkpoints", s.checkpoints),
+    ];
+    view! {
+        <dl class="stats" data-testid="stats">
+            <div><dt>"task"</dt><dd>{d.project.task}</dd></div>
+            {items.into_iter().map(|(k, v)| view! { <div><dt>{k}</dt><dd>{v}</dd></div> }).collect_view()}
+        </dl>
+    }
+}
+
+/// A loader's result, or its error, or "loading".
+pub fn shown<T: Clone + 'static, V: IntoView + 'static>(
+    r: Option<Result<T, api::Failure>>,
+    f: impl FnOnce(T) -> V,
+) -> AnyView {
+    match r {
+        None => view! { <p class="muted">"Loading…"</p> }.into_any(),
+        Some(Err(e)) => view! { <p class="error" role="alert">{e.message}</p> }.into_any(),
+        Some(Ok(v)) => f(v).into_any(),
+    }
+}

@@ -1,0 +1,221 @@
+//! Run control: start a round or one of its stages, watch jobs with live progress, and see
+//! each round's acquisition: how many candidates were scored and where the kept pairs' scores
+//! fall in the candidates' distribution.
+
+use apl_shared::{Job, NewJob, PairRecord, RoundRow};
+use leptos::prelude::*;
+use leptos::task::spawn_local;
+use serde_json::json;
+
+use super::{Ctx, shown};
+use crate::api;
+use crate::components::chart::Histogram;
+use crate::components::export::ExportCsv;
+use crate::components::job::{JobCard, finished};
+use crate::util::{num, when};
+
+#[component]
+pub fn Run() -> impl IntoView {
+    view! {
+        <StartJob/>
+        <Jobs/>
+        <Rounds/>
+    }
+}
+
+#[component]
+fn StartJob() -> impl IntoView {
+    let ctx = expect_context::<Ctx>();
+    let kind = RwSignal::new("round".to_string());
+    let pairs = RwSignal::new(String::new());
+    let acquisition = RwSignal::new(String::new());
+    let error = RwSignal::new(None::<String>);
+    let start = move |e: leptos::ev::SubmitEvent| {
+        e.prevent_default();
+        let mut params = json!({});
+        if let Ok(n) = pairs.get_untracked().trim().parse::<usize>() {
+            params["pairs"] = json!(n);
+        }
+        let acq = acquisition.get_untracked();
+        if !acq.is_empty() {
+            params["acquisition"] = json!(acq);
+        }
+        let job = NewJob { kind: kind.get_untracked(), params };
+        let id = ctx.id();
+        spawn_local(async move {
+            match api::start_job(&id, &job).await {
+                Ok(_) => {
+                    error.set(None);
+                    ctx.changed();
+                }
+                Err(e) => error.set(Some(e.message)),
+            }
+        });
+    };
+    let uses_pairs = move || matches!(kind.get().as_str(), "round" | "generate");
+    view! {
+        <section class="card">
+            <h2>"Start"</h2>
+            <form class="row" on:submit=start>
+                <label>"Job "
+                    <select name="kind" prop:value=move || kind.get() on:change=move |e| kind.set(event_target_value(&e))>
+                        <option value="round">"Round: acquire, label, train, evaluate"</option>
+                        <option value="generate">"Acquire pairs only"</option>
+                        <option value="label">"Label with the automatic labeller"</option>
+                        <option value="train">"Train (DPO) on the labels"</option>
+                        <option value="evaluate">"Evaluate the newest checkpoint"</option>
+                    </select>
+                </label>
+                <Show when=uses_pairs>
+                    <label>"Pairs " <input type="number" min="1" placeholder="project default" name="pairs"
+                        prop:value=move || pairs.get() on:input=move |e| pairs.set(event_target_value(&e))/></label>
+                    <label>"Acquisition "
+                        <select name="acquisition" prop:value=move || acquisition.get()
+                            on:change=move |e| acquisition.set(event_target_value(&e))>
+                            <option value="">"project default"</option>
+                            <option value="random">"random"</option>
+                            <option value="certainty">"preference certainty"</option>
+                            <option value="uncertainty">"preference uncertainty"</option>
+                            <option value="entropy">"predictive entropy"</option>
+                            <option value="hybrid">"hybrid (entropy, then certainty)"</option>
+                        </select>
+                    </label>
+                </Show>
+                <button class="primary" type="submit">"Start"</button>
+            </form>
+            {move || error.get().map(|e| view! { <p class="error" role="alert">{e}</p> })}
+        </section>
+    }
+}
+
+#[component]
+fn Jobs() -> impl IntoView {
+    let ctx = expect_context::<Ctx>();
+    let jobs = LocalResource::new(move || {
+        ctx.version.get();
+        let id = ctx.id();
+        async move { api::jobs(&id).await }
+    });
+    let done = Callback::new(move |_: Job| ctx.changed());
+    view! {
+        <section>
+            <h2>"Jobs"</h2>
+            {move || shown(jobs.get(), move |js: Vec<Job>| {
+                if js.is_empty() {
+                    return view! { <p class="muted">"No jobs yet."</p> }.into_any();
+                }
+                let (live, old): (Vec<Job>, Vec<Job>) = js.into_iter().partition(|j| !finished(&j.state));
+                view! {
+                    <div class="jobs">
+                        {live.into_iter().map(|j| view! { <JobCard job=j on_done=done/> }).collect_view()}
+                        {old.into_iter().take(8).map(|j| view! { <JobCard job=j/> }).collect_view()}
+                    </div>
+                }.into_any()
+            })}
+        </section>
+    }
+}
+
+#[component]
+fn Rounds() -> impl IntoView {
+    let ctx = expect_context::<Ctx>();
+    let rounds = LocalResource::new(move || {
+        ctx.version.get();
+        let id = ctx.id();
+        async move { api::rounds(&id).await }
+    });
+    let rows = Signal::derive(move || {
+        rounds
+            .get()
+            .and_then(Result::ok)
+            .unwrap_or_default()
+            .iter()
+            .map(|r| {
+                vec![
+                    r.number.to_string(),
+                    r.acquisition.clone(),
+                    r.policy_checkpoint.clone().unwrap_or_default(),
+                    r.pairs.to_string(),
+                    r.stats["prompts_drawn"].to_string(),
+                    r.stats["sequences_sampled"].to_string(),
+                    r.stats["sequences_scored"].to_string(),
+                    r.stats["sampling_seconds"].to_string(),
+                    r.stats["scoring_seconds"].to_string(),
+                ]
+            })
+            .collect()
+    });
+    view! {
+        <section>
+            <h2>"Rounds"</h2>
+            {move || shown(rounds.get(), move |rs: Vec<RoundRow>| {
+                if rs.is_empty() {
+                    return view! { <p class="muted">"No rounds yet: start one above."</p> }.into_any();
+                }
+                let latest = rs.iter().max_by_key(|r| r.number).cloned();
+                view! {
+                    <table>
+                        <thead><tr>
+                            <th>"Round"</th><th>"Acquisition"</th><th>"Pairs"</th><th>"Prompts drawn"</th>
+                            <th>"Sampled"</th><th>"Scored"</th><th>"Sampling s"</th><th>"Scoring s"</th><th>"When"</th>
+                        </tr></thead>
+                        <tbody>
+                            {rs.iter().map(|r| view! {
+                                <tr>
+                                    <td>{r.number}</td><td>{r.acquisition.clone()}</td><td>{r.pairs}</td>
+                                    <td>{r.stats["prompts_drawn"].to_string()}</td>
+                                    <td>{r.stats["sequences_sampled"].to_string()}</td>
+                                    <td>{r.stats["sequences_scored"].to_string()}</td>
+                                    <td>{num(r.stats["sampling_seconds"].as_f64(), 1)}</td>
+                                    <td>{num(r.stats["scoring_seconds"].as_f64(), 1)}</td>
+                                    <td>{when(r.created_at)}</td>
+                                </tr>
+                            }).collect_view()}
+                        </tbody>
+                    </table>
+                    {latest.map(|r| view! { <RoundScores round=r/> })}
+                }.into_any()
+            })}
+            <ExportCsv name="rounds" rows=rows header=vec![
+                "round", "acquisition", "policy_checkpoint", "pairs", "prompts_drawn", "sequences_sampled",
+                "sequences_scored", "sampling_seconds", "scoring_seconds",
+            ]/>
+        </section>
+    }
+}
+
+/// The acquisition scores of one round: every scored candidate, and the pairs kept.
+#[component]
+fn RoundScores(round: RoundRow) -> impl IntoView {
+    let ctx = expect_context::<Ctx>();
+    let number = round.number;
+    let kept = LocalResource::new(move || {
+        let id = ctx.id();
+        async move { api::pairs(&id, Some(number), 1000).await }
+    });
+    let candidates: Vec<f64> = round.stats["candidate_margins"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_f64()).collect())
+        .unwrap_or_default();
+    view! {
+        <h3>{format!("Round {number}: acquisition scores ({})", round.acquisition)}</h3>
+        {move || shown(kept.get(), {
+            let candidates = candidates.clone();
+            move |ps: Vec<PairRecord>| {
+                let margins: Vec<f64> = ps.iter().filter_map(|p| p.margin).collect();
+                let entropies: Vec<f64> = ps.iter().filter_map(|p| p.entropy).collect();
+                let all = if candidates.is_empty() { margins.clone() } else { candidates.clone() };
+                view! {
+                    {if all.is_empty() {
+                        view! { <p class="muted">"No scores: with the starting model as policy every preference margin is 0, so candidates were not scored."</p> }.into_any()
+                    } else {
+                        view! { <Histogram values=all highlight=margins x_label="implicit reward margin r(a) − r(b)" title="Acquisition scores"/> }.into_any()
+                    }}
+                    {(!entropies.is_empty()).then(|| view! {
+                        <Histogram values=entropies x_label="predictive entropy of the prompt (nats)" title="Entropy of acquired prompts"/>
+                    })}
+                }.into_any()
+            }
+        })}
+    }
+}

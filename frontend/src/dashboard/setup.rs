@@ -1,0 +1,299 @@
+//! Project set-up: prompts in (IMDB pool or a file), and the configuration: the fields people
+//! change most as form controls (acquisition and its parameters, labeller, judge, overlap,
+//! gold rate, guidelines), everything else in the full JSON below them. Both edit one JSON
+//! value, so they never disagree; the server checks it and names a bad field.
+
+use apl_shared::ProjectConfig;
+use leptos::prelude::*;
+use leptos::task::spawn_local;
+use serde_json::Value;
+
+use super::Ctx;
+use crate::api;
+
+#[component]
+pub fn Setup() -> impl IntoView {
+    view! {
+        <Prompts/>
+        <Config/>
+    }
+}
+
+#[component]
+fn Prompts() -> impl IntoView {
+    let ctx = expect_context::<Ctx>();
+    let train = RwSignal::new("2000".to_string());
+    let eval = RwSignal::new("128".to_string());
+    let split = RwSignal::new("train".to_string());
+    let message = RwSignal::new(None::<Result<String, String>>);
+    let file_input = NodeRef::<leptos::html::Input>::new();
+    let imdb = move |e: leptos::ev::SubmitEvent| {
+        e.prevent_default();
+        let (t, v) = (train.get_untracked().parse().unwrap_or(0), eval.get_untracked().parse().unwrap_or(0));
+        let id = ctx.id();
+        spawn_local(async move {
+            let r = api::import_imdb(&id, t, v).await;
+            message.set(Some(r.map(|r| format!("Imported {} IMDB prompts.", r.imported)).map_err(|e| e.message)));
+            ctx.changed();
+        });
+    };
+    let upload = move |e: leptos::ev::SubmitEvent| {
+        e.prevent_default();
+        let Some(input) = file_input.get_untracked() else { return };
+        let Some(file) = input.files().and_then(|f| f.get(0)) else {
+            message.set(Some(Err("choose a file first".into())));
+            return;
+        };
+        let format = if file.name().to_lowercase().ends_with(".csv") { "csv" } else { "jsonl" };
+        let (id, sp) = (ctx.id(), split.get_untracked());
+        spawn_local(async move {
+            let r = api::import_prompts(&id, format, &sp, file).await;
+            message.set(Some(r.map(|r| format!("Imported {} prompts.", r.imported)).map_err(|e| e.message)));
+            ctx.changed();
+        });
+    };
+    view! {
+        <section class="card">
+            <h2>"Prompts"</h2>
+            <form class="row" on:submit=imdb>
+                <label>"IMDB training prompts " <input type="number" min="0" name="imdb-train" prop:value=move || train.get()
+                    on:input=move |e| train.set(event_target_value(&e))/></label>
+                <label>"held-out " <input type="number" min="0" name="imdb-eval" prop:value=move || eval.get()
+                    on:input=move |e| eval.set(event_target_value(&e))/></label>
+                <button type="submit">"Import from IMDB"</button>
+            </form>
+            <form class="row" on:submit=upload>
+                <label>"Or a file (JSONL or CSV: prompt, optional reference) "
+                    <input type="file" accept=".jsonl,.json,.csv" node_ref=file_input/></label>
+                <label>"into "
+                    <select prop:value=move || split.get() on:change=move |e| split.set(event_target_value(&e))>
+                        <option value="train">"training prompts"</option>
+                        <option value="eval">"held-out prompts"</option>
+                    </select>
+                </label>
+                <button type="submit">"Upload"</button>
+            </form>
+            {move || message.get().map(|m| match m {
+                Ok(t) => view! { <p class="ok" role="status">{t}</p> }.into_any(),
+                Err(e) => view! { <p class="error" role="alert">{e}</p> }.into_any(),
+            })}
+        </section>
+    }
+}
+
+/// How a form control edits the JSON.
+#[derive(Clone, Copy)]
+enum Kind {
+    Number,
+    Text,
+    Choice(&'static [(&'static str, &'static str)]),
+}
+
+const ACQUISITIONS: &[(&str, &str)] = &[
+    ("random", "random"),
+    ("certainty", "preference certainty"),
+    ("uncertainty", "preference uncertainty"),
+    ("entropy", "predictive entropy"),
+    ("hybrid", "hybrid"),
+];
+const LABELLERS: &[(&str, &str)] = &[
+    ("raters", "human raters"),
+    ("judge", "LLM judge (API)"),
+    ("local_judge", "the starting model as judge"),
+    ("sentiment", "IMDB sentiment classifier"),
+    ("length", "longer is better (testing)"),
+];
+const EVAL_JUDGES: &[(&str, &str)] = &[
+    ("sentiment", "IMDB sentiment classifier"),
+    ("judge", "LLM judge (API)"),
+    ("local_judge", "the starting model as judge"),
+    ("length", "longer is better (testing)"),
+];
+const ORDERS: &[(&str, &str)] = &[("random", "random order per pair"), ("both", "both orders (position-bias control)")];
+const JUDGE_TASKS: &[(&str, &str)] =
+    &[("imdb", "IMDB: more positive"), ("summarize", "summary"), ("helpful", "helpfulness"), ("custom", "custom")];
+
+/// (section, label, JSON path from the config root, kind, help)
+type FieldSpec = (&'static str, &'static str, &'static [&'static str], Kind, &'static str);
+
+const FIELDS: &[FieldSpec] = &[
+    ("Acquisition", "Function", &["loop_settings", "acquisition"], Kind::Choice(ACQUISITIONS), ""),
+    ("Acquisition", "Pairs per round (m)", &["loop_settings", "pairs_per_round"], Kind::Number, ""),
+    (
+        "Acquisition",
+        "Over-generation (certainty)",
+        &["loop_settings", "acquire", "over_generate"],
+        Kind::Number,
+        "candidates scored per pair kept",
+    ),
+    (
+        "Acquisition",
+        "Entropy over-sampling",
+        &["loop_settings", "acquire", "entropy_over_sample"],
+        Kind::Number,
+        "prompts scored per prompt kept",
+    ),
+    ("Acquisition", "Entropy samples", &["loop_settings", "acquire", "entropy_samples"], Kind::Number, "per prompt"),
+    ("Acquisition", "Pair temperature", &["loop_settings", "acquire", "pair_temperature"], Kind::Number, ""),
+    ("Labelling", "Labeller", &["loop_settings", "labeller"], Kind::Choice(LABELLERS), ""),
+    ("Labelling", "Raters per pair (overlap)", &["rating", "overlap"], Kind::Number, ""),
+    ("Labelling", "Gold rate", &["rating", "gold_rate"], Kind::Number, "share of gold pairs, 0 to 1"),
+    ("Labelling", "Lease (seconds)", &["rating", "lease_seconds"], Kind::Number, ""),
+    ("Training", "beta", &["loop_settings", "train", "beta"], Kind::Number, "DPO temperature"),
+    ("Training", "Epochs", &["loop_settings", "train", "epochs"], Kind::Number, ""),
+    ("Training", "Learning rate", &["loop_settings", "train", "adam", "lr"], Kind::Number, ""),
+    ("Evaluation", "Win-rate judge", &["loop_settings", "eval", "judge"], Kind::Choice(EVAL_JUDGES), ""),
+    ("Evaluation", "Held-out prompts", &["loop_settings", "eval", "prompts"], Kind::Number, ""),
+    ("Judge", "API base URL", &["loop_settings", "judge", "base_url"], Kind::Text, "OpenAI-compatible, …/v1"),
+    ("Judge", "Model", &["loop_settings", "judge", "model"], Kind::Text, ""),
+    (
+        "Judge",
+        "API key variable",
+        &["loop_settings", "judge", "api_key_env"],
+        Kind::Text,
+        "name of the server's environment variable, e.g. OPENAI_API_KEY",
+    ),
+    ("Judge", "Task", &["loop_settings", "judge", "task"], Kind::Choice(JUDGE_TASKS), ""),
+    ("Judge", "Temperature", &["loop_settings", "judge", "temperature"], Kind::Number, ""),
+    ("Judge", "Order", &["loop_settings", "judge", "order"], Kind::Choice(ORDERS), ""),
+];
+
+fn at<'a>(v: &'a Value, path: &[&str]) -> &'a Value {
+    path.iter().fold(v, |v, k| &v[*k])
+}
+
+fn set_at(v: &mut Value, path: &[&str], x: Value) {
+    let mut cur = v;
+    for k in path {
+        if !cur.is_object() {
+            *cur = Value::Object(Default::default());
+        }
+        cur = cur.as_object_mut().expect("object").entry(k.to_string()).or_insert(Value::Null);
+    }
+    *cur = x;
+}
+
+fn shown_value(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+#[component]
+fn Config() -> impl IntoView {
+    let ctx = expect_context::<Ctx>();
+    let cfg = RwSignal::new(None::<Value>);
+    let raw = RwSignal::new(String::new());
+    let message = RwSignal::new(None::<Result<String, String>>);
+    Effect::new(move |_| {
+        if let Some(d) = ctx.detail.get()
+            && cfg.get_untracked().is_none()
+        {
+            let v = serde_json::to_value(&d.project.config).unwrap_or(Value::Null);
+            raw.set(serde_json::to_string_pretty(&v).unwrap_or_default());
+            cfg.set(Some(v));
+        }
+    });
+    let edit = move |path: &'static [&'static str], kind: Kind, text: String| {
+        cfg.update(|c| {
+            if let Some(c) = c {
+                let x = match kind {
+                    Kind::Number => match text.trim().parse::<f64>() {
+                        Ok(n) if n.fract() == 0.0 && n.abs() < 1e15 && !text.contains('.') => Value::from(n as i64),
+                        Ok(n) => Value::from(n),
+                        Err(_) => Value::String(text),
+                    },
+                    Kind::Text if text.trim().is_empty() && path.last() == Some(&"api_key_env") => Value::Null,
+                    _ => Value::String(text),
+                };
+                set_at(c, path, x);
+                raw.set(serde_json::to_string_pretty(c).unwrap_or_default());
+            }
+        });
+    };
+    let save = move |e: leptos::ev::SubmitEvent| {
+        e.prevent_default();
+        let parsed: Result<ProjectConfig, String> =
+            serde_json::from_str(&raw.get_untracked()).map_err(|e| format!("the JSON below: {e}"));
+        let id = ctx.id();
+        spawn_local(async move {
+            let r = match parsed {
+                Ok(c) => api::set_config(&id, &c).await.map_err(|e| e.message),
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(p) => {
+                    let v = serde_json::to_value(&p.config).unwrap_or(Value::Null);
+                    raw.set(serde_json::to_string_pretty(&v).unwrap_or_default());
+                    cfg.set(Some(v));
+                    message.set(Some(Ok("Saved.".into())));
+                    ctx.changed();
+                }
+                Err(e) => message.set(Some(Err(e))),
+            }
+        });
+    };
+    let sections = ["Acquisition", "Labelling", "Training", "Evaluation", "Judge"];
+    view! {
+        <section class="card">
+            <h2>"Configuration"</h2>
+            <p class="muted">{move || ctx.detail.get().map(|d| format!(
+                "Task: {}. The model is the server's (see the start page); the judge's API key is never stored here, only the name of the variable holding it.",
+                d.project.task))}</p>
+            <form on:submit=save>
+                {sections.into_iter().map(|sec| view! {
+                    <fieldset>
+                        <legend>{sec}</legend>
+                        {FIELDS.iter().filter(|f| f.0 == sec).map(|&(_, label, path, kind, help)| {
+                            let value = move || cfg.get().map(|c| shown_value(at(&c, path))).unwrap_or_default();
+                            let name = path.join(".");
+                            let control = match kind {
+                                Kind::Choice(opts) => view! {
+                                    <select name=name.clone() prop:value=value
+                                        on:change=move |e| edit(path, kind, event_target_value(&e))>
+                                        {opts.iter().map(|(v, l)| view! { <option value=*v>{*l}</option> }).collect_view()}
+                                    </select>
+                                }.into_any(),
+                                Kind::Number => view! {
+                                    <input type="text" inputmode="decimal" name=name.clone() prop:value=value
+                                        on:change=move |e| edit(path, kind, event_target_value(&e))/>
+                                }.into_any(),
+                                Kind::Text => view! {
+                                    <input type="text" name=name.clone() prop:value=value
+                                        on:change=move |e| edit(path, kind, event_target_value(&e))/>
+                                }.into_any(),
+                            };
+                            view! {
+                                <label class="field">
+                                    <span>{label}</span>
+                                    {control}
+                                    {(!help.is_empty()).then(|| view! { <small class="muted">{help}</small> })}
+                                </label>
+                            }
+                        }).collect_view()}
+                    </fieldset>
+                }).collect_view()}
+                <label class="field wide">
+                    <span>"Guidelines for raters"</span>
+                    <textarea rows="3" prop:value=move || cfg.get().map(|c| shown_value(at(&c, &["rating", "guidelines"]))).unwrap_or_default()
+                        on:change=move |e| edit(&["rating", "guidelines"], Kind::Text, event_target_value(&e))></textarea>
+                </label>
+                <details>
+                    <summary>"Every setting (JSON)"</summary>
+                    <textarea class="json" rows="24" spellcheck="false" prop:value=move || raw.get()
+                        on:input=move |e| raw.set(event_target_value(&e))
+                        on:change=move |e| {
+                            if let Ok(v) = serde_json::from_str::<Value>(&event_target_value(&e)) { cfg.set(Some(v)); }
+                        }></textarea>
+                </details>
+                <button class="primary" type="submit">"Save configuration"</button>
+            </form>
+            {move || message.get().map(|m| match m {
+                Ok(t) => view! { <p class="ok" role="status">{t}</p> }.into_any(),
+                Err(e) => view! { <p class="error" role="alert">{e}</p> }.into_any(),
+            })}
+        </section>
+    }
+}

@@ -1,0 +1,144 @@
+//! The admin's start page: what the server runs, the projects, and a new project. Without the
+//! admin token (the link the server prints on first start) it asks for it.
+
+use apl_shared::{NewProject, Project};
+use leptos::prelude::*;
+use leptos::task::spawn_local;
+
+use crate::api;
+use crate::util::when;
+
+#[component]
+pub fn Home() -> impl IntoView {
+    let has_token = RwSignal::new(api::admin_token().is_some());
+    view! {
+        <header class="top">
+            <h1>"apl"</h1>
+            <p class="tagline">"Active preference learning: fine-tune a language model with DPO on as few labels as possible."</p>
+            <ServerStatus/>
+        </header>
+        <main>
+            {move || if has_token.get() {
+                view! { <Projects on_bad_token=move || has_token.set(false)/> }.into_any()
+            } else {
+                view! { <TokenForm on_set=move || has_token.set(true)/> }.into_any()
+            }}
+        </main>
+    }
+}
+
+#[component]
+fn ServerStatus() -> impl IntoView {
+    let health = LocalResource::new(api::health);
+    view! {
+        <Transition fallback=|| view! { <p class="muted">"Connecting to the server…"</p> }>
+            {move || health.get().map(|h| match h {
+                Ok(h) => view! {
+                    <p class="status">
+                        "Model " <strong>{h.model}</strong> " (" {h.architecture} ", "
+                        {format!("{:.1}M", h.parameters as f64 / 1e6)} " parameters) on " {h.device}
+                    </p>
+                }.into_any(),
+                Err(e) => view! { <p class="error" role="alert">{e.message}</p> }.into_any(),
+            })}
+        </Transition>
+    }
+}
+
+#[component]
+fn TokenForm(on_set: impl Fn() + Copy + 'static) -> impl IntoView {
+    let token = RwSignal::new(String::new());
+    view! {
+        <section class="card">
+            <h2>"Sign in as admin"</h2>
+            <p>"Open the admin link the server printed on first start (it ends in " <code>"#admin=…"</code>
+               "), or paste its token here. " <code>"apl serve --reset-admin-token"</code> " prints a new one."</p>
+            <form on:submit=move |e| {
+                e.prevent_default();
+                let t = token.get_untracked();
+                if !t.trim().is_empty() {
+                    api::set_admin_token(Some(t.trim()));
+                    on_set();
+                }
+            }>
+                <label>"Admin token " <input type="password" autocomplete="off" required
+                    prop:value=move || token.get() on:input=move |e| token.set(event_target_value(&e))/></label>
+                <button class="primary" type="submit">"Sign in"</button>
+            </form>
+        </section>
+    }
+}
+
+#[component]
+fn Projects(on_bad_token: impl Fn() + Copy + 'static) -> impl IntoView {
+    let list = RwSignal::new(None::<Result<Vec<Project>, String>>);
+    let reload = move || {
+        spawn_local(async move {
+            match api::projects().await {
+                Err(e) if e.status == Some(401) => {
+                    api::set_admin_token(None);
+                    on_bad_token();
+                }
+                r => list.set(Some(r.map_err(|e| e.message))),
+            }
+        })
+    };
+    reload();
+    let name = RwSignal::new(String::new());
+    let task = RwSignal::new("imdb".to_string());
+    let error = RwSignal::new(None::<String>);
+    let create = move |e: leptos::ev::SubmitEvent| {
+        e.prevent_default();
+        let req = NewProject { name: name.get_untracked(), task: task.get_untracked(), config: None };
+        spawn_local(async move {
+            match api::create_project(&req).await {
+                Ok(p) => {
+                    if let Some(w) = web_sys::window() {
+                        let _ = w.location().set_href(&format!("/projects/{}?tab=setup", p.id));
+                    }
+                }
+                Err(e) => error.set(Some(e.message)),
+            }
+        });
+    };
+    view! {
+        <section>
+            <h2>"Projects"</h2>
+            {move || match list.get() {
+                None => view! { <p class="muted">"Loading…"</p> }.into_any(),
+                Some(Err(e)) => view! { <p class="error" role="alert">{e}</p> }.into_any(),
+                Some(Ok(ps)) if ps.is_empty() => view! { <p class="muted">"No projects yet."</p> }.into_any(),
+                Some(Ok(ps)) => view! {
+                    <table>
+                        <thead><tr><th>"Name"</th><th>"Task"</th><th>"Created"</th></tr></thead>
+                        <tbody>
+                            {ps.into_iter().map(|p| view! {
+                                <tr>
+                                    <td><a href=format!("/projects/{}", p.id)>{p.name}</a></td>
+                                    <td>{p.task}</td>
+                                    <td>{when(p.created_at)}</td>
+                                </tr>
+                            }).collect_view()}
+                        </tbody>
+                    </table>
+                }.into_any(),
+            }}
+        </section>
+        <section class="card">
+            <h2>"New project"</h2>
+            <form on:submit=create class="row">
+                <label>"Name " <input type="text" required maxlength="200" prop:value=move || name.get()
+                    on:input=move |e| name.set(event_target_value(&e))/></label>
+                <label>"Task "
+                    <select on:change=move |e| task.set(event_target_value(&e)) prop:value=move || task.get()>
+                        <option value="imdb">"IMDB sentiment continuation"</option>
+                        <option value="summarize">"Summarisation (TL;DR)"</option>
+                        <option value="generic">"Generic prompts"</option>
+                    </select>
+                </label>
+                <button class="primary" type="submit">"Create"</button>
+            </form>
+            {move || error.get().map(|e| view! { <p class="error" role="alert">{e}</p> })}
+        </section>
+    }
+}

@@ -28,6 +28,7 @@ function watch(page, name) {
   });
   page.on('pageerror', (e) => out.errors.push(`${name}: uncaught: ${e.message}`));
   page.on('response', (r) => {
+    if (r.url().endsWith('_bg.wasm')) out.wasm = { url: new URL(r.url()).pathname, encoding: r.headers()['content-encoding'] ?? null };
     // A 4xx the test provokes on purpose is not an error of the page; 5xx always is.
     if (r.status() >= 500) out.errors.push(`${name}: ${r.status()} from ${r.url()}`);
   });

@@ -126,6 +126,7 @@ async fn raters_admins_and_the_panel_in_chromium() {
     eprintln!("browser: {out:#}");
     assert!(out["failure"].is_null(), "the browser script failed: {}", out["failure"].as_str().unwrap_or_default());
     assert_eq!(out["errors"], json!([]), "pages logged errors");
+    assert_eq!(out["wasm"]["encoding"], "gzip", "the app travels gzipped: {}", out["wasm"]);
 
     // 1. Exactly the labels the rater gave, each once, sides mapped back.
     let votes = s.store.votes(&k.id).await.unwrap();

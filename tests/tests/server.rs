@@ -99,7 +99,16 @@ async fn the_frontend_answers_its_own_paths_and_the_api_stays_json() {
     // Files are still files.
     let r = reqwest::get(format!("{base}/pkg/app.js")).await.unwrap();
     assert_eq!(r.status(), 200);
+    assert!(r.headers().get("content-encoding").is_none());
     assert_eq!(r.text().await.unwrap(), "export const x = 1;");
+    // A browser that accepts gzip gets the precompressed file the build wrote beside it.
+    std::fs::write(dist.path().join("pkg/app.js.gz"), b"gzipped bytes").unwrap();
+    let client = reqwest::Client::new();
+    let r = client.get(format!("{base}/pkg/app.js")).header("accept-encoding", "gzip").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-encoding"], "gzip");
+    assert!(r.headers()["content-type"].to_str().unwrap().contains("javascript"));
+    assert_eq!(r.bytes().await.unwrap().as_ref(), b"gzipped bytes");
     // Unknown API paths stay JSON 404s.
     for path in ["/api/nope", "/api/projects/x/nope", "/api", "/api/"] {
         let r = reqwest::get(format!("{base}{path}")).await.unwrap();

@@ -61,6 +61,20 @@ fn cargo(args: &[&str], extra: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Writes `FILE.gz` beside `file` (the server sends it to browsers that accept gzip); returns
+/// its size.
+fn gzip(file: &Path) -> Result<u64> {
+    use std::io::Write;
+    let data = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let mut name = file.as_os_str().to_owned();
+    name.push(".gz");
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    enc.write_all(&data)?;
+    let gz = enc.finish()?;
+    std::fs::write(&name, &gz).with_context(|| format!("writing {}", Path::new(&name).display()))?;
+    Ok(gz.len() as u64)
+}
+
 /// Installs playwright-core (pinned in tests/browser/package-lock.json) for the browser tests;
 /// the browser itself is the system's chromium, never a download.
 fn browser_deps(root: &Path) -> Result<()> {
@@ -129,15 +143,17 @@ fn frontend(root: &Path) -> Result<()> {
             .remove_producers_section(true)
             .generate(&pkg)
             .context("wasm-bindgen")?;
-        sizes.push(format!(
-            "{dir} {:.0} KB",
-            std::fs::metadata(pkg.join("apl_frontend_bg.wasm"))?.len() as f64 / 1024.0
-        ));
+        let wasm = pkg.join("apl_frontend_bg.wasm");
+        let gz = gzip(&wasm)?;
+        let kb = |n: u64| n as f64 / 1024.0;
+        sizes.push(format!("{dir} {:.0} KB, {:.0} KB gzipped", kb(std::fs::metadata(&wasm)?.len()), kb(gz)));
+        gzip(&pkg.join("apl_frontend.js"))?;
     }
     for (from, to) in
         [("frontend/index.html", "index.html"), ("frontend/boot.js", "boot.js"), ("style/style.css", "style.css")]
     {
         std::fs::copy(root.join(from), dist.join(to)).with_context(|| format!("copying {from}"))?;
+        gzip(&dist.join(to))?;
     }
     eprintln!("frontend built in {} (wasm after wasm-bindgen: {})", dist.display(), sizes.join(", "));
     Ok(())

@@ -152,7 +152,10 @@ pub fn app(state: AppState) -> Router {
     let mut router = Router::new().nest("/api", api).route("/api/", any(no_endpoint));
     router = match &state.dist {
         Some(dir) if dir.join("index.html").exists() => {
-            router.fallback_service(ServeDir::new(dir).fallback(ServeFile::new(dir.join("index.html"))))
+            // `cargo xtask frontend` writes FILE.gz beside each asset: sent to browsers that
+            // accept gzip (the wasm shrinks about threefold), with no compression work here.
+            let index = ServeFile::new(dir.join("index.html")).precompressed_gzip();
+            router.fallback_service(ServeDir::new(dir).precompressed_gzip().fallback(index))
         }
         _ => router.route("/", get(not_built)),
     };

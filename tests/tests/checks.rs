@@ -7,20 +7,9 @@
 mod common;
 
 use apl::store::rounds::EvaluationRow;
-use common::{Backend, Server, backends};
+use common::{Server, each_backend};
 use serde_json::{Value, json};
 use sqlx::Row;
-
-async fn each_backend<F, Fut>(f: F)
-where
-    F: Fn(Backend) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    for b in backends() {
-        eprintln!("backend: {b:?}");
-        f(b).await;
-    }
-}
 
 fn cfg(overlap: u32) -> Value {
     json!({

@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::{BTreeMap, HashSet};
 
-use common::{Backend, Server, backends};
+use common::{Server, each_backend};
 use serde_json::{Value, json};
 
 fn cfg(overlap: u32, gold_rate: f64) -> Value {
@@ -24,17 +24,6 @@ async fn label(s: &Server, token: &str, pair: &str, choice: &str) -> common::Rep
 /// Which completion ("good" or "bad") the rater's side shows.
 fn side_text<'a>(a: &'a Value, side: &str) -> &'a str {
     a[side].as_str().unwrap()
-}
-
-async fn each_backend<F, Fut>(f: F)
-where
-    F: Fn(Backend) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    for b in backends() {
-        eprintln!("backend: {b:?}");
-        f(b).await;
-    }
 }
 
 #[tokio::test]

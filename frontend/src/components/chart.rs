@@ -40,6 +40,19 @@ fn label(v: f64) -> String {
     if v.abs() >= 100.0 || v.fract().abs() < 1e-9 { format!("{v:.0}") } else { format!("{v:.2}") }
 }
 
+/// Horizontal grid lines with their labels at `values` (y scaled by `sy`).
+fn y_grid(values: Vec<f64>, sy: impl Fn(f64) -> f64) -> impl IntoView {
+    values
+        .into_iter()
+        .map(|v| {
+            view! {
+                <line x1=L x2=W - R y1=sy(v) y2=sy(v) class="grid"/>
+                <text x=L - 6.0 y=sy(v) + 4.0 text-anchor="end" class="tick">{label(v)}</text>
+            }
+        })
+        .collect_view()
+}
+
 /// Win-rate style chart: y from 0 to 1 unless the data leave it; a dashed line at `reference`.
 #[component]
 pub fn LineChart(
@@ -66,15 +79,7 @@ pub fn LineChart(
     }
     let sx = move |x: f64| L + (x - x0) / (x1 - x0) * (W - L - R);
     let sy = move |y: f64| T + (1.0 - (y - y0) / (y1 - y0)) * (H - T - B);
-    let grid = ticks(y0, y1, 5)
-        .into_iter()
-        .map(|v| {
-            view! {
-                <line x1=L x2=W - R y1=sy(v) y2=sy(v) class="grid"/>
-                <text x=L - 6.0 y=sy(v) + 4.0 text-anchor="end" class="tick">{label(v)}</text>
-            }
-        })
-        .collect_view();
+    let grid = y_grid(ticks(y0, y1, 5), sy);
     let xt = ticks(x0, x1, 6)
         .into_iter()
         .map(|v| view! { <text x=sx(v) y=H - B + 16.0 text-anchor="middle" class="tick">{label(v)}</text> })
@@ -188,15 +193,7 @@ pub fn Histogram(
             }
         })
         .collect_view();
-    let yt = ticks(0.0, top, 4)
-        .into_iter()
-        .map(|v| {
-            view! {
-                <line x1=L x2=W - R y1=sy(v) y2=sy(v) class="grid"/>
-                <text x=L - 6.0 y=sy(v) + 4.0 text-anchor="end" class="tick">{label(v)}</text>
-            }
-        })
-        .collect_view();
+    let yt = y_grid(ticks(0.0, top, 4), sy);
     let xt = ticks(lo, hi, 6)
         .into_iter()
         .map(|v| {

@@ -3,6 +3,8 @@
 
 use leptos::prelude::*;
 
+use crate::api::Res;
+
 use crate::util::{download, to_csv};
 
 #[component]
@@ -20,4 +22,12 @@ pub fn ExportCsv(
             download(&format!("{name}.csv"), "text/csv", &to_csv(&header, &rows.get_untracked()));
         }>"Export CSV"</button>
     }
+}
+
+/// CSV rows from a loaded list, one row per item (none while loading or on error).
+pub fn rows_of<T: Clone + Send + Sync + 'static>(
+    list: LocalResource<Res<Vec<T>>>,
+    row: impl Fn(&T) -> Vec<String> + Send + Sync + 'static,
+) -> Signal<Vec<Vec<String>>> {
+    Signal::derive(move || list.get().and_then(Result::ok).unwrap_or_default().iter().map(&row).collect())
 }

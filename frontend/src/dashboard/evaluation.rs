@@ -14,7 +14,7 @@ use leptos::task::spawn_local;
 use super::{Ctx, shown};
 use crate::api::{self, Res};
 use crate::components::chart::{LineChart, Point, Series};
-use crate::components::export::ExportCsv;
+use crate::components::export::{ExportCsv, rows_of};
 use crate::util::{interval, num, pct, rate_interval, short, when};
 
 #[component]
@@ -135,11 +135,7 @@ fn Curves() -> impl IntoView {
 #[component]
 fn Leaderboard() -> impl IntoView {
     let ctx = expect_context::<Ctx>();
-    let report = LocalResource::new(move || {
-        ctx.version.get();
-        let id = ctx.id();
-        async move { api::analytics(&id).await }
-    });
+    let report = ctx.resource(|id| async move { api::analytics(&id).await });
     let ok = move || report.get().and_then(Result::ok);
     let board_rows = Signal::derive(move || {
         ok().map(|a| {
@@ -236,21 +232,9 @@ fn label(name: &str) -> String {
 #[component]
 fn HumanChecks() -> impl IntoView {
     let ctx = expect_context::<Ctx>();
-    let evals = LocalResource::new(move || {
-        ctx.version.get();
-        let id = ctx.id();
-        async move { api::evaluations(&id).await }
-    });
-    let raters = LocalResource::new(move || {
-        ctx.version.get();
-        let id = ctx.id();
-        async move { api::raters(&id).await }
-    });
-    let checks = LocalResource::new(move || {
-        ctx.version.get();
-        let id = ctx.id();
-        async move { api::checks(&id).await }
-    });
+    let evals = ctx.resource(|id| async move { api::evaluations(&id).await });
+    let raters = ctx.resource(|id| async move { api::raters(&id).await });
+    let checks = ctx.resource(|id| async move { api::checks(&id).await });
     let chosen_eval = RwSignal::new(String::new());
     let chosen = RwSignal::new(Vec::<String>::new());
     let overlap = RwSignal::new("1".to_string());
@@ -283,33 +267,25 @@ fn HumanChecks() -> impl IntoView {
             }
         });
     };
-    let rows = Signal::derive(move || {
-        checks
-            .get()
-            .and_then(Result::ok)
-            .unwrap_or_default()
-            .iter()
-            .map(|c| {
-                let r = |i: Option<apl_shared::RateInterval>| {
-                    i.map(|i| vec![i.rate.to_string(), i.low.to_string(), i.high.to_string(), i.n.to_string()])
-                        .unwrap_or_else(|| vec![String::new(); 4])
-                };
-                let mut row = vec![
-                    c.id.clone(),
-                    c.evaluation.clone(),
-                    c.checkpoint.clone().unwrap_or_else(|| "starting model".into()),
-                    c.judge.clone(),
-                    c.raters.len().to_string(),
-                    c.votes.to_string(),
-                    c.target_votes.to_string(),
-                ];
-                row.extend(r(c.human));
-                row.extend(r(c.judge_rate));
-                row.push(num(c.agreement, 4));
-                row.push(num(c.kappa, 4));
-                row
-            })
-            .collect()
+    let rows = rows_of(checks, |c| {
+        let r = |i: Option<apl_shared::RateInterval>| {
+            i.map(|i| vec![i.rate.to_string(), i.low.to_string(), i.high.to_string(), i.n.to_string()])
+                .unwrap_or_else(|| vec![String::new(); 4])
+        };
+        let mut row = vec![
+            c.id.clone(),
+            c.evaluation.clone(),
+            c.checkpoint.clone().unwrap_or_else(|| "starting model".into()),
+            c.judge.clone(),
+            c.raters.len().to_string(),
+            c.votes.to_string(),
+            c.target_votes.to_string(),
+        ];
+        row.extend(r(c.human));
+        row.extend(r(c.judge_rate));
+        row.push(num(c.agreement, 4));
+        row.push(num(c.kappa, 4));
+        row
     });
     view! {
         <section class="card">
@@ -418,11 +394,7 @@ fn CheckPairs(check: String) -> impl IntoView {
 #[component]
 fn Samples() -> impl IntoView {
     let ctx = expect_context::<Ctx>();
-    let evals = LocalResource::new(move || {
-        ctx.version.get();
-        let id = ctx.id();
-        async move { api::evaluations(&id).await }
-    });
+    let evals = ctx.resource(|id| async move { api::evaluations(&id).await });
     let chosen = RwSignal::new(String::new());
     let current = move || {
         let es = evals.get().and_then(Result::ok).unwrap_or_default();

@@ -31,6 +31,17 @@ impl Ctx {
     pub fn changed(&self) {
         self.version.update(|v| *v += 1);
     }
+
+    /// Loads `f(project id)`, and again whenever the project's data changes.
+    pub fn resource<T: 'static, Fut>(self, f: impl Fn(String) -> Fut + 'static) -> LocalResource<api::Res<T>>
+    where
+        Fut: std::future::Future<Output = api::Res<T>> + 'static,
+    {
+        LocalResource::new(move || {
+            self.version.get();
+            f(self.id())
+        })
+    }
 }
 
 const TABS: [(&str, &str); 5] = [

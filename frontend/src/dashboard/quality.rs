@@ -13,11 +13,7 @@ use crate::util::{interval, num, pct};
 #[component]
 pub fn Quality() -> impl IntoView {
     let ctx = expect_context::<Ctx>();
-    let report = LocalResource::new(move || {
-        ctx.version.get();
-        let id = ctx.id();
-        async move { api::analytics(&id).await }
-    });
+    let report = ctx.resource(|id| async move { api::analytics(&id).await });
     let ok = move || report.get().and_then(Result::ok);
     let judge_rows = Signal::derive(move || {
         ok().map(|a| {

@@ -6,7 +6,7 @@ use leptos::task::spawn_local;
 
 use super::{Ctx, shown};
 use crate::api;
-use crate::components::export::ExportCsv;
+use crate::components::export::{ExportCsv, rows_of};
 use crate::util::{num, pct};
 
 fn gold(r: &RaterStats) -> Option<f64> {
@@ -16,11 +16,7 @@ fn gold(r: &RaterStats) -> Option<f64> {
 #[component]
 pub fn Raters() -> impl IntoView {
     let ctx = expect_context::<Ctx>();
-    let raters = LocalResource::new(move || {
-        ctx.version.get();
-        let id = ctx.id();
-        async move { api::raters(&id).await }
-    });
+    let raters = ctx.resource(|id| async move { api::raters(&id).await });
     let name = RwSignal::new(String::new());
     let quota = RwSignal::new(String::new());
     let invite = RwSignal::new(None::<RaterInvite>);
@@ -42,26 +38,18 @@ pub fn Raters() -> impl IntoView {
         });
     };
     let origin = web_sys::window().and_then(|w| w.location().origin().ok()).unwrap_or_default();
-    let rows = Signal::derive(move || {
-        raters
-            .get()
-            .and_then(Result::ok)
-            .unwrap_or_default()
-            .iter()
-            .map(|r| {
-                vec![
-                    r.id.clone(),
-                    r.name.clone(),
-                    r.quota.map(|q| q.to_string()).unwrap_or_default(),
-                    r.labels.to_string(),
-                    r.skips.to_string(),
-                    num(r.median_seconds, 1),
-                    r.gold_answered.to_string(),
-                    r.gold_correct.to_string(),
-                    r.disabled.to_string(),
-                ]
-            })
-            .collect()
+    let rows = rows_of(raters, |r| {
+        vec![
+            r.id.clone(),
+            r.name.clone(),
+            r.quota.map(|q| q.to_string()).unwrap_or_default(),
+            r.labels.to_string(),
+            r.skips.to_string(),
+            num(r.median_seconds, 1),
+            r.gold_answered.to_string(),
+            r.gold_correct.to_string(),
+            r.disabled.to_string(),
+        ]
     });
     view! {
         <section class="card">

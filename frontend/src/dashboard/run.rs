@@ -10,7 +10,7 @@ use serde_json::json;
 use super::{Ctx, shown};
 use crate::api;
 use crate::components::chart::Histogram;
-use crate::components::export::ExportCsv;
+use crate::components::export::{ExportCsv, rows_of};
 use crate::components::job::{JobCard, finished};
 use crate::util::{num, when};
 
@@ -91,11 +91,7 @@ fn StartJob() -> impl IntoView {
 #[component]
 fn Jobs() -> impl IntoView {
     let ctx = expect_context::<Ctx>();
-    let jobs = LocalResource::new(move || {
-        ctx.version.get();
-        let id = ctx.id();
-        async move { api::jobs(&id).await }
-    });
+    let jobs = ctx.resource(|id| async move { api::jobs(&id).await });
     let done = Callback::new(move |_: Job| ctx.changed());
     view! {
         <section>
@@ -119,31 +115,19 @@ fn Jobs() -> impl IntoView {
 #[component]
 fn Rounds() -> impl IntoView {
     let ctx = expect_context::<Ctx>();
-    let rounds = LocalResource::new(move || {
-        ctx.version.get();
-        let id = ctx.id();
-        async move { api::rounds(&id).await }
-    });
-    let rows = Signal::derive(move || {
-        rounds
-            .get()
-            .and_then(Result::ok)
-            .unwrap_or_default()
-            .iter()
-            .map(|r| {
-                vec![
-                    r.number.to_string(),
-                    r.acquisition.clone(),
-                    r.policy_checkpoint.clone().unwrap_or_default(),
-                    r.pairs.to_string(),
-                    r.stats["prompts_drawn"].to_string(),
-                    r.stats["sequences_sampled"].to_string(),
-                    r.stats["sequences_scored"].to_string(),
-                    r.stats["sampling_seconds"].to_string(),
-                    r.stats["scoring_seconds"].to_string(),
-                ]
-            })
-            .collect()
+    let rounds = ctx.resource(|id| async move { api::rounds(&id).await });
+    let rows = rows_of(rounds, |r| {
+        vec![
+            r.number.to_string(),
+            r.acquisition.clone(),
+            r.policy_checkpoint.clone().unwrap_or_default(),
+            r.pairs.to_string(),
+            r.stats["prompts_drawn"].to_string(),
+            r.stats["sequences_sampled"].to_string(),
+            r.stats["sequences_scored"].to_string(),
+            r.stats["sampling_seconds"].to_string(),
+            r.stats["scoring_seconds"].to_string(),
+        ]
     });
     view! {
         <section>

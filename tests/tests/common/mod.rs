@@ -34,6 +34,18 @@ pub fn backends() -> Vec<Backend> {
     v
 }
 
+/// Runs `f` once per backend, saying which.
+pub async fn each_backend<F, Fut>(f: F)
+where
+    F: Fn(Backend) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for b in backends() {
+        eprintln!("backend: {b:?}");
+        f(b).await;
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum Backend {
     Sqlite,

@@ -133,6 +133,7 @@ try {
     await page.click('form button[type=submit]');
     await page.waitForSelector('.job[data-state]');
     const seen = new Set();
+    let shotProgress = false;
     const deadline = Date.now() + TIMEOUT;
     for (;;) {
       const s = await page.evaluate(() => {
@@ -141,12 +142,25 @@ try {
       });
       if (s.bar) seen.add('progress bar');
       if (s.text) seen.add(s.text.split(' · ')[0]);
+      if (s.bar && s.state === 'running' && !shotProgress) { await shot(page, 'run-progress'); shotProgress = true; }
       if (s.state === 'done' || s.state === 'failed') { out.round = { state: s.state, seen: [...seen] }; break; }
       if (Date.now() > deadline) throw new Error('the round did not finish in time');
-      await page.waitForTimeout(100);
+      await page.waitForTimeout(50);
     }
+    if (!shotProgress) await shot(page, 'run-progress');
+    // A second round, acquired by the trained policy with preference certainty: its candidates
+    // have scores, drawn as a histogram.
+    await page.selectOption('select[name=acquisition]', 'certainty');
+    await page.click('form button[type=submit]');
+    await page.waitForFunction(() => document.querySelectorAll('.job[data-state=done], .job[data-state=failed]').length >= 2);
+    out.round.second = await page.evaluate(() => document.querySelector('.job')?.dataset.state);
     await page.waitForSelector('section h2:has-text("Rounds") ~ table');
+    await page.waitForFunction(() => !document.body.textContent.includes('Loading…'));
+    out.round.histogram = await page.locator('svg[aria-label="Acquisition scores"]').count() > 0;
     await shot(page, 'run');
+    await page.goto(`${cfg.base}/projects/${cfg.round_project}?tab=evaluation`);
+    await page.waitForSelector('figure.chart svg');
+    out.round.curve_points = await page.locator('figure.chart svg circle').count();
     for (const tab of ['setup', 'raters', 'quality', 'evaluation']) {
       await page.goto(`${cfg.base}/projects/${cfg.round_project}?tab=${tab}`);
       await page.waitForSelector('main[role=tabpanel] h2');

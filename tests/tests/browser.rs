@@ -35,12 +35,13 @@ fn tiny_round_config() -> Value {
     json!({
         "loop_settings": {
             "acquisition": "random",
-            "pairs_per_round": 4,
-            "completion_tokens": [3, 5],
+            "pairs_per_round": 8,
+            "acquire": {"over_generate": 2, "batch_size": 8},
+            "completion_tokens": [6, 10],
             "labeller": "length",
             "trainable": {"kind": "all"},
-            "train": {"epochs": 1, "pairs_per_step": 2, "micro_batch": 2, "adam": {"lr": 1e-3}},
-            "eval": {"prompts": 6, "judge": "length", "batch_size": 6}
+            "train": {"epochs": 2, "pairs_per_step": 2, "micro_batch": 2, "adam": {"lr": 1e-3}},
+            "eval": {"prompts": 12, "judge": "length", "batch_size": 6}
         }
     })
 }
@@ -92,8 +93,8 @@ async fn raters_admins_and_the_panel_in_chromium() {
     let phone = s.rater(&k.id, "Pat").await;
     // A project whose rounds run on the tiny model, with one rater for a human check.
     let p = s.project("loop", tiny_round_config()).await;
-    prompts(&s, &p.id, "train", 16).await;
-    prompts(&s, &p.id, "eval", 6).await;
+    prompts(&s, &p.id, "train", 40).await;
+    prompts(&s, &p.id, "eval", 12).await;
     let checker = s.admin("POST", &format!("/api/projects/{}/raters", p.id), Some(json!({"name": "Ada"}))).await.ok();
     let check_pairs = 4;
 
@@ -146,13 +147,17 @@ async fn raters_admins_and_the_panel_in_chromium() {
     assert_eq!(kim.iter().filter(|v| v.rationale.is_some()).count(), 1);
     assert_eq!(out["rater"]["progress"], "5 / 5", "skips do not count as labels");
 
-    // 2. The round ran to the end, and the page showed it live.
+    // 2. The rounds ran to the end, and the page showed them live.
     assert_eq!(out["round"]["state"], "done", "{}", out["round"]);
+    assert_eq!(out["round"]["second"], "done", "{}", out["round"]);
     let seen: Vec<&str> = out["round"]["seen"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
     assert!(seen.contains(&"progress bar"), "a live progress bar was shown: {seen:?}");
     assert!(seen.len() >= 3, "several phases were shown live: {seen:?}");
     let detail = s.admin("GET", &format!("/api/projects/{}", p.id), None).await.ok();
-    assert_eq!(detail["stats"]["checkpoints"], 1);
+    assert_eq!(detail["stats"]["checkpoints"], 2);
+    assert_eq!(detail["stats"]["rounds"], 2);
+    assert!(out["round"]["histogram"].as_bool().unwrap(), "round 2's acquisition scores were drawn");
+    assert!(out["round"]["curve_points"].as_u64().unwrap() >= 2, "{}", out["round"]);
 
     // 3. The panel's human win-rate equals the one from the stored labels of the check.
     let rows = sqlx::query(
@@ -187,7 +192,7 @@ async fn raters_admins_and_the_panel_in_chromium() {
     assert!(shown.starts_with(&expected), "panel shows {shown:?}, labels give {expected}");
     assert!(shown.contains(&format!("(n = {check_pairs})")), "{shown}");
 
-    for name in ["rate", "rate-keys", "rate-offline", "rate-done", "rate-phone", "projects", "run", "setup"]
+    for name in ["rate", "rate-keys", "rate-offline", "rate-done", "rate-phone", "projects", "run-progress", "run", "setup"]
         .into_iter()
         .chain(["raters", "quality", "evaluation", "evaluation-check"])
     {

@@ -136,7 +136,8 @@ fn Rounds() -> impl IntoView {
                 if rs.is_empty() {
                     return view! { <p class="muted">"No rounds yet: start one above."</p> }.into_any();
                 }
-                let latest = rs.iter().max_by_key(|r| r.number).cloned();
+                let newest = rs.iter().map(|r| r.number).max().unwrap_or(0);
+                let all = rs.clone();
                 view! {
                     <table>
                         <thead><tr>
@@ -157,7 +158,7 @@ fn Rounds() -> impl IntoView {
                             }).collect_view()}
                         </tbody>
                     </table>
-                    {latest.map(|r| view! { <RoundScores round=r/> })}
+                    <RoundPicker rounds=all newest=newest/>
                 }.into_any()
             })}
             <ExportCsv name="rounds" rows=rows header=vec![
@@ -165,6 +166,22 @@ fn Rounds() -> impl IntoView {
                 "sequences_scored", "sampling_seconds", "scoring_seconds",
             ]/>
         </section>
+    }
+}
+
+/// Which round's acquisition scores to show (the newest at first).
+#[component]
+fn RoundPicker(rounds: Vec<RoundRow>, newest: i64) -> impl IntoView {
+    let chosen = RwSignal::new(newest);
+    let options = rounds.iter().map(|r| r.number).collect::<Vec<_>>();
+    view! {
+        <label>"Acquisition scores of round "
+            <select name="scores-round" prop:value=move || chosen.get().to_string()
+                on:change=move |e| chosen.set(event_target_value(&e).parse().unwrap_or(newest))>
+                {options.into_iter().rev().map(|n| view! { <option value=n.to_string()>{n}</option> }).collect_view()}
+            </select>
+        </label>
+        {move || rounds.iter().find(|r| r.number == chosen.get()).cloned().map(|r| view! { <RoundScores round=r/> })}
     }
 }
 

@@ -5,7 +5,8 @@
 //! server acknowledged it: until then it waits in local storage and is resent (the server
 //! answers a repeat with the stored label, so a retry is never a second vote), and the
 //! workspace takes no other answer. (3) Whatever the connection does, what the rater typed
-//! stays: the rationale is cleared only after its label is acknowledged.
+//! stays: the rationale is cleared only after its label is acknowledged, and a draft survives
+//! a reload of the page.
 
 use std::time::Duration;
 
@@ -18,6 +19,8 @@ use crate::api::{self, Failure};
 use crate::util::sleep;
 
 const PENDING_KEY: &str = "apl_pending_label";
+/// The rationale being typed, with its pair: (pair, text).
+const DRAFT_KEY: &str = "apl_rationale_draft";
 
 /// What the workspace is doing.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,6 +96,13 @@ impl Ws {
         match a {
             Some(a) => {
                 self.progress.set(Some(a.progress));
+                // A rationale typed for this pair before a reload comes back.
+                let draft = api::stored(DRAFT_KEY)
+                    .and_then(|d| serde_json::from_str::<(String, String)>(&d).ok())
+                    .filter(|(pair, _)| *pair == a.pair);
+                if let Some((_, text)) = draft {
+                    self.rationale.set(text);
+                }
                 self.current.set(Some(a));
                 self.shown_at.set(now());
                 self.phase.set(Phase::Ready);
@@ -160,6 +170,7 @@ impl Ws {
             Ok(ack) => {
                 self.progress.set(Some(ack.progress));
                 self.rationale.set(String::new());
+                api::store(DRAFT_KEY, None);
                 self.done.update(|d| d.push(ack.pair));
                 self.notice.set(Some(format!("Saved: {}.", choice_name(ack.choice))));
             }
@@ -359,7 +370,13 @@ fn PairCard(ws: Ws, busy: Signal<bool>) -> impl IntoView {
             "Why (optional, one line)"
             <input type="text" maxlength="2000" placeholder="e.g. the left one stays on topic"
                 prop:value=move || ws.rationale.get()
-                on:input=move |e| ws.rationale.set(event_target_value(&e))/>
+                on:input=move |e| {
+                    let text = event_target_value(&e);
+                    if let Some(a) = ws.current.get_untracked() {
+                        api::store(DRAFT_KEY, serde_json::to_string(&(a.pair, &text)).ok().as_deref());
+                    }
+                    ws.rationale.set(text);
+                }/>
         </label>
         <p class="muted" aria-live="polite">
             {move || match ws.phase.get() {

@@ -88,6 +88,11 @@ try {
     await page.keyboard.type(cfg.rationale);
     if (await currentPair(page) !== undone) throw new Error('typing in the rationale answered the pair');
     await page.keyboard.press('Escape');
+    // A reload keeps the pair and the rationale typed for it.
+    await page.reload();
+    await waitReady(page);
+    if (await currentPair(page) !== undone) throw new Error('after a reload the rater got another pair');
+    if (await page.inputValue('.rationale input') !== cfg.rationale) throw new Error('the rationale draft was lost on reload');
     labels.push([await answer(page, '2'), 'right']);
     if (await page.inputValue('.rationale input') !== '') throw new Error('the rationale was not cleared after saving');
     await page.keyboard.press('?');

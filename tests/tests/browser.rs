@@ -192,9 +192,10 @@ async fn raters_admins_and_the_panel_in_chromium() {
     assert!(shown.starts_with(&expected), "panel shows {shown:?}, labels give {expected}");
     assert!(shown.contains(&format!("(n = {check_pairs})")), "{shown}");
 
-    for name in ["rate", "rate-keys", "rate-offline", "rate-done", "rate-phone", "projects", "run-progress", "run", "setup"]
-        .into_iter()
-        .chain(["raters", "quality", "evaluation", "evaluation-check"])
+    for name in
+        ["rate", "rate-keys", "rate-offline", "rate-done", "rate-phone", "projects", "run-progress", "run", "setup"]
+            .into_iter()
+            .chain(["raters", "quality", "evaluation", "evaluation-check"])
     {
         assert!(shots.join(format!("{name}.png")).exists(), "screenshot {name}.png");
     }

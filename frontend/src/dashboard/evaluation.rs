@@ -28,33 +28,30 @@ pub fn Evaluation() -> impl IntoView {
 }
 
 /// A project's evaluations as curves: x = labelled pairs the checkpoint was trained on (0 for
-/// the starting model), one series per (acquisition function, judge).
+/// the starting model), one series per judge, named after the project's acquisition functions
+/// in round order (one function per project is the paper's comparison; a project that switched
+/// shows e.g. "random → certainty").
 fn curves(project: &str, rounds: &[RoundRow], cps: &[CheckpointRow], evals: &[EvaluationRow]) -> Vec<Series> {
-    let acq_of = |round: i64| -> String {
-        let mut names: Vec<&str> =
-            rounds.iter().filter(|r| r.number <= round).map(|r| r.acquisition.as_str()).collect();
-        names.sort();
-        names.dedup();
-        if names.len() == 1 { names[0].to_string() } else { "mixed".into() }
-    };
-    let mut by: BTreeMap<(String, String), Vec<Point>> = BTreeMap::new();
-    let mut starts: Vec<(&str, Point)> = Vec::new();
+    let mut acqs: Vec<&str> = Vec::new();
+    let mut ordered: Vec<&RoundRow> = rounds.iter().collect();
+    ordered.sort_by_key(|r| r.number);
+    for r in ordered {
+        if acqs.last() != Some(&r.acquisition.as_str()) {
+            acqs.push(&r.acquisition);
+        }
+    }
+    let acq = if acqs.is_empty() { "no rounds".to_string() } else { acqs.join(" → ") };
+    let mut by: BTreeMap<String, Vec<Point>> = BTreeMap::new();
     for e in evals {
-        let p = |x: f64| Point { x, y: e.win_rate, err: 1.96 * e.stderr };
-        match e.checkpoint_id.as_ref().and_then(|c| cps.iter().find(|k| &k.id == c)) {
-            Some(c) => by.entry((acq_of(c.round), e.judge.clone())).or_default().push(p(c.pairs as f64)),
-            None if e.checkpoint_id.is_none() => starts.push((&e.judge, p(0.0))),
-            None => {}
+        let x = match &e.checkpoint_id {
+            None => Some(0.0),
+            Some(c) => cps.iter().find(|k| &k.id == c).map(|k| k.pairs as f64),
+        };
+        if let Some(x) = x {
+            by.entry(e.judge.clone()).or_default().push(Point { x, y: e.win_rate, err: 1.96 * e.stderr });
         }
     }
-    for ((_, judge), pts) in by.iter_mut() {
-        if let Some((_, s)) = starts.iter().rev().find(|(j, _)| j == judge) {
-            pts.push(s.clone());
-        }
-    }
-    by.into_iter()
-        .map(|((acq, judge), points)| Series { name: format!("{project}: {acq} ({judge})"), points })
-        .collect()
+    by.into_iter().map(|(judge, points)| Series { name: format!("{project}: {acq} ({judge})"), points }).collect()
 }
 
 async fn project_curves(id: String, name: String) -> Res<Vec<Series>> {

@@ -6,6 +6,7 @@ use leptos::prelude::*;
 use leptos::task::spawn_local;
 
 use crate::api;
+use crate::components::export::ExportCsv;
 use crate::util::when;
 
 #[component]
@@ -84,6 +85,12 @@ fn Projects(on_bad_token: impl Fn() + Copy + 'static) -> impl IntoView {
         })
     };
     reload();
+    let rows = Signal::derive(move || match list.get() {
+        Some(Ok(ps)) => {
+            ps.iter().map(|p| vec![p.id.clone(), p.name.clone(), p.task.clone(), p.created_at.to_string()]).collect()
+        }
+        _ => Vec::new(),
+    });
     let name = RwSignal::new(String::new());
     let task = RwSignal::new("imdb".to_string());
     let error = RwSignal::new(None::<String>);
@@ -123,6 +130,7 @@ fn Projects(on_bad_token: impl Fn() + Copy + 'static) -> impl IntoView {
                     </table>
                 }.into_any(),
             }}
+            <ExportCsv name="projects" rows=rows header=vec!["id", "name", "task", "created_at"]/>
         </section>
         <section class="card">
             <h2>"New project"</h2>

@@ -171,6 +171,12 @@ try {
       await page.waitForSelector('main[role=tabpanel] h2');
       await page.waitForFunction(() => !document.body.textContent.includes('Loading…'));
       await shot(page, tab);
+      if (tab === 'raters') {
+        // Tables export as CSV, made in the browser.
+        const [download] = await Promise.all([page.waitForEvent('download'), page.click('button.export')]);
+        const text = fs.readFileSync(await download.path(), 'utf8');
+        out.raters_csv = { name: download.suggestedFilename(), text };
+      }
     }
   }
 

@@ -159,6 +159,15 @@ async fn raters_admins_and_the_panel_in_chromium() {
     assert!(out["round"]["histogram"].as_bool().unwrap(), "round 2's acquisition scores were drawn");
     assert!(out["round"]["curve_points"].as_u64().unwrap() >= 2, "{}", out["round"]);
 
+    // Tables export as CSV: the raters table, with the project's one rater.
+    assert_eq!(out["raters_csv"]["name"], "raters.csv");
+    let csv = out["raters_csv"]["text"].as_str().unwrap();
+    assert!(
+        csv.starts_with("id,name,quota,labels,skips,median_seconds,gold_answered,gold_correct,disabled\n"),
+        "{csv}"
+    );
+    assert!(csv.lines().nth(1).unwrap().contains(",Ada,"), "{csv}");
+
     // 3. The panel's human win-rate equals the one from the stored labels of the check.
     let rows = sqlx::query(
         "SELECT l.pair_id, l.choice, l.left_side FROM labels l JOIN pairs p ON p.id = l.pair_id \

@@ -24,7 +24,9 @@ use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
-use tokio::sync::{Mutex, MutexGuard};
+use std::sync::Arc;
+
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 /// The store's one error type.
 #[derive(Debug, thiserror::Error)]
@@ -53,19 +55,70 @@ pub struct Store {
     pub pool: AnyPool,
     pub backend: Backend,
     /// Serialises write transactions on SQLite; unused on PostgreSQL.
-    write_lock: Mutex<()>,
+    write_lock: Arc<Mutex<()>>,
 }
 
 /// A write transaction (and, on SQLite, the process-wide write lock it holds).
+///
+/// One that is neither committed nor rolled back (an early return, an error) is rolled back
+/// on a task of its own before its write lock is let go. Merely dropping it is not enough:
+/// sqlx rolls a dropped transaction back only when its connection is next used, so that
+/// connection kept SQLite's write lock (taken by any UPDATE, even one that changed nothing)
+/// while the next writer already held the mutex, which then failed with "database is locked";
+/// on PostgreSQL it kept its row locks.
 pub struct WriteTx<'a> {
-    pub tx: Transaction<'static, Any>,
-    _guard: Option<MutexGuard<'a, ()>>,
+    pub tx: Tx,
+    guard: Option<OwnedMutexGuard<()>>,
+    _store: std::marker::PhantomData<&'a Store>,
+}
+
+/// The open transaction of a [`WriteTx`]; `&mut *w.tx` is its connection, to run queries on.
+pub struct Tx(Option<Transaction<'static, Any>>);
+
+impl std::ops::Deref for Tx {
+    type Target = <Any as sqlx::Database>::Connection;
+
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect("the transaction is open")
+    }
+}
+
+impl std::ops::DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.0.as_mut().expect("the transaction is open")
+    }
 }
 
 impl WriteTx<'_> {
-    pub async fn commit(self) -> Result<()> {
-        self.tx.commit().await?;
+    pub async fn commit(mut self) -> Result<()> {
+        let tx = self.tx.0.take().expect("the transaction is open");
+        tx.commit().await?;
         Ok(())
+    }
+
+    /// Ends the transaction without writing anything.
+    pub async fn rollback(mut self) -> Result<()> {
+        let tx = self.tx.0.take().expect("the transaction is open");
+        tx.rollback().await?;
+        Ok(())
+    }
+}
+
+impl Drop for WriteTx<'_> {
+    fn drop(&mut self) {
+        let Some(tx) = self.tx.0.take() else { return };
+        let guard = self.guard.take();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    if let Err(e) = tx.rollback().await {
+                        tracing::warn!(error = %e, "rolling back an abandoned write transaction");
+                    }
+                    drop(guard);
+                });
+            }
+            Err(_) => drop((tx, guard)),
+        }
     }
 }
 
@@ -100,15 +153,15 @@ impl Store {
             sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
         }
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool, backend, write_lock: Mutex::new(()) })
+        Ok(Self { pool, backend, write_lock: Arc::new(Mutex::new(())) })
     }
 
     pub async fn begin_write(&self) -> Result<WriteTx<'_>> {
         let guard = match self.backend {
-            Backend::Sqlite => Some(self.write_lock.lock().await),
+            Backend::Sqlite => Some(self.write_lock.clone().lock_owned().await),
             Backend::Postgres => None,
         };
-        Ok(WriteTx { tx: self.pool.begin().await?, _guard: guard })
+        Ok(WriteTx { tx: Tx(Some(self.pool.begin().await?)), guard, _store: std::marker::PhantomData })
     }
 
     pub async fn setting(&self, key: &str) -> Result<Option<String>> {

@@ -215,6 +215,7 @@ impl Store {
                     w.commit().await?;
                     return Ok(Claim::Got(pair));
                 }
+                w.rollback().await?;
             }
         }
         Ok(Claim::Busy)
@@ -241,6 +242,7 @@ impl Store {
             w.commit().await?;
             return Ok(Some(pair));
         }
+        w.rollback().await?;
         Ok(None)
     }
 
@@ -294,7 +296,7 @@ impl Store {
                 .fetch_optional(&mut *w.tx)
                 .await?;
         if let Some(e) = existing {
-            drop(w);
+            w.rollback().await?;
             let left: String = e.try_get("left_side")?;
             let stored = screen_choice(&left, e.try_get::<String, _>("choice")?.parse()?);
             if stored != req.choice {
@@ -311,7 +313,7 @@ impl Store {
             });
         }
         let Some(held) = held else {
-            drop(w);
+            w.rollback().await?;
             let in_project = sqlx::query("SELECT 1 FROM pairs WHERE id = $1 AND project_id = $2")
                 .bind(&req.pair)
                 .bind(&rater.project_id)
@@ -394,6 +396,7 @@ impl Store {
                 .await?;
             let target = if p.try_get::<String, _>(0)? == "gold" { i64::MAX } else { p.try_get(1)? };
             if !claim_slot(&mut w, pair, &rater.id, target, now, lease).await? {
+                w.rollback().await?;
                 return Err(StoreError::Conflict(format!(
                     "pair {pair:?} went to other raters after you skipped it; it cannot be undone"
                 )));

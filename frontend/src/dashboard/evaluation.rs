@@ -19,11 +19,13 @@ use crate::util::{interval, num, pct, rate_interval, short, when};
 
 #[component]
 pub fn Evaluation() -> impl IntoView {
+    // One load of the evaluations (with every sample) for the checks form and the samples.
+    let evals = expect_context::<Ctx>().resource(|id| async move { api::evaluations(&id).await });
     view! {
         <Curves/>
         <Leaderboard/>
-        <HumanChecks/>
-        <Samples/>
+        <HumanChecks evals=evals/>
+        <Samples evals=evals/>
     }
 }
 
@@ -227,9 +229,8 @@ fn label(name: &str) -> String {
 }
 
 #[component]
-fn HumanChecks() -> impl IntoView {
+fn HumanChecks(evals: LocalResource<Res<Vec<EvaluationRow>>>) -> impl IntoView {
     let ctx = expect_context::<Ctx>();
-    let evals = ctx.resource(|id| async move { api::evaluations(&id).await });
     let raters = ctx.resource(|id| async move { api::raters(&id).await });
     let checks = ctx.resource(|id| async move { api::checks(&id).await });
     let chosen_eval = RwSignal::new(String::new());
@@ -389,9 +390,7 @@ fn CheckPairs(check: String) -> impl IntoView {
 
 /// Policy against reference, side by side, for a chosen evaluation.
 #[component]
-fn Samples() -> impl IntoView {
-    let ctx = expect_context::<Ctx>();
-    let evals = ctx.resource(|id| async move { api::evaluations(&id).await });
+fn Samples(evals: LocalResource<Res<Vec<EvaluationRow>>>) -> impl IntoView {
     let chosen = RwSignal::new(String::new());
     let current = move || {
         let es = evals.get().and_then(Result::ok).unwrap_or_default();

@@ -44,6 +44,15 @@ impl Ctx {
     }
 }
 
+/// The acquisition functions, as the server names them and as the pages show them.
+pub const ACQUISITIONS: &[(&str, &str)] = &[
+    ("random", "random"),
+    ("certainty", "preference certainty"),
+    ("uncertainty", "preference uncertainty"),
+    ("entropy", "predictive entropy"),
+    ("hybrid", "hybrid (entropy, then certainty)"),
+];
+
 const TABS: [(&str, &str); 5] = [
     ("run", "Run"),
     ("setup", "Setup"),

@@ -7,7 +7,7 @@ use leptos::prelude::*;
 use leptos::task::spawn_local;
 use serde_json::json;
 
-use super::{Ctx, shown};
+use super::{ACQUISITIONS, Ctx, shown};
 use crate::api;
 use crate::components::chart::Histogram;
 use crate::components::export::{ExportCsv, rows_of};
@@ -73,11 +73,7 @@ fn StartJob() -> impl IntoView {
                         <select name="acquisition" prop:value=move || acquisition.get()
                             on:change=move |e| acquisition.set(event_target_value(&e))>
                             <option value="">"project default"</option>
-                            <option value="random">"random"</option>
-                            <option value="certainty">"preference certainty"</option>
-                            <option value="uncertainty">"preference uncertainty"</option>
-                            <option value="entropy">"predictive entropy"</option>
-                            <option value="hybrid">"hybrid (entropy, then certainty)"</option>
+                            {ACQUISITIONS.iter().map(|(v, l)| view! { <option value=*v>{*l}</option> }).collect_view()}
                         </select>
                     </label>
                 </Show>

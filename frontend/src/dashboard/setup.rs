@@ -8,7 +8,7 @@ use leptos::prelude::*;
 use leptos::task::spawn_local;
 use serde_json::Value;
 
-use super::Ctx;
+use super::{ACQUISITIONS, Ctx};
 use crate::api;
 
 #[component]
@@ -89,13 +89,6 @@ enum Kind {
     Choice(&'static [(&'static str, &'static str)]),
 }
 
-const ACQUISITIONS: &[(&str, &str)] = &[
-    ("random", "random"),
-    ("certainty", "preference certainty"),
-    ("uncertainty", "preference uncertainty"),
-    ("entropy", "predictive entropy"),
-    ("hybrid", "hybrid"),
-];
 const LABELLERS: &[(&str, &str)] = &[
     ("raters", "human raters"),
     ("judge", "LLM judge (API)"),

@@ -1,36 +1,51 @@
 //! `apl bench`: throughput of the three things the learning loop spends its time on, with the
 //! same shapes and definitions as the peer scripts (../shared/peers/torch_cpu.py,
-//! llamacpp_cpu.py) so the numbers can be set side by side:
+//! llamacpp_cpu.py, torch_anchor.py) so the numbers can be set side by side:
 //!
 //! - `sample_b1`, `sample_b32`: prompt 64 random tokens, 64 new tokens at temperature 1 (EOS
 //!   suppressed so every row runs full length); tok/s = batch * new / wall time, prefill included.
+//!   With `--decode-weights f16` (CPU, f32), batch 1 is measured again as `sample_b1+f16w` with
+//!   the f16 decoding copy of the weights (`half.rs`); peers are matched on the name before `+`.
 //! - `score`: 64 sequences x 128 tokens, sum of next-token log-probs (127 per sequence), no
 //!   gradient, micro-batches of 8; seq/s.
 //! - `dpo`: 8 pairs x 128 tokens (prompt 64 + completion 64, chosen and rejected in one batch
-//!   of 16): reference log-probs without gradient, policy forward + backward, AdamW step;
-//!   (this project's fused AdamW) pairs/s, with the time of each part (the step with cached reference log-probs is the
-//!   total minus the reference part).
+//!   of 16): reference log-probs without gradient, policy forward + backward, AdamW step
+//!   (this project's fused AdamW); pairs/s, with the time of each part; the step with cached
+//!   reference log-probs (`dpo_cached_ref`) is the same step without the reference part.
 //!
-//! Medians over `--reps` after `--warmup`; a table on stdout and, with `--json`, a JSON file.
+//! Several models in one run (`--models random:gpt2,random:gpt2-large,random:pythia-1.4b,default`:
+//! random weights in the peers' shapes, or checkpoints), and the peers' JSON results beside them
+//! (`--peers DIR/*.json`, written by the peer scripts in the same session), matched by model shape
+//! and bench name, with the ratio apl / peer. Medians over `--reps` after `--warmup`; a table on
+//! stdout and, with `--json`, one JSON file holding everything.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Result, bail};
-use candle_core::{DType, Tensor};
+use anyhow::{Context, Result, bail};
+use candle_core::DType;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use super::ModelArgs;
+use crate::device::{describe, parse_device, parse_dtype};
 use crate::model::logprobs::batch_logprobs;
-use crate::model::{Model, SampleRequest, SamplingConfig, sample, sequence_logprobs};
+use crate::model::random::{self, SHAPES};
+use crate::model::{ArchConfig, Checkpoint, Model, SampleRequest, SamplingConfig, sample, sequence_logprobs};
 use crate::train::optim::{Adam, AdamConfig};
+
+const BENCHES: [&str; 4] = ["sample_b1", "sample_b32", "score", "dpo"];
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Models to measure one after another, comma-separated: checkpoint paths, `default` (the
+    /// bundled SmolLM2-135M) or `random:NAME` (gpt2, gpt2-large, pythia-1.4b, smollm2-135m).
+    /// Without it, --model alone.
+    #[arg(long, value_delimiter = ',')]
+    pub models: Vec<String>,
     /// Which benches, comma-separated: sample_b1, sample_b32, score, dpo.
     #[arg(long, default_value = "sample_b1,sample_b32,score,dpo")]
     pub benches: String,
@@ -54,12 +69,16 @@ pub struct Args {
     pub dpo_prompt_len: usize,
     #[arg(long, default_value_t = 1e-6)]
     pub lr: f64,
-    /// Write the results here as JSON.
+    /// Peer results to set beside these: JSON files written by the peer scripts (torch_cpu.py,
+    /// llamacpp_cpu.py, torch_anchor.py, torch_anchor3.py), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub peers: Vec<PathBuf>,
+    /// Write the results (and the peers' beside them) here as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 struct BenchResult {
     bench: String,
     unit: &'static str,
@@ -71,6 +90,26 @@ struct BenchResult {
     times_s: Vec<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     breakdown_median_s: Option<serde_json::Value>,
+}
+
+/// One model's results.
+#[derive(Debug, Serialize)]
+struct ModelResults {
+    model: String,
+    /// The named shape this model has (`smollm2-135m`, ...), which peers are matched on.
+    shape: String,
+    params: usize,
+    load_s: f64,
+    results: Vec<BenchResult>,
+}
+
+/// One peer figure: which peer, model shape, bench, value.
+#[derive(Debug, Clone, Serialize)]
+struct PeerFigure {
+    peer: String,
+    shape: String,
+    bench: String,
+    value: f64,
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -98,8 +137,17 @@ fn measure(
         f()?;
         times.push(t.elapsed().as_secs_f64());
     }
+    let r = summarize(name, unit, work, times);
+    eprintln!(
+        "  {:<16} {:>10.2} {:<8} (min {:.2}, max {:.2}; median {:.3} s/rep, {} reps)",
+        r.bench, r.median, unit, r.min, r.max, r.median_s, reps
+    );
+    Ok(r)
+}
+
+fn summarize(name: &str, unit: &'static str, work: f64, times: Vec<f64>) -> BenchResult {
     let rates: Vec<f64> = times.iter().map(|t| work / t).collect();
-    let r = BenchResult {
+    BenchResult {
         bench: name.to_string(),
         unit,
         work_per_rep: work,
@@ -109,12 +157,28 @@ fn measure(
         median_s: median(&times),
         times_s: times,
         breakdown_median_s: None,
-    };
-    eprintln!(
-        "  {:<14} {:>10.2} {:<8} (min {:.2}, max {:.2}; median {:.3} s/rep, {} reps)",
-        r.bench, r.median, unit, r.min, r.max, r.median_s, reps
-    );
-    Ok(r)
+    }
+}
+
+/// The named shape a config has, or `fallback`.
+fn shape_of(config: &ArchConfig, fallback: &str) -> String {
+    let key = |c: &ArchConfig| (c.name(), c.vocab_size(), c.num_layers());
+    SHAPES
+        .iter()
+        .find(|(name, json)| ArchConfig::from_json(json, name).is_ok_and(|c| key(&c) == key(config)))
+        .map_or_else(|| fallback.to_string(), |(name, _)| name.to_string())
+}
+
+fn load(spec: &str, a: &ModelArgs) -> Result<Checkpoint> {
+    let device = parse_device(&a.device)?;
+    let dtype = parse_dtype(&a.dtype)?;
+    Ok(if random::is_random(spec) {
+        random::random_checkpoint(spec, dtype, &device, 0)?
+    } else if spec == "default" {
+        Checkpoint::load(&ModelArgs { model: None, ..a.clone() }.path()?, dtype, &device)?
+    } else {
+        Checkpoint::load(Path::new(spec), dtype, &device)?
+    })
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -123,23 +187,55 @@ pub fn run(a: Args) -> Result<()> {
     }
     let benches: Vec<&str> = a.benches.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
     for b in &benches {
-        if !["sample_b1", "sample_b32", "score", "dpo"].contains(b) {
-            bail!("unknown bench {b:?} (sample_b1, sample_b32, score, dpo)");
+        if !BENCHES.contains(b) {
+            bail!("unknown bench {b:?} ({})", BENCHES.join(", "));
         }
     }
-    let m = a.model.load()?;
-    let vocab = m.model.vocab_size() as u32;
+    let peers = a.peers.iter().map(|p| read_peer(p)).collect::<Result<Vec<_>>>()?.concat();
+    let specs: Vec<String> = if a.models.is_empty() {
+        vec![a.model.model.as_ref().map_or_else(|| "default".to_string(), |p| p.display().to_string())]
+    } else {
+        a.models.clone()
+    };
+    let mut all = Vec::new();
+    for spec in &specs {
+        let t = Instant::now();
+        let ck = load(spec, &a.model).with_context(|| format!("loading {spec}"))?;
+        let load_s = t.elapsed().as_secs_f64();
+        let shape = shape_of(&ck.config, spec);
+        let model = Model::from_checkpoint(&ck)?;
+        eprintln!(
+            "apl bench: {spec} (shape {shape}, {} params), {:?} on {}",
+            ck.num_params(),
+            model.dtype(),
+            describe(model.device())
+        );
+        let results = bench_model(&a, &benches, &ck, &model)?;
+        all.push(ModelResults { model: spec.clone(), shape, params: ck.num_params(), load_s, results });
+    }
+
+    let comparison = print_table(&all, &peers);
+    if let Some(path) = &a.json {
+        let meta = serde_json::json!({
+            "tool": "apl bench",
+            "version": env!("CARGO_PKG_VERSION"),
+            "dtype": a.model.dtype,
+            "device": describe(&parse_device(&a.model.device)?),
+            "cpu": cpu_name(),
+        });
+        let doc = serde_json::json!({"meta": meta, "models": all, "peers": peers, "comparison": comparison});
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn bench_model(a: &Args, benches: &[&str], ck: &Checkpoint, m: &Model) -> Result<Vec<BenchResult>> {
+    let vocab = m.vocab_size() as u32;
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let mut ids = |n: usize| -> Vec<u32> { (0..n).map(|_| rng.random_range(3..vocab)).collect() };
-    eprintln!(
-        "apl bench: {} ({} params), {:?} on {}",
-        m.checkpoint.source.display(),
-        m.checkpoint.num_params(),
-        m.model.dtype(),
-        crate::device::describe(m.model.device())
-    );
     let mut results = Vec::new();
-
     for b in [1usize, 32] {
         let name = format!("sample_b{b}");
         if !benches.contains(&name.as_str()) {
@@ -153,13 +249,18 @@ pub fn run(a: Args) -> Result<()> {
             min_new_tokens: a.new_tokens,
             ..Default::default()
         };
-        let eos = m.tokenizer.eos_ids().to_vec();
+        let eos = ck.config.tokens().eos_ids();
         let work = (b * a.new_tokens) as f64;
-        results.push(measure(&name, "tok/s", work, a.warmup, a.reps, || {
-            let out = sample(&m.model, &reqs, &cfg, &eos, |_| {})?;
+        let run = |model: &Model| -> Result<()> {
+            let out = sample(model, &reqs, &cfg, &eos, |_| {})?;
             debug_assert!(out.iter().all(|s| s.tokens.len() == cfg.max_new_tokens));
             Ok(())
-        })?);
+        };
+        results.push(measure(&name, "tok/s", work, a.warmup, a.reps, || run(m))?);
+        if b <= 8 && m.device().is_cpu() && m.dtype() == DType::F32 && a.model.decode_weights == "f16" {
+            let half = m.with_half_weights(|_| false)?;
+            results.push(measure(&format!("{name}+f16w"), "tok/s", work, a.warmup, a.reps, || run(&half))?);
+        }
     }
 
     if benches.contains(&"score") {
@@ -167,36 +268,23 @@ pub fn run(a: Args) -> Result<()> {
         let pairs: Vec<(&[u32], &[u32])> = seqs.iter().map(|s| s.split_at(1)).collect();
         let name = format!("score_{}x{}", a.score_n, a.seq_len);
         results.push(measure(&name, "seq/s", a.score_n as f64, a.warmup, a.reps, || {
-            sequence_logprobs(&m.model, &pairs, a.score_mb, |_| {})?;
+            sequence_logprobs(m, &pairs, a.score_mb, |_| {})?;
             Ok(())
         })?);
     }
 
     if benches.contains(&"dpo") {
-        results.push(dpo(&a, &m, &mut ids)?);
+        results.extend(dpo(a, ck, m, &mut ids)?);
     }
-
-    println!("\n| bench | median | min | max | unit | s/rep (median) |");
-    println!("|---|---|---|---|---|---|");
-    for r in &results {
-        println!("| {} | {:.2} | {:.2} | {:.2} | {} | {:.3} |", r.bench, r.median, r.min, r.max, r.unit, r.median_s);
-    }
-    if let Some(path) = &a.json {
-        let meta = serde_json::json!({
-            "tool": "apl bench",
-            "version": env!("CARGO_PKG_VERSION"),
-            "model": m.checkpoint.source.display().to_string(),
-            "params": m.checkpoint.num_params(),
-            "dtype": format!("{:?}", m.model.dtype()),
-            "device": crate::device::describe(m.model.device()),
-        });
-        std::fs::write(path, serde_json::to_string_pretty(&serde_json::json!({"meta": meta, "results": results}))?)?;
-        eprintln!("wrote {}", path.display());
-    }
-    Ok(())
+    Ok(results)
 }
 
-fn dpo(a: &Args, m: &super::Loaded, ids: &mut impl FnMut(usize) -> Vec<u32>) -> Result<BenchResult> {
+fn dpo(
+    a: &Args,
+    ck: &Checkpoint,
+    reference: &Model,
+    ids: &mut impl FnMut(usize) -> Vec<u32>,
+) -> Result<[BenchResult; 2]> {
     let p = a.dpo_pairs;
     let comp = a.seq_len - a.dpo_prompt_len;
     let prompts: Vec<Vec<u32>> = (0..p).map(|_| ids(a.dpo_prompt_len)).collect();
@@ -208,8 +296,7 @@ fn dpo(a: &Args, m: &super::Loaded, ids: &mut impl FnMut(usize) -> Vec<u32>) -> 
         .map(|(x, y)| (x.as_slice(), y.as_slice()))
         .chain(prompts.iter().zip(&rejected).map(|(x, y)| (x.as_slice(), y.as_slice())))
         .collect();
-    let reference = &m.model;
-    let (policy, vars) = Model::trainable(&m.checkpoint, |_| true)?;
+    let (policy, vars) = Model::trainable(ck, |_| true)?;
     let mut opt = Adam::new(
         vars.into_iter().map(|(_, v)| v).collect(),
         AdamConfig { lr: a.lr, weight_decay: 0.01, ..Default::default() },
@@ -228,7 +315,8 @@ fn dpo(a: &Args, m: &super::Loaded, ids: &mut impl FnMut(usize) -> Vec<u32>) -> 
         let grads = loss.backward()?;
         let t2 = Instant::now();
         opt.step(&grads)?;
-        let _: Tensor = loss;
+        // Wait for the device: a GPU step is queued, not done, when step() returns.
+        let _: f32 = loss.to_dtype(DType::F32)?.to_scalar()?;
         let t3 = Instant::now();
         parts[0].push((t1 - t0).as_secs_f64());
         parts[1].push((t2 - t1).as_secs_f64());
@@ -238,14 +326,160 @@ fn dpo(a: &Args, m: &super::Loaded, ids: &mut impl FnMut(usize) -> Vec<u32>) -> 
     let name = format!("dpo_{}x{}", p, a.seq_len);
     let mut r = measure(&name, "pairs/s", p as f64, a.warmup, a.reps, &mut step)?;
     let n = a.reps;
-    let tail = |v: &Vec<f64>| median(&v[v.len() - n..]);
+    let tail = |v: &Vec<f64>| v[v.len() - n..].to_vec();
     let (ref_s, pol_s, opt_s) = (tail(&parts[0]), tail(&parts[1]), tail(&parts[2]));
+    let cached: Vec<f64> = pol_s.iter().zip(&opt_s).map(|(a, b)| a + b).collect();
+    let (ref_m, pol_m, opt_m) = (median(&ref_s), median(&pol_s), median(&opt_s));
+    let cached = summarize(&format!("dpo_cached_ref_{}x{}", p, a.seq_len), "pairs/s", p as f64, cached);
     eprintln!(
-        "  {:<14} reference {ref_s:.3} s + policy fwd/bwd {pol_s:.3} s + AdamW {opt_s:.3} s; \
+        "  {:<16} reference {ref_m:.3} s + policy fwd/bwd {pol_m:.3} s + AdamW {opt_m:.3} s; \
          with cached reference log-probs {:.2} pairs/s",
-        "",
-        p as f64 / (pol_s + opt_s)
+        "", cached.median
     );
-    r.breakdown_median_s = Some(serde_json::json!({"ref_s": ref_s, "policy_fwd_bwd_s": pol_s, "opt_s": opt_s}));
-    Ok(r)
+    r.breakdown_median_s = Some(serde_json::json!({"ref_s": ref_m, "policy_fwd_bwd_s": pol_m, "opt_s": opt_m}));
+    Ok([r, cached])
+}
+
+/// The shape names the GPU peer scripts use, mapped to [`SHAPES`]' names.
+fn peer_shape(name: &str) -> String {
+    match name {
+        "gpt2-124m" => "gpt2",
+        "gpt2-large-774m" => "gpt2-large",
+        other => other,
+    }
+    .to_string()
+}
+
+/// Reads one peer script's JSON: the CPU peers' `{meta, results}` (SmolLM2's shape), or the GPU
+/// anchors' `{rows: [{model, bench|cache, *_per_s}]}`. The peer is named by the file's stem.
+fn read_peer(path: &Path) -> Result<Vec<PeerFigure>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading peer results {}", path.display()))?;
+    let doc: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    let stem = path.file_stem().map_or_else(|| "peer".to_string(), |s| s.to_string_lossy().into_owned());
+    let mut out = Vec::new();
+    let mut push = |peer: &str, shape: &str, bench: &str, value: Option<f64>| {
+        if let Some(value) = value.filter(|v| v.is_finite() && *v > 0.0) {
+            out.push(PeerFigure { peer: peer.to_string(), shape: shape.to_string(), bench: bench.to_string(), value });
+        }
+    };
+    if let Some(results) = doc["results"].as_array() {
+        for r in results {
+            let Some(bench) = r["bench"].as_str() else { continue };
+            push(&stem, "smollm2-135m", bench, r["median"].as_f64());
+            // The step with cached reference log-probs: the same step less its reference part.
+            let b = &r["breakdown_median_s"];
+            if let (Some(pairs), Some(pol), Some(opt)) =
+                (r["work_per_rep"].as_f64(), b["policy_fwd_bwd_s"].as_f64(), b["opt_s"].as_f64())
+            {
+                push(&stem, "smollm2-135m", &bench.replacen("dpo_", "dpo_cached_ref_", 1), Some(pairs / (pol + opt)));
+            }
+        }
+    } else if let Some(rows) = doc["rows"].as_array() {
+        for r in rows {
+            let shape = peer_shape(r["model"].as_str().unwrap_or_default());
+            if let Some(cache) = r["cache"].as_str() {
+                push(&format!("{stem}_{cache}"), &shape, "sample_b32", r["tok_per_s"].as_f64());
+                continue;
+            }
+            match r["bench"].as_str() {
+                Some("generate") => push(&stem, &shape, "sample_b32", r["tok_per_s"].as_f64()),
+                Some("score") => push(&stem, &shape, "score_64x128", r["seq_per_s"].as_f64()),
+                Some("dpo_step") => push(&stem, &shape, "dpo_8x128", r["pairs_per_s"].as_f64()),
+                _ => {}
+            }
+        }
+    } else {
+        bail!("{}: neither a CPU peer's {{results}} nor a GPU anchor's {{rows}}", path.display());
+    }
+    Ok(out)
+}
+
+/// Prints every result with the peers' figures for the same shape and bench beside it; returns
+/// the comparison rows for the JSON file.
+fn print_table(all: &[ModelResults], peers: &[PeerFigure]) -> Vec<serde_json::Value> {
+    let mut rows = Vec::new();
+    println!("\n| model | bench | unit | apl (median) | min | max | peer | peer | apl / peer |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for m in all {
+        for r in &m.results {
+            // `sample_b1+f16w` is set beside the peers' `sample_b1`.
+            let base = r.bench.split('+').next().unwrap_or_default();
+            let matching: Vec<&PeerFigure> = peers.iter().filter(|p| p.shape == m.shape && p.bench == base).collect();
+            let lead =
+                format!("| {} | {} | {} | {:.2} | {:.2} | {:.2} |", m.shape, r.bench, r.unit, r.median, r.min, r.max);
+            if matching.is_empty() {
+                println!("{lead} – | – | – |");
+            }
+            for p in matching {
+                let ratio = r.median / p.value;
+                println!("{lead} {} | {:.2} | {:.2}x |", p.peer, p.value, ratio);
+                rows.push(serde_json::json!({
+                    "shape": m.shape, "bench": r.bench, "unit": r.unit, "apl": r.median,
+                    "peer": p.peer, "peer_value": p.value, "ratio": ratio,
+                }));
+            }
+        }
+    }
+    rows
+}
+
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_both_peer_formats() {
+        let dir = tempfile::tempdir().unwrap();
+        let cpu = dir.path().join("torch_cpu_eager.json");
+        std::fs::write(
+            &cpu,
+            r#"{"meta": {"peer": "pytorch-cpu"}, "results": [
+                {"bench": "sample_b32", "unit": "tok/s", "median": 172.0, "work_per_rep": 2048},
+                {"bench": "dpo_8x128", "unit": "pairs/s", "median": 0.5, "work_per_rep": 8,
+                 "breakdown_median_s": {"ref_s": 4.0, "policy_fwd_bwd_s": 11.3, "opt_s": 0.2}}]}"#,
+        )
+        .unwrap();
+        let gpu = dir.path().join("torch_anchor.json");
+        std::fs::write(
+            &gpu,
+            r#"{"device": "H200", "rows": [{"model": "gpt2-large-774m", "bench": "generate", "tok_per_s": 1038.0},
+                {"model": "pythia-1.4b", "bench": "dpo_step", "pairs_per_s": 57.2},
+                {"model": "smollm2-135m", "cache": "static", "tok_per_s": 7600.0}]}"#,
+        )
+        .unwrap();
+        let cpu = read_peer(&cpu).unwrap();
+        assert_eq!(cpu.len(), 3);
+        assert_eq!(
+            (cpu[0].peer.as_str(), cpu[0].shape.as_str(), cpu[0].value),
+            ("torch_cpu_eager", "smollm2-135m", 172.0)
+        );
+        assert_eq!(cpu[2].bench, "dpo_cached_ref_8x128");
+        assert!((cpu[2].value - 8.0 / 11.5).abs() < 1e-9);
+        let gpu = read_peer(&gpu).unwrap();
+        assert_eq!((gpu[0].shape.as_str(), gpu[0].bench.as_str()), ("gpt2-large", "sample_b32"));
+        assert_eq!(gpu[1].bench, "dpo_8x128");
+        assert_eq!(gpu[2].peer, "torch_anchor_static");
+        let bad = dir.path().join("x.json");
+        std::fs::write(&bad, "{}").unwrap();
+        assert!(read_peer(&bad).unwrap_err().to_string().contains("neither"));
+    }
+
+    #[test]
+    fn shapes_are_recognised_from_configs() {
+        for (name, json) in SHAPES {
+            assert_eq!(shape_of(&ArchConfig::from_json(json, name).unwrap(), "?"), *name);
+        }
+    }
 }

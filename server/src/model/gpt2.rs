@@ -106,14 +106,14 @@ pub struct Model {
     wpe: Tensor,
     h: Vec<Block>,
     ln_f: LayerNorm,
-    lm_head: Tensor,
+    lm_head: Linear,
 }
 
 impl Model {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         let t = if vb.contains_tensor("transformer.wte.weight") { vb.pp("transformer") } else { vb.clone() };
         let wte = t.pp("wte").get((cfg.vocab_size, cfg.n_embd), "weight")?;
-        let lm_head = ops::output_head(&vb, "lm_head", &wte, cfg.tie_word_embeddings)?;
+        let lm_head = ops::output_head(&vb, "lm_head", &wte, &t.pp("wte").prefix(), cfg.tie_word_embeddings)?;
         let h = (0..cfg.n_layer).map(|i| Block::load(cfg, t.pp("h").pp(i), i)).collect::<Result<Vec<_>>>()?;
         Ok(Self {
             wte: Embedding::new(wte, cfg.n_embd),
@@ -122,6 +122,11 @@ impl Model {
             ln_f: LayerNorm::load(&t.pp("ln_f"), cfg.n_embd, cfg.layer_norm_epsilon)?,
             lm_head,
         })
+    }
+
+    /// The output head (the embedding's weight when tied).
+    pub fn head_mut(&mut self) -> &mut Linear {
+        &mut self.lm_head
     }
 
     /// Every projection, for adapters and weight surgery.
@@ -172,6 +177,6 @@ impl Model {
     }
 
     pub fn lm_head(&self, hidden: &Tensor) -> Result<Tensor> {
-        ops::apply_head(hidden, &self.lm_head)
+        self.lm_head.forward(hidden)
     }
 }

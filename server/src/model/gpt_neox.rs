@@ -148,7 +148,7 @@ pub struct Model {
     embed_in: Embedding,
     layers: Vec<Layer>,
     final_layer_norm: LayerNorm,
-    embed_out: Tensor,
+    embed_out: Linear,
     rotary: RotaryTable,
 }
 
@@ -156,7 +156,8 @@ impl Model {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         let g = vb.pp("gpt_neox");
         let embed = g.pp("embed_in").get((cfg.vocab_size, cfg.hidden_size), "weight")?;
-        let embed_out = ops::output_head(&vb, "embed_out", &embed, cfg.tie_word_embeddings)?;
+        let embed_out =
+            ops::output_head(&vb, "embed_out", &embed, &g.pp("embed_in").prefix(), cfg.tie_word_embeddings)?;
         let layers =
             (0..cfg.num_hidden_layers).map(|i| Layer::load(cfg, g.pp("layers").pp(i))).collect::<Result<Vec<_>>>()?;
         let base = cfg.rotary_emb_base.unwrap_or_else(|| cfg.rope.theta(10000.0));
@@ -168,6 +169,11 @@ impl Model {
             embed_out,
             rotary: RotaryTable::new(&inv_freq, cfg.max_position_embeddings, vb.dtype(), vb.device())?,
         })
+    }
+
+    /// The output head (the embedding's weight when tied).
+    pub fn head_mut(&mut self) -> &mut Linear {
+        &mut self.embed_out
     }
 
     /// Every projection, for adapters and weight surgery.
@@ -213,6 +219,6 @@ impl Model {
     }
 
     pub fn lm_head(&self, hidden: &Tensor) -> Result<Tensor> {
-        ops::apply_head(hidden, &self.embed_out)
+        self.embed_out.forward(hidden)
     }
 }

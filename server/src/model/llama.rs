@@ -192,7 +192,7 @@ pub struct Model {
     embed_tokens: Embedding,
     layers: Vec<Block>,
     norm: Tensor,
-    lm_head: Tensor,
+    lm_head: Linear,
     rotary: RotaryTable,
     eps: f64,
 }
@@ -201,7 +201,8 @@ impl Model {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         let m = vb.pp("model");
         let embed = m.pp("embed_tokens").get((cfg.vocab_size, cfg.hidden_size), "weight")?;
-        let lm_head = ops::output_head(&vb, "lm_head", &embed, cfg.tie_word_embeddings)?;
+        let lm_head =
+            ops::output_head(&vb, "lm_head", &embed, &m.pp("embed_tokens").prefix(), cfg.tie_word_embeddings)?;
         let layers =
             (0..cfg.num_hidden_layers).map(|i| Block::load(cfg, m.pp("layers").pp(i))).collect::<Result<Vec<_>>>()?;
         let inv_freq = match &cfg.inv_freq_override {
@@ -216,6 +217,11 @@ impl Model {
             rotary: RotaryTable::new(&inv_freq, cfg.max_position_embeddings, vb.dtype(), vb.device())?,
             eps: cfg.rms_norm_eps,
         })
+    }
+
+    /// The output head (the embedding's weight when tied).
+    pub fn head_mut(&mut self) -> &mut Linear {
+        &mut self.lm_head
     }
 
     /// Every projection, for adapters and weight surgery.
@@ -263,6 +269,6 @@ impl Model {
     }
 
     pub fn lm_head(&self, hidden: &Tensor) -> Result<Tensor> {
-        ops::apply_head(hidden, &self.lm_head)
+        self.lm_head.forward(hidden)
     }
 }

@@ -10,10 +10,12 @@ pub mod config;
 pub mod error;
 pub mod gpt2;
 pub mod gpt_neox;
+pub mod half;
 pub mod llama;
 pub mod load;
 pub mod logprobs;
 pub mod ops;
+pub mod random;
 pub mod sample;
 pub mod tokenizer;
 
@@ -105,6 +107,31 @@ impl Model {
             Arch::Gpt2(m) => m.linears_mut(),
             Arch::GptNeoX(m) => m.linears_mut(),
         }
+    }
+
+    /// A copy of this model in which every CPU f32 projection and the head, except those
+    /// `keep_f32` names (HF module path), also hold an f16 copy of their weight for decoding up
+    /// to 8 rows at a time (`half.rs`): batch-1 sampling reads half the bytes. Only for weights
+    /// that stay as they are; other devices and dtypes get an unchanged copy.
+    pub fn with_half_weights(&self, keep_f32: impl Fn(&str) -> bool) -> candle_core::Result<Self> {
+        let mut m = self.clone();
+        if !(m.device.is_cpu() && m.dtype == DType::F32) {
+            return Ok(m);
+        }
+        let head = match &mut m.arch {
+            Arch::Llama(a) => a.head_mut(),
+            Arch::Gpt2(a) => a.head_mut(),
+            Arch::GptNeoX(a) => a.head_mut(),
+        };
+        if !keep_f32(&head.name) {
+            head.half = Some(half::HalfMatrix::from_weight(&head.weight, head.in_out)?);
+        }
+        for l in m.linears_mut() {
+            if !keep_f32(&l.name) {
+                l.half = Some(half::HalfMatrix::from_weight(&l.weight, l.in_out)?);
+            }
+        }
+        Ok(m)
     }
 
     pub fn dtype(&self) -> DType {

@@ -9,6 +9,8 @@
 
 use candle_core::{D, DType, Device, Result, Tensor};
 
+use super::half::HalfMatrix;
+
 /// Whether to use the composed form: gradients are needed, or the dtype is one the fused
 /// kernels do not cover (f64, used by the finite-difference checks).
 fn tracks(ts: &[&Tensor]) -> bool {
@@ -132,15 +134,22 @@ impl RotaryTable {
     }
 }
 
-/// The output head: the input embedding when tied (HF `tie_word_embeddings`), else the
-/// checkpoint's own `{name}.weight`, (vocab, hidden) like the embedding.
-pub fn output_head(vb: &candle_nn::VarBuilder, name: &str, embed: &Tensor, tied: bool) -> Result<Tensor> {
-    if tied { Ok(embed.clone()) } else { vb.pp(name).get(embed.dims2()?, "weight") }
-}
-
-/// Logits from final hidden states: (..., hidden) @ head^T -> (..., vocab).
-pub fn apply_head(hidden: &Tensor, head: &Tensor) -> Result<Tensor> {
-    matmul_2d(hidden, &head.t()?, None)
+/// The output head, (vocab, hidden) like the embedding: the input embedding (module
+/// `embed_name`) when tied (HF `tie_word_embeddings`), else the checkpoint's own `{name}.weight`.
+/// Logits are `head.forward(hidden)`.
+pub fn output_head(
+    vb: &candle_nn::VarBuilder,
+    name: &str,
+    embed: &Tensor,
+    embed_name: &str,
+    tied: bool,
+) -> Result<Linear> {
+    let (weight, name) = if tied {
+        (embed.clone(), embed_name.to_string())
+    } else {
+        (vb.pp(name).get(embed.dims2()?, "weight")?, vb.pp(name).prefix())
+    };
+    Ok(Linear { name, weight, bias: None, in_out: false, lora: None, half: None })
 }
 
 /// LayerNorm weights with their epsilon.
@@ -171,6 +180,8 @@ pub struct Linear {
     pub bias: Option<Tensor>,
     pub in_out: bool,
     pub lora: Option<LoraAdapter>,
+    /// An f16 copy of a frozen weight for decoding a few rows at a time (see `half.rs`).
+    pub half: Option<std::sync::Arc<HalfMatrix>>,
 }
 
 /// `y += scale * (x @ a^T) @ b^T`, with `a` (rank, in) and `b` (out, rank), scale = alpha / rank.
@@ -185,14 +196,14 @@ impl Linear {
     pub fn load(vb: &candle_nn::VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
         let weight = vb.get((out_dim, in_dim), "weight")?;
         let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
-        Ok(Self { name: vb.prefix(), weight, bias, in_out: false, lora: None })
+        Ok(Self { name: vb.prefix(), weight, bias, in_out: false, lora: None, half: None })
     }
 
     /// GPT-2's Conv1D: weight (in, out), always with a bias.
     pub fn load_conv1d(vb: &candle_nn::VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
         let weight = vb.get((in_dim, out_dim), "weight")?;
         let bias = Some(vb.get(out_dim, "bias")?);
-        Ok(Self { name: vb.prefix(), weight, bias, in_out: true, lora: None })
+        Ok(Self { name: vb.prefix(), weight, bias, in_out: true, lora: None, half: None })
     }
 
     pub fn in_dim(&self) -> usize {
@@ -205,8 +216,23 @@ impl Linear {
 
     /// Applies the layer to (..., in), flattening leading dims into one matmul.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let w = if self.in_out { self.weight.clone() } else { self.weight.t()? };
-        let ys = matmul_2d(xs, &w, self.bias.as_ref())?;
+        let ys = match &self.half {
+            Some(half) if few_rows(xs) && xs.dtype() == DType::F32 && xs.device().is_cpu() && !tracks(&[xs]) => {
+                let dims = xs.dims();
+                let x2 = xs.reshape((dims[..dims.len() - 1].iter().product::<usize>(), dims[dims.len() - 1]))?;
+                let mut out_dims = dims.to_vec();
+                *out_dims.last_mut().expect("non-empty") = half.rows();
+                let ys = half.matmul(&x2)?.reshape(out_dims)?;
+                match &self.bias {
+                    Some(b) => ys.broadcast_add(b)?,
+                    None => ys,
+                }
+            }
+            _ => {
+                let w = if self.in_out { self.weight.clone() } else { self.weight.t()? };
+                matmul_2d(xs, &w, self.bias.as_ref())?
+            }
+        };
         match &self.lora {
             None => Ok(ys),
             Some(l) => {
@@ -322,6 +348,12 @@ impl candle_core::CustomOp2 for FrozenRhsMatmul {
 
 /// Up to this many rows, a CPU matmul is a matrix-vector product in disguise.
 const SMALL_M: usize = 8;
+
+/// Whether `xs` (..., in) has at most [`SMALL_M`] rows.
+fn few_rows(xs: &Tensor) -> bool {
+    let dims = xs.dims();
+    !dims.is_empty() && dims[..dims.len() - 1].iter().product::<usize>() <= SMALL_M
+}
 
 /// `x @ w` for a few rows of `x`, with the columns of `w` split across the CPU threads.
 ///

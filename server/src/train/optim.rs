@@ -3,12 +3,19 @@
 //! On the CPU the update is one fused in-place pass per parameter (moments kept beside it),
 //! instead of the dozen temporary tensors a composed update allocates: candle-nn's AdamW took
 //! 2.9 s per step on SmolLM2, PyTorch 0.2 s. Other devices use the composed update.
+//!
+//! Mixed precision: a 16-bit parameter (a model run in bf16 on a GPU) gets an f32 master copy and
+//! f32 moments here; the update is made on the master and the parameter set to its rounding. A
+//! bf16 weight near 1 moves in steps of 2^-7, so at DPO's learning rates (1e-6) an update made in
+//! bf16 itself would round away to nothing while the loss curve looked plausible.
 
 use std::sync::Mutex;
 
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Result, Tensor, Var};
 use serde::{Deserialize, Serialize};
+
+use crate::model::ops::acc_dtype;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -34,8 +41,16 @@ struct Slot {
 }
 
 enum Moments {
-    Cpu { m: Vec<f32>, v: Vec<f32> },
-    Tensors { m: Tensor, v: Tensor },
+    Cpu {
+        m: Vec<f32>,
+        v: Vec<f32>,
+    },
+    /// `master`: the f32 copy of a 16-bit parameter, which the update is made on.
+    Tensors {
+        m: Tensor,
+        v: Tensor,
+        master: Option<Tensor>,
+    },
 }
 
 pub struct Adam {
@@ -53,7 +68,12 @@ impl Adam {
                     let n = var.elem_count();
                     Moments::Cpu { m: vec![0.0; n], v: vec![0.0; n] }
                 } else {
-                    Moments::Tensors { m: var.zeros_like()?, v: var.zeros_like()? }
+                    let master = match var.dtype() {
+                        DType::BF16 | DType::F16 => Some(var.as_tensor().to_dtype(DType::F32)?.detach()),
+                        _ => None,
+                    };
+                    let zeros = || var.as_tensor().zeros_like()?.to_dtype(acc_dtype(var.dtype()));
+                    Moments::Tensors { m: zeros()?, v: zeros()?, master }
                 };
                 Ok(Slot { var, state: Mutex::new(state) })
             })
@@ -83,9 +103,12 @@ impl Adam {
                     m.fill(0.0);
                     v.fill(0.0);
                 }
-                Moments::Tensors { m, v } => {
+                Moments::Tensors { m, v, master } => {
                     *m = m.zeros_like()?;
                     *v = v.zeros_like()?;
+                    if let Some(master) = master {
+                        *master = s.var.as_tensor().to_dtype(DType::F32)?.detach();
+                    }
                 }
             }
         }
@@ -115,16 +138,23 @@ impl Adam {
                     *m = op.m.into_inner().expect("moments");
                     *v = op.v.into_inner().expect("moments");
                 }
-                Moments::Tensors { m, v } => {
-                    let g = g.to_dtype(s.var.dtype())?;
+                Moments::Tensors { m, v, master } => {
+                    let g = g.to_dtype(m.dtype())?;
                     *m = ((&*m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
                     *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
                     let m_hat = (&*m / bc1)?;
                     let v_hat = (&*v / bc2)?;
                     let update = (m_hat / (v_hat.sqrt()? + c.eps)?)?;
-                    let p = s.var.as_tensor();
-                    let decayed = if c.weight_decay > 0.0 { (p * (1.0 - c.lr * c.weight_decay))? } else { p.clone() };
-                    s.var.set(&(decayed - (update * c.lr)?)?.detach())?;
+                    let p = master.clone().unwrap_or_else(|| s.var.as_tensor().clone());
+                    let decayed = if c.weight_decay > 0.0 { (&p * (1.0 - c.lr * c.weight_decay))? } else { p };
+                    let next = (decayed - (update * c.lr)?)?.detach();
+                    match master {
+                        Some(master) => {
+                            s.var.set(&next.to_dtype(s.var.dtype())?)?;
+                            *master = next;
+                        }
+                        None => s.var.set(&next)?,
+                    }
                 }
             }
         }
@@ -234,5 +264,29 @@ mod tests {
         opt.step(&grads).unwrap();
         let after = x.as_tensor().to_vec1::<f32>().unwrap()[0];
         assert!((before - after - 0.1).abs() < 1e-6);
+    }
+
+    #[test]
+    fn bf16_parameters_keep_an_f32_master_copy() {
+        // Gradient 1 everywhere: Adam moves every weight by lr per step. Near 1.0 bf16 resolves
+        // 2^-7 = 0.0078, so 1e-3 steps made in bf16 would all round away; with the master copy
+        // 100 steps move the weight by 0.1.
+        let x = Var::from_tensor(&Tensor::new(&[1.0f32, -0.5], &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap())
+            .unwrap();
+        let mut opt = Adam::new(vec![x.clone()], AdamConfig { lr: 1e-3, ..Default::default() }).unwrap();
+        for _ in 0..100 {
+            let loss = x.as_tensor().sum_all().unwrap();
+            opt.step(&loss.backward().unwrap()).unwrap();
+        }
+        let got = x.as_tensor().to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap();
+        assert!((got[0] - 0.9).abs() < 0.004, "{got:?}");
+        assert!((got[1] + 0.6).abs() < 0.004, "{got:?}");
+        // After a reset the master follows the parameter as it is then (a policy reset to its start).
+        x.set(&Tensor::new(&[2.0f32, 2.0], &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap()).unwrap();
+        opt.reset().unwrap();
+        let loss = x.as_tensor().sum_all().unwrap();
+        opt.step(&loss.backward().unwrap()).unwrap();
+        let got = x.as_tensor().to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(got, vec![2.0, 2.0], "a 1e-3 step from 2.0 rounds to 2.0 in bf16");
     }
 }

@@ -66,6 +66,73 @@ fn errors_name_the_problem() {
 }
 
 #[test]
+fn bench_measures_several_models_and_sets_peers_beside_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    std::fs::write(
+        &config,
+        r#"{"model_type": "gpt_neox", "vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "intermediate_size": 32, "rotary_pct": 0.5, "eos_token_id": 0}"#,
+    )
+    .unwrap();
+    // A peer result in the CPU peers' format, for SmolLM2's shape (the random llama below is
+    // not that shape, the fixture neither: only a peer of a matching shape is set beside).
+    let peer = dir.path().join("torch_cpu_eager.json");
+    std::fs::write(&peer, r#"{"meta": {}, "results": [{"bench": "sample_b1", "median": 10.0, "work_per_rep": 4}]}"#)
+        .unwrap();
+    let json = dir.path().join("bench.json");
+    let models = format!("random:{},{}", config.display(), fixture("llama"));
+    let small = [
+        "--benches",
+        "sample_b1,score,dpo",
+        "--reps",
+        "2",
+        "--warmup",
+        "0",
+        "--prompt-len",
+        "4",
+        "--new-tokens",
+        "3",
+        "--score-n",
+        "3",
+        "--seq-len",
+        "8",
+        "--score-mb",
+        "2",
+        "--dpo-pairs",
+        "2",
+        "--dpo-prompt-len",
+        "4",
+        "--decode-weights",
+        "f16",
+    ];
+    let table = run_ok(
+        apl().args(["bench", "--models", &models]).args(small).arg("--peers").arg(&peer).arg("--json").arg(&json),
+    );
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let models = doc["models"].as_array().unwrap();
+    assert_eq!(models.len(), 2);
+    for m in models {
+        let benches: Vec<&str> =
+            m["results"].as_array().unwrap().iter().map(|r| r["bench"].as_str().unwrap()).collect();
+        assert_eq!(benches, ["sample_b1", "sample_b1+f16w", "score_3x8", "dpo_2x8", "dpo_cached_ref_2x8"], "{m}");
+        for r in m["results"].as_array().unwrap() {
+            assert!(r["median"].as_f64().unwrap() > 0.0 && r["times_s"].as_array().unwrap().len() == 2, "{r}");
+        }
+    }
+    assert_eq!(doc["peers"][0]["peer"], "torch_cpu_eager");
+    assert!(doc["comparison"].as_array().unwrap().is_empty(), "no model has SmolLM2's shape");
+    assert!(table.contains("| sample_b1+f16w |"), "{table}");
+
+    // A peer file that is neither format is named.
+    std::fs::write(&peer, "[1, 2]").unwrap();
+    let out =
+        apl().args(["bench", "--models", &fixture("llama")]).args(small).arg("--peers").arg(&peer).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("torch_cpu_eager.json"));
+}
+
+#[test]
 fn experiment_then_convert_its_trained_policy() {
     let dir = tempfile::tempdir().unwrap();
     let prompts = dir.path().join("prompts.jsonl");

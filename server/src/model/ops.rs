@@ -216,23 +216,8 @@ impl Linear {
 
     /// Applies the layer to (..., in), flattening leading dims into one matmul.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let ys = match &self.half {
-            Some(half) if few_rows(xs) && xs.dtype() == DType::F32 && xs.device().is_cpu() && !tracks(&[xs]) => {
-                let dims = xs.dims();
-                let x2 = xs.reshape((dims[..dims.len() - 1].iter().product::<usize>(), dims[dims.len() - 1]))?;
-                let mut out_dims = dims.to_vec();
-                *out_dims.last_mut().expect("non-empty") = half.rows();
-                let ys = half.matmul(&x2)?.reshape(out_dims)?;
-                match &self.bias {
-                    Some(b) => ys.broadcast_add(b)?,
-                    None => ys,
-                }
-            }
-            _ => {
-                let w = if self.in_out { self.weight.clone() } else { self.weight.t()? };
-                matmul_2d(xs, &w, self.bias.as_ref())?
-            }
-        };
+        let w = if self.in_out { self.weight.clone() } else { self.weight.t()? };
+        let ys = matmul_2d_with(xs, &w, self.half.as_deref(), self.bias.as_ref())?;
         match &self.lora {
             None => Ok(ys),
             Some(l) => {
@@ -257,11 +242,20 @@ impl Linear {
 
 /// `xs @ w (+ bias)` where `w` is (in, out), e.g. GPT-2's Conv1D or a transposed Linear weight.
 pub fn matmul_2d(xs: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    matmul_2d_with(xs, w, None, bias)
+}
+
+/// [`matmul_2d`], reading `half` (an f16 copy of `w`) instead of `w` for a few f32 rows on the
+/// CPU without gradients: decoding.
+fn matmul_2d_with(xs: &Tensor, w: &Tensor, half: Option<&HalfMatrix>, bias: Option<&Tensor>) -> Result<Tensor> {
     let dims = xs.dims().to_vec();
     let in_dim = *dims.last().expect("matmul on a scalar");
     let rows: usize = dims[..dims.len() - 1].iter().product();
     let x2 = xs.reshape((rows, in_dim))?;
-    let ys = if rows <= SMALL_M && w.device().is_cpu() && !tracks(&[&x2, w]) {
+    let decoding = rows <= SMALL_M && x2.device().is_cpu() && !tracks(&[&x2, w]);
+    let ys = if let Some(half) = half.filter(|_| decoding && x2.dtype() == DType::F32) {
+        half.matmul(&x2)?
+    } else if decoding && w.device().is_cpu() {
         matmul_split_columns(&x2, w)?
     } else if x2.track_op()
         && !w.track_op()
@@ -348,12 +342,6 @@ impl candle_core::CustomOp2 for FrozenRhsMatmul {
 
 /// Up to this many rows, a CPU matmul is a matrix-vector product in disguise.
 const SMALL_M: usize = 8;
-
-/// Whether `xs` (..., in) has at most [`SMALL_M`] rows.
-fn few_rows(xs: &Tensor) -> bool {
-    let dims = xs.dims();
-    !dims.is_empty() && dims[..dims.len() - 1].iter().product::<usize>() <= SMALL_M
-}
 
 /// `x @ w` for a few rows of `x`, with the columns of `w` split across the CPU threads.
 ///

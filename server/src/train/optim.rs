@@ -72,7 +72,7 @@ impl Adam {
                         DType::BF16 | DType::F16 => Some(var.as_tensor().to_dtype(DType::F32)?.detach()),
                         _ => None,
                     };
-                    let zeros = || var.as_tensor().zeros_like()?.to_dtype(acc_dtype(var.dtype()));
+                    let zeros = || Tensor::zeros(var.shape(), acc_dtype(var.dtype()), var.device());
                     Moments::Tensors { m: zeros()?, v: zeros()?, master }
                 };
                 Ok(Slot { var, state: Mutex::new(state) })

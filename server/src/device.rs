@@ -69,7 +69,11 @@ pub fn parse_dtype(spec: &str) -> Result<DType> {
 
 pub fn describe(device: &Device) -> String {
     match device {
-        Device::Cpu => format!("cpu ({} threads)", candle_core::utils::get_num_threads()),
+        Device::Cpu => format!(
+            "cpu ({} threads; matrix products: {})",
+            candle_core::utils::get_num_threads(),
+            crate::model::blas::describe()
+        ),
         Device::Cuda(_) => "cuda".to_string(),
         Device::Metal(_) => "metal".to_string(),
     }

@@ -172,6 +172,9 @@ fn shape_of(config: &ArchConfig, fallback: &str) -> String {
 fn load(spec: &str, a: &ModelArgs) -> Result<Checkpoint> {
     let device = parse_device(&a.device)?;
     let dtype = parse_dtype(&a.dtype)?;
+    if device.is_cpu() {
+        super::offer_cached_blas(&a.cache.dir(), spec == "default");
+    }
     Ok(if random::is_random(spec) {
         random::random_checkpoint(spec, dtype, &device, 0)?
     } else if spec == "default" {
@@ -222,6 +225,7 @@ pub fn run(a: Args) -> Result<()> {
             "dtype": a.model.dtype,
             "device": describe(&parse_device(&a.model.device)?),
             "cpu": cpu_name(),
+            "blas": crate::model::blas::describe(),
         });
         let doc = serde_json::json!({"meta": meta, "models": all, "peers": peers, "comparison": comparison});
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)

@@ -259,7 +259,11 @@ pub fn run(a: Args) -> Result<()> {
     } else {
         None
     };
-    let base = Checkpoint::load(&model_path, parse_dtype(&a.model.dtype)?, &parse_device(&a.model.device)?)?;
+    let device = parse_device(&a.model.device)?;
+    if device.is_cpu() {
+        super::offer_cached_blas(&cache, cfg.model.is_none());
+    }
+    let base = Checkpoint::load(&model_path, parse_dtype(&a.model.dtype)?, &device)?;
     let t = std::time::Instant::now();
     let setup = Setup::build(&cfg, base, imdb_csv.as_deref())?;
     if let Some(r) = &setup.oracle_report {

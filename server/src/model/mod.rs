@@ -6,8 +6,10 @@
 //! only adds a cache. [`Model`] hides which architecture is inside.
 
 pub mod batch;
+pub mod blas;
 pub mod config;
 pub mod error;
+pub mod fused;
 pub mod gpt2;
 pub mod gpt_neox;
 pub mod half;

@@ -4,11 +4,13 @@
 //! record no backward op: a model built on them trains only its head while the loss still falls.
 //! Each function here therefore checks whether any input takes part in a gradient graph
 //! (`Tensor::track_op`) and, if so, uses a composition of differentiable primitives; otherwise it
-//! uses the fused kernel. Tests check that both forms agree and that every parameter of every
-//! architecture receives a gradient.
+//! uses the fused kernel. On the CPU in f32 the gradient form is itself fused (`fused.rs`: one
+//! pass forward, one backward); the composition remains for other dtypes and devices. Tests
+//! check that every form agrees and that every parameter of every architecture receives a gradient.
 
 use candle_core::{D, DType, Device, Result, Tensor};
 
+use super::fused;
 use super::half::HalfMatrix;
 
 /// Whether to use the composed form: gradients are needed, or the dtype is one the fused
@@ -27,12 +29,20 @@ pub fn acc_dtype(dtype: DType) -> DType {
 
 /// Softmax over the last dimension.
 pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
-    if tracks(&[xs]) { candle_nn::ops::softmax(xs, D::Minus1) } else { candle_nn::ops::softmax_last_dim(xs) }
+    if !tracks(&[xs]) {
+        candle_nn::ops::softmax_last_dim(xs)
+    } else if fused::takes(&[xs]) {
+        fused::softmax_last_dim(xs)
+    } else {
+        candle_nn::ops::softmax(xs, D::Minus1)
+    }
 }
 
 /// RMSNorm as in HF `LlamaRMSNorm`: computed in at least f32, scaled by `weight` in the input dtype.
 pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    if tracks(&[xs, weight]) {
+    if tracks(&[xs, weight]) && fused::takes(&[xs, weight]) {
+        fused::rms_norm(xs, weight, eps)
+    } else if tracks(&[xs, weight]) {
         let dtype = xs.dtype();
         let x = xs.to_dtype(acc_dtype(dtype))?;
         let var = x.sqr()?.mean_keepdim(D::Minus1)?;
@@ -63,7 +73,9 @@ pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resu
 /// `xs`: (batch, heads, seq, head_dim); `cos`, `sin`: (batch, seq, head_dim / 2), one row per
 /// position id, so rows of a batch may sit at different positions (left padding, KV cache).
 pub fn rope(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    if tracks(&[xs, cos, sin]) {
+    if tracks(&[xs, cos, sin]) && fused::takes(&[xs, cos, sin]) {
+        fused::rope(xs, cos, sin)
+    } else if tracks(&[xs, cos, sin]) {
         let half = xs.dim(D::Minus1)? / 2;
         let cos = cos.unsqueeze(1)?;
         let sin = sin.unsqueeze(1)?;
@@ -257,13 +269,8 @@ fn matmul_2d_with(xs: &Tensor, w: &Tensor, half: Option<&HalfMatrix>, bias: Opti
         half.matmul(&x2)?
     } else if decoding && w.device().is_cpu() {
         matmul_split_columns(&x2, w)?
-    } else if x2.track_op()
-        && !w.track_op()
-        && w.device().is_cpu()
-        && w.dtype() == DType::F32
-        && x2.dtype() == DType::F32
-    {
-        x2.contiguous()?.apply_op2_arc(w, std::sync::Arc::new(Box::new(FrozenRhsMatmul)))?
+    } else if cpu_matmul_takes(&x2, w) {
+        CpuMatmul { use_blas: true }.apply(&x2, w)?
     } else {
         x2.matmul(w)?
     };
@@ -276,14 +283,35 @@ fn matmul_2d_with(xs: &Tensor, w: &Tensor, half: Option<&HalfMatrix>, bias: Opti
     ys.reshape(out_dims)
 }
 
-/// `x @ w` for a frozen `w`: candle's matmul backward computes the gradient of both operands,
-/// so a frozen weight (the tied head, LoRA's base weights) would cost a whole extra matmul per
-/// backward for a gradient nobody reads. This op's backward returns only `grad @ w^T`.
-struct FrozenRhsMatmul;
+/// `x @ w` for 2-D f32 or f64 operands on the CPU, through [`super::blas`], with a backward
+/// made of the same products (`grad @ w^T`, `x^T @ grad`, read through strides, not copied).
+/// Only the operands that take part in a gradient graph get one: a frozen weight (the tied
+/// head, LoRA's base weights, the frozen layers under a trained top) costs no extra product.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuMatmul {
+    /// Through the loaded BLAS (if any); `false` forces the `gemm` crate (tests compare them).
+    pub use_blas: bool,
+}
 
-impl candle_core::CustomOp2 for FrozenRhsMatmul {
+impl CpuMatmul {
+    fn apply(self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        x.apply_op2_arc(w, std::sync::Arc::new(Box::new(self)))
+    }
+}
+
+/// Whether [`CpuMatmul`] takes these operands.
+fn cpu_matmul_takes(x: &Tensor, w: &Tensor) -> bool {
+    x.device().is_cpu()
+        && w.device().is_cpu()
+        && x.dtype() == w.dtype()
+        && matches!(x.dtype(), DType::F32 | DType::F64)
+        && x.rank() == 2
+        && w.rank() == 2
+}
+
+impl candle_core::CustomOp2 for CpuMatmul {
     fn name(&self) -> &'static str {
-        "frozen-rhs-matmul"
+        "cpu-matmul"
     }
 
     fn cpu_fwd(
@@ -293,50 +321,34 @@ impl candle_core::CustomOp2 for FrozenRhsMatmul {
         s2: &candle_core::CpuStorage,
         l2: &candle_core::Layout,
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use super::blas::{Operand, matmul};
         use candle_core::CpuStorage;
-        let (CpuStorage::F32(x), CpuStorage::F32(w)) = (s1, s2) else {
-            candle_core::bail!("frozen-rhs-matmul: f32 operands expected");
-        };
         let (m, k) = l1.shape().dims2()?;
         let (k2, n) = l2.shape().dims2()?;
         if k != k2 {
-            candle_core::bail!("frozen-rhs-matmul: ({m}, {k}) @ ({k2}, {n})");
+            candle_core::bail!("cpu-matmul: ({m}, {k}) @ ({k2}, {n})");
         }
         let (xs, ws) = (l1.stride(), l2.stride());
-        let x = &x[l1.start_offset()..];
-        let w = &w[l2.start_offset()..];
-        let mut dst = vec![0f32; m * n];
-        let threads = rayon::current_num_threads();
-        let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-        // SAFETY: the strides and sizes come from the operands' own layouts; dst is m x n.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                dst.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                x.as_ptr(),
-                xs[1] as isize,
-                xs[0] as isize,
-                w.as_ptr(),
-                ws[1] as isize,
-                ws[0] as isize,
-                0f32,
-                1f32,
-                false,
-                false,
-                false,
-                par,
-            );
+        fn operand<'a, T>(data: &'a [T], l: &candle_core::Layout, s: &[usize]) -> Operand<'a, T> {
+            Operand { data: &data[l.start_offset()..], row_stride: s[0], col_stride: s[1] }
         }
-        Ok((CpuStorage::F32(dst), candle_core::Shape::from((m, n))))
+        let out = match (s1, s2) {
+            (CpuStorage::F32(x), CpuStorage::F32(w)) => {
+                CpuStorage::F32(matmul(m, n, k, operand(x, l1, xs), operand(w, l2, ws), self.use_blas))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(w)) => {
+                CpuStorage::F64(matmul(m, n, k, operand(x, l1, xs), operand(w, l2, ws), self.use_blas))
+            }
+            _ => candle_core::bail!("cpu-matmul: two f32 or two f64 operands expected"),
+        };
+        Ok((out, candle_core::Shape::from((m, n))))
     }
 
-    fn bwd(&self, _x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(grad.matmul(&w.t()?)?), None))
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.detach();
+        let dx = if x.track_op() { Some(self.apply(&grad, &w.detach().t()?)?) } else { None };
+        let dw = if w.track_op() { Some(self.apply(&x.detach().t()?, &grad)?) } else { None };
+        Ok((dx, dw))
     }
 }
 
@@ -383,6 +395,16 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// `act(gate) * up`, the gated MLP's middle (Llama's SwiGLU): fused with its backward when
+    /// training on the CPU in f32.
+    pub fn gated(self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+        if self == Self::Silu && tracks(&[gate, up]) && fused::takes(&[gate, up]) {
+            fused::silu_mul(gate, up)
+        } else {
+            self.forward(gate)? * up
+        }
+    }
+
     pub fn forward(self, xs: &Tensor) -> Result<Tensor> {
         match self {
             Self::Silu => xs.silu(),
@@ -442,6 +464,66 @@ mod tests {
     }
 
     /// Runs `f` on plain tensors (fused path) and on variables (differentiable path).
+    /// Values and gradients of the fused f32 training form (`fused.rs`) against the composed
+    /// form (which f64 takes), with a random upstream gradient; every input gets a gradient.
+    fn fused_backward_matches_composed(inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Tensor) {
+        let run = |dtype: DType| {
+            let vars: Vec<Var> =
+                inputs.iter().map(|t| Var::from_tensor(&t.to_dtype(dtype).unwrap()).unwrap()).collect();
+            let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+            let y = f(&ts);
+            assert_eq!(y.dtype(), dtype);
+            let g = rand(y.dims(), 99).to_dtype(dtype).unwrap();
+            let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            let gs: Vec<Tensor> = ts
+                .iter()
+                .map(|t| grads.get(t).expect("a gradient for every input").to_dtype(DType::F32).unwrap())
+                .collect();
+            (y.to_dtype(DType::F32).unwrap(), gs)
+        };
+        let (y32, g32) = run(DType::F32);
+        let (y64, g64) = run(DType::F64);
+        assert!(max_diff(&y32, &y64) < 1e-5, "values {}", max_diff(&y32, &y64));
+        for (i, (a, b)) in g32.iter().zip(&g64).enumerate() {
+            let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1.0);
+            assert!(max_diff(a, b) / scale < 1e-5, "gradient of input {i}: {}", max_diff(a, b));
+        }
+    }
+
+    #[test]
+    fn fused_training_ops_match_the_composed_form_and_its_gradients() {
+        let x = rand(&[2, 3, 5, 8], 1);
+        fused_backward_matches_composed(std::slice::from_ref(&x), |t| softmax_last_dim(&t[0]).unwrap());
+        // Attention scores with masked (future) keys.
+        let mask =
+            Tensor::new(&[0f32, 0.0, 0.0, mask_value(DType::F32), mask_value(DType::F32)], &Device::Cpu).unwrap();
+        let scores = rand(&[2, 3, 4, 5], 5);
+        fused_backward_matches_composed(&[scores], |t| {
+            softmax_last_dim(&t[0].broadcast_add(&mask.to_dtype(t[0].dtype()).unwrap()).unwrap()).unwrap()
+        });
+        let w = (rand(&[8], 2) + 1.0).unwrap();
+        fused_backward_matches_composed(&[x.clone(), w], |t| rms_norm(&t[0], &t[1], 1e-5).unwrap());
+
+        let table = RotaryTable::new(&RotaryTable::default_inv_freq(8, 10000.0), 16, DType::F32, &Device::Cpu).unwrap();
+        let pos = Tensor::new(&[[0u32, 1, 2, 3, 4], [3, 4, 5, 6, 7]], &Device::Cpu).unwrap();
+        let (cos, sin) = table.lookup(&pos).unwrap();
+        fused_backward_matches_composed(std::slice::from_ref(&x), |t| {
+            let d = t[0].dtype();
+            rope(&t[0], &cos.to_dtype(d).unwrap(), &sin.to_dtype(d).unwrap()).unwrap()
+        });
+        let table4 =
+            RotaryTable::new(&RotaryTable::default_inv_freq(4, 10000.0), 16, DType::F32, &Device::Cpu).unwrap();
+        let (cos4, sin4) = table4.lookup(&pos).unwrap();
+        fused_backward_matches_composed(std::slice::from_ref(&x), |t| {
+            let d = t[0].dtype();
+            partial_rope(&t[0], &cos4.to_dtype(d).unwrap(), &sin4.to_dtype(d).unwrap(), 4).unwrap()
+        });
+
+        let up = rand(&[2, 5, 8], 3);
+        let gate = (rand(&[2, 5, 8], 4) * 6.0).unwrap();
+        fused_backward_matches_composed(&[gate, up], |t| Activation::Silu.gated(&t[0], &t[1]).unwrap());
+    }
+
     fn both(inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Tensor) -> (Tensor, Tensor) {
         let fused = f(inputs);
         let vars: Vec<Tensor> = inputs.iter().map(|t| Var::from_tensor(t).unwrap().as_tensor().clone()).collect();
@@ -476,17 +558,33 @@ mod tests {
     }
 
     #[test]
-    fn frozen_weight_matmul_matches_matmul_and_its_input_gradient() {
-        let x = Var::from_tensor(&rand(&[5, 7], 11)).unwrap();
-        let w_out_in = rand(&[9, 7], 12); // HF layout; used transposed, as the head is
-        let y = matmul_2d(x.as_tensor(), &w_out_in.t().unwrap(), None).unwrap();
-        let want = x.as_tensor().matmul(&w_out_in.t().unwrap()).unwrap();
+    fn cpu_matmul_matches_candle_and_differentiates_only_what_tracks() {
+        let x = Var::from_tensor(&rand(&[33, 7], 11)).unwrap();
+        let w_var = Var::from_tensor(&rand(&[9, 7], 12)).unwrap(); // HF layout, used transposed
+        let frozen = rand(&[9, 7], 14);
+        let g = rand(&[33, 9], 13);
+        for use_blas in [false, true] {
+            let op = CpuMatmul { use_blas };
+            for (w, w_trains) in [(w_var.as_tensor(), true), (&frozen, false)] {
+                let y = op.apply(x.as_tensor(), &w.t().unwrap()).unwrap();
+                let want = x.as_tensor().matmul(&w.t().unwrap()).unwrap();
+                assert!(max_diff(&y, &want) < 1e-5);
+                let got = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+                let reference = (want * &g).unwrap().sum_all().unwrap().backward().unwrap();
+                let (a, b) = (got.get(x.as_tensor()).unwrap(), reference.get(x.as_tensor()).unwrap());
+                assert!(max_diff(a, b) < 1e-5);
+                match w_trains {
+                    true => assert!(max_diff(got.get(w).unwrap(), reference.get(w).unwrap()) < 1e-5),
+                    false => assert!(got.get(w).is_none()),
+                }
+            }
+        }
+        // Through matmul_2d, leading dims flattened, with a bias.
+        let x3 = rand(&[2, 17, 7], 15);
+        let bias = rand(&[9], 16);
+        let y = matmul_2d(&x3, &frozen.t().unwrap(), Some(&bias)).unwrap();
+        let want = x3.broadcast_matmul(&frozen.t().unwrap()).unwrap().broadcast_add(&bias).unwrap();
         assert!(max_diff(&y, &want) < 1e-5);
-        let g = rand(&[5, 9], 13);
-        let got = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
-        let reference = (want * &g).unwrap().sum_all().unwrap().backward().unwrap();
-        let (a, b) = (got.get(x.as_tensor()).unwrap(), reference.get(x.as_tensor()).unwrap());
-        assert!(max_diff(a, b) < 1e-5);
     }
 
     #[test]

@@ -43,7 +43,18 @@ pub fn parity_batch(exp: &HashMap<String, Tensor>, prefix: &str) -> (Batch, Vec<
 }
 
 pub fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 /// A deterministic token sequence in 3..vocab.

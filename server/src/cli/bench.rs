@@ -35,7 +35,7 @@ use crate::model::random::{self, SHAPES};
 use crate::model::{ArchConfig, Checkpoint, Model, SampleRequest, SamplingConfig, sample, sequence_logprobs};
 use crate::train::optim::{Adam, AdamConfig};
 
-const BENCHES: [&str; 4] = ["sample_b1", "sample_b32", "score", "dpo"];
+const BENCHES: [&str; 5] = ["sample_b1", "sample_b32", "score", "dpo", "matmul"];
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -46,7 +46,8 @@ pub struct Args {
     /// Without it, --model alone.
     #[arg(long, value_delimiter = ',')]
     pub models: Vec<String>,
-    /// Which benches, comma-separated: sample_b1, sample_b32, score, dpo.
+    /// Which benches, comma-separated: sample_b1, sample_b32, score, dpo; and matmul (not by
+    /// default): every layer's products at decoding row counts, few-row kernels against BLAS.
     #[arg(long, default_value = "sample_b1,sample_b32,score,dpo")]
     pub benches: String,
     #[arg(long, default_value_t = 3)]
@@ -280,7 +281,46 @@ fn bench_model(a: &Args, benches: &[&str], ck: &Checkpoint, m: &Model) -> Result
     if benches.contains(&"dpo") {
         results.extend(dpo(a, ck, m, &mut ids)?);
     }
+    if benches.contains(&"matmul") {
+        results.extend(matmuls(a, m)?);
+    }
     Ok(results)
+}
+
+/// Every layer's products (q, k, v, o and the MLP's, through `Linear::forward` as the model
+/// runs them; the weights stream from memory, as in decoding) for 1..128 rows, in GFLOP/s: the
+/// engine's choice (the few-row kernels of `skinny.rs` up to their limit), then with those
+/// kernels off (BLAS), in the same run.
+fn matmuls(a: &Args, m: &Model) -> Result<Vec<BenchResult>> {
+    use crate::model::skinny;
+    let mut model = m.clone();
+    let linears: Vec<crate::model::ops::Linear> = model.linears_mut().into_iter().map(|l| l.clone()).collect();
+    let flops_per_row: f64 = linears.iter().map(|l| 2.0 * (l.in_dim() * l.out_dim()) as f64).sum();
+    let mut out = Vec::new();
+    for rows in [1usize, 8, 16, 32, 64, 128] {
+        let mut inputs = std::collections::HashMap::new();
+        for l in &linears {
+            if let std::collections::hash_map::Entry::Vacant(e) = inputs.entry(l.in_dim()) {
+                e.insert(candle_core::Tensor::randn(0f32, 1.0, (rows, l.in_dim()), m.device())?.to_dtype(m.dtype())?);
+            }
+        }
+        let work = flops_per_row * rows as f64 / 1e9;
+        for (name, on) in [(format!("matmul_m{rows}"), true), (format!("matmul_m{rows}_blas"), false)] {
+            if !on && (rows > skinny::MAX_ROWS || skinny::isa().is_none()) {
+                continue;
+            }
+            skinny::set_enabled(on);
+            let r = measure(&name, "GFLOP/s", work, a.warmup, a.reps, || {
+                for l in &linears {
+                    l.forward(&inputs[&l.in_dim()])?;
+                }
+                Ok(())
+            });
+            skinny::set_enabled(true);
+            out.push(r?);
+        }
+    }
+    Ok(out)
 }
 
 fn dpo(

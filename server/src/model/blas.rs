@@ -213,12 +213,22 @@ fn orientation(rows: usize, cols: usize, rs: usize, cs: usize) -> Option<(c_int,
 pub trait Element: Copy + Default + Send + Sync + 'static {
     const ONE: Self;
     fn blas_fn(blas: &Blas) -> Option<GemmFn<Self>>;
+    /// A product of few rows by the transpose of a row-major matrix (decoding through an HF
+    /// weight), through `skinny.rs` where it has a kernel for this type and CPU.
+    fn skinny(_m: usize, _n: usize, _k: usize, _a: Operand<Self>, _b: Operand<Self>) -> Option<Vec<Self>> {
+        None
+    }
 }
 
 impl Element for f32 {
     const ONE: Self = 1.0;
     fn blas_fn(blas: &Blas) -> Option<GemmFn<Self>> {
         Some(blas.sgemm)
+    }
+    fn skinny(m: usize, n: usize, k: usize, a: Operand<Self>, b: Operand<Self>) -> Option<Vec<Self>> {
+        // b (k, n) read with row stride 1: output j's weights are b.data[j * col_stride..][..k].
+        let fits = m <= super::skinny::MAX_ROWS && a.col_stride == 1 && b.row_stride == 1 && k > 1;
+        fits.then(|| super::skinny::matmul(m, n, k, a.data, a.row_stride, b.data, b.col_stride)).flatten()
     }
 }
 
@@ -229,14 +239,18 @@ impl Element for f64 {
     }
 }
 
-/// `a (m, k) @ b (k, n)` into a new row-major (m, n) buffer, through BLAS when it is loaded
-/// and `use_blas`, else the `gemm` crate on rayon's threads.
+/// `a (m, k) @ b (k, n)` into a new row-major (m, n) buffer: a few rows by an HF weight through
+/// `skinny.rs`; otherwise through BLAS when it is loaded and `use_blas`, else the `gemm` crate
+/// on rayon's threads.
 pub fn matmul<T: Element>(m: usize, n: usize, k: usize, a: Operand<T>, b: Operand<T>, use_blas: bool) -> Vec<T> {
     if m == 0 || n == 0 || k == 0 {
         return vec![T::default(); m * n];
     }
     let last = |o: &Operand<T>, rows: usize, cols: usize| (rows - 1) * o.row_stride + (cols - 1) * o.col_stride;
     assert!(last(&a, m, k) < a.data.len() && last(&b, k, n) < b.data.len(), "matmul operand out of bounds");
+    if use_blas && let Some(c) = T::skinny(m, n, k, a, b) {
+        return c;
+    }
     let dims = (c_int::try_from(m), c_int::try_from(n), c_int::try_from(k));
     let blas = blas().filter(|b| !b.on_rayon || rayon::current_thread_index().is_none());
     if let (true, Some(f), (Ok(mi), Ok(ni), Ok(ki))) = (use_blas, blas.and_then(T::blas_fn), dims)

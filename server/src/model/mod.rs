@@ -5,6 +5,7 @@
 //! One implementation per architecture serves scoring, training and sampling; the sampler
 //! only adds a cache. [`Model`] hides which architecture is inside.
 
+pub mod attend;
 pub mod batch;
 pub mod blas;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod logprobs;
 pub mod ops;
 pub mod random;
 pub mod sample;
+pub mod skinny;
 pub mod tokenizer;
 
 use std::collections::HashMap;

@@ -267,7 +267,7 @@ fn matmul_2d_with(xs: &Tensor, w: &Tensor, half: Option<&HalfMatrix>, bias: Opti
     let decoding = rows <= SMALL_M && x2.device().is_cpu() && !tracks(&[&x2, w]);
     let ys = if let Some(half) = half.filter(|_| decoding && x2.dtype() == DType::F32) {
         half.matmul(&x2)?
-    } else if decoding && w.device().is_cpu() {
+    } else if decoding && w.device().is_cpu() && !cpu_matmul_takes(&x2, w) {
         matmul_split_columns(&x2, w)?
     } else if cpu_matmul_takes(&x2, w) {
         CpuMatmul { use_blas: true }.apply(&x2, w)?
@@ -289,7 +289,8 @@ fn matmul_2d_with(xs: &Tensor, w: &Tensor, half: Option<&HalfMatrix>, bias: Opti
 /// head, LoRA's base weights, the frozen layers under a trained top) costs no extra product.
 #[derive(Debug, Clone, Copy)]
 pub struct CpuMatmul {
-    /// Through the loaded BLAS (if any); `false` forces the `gemm` crate (tests compare them).
+    /// Through the loaded BLAS (if any) and the few-row kernels of `skinny.rs`; `false` forces
+    /// the `gemm` crate (tests compare them).
     pub use_blas: bool,
 }
 
@@ -420,7 +421,17 @@ impl Activation {
 /// q: (b, heads, t, d); k, v: (b, kv_heads, s, d); mask: additive, (b, 1, t, s).
 /// Query heads `g * rep .. (g + 1) * rep` share kv head `g`, as in HF's `repeat_kv`; they are
 /// folded into the row dimension so one batched matmul serves the whole group.
+///
+/// Without gradients on the CPU in f32 this is `attend.rs`'s one-pass kernel.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
+    match super::attend::attention(q, k, v, mask, scale)? {
+        Some(y) => Ok(y),
+        None => attention_composed(q, k, v, mask, scale),
+    }
+}
+
+/// [`attention`] composed of differentiable tensor ops.
+pub fn attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
     let (b, h, t, d) = q.dims4()?;
     let kv = k.dim(1)?;
     let s = k.dim(2)?;
@@ -430,7 +441,9 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) 
     let scores = scores.reshape((b, kv, rep, t, s))?.broadcast_add(&mask.unsqueeze(1)?)?;
     let probs = softmax_last_dim(&scores.to_dtype(acc_dtype(scores.dtype()))?)?.to_dtype(v.dtype())?;
     let probs = probs.reshape((b, kv, rep * t, s))?;
-    probs.matmul(&v.contiguous()?)?.reshape((b, h, t, d))
+    // A view of the KV cache is read in place: matmul takes any batch stride over row-major rows.
+    let v = if v.stride()[3] == 1 && v.stride()[0] == v.stride()[1] * kv { v.clone() } else { v.contiguous()? };
+    probs.matmul(&v)?.reshape((b, h, t, d))
 }
 
 /// The additive mask value for padded or future keys: finite, so fully masked rows stay NaN-free.
@@ -603,6 +616,8 @@ mod tests {
         let (k2, v2) = (rep(&k), rep(&v));
         let p = candle_nn::ops::softmax(&(q.matmul(&k2.t().unwrap()).unwrap() * 0.5).unwrap(), D::Minus1).unwrap();
         let want = p.matmul(&v2).unwrap();
+        // The one-pass CPU kernel (`attend.rs`) and the composed form.
         assert!(max_diff(&got, &want) < 1e-6);
+        assert!(max_diff(&attention_composed(&q, &k, &v, &mask, 0.5).unwrap(), &want) < 1e-6);
     }
 }

@@ -3,8 +3,14 @@
 //!
 //! Prompts are left-padded so every row's next token lands in the same column; each step feeds
 //! one token per row through the cached model, so a step costs the same whatever the prefix
-//! length. Each row draws from its own ChaCha stream (seed, row), so a row's sample does not
-//! depend on which other rows share its batch.
+//! length. On the CPU each row draws from its own ChaCha stream (seed, row), so a row's sample
+//! does not depend on which other rows share its batch.
+//!
+//! On a GPU, plain temperature sampling and greedy decoding pick on the device (`device_picks`:
+//! Gumbel-max, `argmax(logits / T - log(-log u))`, an exact draw from `softmax(logits / T)`), so
+//! a step reads back one token and one log-prob per row instead of every row's logits; the
+//! device's generator is seeded with `seed`, so a batch is reproducible, though a row's sample
+//! then depends on its batch. Top-k and top-p pick on the host everywhere.
 
 use candle_core::{DType, IndexOp, Tensor};
 use rand::{Rng, SeedableRng};
@@ -88,7 +94,21 @@ pub fn sample(
     requests: &[SampleRequest],
     cfg: &SamplingConfig,
     eos_ids: &[u32],
+    on_step: impl FnMut(usize),
+) -> Result<Vec<Sample>> {
+    let on_device = !model.device().is_cpu() && cfg.top_k == 0 && cfg.top_p >= 1.0;
+    sample_with(model, requests, cfg, eos_ids, on_step, on_device)
+}
+
+/// [`sample`], picking tokens on the model's device or on the host (tests pick on the CPU
+/// "device" to check the device path against the host's).
+fn sample_with(
+    model: &Model,
+    requests: &[SampleRequest],
+    cfg: &SamplingConfig,
+    eos_ids: &[u32],
     mut on_step: impl FnMut(usize),
+    on_device: bool,
 ) -> Result<Vec<Sample>> {
     validate(model, requests, cfg)?;
     let b = requests.len();
@@ -113,21 +133,25 @@ pub fn sample(
         .collect();
     let mut running: Vec<bool> = max_new.iter().map(|&m| m > 0).collect();
     let mut scratch: Vec<Scratch> = (0..b).map(|_| Scratch::default()).collect();
+    let mut device =
+        if on_device { Some(DevicePicker::new(model.device(), model.vocab_size(), cfg, eos_ids)?) } else { None };
     for _ in 0..steps {
-        let rows = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-        // Rows are independent (own RNG, own buffers), so they are picked in parallel.
-        let picks: Vec<Option<(u32, f32)>> = rows
-            .par_iter()
-            .zip(rngs.par_iter_mut())
-            .zip(scratch.par_iter_mut())
-            .enumerate()
-            .map(|(i, ((row, rng), s))| {
-                running[i].then(|| {
-                    let suppress_eos = cfg.stop_at_eos && out[i].tokens.len() < min_new[i];
-                    pick(row, cfg, if suppress_eos { eos_ids } else { &[] }, rng, s)
+        let suppress_eos: Vec<bool> = (0..b).map(|i| cfg.stop_at_eos && out[i].tokens.len() < min_new[i]).collect();
+        let picks: Vec<Option<(u32, f32)>> = if let Some(d) = device.as_mut() {
+            let all = d.picks(&logits, &suppress_eos)?;
+            all.into_iter().zip(&running).map(|(p, &r)| r.then_some(p)).collect()
+        } else {
+            let rows = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+            // Rows are independent (own RNG, own buffers), so they are picked in parallel.
+            rows.par_iter()
+                .zip(rngs.par_iter_mut())
+                .zip(scratch.par_iter_mut())
+                .enumerate()
+                .map(|(i, ((row, rng), s))| {
+                    running[i].then(|| pick(row, cfg, if suppress_eos[i] { eos_ids } else { &[] }, rng, s))
                 })
-            })
-            .collect();
+                .collect()
+        };
         let mut column = Vec::with_capacity(b);
         for (i, p) in picks.into_iter().enumerate() {
             let Some((tok, logprob)) = p else {
@@ -152,6 +176,60 @@ pub fn sample(
         logits = decoder.step(&column)?;
     }
     Ok(out)
+}
+
+/// Picks every row's next token on the model's device: greedy, or plain temperature sampling
+/// by Gumbel-max; returns each token with its log-probability at temperature 1.
+struct DevicePicker {
+    temperature: f64,
+    /// (1, vocab): the mask value at EOS ids, 0 elsewhere, added to rows that may not end yet.
+    eos_ban: Option<Tensor>,
+}
+
+impl DevicePicker {
+    fn new(dev: &candle_core::Device, vocab: usize, cfg: &SamplingConfig, eos_ids: &[u32]) -> Result<Self> {
+        if !dev.is_cpu() {
+            dev.set_seed(cfg.seed)?;
+        }
+        let eos_ban = if cfg.stop_at_eos && eos_ids.iter().any(|&e| (e as usize) < vocab) {
+            let mut ban = vec![0f32; vocab];
+            for &e in eos_ids.iter().filter(|&&e| (e as usize) < vocab) {
+                ban[e as usize] = super::ops::mask_value(DType::F32);
+            }
+            Some(Tensor::from_vec(ban, (1, vocab), dev)?)
+        } else {
+            None
+        };
+        Ok(Self { temperature: cfg.temperature, eos_ban })
+    }
+
+    fn picks(&mut self, logits: &Tensor, suppress_eos: &[bool]) -> Result<Vec<(u32, f32)>> {
+        let l = logits.to_dtype(DType::F32)?;
+        let (b, _) = l.dims2()?;
+        // log pi at temperature 1: l - logsumexp(l).
+        let max = l.max_keepdim(1)?;
+        let lse = (l.broadcast_sub(&max)?.exp()?.sum_keepdim(1)?.log()? + &max)?;
+        let scores = match &self.eos_ban {
+            Some(ban) if suppress_eos.iter().any(|&s| s) => {
+                let rows: Vec<f32> = suppress_eos.iter().map(|&s| if s { 1.0 } else { 0.0 }).collect();
+                let rows = Tensor::from_vec(rows, (b, 1), l.device())?;
+                l.broadcast_add(&rows.broadcast_mul(ban)?)?
+            }
+            _ => l.clone(),
+        };
+        let tok = if self.temperature == 0.0 {
+            scores.argmax_keepdim(1)?
+        } else {
+            // Gumbel noise -log(-log u), u uniform in [0, 1): u = 0 gives -inf, never picked.
+            let u = Tensor::rand(0f32, 1f32, scores.shape(), scores.device())?;
+            let gumbel = u.log()?.neg()?.log()?.neg()?;
+            ((scores / self.temperature)? + gumbel)?.argmax_keepdim(1)?
+        };
+        let logprob = (l.gather(&tok, 1)? - lse)?;
+        let tok = tok.flatten_all()?.to_vec1::<u32>()?;
+        let logprob = logprob.flatten_all()?.to_vec1::<f32>()?;
+        Ok(tok.into_iter().zip(logprob).collect())
+    }
 }
 
 /// Incremental decoding of a batch with a KV cache: prefill the prompts once, then one token
@@ -362,6 +440,65 @@ mod tests {
         for (i, &x) in l.iter().enumerate() {
             assert!((f[i] - (x as f64).exp() / z).abs() < 0.015, "{f:?}");
         }
+    }
+
+    /// The device path (run here on the CPU): Gumbel-max draws follow softmax(l / T), the
+    /// log-prob is the temperature-1 one, and EOS is never drawn in rows that may not end.
+    #[test]
+    fn device_picks_follow_the_distribution() {
+        let dev = candle_core::Device::Cpu;
+        let row = [0.0f32, 1.0, 2.0, 0.5];
+        let n = 20000;
+        let logits = Tensor::from_vec(row.repeat(n), (n, 4), &dev).unwrap();
+        let lse = row.iter().map(|&x| (x as f64).exp()).sum::<f64>().ln();
+        for t in [1.0, 0.5] {
+            let mut d = DevicePicker::new(&dev, 4, &cfg(t, 0, 1.0), &[3]).unwrap();
+            let picks = d.picks(&logits, &vec![false; n]).unwrap();
+            let z: f64 = row.iter().map(|&x| (x as f64 / t).exp()).sum();
+            for (tok, &x) in row.iter().enumerate() {
+                let f = picks.iter().filter(|p| p.0 as usize == tok).count() as f64 / n as f64;
+                assert!((f - (x as f64 / t).exp() / z).abs() < 0.015, "T {t}, token {tok}: {f}");
+            }
+            for (tok, lp) in &picks {
+                assert!((*lp as f64 - (row[*tok as usize] as f64 - lse)).abs() < 1e-5);
+            }
+            let banned: Vec<bool> = (0..n).map(|i| i % 2 == 0).collect();
+            let picks = d.picks(&logits, &banned).unwrap();
+            assert!(picks.iter().step_by(2).all(|p| p.0 != 3));
+            assert!(picks.iter().skip(1).step_by(2).any(|p| p.0 == 3));
+        }
+    }
+
+    /// Greedy decoding picks the same tokens, with the same log-probs, on the device path.
+    #[test]
+    fn device_and_host_greedy_agree() {
+        use crate::model::random::random_checkpoint;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(
+            &path,
+            r#"{"model_type": "llama", "vocab_size": 96, "hidden_size": 64, "intermediate_size": 96,
+                "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}"#,
+        )
+        .unwrap();
+        let spec = format!("random:{}", path.display());
+        let ck = random_checkpoint(&spec, DType::F32, &candle_core::Device::Cpu, 5).unwrap();
+        let model = Model::from_checkpoint(&ck).unwrap();
+        let prompts: Vec<Vec<u32>> = vec![vec![5, 6, 7], vec![9], vec![11, 12]];
+        let reqs: Vec<SampleRequest> = prompts.iter().map(|p| SampleRequest::new(p)).collect();
+        let c = SamplingConfig { temperature: 0.0, max_new_tokens: 6, min_new_tokens: 3, ..Default::default() };
+        let host = sample_with(&model, &reqs, &c, &[0], |_| {}, false).unwrap();
+        let device = sample_with(&model, &reqs, &c, &[0], |_| {}, true).unwrap();
+        for (h, d) in host.iter().zip(&device) {
+            assert_eq!(h.tokens, d.tokens);
+            assert_eq!(h.finish, d.finish);
+            for (a, b) in h.logprobs.iter().zip(&d.logprobs) {
+                assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+            }
+        }
+        let t1 = SamplingConfig { temperature: 1.0, ..c };
+        let drawn = sample_with(&model, &reqs, &t1, &[0], |_| {}, true).unwrap();
+        assert!(drawn.iter().zip(&reqs).all(|(s, _)| s.tokens.len() >= 3 && s.tokens.len() <= 6));
     }
 
     #[test]

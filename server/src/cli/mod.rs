@@ -1,11 +1,12 @@
 //! The command line: `serve` (the main job) and quick checks of the model engine
-//! (`generate`, `score`, `bench`), `experiment`, `judge` (try an LLM judge), plus `assets` to
-//! fetch the offline data ahead of time.
+//! (`generate`, `score`, `bench`, `check`), `experiment`, `judge` (try an LLM judge), plus
+//! `assets` to fetch the offline data ahead of time.
 //!
 //! Every command takes the same model options, so any checkpoint the engine reads can be
 //! tried from the terminal before it is used in a project.
 
 pub mod bench;
+pub mod check;
 pub mod convert;
 pub mod experiment;
 pub mod generate;
@@ -40,6 +41,8 @@ pub enum Command {
     Score(score::Args),
     /// Measure sampling, scoring and DPO-step throughput.
     Bench(bench::Args),
+    /// Check the engine's numerics on a device (e.g. a CUDA build on a GPU) against HF's values.
+    Check(check::Args),
     /// Run an active preference learning experiment (acquisition functions x seeds x phases).
     Experiment(Box<experiment::Args>),
     /// Try an LLM judge on pairs with a known answer: accuracy, position bias, self-consistency.
@@ -161,6 +164,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Score(a) => score::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Check(a) => check::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Judge(a) => judge::run(*a),
         Command::Experiment(a) => experiment::run(*a),

@@ -1,18 +1,22 @@
 //! Attention for inference on the CPU in f32: scores, mask, softmax and the weighted sum of the
-//! values in one pass per query row, reading a KV cache's keys and values in place.
+//! values per (sequence, kv head), reading a KV cache's keys and values in place.
 //!
 //! The composed form (`ops::attention`: batched matmul, scale, mask, softmax, matmul) makes four
 //! intermediate tensors and runs its small per-head products through the gemm crate, whose
 //! set-up dominates at decoding sizes: ~10% of a batch-32 sampling step, and another ~5% in
-//! scalar `expf`. Here each (sequence, head) is one task: the scores of one query row live in a
-//! row-sized buffer, exp is a polynomial the compiler vectorises (compiled for AVX-512 or AVX2
-//! where the CPU has them), and nothing else is allocated. It is used only where no gradient is
-//! needed (sampling, scoring, reference log-probs); training keeps the composed form.
+//! scalar `expf`. Here one task takes one (sequence, kv head): the scores of all its query heads
+//! against the keys are one product through `skinny.rs`'s register-blocked kernel (the keys are
+//! rows of the cache, the layout that kernel reads), the softmax runs over rows vectorised
+//! (`vmath.rs`: lanes and a polynomial exp, built for AVX-512 or AVX2), and the values
+//! are summed with another such product (over the values transposed once) or, for the few rows
+//! of a decoding step, directly. It is used only where no gradient is needed (sampling, scoring,
+//! reference log-probs); training keeps the composed form.
 
 use candle_core::{CpuStorage, DType, Device, Result, Storage, Tensor};
 use rayon::prelude::*;
 
 use super::skinny::{self, Isa};
+use super::vmath;
 
 /// `softmax(q k^T * scale + mask) v` per kv group, as `ops::attention`, or `None` where this
 /// path does not apply (not CPU f32, a gradient to record, or an unexpected layout).
@@ -66,20 +70,41 @@ fn attention_with(
     if last(&keys) > keys.data.len() || last(&values) > values.data.len() {
         candle_core::bail!("attention: key or value view out of bounds");
     }
-    let shape = Shape { h, t, d, kv, s, scale: scale as f32 };
+    let rep = h / kv;
+    let rows = rep * t;
+    let scale = scale as f32;
     let mut out = vec![0f32; b * h * t * d];
-    out.par_chunks_mut(t * d).enumerate().for_each(|(task, out)| {
-        let (bi, head) = (task / h, task % h);
-        let q = &qd[task * t * d..][..t * d];
+    // One task per (sequence, kv head): its `rep` query heads' rows are contiguous in q and out.
+    out.par_chunks_mut(rows * d).enumerate().for_each(|(task, out)| {
+        let (bi, g) = (task / kv, task % kv);
+        let q = &qd[task * rows * d..][..rows * d];
         let mask = &md[bi * t * s..][..t * s];
-        let g = head / (h / kv);
-        // SAFETY: the features each kernel is compiled for were detected by `skinny::isa`.
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            Some(Isa::Avx512) => unsafe { task_avx512(&shape, q, mask, &keys, &values, bi, g, out) },
-            #[cfg(target_arch = "x86_64")]
-            Some(Isa::Avx2) => unsafe { task_avx2(&shape, q, mask, &keys, &values, bi, g, out) },
-            _ => one_task(&shape, q, mask, &keys, &values, bi, g, out),
+        let (keys, values) = (keys.group(bi, g, s, d), values.group(bi, g, s, d));
+        // Scores: q . k for every (query row, key), as a few-row product over the keys' rows.
+        let mut scores = vec![0f32; rows * s];
+        skinny::product_serial(isa, (rows, s, d), q, d, keys.0, keys.1, &mut scores, s);
+        vmath::softmax_rows(isa, &mut scores, mask, t, s, scale);
+        if rows <= 4 {
+            // Decoding: a few rows, each a weighted sum of value rows.
+            for (r, orow) in out.chunks_exact_mut(d).enumerate() {
+                orow.fill(0.0);
+                for (j, p) in scores[r * s..][..s].iter().enumerate() {
+                    if *p != 0.0 {
+                        for (o, x) in orow.iter_mut().zip(&values.0[j * values.1..][..d]) {
+                            *o += p * x;
+                        }
+                    }
+                }
+            }
+        } else {
+            // Many rows: the values transposed once, then another few-row product.
+            let mut vt = vec![0f32; d * s];
+            for j in 0..s {
+                for (c, x) in values.0[j * values.1..][..d].iter().enumerate() {
+                    vt[c * s + j] = *x;
+                }
+            }
+            skinny::product_serial(isa, (rows, d, s), &scores, s, &vt, s, out, d);
         }
     });
     drop((qs, ks, vs, ms));
@@ -92,147 +117,17 @@ struct Strided<'a> {
     stride: [usize; 3],
 }
 
-impl Strided<'_> {
-    fn row(&self, b: usize, g: usize, j: usize, d: usize) -> &[f32] {
-        &self.data[b * self.stride[0] + g * self.stride[1] + j * self.stride[2]..][..d]
+impl<'a> Strided<'a> {
+    /// The `s` rows of one (sequence, kv head), and their stride.
+    fn group(&self, b: usize, g: usize, s: usize, d: usize) -> (&'a [f32], usize) {
+        let start = b * self.stride[0] + g * self.stride[1];
+        (&self.data[start..start + (s - 1) * self.stride[2] + d], self.stride[2])
     }
-}
-
-struct Shape {
-    h: usize,
-    t: usize,
-    d: usize,
-    kv: usize,
-    s: usize,
-    scale: f32,
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn task_avx512(
-    sh: &Shape,
-    q: &[f32],
-    mask: &[f32],
-    k: &Strided,
-    v: &Strided,
-    b: usize,
-    g: usize,
-    out: &mut [f32],
-) {
-    one_task(sh, q, mask, k, v, b, g, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn task_avx2(
-    sh: &Shape,
-    q: &[f32],
-    mask: &[f32],
-    k: &Strided,
-    v: &Strided,
-    b: usize,
-    g: usize,
-    out: &mut [f32],
-) {
-    one_task(sh, q, mask, k, v, b, g, out)
-}
-
-/// One (sequence, head): `t` query rows against the kv group's `s` keys. Inlined into each
-/// `task_*`, so that its loops are vectorised for that instruction set.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn one_task(sh: &Shape, q: &[f32], mask: &[f32], k: &Strided, v: &Strided, b: usize, g: usize, out: &mut [f32]) {
-    let (t, d, s) = (sh.t, sh.d, sh.s);
-    debug_assert!(g < sh.kv && out.len() == t * d && sh.h.is_multiple_of(sh.kv));
-    let mut scores = vec![0f32; s];
-    for ti in 0..t {
-        let qrow = &q[ti * d..][..d];
-        let mrow = &mask[ti * s..][..s];
-        let mut max = f32::NEG_INFINITY;
-        for (j, (sc, m)) in scores.iter_mut().zip(mrow).enumerate() {
-            *sc = dot(qrow, k.row(b, g, j, d)) * sh.scale + m;
-            max = max.max(*sc);
-        }
-        for sc in scores.iter_mut() {
-            *sc -= max;
-        }
-        exp_in_place(&mut scores);
-        let inv = 1.0 / scores.iter().sum::<f32>();
-        let orow = &mut out[ti * d..][..d];
-        orow.fill(0.0);
-        for (j, p) in scores.iter().enumerate() {
-            let p = p * inv;
-            for (o, x) in orow.iter_mut().zip(v.row(b, g, j, d)) {
-                *o += p * x;
-            }
-        }
-    }
-}
-
-/// A dot product in 16 independent lanes (vectorisable; the lanes are summed at the end).
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ac.zip(bc) {
-        for l in 0..16 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-/// `e^x` of every element, to about 2 ulp (Cephes' single-precision polynomial after reducing by
-/// `ln 2`). Below -87 the result is 0: masked keys then weigh exactly nothing, where `e^-87`
-/// would make their weights subnormal and every product with them a slow microcode assist.
-#[inline(always)]
-pub fn exp_in_place(xs: &mut [f32]) {
-    for x in xs.iter_mut() {
-        *x = exp(*x);
-    }
-}
-
-#[inline(always)]
-fn exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    if x < -87.0 {
-        return 0.0;
-    }
-    let x = x.min(88.0);
-    let n = (x * LOG2E + 0.5).floor();
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1)
-        * r
-        + 0.5;
-    let p = p * r * r + r + 1.0;
-    f32::from_bits(((n as i32 + 127) as u32) << 23) * p
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn exp_is_close_to_libm() {
-        let mut worst = (0f64, 0f32);
-        for i in -8699..=8799 {
-            let x = i as f32 / 100.0 + 0.003;
-            let (got, want) = (exp(x) as f64, (x as f64).exp());
-            let rel = ((got - want) / want).abs();
-            if rel > worst.0 {
-                worst = (rel, x);
-            }
-        }
-        assert!(worst.0 < 3e-7, "relative error {} at {}", worst.0, worst.1);
-        assert_eq!(exp(-1e30), 0.0);
-        assert_eq!(exp(-87.5), 0.0);
-        assert!(exp(0.0) == 1.0);
-    }
 
     fn rand(shape: &[usize], seed: u64) -> Tensor {
         let n: usize = shape.iter().product();

@@ -268,10 +268,6 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 
 struct SiluMul;
 
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
-
 impl CustomOp2 for SiluMul {
     fn name(&self) -> &'static str {
         "fused-silu-mul"
@@ -284,11 +280,9 @@ impl CustomOp2 for SiluMul {
         }
         let mut y = vec![0f32; gate.len()];
         let chunk = 4096;
-        y.par_chunks_mut(chunk).zip(gate.par_chunks(chunk).zip(up.par_chunks(chunk))).for_each(|(y, (g, u))| {
-            for ((y, &g), u) in y.iter_mut().zip(g).zip(u) {
-                *y = g * sigmoid(g) * u;
-            }
-        });
+        y.par_chunks_mut(chunk)
+            .zip(gate.par_chunks(chunk).zip(up.par_chunks(chunk)))
+            .for_each(|(y, (g, u))| super::vmath::silu_mul(g, u, y));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -334,8 +328,10 @@ impl CustomOp3 for SiluMulBwd {
             .zip(d_up.par_chunks_mut(chunk))
             .zip(gate.par_chunks(chunk).zip(up.par_chunks(chunk)).zip(g.par_chunks(chunk)))
             .for_each(|((dg, du), ((x, u), g))| {
+                // The sigmoid first (vectorised, into d up's buffer), then the products.
+                super::vmath::sigmoid(x, du);
                 for ((dg, du), ((&x, &u), &g)) in dg.iter_mut().zip(du).zip(x.iter().zip(u).zip(g)) {
-                    let s = sigmoid(x);
+                    let s = *du;
                     *dg = g * u * s * (1.0 + x * (1.0 - s));
                     *du = g * x * s;
                 }

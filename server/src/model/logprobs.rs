@@ -64,7 +64,17 @@ impl CustomOp2 for TokenLogprob {
                 .collect())
         }
         let out = match s1 {
-            CpuStorage::F32(x) => rows(&x[a..b], v, targets, |e| e)?,
+            CpuStorage::F32(x) => {
+                let x = &x[a..b];
+                if let Some(t) = targets.iter().find(|&&t| t as usize >= v) {
+                    candle_core::bail!("token-logprob: target {t} is beyond the vocabulary of {v}");
+                }
+                // Vectorised: one max pass and one exp-sum pass per vocabulary row.
+                x.par_chunks(v)
+                    .zip(targets.par_iter())
+                    .map(|(row, &t)| super::vmath::log_softmax_at(row, t as usize))
+                    .collect()
+            }
             CpuStorage::F64(x) => {
                 // Kept in f64 throughout so finite-difference checks stay exact.
                 let x = &x[a..b];

@@ -22,6 +22,7 @@ pub mod random;
 pub mod sample;
 pub mod skinny;
 pub mod tokenizer;
+pub mod vmath;
 
 use std::collections::HashMap;
 

@@ -110,6 +110,47 @@ pub fn matmul_with(isa: Isa, m: usize, n: usize, k: usize, x: &[f32], xs: usize,
     y
 }
 
+/// `y[i * ys + j] = x_i . w_j` for `i < m`, `j < n` on the calling thread, any `m` (for kernels
+/// that split work themselves, like `attend.rs`); plain loops when `isa` is `None`.
+#[allow(clippy::too_many_arguments)]
+pub fn product_serial(
+    isa: Option<Isa>,
+    (m, n, k): (usize, usize, usize),
+    x: &[f32],
+    xs: usize,
+    w: &[f32],
+    ws: usize,
+    y: &mut [f32],
+    ys: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        (m - 1) * xs + k <= x.len() && (n - 1) * ws + k <= w.len() && (m - 1) * ys + n <= y.len(),
+        "skinny product out of bounds"
+    );
+    if k == 0 {
+        (0..m).for_each(|i| y[i * ys..][..n].fill(0.0));
+        return;
+    }
+    match isa {
+        // SAFETY: bounds checked above; `isa` comes from `isa()`, which detected the features.
+        #[cfg(target_arch = "x86_64")]
+        Some(Isa::Avx512) => unsafe { avx512::columns(m, n, k, x.as_ptr(), xs, w.as_ptr(), ws, y.as_mut_ptr(), ys) },
+        #[cfg(target_arch = "x86_64")]
+        Some(Isa::Avx2) => unsafe { avx2::columns(m, n, k, x.as_ptr(), xs, w.as_ptr(), ws, y.as_mut_ptr(), ys) },
+        _ => {
+            for i in 0..m {
+                for j in 0..n {
+                    let (xi, wj) = (&x[i * xs..][..k], &w[j * ws..][..k]);
+                    y[i * ys + j] = xi.iter().zip(wj).map(|(a, b)| a * b).sum();
+                }
+            }
+        }
+    }
+}
+
 /// The output buffer, shared by tasks that write disjoint columns.
 struct OutPtr(*mut f32);
 // SAFETY: tasks write disjoint elements and the buffer outlives the parallel loop.

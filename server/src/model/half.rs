@@ -2,11 +2,12 @@
 //!
 //! Sampling one sequence is a chain of matrix-vector products: every weight is read once per
 //! token, so its speed is memory bandwidth over weight bytes. f32 SmolLM2 reads 540 MB a token;
-//! an f16 copy halves that. The copy is read by a dot-product kernel that widens f16 to f32 in
-//! registers (F16C) and accumulates in f32, over rows of the HF (out, in) layout split across
-//! the threads. Only weights that never change get a copy (the model of a CLI command, the frozen
-//! layers of a policy), so a copy can never go stale; outputs differ from the f32 path by the
-//! f16 rounding of the weights (relative 2^-11), as llama.cpp's quantised weights do by more.
+//! an f16 copy halves that. The copy is read by `skinny.rs`'s few-row kernel, which widens f16 to
+//! f32 as it loads and accumulates in f32 (AVX-512, or AVX2 with F16C; else a dot product per
+//! output), over rows of the HF (out, in) layout split across the threads. Only weights that
+//! never change get a copy (the model of a CLI command, the frozen layers of a policy), so a
+//! copy can never go stale; outputs differ from the f32 path by the f16 rounding of the weights
+//! (relative 2^-11), as llama.cpp's quantised weights do by more.
 
 use std::sync::Arc;
 
@@ -43,6 +44,10 @@ impl HalfMatrix {
         }
         let x = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         let n = self.rows;
+        let bits: &[u16] = half::slice::HalfFloatSliceExt::reinterpret_cast(&self.data[..]);
+        if let Some(out) = super::skinny::matmul_f16(m, n, k, &x, k, bits, k) {
+            return Tensor::from_vec(out, (m, n), &Device::Cpu);
+        }
         let threads = rayon::current_num_threads().max(1);
         // Output-major (n, m): each thread owns a contiguous block of outputs.
         let chunk = n.div_ceil(threads * 4).max(64);

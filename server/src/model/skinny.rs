@@ -7,7 +7,8 @@
 //! dot product of an activation row with a weight row, both contiguous: a block of `NB` weight
 //! rows stays in L1 while the activation rows pass over it `MB` at a time, `NB x MB` sums in
 //! registers (AVX-512, or AVX2 + FMA; detected at run time), and the output columns are split
-//! across rayon's threads. CPUs with neither keep BLAS (`matmul` returns `None`).
+//! across rayon's threads. CPUs with neither keep BLAS (`matmul` returns `None`). The same
+//! kernels read f16 weights (`half.rs`'s frozen copies), widened to f32 as they load (F16C).
 
 use rayon::prelude::*;
 
@@ -59,12 +60,39 @@ pub fn isa() -> Option<Isa> {
 /// `y (m, n) = x (m, k) @ w^T`: row `i` of `x` is `x[i * xs..][..k]`, output `j`'s weights are
 /// `w[j * ws..][..k]` (a row of an HF `nn.Linear` weight). `None` when the CPU has no kernel.
 pub fn matmul(m: usize, n: usize, k: usize, x: &[f32], xs: usize, w: &[f32], ws: usize) -> Option<Vec<f32>> {
-    isa().map(|isa| matmul_with(isa, m, n, k, x, xs, w, ws))
+    isa().map(|isa| matmul_with(isa, m, n, k, x, xs, Weights::F32(w), ws))
+}
+
+/// [`matmul`] with f16 weights (their bits: an f16 decoding copy, `half.rs`), widened to f32 as
+/// they are loaded; `None` when the CPU has no kernel for them (AVX-512, or AVX2 with F16C).
+pub fn matmul_f16(m: usize, n: usize, k: usize, x: &[f32], xs: usize, w: &[u16], ws: usize) -> Option<Vec<f32>> {
+    #[cfg(target_arch = "x86_64")]
+    let f16c = std::arch::is_x86_feature_detected!("f16c");
+    #[cfg(not(target_arch = "x86_64"))]
+    let f16c = false;
+    isa().filter(|_| f16c).map(|isa| matmul_with(isa, m, n, k, x, xs, Weights::F16(w), ws))
+}
+
+/// The weights of a product, as rows of `ws` elements.
+#[derive(Debug, Clone, Copy)]
+pub enum Weights<'a> {
+    F32(&'a [f32]),
+    /// f16, as bits.
+    F16(&'a [u16]),
+}
+
+impl Weights<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Weights::F32(w) => w.len(),
+            Weights::F16(w) => w.len(),
+        }
+    }
 }
 
 /// [`matmul`] with a given kernel (tests run both where the CPU has both).
 #[allow(clippy::too_many_arguments)]
-pub fn matmul_with(isa: Isa, m: usize, n: usize, k: usize, x: &[f32], xs: usize, w: &[f32], ws: usize) -> Vec<f32> {
+pub fn matmul_with(isa: Isa, m: usize, n: usize, k: usize, x: &[f32], xs: usize, w: Weights, ws: usize) -> Vec<f32> {
     if m == 0 || n == 0 || k == 0 {
         return vec![0f32; m * n];
     }
@@ -81,6 +109,9 @@ pub fn matmul_with(isa: Isa, m: usize, n: usize, k: usize, x: &[f32], xs: usize,
         } else {
             assert!(std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"));
         }
+        if matches!(w, Weights::F16(_)) {
+            assert!(std::arch::is_x86_feature_detected!("f16c"), "f16 weights on a CPU without F16C");
+        }
         // A few tasks per thread, each a run of whole 16-column groups.
         let threads = rayon::current_num_threads().max(1);
         let chunk = n.div_ceil(threads * 4).next_multiple_of(16).max(16);
@@ -92,10 +123,20 @@ pub fn matmul_with(isa: Isa, m: usize, n: usize, k: usize, x: &[f32], xs: usize,
             // SAFETY: the bounds were checked above; each task writes only its own columns
             // j0..j0 + cols of every output row; the features were checked for `isa`.
             unsafe {
-                let (wp, yp) = (w.as_ptr().add(j0 * ws), out.0.add(j0));
-                match isa {
-                    Isa::Avx512 => avx512::columns(m, cols, k, x.as_ptr(), xs, wp, ws, yp, n),
-                    Isa::Avx2 => avx2::columns(m, cols, k, x.as_ptr(), xs, wp, ws, yp, n),
+                let (xp, yp) = (x.as_ptr(), out.0.add(j0));
+                match (isa, w) {
+                    (Isa::Avx512, Weights::F32(w)) => {
+                        avx512::columns(m, cols, k, xp, xs, w.as_ptr().add(j0 * ws), ws, yp, n)
+                    }
+                    (Isa::Avx2, Weights::F32(w)) => {
+                        avx2::columns(m, cols, k, xp, xs, w.as_ptr().add(j0 * ws), ws, yp, n)
+                    }
+                    (Isa::Avx512, Weights::F16(w)) => {
+                        avx512_h::columns(m, cols, k, xp, xs, w.as_ptr().add(j0 * ws), ws, yp, n)
+                    }
+                    (Isa::Avx2, Weights::F16(w)) => {
+                        avx2_h::columns(m, cols, k, xp, xs, w.as_ptr().add(j0 * ws), ws, yp, n)
+                    }
                 }
             }
         });
@@ -167,13 +208,13 @@ const K_RUN: usize = 512;
 /// outputs with them.
 macro_rules! kernels {
     (
-        $isa:ident, $feature:literal, nb $nb:literal, mb $mb:literal,
+        $isa:ident, $ops:ident, $feature:literal, $wt:ty, nb $nb:literal, mb $mb:literal,
         loads [$($j:literal $v:ident),*],
         rows [$($i:literal [$(($g:literal: $w0:ident $w1:ident $w2:ident $w3:ident => $a0:ident $a1:ident $a2:ident $a3:ident))*]),*]
     ) => {
         #[cfg(target_arch = "x86_64")]
         mod $isa {
-            use super::simd_ops::$isa::*;
+            use super::simd_ops::$ops::*;
             use super::{K_RUN, K_WHOLE};
 
             /// Weight rows held per block, and activation rows swept over them at a time.
@@ -188,7 +229,7 @@ macro_rules! kernels {
                 k: usize,
                 x: *const f32,
                 xs: usize,
-                w: *const f32,
+                w: *const $wt,
                 ws: usize,
                 y: *mut f32,
                 ys: usize,
@@ -203,11 +244,16 @@ macro_rules! kernels {
                     while kk < k {
                         let n = (k - kk).min(LANES);
                         let mut wv = [zero(); NB_];
+                        // Whole vectors but at the end of k (a partial f16 load goes through a
+                        // buffer on the stack).
+                        let whole = n == LANES;
                         for j in 0..NB_ {
-                            wv[j] = load_partial(w.add(j * ws + kk), n);
+                            let p = w.add(j * ws + kk);
+                            wv[j] = if whole { wload(p) } else { wload_partial(p, n) };
                         }
                         for i in 0..MB_ {
-                            let xv = load_partial(x.add(i * xs + kk), n);
+                            let p = x.add(i * xs + kk);
+                            let xv = if whole { load(p) } else { load_partial(p, n) };
                             for j in 0..NB_ {
                                 acc[i][j] = fma(xv, wv[j], acc[i][j]);
                             }
@@ -240,12 +286,12 @@ macro_rules! kernels {
                 k: usize,
                 x: *const f32,
                 xs: usize,
-                w: *const f32,
+                w: *const $wt,
                 ws: usize,
                 y: *mut f32,
                 ys: usize,
                 add: bool,
-                pf: *const f32,
+                pf: *const $wt,
             ) {
                 // SAFETY: as for `block` with NB_ = NB, MB_ = MB and k a multiple of LANES;
                 // prefetches are hints, which never fault.
@@ -254,7 +300,7 @@ macro_rules! kernels {
                     let mut kk = 0;
                     while kk < k {
                         prefetch(pf.wrapping_add(kk));
-                        $(let $v = load(w.add($j * ws + kk));)*
+                        $(let $v = wload(w.add($j * ws + kk));)*
                         $(
                             let xv = load(x.add($i * xs + kk));
                             $(
@@ -279,12 +325,12 @@ macro_rules! kernels {
                 k: usize,
                 x: *const f32,
                 xs: usize,
-                w: *const f32,
+                w: *const $wt,
                 ws: usize,
                 y: *mut f32,
                 ys: usize,
                 add: bool,
-                pf: *const f32,
+                pf: *const $wt,
             ) {
                 // SAFETY: as for `block`, over m rows of x and y.
                 unsafe {
@@ -319,7 +365,7 @@ macro_rules! kernels {
                 k: usize,
                 x: *const f32,
                 xs: usize,
-                w: *const f32,
+                w: *const $wt,
                 ws: usize,
                 y: *mut f32,
                 ys: usize,
@@ -362,7 +408,7 @@ macro_rules! kernels {
 // AVX-512: 8 weight rows x 2 activation rows, 16 sums and 8 weight vectors in registers (of 32).
 // Per 16 FMAs, 10 loads: the weight block sits in L1 while the activations stream from L2 at
 // half a byte per FMA lane.
-kernels!(avx512, "avx512f,avx512vl", nb 8, mb 2,
+kernels!(avx512, avx512, "avx512f,avx512vl", f32, nb 8, mb 2,
     loads [0 v0, 1 v1, 2 v2, 3 v3, 4 v4, 5 v5, 6 v6, 7 v7],
     rows [
         0 [(0: v0 v1 v2 v3 => a00 a01 a02 a03) (1: v4 v5 v6 v7 => a04 a05 a06 a07)],
@@ -370,7 +416,19 @@ kernels!(avx512, "avx512f,avx512vl", nb 8, mb 2,
     ]
 );
 // AVX2: 4 x 2 with 8 sums and 4 weight vectors (of 16 registers).
-kernels!(avx2, "avx2,fma", nb 4, mb 2,
+kernels!(avx2, avx2, "avx2,fma", f32, nb 4, mb 2,
+    loads [0 v0, 1 v1, 2 v2, 3 v3],
+    rows [0 [(0: v0 v1 v2 v3 => a00 a01 a02 a03)], 1 [(0: v0 v1 v2 v3 => a10 a11 a12 a13)]]
+);
+// The same with f16 weights (an f16 decoding copy, `half.rs`), widened to f32 as they load.
+kernels!(avx512_h, avx512_h, "avx512f,avx512vl,f16c", u16, nb 8, mb 2,
+    loads [0 v0, 1 v1, 2 v2, 3 v3, 4 v4, 5 v5, 6 v6, 7 v7],
+    rows [
+        0 [(0: v0 v1 v2 v3 => a00 a01 a02 a03) (1: v4 v5 v6 v7 => a04 a05 a06 a07)],
+        1 [(0: v0 v1 v2 v3 => a10 a11 a12 a13) (1: v4 v5 v6 v7 => a14 a15 a16 a17)]
+    ]
+);
+kernels!(avx2_h, avx2_h, "avx2,fma,f16c", u16, nb 4, mb 2,
     loads [0 v0, 1 v1, 2 v2, 3 v3],
     rows [0 [(0: v0 v1 v2 v3 => a00 a01 a02 a03)], 1 [(0: v0 v1 v2 v3 => a10 a11 a12 a13)]]
 );
@@ -401,8 +459,19 @@ mod simd_ops {
         }
         #[inline]
         #[target_feature(enable = "avx512f,avx512vl")]
-        pub fn prefetch(p: *const f32) {
+        pub fn prefetch<T>(p: *const T) {
             _mm_prefetch::<_MM_HINT_T0>(p.cast());
+        }
+        /// Weights in f32: loaded as they are.
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512vl")]
+        pub unsafe fn wload(p: *const f32) -> __m512 {
+            unsafe { load(p) }
+        }
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512vl")]
+        pub unsafe fn wload_partial(p: *const f32, n: usize) -> __m512 {
+            unsafe { load_partial(p, n) }
         }
         #[inline]
         #[target_feature(enable = "avx512f,avx512vl")]
@@ -454,8 +523,19 @@ mod simd_ops {
         }
         #[inline]
         #[target_feature(enable = "avx2,fma")]
-        pub fn prefetch(p: *const f32) {
+        pub fn prefetch<T>(p: *const T) {
             _mm_prefetch::<_MM_HINT_T0>(p.cast());
+        }
+        /// Weights in f32: loaded as they are.
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        pub unsafe fn wload(p: *const f32) -> __m256 {
+            unsafe { load(p) }
+        }
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        pub unsafe fn wload_partial(p: *const f32, n: usize) -> __m256 {
+            unsafe { load_partial(p, n) }
         }
         #[inline]
         #[target_feature(enable = "avx2,fma")]
@@ -480,6 +560,50 @@ mod simd_ops {
                 let q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
                 let q = if add { _mm_add_ps(q, _mm_loadu_ps(y)) } else { q };
                 _mm_storeu_ps(y, q)
+            }
+        }
+    }
+
+    /// AVX-512 with f16 weights (as their bits), widened to f32 on load.
+    pub mod avx512_h {
+        pub use super::avx512::{LANES, fma, load, load_partial, prefetch, sum, sum4, zero};
+        use std::arch::x86_64::*;
+
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512vl,f16c")]
+        pub unsafe fn wload(p: *const u16) -> __m512 {
+            unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
+        }
+        /// The first `n <= 16` weights at `p`, zeros after.
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512vl,f16c")]
+        pub unsafe fn wload_partial(p: *const u16, n: usize) -> __m512 {
+            let mut buf = [0u16; LANES];
+            unsafe {
+                std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), n);
+                wload(buf.as_ptr())
+            }
+        }
+    }
+
+    /// AVX2 with f16 weights, widened to f32 on load (F16C).
+    pub mod avx2_h {
+        pub use super::avx2::{LANES, fma, load, load_partial, prefetch, sum, sum4, zero};
+        use std::arch::x86_64::*;
+
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn wload(p: *const u16) -> __m256 {
+            unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+        }
+        /// The first `n <= 8` weights at `p`, zeros after.
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn wload_partial(p: *const u16, n: usize) -> __m256 {
+            let mut buf = [0u16; LANES];
+            unsafe {
+                std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), n);
+                wload(buf.as_ptr())
             }
         }
     }
@@ -533,7 +657,7 @@ mod tests {
                 })
                 .collect();
             for &isa in &isas {
-                let got = matmul_with(isa, m, n, k, &x, xs, &w, ws);
+                let got = matmul_with(isa, m, n, k, &x, xs, Weights::F32(&w), ws);
                 for (e, (g, w)) in got.iter().zip(&want).enumerate() {
                     assert!(
                         (*g as f64 - w).abs() < 1e-4 * (1.0 + w.abs()),
@@ -542,7 +666,25 @@ mod tests {
                 }
             }
         }
-        assert!(matmul_with(isas[0], 0, 3, 4, &[], 4, &fill(12, 3), 4).is_empty());
-        assert_eq!(matmul_with(isas[0], 2, 2, 0, &[], 0, &[], 0), vec![0.0; 4]);
+        assert!(matmul_with(isas[0], 0, 3, 4, &[], 4, Weights::F32(&fill(12, 3)), 4).is_empty());
+        // f16 weights, widened as they load: against the f64 sum over the rounded weights.
+        if !std::arch::is_x86_feature_detected!("f16c") {
+            return;
+        }
+        for &(m, n, k) in &[(1, 7, 5), (2, 9, 17), (8, 130, 576), (3, 19, 1100)] {
+            let (xs, ws) = (k + 1, k + 2);
+            let x = fill(m * xs, 5 + m as u64);
+            let w: Vec<half::f16> = fill(n * ws, 6 + n as u64).into_iter().map(half::f16::from_f32).collect();
+            let bits: Vec<u16> = w.iter().map(|h| h.to_bits()).collect();
+            for &isa in &isas {
+                let got = matmul_with(isa, m, n, k, &x, xs, Weights::F16(&bits), ws);
+                for (e, g) in got.iter().enumerate() {
+                    let (i, j) = (e / n, e % n);
+                    let want: f64 = (0..k).map(|l| x[i * xs + l] as f64 * w[j * ws + l].to_f64()).sum();
+                    assert!((*g as f64 - want).abs() < 1e-4 * (1.0 + want.abs()), "f16 {isa:?} ({m}, {n}, {k}) at {e}");
+                }
+            }
+        }
+        assert_eq!(matmul_with(isas[0], 2, 2, 0, &[], 0, Weights::F32(&[]), 0), vec![0.0; 4]);
     }
 }

@@ -9,8 +9,9 @@
 //! rows of the cache, the layout that kernel reads), the softmax runs over rows vectorised
 //! (`vmath.rs`: lanes and a polynomial exp, built for AVX-512 or AVX2), and the values
 //! are summed with another such product (over the values transposed once) or, for the few rows
-//! of a decoding step, directly. It is used only where no gradient is needed (sampling, scoring,
-//! reference log-probs); training keeps the composed form.
+//! of a decoding step, directly. It is used where no gradient is needed (sampling, scoring,
+//! reference log-probs); training runs the same per-group pass with a backward
+//! (`attend_grad.rs`).
 
 use candle_core::{CpuStorage, DType, Device, Result, Storage, Tensor};
 use rayon::prelude::*;
@@ -79,36 +80,69 @@ fn attention_with(
         let (bi, g) = (task / kv, task % kv);
         let q = &qd[task * rows * d..][..rows * d];
         let mask = &md[bi * t * s..][..t * s];
-        let (keys, values) = (keys.group(bi, g, s, d), values.group(bi, g, s, d));
-        // Scores: q . k for every (query row, key), as a few-row product over the keys' rows.
-        let mut scores = vec![0f32; rows * s];
-        skinny::product_serial(isa, (rows, s, d), q, d, keys.0, keys.1, &mut scores, s);
-        vmath::softmax_rows(isa, &mut scores, mask, t, s, scale);
-        if rows <= 4 {
-            // Decoding: a few rows, each a weighted sum of value rows.
-            for (r, orow) in out.chunks_exact_mut(d).enumerate() {
-                orow.fill(0.0);
-                for (j, p) in scores[r * s..][..s].iter().enumerate() {
-                    if *p != 0.0 {
-                        for (o, x) in orow.iter_mut().zip(&values.0[j * values.1..][..d]) {
-                            *o += p * x;
-                        }
-                    }
-                }
-            }
-        } else {
-            // Many rows: the values transposed once, then another few-row product.
-            let mut vt = vec![0f32; d * s];
-            for j in 0..s {
-                for (c, x) in values.0[j * values.1..][..d].iter().enumerate() {
-                    vt[c * s + j] = *x;
-                }
-            }
-            skinny::product_serial(isa, (rows, d, s), &scores, s, &vt, s, out, d);
-        }
+        let mut probs = Vec::new();
+        group(
+            isa,
+            Group { q, mask, keys: keys.group(bi, g, s, d), values: values.group(bi, g, s, d), t, s, d, scale },
+            &mut probs,
+            out,
+        );
     });
     drop((qs, ks, vs, ms));
     Tensor::from_vec(out, (b, h, t, d), &Device::Cpu).map(Some)
+}
+
+/// One (sequence, kv head): its query heads' rows (`rep * t` of `d`, head-major), their mask
+/// rows (`t` of `s`), and its keys and values (`s` rows of `d` at a stride).
+pub(super) struct Group<'a> {
+    pub q: &'a [f32],
+    pub mask: &'a [f32],
+    pub keys: (&'a [f32], usize),
+    pub values: (&'a [f32], usize),
+    pub t: usize,
+    pub s: usize,
+    pub d: usize,
+    pub scale: f32,
+}
+
+/// `out = softmax(q k^T * scale + mask) v` for one group; `probs` is left holding the
+/// probabilities (rows x s), which the training backward reuses.
+pub(super) fn group(isa: Option<Isa>, g: Group<'_>, probs: &mut Vec<f32>, out: &mut [f32]) {
+    let Group { q, mask, keys, values, t, s, d, scale } = g;
+    let rows = q.len() / d;
+    // Scores: q . k for every (query row, key), as a few-row product over the keys' rows.
+    probs.clear();
+    probs.resize(rows * s, 0.0);
+    skinny::product_serial(isa, (rows, s, d), q, d, keys.0, keys.1, probs, s);
+    vmath::softmax_rows(isa, probs, mask, t, s, scale);
+    if rows <= 4 {
+        // Decoding: a few rows, each a weighted sum of value rows.
+        for (r, orow) in out.chunks_exact_mut(d).enumerate() {
+            orow.fill(0.0);
+            for (j, p) in probs[r * s..][..s].iter().enumerate() {
+                if *p != 0.0 {
+                    for (o, x) in orow.iter_mut().zip(&values.0[j * values.1..][..d]) {
+                        *o += p * x;
+                    }
+                }
+            }
+        }
+    } else {
+        // Many rows: the values transposed once, then another few-row product.
+        let vt = transpose(values.0, values.1, s, d);
+        skinny::product_serial(isa, (rows, d, s), probs, s, &vt, s, out, d);
+    }
+}
+
+/// The (cols x rows) transpose of `rows` rows of `cols` at stride `stride`.
+pub(super) fn transpose(x: &[f32], stride: usize, rows: usize, cols: usize) -> Vec<f32> {
+    let mut xt = vec![0f32; rows * cols];
+    for j in 0..rows {
+        for (c, v) in x[j * stride..][..cols].iter().enumerate() {
+            xt[c * rows + j] = *v;
+        }
+    }
+    xt
 }
 
 /// Keys or values: (b, kv, s, d) with rows of `d` contiguous and these outer strides.

@@ -6,6 +6,7 @@
 //! only adds a cache. [`Model`] hides which architecture is inside.
 
 pub mod attend;
+pub mod attend_grad;
 pub mod batch;
 pub mod blas;
 pub mod config;

@@ -422,10 +422,14 @@ impl Activation {
 /// Query heads `g * rep .. (g + 1) * rep` share kv head `g`, as in HF's `repeat_kv`; they are
 /// folded into the row dimension so one batched matmul serves the whole group.
 ///
-/// Without gradients on the CPU in f32 this is `attend.rs`'s one-pass kernel.
+/// On the CPU in f32 this is `attend.rs`'s one-pass kernel without gradients, and its
+/// training form with a backward (`attend_grad.rs`) with them.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
     match super::attend::attention(q, k, v, mask, scale)? {
         Some(y) => Ok(y),
+        None if tracks(&[q, k, v]) && fused::takes(&[q, k, v, mask]) => {
+            super::attend_grad::attention(q, k, v, mask, scale)
+        }
         None => attention_composed(q, k, v, mask, scale),
     }
 }
@@ -516,6 +520,23 @@ mod tests {
         });
         let w = (rand(&[8], 2) + 1.0).unwrap();
         fused_backward_matches_composed(&[x.clone(), w], |t| rms_norm(&t[0], &t[1], 1e-5).unwrap());
+
+        // Attention over grouped kv heads (3 query heads each), causal with a padded key, and
+        // sizes on both sides of the decoding shortcut (rows <= 4).
+        for &(b, h, kv, t, s, d) in &[(2, 6, 2, 5, 7, 16), (1, 2, 2, 1, 3, 8), (2, 3, 1, 9, 9, 20)] {
+            let neg = mask_value(DType::F32);
+            let m: Vec<f32> = (0..b * t * s)
+                .map(|i| {
+                    let (bi, ti, j) = (i / (t * s), i / s % t, i % s);
+                    if j > s - t + ti || (bi == 1 && j == 0) { neg } else { 0.0 }
+                })
+                .collect();
+            let mask = Tensor::from_vec(m, (b, 1, t, s), &Device::Cpu).unwrap();
+            let qkv = [rand(&[b, h, t, d], 11), rand(&[b, kv, s, d], 12), rand(&[b, kv, s, d], 13)];
+            fused_backward_matches_composed(&qkv, |t| {
+                attention(&t[0], &t[1], &t[2], &mask.to_dtype(t[0].dtype()).unwrap(), 0.3).unwrap()
+            });
+        }
 
         let table = RotaryTable::new(&RotaryTable::default_inv_freq(8, 10000.0), 16, DType::F32, &Device::Cpu).unwrap();
         let pos = Tensor::new(&[[0u32, 1, 2, 3, 4], [3, 4, 5, 6, 7]], &Device::Cpu).unwrap();

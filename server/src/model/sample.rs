@@ -326,17 +326,14 @@ struct Scratch {
 /// Chooses a token from one row of logits; returns it with its log-probability under the
 /// model at temperature 1 (before any truncation or EOS suppression).
 fn pick(logits: &[f32], cfg: &SamplingConfig, banned: &[u32], rng: &mut ChaCha8Rng, s: &mut Scratch) -> (u32, f32) {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     if cfg.temperature == 0.0 {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let tok = argmax(logits, |i| !banned.contains(&(i as u32)));
         let z1: f32 = logits.iter().map(|&l| (l - max).exp()).sum();
         return (tok, logits[tok as usize] - max - z1.ln());
     }
-    let inv_t = (1.0 / cfg.temperature) as f32;
-    // One pass for the sampling weights; the temperature-1 normaliser reuses it when T = 1.
-    s.probs.clear();
-    s.probs.extend(logits.iter().map(|&l| ((l - max) * inv_t).exp()));
-    let z1: f32 = if inv_t == 1.0 { s.probs.iter().sum() } else { logits.iter().map(|&l| (l - max).exp()).sum() };
+    // One vectorised pass for the sampling weights and the temperature-1 normaliser.
+    let (max, z1) = super::vmath::sampling_weights(logits, (1.0 / cfg.temperature) as f32, &mut s.probs);
     for &b in banned {
         if let Some(p) = s.probs.get_mut(b as usize) {
             *p = 0.0;

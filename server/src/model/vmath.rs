@@ -1,6 +1,6 @@
 //! Row-wise exp, max and sums on the CPU, vectorised: softmax rows for attention, the
-//! log-softmax of one target per vocabulary row for completion log-probs, and SwiGLU's
-//! `silu(gate) * up` with its sigmoid.
+//! log-softmax of one target per vocabulary row for completion log-probs, the sampler's
+//! tempered weights, and SwiGLU's `silu(gate) * up` with its sigmoid.
 //!
 //! A float sum or max over a row does not vectorise as written (the compiler keeps the order of
 //! the additions), and libm's `expf` is scalar: the log-softmax over SmolLM2's 49,152-token
@@ -34,6 +34,22 @@ pub fn log_softmax_at(row: &[f32], target: usize) -> f32 {
         #[cfg(target_arch = "x86_64")]
         Some(Isa::Avx2) => unsafe { log_softmax_at_avx2(row, target) },
         _ => log_softmax_at_generic(row, target),
+    }
+}
+
+/// A sampler's weights over one row of logits: fills `probs` with `e^((x - max) / T)` and
+/// returns `(max, z1)`, `z1` the temperature-1 normaliser `sum e^(x - max)` (the log-prob of a
+/// token at T = 1 is `x - max - ln z1`). `inv_t` is `1 / T`.
+pub fn sampling_weights(logits: &[f32], inv_t: f32, probs: &mut Vec<f32>) -> (f32, f32) {
+    probs.clear();
+    probs.resize(logits.len(), 0.0);
+    match skinny::isa() {
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Some(Isa::Avx512) => unsafe { sampling_weights_avx512(logits, inv_t, probs) },
+        #[cfg(target_arch = "x86_64")]
+        Some(Isa::Avx2) => unsafe { sampling_weights_avx2(logits, inv_t, probs) },
+        _ => sampling_weights_generic(logits, inv_t, probs),
     }
 }
 
@@ -121,6 +137,39 @@ unsafe fn log_softmax_at_avx512(row: &[f32], target: usize) -> f32 {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn log_softmax_at_avx2(row: &[f32], target: usize) -> f32 {
     log_softmax_at_generic(row, target)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl")]
+unsafe fn sampling_weights_avx512(logits: &[f32], inv_t: f32, probs: &mut [f32]) -> (f32, f32) {
+    sampling_weights_generic(logits, inv_t, probs)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn sampling_weights_avx2(logits: &[f32], inv_t: f32, probs: &mut [f32]) -> (f32, f32) {
+    sampling_weights_generic(logits, inv_t, probs)
+}
+
+#[inline(always)]
+fn sampling_weights_generic(logits: &[f32], inv_t: f32, probs: &mut [f32]) -> (f32, f32) {
+    let max = max(logits);
+    let mut acc = [0f32; LANES];
+    let mut total = 0f32;
+    let mut pairs = logits.chunks_exact(LANES).zip(probs.chunks_exact_mut(LANES));
+    for (x, p) in pairs.by_ref() {
+        for l in 0..LANES {
+            let d = x[l] - max;
+            p[l] = exp(d * inv_t);
+            acc[l] += exp(d);
+        }
+    }
+    let done = logits.len() / LANES * LANES;
+    for (x, p) in logits[done..].iter().zip(&mut probs[done..]) {
+        *p = exp((x - max) * inv_t);
+        total += exp(x - max);
+    }
+    (max, total + acc.iter().sum::<f32>())
 }
 
 /// Inlined into each `*_avx512` / `*_avx2`, so that its loops vectorise for that instruction set.
@@ -253,6 +302,14 @@ mod tests {
             let target = s / 2;
             let want = row[target] as f64 - max - z.ln();
             assert!((log_softmax_at(&row, target) as f64 - want).abs() < 1e-4, "log-softmax, s {s}");
+            let mut probs = vec![7.0; 3];
+            let (m, z1) = sampling_weights(&row, 1.0 / 0.7, &mut probs);
+            assert_eq!((m as f64, probs.len()), (max, s), "sampling weights, s {s}");
+            assert!((z1 as f64 - z).abs() < 1e-5 * z, "sampling normaliser, s {s}: {z1} vs {z}");
+            for (p, &x) in probs.iter().zip(&row) {
+                let want = ((x as f64 - max) / 0.7).exp();
+                assert!((*p as f64 - want).abs() < 1e-6 * (1.0 + want), "sampling weight, s {s}");
+            }
             let mask: Vec<f32> = (0..s).map(|j| if j % 3 == 1 { -1e30 } else { 0.0 }).collect();
             for isa in isas() {
                 let mut got = row.clone();

@@ -104,6 +104,9 @@ impl CustomOp2 for TokenLogprob {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         // d lp_i / d z_ij = 1[j = target_i] - softmax(z_i)_j
+        if logits.dtype() == DType::F32 && grad.dtype() == DType::F32 && logits.device().is_cpu() {
+            return Ok((Some(token_logprob_grad_cpu(logits, targets, grad)?), None));
+        }
         let acc = acc_dtype(logits.dtype());
         let p = candle_nn::ops::softmax_last_dim(&logits.detach().to_dtype(acc)?)?;
         let g = grad.detach().to_dtype(acc)?.unsqueeze(1)?;
@@ -111,6 +114,25 @@ impl CustomOp2 for TokenLogprob {
         let dz = dz.scatter_add(&targets.unsqueeze(1)?, &g, 1)?;
         Ok((Some(dz.to_dtype(logits.dtype())?), None))
     }
+}
+
+/// [`TokenLogprob`]'s backward for f32 on the CPU: one vectorised pass per vocabulary row
+/// (`vmath`), where the composed form (softmax, scale, negate, scatter) wrote four (n, vocab)
+/// tensors: the logits of a DPO micro-batch are 200 MB.
+fn token_logprob_grad_cpu(logits: &Tensor, targets: &Tensor, grad: &Tensor) -> candle_core::Result<Tensor> {
+    let (n, v) = logits.dims2()?;
+    let (targets, grad) = (targets.to_vec1::<u32>()?, grad.to_vec1::<f32>()?);
+    let (ls, ll) = logits.storage_and_layout();
+    let (candle_core::Storage::Cpu(CpuStorage::F32(x)), Some((a, b))) = (&*ls, ll.contiguous_offsets()) else {
+        candle_core::bail!("token-logprob: contiguous f32 logits expected");
+    };
+    let mut dz = vec![0f32; n * v];
+    dz.par_chunks_mut(v.max(1))
+        .zip(x[a..b].par_chunks(v.max(1)))
+        .enumerate()
+        .for_each(|(i, (out, row))| super::vmath::log_softmax_at_grad(row, targets[i] as usize, grad[i], out));
+    drop(ls);
+    Tensor::from_vec(dz, (n, v), logits.device())
 }
 
 /// `log_softmax(logits)[target]` per row, differentiable: (n, vocab), (n,) u32 -> (n,).
@@ -318,6 +340,14 @@ mod tests {
         let b = g2.get(v.as_tensor()).unwrap();
         let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
         assert!(d < 1e-12, "gradient mismatch {d}");
+
+        // f32 takes the one-pass backward (token_logprob_grad_cpu): against the f64 gradient.
+        let v32 = Var::from_tensor(&z.to_dtype(DType::F32).unwrap()).unwrap();
+        let w32 = w.to_dtype(DType::F32).unwrap();
+        let g3 = (token_logprobs(v32.as_tensor(), &t).unwrap() * &w32).unwrap().sum_all().unwrap().backward().unwrap();
+        let c = g3.get(v32.as_tensor()).unwrap().to_dtype(DType::F64).unwrap();
+        let d = (c - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
+        assert!(d < 1e-6, "f32 gradient mismatch {d}");
     }
 
     #[test]

@@ -37,6 +37,19 @@ pub fn log_softmax_at(row: &[f32], target: usize) -> f32 {
     }
 }
 
+/// The gradient of `log_softmax(row)[target]` scaled by `g`: `out = g * (onehot(target) -
+/// softmax(row))`, in one pass after the max and the sum (the row stays in cache between).
+pub fn log_softmax_at_grad(row: &[f32], target: usize, g: f32, out: &mut [f32]) {
+    match skinny::isa() {
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Some(Isa::Avx512) => unsafe { log_softmax_at_grad_avx512(row, target, g, out) },
+        #[cfg(target_arch = "x86_64")]
+        Some(Isa::Avx2) => unsafe { log_softmax_at_grad_avx2(row, target, g, out) },
+        _ => log_softmax_at_grad_generic(row, target, g, out),
+    }
+}
+
 /// A sampler's weights over one row of logits: fills `probs` with `e^((x - max) / T)` and
 /// returns `(max, z1)`, `z1` the temperature-1 normaliser `sum e^(x - max)` (the log-prob of a
 /// token at T = 1 is `x - max - ln z1`). `inv_t` is `1 / T`.
@@ -201,6 +214,28 @@ fn softmax_generic(scores: &mut [f32], mask: &[f32], t: usize, s: usize, scale: 
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl")]
+unsafe fn log_softmax_at_grad_avx512(row: &[f32], target: usize, g: f32, out: &mut [f32]) {
+    log_softmax_at_grad_generic(row, target, g, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn log_softmax_at_grad_avx2(row: &[f32], target: usize, g: f32, out: &mut [f32]) {
+    log_softmax_at_grad_generic(row, target, g, out)
+}
+
+#[inline(always)]
+fn log_softmax_at_grad_generic(row: &[f32], target: usize, g: f32, out: &mut [f32]) {
+    // log_softmax_at(row, target) = row[target] - lse, so lse comes out of it.
+    let lse = row[target] - log_softmax_at_generic(row, target);
+    for (o, &x) in out.iter_mut().zip(row) {
+        *o = -g * exp(x - lse);
+    }
+    out[target] += g;
+}
+
 #[inline(always)]
 fn log_softmax_at_generic(row: &[f32], target: usize) -> f32 {
     let max = max(row);
@@ -302,6 +337,12 @@ mod tests {
             let target = s / 2;
             let want = row[target] as f64 - max - z.ln();
             assert!((log_softmax_at(&row, target) as f64 - want).abs() < 1e-4, "log-softmax, s {s}");
+            let mut grad = vec![0f32; s];
+            log_softmax_at_grad(&row, target, 0.5, &mut grad);
+            for (j, (gj, &x)) in grad.iter().zip(&row).enumerate() {
+                let want = 0.5 * (f64::from(j == target) - (x as f64 - max).exp() / z);
+                assert!((*gj as f64 - want).abs() < 1e-6, "log-softmax gradient, s {s}, at {j}");
+            }
             let mut probs = vec![7.0; 3];
             let (m, z1) = sampling_weights(&row, 1.0 / 0.7, &mut probs);
             assert_eq!((m as f64, probs.len()), (max, s), "sampling weights, s {s}");

@@ -48,10 +48,7 @@ struct Attention {
 
 /// The f32 data of a contiguous CPU operand.
 fn data<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => bail!("fused attention: contiguous f32 operands expected"),
-    }
+    super::fused::data(s, l, "fused-attention")
 }
 
 /// Shapes of one call: (b, heads, kv heads, t, s, d).

@@ -17,7 +17,7 @@ pub fn takes(ts: &[&Tensor]) -> bool {
 }
 
 /// The f32 data of a contiguous operand.
-fn data<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+pub(super) fn data<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
     match (s, l.contiguous_offsets()) {
         (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
         (CpuStorage::F32(_), None) => bail!("{op}: operands must be contiguous"),

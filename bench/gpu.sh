@@ -22,9 +22,12 @@ apl=/tmp/apl-cuda
 xz -dc "$xzbin" > "$apl" && chmod +x "$apl"
 
 # CUDA 13's cuBLAS, cuRAND, NVRTC and runtime: from a CUDA install or PyTorch's wheels.
+# PyTorch's CUDA wheels put them under site-packages/nvidia/.
+sitedirs=$("${PEERS_PY:-python3}" -c 'import site, sys; print(" ".join(site.getsitepackages() + [site.getusersitepackages()]))' 2>/dev/null || true)
 libdirs=""
 for lib in libcublas.so.13 libcurand.so.10 libnvrtc.so.13 libcudart.so.13; do
-  found=$(find /usr/local/cuda* /opt /usr/lib -name "$lib" 2>/dev/null | head -1)
+  # shellcheck disable=SC2086
+  found=$(find /usr/local/cuda* /opt /usr/lib /usr/local/lib $sitedirs -name "$lib" 2>/dev/null | head -1)
   [ -n "$found" ] && libdirs="$libdirs:$(dirname "$found")"
 done
 export LD_LIBRARY_PATH="${libdirs#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"

@@ -30,6 +30,15 @@ for lib in libcublas.so.13 libcurand.so.10 libnvrtc.so.13 libcudart.so.13; do
   found=$(find /usr/local/cuda* /opt /usr/lib /usr/local/lib $sitedirs -name "$lib" 2>/dev/null | head -1)
   [ -n "$found" ] && libdirs="$libdirs:$(dirname "$found")"
 done
+# cuRAND: PyTorch's wheels lack it; xtask/cuda-dist.sh packs one beside the binary.
+have_curand=""
+for dir in ${libdirs//:/ }; do [ -f "$dir/libcurand.so.10" ] && have_curand=1; done
+packed="$(dirname "$xzbin")/libcurand.so.10.xz"
+if [ -z "$have_curand" ] && [ -f "$packed" ]; then
+  mkdir -p /tmp/apl-cuda-lib && xz -dc "$packed" > /tmp/apl-cuda-lib/libcurand.so.10
+  libdirs="$libdirs:/tmp/apl-cuda-lib"
+  log "cuRAND from $packed"
+fi
 export LD_LIBRARY_PATH="${libdirs#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$out/gpu.txt" 2>&1
 cat "$out/gpu.txt" >&2

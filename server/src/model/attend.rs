@@ -80,13 +80,8 @@ fn attention_with(
         let (bi, g) = (task / kv, task % kv);
         let q = &qd[task * rows * d..][..rows * d];
         let mask = &md[bi * t * s..][..t * s];
-        let mut probs = Vec::new();
-        group(
-            isa,
-            Group { q, mask, keys: keys.group(bi, g, s, d), values: values.group(bi, g, s, d), t, s, d, scale },
-            &mut probs,
-            out,
-        );
+        let g = Group { q, mask, keys: keys.group(bi, g, s, d), values: values.group(bi, g, s, d), t, s, d, scale };
+        group(isa, &g, out);
     });
     drop((qs, ks, vs, ms));
     Tensor::from_vec(out, (b, h, t, d), &Device::Cpu).map(Some)
@@ -105,16 +100,11 @@ pub(super) struct Group<'a> {
     pub scale: f32,
 }
 
-/// `out = softmax(q k^T * scale + mask) v` for one group; `probs` is left holding the
-/// probabilities (rows x s), which the training backward reuses.
-pub(super) fn group(isa: Option<Isa>, g: Group<'_>, probs: &mut Vec<f32>, out: &mut [f32]) {
-    let Group { q, mask, keys, values, t, s, d, scale } = g;
-    let rows = q.len() / d;
-    // Scores: q . k for every (query row, key), as a few-row product over the keys' rows.
-    probs.clear();
-    probs.resize(rows * s, 0.0);
-    skinny::product_serial(isa, (rows, s, d), q, d, keys.0, keys.1, probs, s);
-    vmath::softmax_rows(isa, probs, mask, t, s, scale);
+/// `out = softmax(q k^T * scale + mask) v` for one group.
+pub(super) fn group(isa: Option<Isa>, g: &Group<'_>, out: &mut [f32]) {
+    let (values, s, d) = (g.values, g.s, g.d);
+    let rows = g.q.len() / d;
+    let probs = probabilities(isa, g);
     if rows <= 4 {
         // Decoding: a few rows, each a weighted sum of value rows.
         for (r, orow) in out.chunks_exact_mut(d).enumerate() {
@@ -130,8 +120,19 @@ pub(super) fn group(isa: Option<Isa>, g: Group<'_>, probs: &mut Vec<f32>, out: &
     } else {
         // Many rows: the values transposed once, then another few-row product.
         let vt = transpose(values.0, values.1, s, d);
-        skinny::product_serial(isa, (rows, d, s), probs, s, &vt, s, out, d);
+        skinny::product_serial(isa, (rows, d, s), &probs, s, &vt, s, out, d);
     }
+}
+
+/// `softmax(q k^T * scale + mask)` for one group: (rows x s), what the training backward
+/// recomputes.
+pub(super) fn probabilities(isa: Option<Isa>, g: &Group<'_>) -> Vec<f32> {
+    let rows = g.q.len() / g.d;
+    // Scores: q . k for every (query row, key), as a few-row product over the keys' rows.
+    let mut probs = vec![0f32; rows * g.s];
+    skinny::product_serial(isa, (rows, g.s, g.d), g.q, g.d, g.keys.0, g.keys.1, &mut probs, g.s);
+    vmath::softmax_rows(isa, &mut probs, g.mask, g.t, g.s, g.scale);
+    probs
 }
 
 /// The (cols x rows) transpose of `rows` rows of `cols` at stride `stride`.
@@ -162,18 +163,7 @@ impl<'a> Strided<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rand(shape: &[usize], seed: u64) -> Tensor {
-        let n: usize = shape.iter().product();
-        let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let v: Vec<f32> = (0..n)
-            .map(|_| {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((x >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
-            })
-            .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
+    use crate::model::ops::tests::rand;
 
     /// Against the composed form, over grouped heads, padded (masked) keys, a fully masked row,
     /// and keys and values read through a view of a larger cache, on every kernel this CPU runs.

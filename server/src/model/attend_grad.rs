@@ -19,7 +19,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor, bail};
 use rayon::prelude::*;
 
-use super::attend::{Group, group, transpose};
+use super::attend::{Group, group, probabilities, transpose};
 use super::skinny::{self, Isa};
 
 /// `softmax(q k^T * scale + mask) v` with grouped kv heads, differentiable in q, k and v.
@@ -98,7 +98,7 @@ impl CustomOp3 for Attention {
                     d,
                     scale: self.scale,
                 };
-                group(self.isa, g, &mut Vec::new(), out);
+                group(self.isa, &g, out);
             });
             Ok(())
         })?;
@@ -154,8 +154,7 @@ fn group_backward(isa: Option<Isa>, g: Group<'_>, dout: &[f32], dq: &mut [f32], 
     let (q, k, v, s, d, scale) = (g.q, g.keys.0, g.values.0, g.s, g.d, g.scale);
     let rows = q.len() / d;
     // The probabilities again (the forward's output itself is not needed).
-    let (mut p, mut out) = (Vec::new(), vec![0f32; rows * d]);
-    group(isa, g, &mut p, &mut out);
+    let p = probabilities(isa, &g);
     // dV = P^T dO: rows of P^T against rows of dO^T.
     let (pt, dot) = (transpose(&p, s, rows, s), transpose(dout, d, rows, d));
     skinny::product_serial(isa, (s, d, rows), &pt, rows, &dot, rows, dv, d);

@@ -459,11 +459,12 @@ pub fn mask_value(dtype: DType) -> f32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use candle_core::Var;
 
-    fn rand(shape: &[usize], seed: u64) -> Tensor {
+    /// A small deterministic pseudo-random tensor in [-1, 1) (also for `attend.rs`'s tests).
+    pub(crate) fn rand(shape: &[usize], seed: u64) -> Tensor {
         // A small deterministic pseudo-random fill, independent of candle's RNG.
         let n: usize = shape.iter().product();
         let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);

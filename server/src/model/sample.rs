@@ -469,17 +469,9 @@ mod tests {
     /// Greedy decoding picks the same tokens, with the same log-probs, on the device path.
     #[test]
     fn device_and_host_greedy_agree() {
-        use crate::model::random::random_checkpoint;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("config.json");
-        std::fs::write(
-            &path,
-            r#"{"model_type": "llama", "vocab_size": 96, "hidden_size": 64, "intermediate_size": 96,
-                "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}"#,
-        )
-        .unwrap();
-        let spec = format!("random:{}", path.display());
-        let ck = random_checkpoint(&spec, DType::F32, &candle_core::Device::Cpu, 5).unwrap();
+        // The committed tiny Llama fixture (server/tests/fixtures/llama).
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama");
+        let ck = crate::model::Checkpoint::load(&dir, DType::F32, &candle_core::Device::Cpu).unwrap();
         let model = Model::from_checkpoint(&ck).unwrap();
         let prompts: Vec<Vec<u32>> = vec![vec![5, 6, 7], vec![9], vec![11, 12]];
         let reqs: Vec<SampleRequest> = prompts.iter().map(|p| SampleRequest::new(p)).collect();

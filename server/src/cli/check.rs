@@ -16,6 +16,7 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use crate::device::{describe, parse_device, parse_dtype};
 use crate::model::logprobs::batch_logprobs;
 use crate::model::{Batch, Checkpoint, Decoder, Model, Padding, SampleRequest, SamplingConfig, sample};
+use crate::train::loss::{Loss, PairLogprobs};
 
 /// The fixtures every check runs on (those of `tests/fixtures/make_fixtures.py`).
 const FIXTURES: &[&str] = &["llama", "llama3", "qwen2", "gpt2", "gpt_neox", "gpt_neox_seq"];
@@ -161,13 +162,12 @@ fn check_fixture(dir: &Path, name: &str, device: &Device, dtype: DType) -> Resul
         let (policy, vars) = Model::trainable(ck, |_| true)?;
         let pairs: Vec<(&[u32], &[u32])> =
             vec![(&prompts[0], &cont[0]), (&prompts[0], &cont[1]), (&prompts[2], &cont[2]), (&prompts[2], &cont[0])];
-        let sums = batch_logprobs(&policy, &pairs)?.sums.to_dtype(DType::F32)?;
+        let sums = batch_logprobs(&policy, &pairs)?.sums.to_dtype(DType::F32)?.reshape((2, 2))?;
         // Reference log-probs away from the policy's, so that the loss is not at its symmetric point.
-        let reference = Tensor::new(&[-30f32, -32.0, -31.0, -29.0], sums.device())?;
-        let margin = (sums - reference)?.reshape((2, 2))?;
-        let logits = ((margin.i((.., 0))? - margin.i((.., 1))?)? * 0.2)?;
-        let loss = candle_nn::ops::sigmoid(&logits)?.log()?.neg()?.mean_all()?;
-        let g = loss.backward()?;
+        let reference = Tensor::new(&[[-30f32, -32.0], [-31.0, -29.0]], sums.device())?;
+        let (pc, pr, rc, rr) = (sums.i((.., 0))?, sums.i((.., 1))?, reference.i((.., 0))?, reference.i((.., 1))?);
+        let lp = PairLogprobs { policy_chosen: &pc, policy_rejected: &pr, ref_chosen: &rc, ref_rejected: &rr };
+        let g = Loss::Dpo.compute(&lp, 0.2)?.loss.backward()?;
         vars.into_iter()
             .map(|(n, v)| {
                 let t = g.get(v.as_tensor()).with_context(|| format!("no gradient for {n}"))?;

@@ -118,29 +118,94 @@ pub(super) fn group(isa: Option<Isa>, g: &Group<'_>, out: &mut [f32]) {
             }
         }
     } else {
-        // Many rows: the values transposed once, then another few-row product.
+        // Many rows: the values transposed once, then a few-row product per tile of query
+        // rows over the keys they reach (the rest of their probabilities are exact zeros).
         let vt = transpose(values.0, values.1, s, d);
-        skinny::product_serial(isa, (rows, d, s), &probs, s, &vt, s, out, d);
+        for tile in query_tiles(g) {
+            let r0 = tile.row;
+            skinny::product_serial(isa, (tile.rows, d, tile.keys), &probs[r0 * s..], s, &vt, s, &mut out[r0 * d..], d);
+        }
     }
 }
 
 /// `softmax(q k^T * scale + mask)` for one group: (rows x s), what the training backward
-/// recomputes.
+/// recomputes. Scores are formed only for the keys each tile of query rows reaches; the others
+/// stay 0 before the mask, whose softmax weight is exactly 0 either way.
 pub(super) fn probabilities(isa: Option<Isa>, g: &Group<'_>) -> Vec<f32> {
     let rows = g.q.len() / g.d;
     // Scores: q . k for every (query row, key), as a few-row product over the keys' rows.
     let mut probs = vec![0f32; rows * g.s];
-    skinny::product_serial(isa, (rows, g.s, g.d), g.q, g.d, g.keys.0, g.keys.1, &mut probs, g.s);
+    for tile in query_tiles(g) {
+        let (r0, d) = (tile.row, g.d);
+        let q = &g.q[r0 * d..];
+        skinny::product_serial(isa, (tile.rows, tile.keys, d), q, d, g.keys.0, g.keys.1, &mut probs[r0 * g.s..], g.s);
+    }
     vmath::softmax_rows(isa, &mut probs, g.mask, g.t, g.s, g.scale);
     probs
 }
 
+/// Query positions per tile: products run per tile over the keys its rows reach.
+const TILE: usize = 16;
+
+/// For each query position of a group's mask (t rows of s), how many leading keys it reaches:
+/// one past the last key its mask leaves open. Past that, every key is masked and gets a
+/// softmax weight of exactly 0 (`vmath`'s exp is 0 below -87), so products may stop there. A
+/// row masked throughout reaches all `s` (its softmax, over masked scores only, is not zero).
+pub(super) fn reach(mask: &[f32], t: usize, s: usize) -> Vec<usize> {
+    let masked = super::ops::mask_value(candle_core::DType::F32) / 2.0;
+    (0..t)
+        .map(|i| match mask[i * s..][..s].iter().rposition(|&m| m > masked) {
+            Some(j) => j + 1,
+            None => s,
+        })
+        .collect()
+}
+
+/// `rows` query rows from `row` (of one head, consecutive positions) and the keys they reach.
+pub(super) struct QueryTile {
+    pub row: usize,
+    pub rows: usize,
+    pub keys: usize,
+}
+
+/// The query tiles of a group: per head, runs of [`TILE`] positions.
+pub(super) fn query_tiles(g: &Group<'_>) -> Vec<QueryTile> {
+    let reach = reach(g.mask, g.t, g.s);
+    let heads = g.q.len() / g.d / g.t.max(1);
+    let mut tiles = Vec::with_capacity(heads * g.t.div_ceil(TILE));
+    for h in 0..heads {
+        for i0 in (0..g.t).step_by(TILE) {
+            let i1 = (i0 + TILE).min(g.t);
+            let keys = reach[i0..i1].iter().copied().max().unwrap_or(g.s);
+            tiles.push(QueryTile { row: h * g.t + i0, rows: i1 - i0, keys });
+        }
+    }
+    tiles
+}
+
 /// The (cols x rows) transpose of `rows` rows of `cols` at stride `stride`.
 pub(super) fn transpose(x: &[f32], stride: usize, rows: usize, cols: usize) -> Vec<f32> {
+    transpose_by_position(x, stride, rows, 1, cols)
+}
+
+/// The (cols x rows) transpose of `rep * t` rows of `cols` at `stride` (`rep` heads of `t`
+/// positions, head-major), its columns in position-major order: row `h * t + i` becomes column
+/// `i * rep + h`, so the rows of all heads at positions `i..` are one run of columns. In tiles
+/// of 16 x 16, so that the strided writes stay within a few cache lines.
+pub(super) fn transpose_by_position(x: &[f32], stride: usize, t: usize, rep: usize, cols: usize) -> Vec<f32> {
+    const B: usize = 16;
+    let rows = rep * t;
     let mut xt = vec![0f32; rows * cols];
-    for j in 0..rows {
-        for (c, v) in x[j * stride..][..cols].iter().enumerate() {
-            xt[c * rows + j] = *v;
+    for r0 in (0..rows).step_by(B) {
+        let r1 = (r0 + B).min(rows);
+        for c0 in (0..cols).step_by(B) {
+            let c1 = (c0 + B).min(cols);
+            for r in r0..r1 {
+                let column = r % t * rep + r / t;
+                for (c, v) in x[r * stride + c0..r * stride + c1].iter().enumerate() {
+                    xt[(c0 + c) * rows + column] = *v;
+                }
+            }
         }
     }
     xt
@@ -172,7 +237,7 @@ mod tests {
         use crate::model::ops::{attention_composed as composed, mask_value};
         let neg = mask_value(DType::F32);
         for &(b, h, kv, t, s, d) in
-            &[(2, 6, 2, 3, 5, 64), (1, 4, 4, 1, 9, 8), (3, 9, 3, 1, 70, 64), (2, 2, 1, 4, 4, 20)]
+            &[(2, 6, 2, 3, 5, 64), (1, 4, 4, 1, 9, 8), (3, 9, 3, 1, 70, 64), (2, 2, 1, 4, 4, 20), (2, 6, 2, 37, 40, 16)]
         {
             let q = rand(&[b, h, t, d], 1);
             // A cache of capacity s + 3, of which the first s positions are used.

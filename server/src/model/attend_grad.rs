@@ -19,7 +19,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor, bail};
 use rayon::prelude::*;
 
-use super::attend::{Group, group, probabilities, transpose};
+use super::attend::{Group, group, probabilities, query_tiles, reach, transpose, transpose_by_position};
 use super::skinny::{self, Isa};
 
 /// `softmax(q k^T * scale + mask) v` with grouped kv heads, differentiable in q, k and v.
@@ -136,7 +136,7 @@ impl CustomOp3 for Attention {
                     let dout = &dout[task * rows * d..][..rows * d];
                     let mask = &mask[task / kv * t * s..][..t * s];
                     let g = Group { q, mask, keys: (k, d), values: (v, d), t, s, d, scale: self.scale };
-                    group_backward(isa, g, dout, dq, dk, dv);
+                    group_backward(isa, &g, dout, dq, dk, dv);
                 });
             Ok(())
         })?;
@@ -150,26 +150,362 @@ impl CustomOp3 for Attention {
 }
 
 /// The gradients of one group (see the header): `dq` (rows x d), `dk` and `dv` (s x d).
-fn group_backward(isa: Option<Isa>, g: Group<'_>, dout: &[f32], dq: &mut [f32], dk: &mut [f32], dv: &mut [f32]) {
-    let (q, k, v, s, d, scale) = (g.q, g.keys.0, g.values.0, g.s, g.d, g.scale);
+///
+/// Products skip what the mask makes exactly zero (`attend::reach`): per tile of query rows,
+/// dP and dQ run over the keys those rows reach; per tile of keys, dV and dK run over the
+/// query rows that reach them, one run of columns once P^T, dO^T, dS^T and Q^T are laid out
+/// position-major (`transpose_by_position`).
+fn group_backward(isa: Option<Isa>, g: &Group<'_>, dout: &[f32], dq: &mut [f32], dk: &mut [f32], dv: &mut [f32]) {
+    let (q, (k, ks), (v, vs), t, s, d, scale) = (g.q, g.keys, g.values, g.t, g.s, g.d, g.scale);
     let rows = q.len() / d;
+    let rep = rows / t.max(1);
     // The probabilities again (the forward's output itself is not needed).
-    let p = probabilities(isa, &g);
-    // dV = P^T dO: rows of P^T against rows of dO^T.
-    let (pt, dot) = (transpose(&p, s, rows, s), transpose(dout, d, rows, d));
-    skinny::product_serial(isa, (s, d, rows), &pt, rows, &dot, rows, dv, d);
+    let p = probabilities(isa, g);
+    let tiles = query_tiles(g);
+    // Key tiles: keys j0..j1 get contributions only from positions that reach past j0, which
+    // in position-major columns start at `first * rep`.
+    let reach = reach(g.mask, t, s);
+    let key_tiles: Vec<(usize, usize, usize)> = (0..s)
+        .step_by(16)
+        .map(|j0| {
+            let first = (0..t).find(|&i| reach[i] > j0).unwrap_or(t);
+            (j0, (j0 + 16).min(s), first * rep)
+        })
+        .collect();
+    // Rows of A^T against rows of B^T, for each key tile: `out` (s x d) = A^T B over the rows.
+    let by_keys = |at: &[f32], bt: &[f32], out: &mut [f32]| {
+        for &(j0, j1, c0) in &key_tiles {
+            let k = rows - c0;
+            skinny::product_serial(
+                isa,
+                (j1 - j0, d, k),
+                &at[j0 * rows + c0..],
+                rows,
+                &bt[c0..],
+                rows,
+                &mut out[j0 * d..],
+                d,
+            );
+        }
+    };
+    // dV = P^T dO.
+    let (pt, dot) = (transpose_by_position(&p, s, t, rep, s), transpose_by_position(dout, d, t, rep, d));
+    by_keys(&pt, &dot, dv);
     // dP = dO V^T, then dS = P * (dP - rowsum(dP * P)) * scale, in place.
     let mut ds = vec![0f32; rows * s];
-    skinny::product_serial(isa, (rows, s, d), dout, d, v, d, &mut ds, s);
+    for tile in &tiles {
+        let r0 = tile.row;
+        skinny::product_serial(isa, (tile.rows, tile.keys, d), &dout[r0 * d..], d, v, vs, &mut ds[r0 * s..], s);
+    }
     for (dsr, pr) in ds.chunks_exact_mut(s).zip(p.chunks_exact(s)) {
         let dot: f32 = dsr.iter().zip(pr).map(|(a, b)| a * b).sum();
         for (x, p) in dsr.iter_mut().zip(pr) {
             *x = p * (*x - dot) * scale;
         }
     }
-    // dQ = dS K: rows of dS against rows of K^T; dK = dS^T Q: rows of dS^T against rows of Q^T.
-    let kt = transpose(k, d, s, d);
-    skinny::product_serial(isa, (rows, d, s), &ds, s, &kt, s, dq, d);
-    let (dst, qt) = (transpose(&ds, s, rows, s), transpose(q, d, rows, d));
-    skinny::product_serial(isa, (s, d, rows), &dst, rows, &qt, rows, dk, d);
+    // dQ = dS K: rows of dS against rows of K^T; dK = dS^T Q.
+    let kt = transpose(k, ks, s, d);
+    for tile in &tiles {
+        let r0 = tile.row;
+        skinny::product_serial(isa, (tile.rows, d, tile.keys), &ds[r0 * s..], s, &kt, s, &mut dq[r0 * d..], d);
+    }
+    let (dst, qt) = (transpose_by_position(&ds, s, t, rep, s), transpose_by_position(q, d, t, rep, d));
+    by_keys(&dst, &qt, dk);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention straight from the projections.
+//
+// Between the q/k/v projections and the output projection, a layer's attention in composed
+// form is views and copies: heads split out and transposed, rope on q and k (each a copy), k
+// and v made contiguous, the output transposed back and merged (another copy). Each is an
+// autograd node whose gradient candle accumulates through a fresh zeroed tensor, and the
+// transposed gradients are added through strides. This op reads q, k and v where the
+// projections wrote them, (b, t, heads * d), gathers and rotates each group's rows itself,
+// and writes its output (and, in the backward, dq, dk and dv, rotated back) in that layout.
+
+/// Rotary tables for [`attention_rows`]: cos and sin (b, t, rot_dims / 2), applied to the
+/// first `rot_dims` of each head in the "rotate half" layout.
+pub struct Rotary<'a> {
+    pub cos: &'a Tensor,
+    pub sin: &'a Tensor,
+}
+
+/// `softmax(rope(q) rope(k)^T * scale + mask) v` per head, with `heads` query heads over
+/// `kv_heads` key/value heads, differentiable in q, k and v (the tables and mask are constants).
+/// q: (b, t, heads * d); k, v: (b, t, kv_heads * d); mask: additive (b, 1, t, t); output
+/// (b, t, heads * d). f32 on the CPU.
+pub fn attention_rows(
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
+    rope: Option<Rotary<'_>>,
+    mask: &Tensor,
+    scale: f64,
+    (heads, kv_heads): (usize, usize),
+) -> Result<Tensor> {
+    let (b, t, width) = q.dims3()?;
+    let d = width.checked_div(heads).unwrap_or(0);
+    let fits = heads > 0
+        && kv_heads > 0
+        && heads % kv_heads == 0
+        && d * heads == width
+        && d > 0
+        && k.dims() == [b, t, kv_heads * d]
+        && v.dims() == k.dims()
+        && mask.dims() == [b, 1, t, t];
+    if !fits {
+        bail!(
+            "fused attention: q {:?}, k {:?}, v {:?} and mask {:?} do not fit {heads} heads over {kv_heads}",
+            q.dims(),
+            k.dims(),
+            v.dims(),
+            mask.dims()
+        );
+    }
+    let tables = match rope {
+        None => None,
+        Some(r) => {
+            let half = r.cos.dim(2)?;
+            if r.cos.dims() != [b, t, half] || r.sin.dims() != r.cos.dims() || 2 * half > d {
+                bail!("fused attention: rope tables {:?} for q {:?} with head size {d}", r.cos.dims(), q.dims());
+            }
+            Some((r.cos.detach().contiguous()?, r.sin.detach().contiguous()?))
+        }
+    };
+    let op = RowsAttention {
+        mask: mask.detach().contiguous()?,
+        tables,
+        shape: RowsShape { b, t, heads, kv: kv_heads, d },
+        scale: scale as f32,
+        isa: skinny::isa(),
+    };
+    q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+}
+
+#[derive(Clone, Copy)]
+struct RowsShape {
+    b: usize,
+    t: usize,
+    heads: usize,
+    kv: usize,
+    d: usize,
+}
+
+struct RowsAttention {
+    mask: Tensor,
+    tables: Option<(Tensor, Tensor)>,
+    shape: RowsShape,
+    scale: f32,
+    isa: Option<Isa>,
+}
+
+/// The f32 data of a constant operand of the op.
+fn constant<'a>(t: &'a Tensor) -> Result<impl std::ops::Deref<Target = Storage> + 'a> {
+    let (s, _) = t.storage_and_layout();
+    if !matches!(&*s, Storage::Cpu(CpuStorage::F32(_))) {
+        bail!("fused attention: constants must be f32 on the CPU");
+    }
+    Ok(s)
+}
+
+fn f32s<'a>(s: &'a Storage, t: &Tensor) -> &'a [f32] {
+    match s {
+        Storage::Cpu(CpuStorage::F32(v)) => &v[t.layout().start_offset()..][..t.elem_count()],
+        _ => unreachable!("checked by constant()"),
+    }
+}
+
+/// One (sequence, kv head)'s view of the rows layout.
+struct Rows<'a> {
+    /// cos and sin rows of this sequence, `half` per position (empty without rope).
+    cos: &'a [f32],
+    sin: &'a [f32],
+    half: usize,
+    bi: usize,
+    t: usize,
+    d: usize,
+}
+
+impl Rows<'_> {
+    /// Heads `first .. first + n` of sequence `bi` from `src` (b, t, width), head-major, each
+    /// row rotated by `sign` times its position's angles when `rotate`.
+    fn gather(&self, src: &[f32], width: usize, first: usize, n: usize, rotate: bool) -> Vec<f32> {
+        let (t, d) = (self.t, self.d);
+        let mut out = vec![0f32; n * t * d];
+        for j in 0..n {
+            for i in 0..t {
+                let row = &mut out[(j * t + i) * d..][..d];
+                row.copy_from_slice(&src[(self.bi * t + i) * width + (first + j) * d..][..d]);
+                if rotate {
+                    self.rotate(row, i, 1.0);
+                }
+            }
+        }
+        out
+    }
+
+    /// The inverse of [`Rows::gather`]: `rows` (head-major) into `dst`, rotated back when `rotate`.
+    fn scatter(&self, mut rows: Vec<f32>, dst: &mut [f32], width: usize, first: usize, rotate: bool) {
+        let (t, d) = (self.t, self.d);
+        for (r, row) in rows.chunks_exact_mut(d).enumerate() {
+            let (j, i) = (r / t, r % t);
+            if rotate {
+                self.rotate(row, i, -1.0);
+            }
+            dst[(self.bi * t + i) * width + (first + j) * d..][..d].copy_from_slice(row);
+        }
+    }
+
+    /// Rope in the "rotate half" layout on the first `2 * half` of `row`, by the angles of
+    /// position `i` (`sign` -1: the inverse rotation, which is also its backward).
+    fn rotate(&self, row: &mut [f32], i: usize, sign: f32) {
+        let h = self.half;
+        let (cos, sin) = (&self.cos[i * h..][..h], &self.sin[i * h..][..h]);
+        let (x1, x2) = row[..2 * h].split_at_mut(h);
+        for j in 0..h {
+            let (a, b, s) = (x1[j], x2[j], sign * sin[j]);
+            x1[j] = a * cos[j] - b * s;
+            x2[j] = b * cos[j] + a * s;
+        }
+    }
+}
+
+impl RowsAttention {
+    /// Runs `f(task, group, rows)` for every (sequence, kv head) task on rayon's threads, with
+    /// that group's rotated q and k gathered and its values read in place.
+    fn per_group<R: Send>(
+        &self,
+        (q, k, v): (&[f32], &[f32], &[f32]),
+        f: impl Fn(&Group<'_>, &Rows<'_>, usize) -> R + Sync,
+    ) -> Result<Vec<R>> {
+        let RowsShape { b, t, heads, kv, d } = self.shape;
+        let rep = heads / kv;
+        let mask_s = constant(&self.mask)?;
+        let mask = f32s(&mask_s, &self.mask);
+        let tables = match &self.tables {
+            Some((c, s)) => Some((constant(c)?, c, constant(s)?, s)),
+            None => None,
+        };
+        let (cos, sin, half) = match &tables {
+            Some((cs, c, ss, s)) => (f32s(cs, c), f32s(ss, s), c.dim(2)?),
+            None => (&[][..], &[][..], 0),
+        };
+        let rotate = half > 0;
+        Ok((0..b * kv)
+            .into_par_iter()
+            .map(|task| {
+                let (bi, g) = (task / kv, task % kv);
+                let rows = Rows {
+                    cos: &cos[bi * t * half..][..t * half],
+                    sin: &sin[bi * t * half..][..t * half],
+                    half,
+                    bi,
+                    t,
+                    d,
+                };
+                let qg = rows.gather(q, heads * d, g * rep, rep, rotate);
+                let kg = rows.gather(k, kv * d, g, 1, rotate);
+                let start = bi * t * kv * d + g * d;
+                let values = &v[start..start + (t - 1) * kv * d + d];
+                let group = Group {
+                    q: &qg,
+                    mask: &mask[bi * t * t..][..t * t],
+                    keys: (&kg, d),
+                    values: (values, kv * d),
+                    t,
+                    s: t,
+                    d,
+                    scale: self.scale,
+                };
+                f(&group, &rows, task)
+            })
+            .collect())
+    }
+}
+
+impl CustomOp3 for RowsAttention {
+    fn name(&self) -> &'static str {
+        "fused-attention-rows"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (q, k, v) = (data(s1, l1)?, data(s2, l2)?, data(s3, l3)?);
+        let RowsShape { heads, kv, d, t, .. } = self.shape;
+        let mut out = vec![0f32; q.len()];
+        if t == 0 {
+            return Ok((CpuStorage::F32(out), l1.shape().clone()));
+        }
+        let isa = self.isa;
+        let parts = self.per_group((q, k, v), |g, rows, _| {
+            let mut y = vec![0f32; g.q.len()];
+            group(isa, g, &mut y);
+            (y, rows.bi)
+        })?;
+        for (task, (y, bi)) in parts.into_iter().enumerate() {
+            let rows = Rows { cos: &[], sin: &[], half: 0, bi, t, d };
+            rows.scatter(y, &mut out, heads * d, task % kv * (heads / kv), false);
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let (gs, gl) = grad.storage_and_layout();
+        let (qs, ql) = q.storage_and_layout();
+        let (ks, kl) = k.storage_and_layout();
+        let (vs, vl) = v.storage_and_layout();
+        let (Storage::Cpu(gs), Storage::Cpu(qs), Storage::Cpu(ks), Storage::Cpu(vs)) = (&*gs, &*qs, &*ks, &*vs) else {
+            bail!("fused attention: operands not on the CPU");
+        };
+        let (dout, qd, kd, vd) = (data(gs, gl)?, data(qs, ql)?, data(ks, kl)?, data(vs, vl)?);
+        let RowsShape { heads, kv, d, t, .. } = self.shape;
+        let rep = heads / kv;
+        let (mut dq, mut dk, mut dv) = (vec![0f32; qd.len()], vec![0f32; kd.len()], vec![0f32; vd.len()]);
+        if t > 0 {
+            let isa = self.isa;
+            let rotate = self.tables.is_some();
+            let parts = self.per_group((qd, kd, vd), |g, rows, task| {
+                let dout = rows.gather(dout, heads * d, task % kv * rep, rep, false);
+                let (mut gq, mut gk, mut gv) = (vec![0f32; g.q.len()], vec![0f32; t * d], vec![0f32; t * d]);
+                group_backward(isa, g, &dout, &mut gq, &mut gk, &mut gv);
+                // Rotated back here, on the worker threads; scattered below.
+                if rotate {
+                    for (r, row) in gq.chunks_exact_mut(d).enumerate() {
+                        rows.rotate(row, r % t, -1.0);
+                    }
+                    for (i, row) in gk.chunks_exact_mut(d).enumerate() {
+                        rows.rotate(row, i, -1.0);
+                    }
+                }
+                (gq, gk, gv, rows.bi)
+            })?;
+            for (task, (gq, gk, gv, bi)) in parts.into_iter().enumerate() {
+                let g = task % kv;
+                let rows = Rows { cos: &[], sin: &[], half: 0, bi, t, d };
+                rows.scatter(gq, &mut dq, heads * d, g * rep, false);
+                rows.scatter(gk, &mut dk, kv * d, g, false);
+                rows.scatter(gv, &mut dv, kv * d, g, false);
+            }
+        }
+        let dev = q.device();
+        Ok((
+            Some(Tensor::from_vec(dq, q.shape(), dev)?),
+            Some(Tensor::from_vec(dk, k.shape(), dev)?),
+            Some(Tensor::from_vec(dv, v.shape(), dev)?),
+        ))
+    }
 }

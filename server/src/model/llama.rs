@@ -111,18 +111,20 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, t, _) = xs.dims3()?;
         let d = self.head_dim;
+        let scale = 1.0 / (d as f64).sqrt();
+        let (q, k, v) = (self.q_proj.forward(xs)?, self.k_proj.forward(xs)?, self.v_proj.forward(xs)?);
+        let Some((c, layer)) = cache else {
+            let heads = (self.num_heads, self.num_kv_heads);
+            let y = ops::attention_rows((&q, &k, &v), Some((&rot.0, &rot.1)), mask, scale, heads)?;
+            return self.o_proj.forward(&y);
+        };
         let heads = |x: Tensor, n: usize| x.reshape((b, t, n, d))?.transpose(1, 2);
-        let q = heads(self.q_proj.forward(xs)?, self.num_heads)?;
-        let k = heads(self.k_proj.forward(xs)?, self.num_kv_heads)?;
-        let v = heads(self.v_proj.forward(xs)?, self.num_kv_heads)?;
+        let (q, k, v) = (heads(q, self.num_heads)?, heads(k, self.num_kv_heads)?, heads(v, self.num_kv_heads)?);
         let q = ops::rope(&q, &rot.0, &rot.1)?;
         let k = ops::rope(&k, &rot.0, &rot.1)?.contiguous()?;
         let v = v.contiguous()?;
-        let (k, v) = match cache {
-            Some((c, layer)) => c.append(layer, &k, &v)?,
-            None => (k, v),
-        };
-        let y = ops::attention(&q, &k, &v, mask, 1.0 / (d as f64).sqrt())?;
+        let (k, v) = c.append(layer, &k, &v)?;
+        let y = ops::attention(&q, &k, &v, mask, scale)?;
         let y = y.transpose(1, 2)?.reshape((b, t, self.num_heads * d))?;
         self.o_proj.forward(&y)
     }

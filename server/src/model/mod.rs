@@ -15,6 +15,7 @@ pub mod fused;
 pub mod gpt2;
 pub mod gpt_neox;
 pub mod half;
+pub mod linear;
 pub mod llama;
 pub mod load;
 pub mod logprobs;

@@ -12,6 +12,7 @@ use candle_core::{D, DType, Device, Result, Tensor};
 
 use super::fused;
 use super::half::HalfMatrix;
+use super::linear;
 
 /// Whether to use the composed form: gradients are needed, or the dtype is one the fused
 /// kernels do not cover (f64, used by the finite-difference checks).
@@ -228,10 +229,25 @@ impl Linear {
 
     /// Applies the layer to (..., in), flattening leading dims into one matmul.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let w = if self.in_out { self.weight.clone() } else { self.weight.t()? };
-        let ys = matmul_2d_with(xs, &w, self.half.as_deref(), self.bias.as_ref())?;
+        let rows = xs.elem_count() / xs.dims().last().copied().unwrap_or(1).max(1);
+        let half = self.half.as_ref().filter(|_| rows <= SMALL_M && xs.dtype() == DType::F32 && !tracks(&[xs]));
+        let ys = if half.is_none() && linear::takes(xs, &self.weight) {
+            // One node with the weight as stored (see `linear.rs`).
+            let ys = linear::forward(xs, &self.weight, self.in_out)?;
+            match &self.bias {
+                Some(b) => ys.broadcast_add(b)?,
+                None => ys,
+            }
+        } else {
+            let w = if self.in_out { self.weight.clone() } else { self.weight.t()? };
+            matmul_2d_with(xs, &w, self.half.as_deref(), self.bias.as_ref())?
+        };
         match &self.lora {
             None => Ok(ys),
+            Some(l) if linear::takes(xs, &l.a) => {
+                let low = linear::forward(xs, &l.a, false)?;
+                ys + (linear::forward(&low, &l.b, false)? * l.scale)?
+            }
             Some(l) => {
                 let low = matmul_2d(xs, &l.a.t()?, None)?;
                 ys + (matmul_2d(&low, &l.b.t()?, None)? * l.scale)?
@@ -434,6 +450,41 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) 
     }
 }
 
+/// Attention from the projections' outputs to the output projection's input: q (b, t, heads *
+/// d), k and v (b, t, kv_heads * d), all at the same positions (no KV cache); `rope` (cos, sin),
+/// each (b, t, rot_dims / 2), rotates the first `rot_dims` of each q and k head; mask (b, 1, t,
+/// t); output (b, t, heads * d). Training on the CPU in f32 is one op (`attend_grad.rs`, no
+/// head copies); everything else splits the heads and runs [`attention`].
+pub fn attention_rows(
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
+    rope: Option<(&Tensor, &Tensor)>,
+    mask: &Tensor,
+    scale: f64,
+    (heads, kv_heads): (usize, usize),
+) -> Result<Tensor> {
+    let tables_fit = rope.is_none_or(|(c, s)| fused::takes(&[c, s]));
+    if tracks(&[q, k, v]) && fused::takes(&[q, k, v, mask]) && tables_fit {
+        let rope = rope.map(|(cos, sin)| super::attend_grad::Rotary { cos, sin });
+        return super::attend_grad::attention_rows((q, k, v), rope, mask, scale, (heads, kv_heads));
+    }
+    let (b, t, width) = q.dims3()?;
+    if heads == 0 || width % heads != 0 {
+        candle_core::bail!("attention: q {:?} does not split into {heads} heads", q.dims());
+    }
+    let d = width / heads;
+    let split = |x: &Tensor, n: usize| x.reshape((b, t, n, d))?.transpose(1, 2);
+    let (q, k, v) = (split(q, heads)?, split(k, kv_heads)?, split(v, kv_heads)?);
+    let (q, k) = match rope {
+        Some((cos, sin)) => {
+            let rot = 2 * cos.dim(D::Minus1)?;
+            (partial_rope(&q, cos, sin, rot)?, partial_rope(&k, cos, sin, rot)?.contiguous()?)
+        }
+        None => (q, k.contiguous()?),
+    };
+    let y = attention(&q, &k, &v.contiguous()?, mask, scale)?;
+    y.transpose(1, 2)?.reshape((b, t, width))
+}
+
 /// [`attention`] composed of differentiable tensor ops.
 pub fn attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
     let (b, h, t, d) = q.dims4()?;
@@ -524,7 +575,9 @@ pub(crate) mod tests {
 
         // Attention over grouped kv heads (3 query heads each), causal with a padded key, and
         // sizes on both sides of the decoding shortcut (rows <= 4).
-        for &(b, h, kv, t, s, d) in &[(2, 6, 2, 5, 7, 16), (1, 2, 2, 1, 3, 8), (2, 3, 1, 9, 9, 20)] {
+        for &(b, h, kv, t, s, d) in
+            &[(2, 6, 2, 5, 7, 16), (1, 2, 2, 1, 3, 8), (2, 3, 1, 9, 9, 20), (2, 4, 2, 35, 38, 8)]
+        {
             let neg = mask_value(DType::F32);
             let m: Vec<f32> = (0..b * t * s)
                 .map(|i| {
@@ -536,6 +589,37 @@ pub(crate) mod tests {
             let qkv = [rand(&[b, h, t, d], 11), rand(&[b, kv, s, d], 12), rand(&[b, kv, s, d], 13)];
             fused_backward_matches_composed(&qkv, |t| {
                 attention(&t[0], &t[1], &t[2], &mask.to_dtype(t[0].dtype()).unwrap(), 0.3).unwrap()
+            });
+        }
+
+        // Attention from the projections' (b, t, heads * d) rows: rope on all of each head, on
+        // part of it (GPT-NeoX), or none (GPT-2); grouped kv heads; causal with padded keys.
+        for &(b, h, kv, t, d, rot) in
+            &[(2, 6, 2, 5, 8, 8), (3, 4, 4, 4, 8, 4), (2, 3, 1, 6, 6, 0), (1, 2, 1, 1, 4, 4), (2, 4, 2, 37, 8, 8)]
+        {
+            let neg = mask_value(DType::F32);
+            let m: Vec<f32> = (0..b * t * t)
+                .map(|i| {
+                    let (bi, ti, j) = (i / (t * t), i / t % t, i % t);
+                    if j > ti || (bi == 1 && j == 0 && ti > 0) { neg } else { 0.0 }
+                })
+                .collect();
+            let mask = Tensor::from_vec(m, (b, 1, t, t), &Device::Cpu).unwrap();
+            let pos: Vec<u32> = (0..b * t).map(|i| (i % t + 2 * (i / t)) as u32).collect();
+            let pos = Tensor::from_vec(pos, (b, t), &Device::Cpu).unwrap();
+            let tables = (rot > 0).then(|| {
+                let table =
+                    RotaryTable::new(&RotaryTable::default_inv_freq(rot, 10000.0), 64, DType::F32, &Device::Cpu)
+                        .unwrap();
+                table.lookup(&pos).unwrap()
+            });
+            let qkv = [rand(&[b, t, h * d], 21), rand(&[b, t, kv * d], 22), rand(&[b, t, kv * d], 23)];
+            fused_backward_matches_composed(&qkv, |x| {
+                let dt = x[0].dtype();
+                let tables = tables.as_ref().map(|(c, s)| (c.to_dtype(dt).unwrap(), s.to_dtype(dt).unwrap()));
+                let rope = tables.as_ref().map(|(c, s)| (c, s));
+                let mask = mask.to_dtype(dt).unwrap();
+                attention_rows((&x[0], &x[1], &x[2]), rope, &mask, 0.35, (h, kv)).unwrap()
             });
         }
 
@@ -565,6 +649,52 @@ pub(crate) mod tests {
         let diff = f(&vars);
         assert!(diff.track_op(), "differentiable path must record ops");
         (fused, diff)
+    }
+
+    /// `linear.rs`'s product against candle's own (flatten, transpose, matmul, reshape), values
+    /// and gradients, for both weight layouts, with and without a bias, in f32 and f64; a
+    /// frozen weight gets no gradient.
+    #[test]
+    fn linear_op_matches_candles_product_and_its_gradients() {
+        let diff =
+            |a: &Tensor, b: &Tensor| max_diff(&a.to_dtype(DType::F32).unwrap(), &b.to_dtype(DType::F32).unwrap());
+        for dtype in [DType::F32, DType::F64] {
+            for (in_out, bias) in [(false, false), (false, true), (true, true)] {
+                let (i, o) = (7, 5);
+                let x = Var::from_tensor(&rand(&[2, 3, i], 31).to_dtype(dtype).unwrap()).unwrap();
+                let shape = if in_out { [i, o] } else { [o, i] };
+                let w = Var::from_tensor(&rand(&shape, 32).to_dtype(dtype).unwrap()).unwrap();
+                let b = Var::from_tensor(&rand(&[o], 33).to_dtype(dtype).unwrap()).unwrap();
+                let layer = Linear {
+                    name: "l".into(),
+                    weight: w.as_tensor().clone(),
+                    bias: bias.then(|| b.as_tensor().clone()),
+                    in_out,
+                    lora: None,
+                    half: None,
+                };
+                let g = rand(&[2, 3, o], 34).to_dtype(dtype).unwrap();
+                let ours = layer.forward(x.as_tensor()).unwrap();
+                let gw = if in_out { w.as_tensor().clone() } else { w.as_tensor().t().unwrap() };
+                let mut want = x.as_tensor().reshape((6, i)).unwrap().matmul(&gw).unwrap().reshape((2, 3, o)).unwrap();
+                if bias {
+                    want = want.broadcast_add(b.as_tensor()).unwrap();
+                }
+                assert!(diff(&ours, &want) < 1e-5, "{dtype:?} in_out {in_out}: {}", diff(&ours, &want));
+                let grads = |y: &Tensor| (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+                let (ga, gb) = (grads(&ours), grads(&want));
+                for t in [x.as_tensor(), w.as_tensor()] {
+                    let (a, b) = (ga.get(t).expect("a gradient"), gb.get(t).expect("a gradient"));
+                    assert!(diff(a, b) < 1e-5, "{dtype:?} in_out {in_out}: {}", diff(a, b));
+                }
+            }
+        }
+        // A frozen weight: only the input gets a gradient.
+        let x = Var::from_tensor(&rand(&[4, 6], 35)).unwrap();
+        let w = rand(&[3, 6], 36);
+        let y = linear::forward(x.as_tensor(), &w, false).unwrap();
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(x.as_tensor()).is_some() && grads.get(&w).is_none());
     }
 
     #[test]

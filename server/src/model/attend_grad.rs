@@ -13,8 +13,10 @@
 //!
 //! the rows of a group's query heads stacked, so that dK and dV sum over the heads that share
 //! a kv head (HF's `repeat_kv`). Every product is `skinny.rs`'s row-times-row kernel, with the
-//! operand it reads by columns transposed once. `ops`' tests check values and the three
-//! gradients against the composed form.
+//! operand it reads by columns transposed once, and runs only over what the mask leaves open
+//! (`attend::reach`). Two entry points: [`attention`] on (b, heads, t, d) heads, and
+//! [`attention_rows`] on the projections' own (b, t, heads * d) rows with rope inside (below).
+//! `ops`' tests check values and the three gradients against the composed form.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor, bail};
 use rayon::prelude::*;
@@ -327,7 +329,7 @@ struct Rows<'a> {
 
 impl Rows<'_> {
     /// Heads `first .. first + n` of sequence `bi` from `src` (b, t, width), head-major, each
-    /// row rotated by `sign` times its position's angles when `rotate`.
+    /// row rotated by its position's angles when `rotate`.
     fn gather(&self, src: &[f32], width: usize, first: usize, n: usize, rotate: bool) -> Vec<f32> {
         let (t, d) = (self.t, self.d);
         let mut out = vec![0f32; n * t * d];

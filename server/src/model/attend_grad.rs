@@ -115,40 +115,53 @@ impl CustomOp3 for Attention {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
-        let (gs, gl) = grad.storage_and_layout();
-        let (qs, ql) = q.storage_and_layout();
-        let (ks, kl) = k.storage_and_layout();
-        let (vs, vl) = v.storage_and_layout();
-        let (Storage::Cpu(gs), Storage::Cpu(qs), Storage::Cpu(ks), Storage::Cpu(vs)) = (&*gs, &*qs, &*ks, &*vs) else {
-            bail!("fused attention: operands not on the CPU");
-        };
-        let (dout, qd, kd, vd) = (data(gs, gl)?, data(qs, ql)?, data(ks, kl)?, data(vs, vl)?);
-        let (b, h, kv, t, s, d) = dims(ql, kl)?;
-        let rows = h / kv * t;
-        let (mut dq, mut dk, mut dv) = (vec![0f32; qd.len()], vec![0f32; kd.len()], vec![0f32; vd.len()]);
-        let isa = self.isa;
-        self.with_mask(|mask| {
-            dq.par_chunks_mut(rows * d)
-                .zip(dk.par_chunks_mut(s * d).zip(dv.par_chunks_mut(s * d)))
-                .enumerate()
-                .for_each(|(task, (dq, (dk, dv)))| {
-                    let q = &qd[task * rows * d..][..rows * d];
-                    let (k, v) = (&kd[task * s * d..][..s * d], &vd[task * s * d..][..s * d]);
-                    let dout = &dout[task * rows * d..][..rows * d];
-                    let mask = &mask[task / kv * t * s..][..t * s];
-                    let g = Group { q, mask, keys: (k, d), values: (v, d), t, s, d, scale: self.scale };
-                    group_backward(isa, &g, dout, dq, dk, dv);
-                });
-            Ok(())
-        })?;
-        let dev = q.device();
-        Ok((
-            Some(Tensor::from_vec(dq, (b, h, t, d), dev)?),
-            Some(Tensor::from_vec(dk, (b, kv, s, d), dev)?),
-            Some(Tensor::from_vec(dv, (b, kv, s, d), dev)?),
-        ))
+        with_operands(grad, q, k, v, |[dout, qd, kd, vd], ql, kl| {
+            let (b, h, kv, t, s, d) = dims(ql, kl)?;
+            let rows = h / kv * t;
+            let (mut dq, mut dk, mut dv) = (vec![0f32; qd.len()], vec![0f32; kd.len()], vec![0f32; vd.len()]);
+            let isa = self.isa;
+            self.with_mask(|mask| {
+                dq.par_chunks_mut(rows * d)
+                    .zip(dk.par_chunks_mut(s * d).zip(dv.par_chunks_mut(s * d)))
+                    .enumerate()
+                    .for_each(|(task, (dq, (dk, dv)))| {
+                        let q = &qd[task * rows * d..][..rows * d];
+                        let (k, v) = (&kd[task * s * d..][..s * d], &vd[task * s * d..][..s * d]);
+                        let dout = &dout[task * rows * d..][..rows * d];
+                        let mask = &mask[task / kv * t * s..][..t * s];
+                        let g = Group { q, mask, keys: (k, d), values: (v, d), t, s, d, scale: self.scale };
+                        group_backward(isa, &g, dout, dq, dk, dv);
+                    });
+                Ok(())
+            })?;
+            let dev = q.device();
+            Ok((
+                Some(Tensor::from_vec(dq, (b, h, t, d), dev)?),
+                Some(Tensor::from_vec(dk, (b, kv, s, d), dev)?),
+                Some(Tensor::from_vec(dv, (b, kv, s, d), dev)?),
+            ))
+        })
     }
+}
+
+/// Runs `f` on the f32 data of the upstream gradient and of q, k and v, with q's and k's
+/// layouts: what both attention ops' backward passes read.
+fn with_operands<R>(
+    grad: &Tensor,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    f: impl FnOnce([&[f32]; 4], &Layout, &Layout) -> Result<R>,
+) -> Result<R> {
+    let grad = grad.contiguous()?;
+    let (gs, gl) = grad.storage_and_layout();
+    let (qs, ql) = q.storage_and_layout();
+    let (ks, kl) = k.storage_and_layout();
+    let (vs, vl) = v.storage_and_layout();
+    let (Storage::Cpu(gs), Storage::Cpu(qs), Storage::Cpu(ks), Storage::Cpu(vs)) = (&*gs, &*qs, &*ks, &*vs) else {
+        bail!("fused attention: operands not on the CPU");
+    };
+    f([data(gs, gl)?, data(qs, ql)?, data(ks, kl)?, data(vs, vl)?], ql, kl)
 }
 
 /// The gradients of one group (see the header): `dq` (rows x d), `dk` and `dv` (s x d).
@@ -465,49 +478,42 @@ impl CustomOp3 for RowsAttention {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
-        let (gs, gl) = grad.storage_and_layout();
-        let (qs, ql) = q.storage_and_layout();
-        let (ks, kl) = k.storage_and_layout();
-        let (vs, vl) = v.storage_and_layout();
-        let (Storage::Cpu(gs), Storage::Cpu(qs), Storage::Cpu(ks), Storage::Cpu(vs)) = (&*gs, &*qs, &*ks, &*vs) else {
-            bail!("fused attention: operands not on the CPU");
-        };
-        let (dout, qd, kd, vd) = (data(gs, gl)?, data(qs, ql)?, data(ks, kl)?, data(vs, vl)?);
-        let RowsShape { heads, kv, d, t, .. } = self.shape;
-        let rep = heads / kv;
-        let (mut dq, mut dk, mut dv) = (vec![0f32; qd.len()], vec![0f32; kd.len()], vec![0f32; vd.len()]);
-        if t > 0 {
-            let isa = self.isa;
-            let rotate = self.tables.is_some();
-            let parts = self.per_group((qd, kd, vd), |g, rows, task| {
-                let dout = rows.gather(dout, heads * d, task % kv * rep, rep, false);
-                let (mut gq, mut gk, mut gv) = (vec![0f32; g.q.len()], vec![0f32; t * d], vec![0f32; t * d]);
-                group_backward(isa, g, &dout, &mut gq, &mut gk, &mut gv);
-                // Rotated back here, on the worker threads; scattered below.
-                if rotate {
-                    for (r, row) in gq.chunks_exact_mut(d).enumerate() {
-                        rows.rotate(row, r % t, -1.0);
+        with_operands(grad, q, k, v, |[dout, qd, kd, vd], _, _| {
+            let RowsShape { heads, kv, d, t, .. } = self.shape;
+            let rep = heads / kv;
+            let (mut dq, mut dk, mut dv) = (vec![0f32; qd.len()], vec![0f32; kd.len()], vec![0f32; vd.len()]);
+            if t > 0 {
+                let isa = self.isa;
+                let rotate = self.tables.is_some();
+                let parts = self.per_group((qd, kd, vd), |g, rows, task| {
+                    let dout = rows.gather(dout, heads * d, task % kv * rep, rep, false);
+                    let (mut gq, mut gk, mut gv) = (vec![0f32; g.q.len()], vec![0f32; t * d], vec![0f32; t * d]);
+                    group_backward(isa, g, &dout, &mut gq, &mut gk, &mut gv);
+                    // Rotated back here, on the worker threads; scattered below.
+                    if rotate {
+                        for (r, row) in gq.chunks_exact_mut(d).enumerate() {
+                            rows.rotate(row, r % t, -1.0);
+                        }
+                        for (i, row) in gk.chunks_exact_mut(d).enumerate() {
+                            rows.rotate(row, i, -1.0);
+                        }
                     }
-                    for (i, row) in gk.chunks_exact_mut(d).enumerate() {
-                        rows.rotate(row, i, -1.0);
-                    }
+                    (gq, gk, gv, rows.bi)
+                })?;
+                for (task, (gq, gk, gv, bi)) in parts.into_iter().enumerate() {
+                    let g = task % kv;
+                    let rows = Rows { cos: &[], sin: &[], half: 0, bi, t, d };
+                    rows.scatter(gq, &mut dq, heads * d, g * rep, false);
+                    rows.scatter(gk, &mut dk, kv * d, g, false);
+                    rows.scatter(gv, &mut dv, kv * d, g, false);
                 }
-                (gq, gk, gv, rows.bi)
-            })?;
-            for (task, (gq, gk, gv, bi)) in parts.into_iter().enumerate() {
-                let g = task % kv;
-                let rows = Rows { cos: &[], sin: &[], half: 0, bi, t, d };
-                rows.scatter(gq, &mut dq, heads * d, g * rep, false);
-                rows.scatter(gk, &mut dk, kv * d, g, false);
-                rows.scatter(gv, &mut dv, kv * d, g, false);
             }
-        }
-        let dev = q.device();
-        Ok((
-            Some(Tensor::from_vec(dq, q.shape(), dev)?),
-            Some(Tensor::from_vec(dk, k.shape(), dev)?),
-            Some(Tensor::from_vec(dv, v.shape(), dev)?),
-        ))
+            let dev = q.device();
+            Ok((
+                Some(Tensor::from_vec(dq, q.shape(), dev)?),
+                Some(Tensor::from_vec(dk, k.shape(), dev)?),
+                Some(Tensor::from_vec(dv, v.shape(), dev)?),
+            ))
+        })
     }
 }

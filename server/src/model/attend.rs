@@ -104,7 +104,8 @@ pub(super) struct Group<'a> {
 pub(super) fn group(isa: Option<Isa>, g: &Group<'_>, out: &mut [f32]) {
     let (values, s, d) = (g.values, g.s, g.d);
     let rows = g.q.len() / d;
-    let probs = probabilities(isa, g);
+    let tiles = query_tiles(g, &reach(g.mask, g.t, g.s));
+    let probs = probabilities(isa, g, &tiles);
     if rows <= 4 {
         // Decoding: a few rows, each a weighted sum of value rows.
         for (r, orow) in out.chunks_exact_mut(d).enumerate() {
@@ -121,7 +122,7 @@ pub(super) fn group(isa: Option<Isa>, g: &Group<'_>, out: &mut [f32]) {
         // Many rows: the values transposed once, then a few-row product per tile of query
         // rows over the keys they reach (the rest of their probabilities are exact zeros).
         let vt = transpose(values.0, values.1, s, d);
-        for tile in query_tiles(g) {
+        for tile in &tiles {
             let r0 = tile.row;
             skinny::product_serial(isa, (tile.rows, d, tile.keys), &probs[r0 * s..], s, &vt, s, &mut out[r0 * d..], d);
         }
@@ -131,11 +132,12 @@ pub(super) fn group(isa: Option<Isa>, g: &Group<'_>, out: &mut [f32]) {
 /// `softmax(q k^T * scale + mask)` for one group: (rows x s), what the training backward
 /// recomputes. Scores are formed only for the keys each tile of query rows reaches; the others
 /// stay 0 before the mask, whose softmax weight is exactly 0 either way.
-pub(super) fn probabilities(isa: Option<Isa>, g: &Group<'_>) -> Vec<f32> {
+/// `tiles` are the group's [`query_tiles`], made once by the caller.
+pub(super) fn probabilities(isa: Option<Isa>, g: &Group<'_>, tiles: &[QueryTile]) -> Vec<f32> {
     let rows = g.q.len() / g.d;
     // Scores: q . k for every (query row, key), as a few-row product over the keys' rows.
     let mut probs = vec![0f32; rows * g.s];
-    for tile in query_tiles(g) {
+    for tile in tiles {
         let (r0, d) = (tile.row, g.d);
         let q = &g.q[r0 * d..];
         skinny::product_serial(isa, (tile.rows, tile.keys, d), q, d, g.keys.0, g.keys.1, &mut probs[r0 * g.s..], g.s);
@@ -168,9 +170,8 @@ pub(super) struct QueryTile {
     pub keys: usize,
 }
 
-/// The query tiles of a group: per head, runs of [`TILE`] positions.
-pub(super) fn query_tiles(g: &Group<'_>) -> Vec<QueryTile> {
-    let reach = reach(g.mask, g.t, g.s);
+/// The query tiles of a group: per head, runs of [`TILE`] positions; `reach` from [`reach`].
+pub(super) fn query_tiles(g: &Group<'_>, reach: &[usize]) -> Vec<QueryTile> {
     let heads = g.q.len() / g.d / g.t.max(1);
     let mut tiles = Vec::with_capacity(heads * g.t.div_ceil(TILE));
     for h in 0..heads {

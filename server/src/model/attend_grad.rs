@@ -174,12 +174,12 @@ fn group_backward(isa: Option<Isa>, g: &Group<'_>, dout: &[f32], dq: &mut [f32],
     let (q, (k, ks), (v, vs), t, s, d, scale) = (g.q, g.keys, g.values, g.t, g.s, g.d, g.scale);
     let rows = q.len() / d;
     let rep = rows / t.max(1);
+    let reach = reach(g.mask, t, s);
+    let tiles = query_tiles(g, &reach);
     // The probabilities again (the forward's output itself is not needed).
-    let p = probabilities(isa, g);
-    let tiles = query_tiles(g);
+    let p = probabilities(isa, g, &tiles);
     // Key tiles: keys j0..j1 get contributions only from positions that reach past j0, which
     // in position-major columns start at `first * rep`.
-    let reach = reach(g.mask, t, s);
     let key_tiles: Vec<(usize, usize, usize)> = (0..s)
         .step_by(16)
         .map(|j0| {

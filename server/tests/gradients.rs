@@ -127,3 +127,32 @@ fn gradients_agree_with_finite_differences() {
         }
     }
 }
+
+/// The f32 training graph (on the CPU: the fused ops, q/k/v and gate/up as one product, the
+/// attention reading the projections' rows) against the f64 one (candle's composed ops, which
+/// the finite differences above check): every parameter's gradient, for every architecture.
+#[test]
+fn fused_f32_gradients_match_the_composed_f64_ones() {
+    let reference = [-30.0, -32.0, -31.0, -29.0];
+    for name in ["llama", "qwen2", "gpt2", "gpt_neox"] {
+        let grads = |dtype| {
+            let ck = load(name, dtype);
+            let (model, vars) = Model::trainable(&ck, |_| true).unwrap();
+            let g = dpo_loss(&model, &reference).backward().unwrap();
+            vars.into_iter()
+                .map(|(n, v)| {
+                    let t = g.get(v.as_tensor()).unwrap_or_else(|| panic!("{name}: no gradient for {n}"));
+                    (n, t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap())
+                })
+                .collect::<std::collections::BTreeMap<_, _>>()
+        };
+        let (fused, composed) = (grads(DType::F32), grads(DType::F64));
+        assert_eq!(fused.len(), composed.len(), "{name}");
+        for (n, want) in &composed {
+            let got = &fused[n];
+            let scale = want.iter().fold(0f64, |m, x| m.max(x.abs())).max(1e-6);
+            let err = got.iter().zip(want).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+            assert!(err / scale < 1e-3, "{name} {n}: largest difference {err:.3e} against {scale:.3e}");
+        }
+    }
+}

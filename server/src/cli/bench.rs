@@ -290,11 +290,20 @@ fn bench_model(a: &Args, benches: &[&str], ck: &Checkpoint, m: &Model) -> Result
 /// Every layer's products (q, k, v, o and the MLP's, through `Linear::forward` as the model
 /// runs them; the weights stream from memory, as in decoding) for 1..128 rows, in GFLOP/s: the
 /// engine's choice (the few-row kernels of `skinny.rs` up to their limit), then with those
-/// kernels off (BLAS), in the same run.
+/// kernels off (BLAS), in the same run; with `--decode-weights f16`, up to 8 rows also reading
+/// the f16 copies.
 fn matmuls(a: &Args, m: &Model) -> Result<Vec<BenchResult>> {
     use crate::model::skinny;
     let mut model = m.clone();
     let linears: Vec<crate::model::ops::Linear> = model.linears_mut().into_iter().map(|l| l.clone()).collect();
+    // The same products reading f16 copies of the weights (`--decode-weights f16`, CPU f32).
+    let half: Vec<crate::model::ops::Linear> = if a.model.decode_weights == "f16" {
+        let mut h = m.with_half_weights(|_| false)?;
+        let l: Vec<_> = h.linears_mut().into_iter().map(|l| l.clone()).collect();
+        l.into_iter().filter(|l| l.half.is_some()).collect()
+    } else {
+        Vec::new()
+    };
     let flops_per_row: f64 = linears.iter().map(|l| 2.0 * (l.in_dim() * l.out_dim()) as f64).sum();
     let mut out = Vec::new();
     for rows in [1usize, 8, 16, 32, 64, 128] {
@@ -317,6 +326,15 @@ fn matmuls(a: &Args, m: &Model) -> Result<Vec<BenchResult>> {
                 Ok(())
             });
             skinny::set_enabled(true);
+            out.push(r?);
+        }
+        if rows <= 8 && !half.is_empty() {
+            let r = measure(&format!("matmul_m{rows}_f16w"), "GFLOP/s", work, a.warmup, a.reps, || {
+                for l in &half {
+                    l.forward(&inputs[&l.in_dim()])?;
+                }
+                Ok(())
+            });
             out.push(r?);
         }
     }

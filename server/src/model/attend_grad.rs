@@ -14,11 +14,13 @@
 //! the rows of a group's query heads stacked, so that dK and dV sum over the heads that share
 //! a kv head (HF's `repeat_kv`). Every product is `skinny.rs`'s row-times-row kernel, with the
 //! operand it reads by columns transposed once, and runs only over what the mask leaves open
-//! (`attend::reach`). Two entry points: [`attention`] on (b, heads, t, d) heads, and
-//! [`attention_rows`] on the projections' own (b, t, heads * d) rows with rope inside (below).
+//! (`attend::reach`). Three entry points: [`attention`] on (b, heads, t, d) heads,
+//! [`attention_rows`] on the projections' own (b, t, heads * d) rows with rope inside, and
+//! [`attention_joined`] on q, k and v side by side in one tensor, as one product on the stacked
+//! weights (or GPT-2's `c_attn`, GPT-NeoX's `query_key_value`) writes them (below).
 //! `ops`' tests check values and the three gradients against the composed form.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor, bail};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Storage, Tensor, bail};
 use rayon::prelude::*;
 
 use super::attend::{Group, group, probabilities, query_tiles, reach, transpose, transpose_by_position};
@@ -276,24 +278,49 @@ pub fn attention_rows(
             mask.dims()
         );
     }
-    let tables = match rope {
-        None => None,
-        Some(r) => {
-            let half = r.cos.dim(2)?;
-            if r.cos.dims() != [b, t, half] || r.sin.dims() != r.cos.dims() || 2 * half > d {
-                bail!("fused attention: rope tables {:?} for q {:?} with head size {d}", r.cos.dims(), q.dims());
-            }
-            Some((r.cos.detach().contiguous()?, r.sin.detach().contiguous()?))
-        }
-    };
-    let op = RowsAttention {
-        mask: mask.detach().contiguous()?,
-        tables,
-        shape: RowsShape { b, t, heads, kv: kv_heads, d },
-        scale: scale as f32,
-        isa: skinny::isa(),
-    };
+    let op = RowsAttention::new(rope, mask, scale, RowsShape { b, t, heads, kv: kv_heads, d }, q.dims())?;
     q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+}
+
+/// How q, k and v sit side by side in one tensor's rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QkvLayout {
+    /// All of q's heads, then k's, then v's: one product on the stacked q, k and v weights
+    /// (`Linear::forward_joined`), or GPT-2's `c_attn`.
+    Stacked,
+    /// Per head [q | k | v]: GPT-NeoX's `query_key_value` (as many kv heads as heads).
+    PerHead,
+}
+
+/// [`attention_rows`] on q, k and v joined in one tensor, (b, t, (heads + 2 kv_heads) * d),
+/// laid out as `layout` says. Its gradient is one tensor in the same layout, so the
+/// projection's backward is one product too.
+pub fn attention_joined(
+    qkv: &Tensor,
+    layout: QkvLayout,
+    rope: Option<Rotary<'_>>,
+    mask: &Tensor,
+    scale: f64,
+    (heads, kv_heads): (usize, usize),
+) -> Result<Tensor> {
+    let (b, t, width) = qkv.dims3()?;
+    let d = width.checked_div(heads + 2 * kv_heads).unwrap_or(0);
+    let fits = heads > 0
+        && kv_heads > 0
+        && heads % kv_heads == 0
+        && (layout == QkvLayout::Stacked || kv_heads == heads)
+        && d > 0
+        && d * (heads + 2 * kv_heads) == width
+        && mask.dims() == [b, 1, t, t];
+    if !fits {
+        bail!(
+            "fused attention: qkv {:?} ({layout:?}) and mask {:?} do not fit {heads} heads over {kv_heads}",
+            qkv.dims(),
+            mask.dims()
+        );
+    }
+    let op = RowsAttention::new(rope, mask, scale, RowsShape { b, t, heads, kv: kv_heads, d }, &qkv.dims()[..2])?;
+    qkv.contiguous()?.apply_op1(Joined { op, layout })
 }
 
 #[derive(Clone, Copy)]
@@ -311,6 +338,57 @@ struct RowsAttention {
     shape: RowsShape,
     scale: f32,
     isa: Option<Isa>,
+}
+
+impl RowsAttention {
+    /// The op for `shape`, with its constants (`input`: the input's dims, for errors).
+    fn new(rope: Option<Rotary<'_>>, mask: &Tensor, scale: f64, shape: RowsShape, input: &[usize]) -> Result<Self> {
+        let RowsShape { b, t, d, .. } = shape;
+        let tables = match rope {
+            None => None,
+            Some(r) => {
+                let half = r.cos.dim(2)?;
+                if r.cos.dims() != [b, t, half] || r.sin.dims() != r.cos.dims() || 2 * half > d {
+                    bail!("fused attention: rope tables {:?} for input {input:?} with head size {d}", r.cos.dims());
+                }
+                Some((r.cos.detach().contiguous()?, r.sin.detach().contiguous()?))
+            }
+        };
+        Ok(Self { mask: mask.detach().contiguous()?, tables, shape, scale: scale as f32, isa: skinny::isa() })
+    }
+}
+
+/// Where some heads sit in a (b, t, width) tensor: head `j` (of size d) starts at column
+/// `(first + j * stride) * d`; stride 1 where a projection's heads are side by side, 3 in
+/// GPT-NeoX's per-head [q | k | v].
+#[derive(Clone, Copy)]
+struct Heads {
+    width: usize,
+    first: usize,
+    stride: usize,
+}
+
+impl Heads {
+    /// All of a (b, t, n * d) tensor's n heads.
+    fn all(n: usize, d: usize) -> Self {
+        Self { width: n * d, first: 0, stride: 1 }
+    }
+
+    fn column(&self, j: usize, d: usize) -> usize {
+        (self.first + j * self.stride) * d
+    }
+
+    /// These heads from head `j` on.
+    fn from(self, j: usize) -> Self {
+        Self { first: self.first + j * self.stride, ..self }
+    }
+}
+
+/// q, k or v: its data and where its heads sit in it.
+#[derive(Clone, Copy)]
+struct Source<'a> {
+    data: &'a [f32],
+    at: Heads,
 }
 
 /// The f32 data of a constant operand of the op.
@@ -341,15 +419,15 @@ struct Rows<'a> {
 }
 
 impl Rows<'_> {
-    /// Heads `first .. first + n` of sequence `bi` from `src` (b, t, width), head-major, each
-    /// row rotated by its position's angles when `rotate`.
-    fn gather(&self, src: &[f32], width: usize, first: usize, n: usize, rotate: bool) -> Vec<f32> {
+    /// `n` heads of sequence `bi` from `src` (b, t, width) at `at`, head-major, each row
+    /// rotated by its position's angles when `rotate`.
+    fn gather(&self, src: &[f32], at: Heads, n: usize, rotate: bool) -> Vec<f32> {
         let (t, d) = (self.t, self.d);
         let mut out = vec![0f32; n * t * d];
         for j in 0..n {
             for i in 0..t {
                 let row = &mut out[(j * t + i) * d..][..d];
-                row.copy_from_slice(&src[(self.bi * t + i) * width + (first + j) * d..][..d]);
+                row.copy_from_slice(&src[(self.bi * t + i) * at.width + at.column(j, d)..][..d]);
                 if rotate {
                     self.rotate(row, i, 1.0);
                 }
@@ -359,14 +437,14 @@ impl Rows<'_> {
     }
 
     /// The inverse of [`Rows::gather`]: `rows` (head-major) into `dst`, rotated back when `rotate`.
-    fn scatter(&self, mut rows: Vec<f32>, dst: &mut [f32], width: usize, first: usize, rotate: bool) {
+    fn scatter(&self, mut rows: Vec<f32>, dst: &mut [f32], at: Heads, rotate: bool) {
         let (t, d) = (self.t, self.d);
         for (r, row) in rows.chunks_exact_mut(d).enumerate() {
             let (j, i) = (r / t, r % t);
             if rotate {
                 self.rotate(row, i, -1.0);
             }
-            dst[(self.bi * t + i) * width + (first + j) * d..][..d].copy_from_slice(row);
+            dst[(self.bi * t + i) * at.width + at.column(j, d)..][..d].copy_from_slice(row);
         }
     }
 
@@ -389,7 +467,7 @@ impl RowsAttention {
     /// that group's rotated q and k gathered and its values read in place.
     fn per_group<R: Send>(
         &self,
-        (q, k, v): (&[f32], &[f32], &[f32]),
+        [q, k, v]: [Source<'_>; 3],
         f: impl Fn(&Group<'_>, &Rows<'_>, usize) -> R + Sync,
     ) -> Result<Vec<R>> {
         let RowsShape { b, t, heads, kv, d } = self.shape;
@@ -417,15 +495,15 @@ impl RowsAttention {
                     t,
                     d,
                 };
-                let qg = rows.gather(q, heads * d, g * rep, rep, rotate);
-                let kg = rows.gather(k, kv * d, g, 1, rotate);
-                let start = bi * t * kv * d + g * d;
-                let values = &v[start..start + (t - 1) * kv * d + d];
+                let qg = rows.gather(q.data, q.at.from(g * rep), rep, rotate);
+                let kg = rows.gather(k.data, k.at.from(g), 1, rotate);
+                let start = bi * t * v.at.width + v.at.column(g, d);
+                let values = &v.data[start..start + (t - 1) * v.at.width + d];
                 let group = Group {
                     q: &qg,
                     mask: &mask[bi * t * t..][..t * t],
                     keys: (&kg, d),
-                    values: (values, kv * d),
+                    values: (values, v.at.width),
                     t,
                     s: t,
                     d,
@@ -434,6 +512,67 @@ impl RowsAttention {
                 f(&group, &rows, task)
             })
             .collect())
+    }
+
+    /// The output, (b, t, heads * d), of `len` elements.
+    fn forward(&self, src: [Source<'_>; 3], len: usize) -> Result<Vec<f32>> {
+        let RowsShape { heads, kv, d, t, .. } = self.shape;
+        let mut out = vec![0f32; len];
+        if t == 0 {
+            return Ok(out);
+        }
+        let isa = self.isa;
+        let parts = self.per_group(src, |g, rows, _| {
+            let mut y = vec![0f32; g.q.len()];
+            group(isa, g, &mut y);
+            (y, rows.bi)
+        })?;
+        for (task, (y, bi)) in parts.into_iter().enumerate() {
+            let rows = Rows { cos: &[], sin: &[], half: 0, bi, t, d };
+            rows.scatter(y, &mut out, Heads::all(heads, d).from(task % kv * (heads / kv)), false);
+        }
+        Ok(out)
+    }
+
+    /// dq, dk and dv from the output's gradient `dout`, handed to `put(which, rows, group,
+    /// head)` a group at a time: `which` 0, 1, 2 for q, k, v, `rows` head-major (`Rows::scatter`'s
+    /// input), `head` the group's first head within q's, k's or v's heads.
+    fn backward(
+        &self,
+        dout: &[f32],
+        src: [Source<'_>; 3],
+        mut put: impl FnMut(usize, Vec<f32>, &Rows<'_>, usize),
+    ) -> Result<()> {
+        let RowsShape { heads, kv, d, t, .. } = self.shape;
+        if t == 0 {
+            return Ok(());
+        }
+        let rep = heads / kv;
+        let isa = self.isa;
+        let rotate = self.tables.is_some();
+        let parts = self.per_group(src, |g, rows, task| {
+            let dout = rows.gather(dout, Heads::all(heads, d).from(task % kv * rep), rep, false);
+            let (mut gq, mut gk, mut gv) = (vec![0f32; g.q.len()], vec![0f32; t * d], vec![0f32; t * d]);
+            group_backward(isa, g, &dout, &mut gq, &mut gk, &mut gv);
+            // Rotated back here, on the worker threads; scattered below.
+            if rotate {
+                for (r, row) in gq.chunks_exact_mut(d).enumerate() {
+                    rows.rotate(row, r % t, -1.0);
+                }
+                for (i, row) in gk.chunks_exact_mut(d).enumerate() {
+                    rows.rotate(row, i, -1.0);
+                }
+            }
+            (gq, gk, gv, rows.bi)
+        })?;
+        for (task, (gq, gk, gv, bi)) in parts.into_iter().enumerate() {
+            let g = task % kv;
+            let rows = Rows { cos: &[], sin: &[], half: 0, bi, t, d };
+            put(0, gq, &rows, g * rep);
+            put(1, gk, &rows, g);
+            put(2, gv, &rows, g);
+        }
+        Ok(())
     }
 }
 
@@ -452,22 +591,9 @@ impl CustomOp3 for RowsAttention {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (q, k, v) = (data(s1, l1)?, data(s2, l2)?, data(s3, l3)?);
-        let RowsShape { heads, kv, d, t, .. } = self.shape;
-        let mut out = vec![0f32; q.len()];
-        if t == 0 {
-            return Ok((CpuStorage::F32(out), l1.shape().clone()));
-        }
-        let isa = self.isa;
-        let parts = self.per_group((q, k, v), |g, rows, _| {
-            let mut y = vec![0f32; g.q.len()];
-            group(isa, g, &mut y);
-            (y, rows.bi)
-        })?;
-        for (task, (y, bi)) in parts.into_iter().enumerate() {
-            let rows = Rows { cos: &[], sin: &[], half: 0, bi, t, d };
-            rows.scatter(y, &mut out, heads * d, task % kv * (heads / kv), false);
-        }
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        let RowsShape { heads, kv, d, .. } = self.shape;
+        let src = [(q, heads), (k, kv), (v, kv)].map(|(data, n)| Source { data, at: Heads::all(n, d) });
+        Ok((CpuStorage::F32(self.forward(src, q.len())?), l1.shape().clone()))
     }
 
     fn bwd(
@@ -479,35 +605,14 @@ impl CustomOp3 for RowsAttention {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         with_operands(grad, q, k, v, |[dout, qd, kd, vd], _, _| {
-            let RowsShape { heads, kv, d, t, .. } = self.shape;
-            let rep = heads / kv;
+            let RowsShape { heads, kv, d, .. } = self.shape;
+            let src = [(qd, heads), (kd, kv), (vd, kv)].map(|(data, n)| Source { data, at: Heads::all(n, d) });
             let (mut dq, mut dk, mut dv) = (vec![0f32; qd.len()], vec![0f32; kd.len()], vec![0f32; vd.len()]);
-            if t > 0 {
-                let isa = self.isa;
-                let rotate = self.tables.is_some();
-                let parts = self.per_group((qd, kd, vd), |g, rows, task| {
-                    let dout = rows.gather(dout, heads * d, task % kv * rep, rep, false);
-                    let (mut gq, mut gk, mut gv) = (vec![0f32; g.q.len()], vec![0f32; t * d], vec![0f32; t * d]);
-                    group_backward(isa, g, &dout, &mut gq, &mut gk, &mut gv);
-                    // Rotated back here, on the worker threads; scattered below.
-                    if rotate {
-                        for (r, row) in gq.chunks_exact_mut(d).enumerate() {
-                            rows.rotate(row, r % t, -1.0);
-                        }
-                        for (i, row) in gk.chunks_exact_mut(d).enumerate() {
-                            rows.rotate(row, i, -1.0);
-                        }
-                    }
-                    (gq, gk, gv, rows.bi)
-                })?;
-                for (task, (gq, gk, gv, bi)) in parts.into_iter().enumerate() {
-                    let g = task % kv;
-                    let rows = Rows { cos: &[], sin: &[], half: 0, bi, t, d };
-                    rows.scatter(gq, &mut dq, heads * d, g * rep, false);
-                    rows.scatter(gk, &mut dk, kv * d, g, false);
-                    rows.scatter(gv, &mut dv, kv * d, g, false);
-                }
-            }
+            self.backward(dout, src, |which, g, rows, head| match which {
+                0 => rows.scatter(g, &mut dq, Heads::all(heads, d).from(head), false),
+                1 => rows.scatter(g, &mut dk, Heads::all(kv, d).from(head), false),
+                _ => rows.scatter(g, &mut dv, Heads::all(kv, d).from(head), false),
+            })?;
             let dev = q.device();
             Ok((
                 Some(Tensor::from_vec(dq, q.shape(), dev)?),
@@ -515,5 +620,53 @@ impl CustomOp3 for RowsAttention {
                 Some(Tensor::from_vec(dv, v.shape(), dev)?),
             ))
         })
+    }
+}
+
+/// [`attention_joined`]'s op: [`RowsAttention`] reading q, k and v from one input.
+struct Joined {
+    op: RowsAttention,
+    layout: QkvLayout,
+}
+
+impl Joined {
+    /// Where q's, k's and v's heads sit in the joined input.
+    fn heads(&self) -> [Heads; 3] {
+        let RowsShape { heads, kv, d, .. } = self.op.shape;
+        let width = (heads + 2 * kv) * d;
+        match self.layout {
+            QkvLayout::Stacked => [0, heads, heads + kv].map(|first| Heads { width, first, stride: 1 }),
+            QkvLayout::PerHead => [0, 1, 2].map(|first| Heads { width, first, stride: 3 }),
+        }
+    }
+}
+
+impl CustomOp1 for Joined {
+    fn name(&self) -> &'static str {
+        "fused-attention-joined"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout) -> Result<(CpuStorage, Shape)> {
+        let qkv = data(s1, l1)?;
+        let RowsShape { b, t, heads, d, .. } = self.op.shape;
+        let src = self.heads().map(|at| Source { data: qkv, at });
+        let out = self.op.forward(src, b * t * heads * d)?;
+        Ok((CpuStorage::F32(out), Shape::from((b, t, heads * d))))
+    }
+
+    fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let grad = grad.contiguous()?;
+        let (gs, gl) = grad.storage_and_layout();
+        let (xs, xl) = qkv.storage_and_layout();
+        let (Storage::Cpu(gs), Storage::Cpu(xs)) = (&*gs, &*xs) else {
+            bail!("fused attention: operands not on the CPU");
+        };
+        let (dout, x) = (data(gs, gl)?, data(xs, xl)?);
+        let at = self.heads();
+        let mut dqkv = vec![0f32; x.len()];
+        self.op.backward(dout, at.map(|at| Source { data: x, at }), |which, g, rows, head| {
+            rows.scatter(g, &mut dqkv, at[which].from(head), false)
+        })?;
+        Ok(Some(Tensor::from_vec(dqkv, qkv.shape(), qkv.device())?))
     }
 }

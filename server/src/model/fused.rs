@@ -301,6 +301,95 @@ impl CustomOp2 for SiluMul {
     }
 }
 
+/// `silu(gate) * up` on gate and up side by side in each row of one (.., 2 n) tensor, as one
+/// product on the stacked weights writes them; its gradient is one tensor in the same layout.
+pub fn silu_mul_joined(gate_up: &Tensor) -> Result<Tensor> {
+    gate_up.contiguous()?.apply_op1(SiluMulJoined)
+}
+
+struct SiluMulJoined;
+
+impl SiluMulJoined {
+    /// The half width `n` of rows `2 n` wide.
+    fn half(dims: &[usize]) -> Result<usize> {
+        match dims.last() {
+            Some(&w) if w % 2 == 0 => Ok(w / 2),
+            _ => bail!("fused-silu-mul-joined: gate and up side by side need an even last dimension, got {dims:?}"),
+        }
+    }
+}
+
+impl CustomOp1 for SiluMulJoined {
+    fn name(&self) -> &'static str {
+        "fused-silu-mul-joined"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout) -> Result<(CpuStorage, Shape)> {
+        let gu = data(s1, l1, self.name())?;
+        let n = Self::half(l1.dims())?;
+        let mut y = vec![0f32; gu.len() / 2];
+        if let Some(count) = y.len().checked_div(n) {
+            let rows = rows_per_task(count);
+            y.par_chunks_mut(rows * n).zip(gu.par_chunks(2 * rows * n)).for_each(|(y, gu)| {
+                for (y, gu) in y.chunks_exact_mut(n).zip(gu.chunks_exact(2 * n)) {
+                    let (g, u) = gu.split_at(n);
+                    super::vmath::silu_mul(g, u, y);
+                }
+            });
+        }
+        let mut dims = l1.dims().to_vec();
+        *dims.last_mut().expect("checked by half") = n;
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
+    }
+
+    fn bwd(&self, gate_up: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(gate_up.apply_op2_no_bwd(&grad.contiguous()?, &SiluMulJoinedBwd)?))
+    }
+}
+
+/// (gate_up, g) -> d gate_up, row by row as [`SiluMulBwd`].
+struct SiluMulJoinedBwd;
+
+impl CustomOp2 for SiluMulJoinedBwd {
+    fn name(&self) -> &'static str {
+        "fused-silu-mul-joined-bwd"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (gu, g) = (data(s1, l1, self.name())?, data(s2, l2, self.name())?);
+        let n = SiluMulJoined::half(l1.dims())?;
+        if g.len() * 2 != gu.len() {
+            bail!("fused-silu-mul-joined-bwd: input {:?}, gradient {:?}", l1.dims(), l2.dims());
+        }
+        let mut out = vec![0f32; gu.len()];
+        if let Some(count) = g.len().checked_div(n) {
+            let rows = rows_per_task(count);
+            out.par_chunks_mut(2 * rows * n).zip(gu.par_chunks(2 * rows * n).zip(g.par_chunks(rows * n))).for_each(
+                |(out, (gu, g))| {
+                    for (out, (gu, g)) in out.chunks_exact_mut(2 * n).zip(gu.chunks_exact(2 * n).zip(g.chunks_exact(n)))
+                    {
+                        let (dg, du) = out.split_at_mut(n);
+                        let (x, u) = gu.split_at(n);
+                        silu_mul_grads(x, u, g, dg, du);
+                    }
+                },
+            );
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// d gate and d up of `silu(x) * u` for the upstream gradient `g` (`du` doubles as the
+/// sigmoid's buffer).
+fn silu_mul_grads(x: &[f32], u: &[f32], g: &[f32], dg: &mut [f32], du: &mut [f32]) {
+    super::vmath::sigmoid(x, du);
+    for ((dg, du), ((&x, &u), &g)) in dg.iter_mut().zip(du).zip(x.iter().zip(u).zip(g)) {
+        let s = *du;
+        *dg = g * u * s * (1.0 + x * (1.0 - s));
+        *du = g * x * s;
+    }
+}
+
 /// (gate, up, g) -> (2 n,): d gate = g up s (1 + gate (1 - s)), then d up = g silu(gate).
 struct SiluMulBwd;
 
@@ -327,15 +416,7 @@ impl CustomOp3 for SiluMulBwd {
             .par_chunks_mut(chunk)
             .zip(d_up.par_chunks_mut(chunk))
             .zip(gate.par_chunks(chunk).zip(up.par_chunks(chunk)).zip(g.par_chunks(chunk)))
-            .for_each(|((dg, du), ((x, u), g))| {
-                // The sigmoid first (vectorised, into d up's buffer), then the products.
-                super::vmath::sigmoid(x, du);
-                for ((dg, du), ((&x, &u), &g)) in dg.iter_mut().zip(du).zip(x.iter().zip(u).zip(g)) {
-                    let s = *du;
-                    *dg = g * u * s * (1.0 + x * (1.0 - s));
-                    *du = g * x * s;
-                }
-            });
+            .for_each(|((dg, du), ((x, u), g))| silu_mul_grads(x, u, g, dg, du));
         Ok((CpuStorage::F32(out), Shape::from(2 * n)))
     }
 }

@@ -83,6 +83,12 @@ impl Block {
         let (b, t, h) = xs.dims3()?;
         let d = h / self.n_head;
         let qkv = self.c_attn.forward(xs)?;
+        if cache.is_none() && qkv.track_op() {
+            // Training: the attention reads q, k and v where `c_attn` wrote them, [q | k | v].
+            let heads = (self.n_head, self.n_head);
+            let y = ops::attention_joined(&qkv, ops::QkvLayout::Stacked, None, mask, self.scale, heads)?;
+            return self.attn_c_proj.forward(&y);
+        }
         let heads = |i: usize| qkv.narrow(2, i * h, h)?.reshape((b, t, self.n_head, d))?.transpose(1, 2)?.contiguous();
         let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
         let (k, v) = match cache {

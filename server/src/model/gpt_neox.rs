@@ -106,8 +106,15 @@ impl Layer {
     ) -> Result<Tensor> {
         let (b, t, h) = xs.dims3()?;
         let d = h / self.n_head;
+        let qkv = self.query_key_value.forward(xs)?;
+        if cache.is_none() && qkv.track_op() {
+            // Training: the attention reads q, k and v where the projection wrote them.
+            let (rope, scale, heads) = (Some((&rot.0, &rot.1)), 1.0 / (d as f64).sqrt(), (self.n_head, self.n_head));
+            let y = ops::attention_joined(&qkv, ops::QkvLayout::PerHead, rope, mask, scale, heads)?;
+            return self.dense.forward(&y);
+        }
         // (b, t, heads, 3 * d) -> per head [q | k | v].
-        let qkv = self.query_key_value.forward(xs)?.reshape((b, t, self.n_head, 3 * d))?;
+        let qkv = qkv.reshape((b, t, self.n_head, 3 * d))?;
         let part = |i: usize| qkv.narrow(3, i * d, d)?.transpose(1, 2)?.contiguous();
         let q = ops::partial_rope(&part(0)?, &rot.0, &rot.1, self.rot_dims)?;
         let k = ops::partial_rope(&part(1)?, &rot.0, &rot.1, self.rot_dims)?;

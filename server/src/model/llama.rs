@@ -112,9 +112,17 @@ impl Attention {
         let (b, t, _) = xs.dims3()?;
         let d = self.head_dim;
         let scale = 1.0 / (d as f64).sqrt();
+        let heads = (self.num_heads, self.num_kv_heads);
+        if cache.is_none() {
+            // Training: q, k and v as one product, read by the attention where it wrote them.
+            if let Some(qkv) = Linear::forward_joined(&[&self.q_proj, &self.k_proj, &self.v_proj], xs)? {
+                let y =
+                    ops::attention_joined(&qkv, ops::QkvLayout::Stacked, Some((&rot.0, &rot.1)), mask, scale, heads)?;
+                return self.o_proj.forward(&y);
+            }
+        }
         let (q, k, v) = (self.q_proj.forward(xs)?, self.k_proj.forward(xs)?, self.v_proj.forward(xs)?);
         let Some((c, layer)) = cache else {
-            let heads = (self.num_heads, self.num_kv_heads);
             let y = ops::attention_rows((&q, &k, &v), Some((&rot.0, &rot.1)), mask, scale, heads)?;
             return self.o_proj.forward(&y);
         };
@@ -150,6 +158,9 @@ impl Mlp {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if let Some(gate_up) = Linear::forward_joined(&[&self.gate_proj, &self.up_proj], xs)? {
+            return self.down_proj.forward(&self.act.gated_joined(&gate_up)?);
+        }
         let h = self.act.gated(&self.gate_proj.forward(xs)?, &self.up_proj.forward(xs)?)?;
         self.down_proj.forward(&h)
     }

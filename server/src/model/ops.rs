@@ -255,6 +255,28 @@ impl Linear {
         }
     }
 
+    /// The layers' outputs side by side on the last dimension, `[parts[0](xs), parts[1](xs),
+    /// ..]`, as one product on their weights stacked by rows (q, k and v; gate and up): in
+    /// training on the CPU this is one product forward and one for the input's gradient,
+    /// where separate layers were one each plus candle's sum of their input gradients. The
+    /// stacked weight is a copy per call (its backward hands each layer its rows' gradient).
+    /// `None` where the layers should run one by one: without gradients (no backward to save,
+    /// and decoding reads the weights in place), with adapters, Conv1D weights, unequal
+    /// biases, or off the CPU.
+    pub fn forward_joined(parts: &[&Linear], xs: &Tensor) -> Result<Option<Tensor>> {
+        let training = tracks(&[xs]) || parts.iter().any(|l| l.weight.track_op());
+        let fits = parts.len() > 1
+            && parts.iter().all(|l| l.lora.is_none() && !l.in_out && linear::takes(xs, &l.weight))
+            && (parts.iter().all(|l| l.bias.is_some()) || parts.iter().all(|l| l.bias.is_none()));
+        if !training || !fits {
+            return Ok(None);
+        }
+        let weights: Vec<&Tensor> = parts.iter().map(|l| &l.weight).collect();
+        let ys = linear::forward(xs, &Tensor::cat(&weights, 0)?, false)?;
+        let biases: Vec<&Tensor> = parts.iter().filter_map(|l| l.bias.as_ref()).collect();
+        Ok(Some(if biases.is_empty() { ys } else { ys.broadcast_add(&Tensor::cat(&biases, 0)?)? }))
+    }
+
     /// The weight with the adapter folded in, in the layer's own layout.
     pub fn merged_weight(&self) -> Result<Tensor> {
         match &self.lora {
@@ -414,6 +436,16 @@ pub enum Activation {
 impl Activation {
     /// `act(gate) * up`, the gated MLP's middle (Llama's SwiGLU): one vectorised pass on the
     /// CPU in f32 (`fused.rs`, with its backward when training).
+    /// [`Activation::gated`] on gate and up side by side in one tensor (.., 2 x n), as
+    /// [`Linear::forward_joined`] writes them.
+    pub fn gated_joined(self, gate_up: &Tensor) -> Result<Tensor> {
+        if self == Self::Silu && fused::takes(&[gate_up]) {
+            return fused::silu_mul_joined(gate_up);
+        }
+        let n = gate_up.dim(D::Minus1)? / 2;
+        self.gated(&gate_up.narrow(D::Minus1, 0, n)?, &gate_up.narrow(D::Minus1, n, n)?)
+    }
+
     pub fn gated(self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         if self == Self::Silu && fused::takes(&[gate, up]) {
             fused::silu_mul(gate, up)
@@ -483,6 +515,48 @@ pub fn attention_rows(
     };
     let y = attention(&q, &k, &v.contiguous()?, mask, scale)?;
     y.transpose(1, 2)?.reshape((b, t, width))
+}
+
+pub use super::attend_grad::QkvLayout;
+
+/// [`attention_rows`] on q, k and v joined in one (b, t, (heads + 2 kv_heads) * d) tensor laid
+/// out as `layout` says (as [`Linear::forward_joined`], GPT-2's `c_attn` or GPT-NeoX's
+/// `query_key_value` write them): in training on the CPU one op whose gradient is one tensor
+/// again; elsewhere q, k and v are split out by views.
+pub fn attention_joined(
+    qkv: &Tensor,
+    layout: QkvLayout,
+    rope: Option<(&Tensor, &Tensor)>,
+    mask: &Tensor,
+    scale: f64,
+    (heads, kv_heads): (usize, usize),
+) -> Result<Tensor> {
+    let tables_fit = rope.is_none_or(|(c, s)| fused::takes(&[c, s]));
+    if tracks(&[qkv]) && fused::takes(&[qkv, mask]) && tables_fit {
+        let rope = rope.map(|(cos, sin)| super::attend_grad::Rotary { cos, sin });
+        return super::attend_grad::attention_joined(qkv, layout, rope, mask, scale, (heads, kv_heads));
+    }
+    let (b, t, width) = qkv.dims3()?;
+    let d = width.checked_div(heads + 2 * kv_heads).unwrap_or(0);
+    if d == 0 || d * (heads + 2 * kv_heads) != width || (layout == QkvLayout::PerHead && kv_heads != heads) {
+        candle_core::bail!(
+            "attention: qkv {:?} ({layout:?}) does not split into {heads} + 2 x {kv_heads} heads",
+            qkv.dims()
+        );
+    }
+    let (q, k, v) = match layout {
+        QkvLayout::Stacked => (
+            qkv.narrow(D::Minus1, 0, heads * d)?,
+            qkv.narrow(D::Minus1, heads * d, kv_heads * d)?,
+            qkv.narrow(D::Minus1, (heads + kv_heads) * d, kv_heads * d)?,
+        ),
+        QkvLayout::PerHead => {
+            let per_head = qkv.reshape((b, t, heads, 3 * d))?;
+            let part = |i: usize| per_head.narrow(3, i * d, d)?.reshape((b, t, heads * d));
+            (part(0)?, part(1)?, part(2)?)
+        }
+    };
+    attention_rows((&q, &k, &v), rope, mask, scale, (heads, kv_heads))
 }
 
 /// [`attention`] composed of differentiable tensor ops.
@@ -621,6 +695,19 @@ pub(crate) mod tests {
                 let mask = mask.to_dtype(dt).unwrap();
                 attention_rows((&x[0], &x[1], &x[2]), rope, &mask, 0.35, (h, kv)).unwrap()
             });
+            // The same with q, k and v joined in one tensor (one gradient, same layout): heads
+            // stacked, and per head [q | k | v] (GPT-NeoX) where there are as many kv heads.
+            let joined = rand(&[b, t, (h + 2 * kv) * d], 24);
+            let layouts: &[QkvLayout] =
+                if kv == h { &[QkvLayout::Stacked, QkvLayout::PerHead] } else { &[QkvLayout::Stacked] };
+            for &layout in layouts {
+                fused_backward_matches_composed(std::slice::from_ref(&joined), |x| {
+                    let dt = x[0].dtype();
+                    let tables = tables.as_ref().map(|(c, s)| (c.to_dtype(dt).unwrap(), s.to_dtype(dt).unwrap()));
+                    let rope = tables.as_ref().map(|(c, s)| (c, s));
+                    attention_joined(&x[0], layout, rope, &mask.to_dtype(dt).unwrap(), 0.35, (h, kv)).unwrap()
+                });
+            }
         }
 
         let table = RotaryTable::new(&RotaryTable::default_inv_freq(8, 10000.0), 16, DType::F32, &Device::Cpu).unwrap();
@@ -641,6 +728,63 @@ pub(crate) mod tests {
         let up = rand(&[2, 5, 8], 3);
         let gate = (rand(&[2, 5, 8], 4) * 6.0).unwrap();
         fused_backward_matches_composed(&[gate, up], |t| Activation::Silu.gated(&t[0], &t[1]).unwrap());
+        let gate_up = (rand(&[2, 5, 16], 5) * 4.0).unwrap();
+        fused_backward_matches_composed(&[gate_up], |t| Activation::Silu.gated_joined(&t[0]).unwrap());
+    }
+
+    /// `Linear::forward_joined` against the layers one by one: values and the gradients of the
+    /// input, every weight and every bias; and where it declines (no gradients, adapters).
+    #[test]
+    fn joined_layers_match_the_layers_one_by_one() {
+        let diff = |a: &Tensor, b: &Tensor| max_diff(a, b);
+        for bias in [false, true] {
+            let x = Var::from_tensor(&rand(&[2, 3, 6], 41)).unwrap();
+            let layers: Vec<(Var, Var)> = [4usize, 2, 2]
+                .iter()
+                .enumerate()
+                .map(|(j, &o)| {
+                    let w = Var::from_tensor(&rand(&[o, 6], 42 + j as u64)).unwrap();
+                    (w, Var::from_tensor(&rand(&[o], 45 + j as u64)).unwrap())
+                })
+                .collect();
+            let parts: Vec<Linear> = layers
+                .iter()
+                .map(|(w, b)| Linear {
+                    name: "l".into(),
+                    weight: w.as_tensor().clone(),
+                    bias: bias.then(|| b.as_tensor().clone()),
+                    in_out: false,
+                    lora: None,
+                    half: None,
+                })
+                .collect();
+            let refs: Vec<&Linear> = parts.iter().collect();
+            let joined = Linear::forward_joined(&refs, x.as_tensor()).unwrap().expect("joins in training");
+            let outs: Vec<Tensor> = parts.iter().map(|l| l.forward(x.as_tensor()).unwrap()).collect();
+            let want = Tensor::cat(&outs, 2).unwrap();
+            assert!(diff(&joined, &want) < 1e-6, "values: {}", diff(&joined, &want));
+            let g = rand(&[2, 3, 8], 48);
+            let grads = |y: &Tensor| (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            let (ga, gb) = (grads(&joined), grads(&want));
+            let mut tracked = vec![x.as_tensor()];
+            for (w, b) in &layers {
+                tracked.push(w.as_tensor());
+                if bias {
+                    tracked.push(b.as_tensor());
+                }
+            }
+            for t in tracked {
+                let (a, b) = (ga.get(t).expect("a gradient"), gb.get(t).expect("a gradient"));
+                assert!(diff(a, b) < 1e-5, "gradient: {}", diff(a, b));
+            }
+            // Without gradients the layers run one by one (decoding reads weights in place).
+            let frozen: Vec<Linear> = parts
+                .iter()
+                .map(|l| Linear { weight: l.weight.detach(), bias: l.bias.as_ref().map(|b| b.detach()), ..l.clone() })
+                .collect();
+            let frozen: Vec<&Linear> = frozen.iter().collect();
+            assert!(Linear::forward_joined(&frozen, &x.as_tensor().detach()).unwrap().is_none());
+        }
     }
 
     fn both(inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Tensor) -> (Tensor, Tensor) {

@@ -14,6 +14,8 @@ use super::fused;
 use super::half::HalfMatrix;
 use super::linear;
 
+pub use super::attend_grad::QkvLayout;
+
 /// Whether to use the composed form: gradients are needed, or the dtype is one the fused
 /// kernels do not cover (f64, used by the finite-difference checks).
 fn tracks(ts: &[&Tensor]) -> bool {
@@ -494,9 +496,7 @@ pub fn attention_rows(
     scale: f64,
     (heads, kv_heads): (usize, usize),
 ) -> Result<Tensor> {
-    let tables_fit = rope.is_none_or(|(c, s)| fused::takes(&[c, s]));
-    if tracks(&[q, k, v]) && fused::takes(&[q, k, v, mask]) && tables_fit {
-        let rope = rope.map(|(cos, sin)| super::attend_grad::Rotary { cos, sin });
+    if let Some(rope) = rows_op_rope(&[q, k, v], mask, rope) {
         return super::attend_grad::attention_rows((q, k, v), rope, mask, scale, (heads, kv_heads));
     }
     let (b, t, width) = q.dims3()?;
@@ -517,7 +517,18 @@ pub fn attention_rows(
     y.transpose(1, 2)?.reshape((b, t, width))
 }
 
-pub use super::attend_grad::QkvLayout;
+/// Whether `attend_grad`'s training ops take these operands (gradients needed; inputs, mask and
+/// tables f32 on the CPU): then `Some` of the rotary tables in their form; `None` for the
+/// composed path.
+fn rows_op_rope<'a>(
+    inputs: &[&Tensor],
+    mask: &Tensor,
+    rope: Option<(&'a Tensor, &'a Tensor)>,
+) -> Option<Option<super::attend_grad::Rotary<'a>>> {
+    let tables_fit = rope.is_none_or(|(c, s)| fused::takes(&[c, s]));
+    let takes = tracks(inputs) && fused::takes(inputs) && fused::takes(&[mask]) && tables_fit;
+    takes.then(|| rope.map(|(cos, sin)| super::attend_grad::Rotary { cos, sin }))
+}
 
 /// [`attention_rows`] on q, k and v joined in one (b, t, (heads + 2 kv_heads) * d) tensor laid
 /// out as `layout` says (as [`Linear::forward_joined`], GPT-2's `c_attn` or GPT-NeoX's
@@ -531,9 +542,7 @@ pub fn attention_joined(
     scale: f64,
     (heads, kv_heads): (usize, usize),
 ) -> Result<Tensor> {
-    let tables_fit = rope.is_none_or(|(c, s)| fused::takes(&[c, s]));
-    if tracks(&[qkv]) && fused::takes(&[qkv, mask]) && tables_fit {
-        let rope = rope.map(|(cos, sin)| super::attend_grad::Rotary { cos, sin });
+    if let Some(rope) = rows_op_rope(&[qkv], mask, rope) {
         return super::attend_grad::attention_joined(qkv, layout, rope, mask, scale, (heads, kv_heads));
     }
     let (b, t, width) = qkv.dims3()?;

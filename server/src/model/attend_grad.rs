@@ -514,10 +514,10 @@ impl RowsAttention {
             .collect())
     }
 
-    /// The output, (b, t, heads * d), of `len` elements.
-    fn forward(&self, src: [Source<'_>; 3], len: usize) -> Result<Vec<f32>> {
-        let RowsShape { heads, kv, d, t, .. } = self.shape;
-        let mut out = vec![0f32; len];
+    /// The output, (b, t, heads * d).
+    fn forward(&self, src: [Source<'_>; 3]) -> Result<Vec<f32>> {
+        let RowsShape { b, heads, kv, d, t } = self.shape;
+        let mut out = vec![0f32; b * t * heads * d];
         if t == 0 {
             return Ok(out);
         }
@@ -593,7 +593,7 @@ impl CustomOp3 for RowsAttention {
         let (q, k, v) = (data(s1, l1)?, data(s2, l2)?, data(s3, l3)?);
         let RowsShape { heads, kv, d, .. } = self.shape;
         let src = [(q, heads), (k, kv), (v, kv)].map(|(data, n)| Source { data, at: Heads::all(n, d) });
-        Ok((CpuStorage::F32(self.forward(src, q.len())?), l1.shape().clone()))
+        Ok((CpuStorage::F32(self.forward(src)?), l1.shape().clone()))
     }
 
     fn bwd(
@@ -650,7 +650,7 @@ impl CustomOp1 for Joined {
         let qkv = data(s1, l1)?;
         let RowsShape { b, t, heads, d, .. } = self.op.shape;
         let src = self.heads().map(|at| Source { data: qkv, at });
-        let out = self.op.forward(src, b * t * heads * d)?;
+        let out = self.op.forward(src)?;
         Ok((CpuStorage::F32(out), Shape::from((b, t, heads * d))))
     }
 

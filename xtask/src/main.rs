@@ -110,6 +110,15 @@ fn ensure_wasm_target() -> Result<()> {
     Ok(())
 }
 
+/// Cargo's build directory: `CARGO_TARGET_DIR` when set (relative to the workspace root), else
+/// `target/`.
+fn target_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => root.join(dir),
+        None => root.join("target"),
+    }
+}
+
 /// Builds `dist/`: index.html, boot.js, style.css, pkg/ (the whole app: wasm + JS glue) and
 /// pkg-rater/ (the rater workspace alone, built without the `admin` feature).
 fn frontend(root: &Path) -> Result<()> {
@@ -129,7 +138,7 @@ fn frontend(root: &Path) -> Result<()> {
         ];
         args.extend_from_slice(features);
         cargo(&args, &[])?;
-        let wasm = root.join("target/wasm32-unknown-unknown/wasm-release/apl_frontend.wasm");
+        let wasm = target_dir(root).join("wasm32-unknown-unknown/wasm-release/apl_frontend.wasm");
         let pkg = dist.join(dir);
         if pkg.exists() {
             std::fs::remove_dir_all(&pkg)?;

@@ -40,7 +40,9 @@ fn tiny_round_config() -> Value {
             "completion_tokens": [6, 10],
             "labeller": "length",
             "trainable": {"kind": "all"},
-            "train": {"epochs": 2, "pairs_per_step": 2, "micro_batch": 2, "adam": {"lr": 1e-3}},
+            // Enough epochs that the round outlasts the page's first look at it (with 2, a
+            // fast machine finished it in 0.1 s, before the live progress was ever drawn).
+            "train": {"epochs": 12, "pairs_per_step": 2, "micro_batch": 2, "adam": {"lr": 1e-3}},
             "eval": {"prompts": 12, "judge": "length", "batch_size": 6}
         }
     })

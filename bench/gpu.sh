@@ -48,7 +48,7 @@ status=0
 if [ -z "${SKIP_CHECK:-}" ]; then
   for dtype in f32 bf16; do
     log "apl check, $dtype"
-    "$apl" check --device cuda:0 --dtype "$dtype" --fixtures "$root/server/tests/fixtures" \
+    "$apl" check --device cuda:0 --dtype "$dtype" --fixtures "$root/engine/tests/fixtures" \
       > "$out/check-$dtype.txt" 2>&1 || status=1
     tail -3 "$out/check-$dtype.txt" >&2
   done

@@ -17,7 +17,7 @@ cargo build --release -q -p apl-server --bin apl
 work=$(mktemp -d)
 trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
 admin=load-bench-admin-token-0123456789
-RUST_LOG=warn ./target/release/apl serve --model server/tests/fixtures/llama --no-prompts --no-worker \
+RUST_LOG=warn ./target/release/apl serve --model engine/tests/fixtures/llama --no-prompts --no-worker \
   --addr 127.0.0.1:0 --data-dir "$work" --admin-token "$admin" ${DATABASE:+--database "$DATABASE"} \
   >"$work/out" 2>"$work/err" &
 server=$!

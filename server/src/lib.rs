@@ -1,18 +1,15 @@
-//! Active preference learning workbench: the model engine, and (growing) the learning loop
-//! and the annotation server built on it. `main.rs` only parses the command line.
+//! Active preference learning workbench: the annotation server (API, store, worker), LLM
+//! judges, analytics, the experiment runner and the command line, over the model engine of
+//! `apl-engine`. `main.rs` only parses the command line.
+//!
+//! No unsafe code here: every unsafe block lives in the engine.
+#![forbid(unsafe_code)]
 
-pub mod acquire;
 pub mod analytics;
 pub mod api;
 pub mod assets;
 pub mod cli;
-pub mod data;
-pub mod device;
-pub mod eval;
 pub mod experiment;
 pub mod judge;
-pub mod model;
-pub mod oracle;
 pub mod store;
-pub mod train;
 pub mod worker;

@@ -7,7 +7,7 @@ fn apl() -> Command {
 }
 
 fn fixture(name: &str) -> String {
-    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+    format!("{}/../engine/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
 fn run_ok(cmd: &mut Command) -> String {

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 const ADMIN: &str = "durability-admin-token-0123";
 
 fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/fixtures/llama")
 }
 
 /// Starts `apl serve` and returns it with its base URL (read from its first line).

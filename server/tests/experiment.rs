@@ -7,13 +7,13 @@ mod common;
 
 use std::io::Write;
 
-use apl::acquire::Acquisition;
 use apl::experiment::config::{ExperimentConfig, Mode, OracleKind, TaskKind, preset};
 use apl::experiment::run::PhaseRecord;
 use apl::experiment::setup::Setup;
 use apl::experiment::{Observer, run_experiment};
-use apl::train::optim::AdamConfig;
-use apl::train::policy::Trainable;
+use apl_engine::acquire::Acquisition;
+use apl_engine::train::optim::AdamConfig;
+use apl_engine::train::policy::Trainable;
 use candle_core::DType;
 
 struct Quiet;

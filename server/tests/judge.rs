@@ -11,7 +11,7 @@ use apl::judge::client::{ChatClient, ChatError, ChatRequest, ClientConfig, Messa
 use apl::judge::ledger::{AuditEntry, Ledger};
 use apl::judge::llm::Side;
 use apl::judge::{Disagreement, JudgeOrder, JudgeSettings, LlmJudge};
-use apl::oracle::{Comparison, Oracle, Preference};
+use apl_engine::oracle::{Comparison, Oracle, Preference};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -310,11 +310,11 @@ async fn self_consistency_asks_afresh() {
 #[test]
 fn local_judge_reads_letter_logprobs_and_unswaps() {
     use apl::judge::local::LocalJudge;
-    use apl::model::Batch;
+    use apl_engine::model::Batch;
     use candle_core::{D, DType};
 
     let ck = common::load("llama", DType::F32);
-    let model = apl::model::Model::from_checkpoint(&ck).unwrap();
+    let model = apl_engine::model::Model::from_checkpoint(&ck).unwrap();
     let tok = ck.tokenizer().unwrap();
     // The fixture has 64 positions: a short custom prompt.
     let items: Vec<Item> =

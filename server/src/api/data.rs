@@ -14,10 +14,10 @@ use serde::Deserialize;
 use super::auth::Admin;
 use super::body::{JsonBody, Upload};
 use super::{ApiResult, AppError, AppState};
-use crate::data::prompts::{self, PromptRecord};
-use crate::data::trl;
 use crate::store::export::{LabelSource, dpo_line, votes_csv};
 use crate::store::imports::{NewCompletion, NewPair, PromptRef};
+use apl_engine::data::prompts::{self, PromptRecord};
+use apl_engine::data::trl;
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
     q.map(|Query(v)| v).map_err(|e| AppError::BadRequest(format!("query: {}", e.body_text())))

@@ -34,9 +34,9 @@ use axum::{Json, Router};
 use tower_http::services::{ServeDir, ServeFile};
 use tower_http::set_header::SetResponseHeaderLayer;
 
-use crate::model::ModelError;
 use crate::store::{Store, StoreError};
 use crate::worker::Worker;
+use apl_engine::model::ModelError;
 
 #[derive(Clone)]
 pub struct AppState {

@@ -29,11 +29,11 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use super::ModelArgs;
-use crate::device::{describe, parse_device, parse_dtype};
-use crate::model::logprobs::batch_logprobs;
-use crate::model::random::{self, SHAPES};
-use crate::model::{ArchConfig, Checkpoint, Model, SampleRequest, SamplingConfig, sample, sequence_logprobs};
-use crate::train::optim::{Adam, AdamConfig};
+use apl_engine::device::{describe, parse_device, parse_dtype};
+use apl_engine::model::load::random::{self, SHAPES};
+use apl_engine::model::logprobs::batch_logprobs;
+use apl_engine::model::{ArchConfig, Checkpoint, Model, SampleRequest, SamplingConfig, sample, sequence_logprobs};
+use apl_engine::train::optim::{Adam, AdamConfig};
 
 const BENCHES: [&str; 5] = ["sample_b1", "sample_b32", "score", "dpo", "matmul"];
 
@@ -226,7 +226,7 @@ pub fn run(a: Args) -> Result<()> {
             "dtype": a.model.dtype,
             "device": describe(&parse_device(&a.model.device)?),
             "cpu": cpu_name(),
-            "blas": crate::model::blas::describe(),
+            "blas": apl_engine::model::cpu::blas::describe(),
         });
         let doc = serde_json::json!({"meta": meta, "models": all, "peers": peers, "comparison": comparison});
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)
@@ -293,11 +293,11 @@ fn bench_model(a: &Args, benches: &[&str], ck: &Checkpoint, m: &Model) -> Result
 /// kernels off (BLAS), in the same run; with `--decode-weights f16`, up to 8 rows also reading
 /// the f16 copies.
 fn matmuls(a: &Args, m: &Model) -> Result<Vec<BenchResult>> {
-    use crate::model::skinny;
+    use apl_engine::model::cpu::skinny;
     let mut model = m.clone();
-    let linears: Vec<crate::model::ops::Linear> = model.linears_mut().into_iter().map(|l| l.clone()).collect();
+    let linears: Vec<apl_engine::model::ops::Linear> = model.linears_mut().into_iter().map(|l| l.clone()).collect();
     // The same products reading f16 copies of the weights (`--decode-weights f16`, CPU f32).
-    let half: Vec<crate::model::ops::Linear> = if a.model.decode_weights == "f16" {
+    let half: Vec<apl_engine::model::ops::Linear> = if a.model.decode_weights == "f16" {
         let mut h = m.with_half_weights(|_| false)?;
         let l: Vec<_> = h.linears_mut().into_iter().map(|l| l.clone()).collect();
         l.into_iter().filter(|l| l.half.is_some()).collect()

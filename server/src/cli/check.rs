@@ -2,7 +2,7 @@
 //! GPU box without a Rust toolchain, where the test suite cannot be built).
 //!
 //! It makes the test suite's main checks on the committed tiny HF fixtures
-//! (`server/tests/fixtures`, whose expected values HF transformers computed): logits against
+//! (`engine/tests/fixtures`, whose expected values HF transformers computed): logits against
 //! HF's, KV-cache logits against full-sequence logits, every parameter receiving a finite,
 //! non-zero gradient of a DPO loss that points the way the CPU's f32 gradient does, and tokens
 //! drawn on the device following the model's distribution. One line per check, and a non-zero
@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, IndexOp, Tensor};
 
-use crate::device::{describe, parse_device, parse_dtype};
-use crate::model::logprobs::batch_logprobs;
-use crate::model::{Batch, Checkpoint, Decoder, Model, Padding, SampleRequest, SamplingConfig, sample};
-use crate::train::loss::{Loss, PairLogprobs};
+use apl_engine::device::{describe, parse_device, parse_dtype};
+use apl_engine::model::logprobs::batch_logprobs;
+use apl_engine::model::{Batch, Checkpoint, Decoder, Model, Padding, SampleRequest, SamplingConfig, sample};
+use apl_engine::train::loss::{Loss, PairLogprobs};
 
 /// The fixtures every check runs on (those of `tests/fixtures/make_fixtures.py`).
 const FIXTURES: &[&str] = &["llama", "llama3", "qwen2", "gpt2", "gpt_neox", "gpt_neox_seq"];
@@ -29,7 +29,7 @@ pub struct Args {
     /// Compute dtype: f32, bf16 or f16.
     #[arg(long, default_value = "f32", env = "APL_DTYPE")]
     pub dtype: String,
-    /// The fixtures directory [default: server/tests/fixtures under the current directory].
+    /// The fixtures directory [default: engine/tests/fixtures under the current directory].
     #[arg(long)]
     pub fixtures: Option<PathBuf>,
 }
@@ -63,9 +63,9 @@ fn tolerances(dtype: DType) -> (f64, f64) {
 pub fn run(a: Args) -> Result<()> {
     let device = parse_device(&a.device)?;
     let dtype = parse_dtype(&a.dtype)?;
-    let dir = a.fixtures.clone().unwrap_or_else(|| PathBuf::from("server/tests/fixtures"));
+    let dir = a.fixtures.clone().unwrap_or_else(|| PathBuf::from("engine/tests/fixtures"));
     if !dir.join("llama").is_dir() {
-        bail!("no fixtures at {} (pass --fixtures DIR: the repository's server/tests/fixtures)", dir.display());
+        bail!("no fixtures at {} (pass --fixtures DIR: the repository's engine/tests/fixtures)", dir.display());
     }
     eprintln!("apl check: {dtype:?} on {} against HF's values and the CPU in f32", describe(&device));
     let mut outcomes = Vec::new();
@@ -234,7 +234,7 @@ mod tests {
     /// CPU has no bf16 matrix product).
     #[test]
     fn checks_pass_on_the_cpu() {
-        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/fixtures");
         for dtype in ["f32", "f16"] {
             let a = Args { device: "cpu".into(), dtype: dtype.into(), fixtures: Some(fixtures.clone()) };
             run(a).unwrap_or_else(|e| panic!("{dtype}: {e:#}"));

@@ -9,8 +9,8 @@ use anyhow::{Context, Result, bail};
 
 use super::ModelArgs;
 use crate::experiment::config::ExperimentConfig;
-use crate::model::Checkpoint;
-use crate::train::policy::Policy;
+use apl_engine::model::Checkpoint;
+use apl_engine::train::policy::Policy;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -42,8 +42,8 @@ pub fn run(a: Args) -> Result<()> {
             };
             let base = Checkpoint::load(
                 &path,
-                crate::device::parse_dtype(&a.model.dtype)?,
-                &crate::device::parse_device(&a.model.device)?,
+                apl_engine::device::parse_dtype(&a.model.dtype)?,
+                &apl_engine::device::parse_device(&a.model.device)?,
             )?;
             let mut policy = Policy::new(base, cfg.trainable.clone(), seed)?;
             policy.load_trainable(&weights).with_context(|| format!("loading {}", weights.display()))?;

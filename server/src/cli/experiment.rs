@@ -11,16 +11,16 @@ use anyhow::{Context, Result, bail};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use super::ModelArgs;
-use crate::acquire::Acquisition;
 use crate::assets;
-use crate::device::{parse_device, parse_dtype};
 use crate::experiment::config::{self, ExperimentConfig, Mode, OracleKind, TaskKind};
 use crate::experiment::run::PhaseRecord;
 use crate::experiment::setup::Setup;
 use crate::experiment::{Observer, report, run_experiment};
-use crate::model::Checkpoint;
-use crate::train::loss::Loss;
-use crate::train::policy::Trainable;
+use apl_engine::acquire::Acquisition;
+use apl_engine::device::{parse_device, parse_dtype};
+use apl_engine::model::Checkpoint;
+use apl_engine::train::loss::Loss;
+use apl_engine::train::policy::Trainable;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

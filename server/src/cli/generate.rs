@@ -5,7 +5,7 @@ use std::io::{IsTerminal, Write};
 use anyhow::{Result, bail};
 
 use super::{ModelArgs, progress};
-use crate::model::{SampleRequest, SamplingConfig, sample};
+use apl_engine::model::{SampleRequest, SamplingConfig, sample};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -16,11 +16,11 @@ use super::CacheArgs;
 use crate::analytics::bootstrap::{LEVEL, RESAMPLES, bootstrap};
 use crate::analytics::project::share;
 use crate::assets;
-use crate::data::{imdb, trl};
 use crate::judge::ledger::Ledger;
 use crate::judge::llm::{PairVerdict, Side, pairwise_agreement};
 use crate::judge::{JudgeOrder, JudgeSettings, JudgeTask, LlmJudge};
-use crate::oracle::Comparison;
+use apl_engine::data::{imdb, trl};
+use apl_engine::oracle::Comparison;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -21,8 +21,8 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use crate::assets;
-use crate::device::{describe, parse_device, parse_dtype};
-use crate::model::{Checkpoint, Model, Tokenizer};
+use apl_engine::device::{describe, parse_device, parse_dtype};
+use apl_engine::model::{Checkpoint, Model, Tokenizer};
 
 #[derive(Debug, Parser)]
 #[command(name = "apl", version, about = "Active preference learning workbench: DPO with as few labels as possible")]
@@ -148,7 +148,7 @@ pub fn offer_cached_blas(cache_dir: &std::path::Path, fetch: bool) {
         }
     };
     if path.exists() {
-        crate::model::blas::offer_library(path);
+        apl_engine::model::cpu::blas::offer_library(path);
     }
 }
 

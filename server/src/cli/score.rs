@@ -5,7 +5,7 @@ use std::io::Write;
 use anyhow::Result;
 
 use super::ModelArgs;
-use crate::model::sequence_logprobs;
+use apl_engine::model::sequence_logprobs;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -12,11 +12,11 @@ use apl_shared::Health;
 use super::ModelArgs;
 use crate::api::{AppState, app};
 use crate::assets;
-use crate::data::imdb;
-use crate::model::SamplingConfig;
 use crate::store::tokens::{AdminToken, ensure_admin};
 use crate::store::{Backend, Store};
 use crate::worker::{Worker, WorkerParts};
+use apl_engine::data::imdb;
+use apl_engine::model::SamplingConfig;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -76,7 +76,7 @@ pub fn run(a: Args) -> Result<()> {
         model: source,
         architecture: m.checkpoint.config.name().into(),
         parameters: m.checkpoint.num_params() as u64,
-        device: crate::device::describe(m.model.device()),
+        device: apl_engine::device::describe(m.model.device()),
         prompts: prompts.len(),
     };
     std::fs::create_dir_all(&a.data_dir).with_context(|| format!("creating {}", a.data_dir.display()))?;

@@ -8,11 +8,11 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::acquire::{AcquireConfig, Acquisition};
-use crate::train::loss::Loss;
-use crate::train::optim::AdamConfig;
-use crate::train::policy::Trainable;
-use crate::train::trainer::TrainConfig;
+use apl_engine::acquire::{AcquireConfig, Acquisition};
+use apl_engine::train::loss::Loss;
+use apl_engine::train::optim::AdamConfig;
+use apl_engine::train::policy::Trainable;
+use apl_engine::train::trainer::TrainConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -169,7 +169,7 @@ pub fn preset(name: &str) -> Option<ExperimentConfig> {
                 ..paper.train.clone()
             },
             // 64 sequences per sampling pass: the most rows the few-row kernels take
-            // (`model::skinny::MAX_ROWS`), 5% faster over the run than 32 here.
+            // (`model::cpu::skinny::MAX_ROWS`), 5% faster over the run than 32 here.
             acquire: AcquireConfig { over_generate: 4, batch_size: 64, ..AcquireConfig::default() },
             eval: EvalConfig { prompts: 128, batch_size: 64, ..EvalConfig::default() },
             ..paper.clone()

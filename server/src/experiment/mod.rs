@@ -26,7 +26,7 @@ use config::{ExperimentConfig, TaskKind};
 use run::{PhaseRecord, Run, eval_samples, write_atomic};
 use setup::Setup;
 
-use crate::model::Model;
+use apl_engine::model::Model;
 
 /// Receives progress: the phase count, each finished phase, and the current stage.
 pub trait Observer {
@@ -133,7 +133,7 @@ pub fn run_experiment(
     Ok(all)
 }
 
-pub fn run_dir(out: &Path, acq: crate::acquire::Acquisition, seed: u64) -> PathBuf {
+pub fn run_dir(out: &Path, acq: apl_engine::acquire::Acquisition, seed: u64) -> PathBuf {
     out.join("runs").join(format!("{acq}-seed{seed}"))
 }
 

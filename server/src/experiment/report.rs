@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::run::PhaseRecord;
-use crate::acquire::Acquisition;
-use crate::eval::mean_and_stderr;
+use apl_engine::acquire::Acquisition;
+use apl_engine::eval::mean_and_stderr;
 
 /// One row per phase.
 pub fn phases_csv(records: &[PhaseRecord]) -> String {

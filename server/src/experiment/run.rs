@@ -14,13 +14,13 @@ use serde::{Deserialize, Serialize};
 
 use super::config::{ExperimentConfig, Mode};
 use super::setup::{PromptStream, Setup};
-use crate::acquire::{AcquireStats, Acquirer, Acquisition, Candidate};
-use crate::eval::{EvalSampling, Outcome, WinRate, sample_completions, win_rate};
-use crate::model::Model;
-use crate::oracle::{Comparison, Preference};
-use crate::train::optim::Adam;
-use crate::train::policy::Policy;
-use crate::train::trainer::{PreferencePair, PrefixCache, StepStats, fill_reference_cached, train};
+use apl_engine::acquire::{AcquireStats, Acquirer, Acquisition, Candidate};
+use apl_engine::eval::{EvalSampling, Outcome, WinRate, sample_completions, win_rate};
+use apl_engine::model::Model;
+use apl_engine::oracle::{Comparison, Preference};
+use apl_engine::train::optim::Adam;
+use apl_engine::train::policy::Policy;
+use apl_engine::train::trainer::{PreferencePair, PrefixCache, StepStats, fill_reference_cached, train};
 
 /// Wall-clock seconds of each stage of a phase.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -292,7 +292,7 @@ impl Run<'_> {
                 Mode::Online => {
                     let newest: Vec<PreferencePair> =
                         data.iter().filter(|s| s.phase == phase).map(|s| s.pair.clone()).collect();
-                    (newest, crate::train::trainer::TrainConfig { epochs: 1, ..cfg.train.clone() })
+                    (newest, apl_engine::train::trainer::TrainConfig { epochs: 1, ..cfg.train.clone() })
                 }
             };
             tcfg.seed = stage_seed(self.seed, phase, 4);

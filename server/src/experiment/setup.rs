@@ -13,13 +13,13 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::config::{ExperimentConfig, OracleKind, TaskKind};
-use crate::acquire::PromptItem;
-use crate::data::imdb::{self, Review};
-use crate::data::prompts;
-use crate::model::{Checkpoint, Tokenizer};
-use crate::oracle::Oracle;
-use crate::oracle::length::LengthOracle;
-use crate::oracle::sentiment::{NaiveBayes, SentimentOracle};
+use apl_engine::acquire::PromptItem;
+use apl_engine::data::imdb::{self, Review};
+use apl_engine::data::prompts;
+use apl_engine::model::{Checkpoint, Tokenizer};
+use apl_engine::oracle::Oracle;
+use apl_engine::oracle::length::LengthOracle;
+use apl_engine::oracle::sentiment::{NaiveBayes, SentimentOracle};
 
 /// A held-out prompt and, for TL;DR, the human reference it is judged against.
 #[derive(Debug, Clone)]
@@ -78,9 +78,9 @@ impl<'a> PromptStream<'a> {
     }
 
     /// The next `n` prompts; an error once the pool is exhausted.
-    pub fn take(&mut self, n: usize) -> crate::model::Result<Vec<PromptItem>> {
+    pub fn take(&mut self, n: usize) -> apl_engine::model::Result<Vec<PromptItem>> {
         if self.consumed + n > self.order.len() {
-            return Err(crate::model::ModelError::Input(format!(
+            return Err(apl_engine::model::ModelError::Input(format!(
                 "the prompt pool is exhausted: {} of {} used, {n} more asked for",
                 self.consumed,
                 self.order.len()
@@ -91,7 +91,7 @@ impl<'a> PromptStream<'a> {
             out.push(
                 self.pool
                     .get(self.order[k], self.tokenizer, &mut self.rng)
-                    .map_err(|e| crate::model::ModelError::Input(e.to_string()))?,
+                    .map_err(|e| apl_engine::model::ModelError::Input(e.to_string()))?,
             );
         }
         self.consumed += n;
@@ -99,7 +99,7 @@ impl<'a> PromptStream<'a> {
     }
 
     /// Skips prompts already used by finished phases (when resuming).
-    pub fn skip(&mut self, n: usize) -> crate::model::Result<()> {
+    pub fn skip(&mut self, n: usize) -> apl_engine::model::Result<()> {
         self.take(n).map(|_| ())
     }
 }

@@ -17,7 +17,7 @@ use super::client::{ChatClient, ChatRequest, ClientConfig, Message, Usage};
 use super::ledger::{AuditEntry, Ledger, call_key, redact_url, sha256_hex};
 use super::template::{Shown, comparison, logprob_verdict, parse_verdict};
 use super::{AnswerMode, Disagreement, JudgeOrder, JudgeSettings};
-use crate::oracle::{Comparison, Judgement, Oracle, Preference};
+use apl_engine::oracle::{Comparison, Judgement, Oracle, Preference};
 
 /// Which of the pair's texts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

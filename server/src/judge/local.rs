@@ -8,8 +8,8 @@
 
 use super::llm::{Side, combine, random_first};
 use super::{JudgeOrder, JudgeSettings};
-use crate::model::{Model, Tokenizer, sequence_logprobs};
-use crate::oracle::{Comparison, Judgement, Oracle};
+use apl_engine::model::{Model, Tokenizer, sequence_logprobs};
+use apl_engine::oracle::{Comparison, Judgement, Oracle};
 
 pub struct LocalJudge<'a> {
     model: &'a Model,

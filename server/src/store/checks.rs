@@ -22,7 +22,7 @@ use super::imports::{NewCompletion, insert_completion, insert_prompt};
 use super::{Result, Store, StoreError, new_id, now_ms};
 use crate::analytics::agreement::cohen_kappa;
 use crate::analytics::bootstrap::{LEVEL, RESAMPLES, bootstrap};
-use crate::eval::Outcome;
+use apl_engine::eval::Outcome;
 
 /// The bootstrap's seed: the panel shows the same interval on every load.
 const SEED: u64 = 0x00c0_ffee;

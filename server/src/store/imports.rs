@@ -4,7 +4,7 @@
 use sqlx::Row;
 
 use super::{Result, Store, StoreError, WriteTx, new_id, now_ms};
-use crate::data::prompts::PromptRecord;
+use apl_engine::data::prompts::PromptRecord;
 
 /// A completion to store.
 #[derive(Debug, Clone, PartialEq)]

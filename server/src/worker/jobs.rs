@@ -21,18 +21,18 @@ use tokio::runtime::Handle;
 
 use super::Worker;
 use super::settings::{Labeller, LoopSettings};
-use crate::acquire::{Acquirer, Acquisition, PromptItem};
-use crate::eval::{EvalSampling, Outcome, sample_completions, win_rate};
 use crate::judge::local::LocalJudge;
-use crate::oracle::length::LengthOracle;
-use crate::oracle::{Comparison, Oracle, Preference};
 use crate::store::export::LabelSource;
 use crate::store::imports::{NewCompletion, NewPair, PromptRef};
 use crate::store::rounds::{CheckpointRow, EvaluationRow, NewRound};
 use crate::store::{Store, jobs::STALE_MS, new_id, now_ms};
-use crate::train::optim::Adam;
-use crate::train::policy::Policy;
-use crate::train::trainer::{PreferencePair, PrefixCache, StepStats, fill_reference_cached, train};
+use apl_engine::acquire::{Acquirer, Acquisition, PromptItem};
+use apl_engine::eval::{EvalSampling, Outcome, sample_completions, win_rate};
+use apl_engine::oracle::length::LengthOracle;
+use apl_engine::oracle::{Comparison, Oracle, Preference};
+use apl_engine::train::optim::Adam;
+use apl_engine::train::policy::Policy;
+use apl_engine::train::trainer::{PreferencePair, PrefixCache, StepStats, fill_reference_cached, train};
 
 pub const KINDS: &[&str] = &["generate", "label", "train", "evaluate", "round"];
 
@@ -305,7 +305,7 @@ fn generate(ctx: &Ctx, p: &JobParams) -> JobResult<Value> {
     let mut next = 0usize;
     let mut used: Vec<String> = Vec::new();
     let mut by_text: HashMap<String, String> = HashMap::new();
-    let mut draw = |n: usize| -> crate::model::Result<Vec<PromptItem>> {
+    let mut draw = |n: usize| -> apl_engine::model::Result<Vec<PromptItem>> {
         let mut out = Vec::with_capacity(n);
         while out.len() < n && next < pool.len() {
             let (id, text, _) = &pool[next];

@@ -14,13 +14,13 @@ use apl_shared::{Completion, Pair, PairRequest};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::data::imdb::{Prompt, Review};
 use crate::judge::ledger::Ledger;
 use crate::judge::{JudgeSettings, LlmJudge};
-use crate::model::{
+use apl_engine::data::imdb::{Prompt, Review};
+use apl_engine::model::{
     Checkpoint, Model, ModelError, SampleRequest, SamplingConfig, Tokenizer, sample, sequence_logprobs,
 };
-use crate::oracle::sentiment::{NaiveBayes, SentimentOracle};
+use apl_engine::oracle::sentiment::{NaiveBayes, SentimentOracle};
 
 /// What the worker is built from.
 pub struct WorkerParts {

@@ -7,11 +7,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::acquire::{AcquireConfig, Acquisition};
 use crate::judge::JudgeSettings;
-use crate::train::optim::AdamConfig;
-use crate::train::policy::Trainable;
-use crate::train::trainer::TrainConfig;
+use apl_engine::acquire::{AcquireConfig, Acquisition};
+use apl_engine::train::optim::AdamConfig;
+use apl_engine::train::policy::Trainable;
+use apl_engine::train::trainer::TrainConfig;
 
 /// Who labels a round's pairs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

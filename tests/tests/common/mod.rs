@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use apl::api::{AppState, app};
-use apl::data::imdb;
-use apl::model::{Checkpoint, Model, SamplingConfig};
 use apl::store::Store;
 use apl::store::tokens::ensure_admin;
 use apl::worker::{Worker, WorkerParts};
+use apl_engine::data::imdb;
+use apl_engine::model::{Checkpoint, Model, SamplingConfig};
 use apl_shared::{Health, Project, RaterInvite};
 use candle_core::{DType, Device};
 use serde_json::{Value, json};
@@ -96,7 +96,7 @@ impl Default for Options {
 
 pub async fn start(b: &Backend, opts: Options) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let ck = Checkpoint::load(&root().join("server/tests/fixtures/llama"), DType::F32, &Device::Cpu).unwrap();
+    let ck = Checkpoint::load(&root().join("engine/tests/fixtures/llama"), DType::F32, &Device::Cpu).unwrap();
     let model = Model::from_checkpoint(&ck).unwrap();
     let tok = ck.tokenizer().unwrap().clone();
     let reviews = imdb::read_reviews(&root().join("tests/fixtures/reviews.csv")).unwrap();

@@ -10,7 +10,7 @@ mod common;
 use std::fs::File;
 use std::io::BufReader;
 
-use apl::model::Tokenizer;
+use apl_engine::model::Tokenizer;
 use candle_core::quantized::gguf_file;
 
 fn smollm2() -> Tokenizer {

@@ -6,9 +6,9 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 use serde::Deserialize;
 
-use super::batch::KvCache;
-use super::config::{RopeParameters, TokenIds};
-use super::ops::{self, Activation, LayerNorm, Linear, RotaryTable};
+use super::{RopeParameters, TokenIds};
+use crate::model::batch::KvCache;
+use crate::model::ops::{self, Activation, LayerNorm, Linear, RotaryTable};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Config {

@@ -4,8 +4,8 @@
 
 mod common;
 
-use apl::model::logprobs::batch_logprobs;
-use apl::model::{Checkpoint, Model};
+use apl_engine::model::logprobs::batch_logprobs;
+use apl_engine::model::{Checkpoint, Model};
 use candle_core::{DType, Tensor, Var};
 use common::*;
 

@@ -72,7 +72,7 @@ pub fn describe(device: &Device) -> String {
         Device::Cpu => format!(
             "cpu ({} threads; matrix products: {})",
             candle_core::utils::get_num_threads(),
-            crate::model::blas::describe()
+            crate::model::cpu::blas::describe()
         ),
         Device::Cuda(_) => "cuda".to_string(),
         Device::Metal(_) => "metal".to_string(),

@@ -8,9 +8,9 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 use serde::Deserialize;
 
-use super::batch::KvCache;
-use super::config::TokenIds;
-use super::ops::{self, Activation, LayerNorm, Linear};
+use super::TokenIds;
+use crate::model::batch::KvCache;
+use crate::model::ops::{self, Activation, LayerNorm, Linear};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Config {

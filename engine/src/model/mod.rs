@@ -5,39 +5,30 @@
 //! One implementation per architecture serves scoring, training and sampling; the sampler
 //! only adds a cache. [`Model`] hides which architecture is inside.
 
-pub mod attend;
-pub mod attend_grad;
+pub mod arch;
 pub mod batch;
-pub mod blas;
-pub mod config;
+pub mod cpu;
 pub mod error;
-pub mod fused;
-pub mod gpt2;
-pub mod gpt_neox;
-pub mod half;
-pub mod linear;
-pub mod llama;
 pub mod load;
 pub mod logprobs;
 pub mod ops;
-pub mod random;
 pub mod sample;
-pub mod skinny;
-pub mod tokenizer;
-pub mod vmath;
 
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
 
+use arch::{gpt_neox, gpt2, llama};
+use cpu::half;
+
+pub use arch::ArchConfig;
 pub use batch::{Batch, KvCache, Padding};
-pub use config::ArchConfig;
 pub use error::{ModelError, Result};
 pub use load::Checkpoint;
+pub use load::tokenizer::Tokenizer;
 pub use logprobs::{SequenceLogprobs, sequence_logprobs};
 pub use sample::{Decoder, FinishReason, Sample, SampleRequest, SamplingConfig, sample};
-pub use tokenizer::Tokenizer;
 
 #[derive(Debug, Clone)]
 enum Arch {

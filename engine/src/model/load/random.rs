@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use super::{ArchConfig, Checkpoint, Model, ModelError, Result};
+use crate::model::{ArchConfig, Checkpoint, Model, ModelError, Result};
 
 /// The prefix that selects a random model where a model path is expected.
 pub const PREFIX: &str = "random:";

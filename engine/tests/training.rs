@@ -3,11 +3,11 @@
 
 mod common;
 
-use apl::model::logprobs::{Prefix, batch_logprobs, batch_logprobs_from, prefix_states};
-use apl::model::{Batch, Checkpoint, Model, Padding};
-use apl::train::optim::{Adam, AdamConfig};
-use apl::train::policy::{Policy, Trainable, layer_of};
-use apl::train::trainer::{PreferencePair, PrefixCache, TrainConfig, fill_reference, train};
+use apl_engine::model::logprobs::{Prefix, batch_logprobs, batch_logprobs_from, prefix_states};
+use apl_engine::model::{Batch, Checkpoint, Model, Padding};
+use apl_engine::train::optim::{Adam, AdamConfig};
+use apl_engine::train::policy::{Policy, Trainable, layer_of};
+use apl_engine::train::trainer::{PreferencePair, PrefixCache, TrainConfig, fill_reference, train};
 use candle_core::{DType, Device};
 use common::*;
 
@@ -35,7 +35,7 @@ fn config(epochs: usize, pairs_per_step: usize, micro_batch: usize) -> TrainConf
     }
 }
 
-fn run(policy: &Policy, data: &mut [PreferencePair], cfg: &TrainConfig) -> apl::train::trainer::TrainReport {
+fn run(policy: &Policy, data: &mut [PreferencePair], cfg: &TrainConfig) -> apl_engine::train::trainer::TrainReport {
     fill_reference(policy.reference(), data, 8).unwrap();
     let vars = policy.vars().iter().map(|(_, v)| v.clone()).collect();
     let mut opt = Adam::new(vars, cfg.adam.clone()).unwrap();

@@ -11,14 +11,17 @@ use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
+pub mod random;
+pub mod tokenizer;
+
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use serde_json::json;
 
-use super::config::ArchConfig;
-use super::error::{ModelError, Result};
-use super::llama;
-use super::tokenizer::Tokenizer;
+use crate::model::arch::ArchConfig;
+use crate::model::arch::llama;
+use crate::model::error::{ModelError, Result};
+use tokenizer::Tokenizer;
 
 /// A loaded checkpoint: what a model is built from.
 #[derive(Debug, Clone)]
@@ -130,7 +133,7 @@ pub fn load_hf_dir(dir: &Path, dtype: DType, device: &Device) -> Result<Checkpoi
         tok.add_eos_ids(&config.tokens().eos_ids());
         let gen_path = dir.join("generation_config.json");
         if gen_path.exists() {
-            let gen_cfg: super::config::TokenIds =
+            let gen_cfg: crate::model::arch::TokenIds =
                 serde_json::from_str(&read_to_string(&gen_path)?).map_err(|e| ModelError::format(&gen_path, e))?;
             tok.add_eos_ids(&gen_cfg.eos_ids());
         }
@@ -249,7 +252,7 @@ pub fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<Checkpoin
         if name == "rope_freqs.weight" {
             // Llama 3.x: llama.cpp stores the rope scaling as per-frequency divisors.
             let factors = t.to_vec1::<f32>()?;
-            let inv = super::ops::RotaryTable::default_inv_freq(head_dim, config.rope.theta(10000.0));
+            let inv = crate::model::ops::RotaryTable::default_inv_freq(head_dim, config.rope.theta(10000.0));
             config.inv_freq_override = Some(inv.iter().zip(&factors).map(|(f, d)| f / d).collect());
             continue;
         }

@@ -64,7 +64,7 @@ impl CustomOp2 for TokenLogprob {
                 // Vectorised: one max pass and one exp-sum pass per vocabulary row.
                 x.par_chunks(v)
                     .zip(targets.par_iter())
-                    .map(|(row, &t)| super::vmath::log_softmax_at(row, t as usize))
+                    .map(|(row, &t)| super::cpu::vmath::log_softmax_at(row, t as usize))
                     .collect()
             }
             CpuStorage::F64(x) => {
@@ -122,7 +122,7 @@ fn token_logprob_grad_cpu(logits: &Tensor, targets: &Tensor, grad: &Tensor) -> c
     dz.par_chunks_mut(v.max(1))
         .zip(x[a..b].par_chunks(v.max(1)))
         .enumerate()
-        .for_each(|(i, (out, row))| super::vmath::log_softmax_at_grad(row, targets[i] as usize, grad[i], out));
+        .for_each(|(i, (out, row))| super::cpu::vmath::log_softmax_at_grad(row, targets[i] as usize, grad[i], out));
     drop(ls);
     Tensor::from_vec(dz, (n, v), logits.device())
 }

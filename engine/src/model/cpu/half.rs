@@ -150,7 +150,7 @@ mod tests {
 
     #[test]
     fn a_model_with_half_weights_decodes_like_the_f32_model() {
-        use crate::model::random::random_checkpoint;
+        use crate::model::load::random::random_checkpoint;
         use crate::model::{Batch, Model, Padding};
         for config in [
             r#"{"model_type": "llama", "vocab_size": 96, "hidden_size": 64, "intermediate_size": 96,

@@ -3,7 +3,7 @@
 //! Plain matrix products are most of the time of a forward or backward pass. candle multiplies
 //! with the `gemm` crate, which on this project's 2-core AVX2 machines reaches 74-85 GFLOP/s on
 //! the layer shapes of SmolLM2, where OpenBLAS (what NumPy ships, and Debian's `libopenblas0`)
-//! reaches 115-139 and PyTorch 44-106. So the library is looked up at run time with `dlopen`:
+//! reaches 115-139 and PyTorch 44-106. So the library is loaded at run time (`libloading`):
 //! nothing links against it, a binary without it behaves exactly as before, and any CBLAS
 //! (OpenBLAS, BLIS, MKL's `libmkl_rt`) can be named with `APL_BLAS=/path/to/lib.so`
 //! (`APL_BLAS=off` keeps the `gemm` crate). Otherwise the OpenBLAS fetched from PyPI with the
@@ -14,7 +14,7 @@
 //! workers spin for ~0.1 s after each product and took a core from rayon's element-wise work
 //! (scoring 2.1 → 2.6 seq/s, DPO policy pass 24 → 17.5 s once they stay asleep).
 
-use std::ffi::{CStr, CString, c_char, c_int, c_void};
+use std::ffi::{CStr, c_char, c_int, c_void};
 use std::sync::OnceLock;
 
 const ROW_MAJOR: c_int = 101;
@@ -52,6 +52,8 @@ pub struct Blas {
     /// Its threaded parts run on rayon's pool (`openblas_set_threads_callback_function`); calls
     /// are then made one at a time, since each job uses the per-thread buffer of its index.
     on_rayon: bool,
+    /// Keeps the library loaded while the function pointers above are in use.
+    _library: libloading::Library,
 }
 
 /// Serialises calls while OpenBLAS runs its jobs on rayon's pool (see `Blas::on_rayon`).
@@ -128,63 +130,56 @@ pub fn describe() -> String {
 
 impl Blas {
     fn open(name: &str) -> Result<Self, String> {
-        let c_name = CString::new(name).map_err(|_| "a NUL in the library name".to_string())?;
-        // SAFETY: dlopen with a valid C string; the handle is kept for the life of the process.
-        let handle = unsafe { libc::dlopen(c_name.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
-        if handle.is_null() {
-            // SAFETY: dlerror returns a C string owned by libc, or null.
-            let err = unsafe { libc::dlerror() };
-            let msg = if err.is_null() {
-                "cannot be loaded".to_string()
-            } else {
-                // SAFETY: non-null, NUL-terminated.
-                unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned()
-            };
-            return Err(msg);
-        }
-        let sym = |name: &str| -> Option<*mut c_void> {
+        // SAFETY: loading a shared library runs its initialisers; a CBLAS (OpenBLAS, BLIS, MKL)
+        // has none that touch this process's state. The library lives in the process-wide
+        // `BLAS` for the life of the process, so the function pointers taken from it stay valid.
+        let lib = unsafe { libloading::Library::new(name) }.map_err(|e| e.to_string())?;
+        /// The first of the `PREFIXES` spellings of `name` the library exports, as a `T`.
+        ///
+        /// SAFETY (for callers): `T` must be the C signature the symbol has.
+        unsafe fn sym<T: Copy>(lib: &libloading::Library, name: &str) -> Option<T> {
             PREFIXES.iter().find_map(|p| {
-                let s = CString::new(format!("{p}{name}")).ok()?;
-                // SAFETY: valid handle and C string.
-                let f = unsafe { libc::dlsym(handle, s.as_ptr()) };
-                (!f.is_null()).then_some(f)
+                // SAFETY: the caller names the symbol's true signature.
+                unsafe { lib.get::<T>(format!("{p}{name}").as_bytes()) }.ok().map(|s| *s)
             })
-        };
-        let Some(sgemm) = sym("cblas_sgemm") else {
-            // SAFETY: the handle came from dlopen and nothing from it is kept.
-            unsafe { libc::dlclose(handle) };
+        }
+        // SAFETY: the CBLAS signatures are fixed by the standard.
+        let Some(sgemm) = (unsafe { sym::<GemmFn<f32>>(&lib, "cblas_sgemm") }) else {
             return Err(format!("{name} has no cblas_sgemm"));
         };
-        // SAFETY: the CBLAS signatures are fixed by the standard.
-        let sgemm: GemmFn<f32> = unsafe { std::mem::transmute(sgemm) };
-        let dgemm = sym("cblas_dgemm").map(|f| unsafe { std::mem::transmute::<*mut c_void, GemmFn<f64>>(f) });
+        // SAFETY: as above.
+        let dgemm = unsafe { sym::<GemmFn<f64>>(&lib, "cblas_dgemm") };
         let threads = rayon::current_num_threads().max(1);
-        if let Some(set) = sym("openblas_set_num_threads") {
-            // SAFETY: `void openblas_set_num_threads(int)`.
-            let set: unsafe extern "C" fn(c_int) = unsafe { std::mem::transmute(set) };
+        // SAFETY: `void openblas_set_num_threads(int)`.
+        if let Some(set) = unsafe { sym::<unsafe extern "C" fn(c_int)>(&lib, "openblas_set_num_threads") } {
+            // SAFETY: any positive count is accepted.
             unsafe { set(threads as c_int) };
         }
         let own_threads = std::env::var("APL_BLAS_THREADS").is_ok_and(|v| v.trim() == "own");
+        // SAFETY: `void openblas_set_threads_callback_function(openblas_threads_callback)`.
+        let set_callback =
+            unsafe { sym::<unsafe extern "C" fn(ThreadsCallback)>(&lib, "openblas_set_threads_callback_function") };
         let on_rayon = threads > 1
             && !own_threads
-            && sym("openblas_set_threads_callback_function").is_some_and(|f| {
-                // SAFETY: `void openblas_set_threads_callback_function(openblas_threads_callback)`.
-                let set: unsafe extern "C" fn(ThreadsCallback) = unsafe { std::mem::transmute(f) };
+            && set_callback.is_some_and(|set| {
+                // SAFETY: `run_jobs_on_rayon` has the callback's signature and runs every job.
                 unsafe { set(run_jobs_on_rayon) };
                 true
             });
-        let config = sym("openblas_get_config").and_then(|f| {
-            // SAFETY: `char *openblas_get_config(void)`, a static string.
-            let get: unsafe extern "C" fn() -> *const c_char = unsafe { std::mem::transmute(f) };
-            let s = unsafe { get() };
-            (!s.is_null()).then(|| unsafe { CStr::from_ptr(s) }.to_string_lossy().trim().to_string())
-        });
+        // SAFETY: `char *openblas_get_config(void)`, a static string.
+        let config =
+            unsafe { sym::<unsafe extern "C" fn() -> *const c_char>(&lib, "openblas_get_config") }.and_then(|get| {
+                // SAFETY: no arguments; the result is a static NUL-terminated string or null.
+                let s = unsafe { get() };
+                // SAFETY: non-null, NUL-terminated, static.
+                (!s.is_null()).then(|| unsafe { CStr::from_ptr(s) }.to_string_lossy().trim().to_string())
+            });
         let description = match config {
             Some(c) if on_rayon => format!("{c} ({name}, {threads} threads on rayon's pool)"),
             Some(c) => format!("{c} ({name}, {threads} threads)"),
             None => format!("CBLAS {name}"),
         };
-        Ok(Self { description, sgemm, dgemm, on_rayon })
+        Ok(Self { description, sgemm, dgemm, on_rayon, _library: lib })
     }
 }
 

@@ -6,8 +6,11 @@
 
 use serde::Deserialize;
 
-use super::error::ModelError;
-use super::{gpt_neox, gpt2, llama};
+pub mod gpt2;
+pub mod gpt_neox;
+pub mod llama;
+
+use crate::model::error::ModelError;
 
 /// One config per supported `model_type`.
 #[derive(Debug, Clone)]

@@ -183,7 +183,7 @@ fn sample_with(
     // product was handed over and waited for (two thread wake-ups per product, ~200 products
     // per token: 6-11% of batch-1 sampling). Bigger batches keep the caller's thread, since
     // BLAS products (past `skinny::MAX_ROWS` rows) are only started from outside the pool.
-    if model.device().is_cpu() && b <= super::skinny::MAX_ROWS {
+    if model.device().is_cpu() && b <= super::cpu::skinny::MAX_ROWS {
         rayon::scope(|_| decode())?;
     } else {
         decode()?;
@@ -346,7 +346,7 @@ fn pick(logits: &[f32], cfg: &SamplingConfig, banned: &[u32], rng: &mut ChaCha8R
         return (tok, logits[tok as usize] - max - z1.ln());
     }
     // One vectorised pass for the sampling weights and the temperature-1 normaliser.
-    let (max, z1) = super::vmath::sampling_weights(logits, (1.0 / cfg.temperature) as f32, &mut s.probs);
+    let (max, z1) = super::cpu::vmath::sampling_weights(logits, (1.0 / cfg.temperature) as f32, &mut s.probs);
     for &b in banned {
         if let Some(p) = s.probs.get_mut(b as usize) {
             *p = 0.0;
@@ -482,7 +482,7 @@ mod tests {
     /// Greedy decoding picks the same tokens, with the same log-probs, on the device path.
     #[test]
     fn device_and_host_greedy_agree() {
-        // The committed tiny Llama fixture (server/tests/fixtures/llama).
+        // The committed tiny Llama fixture (engine/tests/fixtures/llama).
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama");
         let ck = crate::model::Checkpoint::load(&dir, DType::F32, &candle_core::Device::Cpu).unwrap();
         let model = Model::from_checkpoint(&ck).unwrap();

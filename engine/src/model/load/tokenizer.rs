@@ -10,7 +10,7 @@ use std::path::Path;
 use candle_core::quantized::gguf_file;
 use serde_json::{Value, json};
 
-use super::error::{ModelError, Result};
+use crate::model::error::{ModelError, Result};
 
 /// Names of special tokens that end a completion when the model emits them.
 const END_TOKENS: &[&str] = &["<|endoftext|>", "<|im_end|>", "</s>", "<|eot_id|>", "<|end_of_text|>"];

@@ -3,7 +3,7 @@
 
 mod common;
 
-use apl::model::{Batch, Decoder, FinishReason, Padding, SampleRequest, SamplingConfig, sample};
+use apl_engine::model::{Batch, Decoder, FinishReason, Padding, SampleRequest, SamplingConfig, sample};
 use candle_core::{DType, Device, IndexOp};
 use common::*;
 

@@ -10,11 +10,11 @@
 
 use candle_core::{D, DType, Device, Result, Tensor};
 
-use super::fused;
-use super::half::HalfMatrix;
-use super::linear;
+use super::cpu::fused;
+use super::cpu::half::HalfMatrix;
+use super::cpu::linear;
 
-pub use super::attend_grad::QkvLayout;
+pub use super::cpu::attend_grad::QkvLayout;
 
 /// Whether to use the composed form: gradients are needed, or the dtype is one the fused
 /// kernels do not cover (f64, used by the finite-difference checks).
@@ -362,7 +362,7 @@ impl candle_core::CustomOp2 for CpuMatmul {
         s2: &candle_core::CpuStorage,
         l2: &candle_core::Layout,
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use super::blas::{Operand, matmul};
+        use super::cpu::blas::{Operand, matmul};
         use candle_core::CpuStorage;
         let (m, k) = l1.shape().dims2()?;
         let (k2, n) = l2.shape().dims2()?;
@@ -475,10 +475,10 @@ impl Activation {
 /// On the CPU in f32 this is `attend.rs`'s one-pass kernel without gradients, and its
 /// training form with a backward (`attend_grad.rs`) with them.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
-    match super::attend::attention(q, k, v, mask, scale)? {
+    match super::cpu::attend::attention(q, k, v, mask, scale)? {
         Some(y) => Ok(y),
         None if tracks(&[q, k, v]) && fused::takes(&[q, k, v, mask]) => {
-            super::attend_grad::attention(q, k, v, mask, scale)
+            super::cpu::attend_grad::attention(q, k, v, mask, scale)
         }
         None => attention_composed(q, k, v, mask, scale),
     }
@@ -497,7 +497,7 @@ pub fn attention_rows(
     (heads, kv_heads): (usize, usize),
 ) -> Result<Tensor> {
     if let Some(rope) = rows_op_rope(&[q, k, v], mask, rope) {
-        return super::attend_grad::attention_rows((q, k, v), rope, mask, scale, (heads, kv_heads));
+        return super::cpu::attend_grad::attention_rows((q, k, v), rope, mask, scale, (heads, kv_heads));
     }
     let (b, t, width) = q.dims3()?;
     if heads == 0 || width % heads != 0 {
@@ -524,10 +524,10 @@ fn rows_op_rope<'a>(
     inputs: &[&Tensor],
     mask: &Tensor,
     rope: Option<(&'a Tensor, &'a Tensor)>,
-) -> Option<Option<super::attend_grad::Rotary<'a>>> {
+) -> Option<Option<super::cpu::attend_grad::Rotary<'a>>> {
     let tables_fit = rope.is_none_or(|(c, s)| fused::takes(&[c, s]));
     let takes = tracks(inputs) && fused::takes(inputs) && fused::takes(&[mask]) && tables_fit;
-    takes.then(|| rope.map(|(cos, sin)| super::attend_grad::Rotary { cos, sin }))
+    takes.then(|| rope.map(|(cos, sin)| super::cpu::attend_grad::Rotary { cos, sin }))
 }
 
 /// [`attention_rows`] on q, k and v joined in one (b, t, (heads + 2 kv_heads) * d) tensor laid
@@ -543,7 +543,7 @@ pub fn attention_joined(
     (heads, kv_heads): (usize, usize),
 ) -> Result<Tensor> {
     if let Some(rope) = rows_op_rope(&[qkv], mask, rope) {
-        return super::attend_grad::attention_joined(qkv, layout, rope, mask, scale, (heads, kv_heads));
+        return super::cpu::attend_grad::attention_joined(qkv, layout, rope, mask, scale, (heads, kv_heads));
     }
     let (b, t, width) = qkv.dims3()?;
     let d = width.checked_div(heads + 2 * kv_heads).unwrap_or(0);

@@ -6,7 +6,7 @@
 
 mod common;
 
-use apl::model::{Model, sequence_logprobs};
+use apl_engine::model::{Model, sequence_logprobs};
 use candle_core::{DType, IndexOp};
 use common::*;
 
@@ -95,7 +95,7 @@ fn half_precision_runs_and_stays_close_to_f32() {
         for dtype in [DType::BF16, DType::F16] {
             let ck = load(name, dtype);
             let model = Model::from_checkpoint(&ck).unwrap();
-            let b = apl::model::Batch::from_rows(
+            let b = apl_engine::model::Batch::from_rows(
                 rows_u32(&exp["input_ids"]),
                 valid.clone(),
                 dtype,
@@ -114,9 +114,10 @@ fn half_precision_runs_and_stays_close_to_f32() {
             }
             eprintln!("{name} {dtype:?}: max |logit - HF f32| = {worst:.3}");
             assert!(worst < 0.1, "{name} {dtype:?}: {worst}");
-            let cfg = apl::model::SamplingConfig { max_new_tokens: 4, ..Default::default() };
+            let cfg = apl_engine::model::SamplingConfig { max_new_tokens: 4, ..Default::default() };
             let p = tokens(5, 1, 320);
-            let s = apl::model::sample(&model, &[apl::model::SampleRequest::new(&p)], &cfg, &[0], |_| {}).unwrap();
+            let s = apl_engine::model::sample(&model, &[apl_engine::model::SampleRequest::new(&p)], &cfg, &[0], |_| {})
+                .unwrap();
             assert!(!s[0].tokens.is_empty());
         }
     }

@@ -7,9 +7,9 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 use serde::Deserialize;
 
-use super::batch::KvCache;
-use super::config::{RopeParameters, TokenIds};
-use super::ops::{self, Activation, Linear, RotaryTable};
+use super::{RopeParameters, TokenIds};
+use crate::model::batch::KvCache;
+use crate::model::ops::{self, Activation, Linear, RotaryTable};
 
 /// HF `config.json` of `model_type` "llama" or "qwen2".
 #[derive(Debug, Clone, Deserialize)]

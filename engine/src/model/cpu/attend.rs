@@ -154,7 +154,7 @@ const TILE: usize = 16;
 /// softmax weight of exactly 0 (`vmath`'s exp is 0 below -87), so products may stop there. A
 /// row masked throughout reaches all `s` (its softmax, over masked scores only, is not zero).
 pub(super) fn reach(mask: &[f32], t: usize, s: usize) -> Vec<usize> {
-    let masked = super::ops::mask_value(candle_core::DType::F32) / 2.0;
+    let masked = crate::model::ops::mask_value(candle_core::DType::F32) / 2.0;
     (0..t)
         .map(|i| match mask[i * s..][..s].iter().rposition(|&m| m > masked) {
             Some(j) => j + 1,

@@ -3,8 +3,25 @@
 //! A CUDA binary is a separate build (`--features cuda`); asking a CPU build for CUDA is an
 //! error that says how to get one, not a silent fallback to the CPU.
 
-use anyhow::{Result, bail};
 use candle_core::{DType, Device};
+
+/// A device or dtype that cannot be had.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("unknown device {0:?}: use cpu, cuda or cuda:N")]
+    UnknownDevice(String),
+    #[error(
+        "device {0:?} asked for, but this binary was built without CUDA; rebuild with \
+         `cargo build --release --features cuda` (see README)"
+    )]
+    NoCuda(String),
+    #[error("opening the CUDA device")]
+    Cuda(#[from] candle_core::Error),
+    #[error("unknown dtype {0:?}: use f32, bf16 or f16")]
+    UnknownDtype(String),
+}
+
+pub type Result<T, E = DeviceError> = std::result::Result<T, E>;
 
 /// Fixes the CPU thread count once, before any thread starts.
 ///
@@ -45,14 +62,11 @@ pub fn parse_device(spec: &str) -> Result<Device> {
         "cuda" | "gpu" => 0,
         s => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
             Some(Ok(n)) => n,
-            _ => bail!("unknown device {spec:?}: use cpu, cuda or cuda:N"),
+            _ => return Err(DeviceError::UnknownDevice(spec)),
         },
     };
     if !candle_core::utils::cuda_is_available() {
-        bail!(
-            "device {spec:?} asked for, but this binary was built without CUDA; \
-             rebuild with `cargo build --release --features cuda` (see README)"
-        );
+        return Err(DeviceError::NoCuda(spec));
     }
     Ok(Device::new_cuda(ordinal)?)
 }
@@ -63,7 +77,7 @@ pub fn parse_dtype(spec: &str) -> Result<DType> {
         "bf16" | "bfloat16" => DType::BF16,
         "f16" | "float16" | "half" => DType::F16,
         "f64" | "float64" => DType::F64,
-        other => bail!("unknown dtype {other:?}: use f32, bf16 or f16"),
+        other => return Err(DeviceError::UnknownDtype(other.to_string())),
     })
 }
 

@@ -4,10 +4,8 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
 
 use crate::model::{Model, SampleRequest, SamplingConfig, Tokenizer, sample};
-use crate::oracle::Preference;
 
 /// How evaluation samples are drawn.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,10 +16,13 @@ pub struct EvalSampling {
     pub exact_length: bool,
     pub temperature: f64,
     pub batch_size: usize,
+    /// Draws the completion lengths; none: the sampling seed does. Two models sampled with one
+    /// length seed (and any sampling seeds) get the same length on every prompt.
+    pub length_seed: Option<u64>,
 }
 
-/// Samples one completion per prompt. Lengths depend on the seed only, so the policy's and the
-/// baseline's samples of one seed match in length.
+/// Samples one completion per prompt. Lengths depend on the length seed only (the sampling
+/// seed when there is none), so samples with one length seed match in length.
 pub fn sample_completions(
     model: &Model,
     tokenizer: &Tokenizer,
@@ -30,7 +31,7 @@ pub fn sample_completions(
     seed: u64,
     progress: &dyn Fn(&str, usize, usize),
 ) -> crate::model::Result<Vec<String>> {
-    let mut len_rng = ChaCha8Rng::seed_from_u64(seed ^ 0xe7a1);
+    let mut len_rng = ChaCha8Rng::seed_from_u64(how.length_seed.unwrap_or(seed) ^ 0xe7a1);
     let (lo, hi) = how.completion_tokens;
     let lens: Vec<usize> = prompts.iter().map(|_| len_rng.random_range(lo..=hi)).collect();
     let eos = tokenizer.eos_ids();
@@ -60,43 +61,9 @@ pub fn sample_completions(
     Ok(out)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    Win,
-    Tie,
-    Loss,
-}
+pub use apl_shared::Outcome;
 
-impl Outcome {
-    /// From a judgement of (policy as A, baseline as B).
-    pub fn from_preference(p: Preference) -> Self {
-        match p {
-            Preference::A => Self::Win,
-            Preference::B => Self::Loss,
-            Preference::Tie | Preference::NoDecision => Self::Tie,
-        }
-    }
-
-    pub fn score(self) -> f64 {
-        match self {
-            Self::Win => 1.0,
-            Self::Tie => 0.5,
-            Self::Loss => 0.0,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct WinRate {
-    pub win_rate: f64,
-    /// Standard error of the mean over prompts: sample std (ddof 1) / sqrt(n).
-    pub stderr: f64,
-    pub n: usize,
-    pub wins: usize,
-    pub ties: usize,
-    pub losses: usize,
-}
+pub use apl_shared::WinRate;
 
 pub fn win_rate(outcomes: &[Outcome]) -> WinRate {
     let n = outcomes.len();

@@ -6,9 +6,9 @@
 #![cfg_attr(not(feature = "admin"), allow(dead_code, unused_imports))]
 
 use apl_shared::{
-    ApiError, Assignment, CheckPair, CheckpointRow, EvaluationRow, Health, HumanCheck, ImportReport, Job, LabelAck,
-    LabelRequest, NewHumanCheck, NewJob, NewProject, NewRater, NextPair, PairRecord, Project, ProjectAnalytics,
-    ProjectConfig, ProjectDetail, RaterHome, RaterInvite, RaterStats, RoundRow,
+    ApiError, Assignment, CheckPair, CheckpointRow, EvaluationRow, Health, HumanCheck, ImdbImport, ImportReport, Job,
+    LabelAck, LabelRequest, NewHumanCheck, NewJob, NewProject, NewRater, NextPair, PairRecord, Project,
+    ProjectAnalytics, ProjectConfig, ProjectDetail, PromptFormat, RaterHome, RaterInvite, RaterStats, RoundRow, Split,
 };
 use gloo_net::http::{Request, RequestBuilder, Response};
 use serde::Serialize;
@@ -166,12 +166,11 @@ pub async fn set_config(id: &str, cfg: &ProjectConfig) -> Res<Project> {
 }
 
 pub async fn import_imdb(id: &str, train: usize, eval: usize) -> Res<ImportReport> {
-    post(&format!("/api/projects/{id}/prompts/imdb"), Who::Admin, &serde_json::json!({"train": train, "eval": eval}))
-        .await
+    post(&format!("/api/projects/{id}/prompts/imdb"), Who::Admin, &ImdbImport { train, eval }).await
 }
 
-/// Uploads a prompt file (`format` jsonl or csv) into `split` (train or eval); all or nothing.
-pub async fn import_prompts(id: &str, format: &str, split: &str, file: web_sys::File) -> Res<ImportReport> {
+/// Uploads a prompt file into `split`; all or nothing.
+pub async fn import_prompts(id: &str, format: PromptFormat, split: Split, file: web_sys::File) -> Res<ImportReport> {
     let req = authed(Request::post(&format!("/api/projects/{id}/prompts?format={format}&split={split}")), Who::Admin)
         .body(file)
         .map_err(|e| Failure { status: None, message: format!("cannot send the file: {e}") })?;

@@ -1,12 +1,13 @@
 //! The admin's start page: what the server runs, the projects, and a new project. Without the
 //! admin token (the link the server prints on first start) it asks for it.
 
-use apl_shared::{NewProject, Project};
+use apl_shared::{NewProject, Project, Task, Vocabulary};
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 
 use crate::api;
 use crate::components::export::ExportCsv;
+use crate::components::options;
 use crate::util::when;
 
 #[component]
@@ -86,13 +87,14 @@ fn Projects(on_bad_token: impl Fn() + Copy + 'static) -> impl IntoView {
     };
     reload();
     let rows = Signal::derive(move || match list.get() {
-        Some(Ok(ps)) => {
-            ps.iter().map(|p| vec![p.id.clone(), p.name.clone(), p.task.clone(), p.created_at.to_string()]).collect()
-        }
+        Some(Ok(ps)) => ps
+            .iter()
+            .map(|p| vec![p.id.clone(), p.name.clone(), p.task.name().to_string(), p.created_at.to_string()])
+            .collect(),
         _ => Vec::new(),
     });
     let name = RwSignal::new(String::new());
-    let task = RwSignal::new("imdb".to_string());
+    let task = RwSignal::new(Task::Imdb);
     let error = RwSignal::new(None::<String>);
     let create = move |e: leptos::ev::SubmitEvent| {
         e.prevent_default();
@@ -122,7 +124,7 @@ fn Projects(on_bad_token: impl Fn() + Copy + 'static) -> impl IntoView {
                             {ps.into_iter().map(|p| view! {
                                 <tr>
                                     <td><a href=format!("/projects/{}", p.id)>{p.name}</a></td>
-                                    <td>{p.task}</td>
+                                    <td>{p.task.name()}</td>
                                     <td>{when(p.created_at)}</td>
                                 </tr>
                             }).collect_view()}
@@ -138,10 +140,9 @@ fn Projects(on_bad_token: impl Fn() + Copy + 'static) -> impl IntoView {
                 <label>"Name " <input type="text" required maxlength="200" prop:value=move || name.get()
                     on:input=move |e| name.set(event_target_value(&e))/></label>
                 <label>"Task "
-                    <select on:change=move |e| task.set(event_target_value(&e)) prop:value=move || task.get()>
-                        <option value="imdb">"IMDB sentiment continuation"</option>
-                        <option value="summarize">"Summarisation (TL;DR)"</option>
-                        <option value="generic">"Generic prompts"</option>
+                    <select on:change=move |e| if let Ok(t) = event_target_value(&e).parse() { task.set(t) }
+                        prop:value=move || task.get().name()>
+                        {options(Task::ALL.iter().copied(), Task::describe)}
                     </select>
                 </label>
                 <button class="primary" type="submit">"Create"</button>

@@ -9,6 +9,7 @@ pub mod analytics;
 pub mod api;
 pub mod assets;
 pub mod cli;
+pub mod error;
 pub mod experiment;
 pub mod judge;
 pub mod store;

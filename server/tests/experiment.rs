@@ -7,13 +7,12 @@ mod common;
 
 use std::io::Write;
 
-use apl::experiment::config::{ExperimentConfig, Mode, OracleKind, TaskKind, preset};
+use apl::experiment::config::ExperimentConfig;
 use apl::experiment::run::PhaseRecord;
-use apl::experiment::setup::Setup;
+use apl::experiment::setup::{JudgeEnv, Setup};
 use apl::experiment::{Observer, run_experiment};
-use apl_engine::acquire::Acquisition;
-use apl_engine::train::optim::AdamConfig;
-use apl_engine::train::policy::Trainable;
+use apl_shared::settings::{AdamConfig, Trainable};
+use apl_shared::{Acquisition, Labeller, Mode, Preset, Task, Vocabulary};
 use candle_core::DType;
 
 struct Quiet;
@@ -36,24 +35,26 @@ fn prompts_file(dir: &std::path::Path, n: usize) -> std::path::PathBuf {
 }
 
 fn tiny(dir: &std::path::Path) -> ExperimentConfig {
-    let mut c = preset("imdb-cpu").unwrap();
-    c.preset = Some("tiny-length".into());
-    c.task.kind = TaskKind::Prompts;
+    let mut c = ExperimentConfig::preset(Preset::ImdbCpu);
+    c.preset = None;
+    c.task.kind = Task::Generic;
     c.task.path = Some(prompts_file(dir, 1200));
-    c.task.completion_tokens = (8, 8);
-    c.oracle = OracleKind::Length;
     c.acquisitions = vec![Acquisition::Random, Acquisition::Certainty];
     c.schedule = vec![96, 256];
     c.seeds = vec![0];
-    c.mode = Mode::Reset;
-    c.trainable = Trainable::All;
-    c.train.adam = AdamConfig { lr: 3e-3, ..Default::default() };
-    c.train.epochs = 3;
-    c.train.pairs_per_step = 16;
-    c.train.micro_batch = 16;
-    c.acquire.over_generate = 2;
-    c.eval.prompts = 200;
-    c.eval.initial = true;
+    let s = &mut c.settings;
+    s.completion_tokens = (8, 8);
+    s.labeller = Labeller::Length;
+    s.eval.judge = Labeller::Length;
+    s.mode = Mode::Reset;
+    s.trainable = Trainable::All;
+    s.train.adam = AdamConfig { lr: 3e-3, ..Default::default() };
+    s.train.epochs = 3;
+    s.train.pairs_per_step = 16;
+    s.train.micro_batch = 16;
+    s.acquire.over_generate = 2;
+    s.eval.prompts = 200;
+    s.eval.initial = true;
     c
 }
 
@@ -61,7 +62,7 @@ fn tiny(dir: &std::path::Path) -> ExperimentConfig {
 fn training_raises_the_length_win_rate_and_runs_resume() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = tiny(dir.path());
-    let setup = Setup::build(&cfg, common::load("llama", DType::F32), None).unwrap();
+    let setup = Setup::build(&cfg, common::load("llama", DType::F32), None, &JudgeEnv::default()).unwrap();
     let out = dir.path().join("out");
     let records = run_experiment(&cfg, &setup, &out, &Quiet).unwrap();
     assert_eq!(records.len(), 2 * 3, "2 acquisitions x (phase 0 + 2 phases)");
@@ -120,9 +121,9 @@ fn training_raises_the_length_win_rate_and_runs_resume() {
 
     // Different settings in the same directory are refused.
     let mut other = cfg.clone();
-    other.train.epochs = 7;
+    other.settings.train.epochs = 7;
     let err = run_experiment(&other, &setup, &out, &Quiet).unwrap_err().to_string();
-    assert!(err.contains("different experiment") && err.contains("train"), "{err}");
+    assert!(err.contains("different experiment") && err.contains("settings"), "{err}");
     let mut other = cfg.clone();
     other.schedule[0] += 1;
     let err = run_experiment(&other, &setup, &out, &Quiet).unwrap_err().to_string();
@@ -144,14 +145,14 @@ fn every_acquisition_function_runs() {
     let mut cfg = tiny(dir.path());
     cfg.acquisitions = Acquisition::ALL.to_vec();
     cfg.schedule = vec![4, 8];
-    cfg.eval.prompts = 16;
-    cfg.eval.initial = false;
-    cfg.train.epochs = 1;
-    cfg.acquire.entropy_over_sample = 2;
-    cfg.acquire.entropy_samples = 3;
+    cfg.settings.eval.prompts = 16;
+    cfg.settings.eval.initial = false;
+    cfg.settings.train.epochs = 1;
+    cfg.settings.acquire.entropy_over_sample = 2;
+    cfg.settings.acquire.entropy_samples = 3;
     for windowed in [false, true] {
-        cfg.acquire.windowed_entropy_reference = windowed;
-        let setup = Setup::build(&cfg, common::load("gpt2", DType::F32), None).unwrap();
+        cfg.settings.acquire.windowed_entropy_reference = windowed;
+        let setup = Setup::build(&cfg, common::load("gpt2", DType::F32), None, &JudgeEnv::default()).unwrap();
         let out = dir.path().join(format!("all-{windowed}"));
         let records = run_experiment(&cfg, &setup, &out, &Quiet).unwrap();
         assert_eq!(records.len(), 10);

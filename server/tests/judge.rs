@@ -328,7 +328,7 @@ fn local_judge_reads_letter_logprobs_and_unswaps() {
         on_disagreement: Disagreement::NoDecision,
         ..Default::default()
     };
-    let judge = LocalJudge::new(&model, tok, both.clone(), 4);
+    let judge = LocalJudge::new(model.clone(), tok.clone(), both.clone(), 4);
     let asks: Vec<(Comparison, Side)> = cs.iter().flat_map(|c| [(*c, Side::A), (*c, Side::B)]).collect();
     let margins = judge.margins(&asks).unwrap();
 
@@ -346,7 +346,7 @@ fn local_judge_reads_letter_logprobs_and_unswaps() {
     assert!(tok.token_to_id("<|im_start|>").is_some());
     for (k, (c, first)) in asks.iter().enumerate() {
         let (x, y) = if *first == Side::A { (c.a, c.b) } else { (c.b, c.a) };
-        let r = both.task.render(both.template.as_ref(), c.prompt, x, y).unwrap();
+        let r = apl::judge::template::render(both.task, both.template.as_ref(), c.prompt, x, y).unwrap();
         // The fixture's tokenizer has ChatML's tokens, so the chat layout applies.
         let text = format!(
             "<|im_start|>system\n{}<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\nPreferred:",

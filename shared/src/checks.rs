@@ -5,8 +5,11 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::vocab::Outcome;
+
 /// `POST /api/projects/{id}/checks`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewHumanCheck {
     /// The evaluation whose samples are checked.
@@ -24,6 +27,7 @@ pub struct NewHumanCheck {
 
 /// A win-rate with its 95% interval (percentile bootstrap over pairs).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RateInterval {
     pub rate: f64,
     pub low: f64,
@@ -34,6 +38,7 @@ pub struct RateInterval {
 
 /// A check as the panel sees it, with its figures so far.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HumanCheck {
     pub id: String,
     pub evaluation: String,
@@ -62,14 +67,19 @@ pub struct HumanCheck {
 
 /// One pair of a check, for the side-by-side view (`GET /api/checks/{id}/pairs`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "sqlx", derive(sqlx::FromRow))]
 pub struct CheckPair {
     pub pair: String,
     pub prompt: String,
     pub policy: String,
-    pub reference: String,
-    /// The judge's outcome for the policy: win, loss or tie.
-    pub judge: String,
-    /// Human votes as outcomes for the policy (win, loss, tie; both_bad counts as tie), in the
-    /// order given; skips are left out.
-    pub human: Vec<String>,
+    /// The baseline's text (the starting model's sample, or the reference).
+    #[serde(alias = "reference")]
+    pub baseline: String,
+    /// The judge's outcome for the policy.
+    pub judge: Outcome,
+    /// Human votes as outcomes for the policy (both_bad counts as a tie), in the order given;
+    /// skips are left out.
+    #[cfg_attr(feature = "sqlx", sqlx(skip))]
+    pub human: Vec<Outcome>,
 }

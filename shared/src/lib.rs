@@ -1,23 +1,33 @@
-//! Types that cross the wire between the server and the frontend.
+//! Types that cross the wire between the server and the frontend, the domain's vocabulary
+//! (`vocab`) and the learning loop's settings (`settings`).
 //!
-//! Plain serde data, no behaviour: both sides compile this crate, so a field renamed here is
-//! renamed everywhere at once.
+//! Plain serde data and the checks that need no I/O: the engine, the server and the browser all
+//! compile this crate, so a field or a name changed here changes everywhere at once. With the
+//! `sqlx` feature the types map onto the store's rows (`sql`); with `openapi` they describe
+//! themselves for the generated API document.
 
 use serde::{Deserialize, Serialize};
 
 mod checks;
 mod results;
+pub mod settings;
+#[cfg(feature = "sqlx")]
+pub mod sql;
+pub mod vocab;
 pub use checks::*;
 pub use results::*;
+pub use vocab::*;
 
 /// Every error the API returns: a message saying what was wrong and where.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiError {
     pub message: String,
 }
 
 /// `GET /api/health`: what the server is running.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Health {
     pub status: String,
     pub version: String,
@@ -31,6 +41,7 @@ pub struct Health {
 
 /// `POST /api/pair`: sample two completions for one prompt.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct PairRequest {
     /// The prompt; a random IMDB prompt when absent.
@@ -41,6 +52,7 @@ pub struct PairRequest {
 
 /// Two completions of one prompt, sampled from the current policy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Pair {
     pub prompt: String,
     pub completions: [Completion; 2],
@@ -50,6 +62,7 @@ pub struct Pair {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Completion {
     pub text: String,
     pub tokens: usize,
@@ -63,6 +76,7 @@ pub struct Completion {
 
 /// What raters see and how pairs reach them. Plain data with defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct RatingConfig {
     /// Guidelines shown to raters (plain text).
@@ -86,43 +100,48 @@ impl Default for RatingConfig {
     }
 }
 
-/// A project's whole configuration. `loop_settings` (generation, acquisition, training,
-/// evaluation, labeller) is checked by the server against its own types; `GET
-/// /api/defaults` returns the defaults with every field.
+/// A project's whole configuration: what raters see, and the learning loop's settings
+/// (acquisition, labeller, training, evaluation). `GET /api/defaults` returns the defaults
+/// with every field.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct ProjectConfig {
     pub rating: RatingConfig,
-    pub loop_settings: serde_json::Value,
+    pub loop_settings: settings::LoopSettings,
 }
 
 /// `POST /api/projects`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewProject {
     pub name: String,
-    /// `imdb` (sentiment continuation), `summarize` (TL;DR) or `generic`.
     #[serde(default = "default_task")]
-    pub task: String,
+    pub task: Task,
     #[serde(default)]
     pub config: Option<ProjectConfig>,
 }
 
-fn default_task() -> String {
-    "imdb".into()
+fn default_task() -> Task {
+    Task::Imdb
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "sqlx", derive(sqlx::FromRow))]
 pub struct Project {
     pub id: String,
     pub name: String,
-    pub task: String,
+    pub task: Task,
     pub config: ProjectConfig,
     pub created_at: i64,
 }
 
 /// Counts shown on the dashboard.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "sqlx", derive(sqlx::FromRow))]
 pub struct ProjectStats {
     pub prompts_train: i64,
     pub prompts_eval: i64,
@@ -139,19 +158,38 @@ pub struct ProjectStats {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProjectDetail {
     pub project: Project,
     pub stats: ProjectStats,
 }
 
+/// `POST /api/projects/{id}/prompts/imdb`: how many prompts of each split to take from the
+/// built-in IMDB pool (disjoint splits).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(default, deny_unknown_fields)]
+pub struct ImdbImport {
+    pub train: usize,
+    pub eval: usize,
+}
+
+impl Default for ImdbImport {
+    fn default() -> Self {
+        Self { train: 2048, eval: 128 }
+    }
+}
+
 /// The result of an all-or-nothing import.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ImportReport {
     pub imported: usize,
 }
 
 /// `POST /api/projects/{id}/raters`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct NewRater {
     pub name: String,
@@ -161,6 +199,7 @@ pub struct NewRater {
 
 /// The one time a rater's token is shown: in the invite link.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RaterInvite {
     pub rater: RaterStats,
     pub token: String,
@@ -170,6 +209,7 @@ pub struct RaterInvite {
 
 /// A rater as the admin sees them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RaterStats {
     pub id: String,
     pub name: String,
@@ -186,6 +226,7 @@ pub struct RaterStats {
 
 /// What a rater answers, in screen terms; the server maps sides back to A and B.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum RaterChoice {
     Left,
@@ -197,6 +238,7 @@ pub enum RaterChoice {
 
 /// `GET /api/rate/me`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RaterHome {
     pub name: String,
     pub project: String,
@@ -205,6 +247,7 @@ pub struct RaterHome {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RaterProgress {
     /// Labels given (skips excluded).
     pub done: i64,
@@ -214,6 +257,7 @@ pub struct RaterProgress {
 
 /// A pair as a rater sees it: no model identities, scores, gold answers or A/B sides.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Assignment {
     /// Opaque handle of the pair, used to label or undo.
     pub pair: String,
@@ -226,12 +270,14 @@ pub struct Assignment {
 
 /// `POST /api/rate/next`: the rater's current pair, or none left.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NextPair {
     pub assignment: Option<Assignment>,
 }
 
 /// `POST /api/rate/labels`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LabelRequest {
     pub pair: String,
@@ -245,6 +291,7 @@ pub struct LabelRequest {
 
 /// A label as its rater sees it, returned once it is durably committed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LabelAck {
     pub pair: String,
     pub choice: RaterChoice,
@@ -254,15 +301,16 @@ pub struct LabelAck {
 
 /// A job the model worker runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "sqlx", derive(sqlx::FromRow))]
 pub struct Job {
     pub id: String,
     pub project_id: String,
-    pub kind: String,
-    pub params: serde_json::Value,
-    /// queued, running, done, failed or cancelled.
-    pub state: String,
+    pub kind: JobKind,
+    pub params: JobParams,
+    pub state: JobState,
     pub progress: JobProgress,
-    pub result: Option<serde_json::Value>,
+    pub result: Option<JobResult>,
     pub error: Option<String>,
     pub attempts: i64,
     pub created_at: i64,
@@ -270,8 +318,86 @@ pub struct Job {
     pub finished_at: Option<i64>,
 }
 
+/// A job's parameters; every field optional, the project's settings fill the rest.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(default, deny_unknown_fields)]
+pub struct JobParams {
+    /// generate / round: pairs to acquire (default: the project's `pairs_per_round`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pairs: Option<usize>,
+    /// generate / round: acquisition function (default: the project's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acquisition: Option<Acquisition>,
+    /// evaluate: checkpoint id (default: the newest; none yet means the starting model).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
+}
+
+/// What a job produced: one part per stage it ran.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(default)]
+pub struct JobResult {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generate: Option<Generated>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<LabelledBy>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train: Option<Trained>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evaluate: Option<Evaluated>,
+    /// What the round waits for before it can go on (human raters' labels).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
+}
+
+/// A `generate` stage: the round acquired.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Generated {
+    pub round: i64,
+    pub pairs: usize,
+    pub acquisition: Acquisition,
+    pub prompts_used: usize,
+}
+
+/// A `label` stage: labels an automatic labeller gave.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LabelledBy {
+    pub judge: String,
+    pub labelled: usize,
+    pub undecided: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<JudgeReport>,
+}
+
+/// A `train` stage: the checkpoint it made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Trained {
+    pub checkpoint: String,
+    pub pairs: usize,
+    pub epoch_losses: Vec<f64>,
+}
+
+/// An `evaluate` stage: the evaluation it stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Evaluated {
+    pub evaluation: String,
+    pub checkpoint: Option<String>,
+    pub win_rate: f64,
+    pub stderr: f64,
+    pub n: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge_report: Option<JudgeReport>,
+}
+
 /// Live progress of a job: the phase it is in and how far along.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct JobProgress {
     pub phase: String,
@@ -284,21 +410,28 @@ pub struct JobProgress {
 
 /// `POST /api/projects/{id}/jobs`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewJob {
-    /// generate (acquire a round of pairs), label (oracle labels), train, evaluate, round.
-    pub kind: String,
-    #[serde(default)]
-    pub params: serde_json::Value,
+    pub kind: JobKind,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub params: JobParams,
+}
+
+/// `null` reads as the default (clients send `"params": null` for "no parameters").
+fn null_as_default<'de, D: serde::Deserializer<'de>, T: Default + Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 /// A pair as the admin sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "sqlx", derive(sqlx::FromRow))]
 pub struct PairRecord {
     pub id: String,
-    pub kind: String,
+    pub kind: PairKind,
     pub round: Option<i64>,
-    pub acquisition: Option<String>,
+    pub acquisition: Option<Acquisition>,
     pub prompt: String,
     pub completion_a: String,
     pub completion_b: String,
@@ -306,8 +439,11 @@ pub struct PairRecord {
     pub r_b: Option<f64>,
     pub margin: Option<f64>,
     pub entropy: Option<f64>,
-    pub gold_choice: Option<String>,
+    pub gold_choice: Option<Choice>,
     pub target_votes: i64,
     pub votes: i64,
     pub created_at: i64,
 }
+
+#[cfg(feature = "sqlx")]
+sql::json_column!(ProjectConfig, JobParams, JobProgress, JobResult, AcquireStats, TrainSummary, EvaluationDetails,);

@@ -16,7 +16,6 @@
 pub mod select;
 
 use std::cell::RefCell;
-use std::str::FromStr;
 use std::time::Instant;
 
 use rand::{Rng, SeedableRng};
@@ -28,79 +27,8 @@ use crate::model::{Model, ModelError, Result, SampleRequest, SamplingConfig, Tok
 use crate::train::policy::Policy;
 use crate::train::trainer::PrefixCache;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Acquisition {
-    Random,
-    Certainty,
-    Uncertainty,
-    Entropy,
-    Hybrid,
-}
-
-impl Acquisition {
-    pub const ALL: [Acquisition; 5] = [Self::Random, Self::Certainty, Self::Uncertainty, Self::Entropy, Self::Hybrid];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Random => "random",
-            Self::Certainty => "certainty",
-            Self::Uncertainty => "uncertainty",
-            Self::Entropy => "entropy",
-            Self::Hybrid => "hybrid",
-        }
-    }
-}
-
-impl std::fmt::Display for Acquisition {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Acquisition {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        Self::ALL.into_iter().find(|a| a.name() == s.trim().to_ascii_lowercase()).ok_or_else(|| {
-            format!("unknown acquisition function {s:?} (random, certainty, uncertainty, entropy, hybrid)")
-        })
-    }
-}
-
-/// Factors and temperatures; defaults are the paper's IMDB settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct AcquireConfig {
-    /// Temperature of the pairs sent for labelling.
-    pub pair_temperature: f64,
-    /// Certainty / uncertainty: candidate pairs per kept pair (IMDB 32, TL;DR 16). Hybrid:
-    /// prompts entropy keeps per final pair.
-    pub over_generate: usize,
-    /// Entropy: candidate prompts per kept prompt (IMDB 8, TL;DR 4).
-    pub entropy_over_sample: usize,
-    /// Monte Carlo samples per prompt for the entropy estimate.
-    pub entropy_samples: usize,
-    pub entropy_temperature: f64,
-    /// Reproduce the reference code's sliding-window entropy estimate instead of the
-    /// per-prompt mean (to compare with the paper's numbers).
-    pub windowed_entropy_reference: bool,
-    /// Rows per sampling or scoring pass.
-    pub batch_size: usize,
-}
-
-impl Default for AcquireConfig {
-    fn default() -> Self {
-        Self {
-            pair_temperature: 0.7,
-            over_generate: 32,
-            entropy_over_sample: 8,
-            entropy_samples: 8,
-            entropy_temperature: 1.0,
-            windowed_entropy_reference: false,
-            batch_size: 32,
-        }
-    }
-}
+pub use apl_shared::Acquisition;
+pub use apl_shared::settings::AcquireConfig;
 
 /// A prompt as the acquirer receives it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -134,19 +62,7 @@ impl Candidate {
     }
 }
 
-/// What an acquisition cost and saw.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct AcquireStats {
-    pub prompts_drawn: usize,
-    pub sequences_sampled: usize,
-    pub sequences_scored: usize,
-    pub sampling_seconds: f64,
-    pub scoring_seconds: f64,
-    /// r_a - r_b of every scored candidate (for histograms).
-    pub candidate_margins: Vec<f32>,
-    /// Entropy estimate of every candidate prompt.
-    pub candidate_entropies: Vec<f32>,
-}
+pub use apl_shared::AcquireStats;
 
 /// How to sample rows for a set of prompts.
 #[derive(Debug, Clone, Copy)]

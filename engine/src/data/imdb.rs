@@ -6,10 +6,10 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::{DataError, Result};
 use crate::model::Tokenizer;
 
 /// One labelled review.
@@ -31,28 +31,34 @@ pub struct Prompt {
 
 /// Reads the IMDB rows (source "imdb") of the CSV; errors name the line.
 pub fn read_reviews(path: &Path) -> Result<Vec<Review>> {
-    let mut rdr = csv::Reader::from_path(path).with_context(|| format!("opening {}", path.display()))?;
-    let headers = rdr.headers().with_context(|| format!("{}: reading the header", path.display()))?.clone();
+    let at = |line: Option<usize>| match line {
+        Some(l) => format!("{}:{l}", path.display()),
+        None => path.display().to_string(),
+    };
+    let mut rdr =
+        csv::Reader::from_path(path).map_err(|source| DataError::Csv { at: at(None), what: "opening", source })?;
+    let headers =
+        rdr.headers().map_err(|source| DataError::Csv { at: at(None), what: "reading the header", source })?.clone();
     let col = |name: &str| {
-        headers.iter().position(|h| h == name).with_context(|| format!("{}: no {name:?} column", path.display()))
+        headers.iter().position(|h| h == name).ok_or_else(|| DataError::record(at(None), format!("no {name:?} column")))
     };
     let (text, label, source) = (col("text")?, col("label")?, col("source")?);
     let mut out = Vec::new();
     for (i, rec) in rdr.records().enumerate() {
         let line = i + 2;
-        let rec = rec.with_context(|| format!("{}:{line}: malformed CSV row", path.display()))?;
+        let rec = rec.map_err(|source| DataError::Csv { at: at(Some(line)), what: "malformed CSV row", source })?;
         if rec.get(source) != Some("imdb") {
             continue;
         }
         let label = match rec.get(label) {
             Some("1") => 1,
             Some("0") => 0,
-            other => bail!("{}:{line}: label must be 0 or 1, got {other:?}", path.display()),
+            other => return Err(DataError::record(at(Some(line)), format!("label must be 0 or 1, got {other:?}"))),
         };
         out.push(Review { text: rec.get(text).unwrap_or_default().replace("<br />", " "), label });
     }
     if out.is_empty() {
-        bail!("{}: no rows with source \"imdb\"", path.display());
+        return Err(DataError::record(at(None), "no rows with source \"imdb\""));
     }
     Ok(out)
 }

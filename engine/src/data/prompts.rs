@@ -6,8 +6,9 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
 use serde_json::Value;
+
+use super::{DataError, Result};
 
 /// A prompt and, for summarisation data, its reference text.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,7 +29,11 @@ fn field<'a>(obj: &'a serde_json::Map<String, Value>, names: &[&'static str]) ->
 /// and, optionally, a reference (`reference`, `summary`, `completion` or `label`).
 /// With `tldr`, every prompt must end with "TL;DR:" and have a reference.
 pub fn read_jsonl(path: &Path, tldr: bool) -> Result<Vec<PromptRecord>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
+        what: "reading",
+        path: path.to_path_buf(),
+        source,
+    })?;
     parse_jsonl(&path.display().to_string(), &text, tldr)
 }
 
@@ -40,24 +45,30 @@ pub fn parse_jsonl(name: &str, text: &str, tldr: bool) -> Result<Vec<PromptRecor
         if line.trim().is_empty() {
             continue;
         }
-        let v: Value = serde_json::from_str(line).with_context(|| format!("{}: not valid JSON", at()))?;
-        let Value::Object(obj) = v else { bail!("{}: expected a JSON object, got {}", at(), kind(&v)) };
-        let Some((name, p)) = field(&obj, PROMPT_FIELDS) else {
-            bail!("{}: no prompt field (one of {})", at(), PROMPT_FIELDS.join(", "));
+        let v: Value = serde_json::from_str(line).map_err(|source| DataError::Json { at: at(), source })?;
+        let Value::Object(obj) = v else {
+            return Err(DataError::record(at(), format!("expected a JSON object, got {}", kind(&v))));
         };
-        let Some(prompt) = p.as_str() else { bail!("{}: {name:?} must be a string, got {}", at(), kind(p)) };
+        let Some((name, p)) = field(&obj, PROMPT_FIELDS) else {
+            return Err(DataError::record(at(), format!("no prompt field (one of {})", PROMPT_FIELDS.join(", "))));
+        };
+        let Some(prompt) = p.as_str() else {
+            return Err(DataError::record(at(), format!("{name:?} must be a string, got {}", kind(p))));
+        };
         let reference = match field(&obj, REFERENCE_FIELDS) {
             None => None,
             Some((_, Value::String(s))) => Some(s.clone()),
-            Some((n, other)) => bail!("{}: {n:?} must be a string, got {}", at(), kind(other)),
+            Some((n, other)) => {
+                return Err(DataError::record(at(), format!("{n:?} must be a string, got {}", kind(other))));
+            }
         };
         out.push(
             check(PromptRecord { prompt: prompt.to_string(), reference }, tldr)
-                .map_err(|m| anyhow::anyhow!("{}: {m}", at()))?,
+                .map_err(|m| DataError::record(at(), m))?,
         );
     }
     if out.is_empty() {
-        bail!("{name}: no prompts");
+        return Err(DataError::record(name, "no prompts"));
     }
     Ok(out)
 }
@@ -65,30 +76,34 @@ pub fn parse_jsonl(name: &str, text: &str, tldr: bool) -> Result<Vec<PromptRecor
 /// Reads a CSV with a header naming a prompt column and optionally a reference column (same
 /// names as the JSONL fields).
 pub fn read_csv(path: &Path, tldr: bool) -> Result<Vec<PromptRecord>> {
-    let bytes = std::fs::read(path).with_context(|| format!("opening {}", path.display()))?;
+    let bytes =
+        std::fs::read(path).map_err(|source| DataError::Io { what: "opening", path: path.to_path_buf(), source })?;
     parse_csv(&path.display().to_string(), &bytes, tldr)
 }
 
 /// [`read_csv`] of bytes already in memory; `name` prefixes the line numbers in errors.
 pub fn parse_csv(name: &str, bytes: &[u8], tldr: bool) -> Result<Vec<PromptRecord>> {
     let mut rdr = csv::Reader::from_reader(bytes);
-    let headers = rdr.headers().with_context(|| format!("{name}: reading the header"))?.clone();
+    let headers = rdr
+        .headers()
+        .map_err(|source| DataError::Csv { at: name.to_string(), what: "reading the header", source })?
+        .clone();
     let find =
         |names: &[&str]| names.iter().find_map(|n| headers.iter().position(|h| h.trim().eq_ignore_ascii_case(n)));
     let Some(pcol) = find(PROMPT_FIELDS) else {
-        bail!("{name}: no prompt column (one of {})", PROMPT_FIELDS.join(", "));
+        return Err(DataError::record(name, format!("no prompt column (one of {})", PROMPT_FIELDS.join(", "))));
     };
     let rcol = find(REFERENCE_FIELDS);
     let mut out = Vec::new();
     for (i, rec) in rdr.records().enumerate() {
         let at = format!("{name}:{}", i + 2);
-        let rec = rec.with_context(|| format!("{at}: malformed CSV row"))?;
+        let rec = rec.map_err(|source| DataError::Csv { at: at.clone(), what: "malformed CSV row", source })?;
         let prompt = rec.get(pcol).unwrap_or_default().to_string();
         let reference = rcol.and_then(|c| rec.get(c)).map(str::to_string);
-        out.push(check(PromptRecord { prompt, reference }, tldr).map_err(|m| anyhow::anyhow!("{at}: {m}"))?);
+        out.push(check(PromptRecord { prompt, reference }, tldr).map_err(|m| DataError::record(&at, m))?);
     }
     if out.is_empty() {
-        bail!("{name}: no prompts");
+        return Err(DataError::record(name, "no prompts"));
     }
     Ok(out)
 }
@@ -98,21 +113,22 @@ pub fn read(path: &Path, tldr: bool) -> Result<Vec<PromptRecord>> {
     match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
         Some("jsonl") | Some("json") => read_jsonl(path, tldr),
         Some("csv") => read_csv(path, tldr),
-        _ => bail!("{}: expected a .jsonl or .csv file", path.display()),
+        _ => Err(DataError::record(path.display(), "expected a .jsonl or .csv file")),
     }
 }
 
-fn check(r: PromptRecord, tldr: bool) -> std::result::Result<PromptRecord, String> {
+/// The record, or what is wrong with it.
+fn check(r: PromptRecord, tldr: bool) -> std::result::Result<PromptRecord, &'static str> {
     if r.prompt.trim().is_empty() {
-        return Err("the prompt is empty".into());
+        return Err("the prompt is empty");
     }
     if tldr {
         if !r.prompt.trim_end().ends_with("TL;DR:") {
-            return Err("a TL;DR prompt must end with \"TL;DR:\"".into());
+            return Err("a TL;DR prompt must end with \"TL;DR:\"");
         }
         match &r.reference {
             Some(s) if !s.trim().is_empty() => {}
-            _ => return Err("a TL;DR record needs a reference summary (\"summary\" or \"reference\")".into()),
+            _ => return Err("a TL;DR record needs a reference summary (\"summary\" or \"reference\")"),
         }
     }
     Ok(r)

@@ -2,8 +2,9 @@
 //! plain strings (extra fields are kept out of the way, not refused). A file is taken whole or
 //! not at all; errors name the line and the problem.
 
-use anyhow::{Result, bail};
 use serde_json::Value;
+
+use super::{DataError, Result};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrlRecord {
@@ -22,32 +23,35 @@ pub fn parse_jsonl(name: &str, text: &str) -> Result<Vec<TrlRecord>> {
         if line.trim().is_empty() {
             continue;
         }
-        let Ok(v) = serde_json::from_str::<Value>(line) else { bail!("{at}: not valid JSON") };
-        let Value::Object(obj) = v else { bail!("{at}: expected a JSON object with prompt, chosen and rejected") };
+        let v: Value = serde_json::from_str(line).map_err(|source| DataError::Json { at: at.clone(), source })?;
+        let Value::Object(obj) = v else {
+            return Err(DataError::record(at, "expected a JSON object with prompt, chosen and rejected"));
+        };
         let get = |key: &str| -> Result<String> {
-            match obj.get(key) {
-                None => bail!("{at}: no {key:?} field"),
+            let problem = match obj.get(key) {
+                None => format!("no {key:?} field"),
                 Some(Value::String(s)) if s.chars().count() > MAX_FIELD => {
-                    bail!("{at}: {key:?} is longer than {MAX_FIELD} characters")
+                    format!("{key:?} is longer than {MAX_FIELD} characters")
                 }
-                Some(Value::String(s)) => Ok(s.clone()),
+                Some(Value::String(s)) => return Ok(s.clone()),
                 Some(Value::Array(_)) => {
-                    bail!("{at}: {key:?} is a list of messages; only the plain-text format is supported")
+                    format!("{key:?} is a list of messages; only the plain-text format is supported")
                 }
-                Some(_) => bail!("{at}: {key:?} must be a string"),
-            }
+                Some(_) => format!("{key:?} must be a string"),
+            };
+            Err(DataError::record(&at, problem))
         };
         let (prompt, chosen, rejected) = (get("prompt")?, get("chosen")?, get("rejected")?);
         if prompt.trim().is_empty() {
-            bail!("{at}: the prompt is empty");
+            return Err(DataError::record(at, "the prompt is empty"));
         }
         if chosen == rejected {
-            bail!("{at}: chosen and rejected are the same text");
+            return Err(DataError::record(at, "chosen and rejected are the same text"));
         }
         out.push(TrlRecord { prompt, chosen, rejected });
     }
     if out.is_empty() {
-        bail!("{name}: no records");
+        return Err(DataError::record(name, "no records"));
     }
     Ok(out)
 }

@@ -1,7 +1,7 @@
 //! Prefers the longer completion, in characters. A deterministic oracle with a preference a
 //! model can learn (tokens carry different numbers of characters), for tests.
 
-use super::{Comparison, Judgement, Oracle, Preference};
+use super::{Comparison, Judgement, Oracle, OracleError, Preference};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LengthOracle;
@@ -11,7 +11,7 @@ impl Oracle for LengthOracle {
         "length".into()
     }
 
-    fn judge(&self, c: &Comparison) -> anyhow::Result<Judgement> {
+    fn judge(&self, c: &Comparison) -> Result<Judgement, OracleError> {
         let (a, b) = (c.a.chars().count(), c.b.chars().count());
         Ok(Judgement {
             preference: match a.cmp(&b) {

@@ -1,22 +1,31 @@
 //! Oracles: whatever labels a pair. Given a prompt and two completions, an oracle prefers A,
 //! prefers B, or makes no decision, with a rationale when it has one. The learning loop, the
-//! win-rate evaluation, the LLM judge (`crate::judge`) and human raters all meet at this trait.
+//! win-rate evaluation and the server's LLM judges all meet at this trait.
 
 pub mod length;
 pub mod sentiment;
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Preference {
-    A,
-    B,
-    /// Judged equal (a judge asked in both orders that disagreed with itself, when configured so):
-    /// dropped from training, half a win in win-rates.
-    Tie,
-    /// No usable answer: the pair is dropped from training and counts as a tie in win-rates.
-    NoDecision,
+pub use apl_shared::Preference;
+
+/// Any error type an oracle's work can fail with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// An oracle could not judge (an LLM judge's API failing, a model error): which oracle, and
+/// why, as the cause.
+#[derive(Debug, thiserror::Error)]
+#[error("the {oracle} labeller failed")]
+pub struct OracleError {
+    pub oracle: String,
+    #[source]
+    pub source: BoxError,
+}
+
+impl OracleError {
+    pub fn new(oracle: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self { oracle: oracle.into(), source: source.into() }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,16 +53,16 @@ pub trait Oracle: Send + Sync {
     /// A short name for logs and result files.
     fn name(&self) -> String;
 
-    fn judge(&self, item: &Comparison) -> anyhow::Result<Judgement>;
+    fn judge(&self, item: &Comparison) -> Result<Judgement, OracleError>;
 
     /// What the oracle has to report after judging (an LLM judge: calls, tokens, cost, position
     /// bias), for job results.
-    fn report(&self) -> Option<serde_json::Value> {
+    fn report(&self) -> Option<apl_shared::JudgeReport> {
         None
     }
 
     /// Judges many items; oracles that batch or call out concurrently override this.
-    fn judge_all(&self, items: &[Comparison]) -> anyhow::Result<Vec<Judgement>> {
+    fn judge_all(&self, items: &[Comparison]) -> Result<Vec<Judgement>, OracleError> {
         items.iter().map(|c| self.judge(c)).collect()
     }
 }

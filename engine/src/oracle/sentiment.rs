@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Comparison, Judgement, Oracle, Preference};
+use super::{Comparison, Judgement, Oracle, OracleError, Preference};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NaiveBayes {
@@ -107,7 +107,7 @@ impl Oracle for SentimentOracle {
         "imdb-sentiment-nb".into()
     }
 
-    fn judge(&self, c: &Comparison) -> anyhow::Result<Judgement> {
+    fn judge(&self, c: &Comparison) -> Result<Judgement, OracleError> {
         let pa = self.model.prob_positive(&format!("{}{}", c.prompt, c.a));
         let pb = self.model.prob_positive(&format!("{}{}", c.prompt, c.b));
         let preference = if pa > pb {

@@ -6,20 +6,8 @@
 //! the certainty acquisition also uses.
 
 use candle_core::{Result, Tensor};
-use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
-pub enum Loss {
-    /// -log sigmoid(h), h = beta * ((pc - rc) - (pr - rr)).
-    #[default]
-    Dpo,
-    /// Conservative DPO: labels flipped with probability `label_smoothing`:
-    /// -(1 - e) log sigmoid(h) - e log sigmoid(-h).
-    Cdpo { label_smoothing: f64 },
-    /// IPO: ((pc - rc) - (pr - rr) - 1 / (2 beta))^2.
-    Ipo,
-}
+pub use apl_shared::settings::Loss;
 
 /// Policy and reference log-probs of a batch of pairs, each (pairs,).
 pub struct PairLogprobs<'a> {
@@ -44,27 +32,26 @@ pub fn log_sigmoid(x: &Tensor) -> Result<Tensor> {
     min0 - softplus_tail
 }
 
-impl Loss {
-    pub fn compute(&self, lp: &PairLogprobs, beta: f64) -> Result<LossOutput> {
-        let chosen_ratio = (lp.policy_chosen - lp.ref_chosen)?;
-        let rejected_ratio = (lp.policy_rejected - lp.ref_rejected)?;
-        let logits = (&chosen_ratio - &rejected_ratio)?;
-        let per_pair = match *self {
-            Self::Dpo => log_sigmoid(&(&logits * beta)?)?.neg()?,
-            Self::Cdpo { label_smoothing: e } => {
-                let h = (&logits * beta)?;
-                let a = (log_sigmoid(&h)? * (1.0 - e))?;
-                let b = (log_sigmoid(&h.neg()?)? * e)?;
-                (a + b)?.neg()?
-            }
-            Self::Ipo => (logits - 1.0 / (2.0 * beta))?.sqr()?,
-        };
-        Ok(LossOutput {
-            loss: per_pair.mean_all()?,
-            reward_chosen: (chosen_ratio * beta)?.detach(),
-            reward_rejected: (rejected_ratio * beta)?.detach(),
-        })
-    }
+/// The loss of a batch of pairs under `loss`.
+pub fn compute(loss: Loss, lp: &PairLogprobs, beta: f64) -> Result<LossOutput> {
+    let chosen_ratio = (lp.policy_chosen - lp.ref_chosen)?;
+    let rejected_ratio = (lp.policy_rejected - lp.ref_rejected)?;
+    let logits = (&chosen_ratio - &rejected_ratio)?;
+    let per_pair = match loss {
+        Loss::Dpo => log_sigmoid(&(&logits * beta)?)?.neg()?,
+        Loss::Cdpo { label_smoothing: e } => {
+            let h = (&logits * beta)?;
+            let a = (log_sigmoid(&h)? * (1.0 - e))?;
+            let b = (log_sigmoid(&h.neg()?)? * e)?;
+            (a + b)?.neg()?
+        }
+        Loss::Ipo => (logits - 1.0 / (2.0 * beta))?.sqr()?,
+    };
+    Ok(LossOutput {
+        loss: per_pair.mean_all()?,
+        reward_chosen: (chosen_ratio * beta)?.detach(),
+        reward_rejected: (rejected_ratio * beta)?.detach(),
+    })
 }
 
 #[cfg(test)]
@@ -80,7 +67,7 @@ mod tests {
         // One pair: pc = -10, rc = -11, pr = -12, rr = -11.5; beta = 0.2.
         let (pc, pr, rc, rr) = (t(&[-10.0]), t(&[-12.0]), t(&[-11.0]), t(&[-11.5]));
         let lp = PairLogprobs { policy_chosen: &pc, policy_rejected: &pr, ref_chosen: &rc, ref_rejected: &rr };
-        kind.compute(&lp, 0.2).unwrap().loss.to_scalar::<f64>().unwrap()
+        compute(kind, &lp, 0.2).unwrap().loss.to_scalar::<f64>().unwrap()
     }
 
     #[test]
@@ -106,7 +93,7 @@ mod tests {
     fn rewards_are_beta_scaled_log_ratios() {
         let (pc, pr, rc, rr) = (t(&[-10.0]), t(&[-12.0]), t(&[-11.0]), t(&[-11.5]));
         let lp = PairLogprobs { policy_chosen: &pc, policy_rejected: &pr, ref_chosen: &rc, ref_rejected: &rr };
-        let out = Loss::Dpo.compute(&lp, 0.2).unwrap();
+        let out = compute(Loss::Dpo, &lp, 0.2).unwrap();
         assert!((out.reward_chosen.to_vec1::<f64>().unwrap()[0] - 0.2).abs() < 1e-12);
         assert!((out.reward_rejected.to_vec1::<f64>().unwrap()[0] + 0.1).abs() < 1e-12);
     }

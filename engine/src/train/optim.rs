@@ -13,26 +13,10 @@ use std::sync::Mutex;
 
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Result, Tensor, Var};
-use serde::{Deserialize, Serialize};
 
 use crate::model::ops::acc_dtype;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct AdamConfig {
-    pub lr: f64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    /// Decoupled weight decay (AdamW); 0 = plain Adam.
-    pub weight_decay: f64,
-}
-
-impl Default for AdamConfig {
-    fn default() -> Self {
-        Self { lr: 1e-6, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }
-    }
-}
+pub use apl_shared::settings::AdamConfig;
 
 struct Slot {
     var: Var,

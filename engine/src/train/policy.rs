@@ -16,25 +16,11 @@ use candle_core::{Tensor, Var};
 use candle_nn::VarBuilder;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
 
 use crate::model::ops::LoraAdapter;
 use crate::model::{Checkpoint, Model, ModelError, Result};
 
-/// Which parameters train.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
-pub enum Trainable {
-    /// Every parameter.
-    #[default]
-    All,
-    /// The top `k` transformer layers (all their weights); embeddings, head, final norm and
-    /// the layers below stay frozen.
-    TopLayers { k: usize },
-    /// LoRA adapters (rank, alpha) on the projections whose last name component is listed
-    /// (`q_proj`, `v_proj`, `c_attn`, `query_key_value`, ...); every base weight frozen.
-    Lora { rank: usize, alpha: f64, targets: Vec<String> },
-}
+pub use apl_shared::settings::Trainable;
 
 /// The layer index in an HF weight name (`model.layers.7.`, `transformer.h.7.`,
 /// `gpt_neox.layers.7.`), if it has one.

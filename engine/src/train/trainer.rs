@@ -14,40 +14,13 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::loss::{Loss, PairLogprobs};
-use super::optim::{Adam, AdamConfig};
+use super::loss::PairLogprobs;
+use super::optim::Adam;
 use super::policy::Policy;
 use crate::model::logprobs::{Prefix, batch_logprobs, batch_logprobs_from, prefix_states};
 use crate::model::{Model, ModelError, Result, sequence_logprobs};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct TrainConfig {
-    pub loss: Loss,
-    /// DPO's beta (the paper: 0.2).
-    pub beta: f64,
-    pub adam: AdamConfig,
-    /// Pairs per optimiser step.
-    pub pairs_per_step: usize,
-    /// Pairs per forward/backward pass; gradients of a step's micro-batches accumulate.
-    pub micro_batch: usize,
-    pub epochs: usize,
-    pub seed: u64,
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        Self {
-            loss: Loss::Dpo,
-            beta: 0.2,
-            adam: AdamConfig::default(),
-            pairs_per_step: 64,
-            micro_batch: 16,
-            epochs: 50,
-            seed: 0,
-        }
-    }
-}
+pub use apl_shared::settings::TrainConfig;
 
 /// A labelled pair: prompt, preferred and dispreferred completions (token ids), and the
 /// reference model's summed log-probs of each completion once computed.
@@ -366,7 +339,8 @@ fn micro_batch_loss(
     };
     let ref_chosen = refs(|p| p.ref_chosen)?;
     let ref_rejected = refs(|p| p.ref_rejected)?;
-    let out = cfg.loss.compute(
+    let out = super::loss::compute(
+        cfg.loss,
         &PairLogprobs {
             policy_chosen: &sums.narrow(0, 0, n)?,
             policy_rejected: &sums.narrow(0, n, n)?,

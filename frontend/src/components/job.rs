@@ -2,7 +2,7 @@
 //! shows phase, a progress bar, loss and time left; a cancel button while it is not finished.
 //! The event stream ends with the job; `on_done` lets the page reload what the job produced.
 
-use apl_shared::Job;
+use apl_shared::{Job, JobState};
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 use wasm_bindgen::JsCast;
@@ -11,22 +11,18 @@ use wasm_bindgen::prelude::Closure;
 use crate::api;
 use crate::util::{short, when};
 
-pub fn finished(state: &str) -> bool {
-    matches!(state, "done" | "failed" | "cancelled")
-}
-
 /// Follows `job` live until it finishes; calls `on_done` once then.
 #[component]
 pub fn JobCard(job: Job, #[prop(optional)] on_done: Option<Callback<Job>>) -> impl IntoView {
     let live = RwSignal::new(job.clone());
-    if !finished(&job.state)
+    if !job.state.is_finished()
         && let Ok(es) = web_sys::EventSource::new(&api::job_events_url(&job.id))
     {
         let es2 = es.clone();
         let handler = Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |e: web_sys::MessageEvent| {
             let Some(text) = e.data().as_string() else { return };
             let Ok(j) = serde_json::from_str::<Job>(&text) else { return };
-            let end = finished(&j.state);
+            let end = j.state.is_finished();
             live.set(j.clone());
             if end {
                 es2.close();
@@ -54,9 +50,9 @@ pub fn JobCard(job: Job, #[prop(optional)] on_done: Option<Callback<Job>>) -> im
             let j = live.get();
             let p = j.progress.clone();
             let frac = if p.total > 0 { p.step as f64 / p.total as f64 } else { 0.0 };
-            let running = !finished(&j.state);
+            let running = !j.state.is_finished();
             let took = j.started_at.zip(j.finished_at).map(|(a, b)| format!("took {:.1} s", (b - a) as f64 / 1000.0));
-            let detail = if j.state == "done" { took.unwrap_or_default() } else { [
+            let detail = if j.state == JobState::Done { took.unwrap_or_default() } else { [
                 (!p.phase.is_empty()).then(|| p.phase.clone()),
                 (p.total > 0).then(|| format!("{} / {}", p.step, p.total)),
                 p.loss.map(|l| format!("loss {l:.4}")),
@@ -68,10 +64,10 @@ pub fn JobCard(job: Job, #[prop(optional)] on_done: Option<Callback<Job>>) -> im
             .collect::<Vec<_>>()
             .join(" · ") };
             view! {
-                <article class=format!("job job-{}", j.state) data-job=j.id.clone() data-state=j.state.clone()>
+                <article class=format!("job job-{}", j.state) data-job=j.id.clone() data-state=j.state.name()>
                     <header>
-                        <strong>{j.kind.clone()}</strong>
-                        <span class=format!("state state-{}", j.state)>{j.state.clone()}</span>
+                        <strong>{j.kind.name()}</strong>
+                        <span class=format!("state state-{}", j.state)>{j.state.name()}</span>
                         <span class="muted">{format!("#{} · {}", short(&j.id), when(j.created_at))}</span>
                         {running.then(|| view! { <button class="small" on:click=cancel>"Cancel"</button> })}
                     </header>
@@ -80,7 +76,7 @@ pub fn JobCard(job: Job, #[prop(optional)] on_done: Option<Callback<Job>>) -> im
                     })}
                     <p class="muted">{detail}</p>
                     {j.error.clone().map(|e| view! { <p class="error">{e}</p> })}
-                    {j.result.clone().filter(|_| j.state == "done").map(|r| view! {
+                    {j.result.clone().filter(|_| j.state == JobState::Done).map(|r| view! {
                         <details><summary>"Result"</summary><pre>{serde_json::to_string_pretty(&r).unwrap_or_default()}</pre></details>
                     })}
                 </article>

@@ -6,7 +6,8 @@
 use std::collections::BTreeMap;
 
 use apl_shared::{
-    CheckPair, CheckpointRow, EvaluationRow, HumanCheck, NewHumanCheck, Project, ProjectAnalytics, RaterStats, RoundRow,
+    Acquisition, CheckPair, CheckpointRow, EvalSample, EvaluationRow, HumanCheck, NewHumanCheck, Outcome, Project,
+    ProjectAnalytics, RaterStats, RoundRow,
 };
 use leptos::prelude::*;
 use leptos::task::spawn_local;
@@ -34,15 +35,19 @@ pub fn Evaluation() -> impl IntoView {
 /// in round order (one function per project is the paper's comparison; a project that switched
 /// shows e.g. "random → certainty").
 fn curves(project: &str, rounds: &[RoundRow], cps: &[CheckpointRow], evals: &[EvaluationRow]) -> Vec<Series> {
-    let mut acqs: Vec<&str> = Vec::new();
+    let mut acqs: Vec<Acquisition> = Vec::new();
     let mut ordered: Vec<&RoundRow> = rounds.iter().collect();
     ordered.sort_by_key(|r| r.number);
     for r in ordered {
-        if acqs.last() != Some(&r.acquisition.as_str()) {
-            acqs.push(&r.acquisition);
+        if acqs.last() != Some(&r.acquisition) {
+            acqs.push(r.acquisition);
         }
     }
-    let acq = if acqs.is_empty() { "no rounds".to_string() } else { acqs.join(" → ") };
+    let acq = if acqs.is_empty() {
+        "no rounds".to_string()
+    } else {
+        acqs.iter().map(|a| a.name()).collect::<Vec<_>>().join(" → ")
+    };
     let mut by: BTreeMap<String, Vec<Point>> = BTreeMap::new();
     for e in evals {
         let x = match &e.checkpoint_id {
@@ -376,10 +381,14 @@ fn CheckPairs(check: String) -> impl IntoView {
                             <p class="prompt">{p.prompt}</p>
                             <div class="sides">
                                 <div class="side"><h3>"Policy"</h3><p class="completion">{p.policy}</p></div>
-                                <div class="side"><h3>"Reference"</h3><p class="completion">{p.reference}</p></div>
+                                <div class="side"><h3>"Reference"</h3><p class="completion">{p.baseline}</p></div>
                             </div>
-                            <p class="muted">{format!("judge: {} · raters: {}", p.judge,
-                                if p.human.is_empty() { "no votes yet".to_string() } else { p.human.join(", ") })}</p>
+                            <p class="muted">{format!("judge: {} · raters: {}", p.judge.name(),
+                                if p.human.is_empty() {
+                                    "no votes yet".to_string()
+                                } else {
+                                    p.human.iter().map(|o| o.name()).collect::<Vec<_>>().join(", ")
+                                })}</p>
                         </li>
                     }).collect_view()}
                 </ul>
@@ -392,29 +401,19 @@ fn CheckPairs(check: String) -> impl IntoView {
 #[component]
 fn Samples(evals: LocalResource<Res<Vec<EvaluationRow>>>) -> impl IntoView {
     let chosen = RwSignal::new(String::new());
-    let current = move || {
+    let samples = Signal::derive(move || {
+        // The chosen evaluation, or the first listed.
         let es = evals.get().and_then(Result::ok).unwrap_or_default();
         let c = chosen.get();
-        es.iter().find(|e| e.id == c).or(es.first()).cloned()
-    };
+        let i = es.iter().position(|e| e.id == c).unwrap_or(0);
+        es.into_iter().nth(i).map(|e| e.details.samples).unwrap_or_default()
+    });
     let rows = Signal::derive(move || {
-        current()
-            .map(|e| {
-                e.details["samples"]
-                    .as_array()
-                    .map(|s| {
-                        s.iter()
-                            .map(|s| {
-                                ["prompt", "policy", "reference", "outcome"]
-                                    .iter()
-                                    .map(|k| s[*k].as_str().unwrap_or_default().to_string())
-                                    .collect()
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default()
-            })
-            .unwrap_or_default()
+        samples
+            .get()
+            .into_iter()
+            .map(|s: EvalSample| vec![s.prompt, s.policy, s.baseline, outcome_name(s.outcome).to_string()])
+            .collect()
     });
     view! {
         <section>
@@ -427,26 +426,34 @@ fn Samples(evals: LocalResource<Res<Vec<EvaluationRow>>>) -> impl IntoView {
                 </select>
             </label>
             {move || {
-                let rs: Vec<Vec<String>> = rows.get();
-                if rs.is_empty() {
+                let ss = samples.get();
+                if ss.is_empty() {
                     return view! { <p class="muted">"No samples."</p> }.into_any();
                 }
                 view! {
                     <div class="samples">
-                        {rs.into_iter().take(40).map(|r| view! {
-                            <article class=format!("sample outcome-{}", r[3])>
-                                <p class="prompt"><span class="label">"Prompt"</span>{r[0].clone()}</p>
-                                <div class="sides">
-                                    <div class="side"><h3>"Policy"</h3><p class="completion">{r[1].clone()}</p></div>
-                                    <div class="side"><h3>"Reference"</h3><p class="completion">{r[2].clone()}</p></div>
-                                </div>
-                                <p class="muted">{format!("judge: policy {}", r[3])}</p>
-                            </article>
+                        {ss.into_iter().take(40).map(|s| {
+                            let outcome = outcome_name(s.outcome);
+                            view! {
+                                <article class=format!("sample outcome-{outcome}")>
+                                    <p class="prompt"><span class="label">"Prompt"</span>{s.prompt}</p>
+                                    <div class="sides">
+                                        <div class="side"><h3>"Policy"</h3><p class="completion">{s.policy}</p></div>
+                                        <div class="side"><h3>"Reference"</h3><p class="completion">{s.baseline}</p></div>
+                                    </div>
+                                    <p class="muted">{format!("judge: policy {outcome}")}</p>
+                                </article>
+                            }
                         }).collect_view()}
                     </div>
                 }.into_any()
             }}
-            <ExportCsv name="samples" rows=rows header=vec!["prompt", "policy", "reference", "outcome"]/>
+            <ExportCsv name="samples" rows=rows header=vec!["prompt", "policy", "baseline", "outcome"]/>
         </section>
     }
+}
+
+/// A sample's outcome as named on the wire; empty where it was not judged.
+fn outcome_name(o: Option<Outcome>) -> &'static str {
+    o.map_or("", Outcome::name)
 }

@@ -44,15 +44,6 @@ impl Ctx {
     }
 }
 
-/// The acquisition functions, as the server names them and as the pages show them.
-pub const ACQUISITIONS: &[(&str, &str)] = &[
-    ("random", "random"),
-    ("certainty", "preference certainty"),
-    ("uncertainty", "preference uncertainty"),
-    ("entropy", "predictive entropy"),
-    ("hybrid", "hybrid (entropy, then certainty)"),
-];
-
 const TABS: [(&str, &str); 5] = [
     ("run", "Run"),
     ("setup", "Setup"),
@@ -130,7 +121,7 @@ fn StatsLine(d: ProjectDetail) -> impl IntoView {
     ];
     view! {
         <dl class="stats" data-testid="stats">
-            <div><dt>"task"</dt><dd>{d.project.task}</dd></div>
+            <div><dt>"task"</dt><dd>{d.project.task.name()}</dd></div>
             {items.into_iter().map(|(k, v)| view! { <div><dt>{k}</dt><dd>{v}</dd></div> }).collect_view()}
         </dl>
     }

@@ -2,16 +2,16 @@
 //! each round's acquisition: how many candidates were scored and where the kept pairs' scores
 //! fall in the candidates' distribution.
 
-use apl_shared::{Job, NewJob, PairRecord, RoundRow};
+use apl_shared::{Acquisition, Job, JobKind, JobParams, NewJob, PairRecord, RoundRow, Vocabulary};
 use leptos::prelude::*;
 use leptos::task::spawn_local;
-use serde_json::json;
 
-use super::{ACQUISITIONS, Ctx, shown};
+use super::{Ctx, shown};
 use crate::api;
 use crate::components::chart::Histogram;
 use crate::components::export::{ExportCsv, rows_of};
-use crate::components::job::{JobCard, finished};
+use crate::components::job::JobCard;
+use crate::components::options;
 use crate::util::{num, when};
 
 #[component]
@@ -26,21 +26,25 @@ pub fn Run() -> impl IntoView {
 #[component]
 fn StartJob() -> impl IntoView {
     let ctx = expect_context::<Ctx>();
-    let kind = RwSignal::new("round".to_string());
+    let kind = RwSignal::new(JobKind::Round);
     let pairs = RwSignal::new(String::new());
-    let acquisition = RwSignal::new(String::new());
+    // None: the project's own.
+    let acquisition = RwSignal::new(None::<Acquisition>);
     let error = RwSignal::new(None::<String>);
     let start = move |e: leptos::ev::SubmitEvent| {
         e.prevent_default();
-        let mut params = json!({});
-        if let Ok(n) = pairs.get_untracked().trim().parse::<usize>() {
-            params["pairs"] = json!(n);
-        }
-        let acq = acquisition.get_untracked();
-        if !acq.is_empty() {
-            params["acquisition"] = json!(acq);
-        }
-        let job = NewJob { kind: kind.get_untracked(), params };
+        let kind = kind.get_untracked();
+        // Only the acquiring jobs take a pair count and an acquisition function.
+        let params = if kind.acquires() {
+            JobParams {
+                pairs: pairs.get_untracked().trim().parse().ok(),
+                acquisition: acquisition.get_untracked(),
+                ..JobParams::default()
+            }
+        } else {
+            JobParams::default()
+        };
+        let job = NewJob { kind, params };
         let id = ctx.id();
         spawn_local(async move {
             match api::start_job(&id, &job).await {
@@ -52,28 +56,27 @@ fn StartJob() -> impl IntoView {
             }
         });
     };
-    let uses_pairs = move || matches!(kind.get().as_str(), "round" | "generate");
+    let uses_pairs = move || kind.get().acquires();
+    // The default first, then the rest in their usual order.
+    let kinds = std::iter::once(JobKind::Round).chain(JobKind::ALL.iter().copied().filter(|k| *k != JobKind::Round));
     view! {
         <section class="card">
             <h2>"Start"</h2>
             <form class="row" on:submit=start>
                 <label>"Job "
-                    <select name="kind" prop:value=move || kind.get() on:change=move |e| kind.set(event_target_value(&e))>
-                        <option value="round">"Round: acquire, label, train, evaluate"</option>
-                        <option value="generate">"Acquire pairs only"</option>
-                        <option value="label">"Label with the automatic labeller"</option>
-                        <option value="train">"Train (DPO) on the labels"</option>
-                        <option value="evaluate">"Evaluate the newest checkpoint"</option>
+                    <select name="kind" prop:value=move || kind.get().name()
+                        on:change=move |e| if let Ok(k) = event_target_value(&e).parse() { kind.set(k) }>
+                        {options(kinds, JobKind::describe)}
                     </select>
                 </label>
                 <Show when=uses_pairs>
                     <label>"Pairs " <input type="number" min="1" placeholder="project default" name="pairs"
                         prop:value=move || pairs.get() on:input=move |e| pairs.set(event_target_value(&e))/></label>
                     <label>"Acquisition "
-                        <select name="acquisition" prop:value=move || acquisition.get()
-                            on:change=move |e| acquisition.set(event_target_value(&e))>
+                        <select name="acquisition" prop:value=move || acquisition.get().map_or("", Acquisition::name)
+                            on:change=move |e| acquisition.set(event_target_value(&e).parse().ok())>
                             <option value="">"project default"</option>
-                            {ACQUISITIONS.iter().map(|(v, l)| view! { <option value=*v>{*l}</option> }).collect_view()}
+                            {options(Acquisition::ALL.iter().copied(), Acquisition::describe)}
                         </select>
                     </label>
                 </Show>
@@ -96,7 +99,7 @@ fn Jobs() -> impl IntoView {
                 if js.is_empty() {
                     return view! { <p class="muted">"No jobs yet."</p> }.into_any();
                 }
-                let (live, old): (Vec<Job>, Vec<Job>) = js.into_iter().partition(|j| !finished(&j.state));
+                let (live, old): (Vec<Job>, Vec<Job>) = js.into_iter().partition(|j| !j.state.is_finished());
                 view! {
                     <div class="jobs">
                         {live.into_iter().map(|j| view! { <JobCard job=j on_done=done/> }).collect_view()}
@@ -115,14 +118,14 @@ fn Rounds() -> impl IntoView {
     let rows = rows_of(rounds, |r| {
         vec![
             r.number.to_string(),
-            r.acquisition.clone(),
+            r.acquisition.name().to_string(),
             r.policy_checkpoint.clone().unwrap_or_default(),
             r.pairs.to_string(),
-            r.stats["prompts_drawn"].to_string(),
-            r.stats["sequences_sampled"].to_string(),
-            r.stats["sequences_scored"].to_string(),
-            r.stats["sampling_seconds"].to_string(),
-            r.stats["scoring_seconds"].to_string(),
+            r.stats.prompts_drawn.to_string(),
+            r.stats.sequences_sampled.to_string(),
+            r.stats.sequences_scored.to_string(),
+            r.stats.sampling_seconds.to_string(),
+            r.stats.scoring_seconds.to_string(),
         ]
     });
     view! {
@@ -143,12 +146,12 @@ fn Rounds() -> impl IntoView {
                         <tbody>
                             {rs.iter().map(|r| view! {
                                 <tr>
-                                    <td>{r.number}</td><td>{r.acquisition.clone()}</td><td>{r.pairs}</td>
-                                    <td>{r.stats["prompts_drawn"].to_string()}</td>
-                                    <td>{r.stats["sequences_sampled"].to_string()}</td>
-                                    <td>{r.stats["sequences_scored"].to_string()}</td>
-                                    <td>{num(r.stats["sampling_seconds"].as_f64(), 1)}</td>
-                                    <td>{num(r.stats["scoring_seconds"].as_f64(), 1)}</td>
+                                    <td>{r.number}</td><td>{r.acquisition.name()}</td><td>{r.pairs}</td>
+                                    <td>{r.stats.prompts_drawn}</td>
+                                    <td>{r.stats.sequences_sampled}</td>
+                                    <td>{r.stats.sequences_scored}</td>
+                                    <td>{num(Some(r.stats.sampling_seconds), 1)}</td>
+                                    <td>{num(Some(r.stats.scoring_seconds), 1)}</td>
                                     <td>{when(r.created_at)}</td>
                                 </tr>
                             }).collect_view()}
@@ -190,12 +193,9 @@ fn RoundScores(round: RoundRow) -> impl IntoView {
         let id = ctx.id();
         async move { api::pairs(&id, Some(number), 1000).await }
     });
-    let candidates: Vec<f64> = round.stats["candidate_margins"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_f64()).collect())
-        .unwrap_or_default();
+    let candidates: Vec<f64> = round.stats.candidate_margins.iter().map(|&m| f64::from(m)).collect();
     view! {
-        <h3>{format!("Round {number}: acquisition scores ({})", round.acquisition)}</h3>
+        <h3>{format!("Round {number}: acquisition scores ({})", round.acquisition.name())}</h3>
         {move || shown(kept.get(), {
             let candidates = candidates.clone();
             move |ps: Vec<PairRecord>| {

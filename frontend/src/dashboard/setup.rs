@@ -3,13 +3,15 @@
 //! gold rate, guidelines), everything else in the full JSON below them. Both edit one JSON
 //! value, so they never disagree; the server checks it and names a bad field.
 
-use apl_shared::ProjectConfig;
+use apl_shared::settings::{JudgeOrder, JudgeTask};
+use apl_shared::{Acquisition, Labeller, ProjectConfig, PromptFormat, Split, Vocabulary};
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 use serde_json::Value;
 
-use super::{ACQUISITIONS, Ctx};
+use super::Ctx;
 use crate::api;
+use crate::components::options;
 
 #[component]
 pub fn Setup() -> impl IntoView {
@@ -24,7 +26,7 @@ fn Prompts() -> impl IntoView {
     let ctx = expect_context::<Ctx>();
     let train = RwSignal::new("2000".to_string());
     let eval = RwSignal::new("128".to_string());
-    let split = RwSignal::new("train".to_string());
+    let split = RwSignal::new(Split::Train);
     let message = RwSignal::new(None::<Result<String, String>>);
     let file_input = NodeRef::<leptos::html::Input>::new();
     let imdb = move |e: leptos::ev::SubmitEvent| {
@@ -44,10 +46,10 @@ fn Prompts() -> impl IntoView {
             message.set(Some(Err("choose a file first".into())));
             return;
         };
-        let format = if file.name().to_lowercase().ends_with(".csv") { "csv" } else { "jsonl" };
+        let format = if file.name().to_lowercase().ends_with(".csv") { PromptFormat::Csv } else { PromptFormat::Jsonl };
         let (id, sp) = (ctx.id(), split.get_untracked());
         spawn_local(async move {
-            let r = api::import_prompts(&id, format, &sp, file).await;
+            let r = api::import_prompts(&id, format, sp, file).await;
             message.set(Some(r.map(|r| format!("Imported {} prompts.", r.imported)).map_err(|e| e.message)));
             ctx.changed();
         });
@@ -66,9 +68,9 @@ fn Prompts() -> impl IntoView {
                 <label>"Or a file (JSONL or CSV: prompt, optional reference) "
                     <input type="file" accept=".jsonl,.json,.csv" node_ref=file_input/></label>
                 <label>"into "
-                    <select prop:value=move || split.get() on:change=move |e| split.set(event_target_value(&e))>
-                        <option value="train">"training prompts"</option>
-                        <option value="eval">"held-out prompts"</option>
+                    <select prop:value=move || split.get().name()
+                        on:change=move |e| if let Ok(sp) = event_target_value(&e).parse() { split.set(sp) }>
+                        {options(Split::ALL.iter().copied(), split_label)}
                     </select>
                 </label>
                 <button type="submit">"Upload"</button>
@@ -81,36 +83,56 @@ fn Prompts() -> impl IntoView {
     }
 }
 
+/// What the prompt-file form calls each split.
+fn split_label(split: Split) -> &'static str {
+    match split {
+        Split::Train => "training prompts",
+        Split::Eval => "held-out prompts",
+    }
+}
+
+/// A choice list: (the value's name in the JSON, its label).
+type Choices = Vec<(String, &'static str)>;
+
 /// How a form control edits the JSON.
 #[derive(Clone, Copy)]
 enum Kind {
     Number,
     Text,
-    Choice(&'static [(&'static str, &'static str)]),
+    /// A choice among the values the function lists.
+    Choice(fn() -> Choices),
 }
 
-const LABELLERS: &[(&str, &str)] = &[
-    ("raters", "human raters"),
-    ("judge", "LLM judge (API)"),
-    ("local_judge", "the starting model as judge"),
-    ("sentiment", "IMDB sentiment classifier"),
-    ("length", "longer is better (testing)"),
-];
-const EVAL_JUDGES: &[(&str, &str)] = &[
-    ("sentiment", "IMDB sentiment classifier"),
-    ("judge", "LLM judge (API)"),
-    ("local_judge", "the starting model as judge"),
-    ("length", "longer is better (testing)"),
-];
-const ORDERS: &[(&str, &str)] = &[("random", "random order per pair"), ("both", "both orders (position-bias control)")];
-const JUDGE_TASKS: &[(&str, &str)] =
-    &[("imdb", "IMDB: more positive"), ("summarize", "summary"), ("helpful", "helpfulness"), ("custom", "custom")];
+fn vocabulary<T: Vocabulary>(items: impl Iterator<Item = T>, label: fn(T) -> &'static str) -> Choices {
+    items.map(|v| (v.name().to_string(), label(v))).collect()
+}
+
+fn acquisitions() -> Choices {
+    vocabulary(Acquisition::ALL.iter().copied(), Acquisition::describe)
+}
+
+fn labellers() -> Choices {
+    vocabulary(Labeller::ALL.iter().copied(), Labeller::describe)
+}
+
+/// Win-rates need an automatic judge.
+fn eval_judges() -> Choices {
+    vocabulary(Labeller::ALL.iter().copied().filter(|l| l.is_automatic()), Labeller::describe)
+}
+
+fn judge_tasks() -> Choices {
+    vocabulary(JudgeTask::ALL.iter().copied(), JudgeTask::describe)
+}
+
+fn orders() -> Choices {
+    vocabulary(JudgeOrder::ALL.iter().copied(), JudgeOrder::describe)
+}
 
 /// (section, label, JSON path from the config root, kind, help)
 type FieldSpec = (&'static str, &'static str, &'static [&'static str], Kind, &'static str);
 
 const FIELDS: &[FieldSpec] = &[
-    ("Acquisition", "Function", &["loop_settings", "acquisition"], Kind::Choice(ACQUISITIONS), ""),
+    ("Acquisition", "Function", &["loop_settings", "acquisition"], Kind::Choice(acquisitions), ""),
     ("Acquisition", "Pairs per round (m)", &["loop_settings", "pairs_per_round"], Kind::Number, ""),
     (
         "Acquisition",
@@ -128,14 +150,14 @@ const FIELDS: &[FieldSpec] = &[
     ),
     ("Acquisition", "Entropy samples", &["loop_settings", "acquire", "entropy_samples"], Kind::Number, "per prompt"),
     ("Acquisition", "Pair temperature", &["loop_settings", "acquire", "pair_temperature"], Kind::Number, ""),
-    ("Labelling", "Labeller", &["loop_settings", "labeller"], Kind::Choice(LABELLERS), ""),
+    ("Labelling", "Labeller", &["loop_settings", "labeller"], Kind::Choice(labellers), ""),
     ("Labelling", "Raters per pair (overlap)", &["rating", "overlap"], Kind::Number, ""),
     ("Labelling", "Gold rate", &["rating", "gold_rate"], Kind::Number, "share of gold pairs, 0 to 1"),
     ("Labelling", "Lease (seconds)", &["rating", "lease_seconds"], Kind::Number, ""),
     ("Training", "beta", &["loop_settings", "train", "beta"], Kind::Number, "DPO temperature"),
     ("Training", "Epochs", &["loop_settings", "train", "epochs"], Kind::Number, ""),
     ("Training", "Learning rate", &["loop_settings", "train", "adam", "lr"], Kind::Number, ""),
-    ("Evaluation", "Win-rate judge", &["loop_settings", "eval", "judge"], Kind::Choice(EVAL_JUDGES), ""),
+    ("Evaluation", "Win-rate judge", &["loop_settings", "eval", "judge"], Kind::Choice(eval_judges), ""),
     ("Evaluation", "Held-out prompts", &["loop_settings", "eval", "prompts"], Kind::Number, ""),
     ("Judge", "API base URL", &["loop_settings", "judge", "base_url"], Kind::Text, "OpenAI-compatible, …/v1"),
     ("Judge", "Model", &["loop_settings", "judge", "model"], Kind::Text, ""),
@@ -146,9 +168,9 @@ const FIELDS: &[FieldSpec] = &[
         Kind::Text,
         "name of the server's environment variable, e.g. OPENAI_API_KEY",
     ),
-    ("Judge", "Task", &["loop_settings", "judge", "task"], Kind::Choice(JUDGE_TASKS), ""),
+    ("Judge", "Task", &["loop_settings", "judge", "task"], Kind::Choice(judge_tasks), ""),
     ("Judge", "Temperature", &["loop_settings", "judge", "temperature"], Kind::Number, ""),
-    ("Judge", "Order", &["loop_settings", "judge", "order"], Kind::Choice(ORDERS), ""),
+    ("Judge", "Order", &["loop_settings", "judge", "order"], Kind::Choice(orders), ""),
 ];
 
 fn at<'a>(v: &'a Value, path: &[&str]) -> &'a Value {
@@ -246,7 +268,7 @@ fn Config() -> impl IntoView {
                                 Kind::Choice(opts) => view! {
                                     <select name=name.clone() prop:value=value
                                         on:change=move |e| edit(path, kind, event_target_value(&e))>
-                                        {opts.iter().map(|(v, l)| view! { <option value=*v>{*l}</option> }).collect_view()}
+                                        {opts().into_iter().map(|(v, l)| view! { <option value=v>{l}</option> }).collect_view()}
                                     </select>
                                 }.into_any(),
                                 Kind::Number => view! {
@@ -288,5 +310,45 @@ fn Config() -> impl IntoView {
                 Err(e) => view! { <p class="error" role="alert">{e}</p> }.into_any(),
             })}
         </section>
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every form control names a setting of the typed configuration, of the kind the control
+    /// edits, and every choice it offers is a value the configuration reads back unchanged.
+    #[test]
+    fn fields_edit_the_typed_config() {
+        let base = serde_json::to_value(ProjectConfig::default()).unwrap();
+        for &(_, label, path, kind, _) in FIELDS {
+            let current = at(&base, path);
+            match kind {
+                Kind::Number => assert!(current.is_number(), "{label}: {path:?} is {current}"),
+                Kind::Text | Kind::Choice(_) => assert!(current.is_string(), "{label}: {path:?} is {current}"),
+            }
+            let Kind::Choice(list) = kind else { continue };
+            let choices = list();
+            assert!(choices.iter().any(|(v, _)| v == current.as_str().unwrap()), "{label}: the default is offered");
+            for (value, _) in choices {
+                let mut edited = base.clone();
+                set_at(&mut edited, path, Value::String(value.clone()));
+                let typed: ProjectConfig =
+                    serde_json::from_value(edited).unwrap_or_else(|e| panic!("{label} = {value}: {e}"));
+                assert_eq!(shown_value(at(&serde_json::to_value(&typed).unwrap(), path)), value);
+            }
+        }
+    }
+
+    #[test]
+    fn choice_lists_follow_the_vocabulary() {
+        assert_eq!(acquisitions().len(), Acquisition::ALL.len());
+        assert_eq!(labellers().len(), Labeller::ALL.len());
+        // Win-rates need an automatic judge: every labeller but the raters.
+        let judges = eval_judges();
+        assert_eq!(judges.len(), Labeller::ALL.len() - 1);
+        assert!(judges.iter().all(|(v, _)| v.parse::<Labeller>().unwrap().is_automatic()));
+        assert!(judge_tasks().iter().chain(&orders()).all(|(v, _)| !v.is_empty()));
     }
 }

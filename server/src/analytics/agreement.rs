@@ -25,20 +25,33 @@ pub fn cohen_kappa(a: &[usize], b: &[usize]) -> Option<f64> {
     (pe < 1.0).then(|| (po - pe) / (1.0 - pe))
 }
 
+/// Why Fleiss' kappa is not defined for a table.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FleissError {
+    #[error("fleiss_kappa: no items")]
+    NoItems,
+    #[error("fleiss_kappa: each item needs at least 2 ratings")]
+    TooFewRatings,
+    #[error("fleiss_kappa: item {0} has a different number of categories or ratings")]
+    Uneven(usize),
+    #[error("fleiss_kappa: every rating is the same category; kappa is undefined")]
+    OneCategory,
+}
+
 /// Fleiss' kappa: `counts[i][j]` = raters who put item `i` in category `j`; every item must have
 /// the same number of raters, at least 2.
-pub fn fleiss_kappa(counts: &[Vec<usize>]) -> Result<f64, String> {
-    let first = counts.first().ok_or("fleiss_kappa: no items")?;
+pub fn fleiss_kappa(counts: &[Vec<usize>]) -> Result<f64, FleissError> {
+    let first = counts.first().ok_or(FleissError::NoItems)?;
     let n: usize = first.iter().sum();
     if n < 2 {
-        return Err("fleiss_kappa: each item needs at least 2 ratings".into());
+        return Err(FleissError::TooFewRatings);
     }
     let k = first.len();
     let mut pj = vec![0.0; k];
     let mut p_bar = 0.0;
     for (i, row) in counts.iter().enumerate() {
         if row.len() != k || row.iter().sum::<usize>() != n {
-            return Err(format!("fleiss_kappa: item {i} has a different number of categories or ratings"));
+            return Err(FleissError::Uneven(i));
         }
         let agree: usize = row.iter().map(|&c| c * c.saturating_sub(1)).sum();
         p_bar += agree as f64 / (n * (n - 1)) as f64;
@@ -50,7 +63,7 @@ pub fn fleiss_kappa(counts: &[Vec<usize>]) -> Result<f64, String> {
     p_bar /= items;
     let pe: f64 = pj.iter().map(|c| (c / (items * n as f64)).powi(2)).sum();
     if pe >= 1.0 {
-        return Err("fleiss_kappa: every rating is the same category; kappa is undefined".into());
+        return Err(FleissError::OneCategory);
     }
     Ok((p_bar - pe) / (1.0 - pe))
 }
@@ -130,7 +143,7 @@ mod tests {
         ];
         let k = fleiss_kappa(&table).unwrap();
         assert!((k - 0.20993070442195522).abs() < 1e-12, "{k}");
-        assert!(fleiss_kappa(&[vec![1, 1], vec![3, 0]]).unwrap_err().contains("item 1"));
+        assert_eq!(fleiss_kappa(&[vec![1, 1], vec![3, 0]]).unwrap_err(), FleissError::Uneven(1));
     }
 
     #[test]

@@ -8,30 +8,42 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use apl_shared::{Choice, Preference, Side};
+
 use super::agreement::{cohen_kappa, fleiss_kappa, krippendorff_alpha};
 use super::bootstrap::{Interval, LEVEL, RESAMPLES, bootstrap};
 use super::bradley_terry::{Game, ranking};
 use super::winrate::length_controlled;
 
-pub const CATEGORIES: [&str; 4] = ["a", "b", "tie", "both_bad"];
+pub const CATEGORIES: [Choice; 4] = [Choice::A, Choice::B, Choice::Tie, Choice::BothBad];
 
-fn category(choice: &str) -> Option<usize> {
+fn category(choice: Choice) -> Option<usize> {
     CATEGORIES.iter().position(|c| *c == choice)
+}
+
+/// A judge's label as a category (no decision is none).
+fn judged_category(p: Preference) -> Option<usize> {
+    category(match p {
+        Preference::A => Choice::A,
+        Preference::B => Choice::B,
+        Preference::Tie => Choice::Tie,
+        Preference::NoDecision => return None,
+    })
 }
 
 /// One human vote: (pair, rater, choice, side shown on the left).
 pub struct VoteRow<'a> {
     pub pair: &'a str,
     pub rater: &'a str,
-    pub choice: &'a str,
-    pub left: &'a str,
+    pub choice: Choice,
+    pub left: Side,
 }
 
-/// One judge label: (pair, judge, choice).
+/// One judge label: (pair, judge, preference).
 pub struct JudgeRow<'a> {
     pub pair: &'a str,
     pub judge: &'a str,
-    pub choice: &'a str,
+    pub choice: Preference,
 }
 
 /// An evaluation: who, and its per-prompt outcomes with the two texts' lengths.
@@ -99,8 +111,12 @@ pub fn build(votes: &[VoteRow], judges: &[JudgeRow], evals: &[EvalRow], seed: u6
             row
         })
         .collect();
-    let left: Vec<bool> =
-        votes.iter().filter(|v| v.choice == "a" || v.choice == "b").map(|v| v.choice == v.left).collect();
+    let side = |c: Choice| match c {
+        Choice::A => Some(Side::A),
+        Choice::B => Some(Side::B),
+        _ => None,
+    };
+    let left: Vec<bool> = votes.iter().filter_map(|v| side(v.choice).map(|s| s == v.left)).collect();
     let left_preference = share(&left, seed);
     let humans = HumanAgreement {
         votes: units.iter().map(Vec::len).sum(),
@@ -150,10 +166,10 @@ pub fn build(votes: &[VoteRow], judges: &[JudgeRow], evals: &[EvalRow], seed: u6
         .into_iter()
         .map(|name| {
             let rows: Vec<&JudgeRow> = judges.iter().filter(|j| j.judge == name).collect();
-            let no_decision = rows.iter().filter(|j| category(j.choice).is_none()).count();
+            let no_decision = rows.iter().filter(|j| judged_category(j.choice).is_none()).count();
             let (mut jx, mut hx) = (Vec::new(), Vec::new());
             for j in &rows {
-                if let (Some(c), Some(h)) = (category(j.choice), human_label.get(j.pair)) {
+                if let (Some(c), Some(h)) = (judged_category(j.choice), human_label.get(j.pair)) {
                     jx.push(c);
                     hx.push(*h);
                 }
@@ -220,7 +236,7 @@ pub fn build(votes: &[VoteRow], judges: &[JudgeRow], evals: &[EvalRow], seed: u6
     };
 
     ProjectAnalytics {
-        categories: CATEGORIES.iter().map(|c| c.to_string()).collect(),
+        categories: CATEGORIES.to_vec(),
         humans,
         rater_pairs,
         judges: judges_out,
@@ -245,20 +261,20 @@ mod tests {
     fn report_on_fixed_labels() {
         // Three raters on four pairs; r1 and r2 agree on all four, r3 disagrees on p2 and p4.
         //   p1: a a a   p2: b b a   p3: a a a   p4: tie tie b
-        let rows =
-            [("p1", ["a", "a", "a"]), ("p2", ["b", "b", "a"]), ("p3", ["a", "a", "a"]), ("p4", ["tie", "tie", "b"])];
+        use Choice::{A, B, Tie};
+        let rows = [("p1", [A, A, A]), ("p2", [B, B, A]), ("p3", [A, A, A]), ("p4", [Tie, Tie, B])];
         let mut votes = Vec::new();
         for (p, cs) in &rows {
             for (r, c) in ["r1", "r2", "r3"].iter().zip(cs) {
-                votes.push(VoteRow { pair: p, rater: r, choice: c, left: "a" });
+                votes.push(VoteRow { pair: p, rater: r, choice: *c, left: Side::A });
             }
         }
-        votes.push(VoteRow { pair: "p5", rater: "r1", choice: "skip", left: "a" });
+        votes.push(VoteRow { pair: "p5", rater: "r1", choice: Choice::Skip, left: Side::A });
         let judges = [
-            JudgeRow { pair: "p1", judge: "llm:x", choice: "a" },
-            JudgeRow { pair: "p2", judge: "llm:x", choice: "a" },
-            JudgeRow { pair: "p3", judge: "llm:x", choice: "a" },
-            JudgeRow { pair: "p4", judge: "llm:x", choice: "none" },
+            JudgeRow { pair: "p1", judge: "llm:x", choice: Preference::A },
+            JudgeRow { pair: "p2", judge: "llm:x", choice: Preference::A },
+            JudgeRow { pair: "p3", judge: "llm:x", choice: Preference::A },
+            JudgeRow { pair: "p4", judge: "llm:x", choice: Preference::NoDecision },
         ];
         let evals = [EvalRow {
             id: "e1",
@@ -273,7 +289,7 @@ mod tests {
         assert!((r.humans.krippendorff_alpha.unwrap().estimate - 0.46341463414634143).abs() < 1e-12);
         // statsmodels fleiss_kappa([[3,0,0,0],[1,2,0,0],[3,0,0,0],[0,1,2,0]]) = 0.41463414634146323
         assert!((r.humans.fleiss_kappa.unwrap() - 0.41463414634146323).abs() < 1e-12);
-        // Left was "a" throughout: 7 of the 10 A/B votes chose the left text.
+        // Left was A throughout: 7 of the 10 A/B votes chose the left text.
         assert!((r.humans.left_preference.unwrap().estimate - 0.7).abs() < 1e-12);
         let r12 = &r.rater_pairs[0];
         assert_eq!(

@@ -3,7 +3,9 @@
 //! metadata, every raw vote as JSONL and CSV). Imports are all-or-nothing; their errors name
 //! the line and the problem.
 
-use apl_shared::{ImportReport, PairRecord};
+use apl_shared::{
+    Choice, ImdbImport, ImportReport, LabelSource, PairKind, PairRecord, Preference, PromptFormat, Split,
+};
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -13,8 +15,9 @@ use serde::Deserialize;
 
 use super::auth::Admin;
 use super::body::{JsonBody, Upload};
+use super::doc::Failures;
 use super::{ApiResult, AppError, AppState};
-use crate::store::export::{LabelSource, dpo_line, votes_csv};
+use crate::store::export::votes_csv;
 use crate::store::imports::{NewCompletion, NewPair, PromptRef};
 use apl_engine::data::prompts::{self, PromptRecord};
 use apl_engine::data::trl;
@@ -30,24 +33,26 @@ fn utf8(bytes: &[u8]) -> ApiResult<&str> {
     })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PromptImport {
-    /// jsonl or csv.
-    pub format: String,
-    /// train or eval.
+    pub format: PromptFormat,
     #[serde(default = "train")]
-    pub split: String,
+    pub split: Split,
     /// TL;DR format: every prompt ends with "TL;DR:" and has a reference summary.
     #[serde(default)]
     pub tldr: bool,
 }
 
-fn train() -> String {
-    "train".into()
+fn train() -> Split {
+    Split::Train
 }
 
 /// `POST /api/projects/{id}/prompts?format=jsonl|csv&split=train|eval`, the file as the body.
+#[utoipa::path(post, path = "/projects/{id}/prompts", tag = "data", security(("admin" = [])), params(("id" = String, Path, description = "The project"), PromptImport),
+    request_body(content = String, content_type = "text/plain", description = "The file: JSONL or CSV of prompts (and references)"),
+    responses((status = 201, body = ImportReport, description = "All imported (or none, with the line at fault)"), Failures))]
 pub async fn import_prompts(
     _: Admin,
     State(s): State<AppState>,
@@ -56,31 +61,19 @@ pub async fn import_prompts(
     Upload(body): Upload,
 ) -> ApiResult<(StatusCode, Json<ImportReport>)> {
     let q = query(q)?;
-    let records = match q.format.as_str() {
-        "jsonl" => prompts::parse_jsonl("upload", utf8(&body)?, q.tldr),
-        "csv" => prompts::parse_csv("upload", &body, q.tldr),
-        other => return Err(AppError::BadRequest(format!("format: {other:?} is not jsonl or csv"))),
+    let records = match q.format {
+        PromptFormat::Jsonl => prompts::parse_jsonl("upload", utf8(&body)?, q.tldr),
+        PromptFormat::Csv => prompts::parse_csv("upload", &body, q.tldr),
     }
     .map_err(|e| AppError::BadRequest(format!("{e:#}")))?;
-    let imported = s.store.insert_prompts(&id, &records, &q.split, "upload").await?;
+    let imported = s.store.insert_prompts(&id, &records, q.split, "upload").await?;
     Ok((StatusCode::CREATED, Json(ImportReport { imported })))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ImdbImport {
-    pub train: usize,
-    pub eval: usize,
-}
-
-impl Default for ImdbImport {
-    fn default() -> Self {
-        Self { train: 2048, eval: 128 }
-    }
 }
 
 /// `POST /api/projects/{id}/prompts/imdb {train, eval}`: prompts from the built-in IMDB pool
 /// (the first 8-16 tokens of reviews), disjoint between the splits.
+#[utoipa::path(post, path = "/projects/{id}/prompts/imdb", tag = "data", security(("admin" = [])), params(("id" = String, Path, description = "The project")), request_body = ImdbImport,
+    responses((status = 201, body = ImportReport, description = "Prompts from the built-in IMDB pool"), Failures))]
 pub async fn import_imdb(
     _: Admin,
     State(s): State<AppState>,
@@ -103,19 +96,27 @@ pub async fn import_imdb(
     let train: Vec<PromptRecord> = pool[req.eval..req.eval + req.train].iter().map(rec).collect();
     let mut imported = 0;
     if !eval.is_empty() {
-        imported += s.store.insert_prompts(&id, &eval, "eval", "imdb").await?;
+        imported += s.store.insert_prompts(&id, &eval, Split::Eval, "imdb").await?;
     }
     if !train.is_empty() {
-        imported += s.store.insert_prompts(&id, &train, "train", "imdb").await?;
+        imported += s.store.insert_prompts(&id, &train, Split::Train, "imdb").await?;
     }
     Ok((StatusCode::CREATED, Json(ImportReport { imported })))
 }
 
-#[derive(Debug, Deserialize)]
+/// The file formats preference pairs are imported from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PairFormat {
+    /// TRL's DPO JSONL: `{prompt, chosen, rejected}` per line.
+    Trl,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PairImport {
-    /// trl: JSONL of {prompt, chosen, rejected}.
-    pub format: String,
+    pub format: PairFormat,
     /// Gold pairs: the chosen completion is the known answer raters are checked against.
     #[serde(default)]
     pub gold: bool,
@@ -127,6 +128,9 @@ pub struct PairImport {
 
 /// `POST /api/projects/{id}/pairs?format=trl[&gold=true][&rate=true]`, the file as the body.
 /// The file's preference is stored as a judge label named `import`.
+#[utoipa::path(post, path = "/projects/{id}/pairs", tag = "data", security(("admin" = [])), params(("id" = String, Path, description = "The project"), PairImport),
+    request_body(content = String, content_type = "application/x-ndjson", description = "TRL preference pairs, one JSON object per line"),
+    responses((status = 201, body = ImportReport, description = "All imported (or none, with the line at fault)"), Failures))]
 pub async fn import_pairs(
     _: Admin,
     State(s): State<AppState>,
@@ -135,9 +139,7 @@ pub async fn import_pairs(
     Upload(body): Upload,
 ) -> ApiResult<(StatusCode, Json<ImportReport>)> {
     let q = query(q)?;
-    if q.format != "trl" {
-        return Err(AppError::BadRequest(format!("format: {:?} is not trl", q.format)));
-    }
+    let PairFormat::Trl = q.format;
     let project = s.store.project(&id).await?;
     let records = trl::parse_jsonl("upload", utf8(&body)?).map_err(|e| AppError::BadRequest(format!("{e:#}")))?;
     let completion =
@@ -148,26 +150,29 @@ pub async fn import_pairs(
             prompt: PromptRef::New(r.prompt.clone()),
             a: completion(&r.chosen),
             b: completion(&r.rejected),
-            kind: if q.gold { "gold" } else { "train" },
+            kind: if q.gold { PairKind::Gold } else { PairKind::Train },
             round: None,
             acquisition: None,
             r_a: None,
             r_b: None,
             margin: None,
             entropy: None,
-            gold_choice: q.gold.then_some("a"),
+            gold_choice: q.gold.then_some(Choice::A),
             target_votes: if q.rate && !q.gold { project.config.rating.overlap as i64 } else { 0 },
-            known: Some(("import".into(), "a")),
+            known: Some(("import".into(), Preference::A)),
         })
         .collect();
     let ids = s.store.insert_pairs(&id, &pairs, "import").await?;
     Ok((StatusCode::CREATED, Json(ImportReport { imported: ids.len() })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PairList {
+    /// Only this round's pairs.
     pub round: Option<i64>,
+    /// 1 to 1000.
     pub limit: i64,
     pub offset: i64,
 }
@@ -178,6 +183,8 @@ impl Default for PairList {
     }
 }
 
+#[utoipa::path(get, path = "/projects/{id}/pairs", tag = "data", security(("admin" = [])), params(("id" = String, Path, description = "The project"), PairList),
+    responses((status = 200, body = Vec<PairRecord>, description = "Pairs with acquisition scores and vote counts"), Failures))]
 pub async fn list_pairs(
     _: Admin,
     State(s): State<AppState>,
@@ -192,16 +199,17 @@ pub async fn list_pairs(
     Ok(Json(s.store.pair_records(&id, q.round, q.limit, q.offset).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct DpoExport {
-    /// human, judge or human_then_judge.
-    pub source: String,
+    /// Which labels make a preference (default human).
+    pub source: LabelSource,
 }
 
 impl Default for DpoExport {
     fn default() -> Self {
-        Self { source: "human".into() }
+        Self { source: LabelSource::Human }
     }
 }
 
@@ -223,18 +231,23 @@ fn jsonl<T: serde::Serialize>(rows: impl IntoIterator<Item = T>) -> String {
 }
 
 /// `GET /api/projects/{id}/export/dpo.jsonl[?source=human|judge|human_then_judge]`.
+#[utoipa::path(get, path = "/projects/{id}/export/dpo.jsonl", tag = "data", security(("admin" = [])), params(("id" = String, Path, description = "The project"), DpoExport),
+    responses((status = 200, content_type = "application/x-ndjson", body = String, description = "Labelled pairs as TRL DPO JSONL with metadata"), Failures))]
 pub async fn export_dpo(
     _: Admin,
     State(s): State<AppState>,
     Path(id): Path<String>,
     q: Result<Query<DpoExport>, QueryRejection>,
 ) -> ApiResult<impl IntoResponse> {
-    let source: LabelSource = query(q)?.source.parse()?;
+    let source = query(q)?.source;
     let project = s.store.project(&id).await?;
     let prefs = s.store.preferences(&id, source).await?;
-    Ok(attachment(jsonl(prefs.iter().map(dpo_line)), "application/x-ndjson", format!("{}-dpo.jsonl", project.name)))
+    let lines = jsonl(prefs.iter().map(|p| p.dpo_line()));
+    Ok(attachment(lines, "application/x-ndjson", format!("{}-dpo.jsonl", project.name)))
 }
 
+#[utoipa::path(get, path = "/projects/{id}/export/votes.jsonl", tag = "data", security(("admin" = [])), params(("id" = String, Path, description = "The project")),
+    responses((status = 200, content_type = "application/x-ndjson", body = String, description = "Every human vote"), Failures))]
 pub async fn export_votes_jsonl(
     _: Admin,
     State(s): State<AppState>,
@@ -245,6 +258,8 @@ pub async fn export_votes_jsonl(
     Ok(attachment(jsonl(votes), "application/x-ndjson", format!("{}-votes.jsonl", project.name)))
 }
 
+#[utoipa::path(get, path = "/projects/{id}/export/votes.csv", tag = "data", security(("admin" = [])), params(("id" = String, Path, description = "The project")),
+    responses((status = 200, content_type = "text/csv", body = String, description = "Every human vote"), Failures))]
 pub async fn export_votes_csv(
     _: Admin,
     State(s): State<AppState>,

@@ -5,8 +5,9 @@
 //! internals: a database or model failure is logged here and answered with a generic message.
 //! Handlers are split by who calls them: `projects` and `data` (admin), `rate` (raters),
 //! `jobs` (admin, with live progress), `results` (admin: rounds, checkpoints, evaluations),
-//! `checks` (admin: human win-rate checks of evaluations), `openapi` (the document describing
-//! all of them).
+//! `checks` (admin: human win-rate checks of evaluations), `doc` (the OpenAPI document, generated
+//! from the handlers' annotations; the API's routes are registered through it, so the two are
+//! one list).
 //!
 //! The frontend is a single-page app with real paths (`/rate`, `/projects/ID`): when it is
 //! built, any other path that is not one of its files is answered with its `index.html`, while
@@ -16,8 +17,8 @@ pub mod auth;
 pub mod body;
 pub mod checks;
 pub mod data;
+pub mod doc;
 pub mod jobs;
-pub mod openapi;
 pub mod projects;
 pub mod rate;
 pub mod results;
@@ -29,10 +30,13 @@ use apl_shared::{ApiError, Health, Pair, PairRequest};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{any, delete, get, post, put};
+use axum::routing::{any, get};
 use axum::{Json, Router};
 use tower_http::services::{ServeDir, ServeFile};
 use tower_http::set_header::SetResponseHeaderLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::store::{Store, StoreError};
 use crate::worker::Worker;
@@ -47,23 +51,38 @@ pub struct AppState {
     pub dist: Option<PathBuf>,
 }
 
-/// The API's one error type.
-#[derive(Debug)]
+/// The API's one error type. What a caller did wrong is answered with a message naming it;
+/// what went wrong on the server is logged with its whole cause chain and answered with a
+/// generic message, so internals (paths, SQL, upstream replies) never leave the server.
+#[derive(Debug, thiserror::Error)]
 pub enum AppError {
+    #[error("{0}")]
     BadRequest(String),
+    #[error("{0}")]
     Unauthorized(String),
+    #[error("{0}")]
     Forbidden(String),
+    #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
     TooLarge(String),
-    Internal(String),
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl AppError {
+    pub fn internal(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Internal(Box::new(e))
+    }
 }
 
 impl From<ModelError> for AppError {
     fn from(e: ModelError) -> Self {
         match e {
             ModelError::Input(m) => Self::BadRequest(m),
-            other => Self::Internal(other.to_string()),
+            other => Self::internal(other),
         }
     }
 }
@@ -74,7 +93,7 @@ impl From<StoreError> for AppError {
             StoreError::NotFound(m) => Self::NotFound(m),
             StoreError::Conflict(m) => Self::Conflict(m),
             StoreError::Invalid(m) => Self::BadRequest(m),
-            other => Self::Internal(other.to_string()),
+            other => Self::internal(other),
         }
     }
 }
@@ -88,8 +107,8 @@ impl IntoResponse for AppError {
             Self::NotFound(m) => (StatusCode::NOT_FOUND, m),
             Self::Conflict(m) => (StatusCode::CONFLICT, m),
             Self::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m),
-            Self::Internal(m) => {
-                tracing::error!(error = %m, "internal error");
+            Self::Internal(e) => {
+                tracing::error!(error = %crate::error::describe(&*e), "internal error");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal error; see the server log".to_string())
             }
         };
@@ -107,49 +126,59 @@ const CSP: &str = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; sty
 pub const JSON_LIMIT: usize = 64 * 1024;
 pub const UPLOAD_LIMIT: usize = 64 * 1024 * 1024;
 
-pub fn app(state: AppState) -> Router {
-    let uploads = Router::new()
-        .route("/projects/{id}/prompts", post(data::import_prompts))
-        .route("/projects/{id}/pairs", post(data::import_pairs))
+/// The API's routes with their OpenAPI document: every endpoint is registered here, by its
+/// handler's `#[utoipa::path]`, and nowhere else.
+pub(crate) fn documented() -> OpenApiRouter<AppState> {
+    let uploads = OpenApiRouter::new()
+        .routes(routes!(data::import_prompts))
+        .routes(routes!(data::import_pairs))
         .layer(DefaultBodyLimit::max(UPLOAD_LIMIT));
-    let api = Router::new()
-        .route("/health", get(health))
-        .route("/openapi.json", get(openapi::document))
-        .route("/defaults", get(projects::defaults))
-        .route("/pair", post(pair))
-        .route("/projects", get(projects::list).post(projects::create))
-        .route("/projects/{id}", get(projects::get_one))
-        .route("/projects/{id}/config", put(projects::set_config))
-        .route("/projects/{id}/prompts/imdb", post(data::import_imdb))
-        .route("/projects/{id}/pairs", get(data::list_pairs))
-        .route("/projects/{id}/export/dpo.jsonl", get(data::export_dpo))
-        .route("/projects/{id}/export/votes.jsonl", get(data::export_votes_jsonl))
-        .route("/projects/{id}/export/votes.csv", get(data::export_votes_csv))
-        .route("/projects/{id}/raters", get(projects::raters).post(projects::create_rater))
-        .route("/projects/{id}/raters/{rater}", delete(projects::disable_rater))
-        .route("/projects/{id}/jobs", get(jobs::list).post(jobs::create))
-        .route("/projects/{id}/rounds", get(results::rounds))
-        .route("/projects/{id}/checkpoints", get(results::checkpoints))
-        .route("/projects/{id}/evaluations", get(results::evaluations))
-        .route("/projects/{id}/analytics", get(results::analytics))
-        .route("/projects/{id}/checks", get(checks::list).post(checks::create))
-        .route("/checks/{check}/pairs", get(checks::pairs))
-        .route("/jobs/{id}", get(jobs::get_one))
-        .route("/jobs/{id}/cancel", post(jobs::cancel))
-        .route("/jobs/{id}/events", get(jobs::events))
-        .route("/rate/me", get(rate::me))
-        .route("/rate/next", post(rate::next))
-        .route("/rate/labels", get(rate::own_labels).post(rate::label))
-        .route("/rate/labels/{pair}", delete(rate::undo))
+    let api = OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(doc::document))
+        .routes(routes!(projects::defaults))
+        .routes(routes!(pair))
+        .routes(routes!(projects::list, projects::create))
+        .routes(routes!(projects::get_one))
+        .routes(routes!(projects::set_config))
+        .routes(routes!(data::import_imdb))
+        .routes(routes!(data::list_pairs))
+        .routes(routes!(data::export_dpo))
+        .routes(routes!(data::export_votes_jsonl))
+        .routes(routes!(data::export_votes_csv))
+        .routes(routes!(projects::raters, projects::create_rater))
+        .routes(routes!(projects::disable_rater))
+        .routes(routes!(jobs::list, jobs::create))
+        .routes(routes!(results::rounds))
+        .routes(routes!(results::checkpoints))
+        .routes(routes!(results::evaluations))
+        .routes(routes!(results::analytics))
+        .routes(routes!(checks::list, checks::create))
+        .routes(routes!(checks::pairs))
+        .routes(routes!(jobs::get_one))
+        .routes(routes!(jobs::cancel))
+        .routes(routes!(jobs::events))
+        .routes(routes!(rate::me))
+        .routes(routes!(rate::next))
+        .routes(routes!(rate::own_labels, rate::label))
+        .routes(routes!(rate::undo))
         .layer(DefaultBodyLimit::max(JSON_LIMIT))
-        .merge(uploads)
-        .fallback(no_endpoint)
-        .method_not_allowed_fallback(|axum::extract::OriginalUri(uri): axum::extract::OriginalUri| async move {
-            let e = ApiError { message: format!("{} does not take this method", uri.path()) };
-            (StatusCode::METHOD_NOT_ALLOWED, Json(e))
-        });
-    // `/api/` itself is not matched by the nest: without this route it would get index.html.
-    let mut router = Router::new().nest("/api", api).route("/api/", any(no_endpoint));
+        .merge(uploads);
+    OpenApiRouter::with_openapi(doc::ApiDoc::openapi()).nest("/api", api)
+}
+
+pub fn app(state: AppState) -> Router {
+    let (documented, _) = documented().split_for_parts();
+    let method_fallback = |axum::extract::OriginalUri(uri): axum::extract::OriginalUri| async move {
+        let e = ApiError { message: format!("{} does not take this method", uri.path()) };
+        (StatusCode::METHOD_NOT_ALLOWED, Json(e))
+    };
+    // Unknown API paths are JSON 404s, never the frontend's index.html.
+    let mut router = documented
+        .route("/api", any(no_endpoint))
+        .route("/api/", any(no_endpoint))
+        .route("/api/{*rest}", any(no_endpoint))
+        .method_not_allowed_fallback(method_fallback);
     router = match &state.dist {
         Some(dir) if dir.join("index.html").exists() => {
             // `cargo xtask frontend` writes FILE.gz beside each asset: sent to browsers that
@@ -170,20 +199,22 @@ async fn no_endpoint(axum::extract::OriginalUri(uri): axum::extract::OriginalUri
     AppError::NotFound(format!("no API endpoint at {}", uri.path()))
 }
 
+/// What the server runs.
+#[utoipa::path(get, path = "/health", tag = "server", responses((status = 200, body = Health, description = "The model, device and prompt pool")))]
 async fn health(State(s): State<AppState>) -> Json<Health> {
     Json((*s.health).clone())
 }
 
 /// Samples a pair from the base model (a preview for the admin; it occupies the model).
+#[utoipa::path(post, path = "/pair", tag = "server", security(("admin" = [])), request_body = PairRequest,
+    responses((status = 200, body = Pair, description = "Two completions of one prompt"), doc::Failures))]
 async fn pair(
     _: auth::Admin,
     State(s): State<AppState>,
     body::JsonBody(req): body::JsonBody<PairRequest>,
 ) -> ApiResult<Json<Pair>> {
     let worker = s.worker.clone();
-    let pair = tokio::task::spawn_blocking(move || worker.pair(&req))
-        .await
-        .map_err(|e| AppError::Internal(format!("worker task: {e}")))??;
+    let pair = tokio::task::spawn_blocking(move || worker.pair(&req)).await.map_err(AppError::internal)??;
     Ok(Json(pair))
 }
 

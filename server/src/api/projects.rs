@@ -1,5 +1,6 @@
 //! Admin endpoints for projects and their raters.
 
+use super::doc::Failures;
 use apl_shared::{NewProject, NewRater, Project, ProjectConfig, ProjectDetail, RaterInvite, RaterStats};
 use axum::Json;
 use axum::extract::{Path, State};
@@ -8,10 +9,9 @@ use axum::http::StatusCode;
 use super::auth::Admin;
 use super::body::JsonBody;
 use super::{ApiResult, AppError, AppState};
-use crate::worker::settings::LoopSettings;
 
 /// Checks a configuration and fills every loop setting with its default.
-fn checked(mut cfg: ProjectConfig) -> ApiResult<ProjectConfig> {
+fn checked(cfg: ProjectConfig) -> ApiResult<ProjectConfig> {
     let r = &cfg.rating;
     if r.overlap == 0 || r.overlap > 50 {
         return Err(AppError::BadRequest("rating.overlap: must be 1 to 50".into()));
@@ -25,35 +25,44 @@ fn checked(mut cfg: ProjectConfig) -> ApiResult<ProjectConfig> {
     if r.guidelines.chars().count() > 20_000 {
         return Err(AppError::BadRequest("rating.guidelines: longer than 20000 characters".into()));
     }
-    let settings = LoopSettings::from_value(&cfg.loop_settings).map_err(AppError::BadRequest)?;
-    cfg.loop_settings = serde_json::to_value(settings).expect("settings serialise");
+    cfg.loop_settings.validate().map_err(|e| AppError::BadRequest(e.within("loop_settings").to_string()))?;
     Ok(cfg)
 }
 
 /// `GET /api/defaults`: a project configuration with every default spelled out.
+#[utoipa::path(get, path = "/defaults", tag = "projects", security(("admin" = [])),
+    responses((status = 200, body = ProjectConfig, description = "A project configuration with every default"), Failures))]
 pub async fn defaults(_: Admin) -> ApiResult<Json<ProjectConfig>> {
     Ok(Json(checked(ProjectConfig::default())?))
 }
 
+#[utoipa::path(get, path = "/projects", tag = "projects", security(("admin" = [])),
+    responses((status = 200, body = Vec<Project>, description = "Every project"), Failures))]
 pub async fn list(_: Admin, State(s): State<AppState>) -> ApiResult<Json<Vec<Project>>> {
     Ok(Json(s.store.projects().await?))
 }
 
+#[utoipa::path(post, path = "/projects", tag = "projects", security(("admin" = [])), request_body = NewProject,
+    responses((status = 201, body = Project, description = "The project created"), Failures))]
 pub async fn create(
     _: Admin,
     State(s): State<AppState>,
     JsonBody(req): JsonBody<NewProject>,
 ) -> ApiResult<(StatusCode, Json<Project>)> {
     let cfg = checked(req.config.unwrap_or_default())?;
-    Ok((StatusCode::CREATED, Json(s.store.create_project(&req.name, &req.task, &cfg).await?)))
+    Ok((StatusCode::CREATED, Json(s.store.create_project(&req.name, req.task, &cfg).await?)))
 }
 
+#[utoipa::path(get, path = "/projects/{id}", tag = "projects", security(("admin" = [])), params(("id" = String, Path, description = "The project")),
+    responses((status = 200, body = ProjectDetail, description = "A project with its counts"), Failures))]
 pub async fn get_one(_: Admin, State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<ProjectDetail>> {
     let project = s.store.project(&id).await?;
     let stats = s.store.project_stats(&id).await?;
     Ok(Json(ProjectDetail { project, stats }))
 }
 
+#[utoipa::path(put, path = "/projects/{id}/config", tag = "projects", security(("admin" = [])), params(("id" = String, Path, description = "The project")), request_body = ProjectConfig,
+    responses((status = 200, body = Project, description = "The project with its new configuration"), Failures))]
 pub async fn set_config(
     _: Admin,
     State(s): State<AppState>,
@@ -64,11 +73,15 @@ pub async fn set_config(
     Ok(Json(s.store.set_project_config(&id, &cfg).await?))
 }
 
+#[utoipa::path(get, path = "/projects/{id}/raters", tag = "projects", security(("admin" = [])), params(("id" = String, Path, description = "The project")),
+    responses((status = 200, body = Vec<RaterStats>, description = "Raters with counts, speed and gold accuracy"), Failures))]
 pub async fn raters(_: Admin, State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Vec<RaterStats>>> {
     s.store.project(&id).await?;
     Ok(Json(s.store.rater_stats(&id).await?))
 }
 
+#[utoipa::path(post, path = "/projects/{id}/raters", tag = "projects", security(("admin" = [])), params(("id" = String, Path, description = "The project")), request_body = NewRater,
+    responses((status = 201, body = RaterInvite, description = "The rater and their invite link (the token is shown this once)"), Failures))]
 pub async fn create_rater(
     _: Admin,
     State(s): State<AppState>,
@@ -80,6 +93,9 @@ pub async fn create_rater(
     Ok((StatusCode::CREATED, Json(RaterInvite { rater, token, invite_path })))
 }
 
+#[utoipa::path(delete, path = "/projects/{id}/raters/{rater}", tag = "projects", security(("admin" = [])),
+    params(("id" = String, Path, description = "The project"), ("rater" = String, Path, description = "The rater")),
+    responses((status = 204, description = "Removed; their open leases return to the pool"), Failures))]
 pub async fn disable_rater(
     _: Admin,
     State(s): State<AppState>,

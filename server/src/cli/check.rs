@@ -167,7 +167,7 @@ fn check_fixture(dir: &Path, name: &str, device: &Device, dtype: DType) -> Resul
         let reference = Tensor::new(&[[-30f32, -32.0], [-31.0, -29.0]], sums.device())?;
         let (pc, pr, rc, rr) = (sums.i((.., 0))?, sums.i((.., 1))?, reference.i((.., 0))?, reference.i((.., 1))?);
         let lp = PairLogprobs { policy_chosen: &pc, policy_rejected: &pr, ref_chosen: &rc, ref_rejected: &rr };
-        let g = Loss::Dpo.compute(&lp, 0.2)?.loss.backward()?;
+        let g = apl_engine::train::loss::compute(Loss::Dpo, &lp, 0.2)?.loss.backward()?;
         vars.into_iter()
             .map(|(n, v)| {
                 let t = g.get(v.as_tensor()).with_context(|| format!("no gradient for {n}"))?;

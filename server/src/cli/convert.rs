@@ -45,7 +45,7 @@ pub fn run(a: Args) -> Result<()> {
                 apl_engine::device::parse_dtype(&a.model.dtype)?,
                 &apl_engine::device::parse_device(&a.model.device)?,
             )?;
-            let mut policy = Policy::new(base, cfg.trainable.clone(), seed)?;
+            let mut policy = Policy::new(base, cfg.settings.trainable.clone(), seed)?;
             policy.load_trainable(&weights).with_context(|| format!("loading {}", weights.display()))?;
             policy.save_hf(&a.out)?;
             eprintln!("{} + {} ->", path.display(), weights.display());

@@ -12,15 +12,14 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use super::ModelArgs;
 use crate::assets;
-use crate::experiment::config::{self, ExperimentConfig, Mode, OracleKind, TaskKind};
+use crate::experiment::config::ExperimentConfig;
 use crate::experiment::run::PhaseRecord;
-use crate::experiment::setup::Setup;
+use crate::experiment::setup::{JudgeEnv, Setup};
 use crate::experiment::{Observer, report, run_experiment};
-use apl_engine::acquire::Acquisition;
 use apl_engine::device::{parse_device, parse_dtype};
 use apl_engine::model::Checkpoint;
-use apl_engine::train::loss::Loss;
-use apl_engine::train::policy::Trainable;
+use apl_shared::settings::{Loss, Trainable};
+use apl_shared::{Acquisition, Labeller, Mode, Preset, Task};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -29,7 +28,7 @@ pub struct Args {
     /// Starting settings: imdb-paper (the paper's, for a GPU), imdb-cpu (fits an hour on 2
     /// cores), imdb-protocol (the PyTorch reference protocol).
     #[arg(long, default_value = "imdb-cpu")]
-    pub preset: String,
+    pub preset: Preset,
     /// A JSON file of settings (the shape of a results directory's config.json), applied over
     /// the preset; the flags below are applied last.
     #[arg(long)]
@@ -43,18 +42,19 @@ pub struct Args {
     /// Seeds: a count N (seeds 0..N), a list (1,3) or a range (2..4).
     #[arg(long)]
     pub seeds: Option<String>,
-    /// imdb, tldr or prompts.
+    /// imdb, summarize (TL;DR; `tldr` also accepted) or generic (a prompt file; `prompts`).
     #[arg(long)]
-    pub task: Option<String>,
+    pub task: Option<Task>,
     /// Data file for the task (IMDB CSV, TL;DR JSONL/CSV, prompt JSONL/CSV).
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// sentiment or length.
+    /// Who labels pairs and judges evaluations: sentiment, length, judge (the LLM judge of
+    /// `settings.judge`, set with --config) or local_judge.
     #[arg(long)]
-    pub oracle: Option<String>,
+    pub oracle: Option<Labeller>,
     /// reset (the paper), continue, or online.
     #[arg(long)]
-    pub mode: Option<String>,
+    pub mode: Option<Mode>,
     #[arg(long)]
     pub eval_prompts: Option<usize>,
     /// Also evaluate the untrained policy (phase 0).
@@ -90,11 +90,10 @@ pub struct Args {
     /// Print the resolved settings as JSON and exit.
     #[arg(long)]
     pub print_config: bool,
-}
-
-fn parse_enum<T: serde::de::DeserializeOwned>(what: &str, s: &str, allowed: &str) -> Result<T> {
-    serde_json::from_value(serde_json::Value::String(s.trim().to_ascii_lowercase()))
-        .map_err(|_| anyhow::anyhow!("--{what} {s:?}: expected one of {allowed}"))
+    /// A file of NAME=value lines where the LLM judge's API key is looked up after the
+    /// environment.
+    #[arg(long, env = "APL_SECRETS_FILE")]
+    pub secrets_file: Option<PathBuf>,
 }
 
 /// `N` = 0..N, `a,b,c` = those seeds, `a..b` = a..b.
@@ -113,8 +112,7 @@ fn parse_seeds(s: &str) -> Result<Vec<u64>> {
 
 /// The preset, then the config file, then the flags.
 pub fn resolve(a: &Args) -> Result<ExperimentConfig> {
-    let mut cfg = config::preset(&a.preset)
-        .with_context(|| format!("unknown preset {:?} (presets: {})", a.preset, config::PRESETS))?;
+    let mut cfg = ExperimentConfig::preset(a.preset);
     if let Some(path) = &a.config {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let mut base = serde_json::to_value(&cfg)?;
@@ -132,41 +130,43 @@ pub fn resolve(a: &Args) -> Result<ExperimentConfig> {
     if let Some(s) = &a.seeds {
         cfg.seeds = parse_seeds(s)?;
     }
-    if let Some(t) = &a.task {
-        cfg.task.kind = parse_enum::<TaskKind>("task", t, "imdb, tldr, prompts")?;
-        if cfg.task.kind == TaskKind::Tldr {
-            cfg.task.completion_tokens = (128, 128);
-            cfg.task.exact_length = false;
+    let s = &mut cfg.settings;
+    if let Some(t) = a.task {
+        cfg.task.kind = t;
+        if t == Task::Summarize {
+            s.completion_tokens = (128, 128);
+            s.exact_length = false;
         }
     }
     if let Some(p) = &a.data {
         cfg.task.path = Some(p.clone());
     }
-    if let Some(o) = &a.oracle {
-        cfg.oracle = parse_enum::<OracleKind>("oracle", o, "sentiment, length")?;
+    if let Some(o) = a.oracle {
+        s.labeller = o;
+        s.eval.judge = o;
     }
-    if let Some(m) = &a.mode {
-        cfg.mode = parse_enum::<Mode>("mode", m, "reset, continue, online")?;
+    if let Some(m) = a.mode {
+        s.mode = m;
     }
     if let Some(n) = a.eval_prompts {
-        cfg.eval.prompts = n;
+        s.eval.prompts = n;
     }
-    cfg.eval.initial |= a.eval_initial;
+    s.eval.initial |= a.eval_initial;
     if let Some(n) = a.epochs {
-        cfg.train.epochs = n;
+        s.train.epochs = n;
     }
     if let Some(lr) = a.lr {
-        cfg.train.adam.lr = lr;
+        s.train.adam.lr = lr;
     }
     if let Some(b) = a.beta {
-        cfg.train.beta = b;
+        s.train.beta = b;
     }
     if let Some(n) = a.pairs_per_step {
-        cfg.train.pairs_per_step = n;
-        cfg.train.micro_batch = cfg.train.micro_batch.min(n);
+        s.train.pairs_per_step = n;
+        s.train.micro_batch = s.train.micro_batch.min(n);
     }
     if let Some(l) = &a.loss {
-        cfg.train.loss = match l.split_once(':') {
+        s.train.loss = match l.split_once(':') {
             None if l == "dpo" => Loss::Dpo,
             None if l == "ipo" => Loss::Ipo,
             Some(("cdpo", e)) => {
@@ -177,14 +177,14 @@ pub fn resolve(a: &Args) -> Result<ExperimentConfig> {
     }
     match (a.top_layers, a.lora_rank) {
         (Some(_), Some(_)) => bail!("--top-layers and --lora-rank exclude each other"),
-        (Some(0), None) => cfg.trainable = Trainable::All,
-        (Some(k), None) => cfg.trainable = Trainable::TopLayers { k },
+        (Some(0), None) => s.trainable = Trainable::All,
+        (Some(k), None) => s.trainable = Trainable::TopLayers { k },
         (None, Some(r)) => {
-            cfg.trainable = Trainable::Lora { rank: r, alpha: a.lora_alpha, targets: a.lora_targets.clone() }
+            s.trainable = Trainable::Lora { rank: r, alpha: a.lora_alpha, targets: a.lora_targets.clone() }
         }
         (None, None) => {}
     }
-    cfg.acquire.windowed_entropy_reference |= a.windowed_entropy;
+    s.acquire.windowed_entropy_reference |= a.windowed_entropy;
     if let Some(m) = &a.model.model {
         cfg.model = Some(m.clone());
     }
@@ -248,13 +248,13 @@ pub fn run(a: Args) -> Result<()> {
         return Ok(());
     }
     let out =
-        a.out.clone().unwrap_or_else(|| PathBuf::from("experiments").join(cfg.preset.as_deref().unwrap_or("custom")));
+        a.out.clone().unwrap_or_else(|| PathBuf::from("experiments").join(cfg.preset.map_or("custom", |p| p.name())));
     let cache = a.model.cache.dir();
     let model_path = match &cfg.model {
         Some(p) => p.clone(),
         None => assets::ensure(&assets::SMOLLM2, &cache)?,
     };
-    let imdb_csv = if cfg.task.kind == TaskKind::Imdb && cfg.task.path.is_none() {
+    let imdb_csv = if cfg.task.kind == Task::Imdb && cfg.task.path.is_none() {
         Some(assets::ensure(&assets::IMDB, &cache)?)
     } else {
         None
@@ -265,7 +265,8 @@ pub fn run(a: Args) -> Result<()> {
     }
     let base = Checkpoint::load(&model_path, parse_dtype(&a.model.dtype)?, &device)?;
     let t = std::time::Instant::now();
-    let setup = Setup::build(&cfg, base, imdb_csv.as_deref())?;
+    let env = JudgeEnv { log: Some(out.join("judge.jsonl")), secrets_file: a.secrets_file.clone() };
+    let setup = Setup::build(&cfg, base, imdb_csv.as_deref(), &env)?;
     if let Some(r) = &setup.oracle_report {
         eprintln!(
             "oracle {}: held-out accuracy {:.3} on {} full reviews, {:.3} on their first 60 words ({} features, {:.1} s)",

@@ -136,7 +136,7 @@ pub fn run(a: Args) -> Result<()> {
         })
         .collect();
     let better = |i: usize| if i.is_multiple_of(2) { Side::A } else { Side::B };
-    let api_key = s.api_key(a.secrets_file.as_deref()).map_err(anyhow::Error::msg)?;
+    let api_key = crate::judge::api_key(&s, a.secrets_file.as_deref())?;
     let judge = LlmJudge::new(s.clone(), api_key, Arc::new(Ledger::open(&a.log).map_err(anyhow::Error::msg)?))
         .map_err(anyhow::Error::msg)?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

@@ -22,8 +22,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use config::{ExperimentConfig, TaskKind};
-use run::{PhaseRecord, Run, eval_samples, write_atomic};
+use apl_shared::Task;
+use config::ExperimentConfig;
+use run::{PhaseRecord, Run, baseline_seed, eval_samples, write_atomic};
 use setup::Setup;
 
 use apl_engine::model::Model;
@@ -77,7 +78,7 @@ fn claim_output(cfg: &ExperimentConfig, out: &Path) -> Result<()> {
 /// The baseline texts of a seed: the TL;DR references, or the starting model's samples
 /// (generated once per seed and kept, so every acquisition function is judged against the same).
 fn baseline(cfg: &ExperimentConfig, setup: &Setup, out: &Path, seed: u64, obs: &dyn Observer) -> Result<Vec<String>> {
-    if cfg.task.kind == TaskKind::Tldr {
+    if cfg.task.kind == Task::Summarize {
         return setup.eval.iter().map(|e| e.reference.clone().context("TL;DR prompt without reference")).collect();
     }
     let path = out.join(format!("baseline-seed{seed}.json"));
@@ -89,9 +90,7 @@ fn baseline(cfg: &ExperimentConfig, setup: &Setup, out: &Path, seed: u64, obs: &
     }
     let reference = Model::from_checkpoint(&setup.base)?;
     let name = format!("baseline seed {seed}");
-    let texts = eval_samples(&reference, setup, cfg, seed.wrapping_mul(31).wrapping_add(999), &|s, d, n| {
-        obs.stage(&name, s, d, n)
-    })?;
+    let texts = eval_samples(&reference, setup, cfg, baseline_seed(seed), &|s, d, n| obs.stage(&name, s, d, n))?;
     write_atomic(&path, &serde_json::to_string_pretty(&texts)?)?;
     Ok(texts)
 }
@@ -108,7 +107,7 @@ pub fn run_experiment(
     if let Some(r) = &setup.oracle_report {
         write_atomic(&out.join("oracle.json"), &serde_json::to_string_pretty(r)?)?;
     }
-    let per_run = cfg.schedule.len() + usize::from(cfg.eval.initial);
+    let per_run = cfg.schedule.len() + usize::from(cfg.settings.eval.initial);
     let total = per_run * cfg.seeds.len() * cfg.acquisitions.len();
     let mut done = 0;
     for &seed in &cfg.seeds {
@@ -133,7 +132,7 @@ pub fn run_experiment(
     Ok(all)
 }
 
-pub fn run_dir(out: &Path, acq: apl_engine::acquire::Acquisition, seed: u64) -> PathBuf {
+pub fn run_dir(out: &Path, acq: apl_shared::Acquisition, seed: u64) -> PathBuf {
     out.join("runs").join(format!("{acq}-seed{seed}"))
 }
 
@@ -146,8 +145,8 @@ pub fn write_reports(cfg: &ExperimentConfig, records: &[PhaseRecord], out: &Path
     write_atomic(&out.join("summary.md"), &report::summary_markdown(&rows))?;
     let title = format!(
         "{} · win-rate vs {} · {} seed(s)",
-        cfg.preset.as_deref().unwrap_or("experiment"),
-        if cfg.task.kind == TaskKind::Tldr { "reference summaries" } else { "starting model" },
+        cfg.preset.map_or("experiment", |p| p.name()),
+        if cfg.task.kind == Task::Summarize { "reference summaries" } else { "starting model" },
         cfg.seeds.len()
     );
     write_atomic(&out.join("winrate.svg"), &report::winrate_svg(&rows, &title))?;

@@ -1,55 +1,99 @@
 //! Results as files people read: one CSV row per phase, a summary per (acquisition, m) with
 //! the mean over seeds and its standard error, a Markdown table, and an SVG plot of win-rate
-//! against labels used, one line per acquisition function with error bars.
+//! against labels used, one line per acquisition function with error bars. CSVs are written
+//! by the `csv` crate from row structs, so quoting is right and the header is the fields.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use super::run::PhaseRecord;
-use apl_engine::acquire::Acquisition;
 use apl_engine::eval::mean_and_stderr;
+use apl_shared::Acquisition;
+use serde::Serialize;
+
+use super::run::PhaseRecord;
+
+/// A float written with a fixed number of decimals (`D`), for CSV columns people read.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Fixed<const D: usize>(f64);
+
+impl<const D: usize> Serialize for Fixed<D> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{:.*}", D, self.0))
+    }
+}
+
+/// One row of phases.csv (the header is these fields' names).
+#[derive(Serialize)]
+struct PhaseRow {
+    acquisition: Acquisition,
+    seed: u64,
+    phase: usize,
+    m: usize,
+    labels: usize,
+    new_pairs: usize,
+    oracle_calls: usize,
+    undecided: usize,
+    win_rate: Fixed<4>,
+    stderr: Fixed<4>,
+    wins: usize,
+    ties: usize,
+    losses: usize,
+    final_loss: Option<Fixed<4>>,
+    final_reward_accuracy: Option<Fixed<4>>,
+    final_reward_margin: Option<Fixed<4>>,
+    acquire_sampling_s: Fixed<2>,
+    acquire_scoring_s: Fixed<2>,
+    labelling_s: Fixed<2>,
+    train_reference_s: Fixed<2>,
+    train_prefix_s: Fixed<2>,
+    train_steps_s: Fixed<2>,
+    eval_sampling_s: Fixed<2>,
+    eval_judging_s: Fixed<2>,
+    total_s: Fixed<2>,
+}
+
+/// Rows as CSV with a header from their fields.
+fn csv_of<T: Serialize>(rows: impl IntoIterator<Item = T>) -> String {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for r in rows {
+        w.serialize(r).expect("in-memory write");
+    }
+    String::from_utf8(w.into_inner().expect("in-memory flush")).expect("CSV of UTF-8 strings")
+}
 
 /// One row per phase.
 pub fn phases_csv(records: &[PhaseRecord]) -> String {
-    let mut s = String::from(
-        "acquisition,seed,phase,m,labels,new_pairs,oracle_calls,undecided,win_rate,stderr,wins,ties,losses,\
-         final_loss,final_reward_accuracy,final_reward_margin,acquire_sampling_s,acquire_scoring_s,labelling_s,\
-         train_reference_s,train_prefix_s,train_steps_s,eval_sampling_s,eval_judging_s,total_s\n",
-    );
-    for r in records {
+    let last = |v: &[f64]| v.last().copied().map(Fixed::<4>);
+    csv_of(records.iter().map(|r| {
         let t = &r.timings;
-        let last = |v: &[f64]| v.last().copied().map_or(String::new(), |x| format!("{x:.4}"));
-        let _ = writeln!(
-            s,
-            "{},{},{},{},{},{},{},{},{:.4},{:.4},{},{},{},{},{},{},{:.2},{:.2},{:.2},{:.2},{:.2},{:.2},{:.2},{:.2},{:.2}",
-            r.acquisition,
-            r.seed,
-            r.phase,
-            r.m,
-            r.labels,
-            r.new_pairs,
-            r.oracle_calls,
-            r.undecided,
-            r.win_rate.win_rate,
-            r.win_rate.stderr,
-            r.win_rate.wins,
-            r.win_rate.ties,
-            r.win_rate.losses,
-            last(&r.train.loss_curve),
-            last(&r.train.accuracy_curve),
-            last(&r.train.margin_curve),
-            t.acquire_sampling,
-            t.acquire_scoring,
-            t.labelling,
-            t.train_reference_logprobs,
-            t.train_prefix_cache,
-            t.train_steps,
-            t.eval_sampling,
-            t.eval_judging,
-            t.total
-        );
-    }
-    s
+        PhaseRow {
+            acquisition: r.acquisition,
+            seed: r.seed,
+            phase: r.phase,
+            m: r.m,
+            labels: r.labels,
+            new_pairs: r.new_pairs,
+            oracle_calls: r.oracle_calls,
+            undecided: r.undecided,
+            win_rate: Fixed(r.win_rate.win_rate),
+            stderr: Fixed(r.win_rate.stderr),
+            wins: r.win_rate.wins,
+            ties: r.win_rate.ties,
+            losses: r.win_rate.losses,
+            final_loss: last(&r.train.loss_curve),
+            final_reward_accuracy: last(&r.train.accuracy_curve),
+            final_reward_margin: last(&r.train.margin_curve),
+            acquire_sampling_s: Fixed(t.acquire_sampling),
+            acquire_scoring_s: Fixed(t.acquire_scoring),
+            labelling_s: Fixed(t.labelling),
+            train_reference_s: Fixed(t.train_reference_logprobs),
+            train_prefix_s: Fixed(t.train_prefix_cache),
+            train_steps_s: Fixed(t.train_steps),
+            eval_sampling_s: Fixed(t.eval_sampling),
+            eval_judging_s: Fixed(t.eval_judging),
+            total_s: Fixed(t.total),
+        }
+    }))
 }
 
 /// Mean win-rate over seeds for one (acquisition, m).
@@ -99,16 +143,30 @@ fn stderr_of_mean(se: &[f64]) -> f64 {
     se.iter().map(|e| e * e).sum::<f64>().sqrt() / se.len() as f64
 }
 
+/// One row of summary.csv.
+#[derive(Serialize)]
+struct SummaryCsvRow {
+    acquisition: Acquisition,
+    m: usize,
+    seeds: usize,
+    win_rate: Fixed<4>,
+    stderr: Fixed<4>,
+    stderr_prompts: Fixed<4>,
+    mean_labels: Fixed<1>,
+    mean_phase_seconds: Fixed<1>,
+}
+
 pub fn summary_csv(rows: &[SummaryRow]) -> String {
-    let mut s = String::from("acquisition,m,seeds,win_rate,stderr,stderr_prompts,mean_labels,mean_phase_seconds\n");
-    for r in rows {
-        let _ = writeln!(
-            s,
-            "{},{},{},{:.4},{:.4},{:.4},{:.1},{:.1}",
-            r.acquisition, r.m, r.seeds, r.win_rate, r.stderr, r.stderr_prompts, r.mean_labels, r.mean_seconds
-        );
-    }
-    s
+    csv_of(rows.iter().map(|r| SummaryCsvRow {
+        acquisition: r.acquisition,
+        m: r.m,
+        seeds: r.seeds,
+        win_rate: Fixed(r.win_rate),
+        stderr: Fixed(r.stderr),
+        stderr_prompts: Fixed(r.stderr_prompts),
+        mean_labels: Fixed(r.mean_labels),
+        mean_phase_seconds: Fixed(r.mean_seconds),
+    }))
 }
 
 /// A Markdown table: one row per acquisition function, one column per m.

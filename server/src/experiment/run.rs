@@ -1,6 +1,10 @@
-//! One (acquisition function, seed) run: for each labelled-set size m of the schedule, acquire
-//! m - |D| new pairs with the current policy, label them, train (reset / continue / online),
-//! evaluate against the baseline, and record the phase.
+//! The experiment's driver of the learning round (`apl_engine::round`): one (acquisition
+//! function, seed) run. For each labelled-set size m of the schedule it acquires and labels
+//! pairs with the current policy until m have a decision, trains (reset / continue / online),
+//! evaluates against the baseline, and records the phase. The stages are the engine's; what
+//! this driver adds is where inputs come from (the run's prompt stream, the experiment's
+//! oracle) and where results go (files), and the seeds: every one derives from the run's seed
+//! and phase, so a run is reproducible and every arm of one seed sees the same prompts.
 //!
 //! Each finished phase is written to disk (its record, the labelled set, the trained weights),
 //! so an interrupted experiment resumes at the first unfinished phase.
@@ -10,17 +14,16 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use apl_shared::{EvalSample, TrainSummary, WinRate};
 use serde::{Deserialize, Serialize};
 
-use super::config::{ExperimentConfig, Mode};
+use super::config::ExperimentConfig;
 use super::setup::{PromptStream, Setup};
-use apl_engine::acquire::{AcquireStats, Acquirer, Acquisition, Candidate};
-use apl_engine::eval::{EvalSampling, Outcome, WinRate, sample_completions, win_rate};
-use apl_engine::model::Model;
-use apl_engine::oracle::{Comparison, Preference};
+use apl_engine::acquire::{AcquireStats, Acquisition};
+use apl_engine::round::{Baseline, EvalPrompt, EvalSeeds, Observer, Round};
 use apl_engine::train::optim::Adam;
 use apl_engine::train::policy::Policy;
-use apl_engine::train::trainer::{PreferencePair, PrefixCache, StepStats, fill_reference_cached, train};
+use apl_engine::train::trainer::{PreferencePair, PrefixCache};
 
 /// Wall-clock seconds of each stage of a phase.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -34,15 +37,6 @@ pub struct Timings {
     pub eval_sampling: f64,
     pub eval_judging: f64,
     pub total: f64,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TrainSummary {
-    pub steps: usize,
-    pub epoch_losses: Vec<f64>,
-    pub loss_curve: Vec<f64>,
-    pub margin_curve: Vec<f64>,
-    pub accuracy_curve: Vec<f64>,
 }
 
 /// Everything measured in one phase.
@@ -81,6 +75,15 @@ struct StoredPair {
 /// Progress of the current stage: (stage, done, total).
 pub type StageProgress<'a> = &'a dyn Fn(&str, usize, usize);
 
+/// A stage-progress callback as the round's observer.
+struct Progress<'a>(StageProgress<'a>);
+
+impl Observer for Progress<'_> {
+    fn progress(&self, stage: &str, done: usize, total: usize) {
+        (self.0)(stage, done, total)
+    }
+}
+
 pub struct Run<'a> {
     pub cfg: &'a ExperimentConfig,
     pub setup: &'a Setup,
@@ -91,39 +94,31 @@ pub struct Run<'a> {
     pub baseline: &'a [String],
 }
 
+/// The seed of one stage of one phase of a run: acquisition attempt k is stage 1 + 10 k,
+/// training 4, evaluation 5.
 fn stage_seed(seed: u64, phase: usize, stage: u64) -> u64 {
     seed.wrapping_mul(1_000_003).wrapping_add(phase as u64 * 101).wrapping_add(stage)
 }
 
+/// The seed of a seed's baseline samples (shared by every arm, apart from every policy's).
+pub fn baseline_seed(seed: u64) -> u64 {
+    seed.wrapping_mul(31).wrapping_add(999)
+}
+
+fn eval_prompts(setup: &Setup) -> Vec<EvalPrompt> {
+    setup.eval.iter().map(|e| e.item.clone()).collect()
+}
+
 /// Samples one completion per evaluation prompt at the evaluation temperature.
 pub fn eval_samples(
-    model: &Model,
+    model: &apl_engine::model::Model,
     setup: &Setup,
     cfg: &ExperimentConfig,
     seed: u64,
     progress: StageProgress,
 ) -> Result<Vec<String>> {
-    let prompts: Vec<&[u32]> = setup.eval.iter().map(|e| e.item.ids.as_slice()).collect();
-    let how = EvalSampling {
-        completion_tokens: cfg.task.completion_tokens,
-        exact_length: cfg.task.exact_length,
-        temperature: cfg.eval.temperature,
-        batch_size: cfg.eval.batch_size,
-    };
-    Ok(sample_completions(model, &setup.tokenizer, &prompts, &how, seed, progress)?)
-}
-
-/// Judges policy samples against the baseline texts, policy as A.
-pub fn judge(setup: &Setup, policy_texts: &[String], baseline: &[String]) -> Result<WinRate> {
-    let items: Vec<Comparison> = setup
-        .eval
-        .iter()
-        .zip(policy_texts.iter().zip(baseline))
-        .map(|(p, (a, b))| Comparison { prompt: &p.item.text, a, b })
-        .collect();
-    let outcomes: Vec<Outcome> =
-        setup.oracle.judge_all(&items)?.into_iter().map(|j| Outcome::from_preference(j.preference)).collect();
-    Ok(win_rate(&outcomes))
+    let round = Round { settings: &cfg.settings, tokenizer: &setup.tokenizer, observer: &Progress(progress) };
+    Ok(round.sample_eval(model, &eval_prompts(setup), seed, None, "evaluation samples")?)
 }
 
 impl Run<'_> {
@@ -151,13 +146,24 @@ impl Run<'_> {
         Ok(out)
     }
 
+    /// Evaluates the policy of `phase` against the baseline.
+    fn evaluate(&self, round: &Round, policy: &Policy, phase: usize) -> Result<apl_engine::round::Evaluation> {
+        // The baseline's texts are fixed per seed; only the policy is sampled here.
+        let seeds = EvalSeeds { policy: stage_seed(self.seed, phase, 5), baseline: 0, lengths: None };
+        let prompts = eval_prompts(self.setup);
+        Ok(round.evaluate(policy.model(), &prompts, Baseline::Texts(self.baseline), &*self.setup.judge, seeds)?)
+    }
+
     /// Runs (or resumes) every phase; returns all phase records.
     pub fn run(&self, progress: StageProgress, on_phase: &dyn Fn(&PhaseRecord)) -> Result<Vec<PhaseRecord>> {
         std::fs::create_dir_all(&self.dir)?;
         let cfg = self.cfg;
+        let s = &cfg.settings;
+        let observer = Progress(progress);
+        let round = Round { settings: s, tokenizer: &self.setup.tokenizer, observer: &observer };
         let mut records = self.finished()?;
         let done: Vec<usize> = records.iter().map(|r| r.phase).collect();
-        let mut policy = Policy::new(self.setup.base.clone(), cfg.trainable.clone(), self.seed)?;
+        let mut policy = Policy::new(self.setup.base.clone(), s.trainable.clone(), self.seed)?;
         let mut stream = PromptStream::new(&self.setup.pool, &self.setup.tokenizer, self.seed);
         let mut data: Vec<StoredPair> = Vec::new();
         let mut oracle_calls = 0;
@@ -171,15 +177,11 @@ impl Run<'_> {
             policy.load_trainable(&self.policy_path(p)).context("resuming the policy")?;
         }
         let vars = policy.vars().iter().map(|(_, v)| v.clone()).collect();
-        let mut opt = Adam::new(vars, cfg.train.adam.clone())?;
+        let mut opt = Adam::new(vars, s.train.adam.clone())?;
         let cache = RefCell::new(PrefixCache::default());
 
-        if cfg.eval.initial && !done.contains(&0) {
-            let t = Instant::now();
-            let texts = eval_samples(policy.model(), self.setup, cfg, stage_seed(self.seed, 0, 5), progress)?;
-            let sampling = t.elapsed().as_secs_f64();
-            let t = Instant::now();
-            let wr = judge(self.setup, &texts, self.baseline)?;
+        if s.eval.initial && !done.contains(&0) {
+            let ev = self.evaluate(&round, &policy, 0)?;
             let rec = PhaseRecord {
                 acquisition: self.acquisition,
                 seed: self.seed,
@@ -189,10 +191,10 @@ impl Run<'_> {
                 new_pairs: 0,
                 oracle_calls: 0,
                 undecided: 0,
-                win_rate: wr,
+                win_rate: ev.win_rate,
                 timings: Timings {
-                    eval_sampling: sampling,
-                    eval_judging: t.elapsed().as_secs_f64(),
+                    eval_sampling: ev.sampling_seconds,
+                    eval_judging: ev.judging_seconds,
                     ..Default::default()
                 },
                 train: TrainSummary::default(),
@@ -212,54 +214,35 @@ impl Run<'_> {
             }
             let t_phase = Instant::now();
             let mut timings = Timings::default();
-            let acquirer = Acquirer {
-                policy: &policy,
-                cache: Some(&cache),
-                tokenizer: &self.setup.tokenizer,
-                cfg: &cfg.acquire,
-                completion_len: cfg.task.completion_tokens,
-                exact_length: cfg.task.exact_length,
-                beta: cfg.train.beta,
-                // Resuming starts after a trained phase, so phase 1 always has the untrained policy.
-                policy_is_reference: phase == 1,
-            };
             // Acquire and label until the labelled set reaches m (undecided pairs are dropped).
-            let mut new_pairs: Vec<StoredPair> = Vec::new();
-            let mut all_stats = AcquireStats::default();
+            // Resuming starts after a trained phase, so phase 1 always has the untrained policy.
+            let mut draw = |n: usize| stream.take(n);
+            let decided = round.acquire_decided(
+                &policy,
+                Some(&cache),
+                self.acquisition,
+                m - data.len(),
+                &mut draw,
+                &|attempt| stage_seed(self.seed, phase, 1 + 10 * attempt as u64),
+                phase == 1,
+                &*self.setup.labeller,
+            )?;
+            timings.acquire_sampling = decided.stats.sampling_seconds;
+            timings.acquire_scoring = decided.stats.scoring_seconds;
+            timings.labelling = decided.labelling_seconds;
+            oracle_calls += decided.oracle_calls;
             let mut selected_margins = Vec::new();
-            let mut undecided = 0;
-            let mut attempt = 0;
-            while data.len() + new_pairs.len() < m {
-                let need = m - data.len() - new_pairs.len();
-                let seed = stage_seed(self.seed, phase, 1 + 10 * attempt);
-                let mut draw = |n: usize| stream.take(n);
-                let (cands, stats) = acquirer.acquire(self.acquisition, need, &mut draw, seed, progress)?;
-                merge_stats(&mut all_stats, stats);
-                let t = Instant::now();
-                let labelled = self.label(&cands, &mut undecided)?;
-                timings.labelling += t.elapsed().as_secs_f64();
-                oracle_calls += cands.len();
-                for (c, pref) in cands.iter().zip(labelled) {
-                    let Some(pair) = to_pair(c, pref) else { continue };
-                    let margin = c.rewards(cfg.train.beta).map(|(a, b)| a - b);
-                    if let Some(mg) = margin {
-                        selected_margins.push(mg);
-                    }
-                    new_pairs.push(StoredPair { phase, pair, margin, prompt_entropy: c.prompt_entropy });
-                }
-                attempt += 1;
-                if attempt > 20 {
-                    anyhow::bail!("phase {phase}: the oracle decided too few pairs after 20 rounds of acquisition");
-                }
+            let mut new_pairs: Vec<StoredPair> = Vec::with_capacity(decided.pairs.len());
+            for l in decided.pairs {
+                let margin = l.candidate.rewards(s.train.beta).map(|(a, b)| a - b);
+                selected_margins.extend(margin);
+                new_pairs.push(StoredPair { phase, pair: l.pair, margin, prompt_entropy: l.candidate.prompt_entropy });
             }
-            new_pairs.truncate(m - data.len());
-            timings.acquire_sampling = all_stats.sampling_seconds;
-            timings.acquire_scoring = all_stats.scoring_seconds;
 
             // Reference log-probs, once per pair (certainty already has them from scoring).
             let t = Instant::now();
             let mut fresh: Vec<PreferencePair> = new_pairs.iter().map(|s| s.pair.clone()).collect();
-            fill_reference_cached(&policy, &mut fresh, &mut cache.borrow_mut(), cfg.acquire.batch_size)?;
+            round.fill_reference(&policy, &mut fresh, &mut cache.borrow_mut())?;
             for (s, p) in new_pairs.iter_mut().zip(fresh) {
                 s.pair = p;
             }
@@ -278,38 +261,24 @@ impl Run<'_> {
                 .collect();
             cache.borrow_mut().retain(|seq| keep.contains(seq));
 
-            // Train.
-            let (train_set, mut tcfg) = match cfg.mode {
-                Mode::Reset => {
-                    policy.reset()?;
-                    opt.reset()?;
-                    (data.iter().map(|s| s.pair.clone()).collect::<Vec<_>>(), cfg.train.clone())
-                }
-                Mode::Continue => {
-                    opt.reset()?;
-                    (data.iter().map(|s| s.pair.clone()).collect(), cfg.train.clone())
-                }
-                Mode::Online => {
-                    let newest: Vec<PreferencePair> =
-                        data.iter().filter(|s| s.phase == phase).map(|s| s.pair.clone()).collect();
-                    (newest, apl_engine::train::trainer::TrainConfig { epochs: 1, ..cfg.train.clone() })
-                }
-            };
-            tcfg.seed = stage_seed(self.seed, phase, 4);
-            let total_steps = tcfg.epochs * train_set.len().div_ceil(tcfg.pairs_per_step);
-            let report = train(&policy, &mut opt, &train_set, &tcfg, &mut cache.borrow_mut(), |s: &StepStats| {
-                progress("training", s.step + 1, total_steps)
-            })?;
+            // Train, as the settings' mode says.
+            let mut pairs: Vec<(usize, PreferencePair)> = data.iter().map(|s| (s.phase, s.pair.clone())).collect();
+            let trained = round.train(
+                &mut policy,
+                &mut opt,
+                &mut pairs,
+                phase,
+                stage_seed(self.seed, phase, 4),
+                &mut cache.borrow_mut(),
+            )?;
+            let report = &trained.report;
             timings.train_prefix_cache = report.prefix_seconds;
             timings.train_steps = report.seconds - report.prefix_seconds;
 
             // Evaluate.
-            let t = Instant::now();
-            let texts = eval_samples(policy.model(), self.setup, cfg, stage_seed(self.seed, phase, 5), progress)?;
-            timings.eval_sampling = t.elapsed().as_secs_f64();
-            let t = Instant::now();
-            let wr = judge(self.setup, &texts, self.baseline)?;
-            timings.eval_judging = t.elapsed().as_secs_f64();
+            let ev = self.evaluate(&round, &policy, phase)?;
+            timings.eval_sampling = ev.sampling_seconds;
+            timings.eval_judging = ev.judging_seconds;
             timings.total = t_phase.elapsed().as_secs_f64();
 
             let rec = PhaseRecord {
@@ -320,24 +289,26 @@ impl Run<'_> {
                 labels: data.len(),
                 new_pairs: n_new,
                 oracle_calls,
-                undecided,
-                win_rate: wr,
+                undecided: decided.undecided,
+                win_rate: ev.win_rate,
                 timings,
                 train: TrainSummary {
+                    source: None,
                     steps: report.steps.len(),
                     epoch_losses: report.epoch_losses(),
                     loss_curve: report.steps.iter().map(|s| s.loss).collect(),
                     margin_curve: report.steps.iter().map(|s| s.reward_margin).collect(),
                     accuracy_curve: report.steps.iter().map(|s| s.reward_accuracy).collect(),
+                    seconds: report.seconds,
                 },
-                acquisition_stats: all_stats,
+                acquisition_stats: decided.stats,
                 selected_margins,
                 prompts_consumed: stream.consumed,
             };
             // Weights and data first, the record last: a record on disk means a complete phase.
             policy.save_trainable(&self.policy_path(phase))?;
             self.save_data(&data)?;
-            self.save_samples(phase, &texts)?;
+            self.save_samples(phase, &ev)?;
             self.write_record(&rec)?;
             // Weights two phases back are no longer needed to resume (the last two are kept, so
             // a phase whose record is deleted can be redone from the one before).
@@ -349,14 +320,6 @@ impl Run<'_> {
         }
         records.sort_by_key(|r| r.phase);
         Ok(records)
-    }
-
-    fn label(&self, cands: &[Candidate], undecided: &mut usize) -> Result<Vec<Preference>> {
-        let items: Vec<Comparison> =
-            cands.iter().map(|c| Comparison { prompt: &c.prompt_text, a: &c.text_a, b: &c.text_b }).collect();
-        let js = self.setup.oracle.judge_all(&items)?;
-        *undecided += js.iter().filter(|j| matches!(j.preference, Preference::NoDecision | Preference::Tie)).count();
-        Ok(js.into_iter().map(|j| j.preference).collect())
     }
 
     fn write_record(&self, rec: &PhaseRecord) -> Result<()> {
@@ -372,13 +335,19 @@ impl Run<'_> {
         write_atomic(&self.dir.join("data.jsonl"), &s)
     }
 
-    fn save_samples(&self, phase: usize, texts: &[String]) -> Result<()> {
-        let rows: Vec<serde_json::Value> = self
+    fn save_samples(&self, phase: usize, ev: &apl_engine::round::Evaluation) -> Result<()> {
+        let rows: Vec<EvalSample> = self
             .setup
             .eval
             .iter()
-            .zip(texts.iter().zip(self.baseline))
-            .map(|(p, (pol, base))| serde_json::json!({"prompt": p.item.text, "policy": pol, "baseline": base}))
+            .zip(ev.policy.iter().zip(&ev.baseline).zip(&ev.outcomes))
+            .map(|(p, ((pol, base), o))| EvalSample {
+                prompt_id: None,
+                prompt: p.item.text.clone(),
+                policy: pol.clone(),
+                baseline: base.clone(),
+                outcome: Some(*o),
+            })
             .collect();
         write_atomic(&self.dir.join(format!("samples-phase-{phase}.json")), &serde_json::to_string_pretty(&rows)?)
     }
@@ -395,31 +364,6 @@ impl Run<'_> {
         }
         Ok(out)
     }
-}
-
-fn to_pair(c: &Candidate, pref: Preference) -> Option<PreferencePair> {
-    let (chosen, rejected, rc, rr) = match pref {
-        Preference::A => (&c.a, &c.b, c.ref_logp_a, c.ref_logp_b),
-        Preference::B => (&c.b, &c.a, c.ref_logp_b, c.ref_logp_a),
-        Preference::Tie | Preference::NoDecision => return None,
-    };
-    Some(PreferencePair {
-        prompt: c.prompt.clone(),
-        chosen: chosen.clone(),
-        rejected: rejected.clone(),
-        ref_chosen: rc,
-        ref_rejected: rr,
-    })
-}
-
-fn merge_stats(acc: &mut AcquireStats, s: AcquireStats) {
-    acc.prompts_drawn += s.prompts_drawn;
-    acc.sequences_sampled += s.sequences_sampled;
-    acc.sequences_scored += s.sequences_scored;
-    acc.sampling_seconds += s.sampling_seconds;
-    acc.scoring_seconds += s.scoring_seconds;
-    acc.candidate_margins.extend(s.candidate_margins);
-    acc.candidate_entropies.extend(s.candidate_entropies);
 }
 
 /// Writes through a temporary file and a rename, so a crash never leaves half a file.

@@ -1,22 +1,26 @@
 //! Everything an experiment needs before its first phase: the starting checkpoint, the prompt
-//! pool, the held-out evaluation prompts (with reference texts for TL;DR), and the oracle.
-//! Built once and shared by every (acquisition, seed) run.
+//! pool, the held-out evaluation prompts (with reference texts for TL;DR), the labeller and the
+//! evaluation judge. Built once and shared by every (acquisition, seed) run.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use apl_shared::{Labeller, Task};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::config::{ExperimentConfig, OracleKind, TaskKind};
+use super::config::ExperimentConfig;
+use crate::judge::ledger::Ledger;
+use crate::judge::local::LocalJudge;
+use crate::judge::{LlmJudge, api_key};
 use apl_engine::acquire::PromptItem;
 use apl_engine::data::imdb::{self, Review};
 use apl_engine::data::prompts;
-use apl_engine::model::{Checkpoint, Tokenizer};
+use apl_engine::model::{Checkpoint, Model, Tokenizer};
 use apl_engine::oracle::Oracle;
 use apl_engine::oracle::length::LengthOracle;
 use apl_engine::oracle::sentiment::{NaiveBayes, SentimentOracle};
@@ -26,6 +30,13 @@ use apl_engine::oracle::sentiment::{NaiveBayes, SentimentOracle};
 pub struct EvalPrompt {
     pub item: PromptItem,
     pub reference: Option<String>,
+}
+
+/// Where an experiment's LLM judge keeps its audit log, and where its API key may be found.
+#[derive(Debug, Clone, Default)]
+pub struct JudgeEnv {
+    pub log: Option<PathBuf>,
+    pub secrets_file: Option<PathBuf>,
 }
 
 /// Where acquisition prompts come from.
@@ -123,7 +134,11 @@ pub struct Setup {
     pub tokenizer: Tokenizer,
     pub pool: PromptPool,
     pub eval: Vec<EvalPrompt>,
-    pub oracle: Box<dyn Oracle>,
+    /// Labels the acquired pairs (`settings.labeller`).
+    pub labeller: Arc<dyn Oracle>,
+    /// Judges policy against baseline (`settings.eval.judge`; the labeller itself when they are
+    /// the same kind).
+    pub judge: Arc<dyn Oracle>,
     pub oracle_report: Option<OracleReport>,
 }
 
@@ -153,18 +168,19 @@ pub fn sentiment_oracle(reviews: &[Review], split: &imdb::Split) -> (SentimentOr
 }
 
 impl Setup {
-    /// Loads the data, splits it, trains or builds the oracle. `imdb_csv` is the IMDB file
-    /// to use when the task names none.
-    pub fn build(cfg: &ExperimentConfig, base: Checkpoint, imdb_csv: Option<&Path>) -> Result<Self> {
+    /// Loads the data, splits it, trains or builds the labeller and the judge. `imdb_csv` is
+    /// the IMDB file to use when the task names none.
+    pub fn build(cfg: &ExperimentConfig, base: Checkpoint, imdb_csv: Option<&Path>, env: &JudgeEnv) -> Result<Self> {
         let tokenizer = base.tokenizer().context("the experiment needs the model's tokenizer")?.clone();
         let mut oracle_report = None;
-        let (pool, eval, oracle): (PromptPool, Vec<EvalPrompt>, Box<dyn Oracle>) = match cfg.task.kind {
-            TaskKind::Imdb => {
+        let mut sentiment = None;
+        let (pool, eval) = match cfg.task.kind {
+            Task::Imdb => {
                 let csv = cfg.task.path.as_deref().or(imdb_csv).context("no IMDB CSV given")?;
                 let reviews = Arc::new(imdb::read_reviews(csv)?);
                 let split = imdb::split(
                     &reviews,
-                    cfg.eval.prompts,
+                    cfg.settings.eval.prompts,
                     cfg.oracle_test_reviews,
                     cfg.task.min_chars,
                     cfg.task.split_seed,
@@ -179,22 +195,20 @@ impl Setup {
                         Ok(EvalPrompt { item: PromptItem { ids: p.ids, text: p.text }, reference: None })
                     })
                     .collect::<Result<Vec<_>>>()?;
-                let oracle: Box<dyn Oracle> = match cfg.oracle {
-                    OracleKind::Sentiment => {
-                        let (o, r) = sentiment_oracle(&reviews, &split);
-                        oracle_report = Some(r);
-                        Box::new(o)
-                    }
-                    OracleKind::Length => Box::new(LengthOracle),
-                };
-                (PromptPool::Imdb { reviews, indices: split.pool, tokens: cfg.task.prompt_tokens }, eval, oracle)
+                let s = &cfg.settings;
+                if [s.labeller, s.eval.judge].contains(&Labeller::Sentiment) {
+                    let (o, r) = sentiment_oracle(&reviews, &split);
+                    oracle_report = Some(r);
+                    sentiment = Some(Arc::new(o));
+                }
+                (PromptPool::Imdb { reviews, indices: split.pool, tokens: cfg.task.prompt_tokens }, eval)
             }
-            TaskKind::Tldr | TaskKind::Prompts => {
+            Task::Summarize | Task::Generic => {
                 let path = cfg.task.path.as_deref().context("task.path is required")?;
-                let records = prompts::read(path, cfg.task.kind == TaskKind::Tldr)?;
+                let records = prompts::read(path, cfg.task.kind == Task::Summarize)?;
                 let mut order: Vec<usize> = (0..records.len()).collect();
                 order.shuffle(&mut ChaCha8Rng::seed_from_u64(cfg.task.split_seed));
-                let n_eval = cfg.eval.prompts.min(records.len() / 2);
+                let n_eval = cfg.settings.eval.prompts.min(records.len() / 2);
                 let item = |i: usize| -> Result<PromptItem> {
                     Ok(PromptItem { ids: tokenizer.encode(&records[i].prompt, true)?, text: records[i].prompt.clone() })
                 };
@@ -203,13 +217,39 @@ impl Setup {
                     .map(|&i| Ok(EvalPrompt { item: item(i)?, reference: records[i].reference.clone() }))
                     .collect::<Result<Vec<_>>>()?;
                 let pool = order[n_eval..].iter().map(|&i| item(i)).collect::<Result<Vec<_>>>()?;
-                let oracle: Box<dyn Oracle> = match cfg.oracle {
-                    OracleKind::Length => Box::new(LengthOracle),
-                    OracleKind::Sentiment => anyhow::bail!("the sentiment oracle needs the IMDB task"),
-                };
-                (PromptPool::Items(pool), eval, oracle)
+                (PromptPool::Items(pool), eval)
             }
         };
-        Ok(Self { base, tokenizer, pool, eval, oracle, oracle_report })
+        let make = |kind: Labeller| -> Result<Arc<dyn Oracle>> {
+            let s = &cfg.settings;
+            Ok(match kind {
+                Labeller::Sentiment => {
+                    sentiment.clone().context("the sentiment oracle needs the IMDB task")? as Arc<dyn Oracle>
+                }
+                Labeller::Length => Arc::new(LengthOracle),
+                Labeller::Judge => {
+                    let key = api_key(&s.judge, env.secrets_file.as_deref())?;
+                    let ledger = match &env.log {
+                        Some(p) => Ledger::open(p)?,
+                        None => Ledger::in_memory(),
+                    };
+                    Arc::new(LlmJudge::new(s.judge.clone(), key, Arc::new(ledger))?)
+                }
+                Labeller::LocalJudge => Arc::new(LocalJudge::new(
+                    Model::from_checkpoint(&base)?,
+                    tokenizer.clone(),
+                    s.judge.clone(),
+                    s.acquire.batch_size,
+                )),
+                Labeller::Raters => anyhow::bail!("an experiment needs an automatic labeller, not human raters"),
+            })
+        };
+        let labeller = make(cfg.settings.labeller)?;
+        let judge = if cfg.settings.eval.judge == cfg.settings.labeller {
+            labeller.clone()
+        } else {
+            make(cfg.settings.eval.judge)?
+        };
+        Ok(Self { base, tokenizer, pool, eval, labeller, judge, oracle_report })
     }
 }

@@ -7,6 +7,9 @@
 //! The API key is only ever put in the Authorization header. Errors name the status and what to
 //! check, never the upstream body (which may echo the request or the key).
 
+use apl_shared::settings::InvalidSetting;
+
+use super::JudgeError;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -120,17 +123,18 @@ impl std::fmt::Debug for ChatClient {
 }
 
 impl ChatClient {
-    pub fn new(cfg: ClientConfig) -> Result<Self, String> {
+    pub fn new(cfg: ClientConfig) -> Result<Self, JudgeError> {
         crate::judge::install_crypto();
         let base = cfg.base_url.trim_end_matches('/');
         if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(format!("judge.base_url: {base:?} is not an http:// or https:// address"));
+            let problem = format!("{base:?} is not an http:// or https:// address");
+            return Err(InvalidSetting::new("judge.base_url", problem).into());
         }
         let http = reqwest::Client::builder()
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
             .build()
-            .map_err(|e| format!("building the HTTP client: {e}"))?;
+            .map_err(JudgeError::Http)?;
         Ok(Self { http, url: format!("{base}/chat/completions"), cfg })
     }
 

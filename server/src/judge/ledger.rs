@@ -15,7 +15,10 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::JudgeError;
 use super::client::{ChatReply, ChatRequest};
+use super::template::Shown;
+use apl_shared::Side;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEntry {
@@ -26,8 +29,8 @@ pub struct AuditEntry {
     pub base_url: String,
     /// Identifies the pair (hex SHA-256 of prompt and both texts), whatever the order shown.
     pub pair: String,
-    /// Which of the pair's texts was shown first, as "A": `a` or `b`.
-    pub first_shown: String,
+    /// Which of the pair's texts was shown first, as "A".
+    pub first_shown: Side,
     /// 0 for labelling; 1.. for self-consistency re-asks.
     pub repeat: u32,
     pub request: ChatRequest,
@@ -37,7 +40,7 @@ pub struct AuditEntry {
     pub error: Option<String>,
     /// The letter read off the reply (as shown: `A` = first), none when undecided or failed.
     #[serde(default)]
-    pub verdict: Option<String>,
+    pub verdict: Option<Shown>,
     pub attempts: u32,
     pub latency_ms: u64,
     /// Served from the ledger: no request was sent, nothing was spent.
@@ -59,15 +62,15 @@ impl Ledger {
     }
 
     /// Opens (creating) the JSONL file and loads the answered calls in it as the cache.
-    pub fn open(path: &Path) -> Result<Self, String> {
+    pub fn open(path: &Path) -> Result<Self, JudgeError> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(JudgeError::file("creating", dir))?;
         }
         let mut cache = HashMap::new();
         if path.exists() {
-            let f = std::fs::File::open(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+            let f = std::fs::File::open(path).map_err(JudgeError::file("reading", path))?;
             for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
-                let line = line.map_err(|e| format!("reading {}: {e}", path.display()))?;
+                let line = line.map_err(JudgeError::file("reading", path))?;
                 match serde_json::from_str::<AuditEntry>(&line) {
                     Ok(e) if !e.cached => {
                         if let Some(r) = e.reply {
@@ -85,7 +88,7 @@ impl Ledger {
             .create(true)
             .append(true)
             .open(path)
-            .map_err(|e| format!("opening {}: {e}", path.display()))?;
+            .map_err(JudgeError::file("opening", path))?;
         Ok(Self { path: Some(path.to_path_buf()), file: Mutex::new(Some(file)), cache: Mutex::new(cache) })
     }
 
@@ -101,7 +104,7 @@ impl Ledger {
         self.cache.lock().unwrap().len()
     }
 
-    pub fn record(&self, entry: &AuditEntry) -> Result<(), String> {
+    pub fn record(&self, entry: &AuditEntry) -> Result<(), JudgeError> {
         if !entry.cached
             && let Some(r) = &entry.reply
         {
@@ -109,16 +112,16 @@ impl Ledger {
         }
         let mut file = self.file.lock().unwrap();
         if let Some(f) = file.as_mut() {
-            let mut line = serde_json::to_string(entry).map_err(|e| e.to_string())?;
+            let mut line = serde_json::to_string(entry)?;
             line.push('\n');
-            f.write_all(line.as_bytes()).map_err(|e| format!("writing the judge log: {e}"))?;
+            f.write_all(line.as_bytes()).map_err(JudgeError::Log)?;
         }
         Ok(())
     }
 
-    pub fn sync(&self) -> Result<(), String> {
+    pub fn sync(&self) -> Result<(), JudgeError> {
         if let Some(f) = self.file.lock().unwrap().as_mut() {
-            f.sync_data().map_err(|e| format!("syncing the judge log: {e}"))?;
+            f.sync_data().map_err(JudgeError::Log)?;
         }
         Ok(())
     }
@@ -126,15 +129,16 @@ impl Ledger {
 
 pub use apl_shared::LedgerSummary;
 
-pub fn summarize(path: &Path) -> Result<LedgerSummary, String> {
-    let f = std::fs::File::open(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+pub fn summarize(path: &Path) -> Result<LedgerSummary, JudgeError> {
+    let f = std::fs::File::open(path).map_err(JudgeError::file("reading", path))?;
     let mut s = LedgerSummary::default();
     // (pair, order) -> repeat -> verdict, from calls actually made.
-    let mut asked: HashMap<(String, String), HashMap<u32, Option<String>>> = HashMap::new();
+    let mut asked: HashMap<(String, Side), HashMap<u32, Option<Shown>>> = HashMap::new();
     for line in std::io::BufReader::new(f).lines() {
-        let Ok(e) = serde_json::from_str::<AuditEntry>(&line.map_err(|e| e.to_string())?) else { continue };
+        let line = line.map_err(JudgeError::file("reading", path))?;
+        let Ok(e) = serde_json::from_str::<AuditEntry>(&line) else { continue };
         if !e.cached && e.error.is_none() {
-            asked.entry((e.pair.clone(), e.first_shown.clone())).or_default().insert(e.repeat, e.verdict.clone());
+            asked.entry((e.pair.clone(), e.first_shown)).or_default().insert(e.repeat, e.verdict);
         }
         s.calls += 1;
         s.cached += e.cached as u64;
@@ -146,16 +150,16 @@ pub fn summarize(path: &Path) -> Result<LedgerSummary, String> {
             s.prompt_tokens += r.usage.prompt_tokens;
             s.completion_tokens += r.usage.completion_tokens;
         }
-        match (&e.error, e.verdict.as_deref()) {
+        match (&e.error, e.verdict) {
             (Some(_), _) => s.failed += 1,
             (None, Some(v)) => {
                 s.decided += 1;
-                s.first_position += (v == "A") as u64;
+                s.first_position += (v == Shown::First) as u64;
             }
             (None, None) => s.no_decision += 1,
         }
     }
-    let groups: Vec<Vec<Option<String>>> =
+    let groups: Vec<Vec<Option<Shown>>> =
         asked.into_values().filter(|g| g.len() >= 2).map(|g| g.into_values().collect()).collect();
     s.repeated_questions = groups.len();
     if !groups.is_empty() {
@@ -210,7 +214,7 @@ mod tests {
             key: key.into(),
             base_url: "http://x/v1".into(),
             pair: "p".into(),
-            first_shown: "a".into(),
+            first_shown: Side::A,
             repeat: 0,
             request: ChatRequest {
                 model: "m".into(),
@@ -259,16 +263,16 @@ mod tests {
         let l = Ledger::open(&path).unwrap();
         // Pair p asked three times: A, A, B (1 of 3 answer pairs agree); pair q once; one cache hit.
         for (pair, repeat, verdict, cached) in [
-            ("p", 0, Some("A"), false),
-            ("p", 1, Some("A"), false),
-            ("p", 2, Some("B"), false),
+            ("p", 0, Some(Shown::First), false),
+            ("p", 1, Some(Shown::First), false),
+            ("p", 2, Some(Shown::Second), false),
             ("q", 0, None, false),
-            ("p", 0, Some("A"), true),
+            ("p", 0, Some(Shown::First), true),
         ] {
             let mut e = entry(&format!("{pair}{repeat}"), Some("x"), cached);
             e.pair = pair.into();
             e.repeat = repeat;
-            e.verdict = verdict.map(str::to_string);
+            e.verdict = verdict;
             e.cost_usd = if cached { 0.0 } else { 0.5 };
             l.record(&e).unwrap();
         }
@@ -278,6 +282,16 @@ mod tests {
         assert_eq!(s.cost_usd, 2.0);
         assert_eq!(s.repeated_questions, 1);
         assert!((s.self_consistency.unwrap() - 1.0 / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn entries_keep_their_written_form() {
+        // Logs written before the vocabulary was typed read the same: side `a`, letter `A`.
+        let mut e = entry("k", Some("A"), false);
+        e.verdict = Some(Shown::First);
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!((v["first_shown"].as_str(), v["verdict"].as_str()), (Some("a"), Some("A")));
+        assert_eq!(serde_json::from_value::<AuditEntry>(v).unwrap(), e);
     }
 
     #[test]

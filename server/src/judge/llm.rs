@@ -15,17 +15,10 @@ use serde::{Deserialize, Serialize};
 
 use super::client::{ChatClient, ChatRequest, ClientConfig, Message, Usage};
 use super::ledger::{AuditEntry, Ledger, call_key, redact_url, sha256_hex};
-use super::template::{Shown, comparison, logprob_verdict, parse_verdict};
-use super::{AnswerMode, Disagreement, JudgeOrder, JudgeSettings};
-use apl_engine::oracle::{Comparison, Judgement, Oracle, Preference};
-
-/// Which of the pair's texts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Side {
-    A,
-    B,
-}
+use super::template::{Shown, comparison, logprob_verdict, parse_verdict, render_for};
+use super::{AnswerMode, Disagreement, JudgeError, JudgeOrder, JudgeSettings};
+use apl_engine::oracle::{Comparison, Judgement, Oracle, OracleError, Preference};
+pub use apl_shared::Side;
 
 /// One call's result, un-swapped.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,38 +48,7 @@ impl PairVerdict {
     }
 }
 
-/// Running totals since the judge was made.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct JudgeTotals {
-    pub calls: u64,
-    pub cached: u64,
-    pub failed: u64,
-    /// Attempts beyond the first, over all calls.
-    pub retries: u64,
-    /// Answers with no A or B.
-    pub no_decision: u64,
-    /// Answered calls, and those that chose the text shown first.
-    pub decided: u64,
-    pub first_position: u64,
-    /// Pairs asked in both orders with both answered, and those whose answers disagreed.
-    pub both_orders: u64,
-    pub disagreements: u64,
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-    pub cost_usd: f64,
-}
-
-impl JudgeTotals {
-    /// Share of decided calls that chose the text shown first (0.5 = no position bias).
-    pub fn first_position_rate(&self) -> Option<f64> {
-        (self.decided > 0).then(|| self.first_position as f64 / self.decided as f64)
-    }
-
-    /// Share of both-order pairs whose two answers disagreed.
-    pub fn position_bias_rate(&self) -> Option<f64> {
-        (self.both_orders > 0).then(|| self.disagreements as f64 / self.both_orders as f64)
-    }
-}
+pub use apl_shared::{JudgeReport, JudgeTotals};
 
 /// Agreement of a judge with itself over repeated asks of the same question.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -124,7 +86,7 @@ struct Ask<'a> {
 }
 
 impl LlmJudge {
-    pub fn new(settings: JudgeSettings, api_key: Option<String>, ledger: Arc<Ledger>) -> Result<Self, String> {
+    pub fn new(settings: JudgeSettings, api_key: Option<String>, ledger: Arc<Ledger>) -> Result<Self, JudgeError> {
         settings.validate()?;
         Ok(Self {
             settings,
@@ -156,7 +118,7 @@ impl LlmJudge {
         format!("llm:{}", self.settings.model)
     }
 
-    fn client(&self) -> Result<ChatClient, String> {
+    fn client(&self) -> Result<ChatClient, JudgeError> {
         let s = &self.settings;
         ChatClient::new(ClientConfig {
             base_url: s.base_url.clone(),
@@ -172,13 +134,13 @@ impl LlmJudge {
         random_first(self.settings.seed, c)
     }
 
-    fn request(&self, c: &Comparison, first: Side) -> Result<ChatRequest, String> {
+    fn request(&self, c: &Comparison, first: Side) -> Result<ChatRequest, JudgeError> {
         let s = &self.settings;
         let (x, y) = match first {
             Side::A => (c.a, c.b),
             Side::B => (c.b, c.a),
         };
-        let r = s.task.render_for(s.answer, s.template.as_ref(), c.prompt, x, y)?;
+        let r = render_for(s.task, s.answer, s.template.as_ref(), c.prompt, x, y)?;
         let logprobs = s.answer == AnswerMode::Logprobs;
         Ok(ChatRequest {
             model: s.model.clone(),
@@ -197,7 +159,7 @@ impl LlmJudge {
                 return CallVerdict {
                     first_shown: ask.first,
                     choice: None,
-                    error: Some(e),
+                    error: Some(e.to_string()),
                     cached: false,
                     rationale: None,
                 };
@@ -249,12 +211,12 @@ impl LlmJudge {
             key,
             base_url: self.base_url(),
             pair: sha256_hex(&[c.prompt, c.a, c.b]),
-            first_shown: if ask.first == Side::A { "a" } else { "b" }.into(),
+            first_shown: ask.first,
             repeat: ask.repeat,
             request: req,
             reply: reply.clone(),
             error: error.clone(),
-            verdict: shown.map(|s| if s == Shown::First { "A" } else { "B" }.to_string()),
+            verdict: shown,
             attempts,
             latency_ms,
             cached,
@@ -262,7 +224,7 @@ impl LlmJudge {
         };
         let error = match self.ledger.record(&entry) {
             Ok(()) => error,
-            Err(e) => Some(error.unwrap_or(e)),
+            Err(e) => Some(error.unwrap_or(e.to_string())),
         };
         CallVerdict {
             first_shown: ask.first,
@@ -274,7 +236,7 @@ impl LlmJudge {
     }
 
     /// Runs the planned calls concurrently; results in plan order.
-    async fn run_asks(&self, asks: &[Ask<'_>]) -> Result<Vec<CallVerdict>, String> {
+    async fn run_asks(&self, asks: &[Ask<'_>]) -> Result<Vec<CallVerdict>, JudgeError> {
         let client = self.client()?;
         let client = &client;
         let mut out: Vec<(usize, CallVerdict)> = futures_util::stream::iter(asks.iter().enumerate())
@@ -288,7 +250,7 @@ impl LlmJudge {
     }
 
     /// Judges each pair: one call in `random` order mode, two in `both`.
-    pub async fn judge_pairs(&self, items: &[Comparison<'_>]) -> Result<Vec<PairVerdict>, String> {
+    pub async fn judge_pairs(&self, items: &[Comparison<'_>]) -> Result<Vec<PairVerdict>, JudgeError> {
         let mut asks = Vec::new();
         for (i, c) in items.iter().enumerate() {
             match self.settings.order {
@@ -320,7 +282,7 @@ impl LlmJudge {
 
     /// Asks each pair `repeats` times (fresh calls: the repeat number is part of the cache key;
     /// the first is the labelling call itself), in the pair's usual order.
-    pub async fn self_consistency(&self, items: &[Comparison<'_>], repeats: u32) -> Result<Consistency, String> {
+    pub async fn self_consistency(&self, items: &[Comparison<'_>], repeats: u32) -> Result<Consistency, JudgeError> {
         let repeats = repeats.max(2);
         let mut asks = Vec::new();
         for (i, c) in items.iter().enumerate() {
@@ -333,8 +295,9 @@ impl LlmJudge {
             }
         }
         let verdicts = self.run_asks(&asks).await?;
+        let failed = verdicts.iter().filter(|v| v.error.is_some()).count();
         if let Some(e) = verdicts.iter().find_map(|v| v.error.as_deref()) {
-            return Err(format!("self-consistency: a judge call failed: {e}"));
+            return Err(JudgeError::CallsFailed { failed, total: verdicts.len(), first: e.to_string() });
         }
         let mut answers: Vec<Vec<Option<Side>>> = vec![Vec::new(); items.len()];
         for (a, v) in asks.iter().zip(verdicts) {
@@ -408,26 +371,28 @@ impl Oracle for LlmJudge {
         self.label()
     }
 
-    fn judge(&self, item: &Comparison) -> anyhow::Result<Judgement> {
+    fn judge(&self, item: &Comparison) -> Result<Judgement, OracleError> {
         Ok(self.judge_all(std::slice::from_ref(item))?.remove(0))
     }
 
-    fn report(&self) -> Option<serde_json::Value> {
-        let t = self.totals();
-        let mut v = serde_json::to_value(&t).ok()?;
-        v["first_position_rate"] = serde_json::json!(t.first_position_rate());
-        v["position_bias_rate"] = serde_json::json!(t.position_bias_rate());
-        v["audit_log_calls"] = serde_json::json!(self.ledger.cached_calls());
-        Some(v)
+    fn report(&self) -> Option<JudgeReport> {
+        let totals = self.totals();
+        Some(JudgeReport {
+            first_position_rate: totals.first_position_rate(),
+            position_bias_rate: totals.position_bias_rate(),
+            audit_log_calls: self.ledger.cached_calls(),
+            totals,
+        })
     }
 
     /// Fails if any call failed after its retries (answered calls are in the ledger, so running
     /// again asks only the rest); unreadable answers are `NoDecision`, not failures.
-    fn judge_all(&self, items: &[Comparison]) -> anyhow::Result<Vec<Judgement>> {
-        let verdicts = self.block_on(self.judge_pairs(items)).map_err(anyhow::Error::msg)?;
+    fn judge_all(&self, items: &[Comparison]) -> Result<Vec<Judgement>, OracleError> {
+        let verdicts = self.block_on(self.judge_pairs(items)).map_err(|e| OracleError::new(self.label(), e))?;
         let failed = verdicts.iter().filter(|v| v.failed().is_some()).count();
         if let Some(e) = verdicts.iter().find_map(|v| v.failed()) {
-            anyhow::bail!("{failed} of {} judge calls failed after retries; first: {e}", verdicts.len());
+            let e = JudgeError::CallsFailed { failed, total: verdicts.len(), first: e.to_string() };
+            return Err(OracleError::new(self.label(), e));
         }
         Ok(verdicts
             .into_iter()

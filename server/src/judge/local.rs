@@ -7,31 +7,40 @@
 //! layout; others the plain text of the messages.
 
 use super::llm::{Side, combine, random_first};
-use super::{JudgeOrder, JudgeSettings};
-use apl_engine::model::{Model, Tokenizer, sequence_logprobs};
-use apl_engine::oracle::{Comparison, Judgement, Oracle};
+use super::template::render;
+use super::{JudgeError, JudgeOrder, JudgeSettings};
+use apl_engine::model::{Model, ModelError, Tokenizer, sequence_logprobs};
+use apl_engine::oracle::{Comparison, Judgement, Oracle, OracleError};
 
-pub struct LocalJudge<'a> {
-    model: &'a Model,
-    tokenizer: &'a Tokenizer,
+/// Why the local judge could not answer: its prompt, or the model.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalJudgeError {
+    #[error(transparent)]
+    Prompt(#[from] JudgeError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+pub struct LocalJudge {
+    model: Model,
+    tokenizer: Tokenizer,
     settings: JudgeSettings,
     batch_size: usize,
 }
 
-impl<'a> LocalJudge<'a> {
+impl LocalJudge {
     /// Uses the settings' task, template, order, disagreement rule and seed; the API fields are
-    /// ignored.
-    pub fn new(model: &'a Model, tokenizer: &'a Tokenizer, settings: JudgeSettings, batch_size: usize) -> Self {
+    /// ignored. `model` shares its weights with the caller's (a model's clone copies no tensor).
+    pub fn new(model: Model, tokenizer: Tokenizer, settings: JudgeSettings, batch_size: usize) -> Self {
         Self { model, tokenizer, settings, batch_size: batch_size.max(1) }
     }
 
-    fn prompt_text(&self, c: &Comparison, first: Side) -> anyhow::Result<String> {
+    fn prompt_text(&self, c: &Comparison, first: Side) -> Result<String, JudgeError> {
         let (x, y) = match first {
             Side::A => (c.a, c.b),
             Side::B => (c.b, c.a),
         };
-        let r =
-            self.settings.task.render(self.settings.template.as_ref(), c.prompt, x, y).map_err(anyhow::Error::msg)?;
+        let r = render(self.settings.task, self.settings.template.as_ref(), c.prompt, x, y)?;
         Ok(if self.tokenizer.token_to_id("<|im_start|>").is_some() {
             format!(
                 "<|im_start|>system\n{}<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\nPreferred:",
@@ -43,33 +52,33 @@ impl<'a> LocalJudge<'a> {
     }
 
     /// Per call: log p(" A") - log p(" B") for each (pair, order) asked.
-    pub fn margins(&self, asks: &[(Comparison, Side)]) -> anyhow::Result<Vec<f32>> {
+    pub fn margins(&self, asks: &[(Comparison, Side)]) -> Result<Vec<f32>, LocalJudgeError> {
         let letter_a = self.tokenizer.encode(" A", false)?;
         let letter_b = self.tokenizer.encode(" B", false)?;
         let prompts: Vec<Vec<u32>> = asks
             .iter()
             .map(|(c, first)| Ok(self.tokenizer.encode(&self.prompt_text(c, *first)?, true)?))
-            .collect::<anyhow::Result<_>>()?;
+            .collect::<Result<_, LocalJudgeError>>()?;
         let mut seqs: Vec<(&[u32], &[u32])> = Vec::with_capacity(asks.len() * 2);
         for p in &prompts {
             seqs.push((p, &letter_a));
             seqs.push((p, &letter_b));
         }
-        let lp = sequence_logprobs(self.model, &seqs, self.batch_size, |_| {})?;
+        let lp = sequence_logprobs(&self.model, &seqs, self.batch_size, |_| {})?;
         Ok(lp.chunks(2).map(|ab| ab[0].sum - ab[1].sum).collect())
     }
 }
 
-impl Oracle for LocalJudge<'_> {
+impl Oracle for LocalJudge {
     fn name(&self) -> String {
         "local:logprob".into()
     }
 
-    fn judge(&self, item: &Comparison) -> anyhow::Result<Judgement> {
+    fn judge(&self, item: &Comparison) -> Result<Judgement, OracleError> {
         Ok(self.judge_all(std::slice::from_ref(item))?.remove(0))
     }
 
-    fn judge_all(&self, items: &[Comparison]) -> anyhow::Result<Vec<Judgement>> {
+    fn judge_all(&self, items: &[Comparison]) -> Result<Vec<Judgement>, OracleError> {
         let mut asks = Vec::new();
         for c in items {
             match self.settings.order {
@@ -80,7 +89,7 @@ impl Oracle for LocalJudge<'_> {
                 }
             }
         }
-        let margins = self.margins(&asks)?;
+        let margins = self.margins(&asks).map_err(|e| OracleError::new(self.name(), e))?;
         let per = if self.settings.order == JudgeOrder::Both { 2 } else { 1 };
         Ok(asks
             .chunks(per)

@@ -6,50 +6,14 @@
 //! names both letters), and anything that is not a bare A or B there is no decision — never
 //! guessed into a side.
 
+use apl_shared::settings::{AnswerMode, CustomTemplate, InvalidSetting, JudgeTask};
 use serde::{Deserialize, Serialize};
-
-/// Which criteria the judge applies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JudgeTask {
-    /// IMDB continuations: more positive sentiment, while fluent.
-    #[default]
-    Imdb,
-    /// TL;DR summaries: the important points without irrelevant detail.
-    Summarize,
-    /// Generic assistant responses: which is more helpful.
-    Helpful,
-    /// The project's own `template`.
-    Custom,
-}
-
-/// A user-supplied template: `{prompt}`, `{a}` and `{b}` are replaced, each must appear in
-/// `user`, and no other `{name}` may.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct CustomTemplate {
-    pub system: String,
-    pub user: String,
-}
 
 const ANSWER_FORMAT: &str = "FIRST provide a one-sentence comparison of the two {what}, explaining which you prefer \
 and why. SECOND, on a new line, state only \"A\" or \"B\" to indicate your choice. You must choose one of them. \
 Your response should use the format:\nComparison: <one-sentence comparison and explanation>\nPreferred: <\"A\" or \"B\">";
 
 const LETTER_FORMAT: &str = "Answer with only the letter \"A\" or \"B\" for the {what} you prefer, nothing else.";
-
-/// How the judge answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AnswerMode {
-    /// A one-sentence comparison, then the letter on its own line (the paper's format).
-    #[default]
-    Text,
-    /// Only the letter, as one token; the verdict is whichever of "A" and "B" has the higher
-    /// log-probability among the first token's most likely alternatives (a forced choice, for
-    /// servers that return `logprobs`; small models that never write the letter still answer).
-    Logprobs,
-}
 
 /// The messages for one call; `a` and `b` are in the order shown to the judge.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,95 +22,76 @@ pub struct Rendered {
     pub user: String,
 }
 
-impl JudgeTask {
-    pub fn render(self, custom: Option<&CustomTemplate>, prompt: &str, a: &str, b: &str) -> Result<Rendered, String> {
-        self.render_for(AnswerMode::Text, custom, prompt, a, b)
-    }
-
-    pub fn render_for(
-        self,
-        mode: AnswerMode,
-        custom: Option<&CustomTemplate>,
-        prompt: &str,
-        a: &str,
-        b: &str,
-    ) -> Result<Rendered, String> {
-        let format = match mode {
-            AnswerMode::Text => ANSWER_FORMAT,
-            AnswerMode::Logprobs => LETTER_FORMAT,
-        };
-        let fmt = |what: &str| format.replace("{what}", what);
-        Ok(match self {
-            JudgeTask::Imdb => Rendered {
-                system: "You are a careful judge of movie-review text. You compare two continuations of the same \
-                         review and always pick one."
-                    .into(),
-                user: format!(
-                    "Which of the following continuations of a movie review expresses a more positive sentiment, \
-                     while staying fluent and coherent with the start of the review?\n\nReview start: {prompt}\n\n\
-                     Continuation A: {a}\n\nContinuation B: {b}\n\n{}",
-                    fmt("continuations")
-                ),
-            },
-            JudgeTask::Summarize => Rendered {
-                system: "You are a careful judge of summaries. You compare two summaries of the same post and always \
-                         pick one."
-                    .into(),
-                user: format!(
-                    "Which of the following summaries does a better job of summarizing the most important points in \
-                     the given forum post, without including unimportant or irrelevant details? A good summary is \
-                     both precise and concise.\n\nPost: {prompt}\n\nSummary A: {a}\n\nSummary B: {b}\n\n{}",
-                    fmt("summaries")
-                ),
-            },
-            JudgeTask::Helpful => Rendered {
-                system: "You are a careful judge of assistant responses. You compare two responses to the same query \
-                         and always pick one."
-                    .into(),
-                user: format!(
-                    "For the following query to a chatbot, which response is more helpful?\n\nQuery: {prompt}\n\n\
-                     Response A: {a}\n\nResponse B: {b}\n\n{}",
-                    fmt("responses")
-                ),
-            },
-            JudgeTask::Custom => {
-                let t = custom.ok_or("judge.task is custom but judge.template is missing")?;
-                check_template(t)?;
-                Rendered {
-                    system: t.system.clone(),
-                    // One pass, so a placeholder inside a completion is never substituted.
-                    user: substitute(&t.user, &[("prompt", prompt), ("a", a), ("b", b)]),
-                }
-            }
-        })
-    }
+/// The messages of `task` for one pair, in the paper's answer format.
+pub fn render(
+    task: JudgeTask,
+    custom: Option<&CustomTemplate>,
+    prompt: &str,
+    a: &str,
+    b: &str,
+) -> Result<Rendered, InvalidSetting> {
+    render_for(task, AnswerMode::Text, custom, prompt, a, b)
 }
 
-/// Checks a custom template: the three placeholders present, no others.
-pub fn check_template(t: &CustomTemplate) -> Result<(), String> {
-    for name in ["prompt", "a", "b"] {
-        if !t.user.contains(&format!("{{{name}}}")) {
-            return Err(format!("judge.template.user: the placeholder {{{name}}} is missing"));
-        }
-    }
-    for field in [("system", &t.system), ("user", &t.user)] {
-        let mut rest = field.1.as_str();
-        while let Some(i) = rest.find('{') {
-            let tail = &rest[i + 1..];
-            if let Some(j) = tail.find('}') {
-                let name = &tail[..j];
-                let ident = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-                if ident && (field.0 == "system" || !["prompt", "a", "b"].contains(&name)) {
-                    return Err(format!(
-                        "judge.template.{}: unknown placeholder {{{name}}} (only {{prompt}}, {{a}} and {{b}}, in user)",
-                        field.0
-                    ));
-                }
+/// The messages of `task` for one pair, asking for an answer in `mode`.
+pub fn render_for(
+    task: JudgeTask,
+    mode: AnswerMode,
+    custom: Option<&CustomTemplate>,
+    prompt: &str,
+    a: &str,
+    b: &str,
+) -> Result<Rendered, InvalidSetting> {
+    let format = match mode {
+        AnswerMode::Text => ANSWER_FORMAT,
+        AnswerMode::Logprobs => LETTER_FORMAT,
+    };
+    let fmt = |what: &str| format.replace("{what}", what);
+    Ok(match task {
+        JudgeTask::Imdb => Rendered {
+            system: "You are a careful judge of movie-review text. You compare two continuations of the same \
+                         review and always pick one."
+                .into(),
+            user: format!(
+                "Which of the following continuations of a movie review expresses a more positive sentiment, \
+                     while staying fluent and coherent with the start of the review?\n\nReview start: {prompt}\n\n\
+                     Continuation A: {a}\n\nContinuation B: {b}\n\n{}",
+                fmt("continuations")
+            ),
+        },
+        JudgeTask::Summarize => Rendered {
+            system: "You are a careful judge of summaries. You compare two summaries of the same post and always \
+                         pick one."
+                .into(),
+            user: format!(
+                "Which of the following summaries does a better job of summarizing the most important points in \
+                     the given forum post, without including unimportant or irrelevant details? A good summary is \
+                     both precise and concise.\n\nPost: {prompt}\n\nSummary A: {a}\n\nSummary B: {b}\n\n{}",
+                fmt("summaries")
+            ),
+        },
+        JudgeTask::Helpful => Rendered {
+            system: "You are a careful judge of assistant responses. You compare two responses to the same query \
+                         and always pick one."
+                .into(),
+            user: format!(
+                "For the following query to a chatbot, which response is more helpful?\n\nQuery: {prompt}\n\n\
+                     Response A: {a}\n\nResponse B: {b}\n\n{}",
+                fmt("responses")
+            ),
+        },
+        JudgeTask::Custom => {
+            let t = custom.ok_or_else(|| {
+                InvalidSetting::new("judge.template", "judge.task is custom but the template is missing")
+            })?;
+            t.check()?;
+            Rendered {
+                system: t.system.clone(),
+                // One pass, so a placeholder inside a completion is never substituted.
+                user: substitute(&t.user, &[("prompt", prompt), ("a", a), ("b", b)]),
             }
-            rest = tail;
         }
-    }
-    Ok(())
+    })
 }
 
 fn substitute(template: &str, values: &[(&str, &str)]) -> String {
@@ -170,12 +115,14 @@ fn substitute(template: &str, values: &[(&str, &str)]) -> String {
     out
 }
 
-/// The position the judge chose, as shown to it.
+/// The position the judge chose, as shown to it (written as the letter it answered).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Shown {
     /// The first text, labelled "A".
+    #[serde(rename = "A")]
     First,
     /// The second text, labelled "B".
+    #[serde(rename = "B")]
     Second,
 }
 
@@ -262,7 +209,7 @@ mod tests {
     #[test]
     fn built_in_prompts_have_both_texts_in_order() {
         for task in [JudgeTask::Imdb, JudgeTask::Summarize, JudgeTask::Helpful] {
-            let r = task.render(None, "PROMPT", "FIRST-TEXT", "SECOND-TEXT").unwrap();
+            let r = render(task, None, "PROMPT", "FIRST-TEXT", "SECOND-TEXT").unwrap();
             let (p, a, b) = (
                 r.user.find("PROMPT").unwrap(),
                 r.user.find("FIRST-TEXT").unwrap(),
@@ -276,15 +223,15 @@ mod tests {
     #[test]
     fn custom_templates_checked_and_filled_once() {
         let t = CustomTemplate { system: "Judge.".into(), user: "Q: {prompt}\nA: {a}\nB: {b}\nLetter?".into() };
-        let r = JudgeTask::Custom.render(Some(&t), "p", "{b}", "y").unwrap();
+        let r = render(JudgeTask::Custom, Some(&t), "p", "{b}", "y").unwrap();
         assert_eq!(r.user, "Q: p\nA: {b}\nB: y\nLetter?");
         let missing = CustomTemplate { system: String::new(), user: "{prompt} {a}".into() };
-        assert!(check_template(&missing).unwrap_err().contains("{b} is missing"));
-        let unknown = CustomTemplate { system: String::new(), user: "{prompt} {a} {b} {model}".into() };
-        assert!(check_template(&unknown).unwrap_err().contains("unknown placeholder {model}"));
-        // JSON-looking braces are not placeholders.
-        let json = CustomTemplate { system: String::new(), user: "{prompt} {a} {b} answer {\"x\": 1}".into() };
-        assert!(check_template(&json).is_ok());
-        assert!(JudgeTask::Custom.render(None, "p", "a", "b").is_err());
+        assert!(
+            render(JudgeTask::Custom, Some(&missing), "p", "a", "b")
+                .unwrap_err()
+                .to_string()
+                .contains("{b} is missing")
+        );
+        assert!(render(JudgeTask::Custom, None, "p", "a", "b").is_err());
     }
 }

@@ -8,33 +8,10 @@
 
 use std::collections::BTreeMap;
 
-use apl_shared::PairRecord;
+use apl_shared::{Choice, LabelSource, PairKind, PairRecord, Preference, Side};
 use serde::Serialize;
-use sqlx::Row;
-use sqlx::any::AnyRow;
 
-use super::{Result, Store, StoreError};
-
-/// Which labels make a preference.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LabelSource {
-    Human,
-    Judge,
-    /// Human votes where a pair has any, else judge labels.
-    HumanThenJudge,
-}
-
-impl std::str::FromStr for LabelSource {
-    type Err = StoreError;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "human" => Ok(Self::Human),
-            "judge" => Ok(Self::Judge),
-            "human_then_judge" => Ok(Self::HumanThenJudge),
-            _ => Err(StoreError::Invalid(format!("source: {s:?} is not human, judge or human_then_judge"))),
-        }
-    }
-}
+use super::{Result, Store};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct VoteCounts {
@@ -46,14 +23,24 @@ pub struct VoteCounts {
 }
 
 impl VoteCounts {
-    fn add(&mut self, choice: &str) {
+    fn add(&mut self, choice: Choice) {
         match choice {
-            "a" => self.a += 1,
-            "b" => self.b += 1,
-            "tie" => self.tie += 1,
-            "both_bad" => self.both_bad += 1,
-            _ => self.skip += 1,
+            Choice::A => self.a += 1,
+            Choice::B => self.b += 1,
+            Choice::Tie => self.tie += 1,
+            Choice::BothBad => self.both_bad += 1,
+            Choice::Skip => self.skip += 1,
         }
+    }
+
+    /// A judge's label counts as a vote: a side, a tie, or (no decision) a skip, never a side.
+    fn add_judged(&mut self, p: Preference) {
+        self.add(match p {
+            Preference::A => Choice::A,
+            Preference::B => Choice::B,
+            Preference::Tie => Choice::Tie,
+            Preference::NoDecision => Choice::Skip,
+        });
     }
 
     /// The strict majority between A and B, if any.
@@ -64,56 +51,48 @@ impl VoteCounts {
 
 /// A labelled pair with its aggregated preference.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Preference {
+pub struct LabelledPair {
     pub pair: PairRecord,
     pub votes: VoteCounts,
     /// Names of the raters (or judges) who voted.
     pub raters: Vec<String>,
-    /// True when A is preferred.
-    pub a_wins: bool,
+    /// The preferred completion.
+    pub chosen: Side,
 }
 
-/// One vote as stored, for the raw exports.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+impl LabelledPair {
+    /// The (chosen, rejected) completion texts.
+    pub fn chosen_rejected(&self) -> (&str, &str) {
+        let (a, b) = (self.pair.completion_a.as_str(), self.pair.completion_b.as_str());
+        match self.chosen {
+            Side::A => (a, b),
+            Side::B => (b, a),
+        }
+    }
+}
+
+/// One vote as stored, for the raw exports (one CSV row, in this column order).
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct Vote {
     pub pair_id: String,
-    pub pair_kind: String,
+    pub pair_kind: PairKind,
     pub round: Option<i64>,
     pub rater_id: String,
     pub rater: String,
-    pub choice: String,
-    /// Which completion (a or b) was on the left.
-    pub left: String,
+    pub choice: Choice,
+    /// Which completion was on the left.
+    pub left: Side,
     pub time_ms: i64,
     pub rationale: Option<String>,
-    pub gold_choice: Option<String>,
+    pub gold_choice: Option<Choice>,
     pub created_at: i64,
 }
 
-const PAIR_COLS: &str = "p.id, p.kind, p.round, p.acquisition, pr.text AS prompt, ca.text AS text_a, \
-    cb.text AS text_b, p.r_a, p.r_b, p.margin, p.entropy, p.gold_choice, p.target_votes, p.votes, p.created_at";
+/// The columns of [`PairRecord`].
+const PAIR_COLS: &str = "p.id, p.kind, p.round, p.acquisition, pr.text AS prompt, ca.text AS completion_a, \
+    cb.text AS completion_b, p.r_a, p.r_b, p.margin, p.entropy, p.gold_choice, p.target_votes, p.votes, p.created_at";
 const PAIR_JOINS: &str = "FROM pairs p JOIN prompts pr ON pr.id = p.prompt_id \
     JOIN completions ca ON ca.id = p.completion_a JOIN completions cb ON cb.id = p.completion_b";
-
-fn pair_of(r: &AnyRow) -> Result<PairRecord> {
-    Ok(PairRecord {
-        id: r.try_get("id")?,
-        kind: r.try_get("kind")?,
-        round: r.try_get("round")?,
-        acquisition: r.try_get("acquisition")?,
-        prompt: r.try_get("prompt")?,
-        completion_a: r.try_get("text_a")?,
-        completion_b: r.try_get("text_b")?,
-        r_a: r.try_get("r_a")?,
-        r_b: r.try_get("r_b")?,
-        margin: r.try_get("margin")?,
-        entropy: r.try_get("entropy")?,
-        gold_choice: r.try_get("gold_choice")?,
-        target_votes: r.try_get("target_votes")?,
-        votes: r.try_get("votes")?,
-        created_at: r.try_get("created_at")?,
-    })
-}
 
 impl Store {
     /// Pairs of a project (not those of human checks), oldest first; `round` narrows to one round.
@@ -128,56 +107,55 @@ impl Store {
             "SELECT {PAIR_COLS} {PAIR_JOINS} WHERE p.project_id = $1 AND p.check_id IS NULL AND ($2 IS NULL OR p.round = $2) \
              ORDER BY p.created_at, p.id LIMIT $3 OFFSET $4"
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(q))
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(q))
             .bind(project_id)
             .bind(round)
             .bind(limit)
             .bind(offset)
             .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(pair_of).collect()
+            .await?)
     }
 
     /// Training pairs with a majority preference from `source`, oldest first.
-    pub async fn preferences(&self, project_id: &str, source: LabelSource) -> Result<Vec<Preference>> {
+    pub async fn preferences(&self, project_id: &str, source: LabelSource) -> Result<Vec<LabelledPair>> {
         let q = format!(
-            "SELECT {PAIR_COLS} {PAIR_JOINS} WHERE p.project_id = $1 AND p.kind = 'train' AND p.check_id IS NULL \
+            "SELECT {PAIR_COLS} {PAIR_JOINS} WHERE p.project_id = $1 AND p.kind = $2 AND p.check_id IS NULL \
              ORDER BY p.created_at, p.id"
         );
-        let pairs = sqlx::query(sqlx::AssertSqlSafe(q)).bind(project_id).fetch_all(&self.pool).await?;
-        let human = sqlx::query(
+        let pairs: Vec<PairRecord> =
+            sqlx::query_as(sqlx::AssertSqlSafe(q)).bind(project_id).bind(PairKind::Train).fetch_all(&self.pool).await?;
+        let human: Vec<(String, Choice, String)> = sqlx::query_as(
             "SELECT l.pair_id, l.choice, r.name FROM labels l JOIN raters r ON r.id = l.rater_id \
-             JOIN pairs p ON p.id = l.pair_id WHERE p.project_id = $1 AND p.kind = 'train' AND p.check_id IS NULL \
+             JOIN pairs p ON p.id = l.pair_id WHERE p.project_id = $1 AND p.kind = $2 AND p.check_id IS NULL \
              ORDER BY l.created_at, l.id",
         )
         .bind(project_id)
+        .bind(PairKind::Train)
         .fetch_all(&self.pool)
         .await?;
-        let judge = sqlx::query(
+        let judge: Vec<(String, Preference, String)> = sqlx::query_as(
             "SELECT l.pair_id, l.choice, l.judge FROM judge_labels l JOIN pairs p ON p.id = l.pair_id \
-             WHERE p.project_id = $1 AND p.kind = 'train' AND p.check_id IS NULL ORDER BY l.created_at, l.id",
+             WHERE p.project_id = $1 AND p.kind = $2 AND p.check_id IS NULL ORDER BY l.created_at, l.id",
         )
         .bind(project_id)
+        .bind(PairKind::Train)
         .fetch_all(&self.pool)
         .await?;
-        let group = |rows: &[AnyRow]| -> Result<BTreeMap<String, (VoteCounts, Vec<String>)>> {
-            let mut m: BTreeMap<String, (VoteCounts, Vec<String>)> = BTreeMap::new();
-            for r in rows {
-                let e = m.entry(r.try_get(0)?).or_default();
-                let choice: String = r.try_get(1)?;
-                // A judge's "none" (no decision) is recorded as a skip, never as a side.
-                e.0.add(if choice == "none" { "skip" } else { &choice });
-                let who: String = r.try_get(2)?;
+        type Tally = BTreeMap<String, (VoteCounts, Vec<String>)>;
+        fn tally<C: Copy>(rows: Vec<(String, C, String)>, add: fn(&mut VoteCounts, C)) -> Tally {
+            let mut m = Tally::new();
+            for (pair, choice, who) in rows {
+                let e = m.entry(pair).or_default();
+                add(&mut e.0, choice);
                 if !e.1.contains(&who) {
                     e.1.push(who);
                 }
             }
-            Ok(m)
-        };
-        let (human, judge) = (group(&human)?, group(&judge)?);
+            m
+        }
+        let (human, judge) = (tally(human, VoteCounts::add), tally(judge, VoteCounts::add_judged));
         let mut out = Vec::new();
-        for row in &pairs {
-            let pair = pair_of(row)?;
+        for pair in pairs {
             let h = human.get(&pair.id).filter(|(v, _)| v.winner().is_some());
             let j = judge.get(&pair.id).filter(|(v, _)| v.winner().is_some());
             let picked = match source {
@@ -186,8 +164,8 @@ impl Store {
                 LabelSource::HumanThenJudge => h.or(j),
             };
             if let Some((votes, raters)) = picked {
-                let a_wins = votes.winner().expect("filtered on a winner");
-                out.push(Preference { pair, votes: votes.clone(), raters: raters.clone(), a_wins });
+                let chosen = if votes.winner().expect("filtered on a winner") { Side::A } else { Side::B };
+                out.push(LabelledPair { pair, votes: votes.clone(), raters: raters.clone(), chosen });
             }
         }
         Ok(out)
@@ -196,93 +174,88 @@ impl Store {
     /// Every human vote of a project on training and gold pairs, in the order given (the raw
     /// exports and the label-quality analytics read these).
     pub async fn votes(&self, project_id: &str) -> Result<Vec<Vote>> {
-        let rows = sqlx::query(
-            "SELECT l.pair_id, p.kind, p.round, l.rater_id, r.name, l.choice, l.left_side, l.time_ms, l.rationale, \
-               p.gold_choice, l.created_at \
+        Ok(sqlx::query_as(
+            "SELECT l.pair_id, p.kind AS pair_kind, p.round, l.rater_id, r.name AS rater, l.choice, \
+               l.left_side AS \"left\", l.time_ms, l.rationale, p.gold_choice, l.created_at \
              FROM labels l JOIN pairs p ON p.id = l.pair_id JOIN raters r ON r.id = l.rater_id \
              WHERE p.project_id = $1 AND p.check_id IS NULL ORDER BY l.created_at, l.id",
         )
         .bind(project_id)
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Vote {
-                    pair_id: r.try_get(0)?,
-                    pair_kind: r.try_get(1)?,
-                    round: r.try_get(2)?,
-                    rater_id: r.try_get(3)?,
-                    rater: r.try_get(4)?,
-                    choice: r.try_get(5)?,
-                    left: r.try_get(6)?,
-                    time_ms: r.try_get(7)?,
-                    rationale: r.try_get(8)?,
-                    gold_choice: r.try_get(9)?,
-                    created_at: r.try_get(10)?,
-                })
-            })
-            .collect()
+        .await?)
     }
 }
 
 /// A TRL DPO line: prompt, chosen, rejected, and the metadata a researcher needs to slice it.
-pub fn dpo_line(p: &Preference) -> serde_json::Value {
-    let (chosen, rejected) = if p.a_wins {
-        (&p.pair.completion_a, &p.pair.completion_b)
-    } else {
-        (&p.pair.completion_b, &p.pair.completion_a)
-    };
-    serde_json::json!({
-        "prompt": p.pair.prompt,
-        "chosen": chosen,
-        "rejected": rejected,
-        "metadata": {
-            "pair_id": p.pair.id,
-            "round": p.pair.round,
-            "acquisition": p.pair.acquisition,
-            "r_a": p.pair.r_a,
-            "r_b": p.pair.r_b,
-            "margin": p.pair.margin,
-            "entropy": p.pair.entropy,
-            "chosen_is": if p.a_wins { "a" } else { "b" },
-            "votes": p.votes,
-            "raters": p.raters,
-        }
-    })
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DpoLine<'a> {
+    pub prompt: &'a str,
+    pub chosen: &'a str,
+    pub rejected: &'a str,
+    pub metadata: DpoMetadata<'a>,
 }
 
-/// The raw votes as CSV, with a header.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DpoMetadata<'a> {
+    pub pair_id: &'a str,
+    pub round: Option<i64>,
+    pub acquisition: Option<apl_shared::Acquisition>,
+    pub r_a: Option<f64>,
+    pub r_b: Option<f64>,
+    pub margin: Option<f64>,
+    pub entropy: Option<f64>,
+    pub chosen_is: Side,
+    pub votes: &'a VoteCounts,
+    pub raters: &'a [String],
+}
+
+impl LabelledPair {
+    pub fn dpo_line(&self) -> DpoLine<'_> {
+        let (chosen, rejected) = self.chosen_rejected();
+        let p = &self.pair;
+        DpoLine {
+            prompt: &p.prompt,
+            chosen,
+            rejected,
+            metadata: DpoMetadata {
+                pair_id: &p.id,
+                round: p.round,
+                acquisition: p.acquisition,
+                r_a: p.r_a,
+                r_b: p.r_b,
+                margin: p.margin,
+                entropy: p.entropy,
+                chosen_is: self.chosen,
+                votes: &self.votes,
+                raters: &self.raters,
+            },
+        }
+    }
+}
+
+/// The raw votes as CSV, with a header (the fields of [`Vote`]).
 pub fn votes_csv(votes: &[Vote]) -> String {
     let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record([
-        "pair_id",
-        "pair_kind",
-        "round",
-        "rater_id",
-        "rater",
-        "choice",
-        "left",
-        "time_ms",
-        "rationale",
-        "gold_choice",
-        "created_at",
-    ])
-    .expect("in-memory write");
     for v in votes {
-        w.write_record([
-            v.pair_id.clone(),
-            v.pair_kind.clone(),
-            v.round.map(|r| r.to_string()).unwrap_or_default(),
-            v.rater_id.clone(),
-            v.rater.clone(),
-            v.choice.clone(),
-            v.left.clone(),
-            v.time_ms.to_string(),
-            v.rationale.clone().unwrap_or_default(),
-            v.gold_choice.clone().unwrap_or_default(),
-            v.created_at.to_string(),
-        ])
-        .expect("in-memory write");
+        w.serialize(v).expect("in-memory write");
+    }
+    if votes.is_empty() {
+        w.write_record(VOTE_COLUMNS).expect("in-memory write");
     }
     String::from_utf8(w.into_inner().expect("in-memory flush")).expect("CSV of UTF-8 strings")
 }
+
+/// The CSV header, for an export with no votes (serialising writes it from the first row).
+const VOTE_COLUMNS: [&str; 11] = [
+    "pair_id",
+    "pair_kind",
+    "round",
+    "rater_id",
+    "rater",
+    "choice",
+    "left",
+    "time_ms",
+    "rationale",
+    "gold_choice",
+    "created_at",
+];

@@ -1,10 +1,19 @@
 //! Writing prompts and pairs, from an upload or from the model worker. Every batch is one
 //! transaction: a file is stored whole or not at all.
 
-use sqlx::Row;
+use apl_engine::data::prompts::PromptRecord;
+use apl_shared::{Acquisition, Choice, PairKind, Preference, Side, Split};
 
 use super::{Result, Store, StoreError, WriteTx, new_id, now_ms};
-use apl_engine::data::prompts::PromptRecord;
+
+/// A stored prompt.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct PromptRow {
+    pub id: String,
+    pub text: String,
+    /// The reference text (TL;DR summaries), when the import had one.
+    pub reference: Option<String>,
+}
 
 /// A completion to store.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,34 +39,30 @@ pub struct NewPair {
     pub prompt: PromptRef,
     pub a: NewCompletion,
     pub b: NewCompletion,
-    /// `train` or `gold`.
-    pub kind: &'static str,
+    pub kind: PairKind,
     pub round: Option<i64>,
-    pub acquisition: Option<String>,
+    pub acquisition: Option<Acquisition>,
     pub r_a: Option<f64>,
     pub r_b: Option<f64>,
     pub margin: Option<f64>,
     pub entropy: Option<f64>,
-    pub gold_choice: Option<&'static str>,
+    pub gold_choice: Option<Choice>,
     /// Distinct raters wanted; 0 keeps the pair away from raters.
     pub target_votes: i64,
-    /// A known preference to store as a judge label (`judge`, `a` or `b`), e.g. an import's.
-    pub known: Option<(String, &'static str)>,
+    /// A known preference to store as a judge label (judge name, preference), e.g. an import's.
+    pub known: Option<(String, Preference)>,
 }
 
 impl Store {
-    /// Stores prompts (`split` train or eval); returns how many.
+    /// Stores prompts; returns how many.
     pub async fn insert_prompts(
         &self,
         project_id: &str,
         records: &[PromptRecord],
-        split: &str,
+        split: Split,
         source: &str,
     ) -> Result<usize> {
         self.project(project_id).await?;
-        if split != "train" && split != "eval" {
-            return Err(StoreError::Invalid(format!("split: {split:?} is not train or eval")));
-        }
         let mut w = self.begin_write().await?;
         let now = now_ms();
         for r in records {
@@ -75,26 +80,16 @@ impl Store {
         Ok(ids)
     }
 
-    /// Prompts of a split, oldest first: (id, text, reference). With `unused`, only training
-    /// prompts no round has used yet.
-    pub async fn prompts(
-        &self,
-        project_id: &str,
-        split: &str,
-        unused: bool,
-        limit: i64,
-    ) -> Result<Vec<(String, String, Option<String>)>> {
+    /// Prompts of a split, oldest first. With `unused`, only training prompts no round has
+    /// used yet.
+    pub async fn prompts(&self, project_id: &str, split: Split, unused: bool, limit: i64) -> Result<Vec<PromptRow>> {
         let q = if unused {
             "SELECT id, text, reference FROM prompts WHERE project_id = $1 AND split = $2 AND used_round IS NULL \
              ORDER BY created_at, id LIMIT $3"
         } else {
             "SELECT id, text, reference FROM prompts WHERE project_id = $1 AND split = $2 ORDER BY created_at, id LIMIT $3"
         };
-        let rows = sqlx::query(q).bind(project_id).bind(split).bind(limit).fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("id")?, r.try_get("text")?, r.try_get("reference")?)))
-            .collect::<std::result::Result<_, sqlx::Error>>()
-            .map_err(Into::into)
+        Ok(sqlx::query_as(q).bind(project_id).bind(split).bind(limit).fetch_all(&self.pool).await?)
     }
 }
 
@@ -104,7 +99,7 @@ pub(crate) async fn insert_prompt(
     project_id: &str,
     text: &str,
     reference: Option<&str>,
-    split: &str,
+    split: Split,
     source: &str,
     used_round: Option<i64>,
     now: i64,
@@ -170,17 +165,18 @@ pub(crate) async fn insert_pairs_tx(
     for p in pairs {
         let prompt_id = match &p.prompt {
             PromptRef::Existing(id) => {
-                let owner = sqlx::query("SELECT project_id FROM prompts WHERE id = $1")
+                let owner: Option<String> = sqlx::query_scalar("SELECT project_id FROM prompts WHERE id = $1")
                     .bind(id)
                     .fetch_optional(&mut *w.tx)
-                    .await?
-                    .map(|r| r.get::<String, _>(0));
+                    .await?;
                 if owner.as_deref() != Some(project_id) {
                     return Err(StoreError::NotFound(format!("no prompt {id:?} in this project")));
                 }
                 id.clone()
             }
-            PromptRef::New(text) => insert_prompt(w, project_id, text, None, "train", source, Some(0), now).await?,
+            PromptRef::New(text) => {
+                insert_prompt(w, project_id, text, None, Split::Train, source, Some(0), now).await?
+            }
         };
         let a = insert_completion(w, &prompt_id, &p.a, now).await?;
         let b = insert_completion(w, &prompt_id, &p.b, now).await?;
@@ -198,7 +194,7 @@ pub(crate) async fn insert_pairs_tx(
         .bind(&b)
         .bind(p.kind)
         .bind(p.round)
-        .bind(p.acquisition.as_deref())
+        .bind(p.acquisition)
         .bind(nullable_f64(p.r_a))
         .bind(nullable_f64(p.r_b))
         .bind(nullable_f64(p.margin))
@@ -211,13 +207,14 @@ pub(crate) async fn insert_pairs_tx(
         if let Some((judge, choice)) = &p.known {
             sqlx::query(
                 "INSERT INTO judge_labels (id, pair_id, judge, choice, first_shown, rationale, created_at) \
-                 VALUES ($1, $2, $3, $4, 'a', NULL, $5)",
+                 VALUES ($1, $2, $3, $4, $6, NULL, $5)",
             )
             .bind(new_id())
             .bind(&id)
             .bind(judge)
             .bind(*choice)
             .bind(now)
+            .bind(Side::A)
             .execute(&mut *w.tx)
             .await?;
         }

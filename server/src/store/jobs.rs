@@ -6,49 +6,42 @@
 //! [`MAX_ATTEMPTS`]. Jobs commit their results in one transaction at their end, so running one
 //! again from its start never duplicates anything.
 
-use apl_shared::{Job, JobProgress};
+use apl_shared::{Job, JobKind, JobParams, JobProgress, JobResult, JobState};
 use sqlx::Row;
-use sqlx::any::AnyRow;
 
-use super::{Result, Store, StoreError, json_col, new_id, now_ms};
+use super::{Result, Store, StoreError, new_id, now_ms};
 
 pub const MAX_ATTEMPTS: i64 = 3;
+/// The columns of [`Job`], in its order.
+const JOB_COLUMNS: &str =
+    "id, project_id, kind, params, state, progress, result, error, attempts, created_at, started_at, finished_at";
 /// A running job whose heartbeat is older than this is taken to be orphaned.
 pub const STALE_MS: i64 = 60_000;
 
-fn job_of(r: &AnyRow) -> Result<Job> {
-    let result: Option<String> = r.try_get("result")?;
-    Ok(Job {
-        id: r.try_get("id")?,
-        project_id: r.try_get("project_id")?,
-        kind: r.try_get("kind")?,
-        params: json_col(r, "params")?,
-        state: r.try_get("state")?,
-        progress: json_col(r, "progress")?,
-        result: result.and_then(|s| serde_json::from_str(&s).ok()),
-        error: r.try_get("error")?,
-        attempts: r.try_get("attempts")?,
-        created_at: r.try_get("created_at")?,
-        started_at: r.try_get("started_at")?,
-        finished_at: r.try_get("finished_at")?,
-    })
+/// How a job ended, as its worker reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobOutcome {
+    Done(JobResult),
+    /// The reason, with its causes.
+    Failed(String),
 }
 
 impl Store {
-    pub async fn create_job(&self, project_id: &str, kind: &str, params: &serde_json::Value) -> Result<Job> {
+    pub async fn create_job(&self, project_id: &str, kind: JobKind, params: &JobParams) -> Result<Job> {
         self.project(project_id).await?;
         let id = new_id();
-        let progress = JobProgress { phase: "queued".into(), ..Default::default() };
+        let progress = JobProgress { phase: JobState::Queued.name().into(), ..Default::default() };
         let mut w = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO jobs (id, project_id, kind, params, state, progress, attempts, created_at) \
-             VALUES ($1, $2, $3, $4, 'queued', $5, 0, $6)",
+             VALUES ($1, $2, $3, $4, $5, $6, 0, $7)",
         )
         .bind(&id)
         .bind(project_id)
         .bind(kind)
-        .bind(params.to_string())
-        .bind(serde_json::to_string(&progress).expect("progress serialises"))
+        .bind(params)
+        .bind(JobState::Queued)
+        .bind(&progress)
         .bind(now_ms())
         .execute(&mut *w.tx)
         .await?;
@@ -57,22 +50,24 @@ impl Store {
     }
 
     pub async fn job(&self, id: &str) -> Result<Job> {
-        let r = sqlx::query("SELECT * FROM jobs WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
-        job_of(&r.ok_or_else(|| StoreError::NotFound(format!("no job {id:?}")))?)
+        sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1")))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("no job {id:?}")))
     }
 
     pub async fn jobs(&self, project_id: &str) -> Result<Vec<Job>> {
-        let rows = sqlx::query("SELECT * FROM jobs WHERE project_id = $1 ORDER BY created_at DESC, id DESC LIMIT 200")
-            .bind(project_id)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(job_of).collect()
+        let q =
+            format!("SELECT {JOB_COLUMNS} FROM jobs WHERE project_id = $1 ORDER BY created_at DESC, id DESC LIMIT 200");
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(q)).bind(project_id).fetch_all(&self.pool).await?)
     }
 
     /// Takes the oldest queued job for `owner`, if any.
     pub async fn claim_job(&self, owner: &str) -> Result<Option<Job>> {
         loop {
-            let next = sqlx::query("SELECT id FROM jobs WHERE state = 'queued' ORDER BY created_at, id LIMIT 1")
+            let next = sqlx::query("SELECT id FROM jobs WHERE state = $1 ORDER BY created_at, id LIMIT 1")
+                .bind(JobState::Queued)
                 .fetch_optional(&self.pool)
                 .await?;
             let Some(row) = next else { return Ok(None) };
@@ -80,12 +75,14 @@ impl Store {
             let now = now_ms();
             let mut w = self.begin_write().await?;
             let r = sqlx::query(
-                "UPDATE jobs SET state = 'running', owner = $1, heartbeat = $2, started_at = $2, \
-                 attempts = attempts + 1 WHERE id = $3 AND state = 'queued'",
+                "UPDATE jobs SET state = $4, owner = $1, heartbeat = $2, started_at = $2, \
+                 attempts = attempts + 1 WHERE id = $3 AND state = $5",
             )
             .bind(owner)
             .bind(now)
             .bind(&id)
+            .bind(JobState::Running)
+            .bind(JobState::Queued)
             .execute(&mut *w.tx)
             .await?;
             w.commit().await?;
@@ -99,34 +96,29 @@ impl Store {
     /// run (cancelled, or taken back as orphaned).
     pub async fn job_progress(&self, id: &str, owner: &str, p: &JobProgress) -> Result<bool> {
         let mut w = self.begin_write().await?;
-        let r = sqlx::query(
-            "UPDATE jobs SET progress = $1, heartbeat = $2 WHERE id = $3 AND owner = $4 AND state = 'running'",
-        )
-        .bind(serde_json::to_string(p).expect("progress serialises"))
-        .bind(now_ms())
-        .bind(id)
-        .bind(owner)
-        .execute(&mut *w.tx)
-        .await?;
+        let r =
+            sqlx::query("UPDATE jobs SET progress = $1, heartbeat = $2 WHERE id = $3 AND owner = $4 AND state = $5")
+                .bind(p)
+                .bind(now_ms())
+                .bind(id)
+                .bind(owner)
+                .bind(JobState::Running)
+                .execute(&mut *w.tx)
+                .await?;
         w.commit().await?;
         Ok(r.rows_affected() == 1)
     }
 
     /// Ends a running job: done with its result, or failed with the reason.
-    pub async fn finish_job(
-        &self,
-        id: &str,
-        owner: &str,
-        outcome: std::result::Result<serde_json::Value, String>,
-    ) -> Result<()> {
+    pub async fn finish_job(&self, id: &str, owner: &str, outcome: &JobOutcome) -> Result<()> {
         let (state, result, error) = match outcome {
-            Ok(v) => ("done", Some(v.to_string()), None),
-            Err(e) => ("failed", None, Some(e)),
+            JobOutcome::Done(r) => (JobState::Done, Some(r), None),
+            JobOutcome::Failed(e) => (JobState::Failed, None, Some(e.as_str())),
         };
         let mut w = self.begin_write().await?;
         sqlx::query(
             "UPDATE jobs SET state = $1, result = $2, error = $3, finished_at = $4 \
-             WHERE id = $5 AND owner = $6 AND state = 'running'",
+             WHERE id = $5 AND owner = $6 AND state = $7",
         )
         .bind(state)
         .bind(result)
@@ -134,6 +126,7 @@ impl Store {
         .bind(now_ms())
         .bind(id)
         .bind(owner)
+        .bind(JobState::Running)
         .execute(&mut *w.tx)
         .await?;
         w.commit().await
@@ -142,11 +135,14 @@ impl Store {
     pub async fn cancel_job(&self, id: &str) -> Result<Job> {
         let mut w = self.begin_write().await?;
         let r = sqlx::query(
-            "UPDATE jobs SET state = 'cancelled', finished_at = $1, error = 'cancelled by the admin' \
-             WHERE id = $2 AND state IN ('queued', 'running')",
+            "UPDATE jobs SET state = $3, finished_at = $1, error = 'cancelled by the admin' \
+             WHERE id = $2 AND state IN ($4, $5)",
         )
         .bind(now_ms())
         .bind(id)
+        .bind(JobState::Cancelled)
+        .bind(JobState::Queued)
+        .bind(JobState::Running)
         .execute(&mut *w.tx)
         .await?;
         w.commit().await?;
@@ -164,21 +160,30 @@ impl Store {
         let cutoff = now_ms() - stale_ms;
         let mut w = self.begin_write().await?;
         let failed = sqlx::query(
-            "UPDATE jobs SET state = 'failed', finished_at = $1, \
+            "UPDATE jobs SET state = $4, finished_at = $1, \
                error = 'the server stopped while running this job, ' || CAST(attempts AS TEXT) || ' times; not retried' \
-             WHERE state = 'running' AND (heartbeat IS NULL OR heartbeat <= $2) AND attempts >= $3",
+             WHERE state = $5 AND (heartbeat IS NULL OR heartbeat <= $2) AND attempts >= $3",
         )
         .bind(now_ms())
         .bind(cutoff)
         .bind(MAX_ATTEMPTS)
+        .bind(JobState::Failed)
+        .bind(JobState::Running)
         .execute(&mut *w.tx)
         .await?;
+        let resumed = JobProgress {
+            phase: JobState::Queued.name().into(),
+            message: "resumed after a server restart".into(),
+            ..Default::default()
+        };
         let queued = sqlx::query(
-            "UPDATE jobs SET state = 'queued', owner = NULL, \
-               progress = '{\"phase\":\"queued\",\"message\":\"resumed after a server restart\"}' \
-             WHERE state = 'running' AND (heartbeat IS NULL OR heartbeat <= $1)",
+            "UPDATE jobs SET state = $2, owner = NULL, progress = $3 \
+             WHERE state = $4 AND (heartbeat IS NULL OR heartbeat <= $1)",
         )
         .bind(cutoff)
+        .bind(JobState::Queued)
+        .bind(&resumed)
+        .bind(JobState::Running)
         .execute(&mut *w.tx)
         .await?;
         w.commit().await?;

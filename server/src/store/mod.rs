@@ -1,6 +1,8 @@
 //! The annotation store: SQLite by default, PostgreSQL by URL, through sqlx's `Any` driver so
 //! every query is written once, in the dialect both accept (`$1` parameters, `ON CONFLICT`,
-//! BIGINT/TEXT/DOUBLE PRECISION columns). Migrations are embedded.
+//! BIGINT/TEXT/DOUBLE PRECISION columns). Migrations are embedded. Rows map onto the shared
+//! wire types with `sqlx::FromRow`; vocabulary enums and typed JSON documents are TEXT columns
+//! (`apl_shared::sql`), bound and read as themselves.
 //!
 //! Invariants that concurrent servers could break (overlap, one label per pair and rater) are
 //! database constraints, and claims are single conditional statements, so several processes
@@ -19,10 +21,9 @@ pub mod rounds;
 pub mod tokens;
 
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::any::AnyPoolOptions;
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 use std::sync::Arc;
 
@@ -203,46 +204,4 @@ pub fn new_id() -> String {
 
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
-/// Reads a JSON TEXT column.
-pub(crate) fn json_col<T: serde::de::DeserializeOwned>(row: &AnyRow, col: &str) -> Result<T> {
-    let s: String = row.try_get(col)?;
-    serde_json::from_str(&s).map_err(|e| StoreError::Invalid(format!("stored {col} is not valid JSON: {e}")))
-}
-
-/// A label choice as stored: a, b, tie, both_bad or skip.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Choice {
-    A,
-    B,
-    Tie,
-    BothBad,
-    Skip,
-}
-
-impl Choice {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::A => "a",
-            Self::B => "b",
-            Self::Tie => "tie",
-            Self::BothBad => "both_bad",
-            Self::Skip => "skip",
-        }
-    }
-}
-
-impl FromStr for Choice {
-    type Err = StoreError;
-    fn from_str(s: &str) -> Result<Self> {
-        Ok(match s {
-            "a" => Self::A,
-            "b" => Self::B,
-            "tie" => Self::Tie,
-            "both_bad" => Self::BothBad,
-            "skip" => Self::Skip,
-            other => return Err(StoreError::Invalid(format!("unknown choice {other:?}"))),
-        })
-    }
 }

@@ -1,40 +1,33 @@
 //! Projects and the raters who join them. Configuration is stored as JSON text and validated
 //! before it gets here.
 
-use apl_shared::{Project, ProjectConfig, ProjectStats, RaterStats};
-use sqlx::Row;
-use sqlx::any::AnyRow;
+use apl_shared::{Choice, PairKind, Project, ProjectConfig, ProjectStats, RaterStats, Split, Task};
 
-use super::{Result, Store, StoreError, json_col, new_id, now_ms, tokens};
+use super::{Result, Store, StoreError, new_id, now_ms, tokens};
 
-pub const TASKS: &[&str] = &["imdb", "summarize", "generic"];
+const PROJECT_COLUMNS: &str = "SELECT id, name, task, config, created_at FROM projects";
 
-fn project_of(row: &AnyRow) -> Result<Project> {
-    Ok(Project {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        task: row.try_get("task")?,
-        config: json_col(row, "config")?,
-        created_at: row.try_get("created_at")?,
-    })
+/// A rater's row with their counts; `RaterStats` adds the median time per label.
+#[derive(sqlx::FromRow)]
+struct RaterRow {
+    id: String,
+    name: String,
+    quota: Option<i64>,
+    disabled: i64,
+    labels: i64,
+    skips: i64,
+    gold_answered: i64,
+    gold_correct: i64,
+    created_at: i64,
 }
 
 impl Store {
-    pub async fn create_project(&self, name: &str, task: &str, config: &ProjectConfig) -> Result<Project> {
+    pub async fn create_project(&self, name: &str, task: Task, config: &ProjectConfig) -> Result<Project> {
         let name = name.trim();
         if name.is_empty() || name.chars().count() > 200 {
             return Err(StoreError::Invalid("name: must have 1 to 200 characters".into()));
         }
-        if !TASKS.contains(&task) {
-            return Err(StoreError::Invalid(format!("task: {task:?} is not one of {}", TASKS.join(", "))));
-        }
-        let p = Project {
-            id: new_id(),
-            name: name.to_string(),
-            task: task.to_string(),
-            config: config.clone(),
-            created_at: now_ms(),
-        };
+        let p = Project { id: new_id(), name: name.to_string(), task, config: config.clone(), created_at: now_ms() };
         let mut w = self.begin_write().await?;
         let r = sqlx::query(
             "INSERT INTO projects (id, name, task, config, created_at) VALUES ($1, $2, $3, $4, $5) \
@@ -42,8 +35,8 @@ impl Store {
         )
         .bind(&p.id)
         .bind(&p.name)
-        .bind(&p.task)
-        .bind(serde_json::to_string(&p.config).expect("config serialises"))
+        .bind(p.task)
+        .bind(&p.config)
         .bind(p.created_at)
         .execute(&mut *w.tx)
         .await?;
@@ -55,19 +48,23 @@ impl Store {
     }
 
     pub async fn projects(&self) -> Result<Vec<Project>> {
-        let rows = sqlx::query("SELECT * FROM projects ORDER BY created_at, id").fetch_all(&self.pool).await?;
-        rows.iter().map(project_of).collect()
+        let q = format!("{PROJECT_COLUMNS} ORDER BY created_at, id");
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(q)).fetch_all(&self.pool).await?)
     }
 
     pub async fn project(&self, id: &str) -> Result<Project> {
-        let row = sqlx::query("SELECT * FROM projects WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
-        project_of(&row.ok_or_else(|| StoreError::NotFound(format!("no project {id:?}")))?)
+        let q = format!("{PROJECT_COLUMNS} WHERE id = $1");
+        sqlx::query_as(sqlx::AssertSqlSafe(q))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("no project {id:?}")))
     }
 
     pub async fn set_project_config(&self, id: &str, config: &ProjectConfig) -> Result<Project> {
         let mut w = self.begin_write().await?;
         let r = sqlx::query("UPDATE projects SET config = $1 WHERE id = $2")
-            .bind(serde_json::to_string(config).expect("config serialises"))
+            .bind(config)
             .bind(id)
             .execute(&mut *w.tx)
             .await?;
@@ -82,35 +79,30 @@ impl Store {
     /// not training data, and are left out (the checks endpoints report them).
     pub async fn project_stats(&self, id: &str) -> Result<ProjectStats> {
         let q = "SELECT \
-            (SELECT COUNT(*) FROM prompts WHERE project_id = $1 AND split = 'train') AS prompts_train, \
-            (SELECT COUNT(*) FROM prompts WHERE project_id = $1 AND split = 'eval') AS prompts_eval, \
-            (SELECT COUNT(*) FROM prompts WHERE project_id = $1 AND split = 'train' AND used_round IS NULL) \
+            (SELECT COUNT(*) FROM prompts WHERE project_id = $1 AND split = $2) AS prompts_train, \
+            (SELECT COUNT(*) FROM prompts WHERE project_id = $1 AND split = $3) AS prompts_eval, \
+            (SELECT COUNT(*) FROM prompts WHERE project_id = $1 AND split = $2 AND used_round IS NULL) \
                 AS prompts_unused, \
-            (SELECT COUNT(*) FROM pairs WHERE project_id = $1 AND kind = 'train' AND check_id IS NULL) AS pairs, \
-            (SELECT COUNT(*) FROM pairs WHERE project_id = $1 AND kind = 'gold') AS gold_pairs, \
-            (SELECT COUNT(*) FROM pairs WHERE project_id = $1 AND kind = 'train' AND check_id IS NULL \
+            (SELECT COUNT(*) FROM pairs WHERE project_id = $1 AND kind = $4 AND check_id IS NULL) AS pairs, \
+            (SELECT COUNT(*) FROM pairs WHERE project_id = $1 AND kind = $5) AS gold_pairs, \
+            (SELECT COUNT(*) FROM pairs WHERE project_id = $1 AND kind = $4 AND check_id IS NULL \
                 AND target_votes > 0 AND votes >= target_votes) AS pairs_complete, \
             (SELECT COUNT(*) FROM labels l JOIN pairs p ON p.id = l.pair_id WHERE p.project_id = $1 \
-                AND p.check_id IS NULL AND l.choice <> 'skip') AS labels, \
+                AND p.check_id IS NULL AND l.choice <> $6) AS labels, \
             (SELECT COUNT(*) FROM judge_labels l JOIN pairs p ON p.id = l.pair_id WHERE p.project_id = $1) \
                 AS judge_labels, \
             (SELECT COUNT(*) FROM raters WHERE project_id = $1) AS raters, \
             (SELECT COUNT(*) FROM rounds WHERE project_id = $1) AS rounds, \
             (SELECT COUNT(*) FROM checkpoints WHERE project_id = $1) AS checkpoints";
-        let r = sqlx::query(q).bind(id).fetch_one(&self.pool).await?;
-        Ok(ProjectStats {
-            prompts_train: r.try_get("prompts_train")?,
-            prompts_eval: r.try_get("prompts_eval")?,
-            prompts_unused: r.try_get("prompts_unused")?,
-            pairs: r.try_get("pairs")?,
-            gold_pairs: r.try_get("gold_pairs")?,
-            pairs_complete: r.try_get("pairs_complete")?,
-            labels: r.try_get("labels")?,
-            judge_labels: r.try_get("judge_labels")?,
-            raters: r.try_get("raters")?,
-            rounds: r.try_get("rounds")?,
-            checkpoints: r.try_get("checkpoints")?,
-        })
+        Ok(sqlx::query_as(q)
+            .bind(id)
+            .bind(Split::Train)
+            .bind(Split::Eval)
+            .bind(PairKind::Train)
+            .bind(PairKind::Gold)
+            .bind(Choice::Skip)
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     /// Creates a rater and returns them with their token (shown this once).
@@ -175,40 +167,39 @@ impl Store {
 
     /// Every rater of a project with counts, gold accuracy and median time per label.
     pub async fn rater_stats(&self, project_id: &str) -> Result<Vec<RaterStats>> {
-        let rows = sqlx::query(
+        let rows: Vec<RaterRow> = sqlx::query_as(
             "SELECT r.id, r.name, r.quota, r.disabled, r.created_at, \
-               (SELECT COUNT(*) FROM labels l WHERE l.rater_id = r.id AND l.choice <> 'skip') AS labels, \
-               (SELECT COUNT(*) FROM labels l WHERE l.rater_id = r.id AND l.choice = 'skip') AS skips, \
+               (SELECT COUNT(*) FROM labels l WHERE l.rater_id = r.id AND l.choice <> $2) AS labels, \
+               (SELECT COUNT(*) FROM labels l WHERE l.rater_id = r.id AND l.choice = $2) AS skips, \
                (SELECT COUNT(*) FROM labels l JOIN pairs p ON p.id = l.pair_id \
-                  WHERE l.rater_id = r.id AND p.kind = 'gold' AND l.choice <> 'skip') AS gold_answered, \
+                  WHERE l.rater_id = r.id AND p.kind = $3 AND l.choice <> $2) AS gold_answered, \
                (SELECT COUNT(*) FROM labels l JOIN pairs p ON p.id = l.pair_id \
-                  WHERE l.rater_id = r.id AND p.kind = 'gold' AND l.choice = p.gold_choice) AS gold_correct \
+                  WHERE l.rater_id = r.id AND p.kind = $3 AND l.choice = p.gold_choice) AS gold_correct \
              FROM raters r WHERE r.project_id = $1 ORDER BY r.created_at, r.id",
         )
         .bind(project_id)
+        .bind(Choice::Skip)
+        .bind(PairKind::Gold)
         .fetch_all(&self.pool)
         .await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
-            let id: String = r.try_get("id")?;
-            let times: Vec<i64> = sqlx::query("SELECT time_ms FROM labels WHERE rater_id = $1 AND choice <> 'skip'")
-                .bind(&id)
+            let times: Vec<i64> = sqlx::query_scalar("SELECT time_ms FROM labels WHERE rater_id = $1 AND choice <> $2")
+                .bind(&r.id)
+                .bind(Choice::Skip)
                 .fetch_all(&self.pool)
-                .await?
-                .iter()
-                .map(|r| r.try_get::<i64, _>(0))
-                .collect::<std::result::Result<_, _>>()?;
+                .await?;
             out.push(RaterStats {
-                id,
-                name: r.try_get("name")?,
-                quota: r.try_get("quota")?,
-                disabled: r.try_get::<i64, _>("disabled")? != 0,
-                labels: r.try_get("labels")?,
-                skips: r.try_get("skips")?,
-                gold_answered: r.try_get("gold_answered")?,
-                gold_correct: r.try_get("gold_correct")?,
+                id: r.id,
+                name: r.name,
+                quota: r.quota,
+                disabled: r.disabled != 0,
+                labels: r.labels,
+                skips: r.skips,
+                gold_answered: r.gold_answered,
+                gold_correct: r.gold_correct,
                 median_seconds: median(times).map(|ms| ms / 1000.0),
-                created_at: r.try_get("created_at")?,
+                created_at: r.created_at,
             });
         }
         Ok(out)

@@ -11,15 +11,16 @@
 //! Sides are randomised per assignment and stored with it; raters answer left/right and only
 //! the server maps that back to A/B.
 
-use apl_shared::{Assignment, LabelAck, LabelRequest, RaterChoice, RaterProgress, RatingConfig};
+use apl_shared::{
+    Assignment, Choice, LabelAck, LabelRequest, PairKind, RaterChoice, RaterProgress, RatingConfig, Side,
+};
 use rand::Rng;
 use rand::seq::SliceRandom;
-use sqlx::Row;
 
-use super::{Choice, Result, Store, StoreError, WriteTx, new_id, now_ms, tokens};
+use super::{Result, Store, StoreError, WriteTx, new_id, now_ms, tokens};
 
 /// A rater resolved from their token.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Rater {
     pub id: String,
     pub project_id: String,
@@ -29,9 +30,15 @@ pub struct Rater {
 
 const MAX_RATIONALE: usize = 2000;
 
-fn side_choice(left_side: &str, c: RaterChoice) -> Choice {
-    let left = if left_side == "a" { Choice::A } else { Choice::B };
-    let right = if left_side == "a" { Choice::B } else { Choice::A };
+fn as_choice(side: Side) -> Choice {
+    match side {
+        Side::A => Choice::A,
+        Side::B => Choice::B,
+    }
+}
+
+fn side_choice(left_side: Side, c: RaterChoice) -> Choice {
+    let (left, right) = (as_choice(left_side), as_choice(left_side.other()));
     match c {
         RaterChoice::Left => left,
         RaterChoice::Right => right,
@@ -41,15 +48,22 @@ fn side_choice(left_side: &str, c: RaterChoice) -> Choice {
     }
 }
 
-fn screen_choice(left_side: &str, c: Choice) -> RaterChoice {
+fn screen_choice(left_side: Side, c: Choice) -> RaterChoice {
     match c {
-        Choice::A if left_side == "a" => RaterChoice::Left,
-        Choice::B if left_side == "b" => RaterChoice::Left,
+        Choice::A if left_side == Side::A => RaterChoice::Left,
+        Choice::B if left_side == Side::B => RaterChoice::Left,
         Choice::A | Choice::B => RaterChoice::Right,
         Choice::Tie => RaterChoice::Tie,
         Choice::BothBad => RaterChoice::BothBad,
         Choice::Skip => RaterChoice::Skip,
     }
+}
+
+/// Open pairs of a pool: `p.kind` is spelled into the SQL (from the enum) rather than bound, so
+/// the planners of both databases can use the partial index `pairs_open`, whose predicate names
+/// the kind; a bound parameter cannot be proven to match it.
+fn open_train_pairs() -> String {
+    format!("p.kind = '{}' AND p.votes < p.target_votes", PairKind::Train)
 }
 
 /// Training pairs: not part of any human check.
@@ -66,31 +80,25 @@ enum Claim {
     Busy,
 }
 
-fn random_side() -> &'static str {
-    if rand::rng().random_bool(0.5) { "a" } else { "b" }
+fn random_side() -> Side {
+    if rand::rng().random_bool(0.5) { Side::A } else { Side::B }
 }
 
 impl Store {
     /// The rater holding `token`, if any and not disabled.
     pub async fn rater_by_token(&self, token: &str) -> Result<Option<Rater>> {
         let h = tokens::hash(token);
-        let row = sqlx::query(
+        let row: Option<(String, String, String, Option<i64>, String)> = sqlx::query_as(
             "SELECT id, project_id, name, quota, token_hash FROM raters WHERE token_hash = $1 AND disabled = 0",
         )
         .bind(&h)
         .fetch_optional(&self.pool)
         .await?;
-        let Some(r) = row else { return Ok(None) };
-        let stored: String = r.try_get("token_hash")?;
+        let Some((id, project_id, name, quota, stored)) = row else { return Ok(None) };
         if !tokens::same_hash(&stored, &h) {
             return Ok(None);
         }
-        Ok(Some(Rater {
-            id: r.try_get("id")?,
-            project_id: r.try_get("project_id")?,
-            name: r.try_get("name")?,
-            quota: r.try_get("quota")?,
-        }))
+        Ok(Some(Rater { id, project_id, name, quota }))
     }
 
     pub async fn rating_config(&self, project_id: &str) -> Result<RatingConfig> {
@@ -106,27 +114,27 @@ impl Store {
         // ahead so the cost stays flat however large the pool (set a quota for a fixed target).
         // The limit is a literal: PostgreSQL's generic plan for a parameter limit scans every
         // open pair.
-        let r = sqlx::query(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM pairs p WHERE p.project_id = $2 AND p.kind = 'train' \
-               AND p.votes < p.target_votes \
+        let q = format!(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM pairs p WHERE p.project_id = $2 AND {} \
                AND (p.check_id IS NULL OR EXISTS (SELECT 1 FROM check_raters c \
                       WHERE c.check_id = p.check_id AND c.rater_id = $1)) \
                AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.pair_id = p.id AND l.rater_id = $1) LIMIT 500) AS open",
-        )
-        .bind(&rater.id)
-        .bind(&rater.project_id)
-        .fetch_one(&self.pool)
-        .await?;
-        let open: i64 = r.try_get(0)?;
+            open_train_pairs()
+        );
+        let open: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(q))
+            .bind(&rater.id)
+            .bind(&rater.project_id)
+            .fetch_one(&self.pool)
+            .await?;
         Ok(RaterProgress { done, target: done + open })
     }
 
     async fn labels_done(&self, rater: &Rater) -> Result<i64> {
-        let r = sqlx::query("SELECT COUNT(*) FROM labels WHERE rater_id = $1 AND choice <> 'skip'")
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM labels WHERE rater_id = $1 AND choice <> $2")
             .bind(&rater.id)
+            .bind(Choice::Skip)
             .fetch_one(&self.pool)
-            .await?;
-        Ok(r.try_get(0)?)
+            .await?)
     }
 
     /// The rater's current pair: a lease they already hold, else a newly claimed one; `None`
@@ -136,14 +144,13 @@ impl Store {
         let now = now_ms();
         let lease = cfg.lease_seconds as i64 * 1000;
         // 1. A pair they already hold (the newest first, so an undone label comes back first).
-        let held = sqlx::query(
+        let held: Option<String> = sqlx::query_scalar(
             "SELECT pair_id FROM assignments WHERE rater_id = $1 AND done = 0 ORDER BY leased_at DESC LIMIT 1",
         )
         .bind(&rater.id)
         .fetch_optional(&self.pool)
         .await?;
-        if let Some(row) = held {
-            let pair: String = row.try_get(0)?;
+        if let Some(pair) = held {
             let mut w = self.begin_write().await?;
             sqlx::query("UPDATE assignments SET lease_expires = $1 WHERE pair_id = $2 AND rater_id = $3 AND done = 0")
                 .bind(now + lease)
@@ -186,15 +193,16 @@ impl Store {
     async fn claim_oldest(&self, rater: &Rater, pool: &'static str, now: i64, lease: i64) -> Result<Claim> {
         let q = format!(
             "SELECT p.id, p.target_votes FROM pairs p \
-             WHERE p.project_id = $1 AND p.kind = 'train' AND {pool} AND p.votes < p.target_votes \
+             WHERE p.project_id = $1 AND {open} AND {pool} \
                AND NOT EXISTS (SELECT 1 FROM assignments a WHERE a.pair_id = p.id AND a.rater_id = $2) \
                AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.pair_id = p.id AND l.rater_id = $2) \
                AND (SELECT COUNT(*) FROM assignments a WHERE a.pair_id = p.id \
                       AND (a.done = 1 OR a.lease_expires > $3)) < p.target_votes \
-             ORDER BY p.created_at, p.id LIMIT 8"
+             ORDER BY p.created_at, p.id LIMIT 8",
+            open = open_train_pairs()
         );
         for _ in 0..4 {
-            let candidates = sqlx::query(sqlx::AssertSqlSafe(q.as_str()))
+            let candidates: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
                 .bind(&rater.project_id)
                 .bind(&rater.id)
                 .bind(now)
@@ -207,9 +215,7 @@ impl Store {
             // few in its own random order.
             let mut candidates = candidates;
             candidates.shuffle(&mut rand::rng());
-            for c in candidates {
-                let pair: String = c.try_get(0)?;
-                let target: i64 = c.try_get(1)?;
+            for (pair, target) in candidates {
                 let mut w = self.begin_write().await?;
                 if claim_slot(&mut w, &pair, &rater.id, target, now, lease).await? {
                     w.commit().await?;
@@ -222,21 +228,21 @@ impl Store {
     }
 
     async fn claim_gold(&self, rater: &Rater, now: i64, lease: i64) -> Result<Option<String>> {
-        let rows = sqlx::query(
-            "SELECT p.id FROM pairs p WHERE p.project_id = $1 AND p.kind = 'gold' \
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT p.id FROM pairs p WHERE p.project_id = $1 AND p.kind = $3 \
                AND NOT EXISTS (SELECT 1 FROM assignments a WHERE a.pair_id = p.id AND a.rater_id = $2) \
                AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.pair_id = p.id AND l.rater_id = $2) \
              LIMIT 64",
         )
         .bind(&rater.project_id)
         .bind(&rater.id)
+        .bind(PairKind::Gold)
         .fetch_all(&self.pool)
         .await?;
         if rows.is_empty() {
             return Ok(None);
         }
-        let pick = rand::rng().random_range(0..rows.len());
-        let pair: String = rows[pick].try_get(0)?;
+        let pair = rows[rand::rng().random_range(0..rows.len())].clone();
         let mut w = self.begin_write().await?;
         if claim_slot(&mut w, &pair, &rater.id, i64::MAX, now, lease).await? {
             w.commit().await?;
@@ -248,7 +254,7 @@ impl Store {
 
     /// The pair as this rater sees it (they must hold or have held it).
     async fn assignment_view(&self, rater: &Rater, pair: &str) -> Result<Assignment> {
-        let r = sqlx::query(
+        let (left_side, lease_expires_at, prompt, a, b): (Side, i64, String, String, String) = sqlx::query_as(
             "SELECT a.left_side, a.lease_expires, pr.text AS prompt, ca.text AS text_a, cb.text AS text_b \
              FROM assignments a JOIN pairs p ON p.id = a.pair_id JOIN prompts pr ON pr.id = p.prompt_id \
              JOIN completions ca ON ca.id = p.completion_a JOIN completions cb ON cb.id = p.completion_b \
@@ -259,15 +265,16 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("pair {pair:?} is not assigned to you")))?;
-        let left_side: String = r.try_get("left_side")?;
-        let (a, b): (String, String) = (r.try_get("text_a")?, r.try_get("text_b")?);
-        let (left, right) = if left_side == "a" { (a, b) } else { (b, a) };
+        let (left, right) = match left_side {
+            Side::A => (a, b),
+            Side::B => (b, a),
+        };
         Ok(Assignment {
             pair: pair.to_string(),
-            prompt: r.try_get("prompt")?,
+            prompt,
             left,
             right,
-            lease_expires_at: r.try_get("lease_expires")?,
+            lease_expires_at,
             progress: self.progress(rater).await?,
         })
     }
@@ -284,21 +291,21 @@ impl Store {
             return Err(StoreError::Invalid("time_ms: more than a day".into()));
         }
         let mut w = self.begin_write().await?;
-        let held = sqlx::query("SELECT left_side, done FROM assignments WHERE pair_id = $1 AND rater_id = $2")
-            .bind(&req.pair)
-            .bind(&rater.id)
-            .fetch_optional(&mut *w.tx)
-            .await?;
-        let existing =
-            sqlx::query("SELECT choice, left_side, created_at FROM labels WHERE pair_id = $1 AND rater_id = $2")
+        let held: Option<Side> =
+            sqlx::query_scalar("SELECT left_side FROM assignments WHERE pair_id = $1 AND rater_id = $2")
                 .bind(&req.pair)
                 .bind(&rater.id)
                 .fetch_optional(&mut *w.tx)
                 .await?;
-        if let Some(e) = existing {
+        let existing: Option<(Choice, Side, i64)> =
+            sqlx::query_as("SELECT choice, left_side, created_at FROM labels WHERE pair_id = $1 AND rater_id = $2")
+                .bind(&req.pair)
+                .bind(&rater.id)
+                .fetch_optional(&mut *w.tx)
+                .await?;
+        if let Some((choice, left, created_at)) = existing {
             w.rollback().await?;
-            let left: String = e.try_get("left_side")?;
-            let stored = screen_choice(&left, e.try_get::<String, _>("choice")?.parse()?);
+            let stored = screen_choice(left, choice);
             if stored != req.choice {
                 return Err(StoreError::Conflict(format!(
                     "pair {:?} already has your label ({stored:?}); undo it to change it",
@@ -308,11 +315,11 @@ impl Store {
             return Ok(LabelAck {
                 pair: req.pair.clone(),
                 choice: stored,
-                created_at: e.try_get("created_at")?,
+                created_at,
                 progress: self.progress(rater).await?,
             });
         }
-        let Some(held) = held else {
+        let Some(left) = held else {
             w.rollback().await?;
             let in_project = sqlx::query("SELECT 1 FROM pairs WHERE id = $1 AND project_id = $2")
                 .bind(&req.pair)
@@ -329,8 +336,7 @@ impl Store {
                 StoreError::NotFound(format!("pair {:?} is not assigned to you", req.pair))
             });
         };
-        let left: String = held.try_get("left_side")?;
-        let choice = side_choice(&left, req.choice);
+        let choice = side_choice(left, req.choice);
         let now = now_ms();
         let rationale = req.rationale.as_deref().map(str::trim).filter(|s| !s.is_empty());
         sqlx::query(
@@ -340,8 +346,8 @@ impl Store {
         .bind(new_id())
         .bind(&req.pair)
         .bind(&rater.id)
-        .bind(choice.as_str())
-        .bind(&left)
+        .bind(choice)
+        .bind(left)
         .bind(req.time_ms as i64)
         .bind(rationale)
         .bind(now)
@@ -377,24 +383,24 @@ impl Store {
         let now = now_ms();
         let lease = cfg.lease_seconds as i64 * 1000;
         let mut w = self.begin_write().await?;
-        let label = sqlx::query("SELECT choice FROM labels WHERE pair_id = $1 AND rater_id = $2")
+        let choice: Choice = sqlx::query_scalar("SELECT choice FROM labels WHERE pair_id = $1 AND rater_id = $2")
             .bind(pair)
             .bind(&rater.id)
             .fetch_optional(&mut *w.tx)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("you have no label on pair {pair:?}")))?;
-        let choice: Choice = label.try_get::<String, _>(0)?.parse()?;
         sqlx::query("DELETE FROM labels WHERE pair_id = $1 AND rater_id = $2")
             .bind(pair)
             .bind(&rater.id)
             .execute(&mut *w.tx)
             .await?;
         if choice == Choice::Skip {
-            let p = sqlx::query("SELECT kind, target_votes FROM pairs WHERE id = $1")
-                .bind(pair)
-                .fetch_one(&mut *w.tx)
-                .await?;
-            let target = if p.try_get::<String, _>(0)? == "gold" { i64::MAX } else { p.try_get(1)? };
+            let (kind, target_votes): (PairKind, i64) =
+                sqlx::query_as("SELECT kind, target_votes FROM pairs WHERE id = $1")
+                    .bind(pair)
+                    .fetch_one(&mut *w.tx)
+                    .await?;
+            let target = if kind == PairKind::Gold { i64::MAX } else { target_votes };
             if !claim_slot(&mut w, pair, &rater.id, target, now, lease).await? {
                 w.rollback().await?;
                 return Err(StoreError::Conflict(format!(
@@ -419,7 +425,7 @@ impl Store {
 
     /// The rater's own labels, newest first.
     pub async fn own_labels(&self, rater: &Rater, limit: i64) -> Result<Vec<LabelAck>> {
-        let rows = sqlx::query(
+        let rows: Vec<(String, Choice, Side, i64)> = sqlx::query_as(
             "SELECT pair_id, choice, left_side, created_at FROM labels WHERE rater_id = $1 \
              ORDER BY created_at DESC, id DESC LIMIT $2",
         )
@@ -428,17 +434,15 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         let progress = self.progress(rater).await?;
-        rows.iter()
-            .map(|r| {
-                let left: String = r.try_get("left_side")?;
-                Ok(LabelAck {
-                    pair: r.try_get("pair_id")?,
-                    choice: screen_choice(&left, r.try_get::<String, _>("choice")?.parse()?),
-                    created_at: r.try_get("created_at")?,
-                    progress,
-                })
+        Ok(rows
+            .into_iter()
+            .map(|(pair, choice, left, created_at)| LabelAck {
+                pair,
+                choice: screen_choice(left, choice),
+                created_at,
+                progress,
             })
-            .collect()
+            .collect())
     }
 }
 
@@ -462,13 +466,10 @@ async fn claim_slot(w: &mut WriteTx<'_>, pair: &str, rater: &str, target: i64, n
     if taken.rows_affected() == 1 {
         return Ok(true);
     }
-    let slots: Vec<i64> = sqlx::query("SELECT slot FROM assignments WHERE pair_id = $1 ORDER BY slot")
+    let slots: Vec<i64> = sqlx::query_scalar("SELECT slot FROM assignments WHERE pair_id = $1 ORDER BY slot")
         .bind(pair)
         .fetch_all(&mut *w.tx)
-        .await?
-        .iter()
-        .map(|r| r.try_get::<i64, _>(0))
-        .collect::<std::result::Result<_, _>>()?;
+        .await?;
     let free = (0..).find(|s| !slots.contains(s)).expect("some slot is free");
     if free >= target {
         return Ok(false);
@@ -494,13 +495,13 @@ mod tests {
 
     #[test]
     fn sides_map_back_and_forth() {
-        for left in ["a", "b"] {
+        for left in [Side::A, Side::B] {
             for c in [RaterChoice::Left, RaterChoice::Right, RaterChoice::Tie, RaterChoice::BothBad, RaterChoice::Skip]
             {
                 assert_eq!(screen_choice(left, side_choice(left, c)), c);
             }
         }
-        assert_eq!(side_choice("b", RaterChoice::Left), Choice::B);
-        assert_eq!(side_choice("b", RaterChoice::Right), Choice::A);
+        assert_eq!(side_choice(Side::B, RaterChoice::Left), Choice::B);
+        assert_eq!(side_choice(Side::B, RaterChoice::Right), Choice::A);
     }
 }

@@ -1,15 +1,16 @@
 //! What the model worker writes: rounds of acquired pairs, oracle labels, checkpoints and
 //! evaluations, each in one transaction.
 
+use apl_shared::{AcquireStats, Acquisition, PairKind, Preference, Side};
 use sqlx::Row;
 
 use super::imports::{NewPair, insert_pairs_tx};
-use super::{Result, Store, StoreError, json_col, new_id, now_ms};
+use super::{Result, Store, StoreError, new_id, now_ms};
 
 pub use apl_shared::{CheckpointRow, EvaluationRow, RoundRow};
 
 /// A pair awaiting an oracle's label.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct PairTexts {
     pub id: String,
     pub prompt: String,
@@ -21,10 +22,10 @@ pub struct PairTexts {
 #[derive(Debug, Clone, Copy)]
 pub struct NewRound<'a> {
     pub number: i64,
-    pub acquisition: &'a str,
+    pub acquisition: Acquisition,
     /// The policy that generated it (none: the starting model).
     pub policy_checkpoint: Option<&'a str>,
-    pub stats: &'a serde_json::Value,
+    pub stats: &'a AcquireStats,
     pub pairs: &'a [NewPair],
     pub used_prompts: &'a [String],
 }
@@ -52,7 +53,7 @@ impl Store {
         .bind(number)
         .bind(acquisition)
         .bind(policy_checkpoint)
-        .bind(stats.to_string())
+        .bind(stats)
         .bind(now_ms())
         .execute(&mut *w.tx)
         .await?;
@@ -74,31 +75,34 @@ impl Store {
 
     /// Training pairs without a label from `judge`.
     pub async fn pairs_without_judge(&self, project_id: &str, judge: &str) -> Result<Vec<PairTexts>> {
-        let rows = sqlx::query(
-            "SELECT p.id, pr.text, ca.text, cb.text FROM pairs p JOIN prompts pr ON pr.id = p.prompt_id \
+        Ok(sqlx::query_as(
+            "SELECT p.id, pr.text AS prompt, ca.text AS a, cb.text AS b FROM pairs p \
+             JOIN prompts pr ON pr.id = p.prompt_id \
              JOIN completions ca ON ca.id = p.completion_a JOIN completions cb ON cb.id = p.completion_b \
-             WHERE p.project_id = $1 AND p.kind = 'train' AND p.check_id IS NULL \
+             WHERE p.project_id = $1 AND p.kind = $3 AND p.check_id IS NULL \
                AND NOT EXISTS (SELECT 1 FROM judge_labels j WHERE j.pair_id = p.id AND j.judge = $2) \
              ORDER BY p.created_at, p.id",
         )
         .bind(project_id)
         .bind(judge)
+        .bind(PairKind::Train)
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| Ok(PairTexts { id: r.try_get(0)?, prompt: r.try_get(1)?, a: r.try_get(2)?, b: r.try_get(3)? }))
-            .collect()
+        .await?)
     }
 
-    /// Stores judge labels: (pair, choice a/b/tie/none, rationale), shown in A-B order.
-    pub async fn add_judge_labels(&self, judge: &str, labels: &[(String, &str, Option<String>)]) -> Result<usize> {
+    /// Stores judge labels: (pair, preference, rationale), shown in A-B order.
+    pub async fn add_judge_labels(
+        &self,
+        judge: &str,
+        labels: &[(String, Preference, Option<String>)],
+    ) -> Result<usize> {
         let mut w = self.begin_write().await?;
         let now = now_ms();
         let mut n = 0;
         for (pair, choice, rationale) in labels {
             let r = sqlx::query(
                 "INSERT INTO judge_labels (id, pair_id, judge, choice, first_shown, rationale, created_at) \
-                 VALUES ($1, $2, $3, $4, 'a', $5, $6) ON CONFLICT DO NOTHING",
+                 VALUES ($1, $2, $3, $4, $7, $5, $6) ON CONFLICT DO NOTHING",
             )
             .bind(new_id())
             .bind(pair)
@@ -106,6 +110,7 @@ impl Store {
             .bind(*choice)
             .bind(rationale.as_deref())
             .bind(now)
+            .bind(Side::A)
             .execute(&mut *w.tx)
             .await?;
             n += r.rows_affected() as usize;
@@ -114,66 +119,57 @@ impl Store {
         Ok(n)
     }
 
-    /// Every judge label of a project: (pair, judge, choice), oldest first.
-    pub async fn judge_labels(&self, project_id: &str) -> Result<Vec<(String, String, String)>> {
-        let rows = sqlx::query(
+    /// Every judge label of a project: (pair, judge, preference), oldest first.
+    pub async fn judge_labels(&self, project_id: &str) -> Result<Vec<(String, String, Preference)>> {
+        Ok(sqlx::query_as(
             "SELECT j.pair_id, j.judge, j.choice FROM judge_labels j JOIN pairs p ON p.id = j.pair_id \
              WHERE p.project_id = $1 ORDER BY j.created_at, j.id",
         )
         .bind(project_id)
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).collect()
+        .await?)
     }
 
     pub async fn rounds(&self, project_id: &str) -> Result<Vec<RoundRow>> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT r.number, r.acquisition, r.policy_checkpoint, r.stats, r.created_at, \
                (SELECT COUNT(*) FROM pairs p WHERE p.project_id = r.project_id AND p.round = r.number) AS pairs \
              FROM rounds r WHERE r.project_id = $1 ORDER BY r.number",
         )
         .bind(project_id)
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(RoundRow {
-                    number: r.try_get("number")?,
-                    acquisition: r.try_get("acquisition")?,
-                    policy_checkpoint: r.try_get("policy_checkpoint")?,
-                    pairs: r.try_get("pairs")?,
-                    stats: json_col(r, "stats")?,
-                    created_at: r.try_get("created_at")?,
-                })
-            })
-            .collect()
+        .await?)
     }
 
     pub async fn latest_checkpoint(&self, project_id: &str) -> Result<Option<CheckpointRow>> {
-        let r =
-            sqlx::query("SELECT * FROM checkpoints WHERE project_id = $1 ORDER BY created_at DESC, id DESC LIMIT 1")
-                .bind(project_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        r.map(|r| checkpoint_of(&r)).transpose()
+        Ok(sqlx::query_as(
+            "SELECT id, round, path, pairs, report, created_at FROM checkpoints WHERE project_id = $1 \
+             ORDER BY created_at DESC, id DESC LIMIT 1",
+        )
+        .bind(project_id)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     pub async fn checkpoint(&self, project_id: &str, id: &str) -> Result<CheckpointRow> {
-        let r = sqlx::query("SELECT * FROM checkpoints WHERE project_id = $1 AND id = $2")
-            .bind(project_id)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("no checkpoint {id:?} in this project")))?;
-        checkpoint_of(&r)
+        sqlx::query_as(
+            "SELECT id, round, path, pairs, report, created_at FROM checkpoints WHERE project_id = $1 AND id = $2",
+        )
+        .bind(project_id)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("no checkpoint {id:?} in this project")))
     }
 
     pub async fn checkpoints(&self, project_id: &str) -> Result<Vec<CheckpointRow>> {
-        let rows = sqlx::query("SELECT * FROM checkpoints WHERE project_id = $1 ORDER BY created_at, id")
-            .bind(project_id)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(checkpoint_of).collect()
+        Ok(sqlx::query_as(
+            "SELECT id, round, path, pairs, report, created_at FROM checkpoints WHERE project_id = $1 \
+             ORDER BY created_at, id",
+        )
+        .bind(project_id)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     pub async fn add_checkpoint(&self, project_id: &str, c: &CheckpointRow) -> Result<()> {
@@ -187,7 +183,7 @@ impl Store {
         .bind(c.round)
         .bind(&c.path)
         .bind(c.pairs)
-        .bind(c.report.to_string())
+        .bind(&c.report)
         .bind(c.created_at)
         .execute(&mut *w.tx)
         .await?;
@@ -208,7 +204,7 @@ impl Store {
         .bind(e.win_rate)
         .bind(e.stderr)
         .bind(e.n)
-        .bind(e.details.to_string())
+        .bind(&e.details)
         .bind(e.created_at)
         .execute(&mut *w.tx)
         .await?;
@@ -216,35 +212,12 @@ impl Store {
     }
 
     pub async fn evaluations(&self, project_id: &str) -> Result<Vec<EvaluationRow>> {
-        let rows = sqlx::query("SELECT * FROM evaluations WHERE project_id = $1 ORDER BY created_at, id")
-            .bind(project_id)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(EvaluationRow {
-                    id: r.try_get("id")?,
-                    checkpoint_id: r.try_get("checkpoint_id")?,
-                    judge: r.try_get("judge")?,
-                    baseline: r.try_get("baseline")?,
-                    win_rate: r.try_get("win_rate")?,
-                    stderr: r.try_get("stderr")?,
-                    n: r.try_get("n")?,
-                    details: json_col(r, "details")?,
-                    created_at: r.try_get("created_at")?,
-                })
-            })
-            .collect()
+        Ok(sqlx::query_as(
+            "SELECT id, checkpoint_id, judge, baseline, win_rate, stderr, n, details, created_at FROM evaluations \
+             WHERE project_id = $1 ORDER BY created_at, id",
+        )
+        .bind(project_id)
+        .fetch_all(&self.pool)
+        .await?)
     }
-}
-
-fn checkpoint_of(r: &sqlx::any::AnyRow) -> Result<CheckpointRow> {
-    Ok(CheckpointRow {
-        id: r.try_get("id")?,
-        round: r.try_get("round")?,
-        path: r.try_get("path")?,
-        pairs: r.try_get("pairs")?,
-        report: json_col(r, "report")?,
-        created_at: r.try_get("created_at")?,
-    })
 }

@@ -1,84 +1,78 @@
-//! Jobs the model worker runs from the database queue: `generate` (acquire a round of pairs
-//! with the current policy), `label` (an oracle labels pairs it has not judged), `train` (DPO
-//! from the starting model on every labelled pair, the paper's reset mode), `evaluate` (win-rate
-//! of a checkpoint against the starting model's samples on held-out prompts) and `round` (all
-//! four; with human raters, only `generate`, and training waits for their labels).
+//! The server's driver of the learning round (`apl_engine::round`): jobs the model worker runs
+//! from the database queue. `generate` acquires a round of pairs with the current policy,
+//! `label` has an automatic labeller label the pairs it has not judged, `train` runs DPO on
+//! every labelled pair (as the settings' `mode` says), `evaluate` measures a checkpoint's
+//! win-rate against the starting model's samples on held-out prompts, and `round` does all
+//! four (with human raters only `generate`: training waits for their labels).
 //!
-//! A job runs on a blocking thread and reads and writes the store through the runtime handle.
-//! Its progress goes to a watch channel; a heartbeat task writes it to the database every half
-//! second, and learns there if the job was cancelled. Each job commits its results at its end
-//! in one transaction, so a job run again after a crash starts over cleanly.
+//! The round's stages are the engine's; what this driver adds is where their inputs come from
+//! and where their results go: the project's prompts and labels in the store, checkpoints in
+//! the data directory. A job runs on a blocking thread and reads and writes the store through
+//! the runtime handle. Its progress goes to a watch channel; a heartbeat task writes it to the
+//! database every half second, and learns there if the job was cancelled. Each job commits
+//! its results at its end in one transaction, so a job run again after a crash starts over
+//! cleanly.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use apl_shared::{Job, JobProgress, Project};
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use apl_engine::acquire::PromptItem;
+use apl_engine::model::ModelError;
+use apl_engine::oracle::length::LengthOracle;
+use apl_engine::oracle::{Comparison, Oracle};
+use apl_engine::round::{Baseline, EvalSeeds, Observer, Round, RoundError};
+use apl_engine::train::optim::Adam;
+use apl_engine::train::policy::Policy;
+use apl_engine::train::trainer::{PreferencePair, PrefixCache, StepStats};
+use apl_shared::settings::{InvalidSetting, LoopSettings};
+use apl_shared::{
+    Acquisition, EvalSample, Evaluated, EvaluationDetails, Generated, Job, JobKind, JobParams, JobProgress, JobResult,
+    LabelledBy, Labeller, Mode, PairKind, Project, Split, TrainSummary, Trained,
+};
 use tokio::runtime::Handle;
 
 use super::Worker;
-use super::settings::{Labeller, LoopSettings};
+use crate::judge::JudgeError;
 use crate::judge::local::LocalJudge;
-use crate::store::export::LabelSource;
 use crate::store::imports::{NewCompletion, NewPair, PromptRef};
+use crate::store::jobs::{JobOutcome, STALE_MS};
 use crate::store::rounds::{CheckpointRow, EvaluationRow, NewRound};
-use crate::store::{Store, jobs::STALE_MS, new_id, now_ms};
-use apl_engine::acquire::{Acquirer, Acquisition, PromptItem};
-use apl_engine::eval::{EvalSampling, Outcome, sample_completions, win_rate};
-use apl_engine::oracle::length::LengthOracle;
-use apl_engine::oracle::{Comparison, Oracle, Preference};
-use apl_engine::train::optim::Adam;
-use apl_engine::train::policy::Policy;
-use apl_engine::train::trainer::{PreferencePair, PrefixCache, StepStats, fill_reference_cached, train};
+use crate::store::{Store, StoreError, new_id, now_ms};
 
-pub const KINDS: &[&str] = &["generate", "label", "train", "evaluate", "round"];
-
-/// A job's parameters; every field optional, the project's settings fill the rest.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct JobParams {
-    /// generate / round: pairs to acquire (default: the project's pairs_per_round).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pairs: Option<usize>,
-    /// generate / round: acquisition function (default: the project's).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub acquisition: Option<Acquisition>,
-    /// evaluate: checkpoint id (default: the newest; none yet means the starting model).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub checkpoint: Option<String>,
+/// Why a job failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error(transparent)]
+    Round(#[from] RoundError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Judge(#[from] JudgeError),
+    #[error("loop_settings")]
+    Settings(#[from] InvalidSetting),
+    #[error("loading checkpoint {id}")]
+    Checkpoint {
+        id: String,
+        #[source]
+        source: ModelError,
+    },
+    #[error("{what} {}", path.display())]
+    Io {
+        what: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The job cannot run with what the project has (no prompts, no labels, no oracle).
+    #[error("{0}")]
+    Cannot(String),
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct JobSpec {
-    pub kind: String,
-    pub params: JobParams,
-}
-
-impl JobSpec {
-    pub fn parse(kind: &str, params: &Value) -> Result<Self, String> {
-        if !KINDS.contains(&kind) {
-            return Err(format!("kind: {kind:?} is not one of {}", KINDS.join(", ")));
-        }
-        let params: JobParams = if params.is_null() {
-            JobParams::default()
-        } else {
-            serde_json::from_value(params.clone()).map_err(|e| format!("params: {e}"))?
-        };
-        if params.pairs == Some(0) {
-            return Err("params.pairs: must be at least 1".into());
-        }
-        Ok(Self { kind: kind.to_string(), params })
-    }
-}
-
-type JobResult<T> = Result<T, String>;
-
-fn err(e: impl std::fmt::Display) -> String {
-    format!("{e:#}")
-}
+type JobResultOf<T> = Result<T, JobError>;
 
 /// An oracle the worker keeps (sentiment, length) or one made for the job (the judges).
 enum OracleRef<'a> {
@@ -103,19 +97,36 @@ struct Ctx<'a> {
     store: &'a Store,
     rt: Handle,
     project: Project,
-    settings: LoopSettings,
     progress: &'a tokio::sync::watch::Sender<JobProgress>,
     cancelled: &'a AtomicBool,
     phase_start: std::cell::Cell<Instant>,
 }
 
-impl Ctx<'_> {
-    fn block<T>(&self, f: impl std::future::Future<Output = crate::store::Result<T>>) -> JobResult<T> {
-        self.rt.block_on(f).map_err(err)
+impl Observer for Ctx<'_> {
+    fn progress(&self, stage: &str, done: usize, total: usize) {
+        self.step(stage, done, total, None);
     }
 
-    fn check(&self) -> JobResult<()> {
-        if self.cancelled.load(Ordering::Relaxed) { Err("cancelled".into()) } else { Ok(()) }
+    fn step(&self, stats: &StepStats, total: usize) {
+        Ctx::step(self, "training", stats.step + 1, total, Some(stats.loss));
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+}
+
+impl Ctx<'_> {
+    fn settings(&self) -> &LoopSettings {
+        &self.project.config.loop_settings
+    }
+
+    fn round(&self) -> Round<'_> {
+        Round { settings: self.settings(), tokenizer: &self.worker.tokenizer, observer: self }
+    }
+
+    fn block<T>(&self, f: impl std::future::Future<Output = crate::store::Result<T>>) -> JobResultOf<T> {
+        Ok(self.rt.block_on(f)?)
     }
 
     fn phase(&self, phase: &str, message: String) {
@@ -124,6 +135,9 @@ impl Ctx<'_> {
     }
 
     fn step(&self, phase: &str, step: usize, total: usize, loss: Option<f64>) {
+        if self.progress.borrow().phase != phase {
+            self.phase_start.set(Instant::now());
+        }
         let elapsed = self.phase_start.get().elapsed().as_secs_f64();
         let eta = (step > 0 && total >= step).then(|| elapsed / step as f64 * (total - step) as f64);
         self.progress.send_modify(|p| {
@@ -137,29 +151,29 @@ impl Ctx<'_> {
         });
     }
 
-    fn oracle(&self, kind: Labeller) -> JobResult<OracleRef<'_>> {
-        match kind {
-            Labeller::Sentiment => Ok(OracleRef::Borrowed(self.worker.sentiment()? as &dyn Oracle)),
-            Labeller::Length => Ok(OracleRef::Borrowed(&LengthOracle)),
-            Labeller::Judge => {
-                Ok(OracleRef::Owned(Box::new(self.worker.llm_judge(&self.project.id, &self.settings.judge)?)))
-            }
-            Labeller::LocalJudge => Ok(OracleRef::Owned(Box::new(LocalJudge::new(
-                &self.worker.model,
-                &self.worker.tokenizer,
-                self.settings.judge.clone(),
-                self.settings.acquire.batch_size,
-            )))),
-            Labeller::Raters => Err("human raters are not an automatic oracle".into()),
-        }
+    fn oracle(&self, kind: Labeller) -> JobResultOf<OracleRef<'_>> {
+        let s = self.settings();
+        Ok(match kind {
+            Labeller::Sentiment => OracleRef::Borrowed(self.worker.sentiment()? as &dyn Oracle),
+            Labeller::Length => OracleRef::Borrowed(&LengthOracle),
+            Labeller::Judge => OracleRef::Owned(Box::new(self.worker.llm_judge(&self.project.id, &s.judge)?)),
+            Labeller::LocalJudge => OracleRef::Owned(Box::new(LocalJudge::new(
+                self.worker.model.clone(),
+                self.worker.tokenizer.clone(),
+                s.judge.clone(),
+                s.acquire.batch_size,
+            ))),
+            Labeller::Raters => return Err(JobError::Cannot("human raters are not an automatic labeller".into())),
+        })
     }
 
     /// The policy of `checkpoint` (the starting model when none).
-    fn policy(&self, checkpoint: Option<&CheckpointRow>) -> JobResult<Policy> {
-        let mut p = Policy::new(self.worker.checkpoint.clone(), self.settings.trainable.clone(), self.settings.seed)
-            .map_err(err)?;
+    fn policy(&self, checkpoint: Option<&CheckpointRow>) -> JobResultOf<Policy> {
+        let s = self.settings();
+        let mut p = Policy::new(self.worker.checkpoint.clone(), s.trainable.clone(), s.seed)?;
         if let Some(c) = checkpoint {
-            p.load_trainable(std::path::Path::new(&c.path)).map_err(|e| format!("loading checkpoint {}: {e}", c.id))?;
+            p.load_trainable(std::path::Path::new(&c.path))
+                .map_err(|source| JobError::Checkpoint { id: c.id.clone(), source })?;
         }
         Ok(p)
     }
@@ -224,17 +238,23 @@ impl Worker {
         let (worker, st, j, c) = (self.clone(), store.clone(), job.clone(), cancelled.clone());
         let outcome = tokio::task::spawn_blocking(move || {
             let _guard = worker.busy.lock().unwrap_or_else(|p| p.into_inner());
-            run_blocking(&worker, &st, rt, &j, &tx, &c)
+            run_blocking(&worker, &st, rt, &j, &tx, &c).map_err(|e| crate::error::describe(&e))
         })
         .await
         .unwrap_or_else(|e| Err(format!("the job panicked: {e}")));
         done.store(true, Ordering::Relaxed);
         heartbeat.abort();
-        match &outcome {
-            Ok(_) => tracing::info!(job = %job.id, "job done"),
-            Err(e) => tracing::warn!(job = %job.id, error = %e, "job failed"),
-        }
-        if let Err(e) = store.finish_job(&job.id, owner, outcome).await {
+        let outcome = match outcome {
+            Ok(r) => {
+                tracing::info!(job = %job.id, "job done");
+                JobOutcome::Done(r)
+            }
+            Err(e) => {
+                tracing::warn!(job = %job.id, error = %e, "job failed");
+                JobOutcome::Failed(e)
+            }
+        };
+        if let Err(e) = store.finish_job(&job.id, owner, &outcome).await {
             tracing::error!(job = %job.id, error = %e, "recording the end of a job");
         }
     }
@@ -247,46 +267,41 @@ fn run_blocking(
     job: &Job,
     progress: &tokio::sync::watch::Sender<JobProgress>,
     cancelled: &AtomicBool,
-) -> JobResult<Value> {
-    let spec = JobSpec::parse(&job.kind, &job.params)?;
-    let project = rt.block_on(store.project(&job.project_id)).map_err(err)?;
-    let settings = LoopSettings::from_value(&project.config.loop_settings)?;
-    let ctx = Ctx {
-        worker,
-        store,
-        rt,
-        project,
-        settings,
-        progress,
-        cancelled,
-        phase_start: std::cell::Cell::new(Instant::now()),
-    };
-    let p = &spec.params;
-    match spec.kind.as_str() {
-        "generate" => generate(&ctx, p),
-        "label" => label(&ctx),
-        "train" => train_job(&ctx),
-        "evaluate" => evaluate(&ctx, p),
-        "round" => {
-            let g = generate(&ctx, p)?;
-            if ctx.settings.labeller == Labeller::Raters {
-                return Ok(json!({"generate": g, "waiting_for": "raters: train once they have labelled the round"}));
+) -> JobResultOf<JobResult> {
+    let project = rt.block_on(store.project(&job.project_id))?;
+    project.config.loop_settings.validate()?;
+    let ctx =
+        Ctx { worker, store, rt, project, progress, cancelled, phase_start: std::cell::Cell::new(Instant::now()) };
+    let p = &job.params;
+    Ok(match job.kind {
+        JobKind::Generate => JobResult { generate: Some(generate(&ctx, p)?), ..Default::default() },
+        JobKind::Label => JobResult { label: Some(label(&ctx)?), ..Default::default() },
+        JobKind::Train => JobResult { train: Some(train(&ctx)?), ..Default::default() },
+        JobKind::Evaluate => JobResult { evaluate: Some(evaluate(&ctx, p)?), ..Default::default() },
+        JobKind::Round => {
+            let generate = Some(generate(&ctx, p)?);
+            if !ctx.settings().labeller.is_automatic() {
+                let waiting_for = Some("raters: train once they have labelled the round".to_string());
+                return Ok(JobResult { generate, waiting_for, ..Default::default() });
             }
-            let l = label(&ctx)?;
-            let t = train_job(&ctx)?;
-            let e = evaluate(&ctx, &JobParams::default())?;
-            Ok(json!({"generate": g, "label": l, "train": t, "evaluate": e}))
+            JobResult {
+                generate,
+                label: Some(label(&ctx)?),
+                train: Some(train(&ctx)?),
+                evaluate: Some(evaluate(&ctx, &JobParams::default())?),
+                waiting_for: None,
+            }
         }
-        other => Err(format!("unknown job kind {other:?}")),
-    }
+    })
 }
 
-fn generate(ctx: &Ctx, p: &JobParams) -> JobResult<Value> {
-    let s = &ctx.settings;
+/// Acquires a round of pairs with the newest checkpoint's policy and stores them.
+fn generate(ctx: &Ctx, p: &JobParams) -> JobResultOf<Generated> {
+    let s = ctx.settings();
     let pid = &ctx.project.id;
     let m = p.pairs.unwrap_or(s.pairs_per_round);
     let acq = p.acquisition.unwrap_or(s.acquisition);
-    ctx.phase("preparing", format!("round of {m} pairs by {}", acq.name()));
+    ctx.phase("preparing", format!("round of {m} pairs by {acq}"));
     let number = ctx.block(ctx.store.next_round_number(pid))?;
     let checkpoint = ctx.block(ctx.store.latest_checkpoint(pid))?;
     let policy = ctx.policy(checkpoint.as_ref())?;
@@ -297,9 +312,9 @@ fn generate(ctx: &Ctx, p: &JobParams) -> JobResult<Value> {
         Acquisition::Hybrid => s.acquire.over_generate * s.acquire.entropy_over_sample,
     };
     let want = (m * per_pair.max(1) * 2 + 64) as i64;
-    let pool = ctx.block(ctx.store.prompts(pid, "train", true, want))?;
+    let pool = ctx.block(ctx.store.prompts(pid, Split::Train, true, want))?;
     if pool.is_empty() {
-        return Err("no unused training prompts: import prompts first".into());
+        return Err(JobError::Cannot("no unused training prompts: import prompts first".into()));
     }
     let tok = &ctx.worker.tokenizer;
     let mut next = 0usize;
@@ -308,34 +323,25 @@ fn generate(ctx: &Ctx, p: &JobParams) -> JobResult<Value> {
     let mut draw = |n: usize| -> apl_engine::model::Result<Vec<PromptItem>> {
         let mut out = Vec::with_capacity(n);
         while out.len() < n && next < pool.len() {
-            let (id, text, _) = &pool[next];
+            let row = &pool[next];
             next += 1;
-            used.push(id.clone());
-            by_text.entry(text.clone()).or_insert_with(|| id.clone());
-            out.push(PromptItem { ids: tok.encode(text, true)?, text: text.clone() });
+            used.push(row.id.clone());
+            by_text.entry(row.text.clone()).or_insert_with(|| row.id.clone());
+            out.push(PromptItem { ids: tok.encode(&row.text, true)?, text: row.text.clone() });
         }
         Ok(out)
     };
-    let acquirer = Acquirer {
-        policy: &policy,
-        cache: None,
-        tokenizer: tok,
-        cfg: &s.acquire,
-        completion_len: s.completion_tokens,
-        exact_length: s.exact_length,
-        beta: s.train.beta,
-        policy_is_reference: checkpoint.is_none(),
-    };
     ctx.phase("acquiring", String::new());
     let seed = s.seed ^ (number as u64).wrapping_mul(0x9e37_79b9);
-    let on = |stage: &str, done: usize, total: usize| ctx.step(stage, done, total, None);
-    let (cands, stats) = acquirer.acquire(acq, m, &mut draw, seed, &on).map_err(err)?;
-    ctx.check()?;
+    let (cands, stats) = ctx.round().acquire(&policy, None, acq, m, &mut draw, seed, checkpoint.is_none())?;
     let source = format!("policy:{}", checkpoint.as_ref().map_or("base", |c| c.id.as_str()));
-    let target = if s.labeller == Labeller::Raters { ctx.project.config.rating.overlap as i64 } else { 0 };
+    let target = if s.labeller.is_automatic() { 0 } else { ctx.project.config.rating.overlap as i64 };
     let mut pairs = Vec::with_capacity(cands.len());
     for c in &cands {
-        let prompt_id = by_text.get(&c.prompt_text).ok_or("an acquired pair lost its prompt")?.clone();
+        let prompt_id = by_text
+            .get(&c.prompt_text)
+            .ok_or_else(|| JobError::Cannot("an acquired pair lost its prompt".into()))?
+            .clone();
         let rewards = c.rewards(s.train.beta);
         let completion = |text: &str, tokens: usize, logp: Option<f32>| NewCompletion {
             text: text.to_string(),
@@ -347,9 +353,9 @@ fn generate(ctx: &Ctx, p: &JobParams) -> JobResult<Value> {
             prompt: PromptRef::Existing(prompt_id),
             a: completion(&c.text_a, c.a.len(), c.logp_a),
             b: completion(&c.text_b, c.b.len(), c.logp_b),
-            kind: "train",
+            kind: PairKind::Train,
             round: Some(number),
-            acquisition: Some(acq.name().to_string()),
+            acquisition: Some(acq),
             r_a: rewards.map(|r| r.0 as f64),
             r_b: rewards.map(|r| r.1 as f64),
             margin: rewards.map(|r| (r.0 - r.1) as f64),
@@ -359,179 +365,152 @@ fn generate(ctx: &Ctx, p: &JobParams) -> JobResult<Value> {
             known: None,
         });
     }
-    let stats_json = json!({
-        "prompts_drawn": stats.prompts_drawn,
-        "sequences_sampled": stats.sequences_sampled,
-        "sequences_scored": stats.sequences_scored,
-        "sampling_seconds": stats.sampling_seconds,
-        "scoring_seconds": stats.scoring_seconds,
-        "candidate_margins": stats.candidate_margins,
-    });
-    let ckpt_id = checkpoint.as_ref().map(|c| c.id.as_str());
     let round = NewRound {
         number,
-        acquisition: acq.name(),
-        policy_checkpoint: ckpt_id,
-        stats: &stats_json,
+        acquisition: acq,
+        policy_checkpoint: checkpoint.as_ref().map(|c| c.id.as_str()),
+        stats: &stats,
         pairs: &pairs,
         used_prompts: &used,
     };
     ctx.block(ctx.store.record_round(pid, &round))?;
-    Ok(json!({"round": number, "pairs": pairs.len(), "acquisition": acq.name(), "prompts_used": used.len()}))
+    Ok(Generated { round: number, pairs: pairs.len(), acquisition: acq, prompts_used: used.len() })
 }
 
-fn label(ctx: &Ctx) -> JobResult<Value> {
-    let oracle = ctx.oracle(ctx.settings.labeller)?;
+/// Labels the training pairs the automatic labeller has not judged.
+fn label(ctx: &Ctx) -> JobResultOf<LabelledBy> {
+    let oracle = ctx.oracle(ctx.settings().labeller)?;
     let judge = oracle.name();
     // Pairs of human win-rate checks are not among them: their raters alone label them.
     let pending = ctx.block(ctx.store.pairs_without_judge(&ctx.project.id, &judge))?;
     ctx.phase("labelling", format!("{} pairs by {judge}", pending.len()));
-    let mut labels = Vec::with_capacity(pending.len());
-    // Small chunks, so an LLM judge's progress shows (its calls within a chunk run concurrently).
-    const CHUNK: usize = 32;
-    for (i, chunk) in pending.chunks(CHUNK).enumerate() {
-        ctx.check()?;
-        let items: Vec<Comparison> = chunk.iter().map(|p| Comparison { prompt: &p.prompt, a: &p.a, b: &p.b }).collect();
-        for (p, j) in chunk.iter().zip(oracle.judge_all(&items).map_err(err)?) {
-            let choice = match j.preference {
-                Preference::A => "a",
-                Preference::B => "b",
-                Preference::Tie => "tie",
-                Preference::NoDecision => "none",
-            };
-            labels.push((p.id.clone(), choice, j.rationale));
-        }
-        ctx.step("labelling", (i * CHUNK + chunk.len()).min(pending.len()), pending.len(), None);
-    }
+    let items: Vec<Comparison> = pending.iter().map(|p| Comparison { prompt: &p.prompt, a: &p.a, b: &p.b }).collect();
+    let judged = ctx.round().label(&*oracle, &items)?;
+    let labels: Vec<_> = pending.iter().zip(judged).map(|(p, j)| (p.id.clone(), j.preference, j.rationale)).collect();
     let stored = ctx.block(ctx.store.add_judge_labels(&judge, &labels))?;
-    let undecided = labels.iter().filter(|l| l.1 == "none").count();
-    Ok(json!({"judge": judge, "labelled": stored, "undecided": undecided, "report": oracle.report()}))
+    let undecided = labels.iter().filter(|l| l.1 == apl_shared::Preference::NoDecision).count();
+    Ok(LabelledBy { judge, labelled: stored, undecided, report: oracle.report() })
 }
 
-fn train_job(ctx: &Ctx) -> JobResult<Value> {
-    let s = &ctx.settings;
+/// DPO on the labelled pairs the settings' `train_on` selects; stores the checkpoint.
+fn train(ctx: &Ctx) -> JobResultOf<Trained> {
+    let s = ctx.settings();
     let pid = &ctx.project.id;
-    let source: LabelSource = s.train_on.parse().map_err(err)?;
-    let prefs = ctx.block(ctx.store.preferences(pid, source))?;
+    let prefs = ctx.block(ctx.store.preferences(pid, s.train_on))?;
     if prefs.is_empty() {
-        return Err(format!("no labelled pairs to train on (labels from {})", s.train_on));
+        return Err(JobError::Cannot(format!("no labelled pairs to train on (labels from {})", s.train_on)));
     }
     ctx.phase("reference log-probs", format!("{} labelled pairs", prefs.len()));
     let tok = &ctx.worker.tokenizer;
     let mut pairs = Vec::with_capacity(prefs.len());
     for p in &prefs {
-        let (chosen, rejected) = if p.a_wins {
-            (&p.pair.completion_a, &p.pair.completion_b)
-        } else {
-            (&p.pair.completion_b, &p.pair.completion_a)
-        };
-        pairs.push(PreferencePair {
-            prompt: tok.encode(&p.pair.prompt, true).map_err(err)?,
-            chosen: tok.encode(chosen, false).map_err(err)?,
-            rejected: tok.encode(rejected, false).map_err(err)?,
+        let (chosen, rejected) = p.chosen_rejected();
+        let pair = PreferencePair {
+            prompt: tok.encode(&p.pair.prompt, true)?,
+            chosen: tok.encode(chosen, false)?,
+            rejected: tok.encode(rejected, false)?,
             ref_chosen: None,
             ref_rejected: None,
-        });
+        };
+        pairs.push((p.pair.round.unwrap_or(0).max(0) as usize, pair));
     }
-    pairs.retain(|p| !p.chosen.is_empty() && !p.rejected.is_empty());
-    let policy = ctx.policy(None)?;
-    let mut cache = PrefixCache::default();
-    fill_reference_cached(&policy, &mut pairs, &mut cache, s.acquire.batch_size).map_err(err)?;
-    ctx.check()?;
+    pairs.retain(|(_, p)| !p.chosen.is_empty() && !p.rejected.is_empty());
+    // Reset (the paper) trains from the starting model; continue and online from the newest
+    // checkpoint.
+    let start = match s.mode {
+        Mode::Reset => None,
+        Mode::Continue | Mode::Online => ctx.block(ctx.store.latest_checkpoint(pid))?,
+    };
+    let mut policy = ctx.policy(start.as_ref())?;
     let vars = policy.vars().iter().map(|(_, v)| v.clone()).collect();
-    let mut opt = Adam::new(vars, s.train.adam.clone()).map_err(err)?;
-    let total = s.train.epochs * pairs.len().div_ceil(s.train.pairs_per_step);
-    ctx.phase("training", String::new());
-    let report = train(&policy, &mut opt, &pairs, &s.train, &mut cache, |st: &StepStats| {
-        ctx.step("training", st.step + 1, total, Some(st.loss))
-    })
-    .map_err(err)?;
-    ctx.check()?;
+    let mut opt = Adam::new(vars, s.train.adam.clone()).map_err(ModelError::from)?;
+    let newest = pairs.iter().map(|(r, _)| *r).max().unwrap_or(0);
+    let mut cache = PrefixCache::default();
+    let trained = ctx.round().train(&mut policy, &mut opt, &mut pairs, newest, s.train.seed, &mut cache)?;
     let id = new_id();
     let dir = ctx.worker.data_dir.join("checkpoints").join(pid);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(|source| JobError::Io { what: "creating", path: dir.clone(), source })?;
     let path = dir.join(format!("{id}.safetensors"));
-    policy.save_trainable(&path).map_err(err)?;
+    policy.save_trainable(&path)?;
     let round = ctx.block(ctx.store.next_round_number(pid))? - 1;
-    let report_json = json!({
-        "source": s.train_on,
-        "steps": report.steps.len(),
-        "epoch_losses": report.epoch_losses(),
-        "loss_curve": report.steps.iter().map(|s| s.loss).collect::<Vec<_>>(),
-        "accuracy_curve": report.steps.iter().map(|s| s.reward_accuracy).collect::<Vec<_>>(),
-        "seconds": report.seconds,
-    });
+    let report = &trained.report;
     let row = CheckpointRow {
         id: id.clone(),
         round,
         path: path.display().to_string(),
-        pairs: pairs.len() as i64,
-        report: report_json.clone(),
+        pairs: trained.pairs as i64,
+        report: TrainSummary {
+            source: Some(s.train_on),
+            steps: report.steps.len(),
+            epoch_losses: report.epoch_losses(),
+            loss_curve: report.steps.iter().map(|s| s.loss).collect(),
+            margin_curve: report.steps.iter().map(|s| s.reward_margin).collect(),
+            accuracy_curve: report.steps.iter().map(|s| s.reward_accuracy).collect(),
+            seconds: report.seconds,
+        },
         created_at: now_ms(),
     };
     ctx.block(ctx.store.add_checkpoint(pid, &row))?;
-    Ok(json!({"checkpoint": id, "pairs": pairs.len(), "epoch_losses": report.epoch_losses()}))
+    Ok(Trained { checkpoint: id, pairs: trained.pairs, epoch_losses: report.epoch_losses() })
 }
 
-fn evaluate(ctx: &Ctx, p: &JobParams) -> JobResult<Value> {
-    let s = &ctx.settings;
+/// The baseline's sampling seed, apart from the policy's (see `EvalSeeds`).
+const BASELINE_SEED: u64 = 0xba5e_11e5_eed5;
+
+/// A checkpoint's win-rate against the starting model's samples on the held-out prompts.
+fn evaluate(ctx: &Ctx, p: &JobParams) -> JobResultOf<Evaluated> {
+    let s = ctx.settings();
     let pid = &ctx.project.id;
     let checkpoint = match &p.checkpoint {
         Some(id) => Some(ctx.block(ctx.store.checkpoint(pid, id))?),
         None => ctx.block(ctx.store.latest_checkpoint(pid))?,
     };
-    let prompts = ctx.block(ctx.store.prompts(pid, "eval", false, s.eval.prompts as i64))?;
+    let prompts = ctx.block(ctx.store.prompts(pid, Split::Eval, false, s.eval.prompts as i64))?;
     if prompts.is_empty() {
-        return Err("no evaluation prompts: import prompts with split=eval first".into());
+        return Err(JobError::Cannot("no evaluation prompts: import prompts with split=eval first".into()));
     }
     let oracle = ctx.oracle(s.eval.judge)?;
     let policy = ctx.policy(checkpoint.as_ref())?;
     let tok = &ctx.worker.tokenizer;
-    let ids: Vec<Vec<u32>> = prompts.iter().map(|p| tok.encode(&p.1, true)).collect::<Result<_, _>>().map_err(err)?;
-    let refs: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
-    let how = EvalSampling {
-        completion_tokens: s.completion_tokens,
-        exact_length: s.exact_length,
-        temperature: s.eval.temperature,
-        batch_size: s.eval.batch_size,
-    };
-    let seed = s.seed ^ 0x5eed_e7a1;
-    ctx.phase("policy samples", String::new());
-    let on = |stage: &str, done: usize, total: usize| ctx.step(stage, done, total, None);
-    let ours = sample_completions(policy.model(), tok, &refs, &how, seed, &on).map_err(err)?;
-    ctx.check()?;
-    ctx.phase("reference samples", String::new());
-    let theirs = sample_completions(policy.reference(), tok, &refs, &how, seed, &on).map_err(err)?;
-    ctx.check()?;
-    ctx.phase("judging", String::new());
-    let items: Vec<Comparison> =
-        prompts.iter().zip(ours.iter().zip(&theirs)).map(|(p, (a, b))| Comparison { prompt: &p.1, a, b }).collect();
-    let mut outcomes: Vec<Outcome> = Vec::with_capacity(items.len());
-    for chunk in items.chunks(32) {
-        ctx.check()?;
-        outcomes
-            .extend(oracle.judge_all(chunk).map_err(err)?.into_iter().map(|j| Outcome::from_preference(j.preference)));
-        ctx.step("judging", outcomes.len(), items.len(), None);
-    }
-    let wr = win_rate(&outcomes);
-    let samples: Vec<Value> = prompts
+    let items: Vec<PromptItem> = prompts
         .iter()
-        .zip(ours.iter().zip(&theirs).zip(&outcomes))
-        .map(|(p, ((a, b), o))| json!({"prompt_id": p.0, "prompt": p.1, "policy": a, "reference": b, "outcome": o}))
+        .map(|p| Ok(PromptItem { ids: tok.encode(&p.text, true)?, text: p.text.clone() }))
+        .collect::<Result<_, ModelError>>()?;
+    // Independent sampling streams for policy and baseline, one length per prompt for both.
+    let policy_seed = s.seed ^ 0x5eed_e7a1;
+    let seeds = EvalSeeds { policy: policy_seed, baseline: s.seed ^ BASELINE_SEED, lengths: Some(policy_seed) };
+    ctx.phase("policy samples", String::new());
+    let ev = ctx.round().evaluate(policy.model(), &items, Baseline::Sample(policy.reference()), &*oracle, seeds)?;
+    let samples = prompts
+        .iter()
+        .zip(ev.policy.iter().zip(&ev.baseline).zip(&ev.outcomes))
+        .map(|(p, ((a, b), o))| EvalSample {
+            prompt_id: Some(p.id.clone()),
+            prompt: p.text.clone(),
+            policy: a.clone(),
+            baseline: b.clone(),
+            outcome: Some(*o),
+        })
         .collect();
+    let wr = ev.win_rate;
     let row = EvaluationRow {
         id: new_id(),
         checkpoint_id: checkpoint.as_ref().map(|c| c.id.clone()),
-        judge: oracle.name(),
+        judge: ev.judge.clone(),
         baseline: "reference samples".into(),
         win_rate: wr.win_rate,
         stderr: wr.stderr,
-        n: outcomes.len() as i64,
-        details: json!({"win_rate": wr, "samples": samples}),
+        n: ev.outcomes.len() as i64,
+        details: EvaluationDetails { win_rate: wr, samples },
         created_at: now_ms(),
     };
     ctx.block(ctx.store.add_evaluation(pid, &row))?;
-    Ok(
-        json!({"evaluation": row.id, "checkpoint": row.checkpoint_id, "win_rate": wr.win_rate, "stderr": wr.stderr, "n": row.n, "judge_report": oracle.report()}),
-    )
+    Ok(Evaluated {
+        evaluation: row.id,
+        checkpoint: row.checkpoint_id,
+        win_rate: wr.win_rate,
+        stderr: wr.stderr,
+        n: ev.outcomes.len(),
+        judge_report: oracle.report(),
+    })
 }

@@ -4,7 +4,6 @@
 //! database for any server process to stream.
 
 pub mod jobs;
-pub mod settings;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -15,12 +14,13 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::judge::ledger::Ledger;
-use crate::judge::{JudgeSettings, LlmJudge};
+use crate::judge::{JudgeError, JudgeSettings, LlmJudge};
 use apl_engine::data::imdb::{Prompt, Review};
 use apl_engine::model::{
     Checkpoint, Model, ModelError, SampleRequest, SamplingConfig, Tokenizer, sample, sequence_logprobs,
 };
 use apl_engine::oracle::sentiment::{NaiveBayes, SentimentOracle};
+use jobs::JobError;
 
 /// What the worker is built from.
 pub struct WorkerParts {
@@ -80,8 +80,8 @@ impl Worker {
     }
 
     /// A project's LLM judge; its audit log (and cache) is `DATA_DIR/judge/<project>.jsonl`.
-    pub fn llm_judge(&self, project_id: &str, settings: &JudgeSettings) -> Result<LlmJudge, String> {
-        let key = settings.api_key(self.secrets_file.as_deref())?;
+    pub fn llm_judge(&self, project_id: &str, settings: &JudgeSettings) -> Result<LlmJudge, JudgeError> {
+        let key = crate::judge::api_key(settings, self.secrets_file.as_deref())?;
         let ledger = Ledger::open(&self.judge_log(project_id))?;
         LlmJudge::new(settings.clone(), key, Arc::new(ledger))
     }
@@ -96,9 +96,11 @@ impl Worker {
     }
 
     /// The naive-Bayes sentiment oracle, trained on first use from every IMDB review.
-    pub fn sentiment(&self) -> Result<&SentimentOracle, String> {
+    pub fn sentiment(&self) -> Result<&SentimentOracle, JobError> {
         if self.reviews.is_empty() {
-            return Err("the sentiment oracle needs the IMDB reviews, and this server runs without them".into());
+            return Err(JobError::Cannot(
+                "the sentiment oracle needs the IMDB reviews, and this server runs without them".into(),
+            ));
         }
         Ok(self.sentiment.get_or_init(|| {
             let docs: Vec<(&str, u8)> = self.reviews.iter().map(|r| (r.text.as_str(), r.label)).collect();

@@ -44,6 +44,15 @@ type DoJob = unsafe extern "C" fn(c_int, *mut c_void, c_int);
 /// OpenBLAS's `openblas_threads_callback`.
 type ThreadsCallback = unsafe extern "C" fn(c_int, DoJob, c_int, usize, *mut c_void, c_int);
 
+/// Why a library is not a usable CBLAS.
+#[derive(Debug, thiserror::Error)]
+pub enum BlasError {
+    #[error("cannot be loaded")]
+    Load(#[from] libloading::Error),
+    #[error("{0} has no cblas_sgemm")]
+    NoSgemm(String),
+}
+
 /// A CBLAS library loaded at run time.
 pub struct Blas {
     description: String,
@@ -107,7 +116,8 @@ pub fn blas() -> Option<&'static Blas> {
             Some(path) => match Blas::open(path) {
                 Ok(b) => Some(b),
                 Err(e) => {
-                    tracing::warn!("APL_BLAS={path}: {e}; matrix products use the gemm crate");
+                    let cause = std::error::Error::source(&e).map(|c| format!(": {c}")).unwrap_or_default();
+                    tracing::warn!("APL_BLAS={path}: {e}{cause}; matrix products use the gemm crate");
                     None
                 }
             },
@@ -129,11 +139,11 @@ pub fn describe() -> String {
 }
 
 impl Blas {
-    fn open(name: &str) -> Result<Self, String> {
+    fn open(name: &str) -> Result<Self, BlasError> {
         // SAFETY: loading a shared library runs its initialisers; a CBLAS (OpenBLAS, BLIS, MKL)
         // has none that touch this process's state. The library lives in the process-wide
         // `BLAS` for the life of the process, so the function pointers taken from it stay valid.
-        let lib = unsafe { libloading::Library::new(name) }.map_err(|e| e.to_string())?;
+        let lib = unsafe { libloading::Library::new(name) }?;
         /// The first of the `PREFIXES` spellings of `name` the library exports, as a `T`.
         ///
         /// SAFETY (for callers): `T` must be the C signature the symbol has.
@@ -145,7 +155,7 @@ impl Blas {
         }
         // SAFETY: the CBLAS signatures are fixed by the standard.
         let Some(sgemm) = (unsafe { sym::<GemmFn<f32>>(&lib, "cblas_sgemm") }) else {
-            return Err(format!("{name} has no cblas_sgemm"));
+            return Err(BlasError::NoSgemm(name.to_string()));
         };
         // SAFETY: as above.
         let dgemm = unsafe { sym::<GemmFn<f64>>(&lib, "cblas_dgemm") };

@@ -36,7 +36,7 @@ impl Tokenizer {
 
     /// Rebuilds the tokenizer stored in a GGUF file's `tokenizer.ggml.*` metadata.
     pub fn from_gguf(content: &gguf_file::Content, path: &Path) -> Result<Self> {
-        let doc = gguf_tokenizer_json(content).map_err(|m| ModelError::format(path, m))?;
+        let doc = gguf_tokenizer_json(path, content)?;
         let inner: tokenizers::Tokenizer =
             doc.to_string().parse().map_err(|e| ModelError::format(path, format!("rebuilding the tokenizer: {e}")))?;
         let md = &content.metadata;
@@ -117,7 +117,7 @@ const QWEN2_REGEX: &str =
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// The pre-tokenizer `tokenizer.json` uses for a llama.cpp `tokenizer.ggml.pre` name.
-fn pre_tokenizer(pre: &str) -> std::result::Result<(Value, bool), String> {
+fn pre_tokenizer(path: &Path, pre: &str) -> Result<(Value, bool)> {
     let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
     let split =
         |regex: &str| json!({"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false});
@@ -135,32 +135,36 @@ fn pre_tokenizer(pre: &str) -> std::result::Result<(Value, bool), String> {
         }
         "qwen2" => (json!({"type": "Sequence", "pretokenizers": [split(QWEN2_REGEX), byte_level(false)]}), false),
         other => {
-            return Err(format!(
-                "tokenizer.ggml.pre {other:?} is not supported (default, gpt2, smollm, starcoder, llama-bpe, qwen2); \
-                 use an HF checkpoint directory with tokenizer.json instead"
+            return Err(ModelError::format(
+                path,
+                format!(
+                    "tokenizer.ggml.pre {other:?} is not supported (default, gpt2, smollm, starcoder, llama-bpe, \
+                     qwen2); use an HF checkpoint directory with tokenizer.json instead"
+                ),
             ));
         }
     })
 }
 
 /// Builds an HF `tokenizer.json` document from GGUF metadata.
-fn gguf_tokenizer_json(content: &gguf_file::Content) -> std::result::Result<Value, String> {
+fn gguf_tokenizer_json(path: &Path, content: &gguf_file::Content) -> Result<Value> {
     let md = &content.metadata;
-    let get = |k: &str| md.get(k).ok_or_else(|| format!("metadata key {k} is missing"));
-    let model = get("tokenizer.ggml.model")?.to_string().map_err(|e| e.to_string())?;
+    let bad = |m: String| ModelError::format(path, m);
+    let get = |k: &str| md.get(k).ok_or_else(|| bad(format!("metadata key {k} is missing")));
+    let model = get("tokenizer.ggml.model")?.to_string().map_err(|e| bad(format!("tokenizer.ggml.model: {e}")))?;
     if model != "gpt2" {
-        return Err(format!(
+        return Err(bad(format!(
             "tokenizer.ggml.model {model:?} is not supported (only byte-level BPE, \"gpt2\"); \
              use an HF checkpoint directory with tokenizer.json instead"
-        ));
+        )));
     }
-    let strings = |k: &str| -> std::result::Result<Vec<String>, String> {
+    let strings = |k: &str| -> Result<Vec<String>> {
         get(k)?
             .to_vec()
-            .map_err(|e| format!("{k}: {e}"))?
+            .map_err(|e| bad(format!("{k}: {e}")))?
             .iter()
             .enumerate()
-            .map(|(i, v)| v.to_string().cloned().map_err(|e| format!("{k}[{i}]: {e}")))
+            .map(|(i, v)| v.to_string().cloned().map_err(|e| bad(format!("{k}[{i}]: {e}"))))
             .collect()
     };
     let tokens = strings("tokenizer.ggml.tokens")?;
@@ -168,17 +172,17 @@ fn gguf_tokenizer_json(content: &gguf_file::Content) -> std::result::Result<Valu
     let types: Vec<i32> = match md.get("tokenizer.ggml.token_type") {
         Some(v) => v
             .to_vec()
-            .map_err(|e| format!("tokenizer.ggml.token_type: {e}"))?
+            .map_err(|e| bad(format!("tokenizer.ggml.token_type: {e}")))?
             .iter()
             .map(|t| t.to_i32().unwrap_or(1))
             .collect(),
         None => vec![1; tokens.len()],
     };
     let pre = match md.get("tokenizer.ggml.pre") {
-        Some(v) => v.to_string().map_err(|e| e.to_string())?.clone(),
+        Some(v) => v.to_string().map_err(|e| bad(format!("tokenizer.ggml.pre: {e}")))?.clone(),
         None => "default".to_string(),
     };
-    let (pre_tokenizer, ignore_merges) = pre_tokenizer(&pre)?;
+    let (pre_tokenizer, ignore_merges) = pre_tokenizer(path, &pre)?;
 
     let mut vocab = serde_json::Map::new();
     let mut added = Vec::new();
@@ -197,7 +201,8 @@ fn gguf_tokenizer_json(content: &gguf_file::Content) -> std::result::Result<Valu
     let add_bos = md.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false);
     let post_processor = match (add_bos, bos) {
         (true, Some(id)) => {
-            let tok = tokens.get(id as usize).ok_or_else(|| format!("bos_token_id {id} is beyond the vocabulary"))?;
+            let tok =
+                tokens.get(id as usize).ok_or_else(|| bad(format!("bos_token_id {id} is beyond the vocabulary")))?;
             json!({
                 "type": "TemplateProcessing",
                 "single": [{"SpecialToken": {"id": tok, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],

@@ -165,7 +165,7 @@ fn experiment_then_convert_its_trained_policy() {
     assert!(out.join("runs/random-seed1/phase-2.json").exists());
     let refused = exp(&["--seeds", "1", "--beta", "0.5"]).output().unwrap();
     assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("settings differ in: train"));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("settings differ in: settings.train.beta"));
 
     // The run's latest policy as an HF directory, the model taken from the experiment's settings.
     let hf = dir.path().join("hf");

@@ -123,7 +123,7 @@ fn training_raises_the_length_win_rate_and_runs_resume() {
     let mut other = cfg.clone();
     other.settings.train.epochs = 7;
     let err = run_experiment(&other, &setup, &out, &Quiet).unwrap_err().to_string();
-    assert!(err.contains("different experiment") && err.contains("settings"), "{err}");
+    assert!(err.contains("different experiment") && err.contains("settings.train.epochs"), "{err}");
     let mut other = cfg.clone();
     other.schedule[0] += 1;
     let err = run_experiment(&other, &setup, &out, &Quiet).unwrap_err().to_string();

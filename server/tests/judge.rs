@@ -231,17 +231,21 @@ async fn failures_are_reported_never_labelled() {
     assert_eq!(script.lock().unwrap().seen["dead"].len(), 4, "first attempt and 3 retries");
     assert!(script.lock().unwrap().auth.iter().all(Option::is_none), "no key configured, no header");
 
-    // As an oracle (a blocking call, as the worker makes it): the whole batch fails, naming it.
+    // As an oracle (a blocking call, as the worker makes it): the whole batch fails, naming the
+    // labeller, with the calls that failed as its cause.
     let j = judge.clone();
     let owned: Vec<(String, String, String)> =
         items.iter().map(|i| (i.prompt.clone(), i.a.clone(), i.b.clone())).collect();
     let err = tokio::task::spawn_blocking(move || {
         let c: Vec<Comparison> = owned.iter().map(|(p, a, b)| Comparison { prompt: p, a, b }).collect();
-        j.judge_all(&c).unwrap_err().to_string()
+        apl::error::describe(&j.judge_all(&c).unwrap_err())
     })
     .await
     .unwrap();
-    assert!(err.contains("1 of 2 judge calls failed") && err.contains("503"), "{err}");
+    assert!(
+        err.starts_with("the llm:scripted labeller failed: 1 of 2 judge calls failed") && err.contains("503"),
+        "{err}"
+    );
 
     // A refused key is not retried, and the upstream body is not echoed.
     let client = ChatClient::new(ClientConfig {

@@ -68,6 +68,58 @@ pub enum Loss {
     Ipo,
 }
 
+vocabulary! {
+    "loss";
+    /// The preference losses, by name (`Loss` with its parameters).
+    pub enum LossKind {
+        Dpo,
+        Cdpo,
+        Ipo,
+    }
+}
+
+impl Loss {
+    pub fn kind(self) -> LossKind {
+        match self {
+            Self::Dpo => LossKind::Dpo,
+            Self::Cdpo { .. } => LossKind::Cdpo,
+            Self::Ipo => LossKind::Ipo,
+        }
+    }
+}
+
+/// A loss malformed on the command line: `dpo`, `ipo` or `cdpo:EPSILON`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BadLoss {
+    #[error(transparent)]
+    Name(#[from] UnknownName),
+    #[error("loss {0:?}: cdpo takes its label smoothing as cdpo:EPSILON, e.g. cdpo:0.1")]
+    Smoothing(String),
+    #[error("loss {0:?}: only cdpo takes a parameter")]
+    Parameter(String),
+}
+
+impl std::str::FromStr for Loss {
+    type Err = BadLoss;
+
+    /// `dpo`, `ipo`, or `cdpo:EPSILON` (the label smoothing).
+    fn from_str(s: &str) -> Result<Self, BadLoss> {
+        let (name, arg) = match s.split_once(':') {
+            Some((n, a)) => (n, Some(a)),
+            None => (s, None),
+        };
+        Ok(match (LossKind::parse(name)?, arg) {
+            (LossKind::Dpo, None) => Loss::Dpo,
+            (LossKind::Ipo, None) => Loss::Ipo,
+            (LossKind::Cdpo, Some(e)) => {
+                Loss::Cdpo { label_smoothing: e.trim().parse().map_err(|_| BadLoss::Smoothing(s.to_string()))? }
+            }
+            (LossKind::Cdpo, None) => return Err(BadLoss::Smoothing(s.to_string())),
+            (_, Some(_)) => return Err(BadLoss::Parameter(s.to_string())),
+        })
+    }
+}
+
 /// Which parameters train.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -620,6 +672,20 @@ mod tests {
         assert!(bad(|s| s.task = JudgeTask::Custom).contains("template is missing"));
         let unknown = serde_json::from_value::<JudgeSettings>(serde_json::json!({"api_key": "sk-..."}));
         assert!(unknown.unwrap_err().to_string().contains("unknown field `api_key`"));
+    }
+
+    #[test]
+    fn losses_parse_from_their_names() {
+        assert_eq!("dpo".parse::<Loss>().unwrap(), Loss::Dpo);
+        assert_eq!("IPO".parse::<Loss>().unwrap(), Loss::Ipo);
+        assert_eq!("cdpo:0.1".parse::<Loss>().unwrap(), Loss::Cdpo { label_smoothing: 0.1 });
+        assert!(matches!("cdpo".parse::<Loss>(), Err(BadLoss::Smoothing(_))));
+        assert!(matches!("dpo:2".parse::<Loss>(), Err(BadLoss::Parameter(_))));
+        let e = "kto".parse::<Loss>().unwrap_err().to_string();
+        assert_eq!(e, "loss: \"kto\" is not one of dpo, cdpo, ipo");
+        for l in [Loss::Dpo, Loss::Ipo, Loss::Cdpo { label_smoothing: 0.2 }] {
+            assert_eq!(serde_json::to_value(l).unwrap()["kind"], l.kind().name(), "one spelling");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 use std::path::Path;
 
+use apl_shared::{PromptFormat, Vocabulary};
 use serde_json::Value;
 
 use super::{DataError, Result};
@@ -108,12 +109,15 @@ pub fn parse_csv(name: &str, bytes: &[u8], tldr: bool) -> Result<Vec<PromptRecor
     Ok(out)
 }
 
-/// Reads JSONL or CSV by extension.
+/// Reads JSONL or CSV by extension (`.json` read as JSONL).
 pub fn read(path: &Path, tldr: bool) -> Result<Vec<PromptRecord>> {
-    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
-        Some("jsonl") | Some("json") => read_jsonl(path, tldr),
-        Some("csv") => read_csv(path, tldr),
-        _ => Err(DataError::record(path.display(), "expected a .jsonl or .csv file")),
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default();
+    let jsonl = ext.eq_ignore_ascii_case("json");
+    match PromptFormat::parse(ext) {
+        Ok(PromptFormat::Jsonl) => read_jsonl(path, tldr),
+        Ok(PromptFormat::Csv) => read_csv(path, tldr),
+        Err(_) if jsonl => read_jsonl(path, tldr),
+        Err(_) => Err(DataError::record(path.display(), "expected a .jsonl or .csv file")),
     }
 }
 

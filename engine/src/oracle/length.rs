@@ -8,7 +8,7 @@ pub struct LengthOracle;
 
 impl Oracle for LengthOracle {
     fn name(&self) -> String {
-        "length".into()
+        apl_shared::Labeller::Length.name().into()
     }
 
     fn judge(&self, c: &Comparison) -> Result<Judgement, OracleError> {

@@ -68,7 +68,7 @@ pub struct Args {
     pub beta: Option<f64>,
     /// dpo, ipo, or cdpo:EPSILON (label smoothing).
     #[arg(long)]
-    pub loss: Option<String>,
+    pub loss: Option<Loss>,
     #[arg(long)]
     pub pairs_per_step: Option<usize>,
     /// Train only the top K layers (0 = all parameters).
@@ -165,15 +165,8 @@ pub fn resolve(a: &Args) -> Result<ExperimentConfig> {
         s.train.pairs_per_step = n;
         s.train.micro_batch = s.train.micro_batch.min(n);
     }
-    if let Some(l) = &a.loss {
-        s.train.loss = match l.split_once(':') {
-            None if l == "dpo" => Loss::Dpo,
-            None if l == "ipo" => Loss::Ipo,
-            Some(("cdpo", e)) => {
-                Loss::Cdpo { label_smoothing: e.parse().context("--loss cdpo:EPSILON needs a number")? }
-            }
-            _ => bail!("--loss {l:?}: expected dpo, ipo or cdpo:EPSILON"),
-        };
+    if let Some(l) = a.loss {
+        s.train.loss = l;
     }
     match (a.top_layers, a.lora_rank) {
         (Some(_), Some(_)) => bail!("--top-layers and --lora-rank exclude each other"),

@@ -48,21 +48,19 @@ fn claim_output(cfg: &ExperimentConfig, out: &Path) -> Result<()> {
     if path.exists() {
         let theirs: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)
             .with_context(|| format!("{} is not valid JSON", path.display()))?;
-        let differs = |k: &str, v: &serde_json::Value| match (k, v, theirs.get(k)) {
-            ("acquisitions" | "seeds", _, _) => false,
-            ("schedule", serde_json::Value::Array(a), Some(serde_json::Value::Array(b))) => {
-                a.iter().zip(b).any(|(x, y)| x != y)
+        let mut changed = Vec::new();
+        for (k, v) in mine.as_object().into_iter().flatten() {
+            match (k.as_str(), v, theirs.get(k)) {
+                ("acquisitions" | "seeds", _, _) => {}
+                ("schedule", serde_json::Value::Array(a), Some(serde_json::Value::Array(b))) => {
+                    if a.iter().zip(b).any(|(x, y)| x != y) {
+                        changed.push(k.clone());
+                    }
+                }
+                (_, v, t) => differences(k, v, t, &mut changed),
             }
-            (_, v, t) => t != Some(v),
-        };
-        let diff = mine
-            .as_object()
-            .into_iter()
-            .flatten()
-            .filter(|(k, v)| differs(k, v))
-            .map(|(k, _)| k.as_str())
-            .collect::<Vec<_>>()
-            .join(", ");
+        }
+        let diff = changed.join(", ");
         if !diff.is_empty() {
             bail!(
                 "{} holds results of a different experiment (settings differ in: {diff}); choose another --out \
@@ -73,6 +71,21 @@ fn claim_output(cfg: &ExperimentConfig, out: &Path) -> Result<()> {
     }
     write_atomic(&path, &serde_json::to_string_pretty(&mine)?)?;
     Ok(())
+}
+
+/// The paths (`settings.train.beta`) at which `theirs` differs from `mine`.
+fn differences(path: &str, mine: &serde_json::Value, theirs: Option<&serde_json::Value>, out: &mut Vec<String>) {
+    match (mine, theirs) {
+        (serde_json::Value::Object(m), Some(serde_json::Value::Object(t))) => {
+            let keys: std::collections::BTreeSet<&String> = m.keys().chain(t.keys()).collect();
+            for k in keys {
+                let (a, b) = (m.get(k).unwrap_or(&serde_json::Value::Null), t.get(k));
+                differences(&format!("{path}.{k}"), a, b, out);
+            }
+        }
+        (m, t) if t != Some(m) => out.push(path.to_string()),
+        _ => {}
+    }
 }
 
 /// The baseline texts of a seed: the TL;DR references, or the starting model's samples

@@ -21,7 +21,7 @@ pub const STALE_MS: i64 = 60_000;
 /// How a job ended, as its worker reports it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobOutcome {
-    Done(JobResult),
+    Done(Box<JobResult>),
     /// The reason, with its causes.
     Failed(String),
 }
@@ -112,7 +112,7 @@ impl Store {
     /// Ends a running job: done with its result, or failed with the reason.
     pub async fn finish_job(&self, id: &str, owner: &str, outcome: &JobOutcome) -> Result<()> {
         let (state, result, error) = match outcome {
-            JobOutcome::Done(r) => (JobState::Done, Some(r), None),
+            JobOutcome::Done(r) => (JobState::Done, Some(&**r), None),
             JobOutcome::Failed(e) => (JobState::Failed, None, Some(e.as_str())),
         };
         let mut w = self.begin_write().await?;

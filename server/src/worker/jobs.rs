@@ -247,7 +247,7 @@ impl Worker {
         let outcome = match outcome {
             Ok(r) => {
                 tracing::info!(job = %job.id, "job done");
-                JobOutcome::Done(r)
+                JobOutcome::Done(Box::new(r))
             }
             Err(e) => {
                 tracing::warn!(job = %job.id, error = %e, "job failed");

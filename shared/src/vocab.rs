@@ -51,7 +51,7 @@ macro_rules! vocabulary {
         vocabulary! { $what, "snake_case"; $(#[$meta])* pub enum $name { $($body)* } }
     };
     (
-        $what:literal, $case:literal;
+        $what:literal, $case:tt;
         $(#[$meta:meta])*
         pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident),* $(,)? }
     ) => {

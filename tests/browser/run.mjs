@@ -159,7 +159,10 @@ try {
     await page.click('form button[type=submit]');
     await page.waitForFunction(() => document.querySelectorAll('.job[data-state=done], .job[data-state=failed]').length >= 2);
     out.round.second = await page.evaluate(() => document.querySelector('.job')?.dataset.state);
+    // The rounds list reloads once the job ends; until then it still shows round 1 (whose
+    // random acquisition has no scores), so wait for round 2's scores, not for any table.
     await page.waitForSelector('section h2:has-text("Rounds") ~ table');
+    await page.waitForSelector('h3:has-text("Round 2: acquisition scores")');
     await page.waitForFunction(() => !document.body.textContent.includes('Loading…'));
     out.round.histogram = await page.locator('svg[aria-label="Acquisition scores"]').count() > 0;
     await shot(page, 'run');

@@ -19,8 +19,10 @@ mod common;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use apl_shared::settings::{AcquireConfig, AdamConfig, EvalSettings, LoopSettings, TrainConfig, Trainable};
+use apl_shared::{Acquisition, Choice, JobState, Labeller, ProjectConfig, RoundRow, Side, Split};
 use common::{Backend, Options};
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
 /// Typed into the rationale field: its "2" and "t" must stay text, not answer the pair.
@@ -31,39 +33,127 @@ fn chromium() -> Option<PathBuf> {
     p.exists().then_some(p)
 }
 
-fn tiny_round_config() -> Value {
-    json!({
-        "loop_settings": {
-            "acquisition": "random",
-            "pairs_per_round": 8,
-            "acquire": {"over_generate": 2, "batch_size": 8},
-            "completion_tokens": [6, 10],
-            "labeller": "length",
-            "trainable": {"kind": "all"},
+fn tiny_round_config() -> ProjectConfig {
+    ProjectConfig {
+        loop_settings: LoopSettings {
+            acquisition: Acquisition::Random,
+            pairs_per_round: 8,
+            acquire: AcquireConfig { over_generate: 2, batch_size: 8, ..Default::default() },
+            completion_tokens: (6, 10),
+            labeller: Labeller::Length,
+            trainable: Trainable::All,
             // Enough epochs that the round outlasts the page's first look at it (with 2, a
             // fast machine finished it in 0.1 s, before the live progress was ever drawn).
-            "train": {"epochs": 12, "pairs_per_step": 2, "micro_batch": 2, "adam": {"lr": 1e-3}},
-            "eval": {"prompts": 12, "judge": "length", "batch_size": 6}
-        }
-    })
+            train: TrainConfig {
+                epochs: 12,
+                pairs_per_step: 2,
+                micro_batch: 2,
+                adam: AdamConfig { lr: 1e-3, ..Default::default() },
+                ..Default::default()
+            },
+            eval: EvalSettings { prompts: 12, judge: Labeller::Length, batch_size: 6, ..Default::default() },
+            ..Default::default()
+        },
+        ..Default::default()
+    }
 }
 
-async fn prompts(s: &common::Server, project: &str, split: &str, n: usize) {
-    let body: String =
-        (0..n).map(|i| json!({"prompt": format!("{split} prompt number {i} is")}).to_string() + "\n").collect();
-    let path = format!("/api/projects/{project}/prompts?format=jsonl&split={split}");
-    s.raw("POST", &path, Some(common::ADMIN), body.into_bytes(), "text/plain").await.ok();
+async fn prompts(s: &common::Server, project: &str, split: Split, n: usize) {
+    let texts: Vec<String> = (0..n).map(|i| format!("{split} prompt number {i} is")).collect();
+    s.prompts(project, split, &texts).await;
 }
 
-/// What a screen answer means for a pair shown with `left` (a or b) on the left.
-fn stored(screen: &str, left: &str) -> String {
-    let other = if left == "a" { "b" } else { "a" };
+/// What the script is told (`APL_BROWSER_CONFIG`, read by `tests/browser/run.mjs`).
+#[derive(Serialize)]
+struct ScriptConfig<'a> {
+    base: &'a str,
+    admin: &'a str,
+    chromium: PathBuf,
+    shots: PathBuf,
+    rater: RaterTokens,
+    rationale: &'a str,
+    round_project: &'a str,
+    check: CheckConfig,
+}
+
+#[derive(Serialize)]
+struct RaterTokens {
+    token: String,
+    phone_token: String,
+}
+
+#[derive(Serialize)]
+struct CheckConfig {
+    rater_id: String,
+    token: String,
+    pairs: usize,
+}
+
+/// What the script reports (its `RESULT` line); the parts after a failure may be missing.
+#[derive(Debug, Deserialize)]
+struct ScriptReport {
+    failure: Option<String>,
+    #[serde(default)]
+    errors: Vec<String>,
+    wasm: Option<WasmSeen>,
+    rater: Option<RaterSeen>,
+    round: Option<RoundSeen>,
+    raters_csv: Option<Download>,
+    check: Option<CheckSeen>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WasmSeen {
+    url: String,
+    encoding: Option<String>,
+}
+
+/// (pair, answer) as the rater gave them: a key or a button.
+type Answers = Vec<(String, String)>;
+
+#[derive(Debug, Deserialize)]
+struct RaterSeen {
+    labels: Answers,
+    undone: String,
+    progress: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct RoundSeen {
+    /// The job's state as the page shows it (`data-state`).
+    state: JobState,
+    second: Option<JobState>,
+    seen: Vec<String>,
+    #[serde(default)]
+    histogram: bool,
+    #[serde(default)]
+    curve_points: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct Download {
+    name: String,
+    text: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct CheckSeen {
+    given: Answers,
+    human: String,
+}
+
+/// What a screen answer means for a pair shown with `left` on the left.
+fn stored(screen: &str, left: Side) -> Choice {
+    let side = |s: Side| match s {
+        Side::A => Choice::A,
+        Side::B => Choice::B,
+    };
     match screen {
-        "left" | "1" => left.into(),
-        "right" | "2" => other.into(),
-        "t" | "tie" => "tie".into(),
-        "x" => "both_bad".into(),
-        "skip" => "skip".into(),
+        "left" | "1" => side(left),
+        "right" | "2" => side(left.other()),
+        "t" | "tie" => Choice::Tie,
+        "x" => Choice::BothBad,
+        "skip" => Choice::Skip,
         k => panic!("unexpected answer {k}"),
     }
 }
@@ -89,31 +179,36 @@ async fn raters_admins_and_the_panel_in_chromium() {
 
     let s = common::start(&Backend::Sqlite, Options { dist: Some(dist), ..Default::default() }).await;
     // A project with six pairs for raters, and two raters.
-    let k = s.project("ratings", json!({})).await;
+    let k = s.project("ratings", ProjectConfig::default()).await;
     s.trl_pairs(&k.id, 6, "rate=true").await;
     let rater = s.rater(&k.id, "Kim").await;
     let phone = s.rater(&k.id, "Pat").await;
     // A project whose rounds run on the tiny model, with one rater for a human check.
     let p = s.project("loop", tiny_round_config()).await;
-    prompts(&s, &p.id, "train", 40).await;
-    prompts(&s, &p.id, "eval", 12).await;
-    let checker = s.admin("POST", &format!("/api/projects/{}/raters", p.id), Some(json!({"name": "Ada"}))).await.ok();
+    prompts(&s, &p.id, Split::Train, 40).await;
+    prompts(&s, &p.id, Split::Eval, 12).await;
+    let checker = s.invite(&p.id, "Ada").await;
     let check_pairs = 4;
 
     let shots =
         std::env::var("APL_SCREENSHOTS").map(PathBuf::from).unwrap_or_else(|_| root.join("target/browser-screenshots"));
-    let cfg = json!({
-        "base": s.base, "admin": common::ADMIN, "chromium": browser, "shots": shots,
-        "rater": {"token": rater, "phone_token": phone}, "rationale": RATIONALE,
-        "round_project": p.id,
-        "check": {"rater_id": checker["rater"]["id"], "token": checker["token"], "pairs": check_pairs},
-    });
+    let cfg = ScriptConfig {
+        base: &s.base,
+        admin: common::ADMIN,
+        chromium: browser,
+        shots: shots.clone(),
+        rater: RaterTokens { token: rater, phone_token: phone },
+        rationale: RATIONALE,
+        round_project: &p.id,
+        check: CheckConfig { rater_id: checker.rater.id.clone(), token: checker.token.clone(), pairs: check_pairs },
+    };
+    let cfg = serde_json::to_string(&cfg).unwrap();
     let script = root.join("tests/browser/run.mjs");
     let dir = root.join("tests/browser");
     let output = tokio::task::spawn_blocking(move || {
         std::process::Command::new("node")
             .arg(&script)
-            .env("APL_BROWSER_CONFIG", cfg.to_string())
+            .env("APL_BROWSER_CONFIG", cfg)
             .current_dir(dir)
             .output()
             .expect("running node (install Node.js 18+)")
@@ -125,52 +220,59 @@ async fn raters_admins_and_the_panel_in_chromium() {
     let line = stdout.lines().find_map(|l| l.strip_prefix("RESULT ")).unwrap_or_else(|| {
         panic!("the browser script reported nothing\nstdout:\n{stdout}\nstderr:\n{stderr}");
     });
-    let out: Value = serde_json::from_str(line).unwrap();
-    eprintln!("browser: {out:#}");
-    assert!(out["failure"].is_null(), "the browser script failed: {}", out["failure"].as_str().unwrap_or_default());
-    assert_eq!(out["errors"], json!([]), "pages logged errors");
-    assert_eq!(out["wasm"]["encoding"], "gzip", "the app travels gzipped: {}", out["wasm"]);
+    eprintln!("browser: {line}");
+    let out: ScriptReport =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("the browser script's report: {e}: {line}"));
+    assert!(out.failure.is_none(), "the browser script failed: {}", out.failure.unwrap_or_default());
+    assert!(out.errors.is_empty(), "pages logged errors: {:?}", out.errors);
+    let wasm = out.wasm.expect("the app's wasm was fetched");
+    assert!(wasm.url.ends_with("_bg.wasm"), "{wasm:?}");
+    assert_eq!(wasm.encoding.as_deref(), Some("gzip"), "the app travels gzipped: {wasm:?}");
 
     // 1. Exactly the labels the rater gave, each once, sides mapped back.
+    let seen = out.rater.expect("the rater's part ran");
     let votes = s.store.votes(&k.id).await.unwrap();
     let kim: Vec<_> = votes.iter().filter(|v| v.rater == "Kim").collect();
-    let given = out["rater"]["labels"].as_array().unwrap();
-    assert_eq!(kim.len(), given.len(), "one stored label per answer: {kim:?}");
+    assert_eq!(kim.len(), seen.labels.len(), "one stored label per answer: {kim:?}");
     let by_pair: HashMap<&str, _> = kim.iter().map(|v| (v.pair_id.as_str(), *v)).collect();
     assert_eq!(by_pair.len(), kim.len(), "no pair labelled twice");
-    for g in given {
-        let (pair, answer) = (g[0].as_str().unwrap(), g[1].as_str().unwrap());
-        let v = by_pair.get(pair).unwrap_or_else(|| panic!("no stored label for {pair}"));
-        assert_eq!(v.choice, stored(answer, &v.left), "pair {pair}: answered {answer} with {} on the left", v.left);
+    for (pair, answer) in &seen.labels {
+        let v = by_pair.get(pair.as_str()).unwrap_or_else(|| panic!("no stored label for {pair}"));
+        assert_eq!(v.choice, stored(answer, v.left), "pair {pair}: answered {answer} with {} on the left", v.left);
     }
-    let undone = out["rater"]["undone"].as_str().unwrap();
-    assert_ne!(by_pair[undone].choice, "both_bad", "the undone answer is gone, the new one stored");
-    assert_eq!(by_pair[undone].rationale.as_deref(), Some(RATIONALE), "the rationale typed is stored with its label");
+    let undone = by_pair[seen.undone.as_str()];
+    assert_ne!(undone.choice, Choice::BothBad, "the undone answer is gone, the new one stored");
+    assert_eq!(undone.rationale.as_deref(), Some(RATIONALE), "the rationale typed is stored with its label");
     assert_eq!(kim.iter().filter(|v| v.rationale.is_some()).count(), 1);
-    assert_eq!(out["rater"]["progress"], "5 / 5", "skips do not count as labels");
+    assert_eq!(seen.progress, "5 / 5", "skips do not count as labels");
 
     // 2. The rounds ran to the end, and the page showed them live.
-    assert_eq!(out["round"]["state"], "done", "{}", out["round"]);
-    assert_eq!(out["round"]["second"], "done", "{}", out["round"]);
-    let seen: Vec<&str> = out["round"]["seen"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
-    assert!(seen.contains(&"progress bar"), "a live progress bar was shown: {seen:?}");
-    assert!(seen.len() >= 3, "several phases were shown live: {seen:?}");
-    let detail = s.admin("GET", &format!("/api/projects/{}", p.id), None).await.ok();
-    assert_eq!(detail["stats"]["checkpoints"], 2);
-    assert_eq!(detail["stats"]["rounds"], 2);
-    assert!(out["round"]["histogram"].as_bool().unwrap(), "round 2's acquisition scores were drawn");
-    assert!(out["round"]["curve_points"].as_u64().unwrap() >= 2, "{}", out["round"]);
+    let round = out.round.expect("the round's part ran");
+    assert_eq!(round.state, JobState::Done, "{round:?}");
+    assert_eq!(round.second, Some(JobState::Done), "{round:?}");
+    assert!(round.seen.iter().any(|x| x == "progress bar"), "a live progress bar was shown: {:?}", round.seen);
+    assert!(round.seen.len() >= 3, "several phases were shown live: {:?}", round.seen);
+    let stats = s.stats(&p.id).await;
+    assert_eq!((stats.checkpoints, stats.rounds), (2, 2));
+    let rounds: Vec<RoundRow> = s.get(&format!("/api/projects/{}/rounds", p.id)).await;
+    let second = rounds.iter().find(|r| r.number == 2).expect("round 2 is stored");
+    assert_eq!(second.acquisition, Acquisition::Certainty, "the form's choice reached the job: {second:?}");
+    assert!(!second.stats.candidate_margins.is_empty(), "the trained policy scored its candidates: {second:?}");
+    assert!(round.histogram, "round 2's acquisition scores were drawn");
+    assert!(round.curve_points >= 2, "{round:?}");
 
     // Tables export as CSV: the raters table, with the project's one rater.
-    assert_eq!(out["raters_csv"]["name"], "raters.csv");
-    let csv = out["raters_csv"]["text"].as_str().unwrap();
+    let csv = out.raters_csv.expect("the raters table was exported");
+    assert_eq!(csv.name, "raters.csv");
     assert!(
-        csv.starts_with("id,name,quota,labels,skips,median_seconds,gold_answered,gold_correct,disabled\n"),
-        "{csv}"
+        csv.text.starts_with("id,name,quota,labels,skips,median_seconds,gold_answered,gold_correct,disabled\n"),
+        "{}",
+        csv.text
     );
-    assert!(csv.lines().nth(1).unwrap().contains(",Ada,"), "{csv}");
+    assert!(csv.text.lines().nth(1).unwrap().contains(",Ada,"), "{}", csv.text);
 
     // 3. The panel's human win-rate equals the one from the stored labels of the check.
+    let check = out.check.expect("the check's part ran");
     let rows = sqlx::query(
         "SELECT l.pair_id, l.choice, l.left_side FROM labels l JOIN pairs p ON p.id = l.pair_id \
          WHERE p.check_id IS NOT NULL AND p.project_id = $1",
@@ -180,28 +282,22 @@ async fn raters_admins_and_the_panel_in_chromium() {
     .await
     .unwrap();
     assert_eq!(rows.len(), check_pairs, "one label per check pair");
-    let given: HashMap<String, String> = out["check"]["given"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|g| (g[0].as_str().unwrap().to_string(), g[1].as_str().unwrap().to_string()))
-        .collect();
+    let given: HashMap<&str, &str> = check.given.iter().map(|(pair, key)| (pair.as_str(), key.as_str())).collect();
     let mut score = 0.0;
     for r in &rows {
-        let (pair, choice, left): (String, String, String) =
+        let (pair, choice, left): (String, Choice, Side) =
             (r.try_get(0).unwrap(), r.try_get(1).unwrap(), r.try_get(2).unwrap());
-        assert_eq!(choice, stored(&given[&pair], &left), "check pair {pair}");
-        score += match choice.as_str() {
-            "a" => 1.0, // a is the policy's text
-            "b" => 0.0,
+        assert_eq!(choice, stored(given[pair.as_str()], left), "check pair {pair}");
+        score += match choice {
+            Choice::A => 1.0, // a is the policy's text
+            Choice::B => 0.0,
             _ => 0.5,
         };
     }
     let rate = score / rows.len() as f64;
-    let shown = out["check"]["human"].as_str().unwrap();
     let expected = format!("{:.1}%", 100.0 * rate);
-    assert!(shown.starts_with(&expected), "panel shows {shown:?}, labels give {expected}");
-    assert!(shown.contains(&format!("(n = {check_pairs})")), "{shown}");
+    assert!(check.human.starts_with(&expected), "panel shows {:?}, labels give {expected}", check.human);
+    assert!(check.human.contains(&format!("(n = {check_pairs})")), "{}", check.human);
 
     for name in
         ["rate", "rate-keys", "rate-offline", "rate-done", "rate-phone", "projects", "run-progress", "run", "setup"]

@@ -5,140 +5,112 @@
 mod common;
 
 use apl::store::jobs::MAX_ATTEMPTS;
-use common::{Backend, Server, backends};
-use serde_json::{Value, json};
+use apl_shared::settings::{
+    AcquireConfig, AdamConfig, EvalSettings, JudgeSettings, LoopSettings, TrainConfig, Trainable,
+};
+use apl_shared::{
+    Acquisition, CheckpointRow, EvaluationRow, Job, JobKind, JobParams, JobState, LabelSource, Labeller, PairRecord,
+    Project, ProjectAnalytics, ProjectConfig, RaterChoice, RatingConfig, RoundRow, Split,
+};
+use common::{Backend, Server};
+use reqwest::Method;
 
-fn tiny(labeller: &str) -> Value {
-    json!({
-        "rating": {"overlap": 2},
-        "loop_settings": {
-            "acquisition": "certainty",
-            "pairs_per_round": 4,
-            "acquire": {"over_generate": 2, "batch_size": 8},
-            "completion_tokens": [3, 5],
-            "labeller": labeller,
-            "trainable": {"kind": "all"},
-            "train": {"epochs": 2, "pairs_per_step": 2, "micro_batch": 2, "adam": {"lr": 1e-3}},
-            "eval": {"prompts": 4, "judge": "length", "batch_size": 4}
-        }
-    })
-}
-
-async fn prompts(s: &Server, project: &str, split: &str, n: usize) {
-    let body: String =
-        (0..n).map(|i| json!({"prompt": format!("{split} prompt number {i} is")}).to_string() + "\n").collect();
-    let r = s
-        .raw(
-            "POST",
-            &format!("/api/projects/{project}/prompts?format=jsonl&split={split}"),
-            Some(common::ADMIN),
-            body.into_bytes(),
-            "text/plain",
-        )
-        .await
-        .ok();
-    assert_eq!(r["imported"], n);
-}
-
-/// Reads a job's event stream to its end; returns every job state sent.
-async fn watch(s: &Server, job: &str) -> Vec<Value> {
-    let mut resp =
-        s.client.get(format!("{}/api/jobs/{job}/events?access_token={}", s.base, common::ADMIN)).send().await.unwrap();
-    assert_eq!(resp.status(), 200);
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
-    let mut buf = String::new();
-    let mut events = Vec::new();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-    while let Some(chunk) =
-        tokio::time::timeout_at(deadline.into(), resp.chunk()).await.expect("job ends in time").unwrap()
-    {
-        buf.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buf.find("\n\n") {
-            let block: String = buf.drain(..end + 2).collect();
-            if let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: ")) {
-                assert!(block.contains("event: job"), "{block}");
-                events.push(serde_json::from_str(data).unwrap());
-            }
-        }
+/// Settings small enough for the tiny model: 4 pairs a round, 2 epochs, 4 evaluation prompts.
+fn tiny(labeller: Labeller) -> ProjectConfig {
+    ProjectConfig {
+        rating: RatingConfig { overlap: 2, ..Default::default() },
+        loop_settings: LoopSettings {
+            acquisition: Acquisition::Certainty,
+            pairs_per_round: 4,
+            acquire: AcquireConfig { over_generate: 2, batch_size: 8, ..Default::default() },
+            completion_tokens: (3, 5),
+            labeller,
+            trainable: Trainable::All,
+            train: TrainConfig {
+                epochs: 2,
+                pairs_per_step: 2,
+                micro_batch: 2,
+                adam: AdamConfig { lr: 1e-3, ..Default::default() },
+                ..Default::default()
+            },
+            eval: EvalSettings { prompts: 4, judge: Labeller::Length, batch_size: 4, ..Default::default() },
+            ..Default::default()
+        },
     }
-    events
 }
 
-async fn job(s: &Server, project: &str, kind: &str, params: Value) -> Value {
-    let r =
-        s.admin("POST", &format!("/api/projects/{project}/jobs"), Some(json!({"kind": kind, "params": params}))).await;
-    assert_eq!(r.status, 201, "{}", r.text);
-    r.body
+async fn prompts(s: &Server, project: &str, split: Split, n: usize) {
+    let texts: Vec<String> = (0..n).map(|i| format!("{split} prompt number {i} is")).collect();
+    s.prompts(project, split, &texts).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_round_runs_end_to_end_with_live_progress() {
-    for b in backends() {
-        let s = common::start(&b, Default::default()).await;
-        let p = s.project("loop", tiny("length")).await;
-        prompts(&s, &p.id, "train", 24).await;
-        prompts(&s, &p.id, "eval", 4).await;
-        let j = job(&s, &p.id, "round", json!({})).await;
-        assert_eq!(j["state"], "queued");
-        let events = watch(&s, j["id"].as_str().unwrap()).await;
-        let last = events.last().unwrap();
-        assert_eq!(last["state"], "done", "{last}");
-        let phases: Vec<&str> = events.iter().filter_map(|e| e["progress"]["phase"].as_str()).collect();
-        assert!(phases.len() >= 2, "progress was streamed: {phases:?}");
-        let res = &last["result"];
-        assert_eq!(res["generate"]["round"], 1);
-        assert_eq!(res["generate"]["pairs"], 4);
-        assert_eq!(res["label"]["judge"], "length");
-        let wr = res["evaluate"]["win_rate"].as_f64().unwrap();
-        assert!((0.0..=1.0).contains(&wr));
-        assert_eq!(res["evaluate"]["n"], 4);
-        let losses = res["train"]["epoch_losses"].as_array().unwrap();
-        assert_eq!(losses.len(), 2);
+backend_test!(a_round_runs_end_to_end_with_live_progress, flavor = "multi_thread", worker_threads = 2);
+async fn a_round_runs_end_to_end_with_live_progress(b: Backend) {
+    let s = common::start(&b, Default::default()).await;
+    let p = s.project("loop", tiny(Labeller::Length)).await;
+    prompts(&s, &p.id, Split::Train, 24).await;
+    prompts(&s, &p.id, Split::Eval, 4).await;
+    let j = s.job(&p.id, JobKind::Round, JobParams::default()).await;
+    assert_eq!(j.state, JobState::Queued);
+    let events = s.watch(&j.id).await;
+    let last = events.last().unwrap();
+    assert_eq!(last.state, JobState::Done, "{last:?}");
+    let phases: Vec<&str> = events.iter().map(|e| e.progress.phase.as_str()).filter(|p| !p.is_empty()).collect();
+    assert!(phases.len() >= 2, "progress was streamed: {phases:?}");
+    let res = last.result.as_ref().unwrap();
+    let generated = res.generate.as_ref().unwrap();
+    assert_eq!((generated.round, generated.pairs), (1, 4));
+    assert_eq!(res.label.as_ref().unwrap().judge, "length");
+    let evaluated = res.evaluate.as_ref().unwrap();
+    assert!((0.0..=1.0).contains(&evaluated.win_rate));
+    assert_eq!(evaluated.n, 4);
+    assert_eq!(res.train.as_ref().unwrap().epoch_losses.len(), 2);
+    assert!(res.waiting_for.is_none());
 
-        let detail = s.admin("GET", &format!("/api/projects/{}", p.id), None).await.ok();
-        assert_eq!(detail["stats"]["rounds"], 1);
-        assert_eq!(detail["stats"]["checkpoints"], 1);
-        assert_eq!(detail["stats"]["judge_labels"], 4);
-        // While the policy is the starting model every margin is 0: no over-generation.
-        assert_eq!(detail["stats"]["prompts_unused"], 24 - 4);
+    let stats = s.stats(&p.id).await;
+    assert_eq!((stats.rounds, stats.checkpoints, stats.judge_labels), (1, 1, 4));
+    // While the policy is the starting model every margin is 0: no over-generation.
+    assert_eq!(stats.prompts_unused, 24 - 4);
 
-        // Round 2 is acquired by the trained policy: certainty now has margins to rank.
-        let j2 = job(&s, &p.id, "generate", json!({"pairs": 2})).await;
-        let end = watch(&s, j2["id"].as_str().unwrap()).await.pop().unwrap();
-        assert_eq!(end["state"], "done", "{end}");
-        let detail = s.admin("GET", &format!("/api/projects/{}", p.id), None).await.ok();
-        assert_eq!(detail["stats"]["prompts_unused"], 20 - 2 * 2, "2 pairs x over_generate 2");
-        let pairs = s.admin("GET", &format!("/api/projects/{}/pairs?round=2", p.id), None).await.ok();
-        let pairs = pairs.as_array().unwrap();
-        assert_eq!(pairs.len(), 2);
-        for q in pairs {
-            assert_eq!(q["acquisition"], "certainty");
-            let (ra, rb, m) = (q["r_a"].as_f64().unwrap(), q["r_b"].as_f64().unwrap(), q["margin"].as_f64().unwrap());
-            assert!((ra - rb - m).abs() < 1e-6);
-            assert_eq!(q["target_votes"], 0, "oracle rounds do not go to raters");
-        }
-        // Rounds, checkpoints and evaluations are listed for the dashboard (no server paths).
-        let rounds = s.admin("GET", &format!("/api/projects/{}/rounds", p.id), None).await.ok();
-        assert_eq!(rounds.as_array().unwrap().len(), 2);
-        assert_eq!(rounds[0]["pairs"], 4);
-        assert!(rounds[0]["policy_checkpoint"].is_null());
-        assert!(rounds[1]["policy_checkpoint"].is_string(), "round 2 came from the trained policy");
-        let cks = s.admin("GET", &format!("/api/projects/{}/checkpoints", p.id), None).await;
-        assert!(!cks.text.contains("safetensors"), "{}", cks.text);
-        assert_eq!(cks.body[0]["report"]["epoch_losses"].as_array().unwrap().len(), 2);
-        let evals = s.admin("GET", &format!("/api/projects/{}/evaluations", p.id), None).await.ok();
-        assert_eq!(evals[0]["checkpoint_id"], cks.body[0]["id"]);
-        assert_eq!(evals[0]["details"]["samples"].as_array().unwrap().len(), 4);
-        // The judge-labelled pairs export as DPO data from the judge source.
-        let dpo = s.admin("GET", &format!("/api/projects/{}/export/dpo.jsonl?source=judge", p.id), None).await;
-        assert!(dpo.text.lines().count() >= 1);
+    // Round 2 is acquired by the trained policy: certainty now has margins to rank.
+    let j2 = s.job(&p.id, JobKind::Generate, JobParams { pairs: Some(2), ..Default::default() }).await;
+    let end = s.watch(&j2.id).await.pop().unwrap();
+    assert_eq!(end.state, JobState::Done, "{end:?}");
+    assert_eq!(s.stats(&p.id).await.prompts_unused, 20 - 2 * 2, "2 pairs x over_generate 2");
+    let pairs: Vec<PairRecord> = s.get(&format!("/api/projects/{}/pairs?round=2", p.id)).await;
+    assert_eq!(pairs.len(), 2);
+    for q in &pairs {
+        assert_eq!(q.acquisition, Some(Acquisition::Certainty));
+        let (ra, rb, m) = (q.r_a.unwrap(), q.r_b.unwrap(), q.margin.unwrap());
+        assert!((ra - rb - m).abs() < 1e-6);
+        assert_eq!(q.target_votes, 0, "oracle rounds do not go to raters");
     }
+    // Rounds, checkpoints and evaluations are listed for the dashboard (no server paths).
+    let rounds: Vec<RoundRow> = s.get(&format!("/api/projects/{}/rounds", p.id)).await;
+    assert_eq!(rounds.len(), 2);
+    assert_eq!(rounds[0].pairs, 4);
+    assert!(rounds[0].policy_checkpoint.is_none());
+    assert!(rounds[1].policy_checkpoint.is_some(), "round 2 came from the trained policy");
+    // Whether the checkpoint list leaks paths is a question about the wire: read as text.
+    let cks = s.admin().send(Method::GET, &format!("/api/projects/{}/checkpoints", p.id)).await.ok();
+    assert!(!cks.text.contains("safetensors"), "{}", cks.text);
+    let cks: Vec<CheckpointRow> = cks.json();
+    assert_eq!(cks[0].report.epoch_losses.len(), 2);
+    assert_eq!(cks[0].report.source, Some(LabelSource::HumanThenJudge));
+    let evals: Vec<EvaluationRow> = s.get(&format!("/api/projects/{}/evaluations", p.id)).await;
+    assert_eq!(evals[0].checkpoint_id.as_ref(), Some(&cks[0].id));
+    assert_eq!(evals[0].details.samples.len(), 4);
+    assert_eq!(evals[0].details.win_rate.n, 4);
+    // The judge-labelled pairs export as DPO data from the judge source.
+    assert!(!s.dpo(&p.id, Some(LabelSource::Judge)).await.is_empty());
 }
 
 /// A chat-completions server that prefers the longer continuation (in characters), with the
-/// paper's answer format; counts its calls.
+/// paper's answer format; counts its calls. It speaks the OpenAI wire format, which no `shared`
+/// type describes, so it reads and writes `serde_json::Value`.
 async fn length_judge_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use axum::Json;
+    use serde_json::{Value, json};
     use std::sync::atomic::{AtomicUsize, Ordering};
     let calls = std::sync::Arc::new(AtomicUsize::new(0));
     let c = calls.clone();
@@ -174,119 +146,124 @@ async fn length_judge_server() -> (String, std::sync::Arc<std::sync::atomic::Ato
 async fn a_round_labelled_and_evaluated_by_an_llm_judge() {
     let (url, calls) = length_judge_server().await;
     let s = common::start(&Backend::Sqlite, Default::default()).await;
-    let mut cfg = tiny("judge");
-    cfg["loop_settings"]["eval"]["judge"] = json!("judge");
-    cfg["loop_settings"]["judge"] =
-        json!({"base_url": url, "model": "scripted", "api_key_env": null, "price_prompt_per_million": 2.0});
+    let mut cfg = tiny(Labeller::Judge);
+    cfg.loop_settings.eval.judge = Labeller::Judge;
+    cfg.loop_settings.judge = JudgeSettings {
+        base_url: url,
+        model: "scripted".into(),
+        api_key_env: None,
+        price_prompt_per_million: 2.0,
+        ..Default::default()
+    };
     let p = s.project("judged", cfg).await;
-    prompts(&s, &p.id, "train", 24).await;
-    prompts(&s, &p.id, "eval", 4).await;
-    let j = job(&s, &p.id, "round", json!({})).await;
-    let last = watch(&s, j["id"].as_str().unwrap()).await.pop().unwrap();
-    assert_eq!(last["state"], "done", "{last}");
-    let res = &last["result"];
-    assert_eq!(res["label"]["judge"], "llm:scripted");
-    assert_eq!(res["label"]["labelled"], 4);
-    assert_eq!(res["label"]["report"]["calls"], 4);
-    assert_eq!(res["evaluate"]["judge_report"]["calls"], 4);
+    prompts(&s, &p.id, Split::Train, 24).await;
+    prompts(&s, &p.id, Split::Eval, 4).await;
+    let j = s.job(&p.id, JobKind::Round, JobParams::default()).await;
+    let last = s.watch(&j.id).await.pop().unwrap();
+    assert_eq!(last.state, JobState::Done, "{last:?}");
+    let res = last.result.unwrap();
+    let label = res.label.unwrap();
+    assert_eq!(label.judge, "llm:scripted");
+    assert_eq!(label.labelled, 4);
+    assert_eq!(label.report.unwrap().totals.calls, 4);
+    assert_eq!(res.evaluate.unwrap().judge_report.unwrap().totals.calls, 4);
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 8);
     // The judge's labels, un-swapped: every exported chosen text is at least as long.
-    let dpo = s.admin("GET", &format!("/api/projects/{}/export/dpo.jsonl?source=judge", p.id), None).await;
-    assert_eq!(dpo.text.lines().count(), 4);
-    for line in dpo.text.lines() {
-        let v: Value = serde_json::from_str(line).unwrap();
-        let len = |k: &str| v[k].as_str().unwrap().chars().count();
-        assert!(len("chosen") >= len("rejected"), "{v}");
+    let dpo = s.dpo(&p.id, Some(LabelSource::Judge)).await;
+    assert_eq!(dpo.len(), 4);
+    for row in &dpo {
+        assert!(row.chosen.chars().count() >= row.rejected.chars().count(), "{row:?}");
     }
     // Analytics: the judge's labels, the evaluation with its length-controlled rate, the
     // leaderboard, and usage summed from the audit log.
-    let a = s.admin("GET", &format!("/api/projects/{}/analytics", p.id), None).await.ok();
-    assert_eq!(a["judges"][0]["judge"], "llm:scripted");
-    assert_eq!(a["judges"][0]["labels"], 4);
-    assert_eq!(a["evaluations"][0]["judge"], "llm:scripted");
-    assert!(a["evaluations"][0]["length_controlled"]["raw"].is_number());
-    assert_eq!(a["leaderboard"].as_array().unwrap().len(), 2);
-    assert_eq!(a["judge_usage"]["calls"], 8);
-    assert_eq!(a["judge_usage"]["prompt_tokens"], 400);
-    assert!((a["judge_usage"]["cost_usd"].as_f64().unwrap() - 400.0 * 2.0 / 1e6).abs() < 1e-12);
+    let a: ProjectAnalytics = s.get(&format!("/api/projects/{}/analytics", p.id)).await;
+    assert_eq!(a.judges[0].judge, "llm:scripted");
+    assert_eq!(a.judges[0].labels, 4);
+    assert_eq!(a.evaluations[0].judge, "llm:scripted");
+    assert!(a.evaluations[0].length_controlled.is_some_and(|lc| lc.raw.is_finite()), "{:?}", a.evaluations[0]);
+    assert_eq!(a.leaderboard.len(), 2);
+    let usage = a.judge_usage.unwrap();
+    assert_eq!(usage.calls, 8);
+    assert_eq!(usage.prompt_tokens, 400);
+    assert!((usage.cost_usd - 400.0 * 2.0 / 1e6).abs() < 1e-12);
     // Bad judge settings are refused by name.
-    let mut bad = tiny("judge");
-    bad["loop_settings"]["judge"] = json!({"base_url": "ftp://x", "model": "m"});
-    let r = s.admin("POST", "/api/projects", Some(json!({"name": "bad", "task": "generic", "config": bad}))).await;
+    let mut bad = tiny(Labeller::Judge);
+    bad.loop_settings.judge = JudgeSettings { base_url: "ftp://x".into(), model: "m".into(), ..Default::default() };
+    let body = apl_shared::NewProject { name: "bad".into(), task: apl_shared::Task::Generic, config: Some(bad) };
+    let r = s.admin().send_json(Method::POST, "/api/projects", &body).await;
     assert_eq!(r.status, 400, "{}", r.text);
-    assert!(r.text.contains("judge.base_url"), "{}", r.text);
+    assert!(r.message().contains("judge.base_url"), "{}", r.text);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rater_rounds_wait_for_labels_and_jobs_can_be_cancelled() {
-    for b in backends() {
-        let s = common::start(&b, Default::default()).await;
-        let p = s.project("humans", tiny("raters")).await;
-        prompts(&s, &p.id, "train", 8).await;
-        let j = job(&s, &p.id, "round", json!({"pairs": 2, "acquisition": "random"})).await;
-        let end = watch(&s, j["id"].as_str().unwrap()).await.pop().unwrap();
-        assert_eq!(end["state"], "done", "{end}");
-        assert!(end["result"]["waiting_for"].as_str().unwrap().contains("raters"));
-        let pairs = s.admin("GET", &format!("/api/projects/{}/pairs", p.id), None).await.ok();
-        assert!(pairs.as_array().unwrap().iter().all(|q| q["target_votes"] == 2));
-        // Training before any label fails with its reason.
-        let t = job(&s, &p.id, "train", json!({})).await;
-        let end = watch(&s, t["id"].as_str().unwrap()).await.pop().unwrap();
-        assert_eq!(end["state"], "failed");
-        assert!(end["error"].as_str().unwrap().contains("no labelled pairs"), "{end}");
-        // A rater labels a pair; the raters' pairs can now train.
-        let ann = s.rater(&p.id, "ann").await;
-        let a = s.call("POST", "/api/rate/next", Some(&ann), None).await.ok()["assignment"].clone();
-        s.call("POST", "/api/rate/labels", Some(&ann), Some(json!({"pair": a["pair"], "choice": "left"}))).await.ok();
-        let t = job(&s, &p.id, "train", json!({})).await;
-        let end = watch(&s, t["id"].as_str().unwrap()).await.pop().unwrap();
-        assert_eq!(end["state"], "done", "{end}");
-        assert_eq!(end["result"]["pairs"], 1);
+backend_test!(rater_rounds_wait_for_labels_and_jobs_can_be_cancelled, flavor = "multi_thread", worker_threads = 2);
+async fn rater_rounds_wait_for_labels_and_jobs_can_be_cancelled(b: Backend) {
+    let s = common::start(&b, Default::default()).await;
+    let p = s.project("humans", tiny(Labeller::Raters)).await;
+    prompts(&s, &p.id, Split::Train, 8).await;
+    let params = JobParams { pairs: Some(2), acquisition: Some(Acquisition::Random), ..Default::default() };
+    let j = s.job(&p.id, JobKind::Round, params).await;
+    let end = s.watch(&j.id).await.pop().unwrap();
+    assert_eq!(end.state, JobState::Done, "{end:?}");
+    let res = end.result.unwrap();
+    assert!(res.waiting_for.unwrap().contains("raters"));
+    assert_eq!(res.generate.unwrap().acquisition, Acquisition::Random);
+    assert!(res.label.is_none() && res.train.is_none() && res.evaluate.is_none());
+    let pairs: Vec<PairRecord> = s.get(&format!("/api/projects/{}/pairs", p.id)).await;
+    assert!(pairs.iter().all(|q| q.target_votes == 2));
+    // Training before any label fails with its reason.
+    let t = s.job(&p.id, JobKind::Train, JobParams::default()).await;
+    let end = s.watch(&t.id).await.pop().unwrap();
+    assert_eq!(end.state, JobState::Failed);
+    assert!(end.error.as_deref().unwrap().contains("no labelled pairs"), "{end:?}");
+    // A rater labels a pair; the raters' pairs can now train.
+    let ann = s.rater(&p.id, "ann").await;
+    let a = s.next(&ann).await.unwrap();
+    s.label(&ann, &a.pair, RaterChoice::Left).await.ok();
+    let t = s.job(&p.id, JobKind::Train, JobParams::default()).await;
+    let end = s.watch(&t.id).await.pop().unwrap();
+    assert_eq!(end.state, JobState::Done, "{end:?}");
+    assert_eq!(end.result.unwrap().train.unwrap().pairs, 1);
 
-        // Evaluation without eval prompts fails clearly; a queued job can be cancelled.
-        let e = job(&s, &p.id, "evaluate", json!({})).await;
-        let end = watch(&s, e["id"].as_str().unwrap()).await.pop().unwrap();
-        assert!(end["error"].as_str().unwrap().contains("evaluation prompts"), "{end}");
-        let stopped = common::start(&b, common::Options { worker: false, ..Default::default() }).await;
-        let q = stopped.project("queued", tiny("length")).await;
-        let j = job(&stopped, &q.id, "generate", json!({})).await;
-        let c = stopped.admin("POST", &format!("/api/jobs/{}/cancel", j["id"].as_str().unwrap()), None).await.ok();
-        assert_eq!(c["state"], "cancelled");
-        let again = stopped.admin("POST", &format!("/api/jobs/{}/cancel", j["id"].as_str().unwrap()), None).await;
-        assert_eq!(again.status, 409);
-        let listed = stopped.admin("GET", &format!("/api/projects/{}/jobs", q.id), None).await.ok();
-        assert_eq!(listed.as_array().unwrap().len(), 1);
-    }
+    // Evaluation without eval prompts fails clearly; a queued job can be cancelled.
+    let e = s.job(&p.id, JobKind::Evaluate, JobParams::default()).await;
+    let end = s.watch(&e.id).await.pop().unwrap();
+    assert_eq!(end.state, JobState::Failed);
+    assert!(end.error.as_deref().unwrap().contains("evaluation prompts"), "{end:?}");
+    let stopped = common::start(&b, common::Options { worker: false, ..Default::default() }).await;
+    let q: Project = stopped.project("queued", tiny(Labeller::Length)).await;
+    let j = stopped.job(&q.id, JobKind::Generate, JobParams::default()).await;
+    let c: Job = stopped.admin().post_empty(&format!("/api/jobs/{}/cancel", j.id)).await;
+    assert_eq!(c.state, JobState::Cancelled);
+    let again = stopped.admin().send(Method::POST, &format!("/api/jobs/{}/cancel", j.id)).await;
+    assert_eq!(again.status, 409);
+    let listed: Vec<Job> = stopped.get(&format!("/api/projects/{}/jobs", q.id)).await;
+    assert_eq!(listed.len(), 1);
 }
 
-#[tokio::test]
-async fn jobs_left_running_by_a_dead_server_are_resumed_then_failed() {
-    for b in backends() {
-        let s = common::start(&b, common::Options { worker: false, ..Default::default() }).await;
-        let p = s.project("orphans", tiny("length")).await;
-        let j = job(&s, &p.id, "generate", json!({})).await;
-        let id = j["id"].as_str().unwrap();
-        for attempt in 1..=MAX_ATTEMPTS {
-            // A server takes the job and dies (its heartbeat stops).
-            let taken = s.store.claim_job("dead-server").await.unwrap().unwrap();
-            assert_eq!(taken.id, id);
-            assert_eq!(taken.attempts, attempt);
-            assert_eq!(s.store.recover_jobs(0).await.unwrap(), 1);
-            let now = s.admin("GET", &format!("/api/jobs/{id}"), None).await.ok();
-            if attempt < MAX_ATTEMPTS {
-                assert_eq!(now["state"], "queued");
-                assert!(now["progress"]["message"].as_str().unwrap().contains("restart"));
-            } else {
-                assert_eq!(now["state"], "failed");
-                assert!(now["error"].as_str().unwrap().contains("stopped while running"), "{now}");
-            }
+backend_test!(jobs_left_running_by_a_dead_server_are_resumed_then_failed);
+async fn jobs_left_running_by_a_dead_server_are_resumed_then_failed(b: Backend) {
+    let s = common::start(&b, common::Options { worker: false, ..Default::default() }).await;
+    let p = s.project("orphans", tiny(Labeller::Length)).await;
+    let j = s.job(&p.id, JobKind::Generate, JobParams::default()).await;
+    for attempt in 1..=MAX_ATTEMPTS {
+        // A server takes the job and dies (its heartbeat stops).
+        let taken = s.store.claim_job("dead-server").await.unwrap().unwrap();
+        assert_eq!(taken.id, j.id);
+        assert_eq!(taken.attempts, attempt);
+        assert_eq!(s.store.recover_jobs(0).await.unwrap(), 1);
+        let now: Job = s.get(&format!("/api/jobs/{}", j.id)).await;
+        if attempt < MAX_ATTEMPTS {
+            assert_eq!(now.state, JobState::Queued);
+            assert!(now.progress.message.contains("restart"), "{now:?}");
+        } else {
+            assert_eq!(now.state, JobState::Failed);
+            assert!(now.error.as_deref().unwrap().contains("stopped while running"), "{now:?}");
         }
-        // A live heartbeat keeps a job its owner's.
-        let j = job(&s, &p.id, "generate", json!({})).await;
-        s.store.claim_job("alive").await.unwrap().unwrap();
-        assert_eq!(s.store.recover_jobs(60_000).await.unwrap(), 0);
-        let now = s.admin("GET", &format!("/api/jobs/{}", j["id"].as_str().unwrap()), None).await.ok();
-        assert_eq!(now["state"], "running");
-        let _ = Backend::Sqlite;
     }
+    // A live heartbeat keeps a job its owner's.
+    let j = s.job(&p.id, JobKind::Generate, JobParams::default()).await;
+    s.store.claim_job("alive").await.unwrap().unwrap();
+    assert_eq!(s.store.recover_jobs(60_000).await.unwrap(), 0);
+    let now: Job = s.get(&format!("/api/jobs/{}", j.id)).await;
+    assert_eq!(now.state, JobState::Running);
 }

@@ -9,12 +9,14 @@
 use serde::{Deserialize, Serialize};
 
 mod checks;
+mod export;
 mod results;
 pub mod settings;
 #[cfg(feature = "sqlx")]
 pub mod sql;
 pub mod vocab;
 pub use checks::*;
+pub use export::*;
 pub use results::*;
 pub use vocab::*;
 

@@ -59,6 +59,19 @@ pub struct TrainReport {
 }
 
 impl TrainReport {
+    /// What the run did, step by step, as results and checkpoints record it.
+    pub fn summary(&self) -> apl_shared::TrainSummary {
+        apl_shared::TrainSummary {
+            source: None,
+            steps: self.steps.len(),
+            epoch_losses: self.epoch_losses(),
+            loss_curve: self.steps.iter().map(|s| s.loss).collect(),
+            margin_curve: self.steps.iter().map(|s| s.reward_margin).collect(),
+            accuracy_curve: self.steps.iter().map(|s| s.reward_accuracy).collect(),
+            seconds: self.seconds,
+        }
+    }
+
     /// Mean loss of each epoch.
     pub fn epoch_losses(&self) -> Vec<f64> {
         let epochs = self.steps.iter().map(|s| s.epoch + 1).max().unwrap_or(0);

@@ -8,45 +8,19 @@
 
 use std::collections::BTreeMap;
 
-use apl_shared::{Choice, LabelSource, PairKind, PairRecord, Preference, Side};
+use apl_shared::{Choice, DpoLine, DpoMetadata, LabelSource, PairKind, PairRecord, Preference, Side, Vote, VoteCounts};
 use serde::Serialize;
 
 use super::{Result, Store};
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct VoteCounts {
-    pub a: i64,
-    pub b: i64,
-    pub tie: i64,
-    pub both_bad: i64,
-    pub skip: i64,
-}
-
-impl VoteCounts {
-    fn add(&mut self, choice: Choice) {
-        match choice {
-            Choice::A => self.a += 1,
-            Choice::B => self.b += 1,
-            Choice::Tie => self.tie += 1,
-            Choice::BothBad => self.both_bad += 1,
-            Choice::Skip => self.skip += 1,
-        }
-    }
-
-    /// A judge's label counts as a vote: a side, a tie, or (no decision) a skip, never a side.
-    fn add_judged(&mut self, p: Preference) {
-        self.add(match p {
-            Preference::A => Choice::A,
-            Preference::B => Choice::B,
-            Preference::Tie => Choice::Tie,
-            Preference::NoDecision => Choice::Skip,
-        });
-    }
-
-    /// The strict majority between A and B, if any.
-    pub fn winner(&self) -> Option<bool> {
-        (self.a != self.b && self.a + self.b > 0).then_some(self.a > self.b)
-    }
+/// A judge's label counted as a vote: a side, a tie, or (no decision) a skip, never a side.
+fn add_judged(votes: &mut VoteCounts, p: Preference) {
+    votes.add(match p {
+        Preference::A => Choice::A,
+        Preference::B => Choice::B,
+        Preference::Tie => Choice::Tie,
+        Preference::NoDecision => Choice::Skip,
+    });
 }
 
 /// A labelled pair with its aggregated preference.
@@ -69,23 +43,6 @@ impl LabelledPair {
             Side::B => (b, a),
         }
     }
-}
-
-/// One vote as stored, for the raw exports (one CSV row, in this column order).
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
-pub struct Vote {
-    pub pair_id: String,
-    pub pair_kind: PairKind,
-    pub round: Option<i64>,
-    pub rater_id: String,
-    pub rater: String,
-    pub choice: Choice,
-    /// Which completion was on the left.
-    pub left: Side,
-    pub time_ms: i64,
-    pub rationale: Option<String>,
-    pub gold_choice: Option<Choice>,
-    pub created_at: i64,
 }
 
 /// The columns of [`PairRecord`].
@@ -153,7 +110,7 @@ impl Store {
             }
             m
         }
-        let (human, judge) = (tally(human, VoteCounts::add), tally(judge, VoteCounts::add_judged));
+        let (human, judge) = (tally(human, VoteCounts::add), tally(judge, add_judged));
         let mut out = Vec::new();
         for pair in pairs {
             let h = human.get(&pair.id).filter(|(v, _)| v.winner().is_some());
@@ -164,7 +121,7 @@ impl Store {
                 LabelSource::HumanThenJudge => h.or(j),
             };
             if let Some((votes, raters)) = picked {
-                let chosen = if votes.winner().expect("filtered on a winner") { Side::A } else { Side::B };
+                let chosen = votes.winner().expect("filtered on a winner");
                 out.push(LabelledPair { pair, votes: votes.clone(), raters: raters.clone(), chosen });
             }
         }
@@ -186,39 +143,17 @@ impl Store {
     }
 }
 
-/// A TRL DPO line: prompt, chosen, rejected, and the metadata a researcher needs to slice it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DpoLine<'a> {
-    pub prompt: &'a str,
-    pub chosen: &'a str,
-    pub rejected: &'a str,
-    pub metadata: DpoMetadata<'a>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DpoMetadata<'a> {
-    pub pair_id: &'a str,
-    pub round: Option<i64>,
-    pub acquisition: Option<apl_shared::Acquisition>,
-    pub r_a: Option<f64>,
-    pub r_b: Option<f64>,
-    pub margin: Option<f64>,
-    pub entropy: Option<f64>,
-    pub chosen_is: Side,
-    pub votes: &'a VoteCounts,
-    pub raters: &'a [String],
-}
-
 impl LabelledPair {
-    pub fn dpo_line(&self) -> DpoLine<'_> {
+    /// The pair as a line of the DPO export.
+    pub fn dpo_line(&self) -> DpoLine {
         let (chosen, rejected) = self.chosen_rejected();
         let p = &self.pair;
         DpoLine {
-            prompt: &p.prompt,
-            chosen,
-            rejected,
+            prompt: p.prompt.clone(),
+            chosen: chosen.to_string(),
+            rejected: rejected.to_string(),
             metadata: DpoMetadata {
-                pair_id: &p.id,
+                pair_id: p.id.clone(),
                 round: p.round,
                 acquisition: p.acquisition,
                 r_a: p.r_a,
@@ -226,8 +161,8 @@ impl LabelledPair {
                 margin: p.margin,
                 entropy: p.entropy,
                 chosen_is: self.chosen,
-                votes: &self.votes,
-                raters: &self.raters,
+                votes: self.votes.clone(),
+                raters: self.raters.clone(),
             },
         }
     }

@@ -439,15 +439,7 @@ fn train(ctx: &Ctx) -> JobResultOf<Trained> {
         round,
         path: path.display().to_string(),
         pairs: trained.pairs as i64,
-        report: TrainSummary {
-            source: Some(s.train_on),
-            steps: report.steps.len(),
-            epoch_losses: report.epoch_losses(),
-            loss_curve: report.steps.iter().map(|s| s.loss).collect(),
-            margin_curve: report.steps.iter().map(|s| s.reward_margin).collect(),
-            accuracy_curve: report.steps.iter().map(|s| s.reward_accuracy).collect(),
-            seconds: report.seconds,
-        },
+        report: TrainSummary { source: Some(s.train_on), ..report.summary() },
         created_at: now_ms(),
     };
     ctx.block(ctx.store.add_checkpoint(pid, &row))?;

@@ -19,14 +19,13 @@ use apl::worker::{Worker, WorkerParts};
 use apl_engine::data::imdb;
 use apl_engine::model::{Checkpoint, Model, SamplingConfig};
 use apl_shared::{
-    Acquisition, ApiError, Assignment, Choice, Health, ImportReport, Job, JobKind, JobParams, LabelRequest, NewJob,
-    NewProject, NewRater, NextPair, PairKind, Project, ProjectConfig, ProjectDetail, ProjectStats, RaterChoice,
-    RaterInvite, Side, Split, Task,
+    ApiError, Assignment, Health, ImportReport, Job, JobKind, JobParams, LabelRequest, NewJob, NewProject, NewRater,
+    NextPair, Project, ProjectConfig, ProjectDetail, ProjectStats, RaterChoice, RaterInvite, Split, Task,
 };
 use candle_core::{DType, Device};
 use reqwest::Method;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 
 pub const ADMIN: &str = "test-admin-token-0123456789";
 
@@ -287,51 +286,6 @@ struct TrlLine {
     rejected: String,
 }
 
-/// A line of the DPO export: TRL's fields and the metadata to slice them by. The export is a
-/// file format (the server's `DpoLine` only serialises), so its shape is written out here.
-#[derive(Debug, Clone, Deserialize)]
-pub struct DpoRow {
-    pub prompt: String,
-    pub chosen: String,
-    pub rejected: String,
-    pub metadata: DpoMetadata,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct DpoMetadata {
-    pub pair_id: String,
-    pub round: Option<i64>,
-    pub acquisition: Option<Acquisition>,
-    pub chosen_is: Side,
-    pub votes: VoteCounts,
-    pub raters: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct VoteCounts {
-    pub a: i64,
-    pub b: i64,
-    pub tie: i64,
-    pub both_bad: i64,
-    pub skip: i64,
-}
-
-/// A line of the votes export (the server's `store::export::Vote`, which only serialises).
-#[derive(Debug, Clone, Deserialize)]
-pub struct VoteRow {
-    pub pair_id: String,
-    pub pair_kind: PairKind,
-    pub round: Option<i64>,
-    pub rater_id: String,
-    pub rater: String,
-    pub choice: Choice,
-    pub left: Side,
-    pub time_ms: i64,
-    pub rationale: Option<String>,
-    pub gold_choice: Option<Choice>,
-    pub created_at: i64,
-}
-
 /// A request body built from its type, for tables of bodies some of which the types cannot
 /// express (those about malformed requests).
 pub fn typed<T: Serialize>(body: &T) -> serde_json::Value {
@@ -486,14 +440,14 @@ impl Server {
     }
 
     /// The DPO export (`source` none: the server's default, human labels).
-    pub async fn dpo(&self, project: &str, source: Option<apl_shared::LabelSource>) -> Vec<DpoRow> {
+    pub async fn dpo(&self, project: &str, source: Option<apl_shared::LabelSource>) -> Vec<apl_shared::DpoLine> {
         let query = source.map(|s| format!("?source={s}")).unwrap_or_default();
         let r = self.admin().send(Method::GET, &format!("/api/projects/{project}/export/dpo.jsonl{query}")).await.ok();
         jsonl(&r.text)
     }
 
     /// The votes export.
-    pub async fn votes(&self, project: &str) -> Vec<VoteRow> {
+    pub async fn votes(&self, project: &str) -> Vec<apl_shared::Vote> {
         let r = self.admin().send(Method::GET, &format!("/api/projects/{project}/export/votes.jsonl")).await.ok();
         jsonl(&r.text)
     }

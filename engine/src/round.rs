@@ -36,6 +36,8 @@ pub enum RoundError {
     Cancelled,
     #[error("the labeller decided too few pairs: {decided} of {wanted} after {attempts} rounds of acquisition")]
     TooFewDecided { decided: usize, wanted: usize, attempts: usize },
+    #[error("training diverged: the loss of step {step} is {loss} (try a smaller learning rate)")]
+    Diverged { step: usize, loss: f64 },
 }
 
 pub type Result<T, E = RoundError> = std::result::Result<T, E>;
@@ -48,7 +50,8 @@ pub trait Observer {
     fn step(&self, stats: &StepStats, total: usize) {
         self.progress("training", stats.step + 1, total);
     }
-    /// Whether the round should stop (a cancelled job); checked between chunks of work.
+    /// Whether the round should stop (a cancelled job): checked after each stage, between the
+    /// chunks of labelling and judging, and once training has finished its steps.
     fn cancelled(&self) -> bool {
         false
     }
@@ -99,8 +102,8 @@ pub enum Baseline<'a> {
 }
 
 /// Seeds of an evaluation. Policy and baseline are sampled with independent seeds (one seed
-/// for both would couple the two samples and inflate the win-rate); `lengths` draws the
-/// completion lengths of both, so each prompt's two completions have one length.
+/// for both would couple the two samples and inflate the win-rate); `lengths`, when given,
+/// draws the completion lengths of both, so each prompt's two completions have one length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EvalSeeds {
     pub policy: u64,
@@ -239,9 +242,11 @@ impl Round<'_> {
 
     /// Trains with DPO as the settings' `mode` says: `reset` (the paper) starts again from the
     /// starting model with a fresh optimiser on every label; `continue` keeps the weights with a
-    /// fresh optimiser on every label; `online` keeps the weights and makes one pass over the
-    /// newest round's pairs. `pairs` are (round, pair), reference log-probs filled here where
-    /// missing; `seed` orders the pairs.
+    /// fresh optimiser on every label; `online` keeps the weights and the optimiser and makes one
+    /// pass over the newest round's pairs. `pairs` are (round, pair), reference log-probs filled
+    /// here where missing (in online mode only the newest round's, the ones it trains on);
+    /// `seed` orders the pairs. A non-finite loss fails the stage (`Diverged`) rather than
+    /// record a checkpoint trained into NaNs.
     pub fn train(
         &self,
         policy: &mut Policy,
@@ -252,9 +257,11 @@ impl Round<'_> {
         cache: &mut PrefixCache,
     ) -> Result<Trained> {
         let t = Instant::now();
-        let mut fresh: Vec<PreferencePair> = pairs.iter().map(|(_, p)| p.clone()).collect();
+        let online = self.settings.mode == Mode::Online;
+        let used = |r: usize| !online || r == newest;
+        let mut fresh: Vec<PreferencePair> = pairs.iter().filter(|(r, _)| used(*r)).map(|(_, p)| p.clone()).collect();
         self.fill_reference(policy, &mut fresh, cache)?;
-        for ((_, p), filled) in pairs.iter_mut().zip(fresh) {
+        for ((_, p), filled) in pairs.iter_mut().filter(|(r, _)| used(*r)).zip(fresh) {
             *p = filled;
         }
         let reference_seconds = t.elapsed().as_secs_f64();
@@ -283,6 +290,9 @@ impl Round<'_> {
         })?;
         if cancelled.get() {
             return Err(RoundError::Cancelled);
+        }
+        if let Some(s) = report.steps.iter().find(|s| !s.loss.is_finite()) {
+            return Err(RoundError::Diverged { step: s.step + 1, loss: s.loss });
         }
         Ok(Trained { report, pairs: train_set.len(), reference_seconds })
     }

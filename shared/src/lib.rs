@@ -226,16 +226,16 @@ pub struct RaterStats {
     pub created_at: i64,
 }
 
-/// What a rater answers, in screen terms; the server maps sides back to A and B.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(rename_all = "snake_case")]
-pub enum RaterChoice {
-    Left,
-    Right,
-    Tie,
-    BothBad,
-    Skip,
+vocab::vocabulary! {
+    "rater choice";
+    /// What a rater answers, in screen terms; the server maps sides back to A and B.
+    pub enum RaterChoice {
+        Left,
+        Right,
+        Tie,
+        BothBad,
+        Skip,
+    }
 }
 
 /// `GET /api/rate/me`.
@@ -336,8 +336,10 @@ pub struct JobParams {
     pub checkpoint: Option<String>,
 }
 
-/// What a job produced: one part per stage it ran.
+/// What a job produced: one part per stage it ran. Also reads the flat result a single-stage
+/// job stored before results were typed (`{"round": 2, "pairs": 64, ...}`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(from = "StoredResult")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct JobResult {
@@ -352,6 +354,46 @@ pub struct JobResult {
     /// What the round waits for before it can go on (human raters' labels).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<String>,
+}
+
+/// A job result as stored: today's, or an older single-stage one.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StoredResult {
+    Parts(JobResultParts),
+    Generate(Generated),
+    Label(LabelledBy),
+    Train(Trained),
+    Evaluate(Evaluated),
+}
+
+/// [`JobResult`]'s fields, refusing others (so an older flat result falls through to its stage).
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct JobResultParts {
+    generate: Option<Generated>,
+    label: Option<LabelledBy>,
+    train: Option<Trained>,
+    evaluate: Option<Evaluated>,
+    waiting_for: Option<String>,
+}
+
+impl From<StoredResult> for JobResult {
+    fn from(r: StoredResult) -> Self {
+        match r {
+            StoredResult::Parts(p) => JobResult {
+                generate: p.generate,
+                label: p.label,
+                train: p.train,
+                evaluate: p.evaluate,
+                waiting_for: p.waiting_for,
+            },
+            StoredResult::Generate(g) => JobResult { generate: Some(g), ..Default::default() },
+            StoredResult::Label(l) => JobResult { label: Some(l), ..Default::default() },
+            StoredResult::Train(t) => JobResult { train: Some(t), ..Default::default() },
+            StoredResult::Evaluate(e) => JobResult { evaluate: Some(e), ..Default::default() },
+        }
+    }
 }
 
 /// A `generate` stage: the round acquired.
@@ -449,3 +491,32 @@ pub struct PairRecord {
 
 #[cfg(feature = "sqlx")]
 sql::json_column!(ProjectConfig, JobParams, JobProgress, JobResult, AcquireStats, TrainSummary, EvaluationDetails,);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Results stored before they were typed: flat for single-stage jobs, nested for rounds.
+    #[test]
+    fn older_job_results_read() {
+        let read = |v: serde_json::Value| serde_json::from_value::<JobResult>(v).unwrap();
+        let g = read(serde_json::json!({"round": 2, "pairs": 64, "acquisition": "certainty", "prompts_used": 256}));
+        assert_eq!(g.generate.unwrap().pairs, 64);
+        let t = read(serde_json::json!({"checkpoint": "c", "pairs": 3, "epoch_losses": [0.6, 0.4]}));
+        assert_eq!(t.train.unwrap().epoch_losses, vec![0.6, 0.4]);
+        let e = read(serde_json::json!({"evaluation": "e", "checkpoint": null, "win_rate": 0.5, "stderr": 0.1, "n": 4,
+                                        "judge_report": null}));
+        assert_eq!(e.evaluate.unwrap().n, 4);
+        let l = read(serde_json::json!({"judge": "length", "labelled": 4, "undecided": 1, "report": null}));
+        assert_eq!(l.label.unwrap().undecided, 1);
+        let waiting = read(serde_json::json!({"generate": {"round": 1, "pairs": 4, "acquisition": "random",
+                                              "prompts_used": 4}, "waiting_for": "raters"}));
+        assert_eq!(waiting.waiting_for.as_deref(), Some("raters"));
+        let today = JobResult {
+            train: Some(Trained { checkpoint: "c".into(), pairs: 1, epoch_losses: vec![] }),
+            ..Default::default()
+        };
+        assert_eq!(read(serde_json::to_value(&today).unwrap()), today);
+        assert_eq!(read(serde_json::json!({})), JobResult::default());
+    }
+}

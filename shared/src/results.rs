@@ -255,8 +255,8 @@ pub struct EvaluationSummary {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LeaderboardEntry {
-    /// A checkpoint id, or "starting model".
-    pub name: String,
+    /// The checkpoint (none: the starting model).
+    pub checkpoint: Option<String>,
     #[serde(flatten)]
     pub rating: Rated,
 }

@@ -341,6 +341,15 @@ vocabulary! {
 }
 
 vocabulary! {
+    "pair file format";
+    /// The file formats preference pairs are imported from.
+    pub enum PairFormat {
+        /// TRL's DPO JSONL: `{prompt, chosen, rejected}` per line.
+        Trl,
+    }
+}
+
+vocabulary! {
     "outcome";
     /// How the policy's sample fared against the baseline's on one evaluation prompt.
     pub enum Outcome {
@@ -427,6 +436,8 @@ mod tests {
         check::<Mode>();
         check::<Preset>();
         check::<PromptFormat>();
+        check::<PairFormat>();
+        check::<crate::RaterChoice>();
         check::<crate::settings::JudgeTask>();
         check::<crate::settings::AnswerMode>();
         check::<crate::settings::JudgeOrder>();

@@ -9,8 +9,8 @@ use apl_shared::settings::{
     AcquireConfig, AdamConfig, EvalSettings, JudgeSettings, LoopSettings, TrainConfig, Trainable,
 };
 use apl_shared::{
-    Acquisition, CheckpointRow, EvaluationRow, Job, JobKind, JobParams, JobState, LabelSource, Labeller, PairRecord,
-    Project, ProjectAnalytics, ProjectConfig, RaterChoice, RatingConfig, RoundRow, Split,
+    Acquisition, CheckpointRow, EvaluationRow, Job, JobKind, JobParams, JobState, LabelSource, Labeller, Mode,
+    PairRecord, Project, ProjectAnalytics, ProjectConfig, RaterChoice, RatingConfig, RoundRow, Split,
 };
 use common::{Backend, Server};
 use reqwest::Method;
@@ -193,6 +193,36 @@ async fn a_round_labelled_and_evaluated_by_an_llm_judge() {
     let r = s.admin().send_json(Method::POST, "/api/projects", &body).await;
     assert_eq!(r.status, 400, "{}", r.text);
     assert!(r.message().contains("judge.base_url"), "{}", r.text);
+}
+
+backend_test!(
+    online_rounds_train_on_the_newest_pairs_and_keep_the_optimiser,
+    flavor = "multi_thread",
+    worker_threads = 2
+);
+async fn online_rounds_train_on_the_newest_pairs_and_keep_the_optimiser(b: Backend) {
+    let s = common::start(&b, Default::default()).await;
+    let mut config = tiny(Labeller::Length);
+    config.loop_settings.mode = Mode::Online;
+    let p = s.project("online", config).await;
+    prompts(&s, &p.id, Split::Train, 24).await;
+    prompts(&s, &p.id, Split::Eval, 4).await;
+    let trained = |j: &Job| j.result.as_ref().and_then(|r| r.train.clone()).expect("a train stage");
+    let first = s.wait(&s.job(&p.id, JobKind::Round, JobParams::default()).await.id).await;
+    assert_eq!(first.state, JobState::Done, "{first:?}");
+    let t1 = trained(&first);
+    assert_eq!(t1.epoch_losses.len(), 1, "online: one pass");
+    // The optimiser's state is kept beside the checkpoint, for the next round to go on from.
+    let dir = s.dir.path().join("checkpoints").join(&p.id);
+    assert!(dir.join(format!("{}.adam.safetensors", t1.checkpoint)).exists());
+    let second =
+        s.wait(&s.job(&p.id, JobKind::Round, JobParams { pairs: Some(2), ..Default::default() }).await.id).await;
+    assert_eq!(second.state, JobState::Done, "{second:?}");
+    let (t2, labelled) = (trained(&second), second.result.as_ref().unwrap().label.clone().unwrap());
+    // Only the newest round's decided pairs; the first round's are not trained on again.
+    assert_eq!(t2.pairs, labelled.labelled - labelled.undecided);
+    assert!(t2.pairs <= 2, "not the first round's {} again", t1.pairs);
+    assert!(dir.join(format!("{}.adam.safetensors", t2.checkpoint)).exists());
 }
 
 backend_test!(rater_rounds_wait_for_labels_and_jobs_can_be_cancelled, flavor = "multi_thread", worker_threads = 2);

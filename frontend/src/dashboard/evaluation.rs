@@ -148,7 +148,7 @@ fn Leaderboard() -> impl IntoView {
                 .map(|e| {
                     let r = &e.rating;
                     vec![
-                        e.name.clone(),
+                        e.checkpoint.clone().unwrap_or_else(|| "starting model".into()),
                         r.elo.to_string(),
                         r.strength.to_string(),
                         r.lo.to_string(),
@@ -191,7 +191,7 @@ fn Leaderboard() -> impl IntoView {
                         <table class="leaderboard">
                             <thead><tr><th>"#"</th><th>"Policy"</th><th>"Elo"</th><th>"log-strength [95%]"</th><th>"Games"</th></tr></thead>
                             <tbody>{a.leaderboard.iter().enumerate().map(|(i, e)| view! {
-                                <tr><td>{i + 1}</td><td>{label(&e.name)}</td><td>{format!("{:.0}", e.rating.elo)}</td>
+                                <tr><td>{i + 1}</td><td>{label(e.checkpoint.as_deref())}</td><td>{format!("{:.0}", e.rating.elo)}</td>
                                     <td>{format!("{:.3} [{:.3}, {:.3}]", e.rating.strength, e.rating.lo, e.rating.hi)}</td>
                                     <td>{e.rating.games}</td></tr>
                             }).collect_view()}</tbody>
@@ -208,7 +208,7 @@ fn Leaderboard() -> impl IntoView {
                             <thead><tr><th>"Policy"</th><th>"Judge"</th><th>"Win-rate [95%]"</th><th>"Length-controlled"</th></tr></thead>
                             <tbody>{a.evaluations.iter().map(|e| view! {
                                 <tr>
-                                    <td>{label(e.checkpoint.as_deref().unwrap_or("starting model"))}</td>
+                                    <td>{label(e.checkpoint.as_deref())}</td>
                                     <td>{e.judge.clone()}</td>
                                     <td>{interval(e.win_rate.as_ref())}</td>
                                     <td>{e.length_controlled.map(|l| format!("{:.3} (slope {:.2})", l.controlled, l.slope)).unwrap_or_else(|| "–".into())}</td>
@@ -225,11 +225,11 @@ fn Leaderboard() -> impl IntoView {
     }
 }
 
-fn label(name: &str) -> String {
-    if name == "starting model" || name == "reference" {
-        name.to_string()
-    } else {
-        format!("checkpoint {}", short(name))
+/// A checkpoint as people read it; none is the starting model.
+fn label(checkpoint: Option<&str>) -> String {
+    match checkpoint {
+        Some(c) => format!("checkpoint {}", short(c)),
+        None => "starting model".to_string(),
     }
 }
 
@@ -301,7 +301,7 @@ fn HumanChecks(evals: LocalResource<Res<Vec<EvaluationRow>>>) -> impl IntoView {
                             on:change=move |e| chosen_eval.set(event_target_value(&e))>
                             {move || evals.get().and_then(Result::ok).unwrap_or_default().into_iter().map(|e| view! {
                                 <option value=e.id.clone()>{format!("{} · {} · {} ({} samples, {})",
-                                    label(e.checkpoint_id.as_deref().unwrap_or("starting model")), e.judge, pct(e.win_rate), e.n, when(e.created_at))}</option>
+                                    label(e.checkpoint_id.as_deref()), e.judge, pct(e.win_rate), e.n, when(e.created_at))}</option>
                             }).collect_view()}
                         </select>
                     </label>
@@ -343,7 +343,7 @@ fn HumanChecks(evals: LocalResource<Res<Vec<EvaluationRow>>>) -> impl IntoView {
                             <th>"Judge on the same pairs"</th><th>"Agreement"</th><th>"Kappa"</th><th>"Pairs"</th></tr></thead>
                         <tbody>{cs.into_iter().map(|c| view! {
                             <tr data-check=c.id.clone()>
-                                <td>{label(c.checkpoint.as_deref().unwrap_or("starting model"))}</td>
+                                <td>{label(c.checkpoint.as_deref())}</td>
                                 <td>{format!("{} / {}", c.votes, c.target_votes)}</td>
                                 <td class="human-rate">{rate_interval(c.human.as_ref())}</td>
                                 <td class="judge-rate">{format!("{} ({})", rate_interval(c.judge_rate.as_ref()), c.judge)}</td>
@@ -421,7 +421,7 @@ fn Samples(evals: LocalResource<Res<Vec<EvaluationRow>>>) -> impl IntoView {
             <label>"Evaluation "
                 <select name="samples-evaluation" prop:value=move || chosen.get() on:change=move |e| chosen.set(event_target_value(&e))>
                     {move || evals.get().and_then(Result::ok).unwrap_or_default().into_iter().map(|e| view! {
-                        <option value=e.id.clone()>{format!("{} · {} · {}", label(e.checkpoint_id.as_deref().unwrap_or("starting model")), pct(e.win_rate), when(e.created_at))}</option>
+                        <option value=e.id.clone()>{format!("{} · {} · {}", label(e.checkpoint_id.as_deref()), pct(e.win_rate), when(e.created_at))}</option>
                     }).collect_view()}
                 </select>
             </label>

@@ -208,15 +208,15 @@ pub fn build(votes: &[VoteRow], judges: &[JudgeRow], evals: &[EvalRow], seed: u6
 
     // Bradley-Terry over every evaluated game: player 0 is the starting model (the baseline of
     // every evaluation so far), then each checkpoint in first-evaluated order.
-    let mut names = vec!["starting model".to_string()];
+    let mut names: Vec<Option<&str>> = vec![None];
     let mut games = Vec::new();
     for e in evals {
         let player = match e.checkpoint {
             None => 0,
-            Some(c) => match names.iter().position(|n| n == c) {
+            Some(c) => match names.iter().position(|n| *n == Some(c)) {
                 Some(i) => i,
                 None => {
-                    names.push(c.to_string());
+                    names.push(Some(c));
                     names.len() - 1
                 }
             },
@@ -229,7 +229,7 @@ pub fn build(votes: &[VoteRow], judges: &[JudgeRow], evals: &[EvalRow], seed: u6
     let leaderboard = if names.len() > 1 {
         ranking(names.len(), &games, seed)
             .into_iter()
-            .map(|r| LeaderboardEntry { name: names[r.index].clone(), rating: r })
+            .map(|r| LeaderboardEntry { checkpoint: names[r.index].map(str::to_string), rating: r })
             .collect()
     } else {
         Vec::new()
@@ -304,6 +304,6 @@ mod tests {
         assert!(j.kappa.unwrap().estimate.abs() < 1e-12);
         assert!((r.evaluations[0].win_rate.unwrap().estimate - 0.625).abs() < 1e-12);
         assert_eq!(r.leaderboard.len(), 2);
-        assert_eq!(r.leaderboard[0].name, "c1", "2.5 of 4 against the starting model");
+        assert_eq!(r.leaderboard[0].checkpoint.as_deref(), Some("c1"), "2.5 of 4 against the starting model");
     }
 }

@@ -4,7 +4,7 @@
 //! the line and the problem.
 
 use apl_shared::{
-    Choice, ImdbImport, ImportReport, LabelSource, PairKind, PairRecord, Preference, PromptFormat, Split,
+    Choice, ImdbImport, ImportReport, LabelSource, PairFormat, PairKind, PairRecord, Preference, PromptFormat, Split,
 };
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
@@ -65,7 +65,7 @@ pub async fn import_prompts(
         PromptFormat::Jsonl => prompts::parse_jsonl("upload", utf8(&body)?, q.tldr),
         PromptFormat::Csv => prompts::parse_csv("upload", &body, q.tldr),
     }
-    .map_err(|e| AppError::BadRequest(format!("{e:#}")))?;
+    .map_err(|e| AppError::BadRequest(crate::error::describe(&e)))?;
     let imported = s.store.insert_prompts(&id, &records, q.split, "upload").await?;
     Ok((StatusCode::CREATED, Json(ImportReport { imported })))
 }
@@ -104,14 +104,6 @@ pub async fn import_imdb(
     Ok((StatusCode::CREATED, Json(ImportReport { imported })))
 }
 
-/// The file formats preference pairs are imported from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum PairFormat {
-    /// TRL's DPO JSONL: `{prompt, chosen, rejected}` per line.
-    Trl,
-}
-
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -141,7 +133,8 @@ pub async fn import_pairs(
     let q = query(q)?;
     let PairFormat::Trl = q.format;
     let project = s.store.project(&id).await?;
-    let records = trl::parse_jsonl("upload", utf8(&body)?).map_err(|e| AppError::BadRequest(format!("{e:#}")))?;
+    let records =
+        trl::parse_jsonl("upload", utf8(&body)?).map_err(|e| AppError::BadRequest(crate::error::describe(&e)))?;
     let completion =
         |text: &str| NewCompletion { text: text.to_string(), source: "import".into(), logp: None, tokens: None };
     let pairs: Vec<NewPair> = records

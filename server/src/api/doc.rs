@@ -22,7 +22,7 @@ use utoipa::{IntoResponses, Modify, OpenApi};
     modifiers(&Credentials),
     // Schemas no handler's body names: the error every failure carries, and the enums of
     // query parameters.
-    components(schemas(ApiError, apl_shared::Split, apl_shared::PromptFormat, apl_shared::LabelSource, super::data::PairFormat)),
+    components(schemas(ApiError, apl_shared::Split, apl_shared::PromptFormat, apl_shared::LabelSource, apl_shared::PairFormat)),
     tags(
         (name = "server", description = "What the server runs"),
         (name = "projects", description = "Projects, their settings and raters"),

@@ -66,6 +66,7 @@ fn run_settings(dir: &Path) -> Result<(ExperimentConfig, u64)> {
     let text = std::fs::read_to_string(&cfg_path)
         .with_context(|| format!("reading {} (the experiment's settings)", cfg_path.display()))?;
     let cfg = serde_json::from_str(&text)
+        .and_then(ExperimentConfig::from_json)
         .with_context(|| format!("{} does not hold experiment settings", cfg_path.display()))?;
     Ok((cfg, seed))
 }

@@ -118,7 +118,7 @@ pub fn resolve(a: &Args) -> Result<ExperimentConfig> {
         let mut base = serde_json::to_value(&cfg)?;
         let over: serde_json::Value =
             serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
-        merge(&mut base, over);
+        merge(&mut base, crate::experiment::config::upgrade(over));
         cfg = serde_json::from_value(base).with_context(|| format!("{}: settings do not fit", path.display()))?;
     }
     if let Some(v) = &a.acquisition {

@@ -106,7 +106,7 @@ pub fn run(a: Args) -> Result<()> {
         s.concurrency = c;
     }
     s.order = JudgeOrder::Both;
-    s.validate().map_err(anyhow::Error::msg)?;
+    s.validate()?;
     let pairs: Vec<Pair> = match &a.pairs {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
@@ -137,13 +137,12 @@ pub fn run(a: Args) -> Result<()> {
         .collect();
     let better = |i: usize| if i.is_multiple_of(2) { Side::A } else { Side::B };
     let api_key = crate::judge::api_key(&s, a.secrets_file.as_deref())?;
-    let judge = LlmJudge::new(s.clone(), api_key, Arc::new(Ledger::open(&a.log).map_err(anyhow::Error::msg)?))
-        .map_err(anyhow::Error::msg)?;
+    let judge = LlmJudge::new(s.clone(), api_key, Arc::new(Ledger::open(&a.log)?))?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
 
     let t = Instant::now();
     eprintln!("judging {} pairs in both orders with {} at {}", items.len(), s.model, s.base_url);
-    let verdicts: Vec<PairVerdict> = rt.block_on(judge.judge_pairs(&items)).map_err(anyhow::Error::msg)?;
+    let verdicts: Vec<PairVerdict> = rt.block_on(judge.judge_pairs(&items))?;
     let failed = verdicts.iter().filter(|v| v.failed().is_some()).count();
     if let Some(e) = verdicts.iter().find_map(|v| v.failed()) {
         eprintln!("{failed} pairs had a failed call; first: {e}");
@@ -171,7 +170,7 @@ pub fn run(a: Args) -> Result<()> {
 
     let consistency = if a.repeats >= 2 {
         eprintln!("re-asking each pair {} times", a.repeats);
-        let c = rt.block_on(judge.self_consistency(&items, a.repeats)).map_err(anyhow::Error::msg)?;
+        let c = rt.block_on(judge.self_consistency(&items, a.repeats))?;
         let per: Vec<f64> = c.answers.iter().map(|ans| pairwise_agreement(ans)).collect();
         let ci = bootstrap(per.len(), RESAMPLES, LEVEL, 2, |idx| {
             (!idx.is_empty()).then(|| idx.iter().map(|&i| per[i]).sum::<f64>() / idx.len() as f64)

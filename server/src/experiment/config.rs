@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use apl_shared::settings::LoopSettings;
-use apl_shared::{Acquisition, Preset, Task};
+use apl_shared::{Acquisition, Labeller, Preset, Task, Vocabulary};
 use serde::{Deserialize, Serialize};
 
 /// Where prompts come from and how they are cut.
@@ -85,6 +85,31 @@ impl ExperimentConfig {
         }
     }
 
+    /// Settings from a results directory's `config.json` (or a `--config` file), also in the
+    /// shape written before the loop's settings moved under `settings` (see [`upgrade`]).
+    pub fn from_json(v: serde_json::Value) -> Result<Self, serde_json::Error> {
+        serde_json::from_value(upgrade(v))
+    }
+
+    /// The settings a server project has that an experiment does not use (its arms, schedule
+    /// and seeds stand in for them), copied from `other`, so two configurations compare on what
+    /// changes results: the server's acquisition function and round size, label source and
+    /// seed, and the LLM judge when no labeller is one.
+    pub fn with_unused_from(mut self, other: &Self) -> Self {
+        let (s, o) = (&mut self.settings, &other.settings);
+        s.acquisition = o.acquisition;
+        s.pairs_per_round = o.pairs_per_round;
+        s.train_on = o.train_on;
+        s.seed = o.seed;
+        let judged = |s: &LoopSettings| {
+            [s.labeller, s.eval.judge].iter().any(|l| matches!(l, Labeller::Judge | Labeller::LocalJudge))
+        };
+        if !judged(s) && !judged(o) {
+            s.judge = o.judge.clone();
+        }
+        self
+    }
+
     /// Refuses settings that cannot run, saying which field is wrong.
     pub fn validate(&self) -> Result<()> {
         if self.acquisitions.is_empty() {
@@ -120,10 +145,47 @@ impl ExperimentConfig {
     }
 }
 
+/// Settings in the shape written before the loop's settings moved under `settings`: `mode`,
+/// `trainable`, `train`, `acquire`, `eval` and `oracle` at the top level (the oracle labelled and
+/// judged), completion lengths in `task`, and any preset name. Moved into today's shape; a
+/// value in today's shape is returned as it is.
+pub fn upgrade(mut v: serde_json::Value) -> serde_json::Value {
+    use serde_json::{Map, Value};
+    let Some(obj) = v.as_object_mut() else { return v };
+    const MOVED: [&str; 5] = ["mode", "trainable", "train", "acquire", "eval"];
+    if obj.contains_key("settings") || !MOVED.iter().chain(&["oracle"]).any(|k| obj.contains_key(*k)) {
+        return v;
+    }
+    let mut settings = Map::new();
+    for k in MOVED {
+        if let Some(x) = obj.remove(k) {
+            settings.insert(k.to_string(), x);
+        }
+    }
+    if let Some(oracle) = obj.remove("oracle") {
+        if let Some(Value::Object(eval)) = settings.get_mut("eval") {
+            eval.insert("judge".into(), oracle.clone());
+        }
+        settings.insert("labeller".into(), oracle);
+    }
+    if let Some(Value::Object(task)) = obj.get_mut("task") {
+        for k in ["completion_tokens", "exact_length"] {
+            if let Some(x) = task.remove(k) {
+                settings.insert(k.to_string(), x);
+            }
+        }
+    }
+    // Presets were free text then: a name that is not one now is left out.
+    if obj.get("preset").and_then(Value::as_str).is_some_and(|p| Preset::parse(p).is_err()) {
+        obj.insert("preset".into(), Value::Null);
+    }
+    obj.insert("settings".into(), Value::Object(settings));
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use apl_shared::{Labeller, Vocabulary};
 
     #[test]
     fn presets_validate_and_round_trip() {
@@ -134,6 +196,34 @@ mod tests {
             assert_eq!(back, c);
             assert_eq!(c.settings, LoopSettings::preset(p), "one settings type, one set of presets");
         }
+    }
+
+    /// A config.json as the previous version wrote it for `--preset imdb-protocol` reads as the
+    /// same experiment today.
+    #[test]
+    fn old_results_directories_read_as_today() {
+        let old = serde_json::json!({
+            "preset": "imdb-protocol",
+            "task": {"kind": "imdb", "path": null, "prompt_tokens": [8, 8], "min_chars": 200,
+                     "completion_tokens": [16, 16], "exact_length": true, "split_seed": 0},
+            "model": null, "acquisitions": ["random", "certainty"], "schedule": [64, 128], "seeds": [0, 1],
+            "mode": "reset", "trainable": {"kind": "top_layers", "k": 2},
+            "train": {"loss": {"kind": "dpo"}, "beta": 0.2,
+                      "adam": {"lr": 1e-5, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0},
+                      "pairs_per_step": 16, "micro_batch": 16, "epochs": 4, "seed": 0},
+            "acquire": {"pair_temperature": 0.7, "over_generate": 4, "entropy_over_sample": 8, "entropy_samples": 8,
+                        "entropy_temperature": 1.0, "windowed_entropy_reference": false, "batch_size": 64},
+            "eval": {"prompts": 128, "temperature": 0.25, "batch_size": 64, "initial": false},
+            "oracle": "sentiment", "oracle_test_reviews": 2000
+        });
+        let now = ExperimentConfig::preset(Preset::ImdbProtocol);
+        let read = ExperimentConfig::from_json(old).unwrap().with_unused_from(&now);
+        assert_eq!(read, now);
+        // Today's shape passes through; a custom preset name of the old free text is dropped.
+        assert_eq!(ExperimentConfig::from_json(serde_json::to_value(&now).unwrap()).unwrap(), now);
+        let custom = upgrade(serde_json::json!({"preset": "tiny-length", "oracle": "length"}));
+        assert_eq!(custom["preset"], serde_json::Value::Null);
+        assert_eq!(custom["settings"]["labeller"], "length");
     }
 
     #[test]

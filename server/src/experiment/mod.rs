@@ -6,7 +6,8 @@
 //! ```text
 //! config.json                 the settings (a resumed run must match them, save for
 //!                             acquisition functions, seeds and the schedule's length)
-//! oracle.json                 the sentiment oracle's held-out accuracy
+//! oracle.json                 the sentiment oracle's held-out accuracy (when it labels or judges)
+//! judge.jsonl                 the LLM judge's audit log and cache (when it labels or judges)
 //! baseline-seed{S}.json       the starting model's evaluation samples for seed S
 //! runs/{acq}-seed{S}/         phase-{P}.json, data.jsonl, policy-phase-{P}.safetensors,
 //!                             samples-phase-{P}.json
@@ -46,8 +47,14 @@ fn claim_output(cfg: &ExperimentConfig, out: &Path) -> Result<()> {
     let path = out.join("config.json");
     let mine = serde_json::to_value(cfg)?;
     if path.exists() {
-        let theirs: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)
+        let stored: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)
             .with_context(|| format!("{} is not valid JSON", path.display()))?;
+        // Read as today's settings (older directories are upgraded), with the server-only
+        // settings an experiment ignores taken as ours.
+        let theirs = match ExperimentConfig::from_json(stored.clone()) {
+            Ok(t) => serde_json::to_value(t.with_unused_from(cfg))?,
+            Err(_) => stored,
+        };
         let mut changed = Vec::new();
         for (k, v) in mine.as_object().into_iter().flatten() {
             match (k.as_str(), v, theirs.get(k)) {
@@ -137,7 +144,8 @@ pub fn run_experiment(
         for &acq in &cfg.acquisitions {
             let name = format!("{acq} seed {seed}");
             let run = Run { cfg, setup, acquisition: acq, seed, dir: run_dir(out, acq, seed), baseline: &base };
-            let recs = run.run(&|s, d, n| obs.stage(&name, s, d, n), &|rec| obs.phase(rec))?;
+            let recs =
+                run.run(&|s, d, n| obs.stage(&name, s, d, n), &|rec| obs.phase(rec)).with_context(|| name.clone())?;
             all.extend(recs);
             write_reports(cfg, &all, out)?;
         }

@@ -217,16 +217,18 @@ impl Run<'_> {
             // Acquire and label until the labelled set reaches m (undecided pairs are dropped).
             // Resuming starts after a trained phase, so phase 1 always has the untrained policy.
             let mut draw = |n: usize| stream.take(n);
-            let decided = round.acquire_decided(
-                &policy,
-                Some(&cache),
-                self.acquisition,
-                m - data.len(),
-                &mut draw,
-                &|attempt| stage_seed(self.seed, phase, 1 + 10 * attempt as u64),
-                phase == 1,
-                &*self.setup.labeller,
-            )?;
+            let decided = round
+                .acquire_decided(
+                    &policy,
+                    Some(&cache),
+                    self.acquisition,
+                    m.saturating_sub(data.len()),
+                    &mut draw,
+                    &|attempt| stage_seed(self.seed, phase, 1 + 10 * attempt as u64),
+                    phase == 1,
+                    &*self.setup.labeller,
+                )
+                .with_context(|| format!("phase {phase} (m = {m}): acquiring and labelling"))?;
             timings.acquire_sampling = decided.stats.sampling_seconds;
             timings.acquire_scoring = decided.stats.scoring_seconds;
             timings.labelling = decided.labelling_seconds;

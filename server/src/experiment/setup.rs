@@ -102,7 +102,7 @@ impl<'a> PromptStream<'a> {
             out.push(
                 self.pool
                     .get(self.order[k], self.tokenizer, &mut self.rng)
-                    .map_err(|e| apl_engine::model::ModelError::Input(e.to_string()))?,
+                    .map_err(|e| apl_engine::model::ModelError::Input(crate::error::describe(&*e)))?,
             );
         }
         self.consumed += n;

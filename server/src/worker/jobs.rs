@@ -1,9 +1,11 @@
 //! The server's driver of the learning round (`apl_engine::round`): jobs the model worker runs
 //! from the database queue. `generate` acquires a round of pairs with the current policy,
-//! `label` has an automatic labeller label the pairs it has not judged, `train` runs DPO on
-//! every labelled pair (as the settings' `mode` says), `evaluate` measures a checkpoint's
-//! win-rate against the starting model's samples on held-out prompts, and `round` does all
-//! four (with human raters only `generate`: training waits for their labels).
+//! `label` has an automatic labeller label the pairs it has not judged, `train` runs DPO as the
+//! settings' `mode` says (`reset`: from the starting model on every labelled pair; `continue`:
+//! from the newest checkpoint on every labelled pair; `online`: from the newest checkpoint and
+//! its optimiser state, one pass over the newest round's pairs), `evaluate` measures a
+//! checkpoint's win-rate against the starting model's samples on held-out prompts, and `round`
+//! does all four (with human raters only `generate`: training waits for their labels).
 //!
 //! The round's stages are the engine's; what this driver adds is where their inputs come from
 //! and where their results go: the project's prompts and labels in the store, checkpoints in
@@ -52,7 +54,7 @@ pub enum JobError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Judge(#[from] JudgeError),
-    #[error("loop_settings")]
+    #[error(transparent)]
     Settings(#[from] InvalidSetting),
     #[error("loading checkpoint {id}")]
     Checkpoint {
@@ -269,7 +271,7 @@ fn run_blocking(
     cancelled: &AtomicBool,
 ) -> JobResultOf<JobResult> {
     let project = rt.block_on(store.project(&job.project_id))?;
-    project.config.loop_settings.validate()?;
+    project.config.loop_settings.validate().map_err(|e| e.within("loop_settings"))?;
     let ctx =
         Ctx { worker, store, rt, project, progress, cancelled, phase_start: std::cell::Cell::new(Instant::now()) };
     let p = &job.params;
@@ -424,6 +426,16 @@ fn train(ctx: &Ctx) -> JobResultOf<Trained> {
     let mut policy = ctx.policy(start.as_ref())?;
     let vars = policy.vars().iter().map(|(_, v)| v.clone()).collect();
     let mut opt = Adam::new(vars, s.train.adam.clone()).map_err(ModelError::from)?;
+    // Online training goes on with the optimiser where the last job left it, as one run of the
+    // experiment does; its state is kept beside the checkpoint it trained.
+    if let (Mode::Online, Some(c)) = (s.mode, &start) {
+        let path = optimiser_path(std::path::Path::new(&c.path));
+        if path.exists() {
+            let state = candle_core::safetensors::load(&path, &candle_core::Device::Cpu)
+                .map_err(|e| JobError::Checkpoint { id: c.id.clone(), source: e.into() })?;
+            opt.load_state(&state).map_err(|e| JobError::Checkpoint { id: c.id.clone(), source: e.into() })?;
+        }
+    }
     let newest = pairs.iter().map(|(r, _)| *r).max().unwrap_or(0);
     let mut cache = PrefixCache::default();
     let trained = ctx.round().train(&mut policy, &mut opt, &mut pairs, newest, s.train.seed, &mut cache)?;
@@ -432,6 +444,12 @@ fn train(ctx: &Ctx) -> JobResultOf<Trained> {
     std::fs::create_dir_all(&dir).map_err(|source| JobError::Io { what: "creating", path: dir.clone(), source })?;
     let path = dir.join(format!("{id}.safetensors"));
     policy.save_trainable(&path)?;
+    if s.mode == Mode::Online {
+        let state = opt.state().map_err(ModelError::from)?;
+        let at = optimiser_path(&path);
+        candle_core::safetensors::save(&state, &at)
+            .map_err(|e| JobError::Checkpoint { id: id.clone(), source: e.into() })?;
+    }
     let round = ctx.block(ctx.store.next_round_number(pid))? - 1;
     let report = &trained.report;
     let row = CheckpointRow {
@@ -444,6 +462,12 @@ fn train(ctx: &Ctx) -> JobResultOf<Trained> {
     };
     ctx.block(ctx.store.add_checkpoint(pid, &row))?;
     Ok(Trained { checkpoint: id, pairs: trained.pairs, epoch_losses: report.epoch_losses() })
+}
+
+/// Where a checkpoint's optimiser state is kept (online mode only: it is twice the trained
+/// weights).
+fn optimiser_path(checkpoint: &std::path::Path) -> std::path::PathBuf {
+    checkpoint.with_extension("adam.safetensors")
 }
 
 /// The baseline's sampling seed, apart from the policy's (see `EvalSeeds`).

@@ -53,6 +53,24 @@ pub enum BlasError {
     NoSgemm(String),
 }
 
+/// Loads a library resolving every symbol at once (`RTLD_NOW`): one that cannot be completed
+/// fails here, where the `gemm` crate can stand in, not at its first product.
+///
+/// SAFETY: as `libloading::Library::new` (the library's initialisers run).
+unsafe fn open_now(name: &str) -> Result<libloading::Library, libloading::Error> {
+    #[cfg(unix)]
+    {
+        use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
+        // SAFETY: the caller's.
+        unsafe { Library::open(Some(name), RTLD_NOW | RTLD_LOCAL) }.map(Into::into)
+    }
+    #[cfg(not(unix))]
+    {
+        // SAFETY: the caller's.
+        unsafe { libloading::Library::new(name) }
+    }
+}
+
 /// A CBLAS library loaded at run time.
 pub struct Blas {
     description: String,
@@ -143,7 +161,7 @@ impl Blas {
         // SAFETY: loading a shared library runs its initialisers; a CBLAS (OpenBLAS, BLIS, MKL)
         // has none that touch this process's state. The library lives in the process-wide
         // `BLAS` for the life of the process, so the function pointers taken from it stay valid.
-        let lib = unsafe { libloading::Library::new(name) }?;
+        let lib = unsafe { open_now(name) }?;
         /// The first of the `PREFIXES` spellings of `name` the library exports, as a `T`.
         ///
         /// SAFETY (for callers): `T` must be the C signature the symbol has.

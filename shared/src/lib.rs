@@ -360,7 +360,7 @@ pub struct JobResult {
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum StoredResult {
-    Parts(JobResultParts),
+    Parts(Box<JobResultParts>),
     Generate(Generated),
     Label(LabelledBy),
     Train(Trained),
@@ -381,13 +381,16 @@ struct JobResultParts {
 impl From<StoredResult> for JobResult {
     fn from(r: StoredResult) -> Self {
         match r {
-            StoredResult::Parts(p) => JobResult {
-                generate: p.generate,
-                label: p.label,
-                train: p.train,
-                evaluate: p.evaluate,
-                waiting_for: p.waiting_for,
-            },
+            StoredResult::Parts(p) => {
+                let p = *p;
+                JobResult {
+                    generate: p.generate,
+                    label: p.label,
+                    train: p.train,
+                    evaluate: p.evaluate,
+                    waiting_for: p.waiting_for,
+                }
+            }
             StoredResult::Generate(g) => JobResult { generate: Some(g), ..Default::default() },
             StoredResult::Label(l) => JobResult { label: Some(l), ..Default::default() },
             StoredResult::Train(t) => JobResult { train: Some(t), ..Default::default() },

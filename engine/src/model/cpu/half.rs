@@ -93,7 +93,7 @@ fn dot_scalar(x: &[f32], w: &[f16]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_avx2(x: &[f32], w: &[f16]) -> f32 {
+fn dot_avx2(x: &[f32], w: &[f16]) -> f32 {
     use std::arch::x86_64::*;
     let n = x.len().min(w.len());
     let (xp, wp) = (x.as_ptr(), w.as_ptr() as *const u16);

@@ -223,6 +223,11 @@ macro_rules! kernels {
 
             /// `y[i * ys + j] (+)= x_i . w_j` over `k` for `i < MB_`, `j < NB_` (`add`: onto
             /// what `y` holds).
+            ///
+            /// # Safety
+            ///
+            /// `x` holds `MB_` rows of `k` elements `xs` apart, `w` `NB_` rows of `k` elements
+            /// `ws` apart, `y` `MB_` rows of `NB_` outputs `ys` apart; the CPU has `$feature`.
             #[target_feature(enable = $feature)]
             #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
             unsafe fn block<const NB_: usize, const MB_: usize>(
@@ -279,6 +284,11 @@ macro_rules! kernels {
             /// through: each sum a variable of its own (LLVM spilled the generic form's array of
             /// sums to the stack). It also asks for one row of the weights summed next (`pf`,
             /// `k` long), so that they are on their way from memory while this block is summed.
+            ///
+            /// # Safety
+            ///
+            /// As `block` with `NB_ = NB`, `MB_ = MB` and `k` a multiple of `LANES`; `pf` is
+            /// only a prefetch hint and may point anywhere.
             #[target_feature(enable = $feature)]
             #[inline(never)]
             #[allow(clippy::too_many_arguments)]
@@ -318,6 +328,10 @@ macro_rules! kernels {
 
             /// Every row of `x` against `NB_` weight rows over one run of `k`; `pf`: the first
             /// of the `NB` weight rows summed after these (`full_block` prefetches one per pass).
+            ///
+            /// # Safety
+            ///
+            /// As `block`, with `m` rows of `x` and `y`.
             #[target_feature(enable = $feature)]
             #[allow(clippy::too_many_arguments)]
             unsafe fn panel<const NB_: usize>(
@@ -357,6 +371,11 @@ macro_rules! kernels {
             }
 
             /// `y[i * ys + j] = x_i . w_j` for `i < m`, `j < cols`.
+            ///
+            /// # Safety
+            ///
+            /// `x` holds `m` rows of `k` elements `xs` apart, `w` `cols` rows of `k` elements `ws`
+            /// apart, `y` `m` rows of `cols` outputs `ys` apart; the CPU has `$feature`.
             #[target_feature(enable = $feature)]
             #[allow(clippy::too_many_arguments)]
             pub(super) unsafe fn columns(
@@ -434,6 +453,13 @@ kernels!(avx2_h, avx2_h, "avx2,fma,f16c", u16, nb 4, mb 2,
 );
 
 /// The vector operations each kernel set is written in.
+///
+/// # Safety
+///
+/// Every `unsafe fn` here reads (or, `sum4`, writes) through a raw pointer: `load` and `wload`
+/// need `LANES` readable elements at `p`, the `_partial` forms `n <= LANES`, and `sum4` four
+/// writable (and, with `add`, readable) `f32` at `y`. The kernels that call them keep those
+/// bounds (see `block`).
 #[cfg(target_arch = "x86_64")]
 mod simd_ops {
     pub mod avx512 {
@@ -446,15 +472,19 @@ mod simd_ops {
         pub fn zero() -> __m512 {
             _mm512_setzero_ps()
         }
+        /// # Safety: the pointer's bounds of the module's `# Safety`.
         #[inline]
         #[target_feature(enable = "avx512f,avx512vl")]
         pub unsafe fn load(p: *const f32) -> __m512 {
+            // SAFETY: the caller gives the pointer its bounds (the module's `# Safety`).
             unsafe { _mm512_loadu_ps(p) }
         }
+        /// # Safety: the pointer's bounds of the module's `# Safety`.
         /// The first `n <= 16` elements at `p`, zeros after.
         #[inline]
         #[target_feature(enable = "avx512f,avx512vl")]
         pub unsafe fn load_partial(p: *const f32, n: usize) -> __m512 {
+            // SAFETY: the caller gives the pointer its bounds (the module's `# Safety`).
             unsafe { _mm512_maskz_loadu_ps(((1u32 << n) - 1) as u16, p) }
         }
         #[inline]
@@ -462,15 +492,19 @@ mod simd_ops {
         pub fn prefetch<T>(p: *const T) {
             _mm_prefetch::<_MM_HINT_T0>(p.cast());
         }
+        /// # Safety: the pointer's bounds of the module's `# Safety`.
         /// Weights in f32: loaded as they are.
         #[inline]
         #[target_feature(enable = "avx512f,avx512vl")]
         pub unsafe fn wload(p: *const f32) -> __m512 {
+            // SAFETY: the caller gives the pointer its bounds (the module's `# Safety`).
             unsafe { load(p) }
         }
+        /// # Safety: the pointer's bounds of the module's `# Safety`.
         #[inline]
         #[target_feature(enable = "avx512f,avx512vl")]
         pub unsafe fn wload_partial(p: *const f32, n: usize) -> __m512 {
+            // SAFETY: the caller gives the pointer its bounds (the module's `# Safety`).
             unsafe { load_partial(p, n) }
         }
         #[inline]
@@ -483,10 +517,12 @@ mod simd_ops {
         pub fn sum(a: __m512) -> f32 {
             _mm512_reduce_add_ps(a)
         }
+        /// # Safety: the pointer's bounds of the module's `# Safety`.
         /// The four sums of `a..d` stored at `y[0..4]`, or added to them.
         #[inline]
         #[target_feature(enable = "avx512f,avx512vl")]
         pub unsafe fn sum4(a: __m512, b: __m512, c: __m512, d: __m512, y: *mut f32, add: bool) {
+            // SAFETY: the caller gives the pointer its bounds (the module's `# Safety`).
             unsafe {
                 let half = |v: __m512| {
                     let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
@@ -506,15 +542,19 @@ mod simd_ops {
         pub fn zero() -> __m256 {
             _mm256_setzero_ps()
         }
+        /// # Safety: the pointer's bounds of the module's `# Safety`.
         #[inline]
         #[target_feature(enable = "avx2,fma")]
         pub unsafe fn load(p: *const f32) -> __m256 {
+            // SAFETY: the caller gives the pointer its bounds (the module's `# Safety`).
             unsafe { _mm256_loadu_ps(p) }
         }
+        /// # Safety: the pointer's bounds of the module's `# Safety`.
         /// The first `n <= 8` elements at `p`, zeros after.
         #[inline]
         #[target_feature(enable = "avx2,fma")]
         pub unsafe fn load_partial(p: *const f32, n: usize) -> __m256 {
+            // SAFETY: the caller gives the pointer its bounds (the module's `# Safety`).
             unsafe {
                 let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
                 let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lane);
@@ -526,15 +566,19 @@ mod simd_ops {
         pub fn prefetch<T>(p: *const T) {
             _mm_prefetch::<_MM_HINT_T0>(p.cast());
         }
+        /// # Safety: the pointer's bounds of the module's `# Safety`.
         /// Weights in f32: loaded as they are.
         #[inline]
         #[target_feature(enable = "avx2,fma")]
         pub unsafe fn wload(p: *const f32) -> __m256 {
+            // SAFETY: the caller gives the pointer its bounds (the module's `# Safety`).
             unsafe { load(p) }
         }
+        /// # Safety: the pointer's bounds of the module's `# Safety`.
         #[inline]
         #[target_feature(enable = "avx2,fma")]
         pub unsafe fn wload_partial(p: *const f32, n: usize) -> __m256 {
+            // SAFETY: the caller gives the pointer its bounds (the module's `# Safety`).
             unsafe { load_partial(p, n) }
         }
         #[inline]
@@ -549,10 +593,12 @@ mod simd_ops {
             let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
             _mm_cvtss_f32(_mm_add_ss(q, _mm_shuffle_ps(q, q, 1)))
         }
+        /// # Safety: the pointer's bounds of the module's `# Safety`.
         /// The four sums of `a..d` stored at `y[0..4]`, or added to them.
         #[inline]
         #[target_feature(enable = "avx2,fma")]
         pub unsafe fn sum4(a: __m256, b: __m256, c: __m256, d: __m256, y: *mut f32, add: bool) {
+            // SAFETY: the caller gives the pointer its bounds (the module's `# Safety`).
             unsafe {
                 // hadd pairs neighbours within each 128-bit half: after two rounds each half
                 // holds partial sums of (a, b, c, d); the halves are then added.
@@ -569,16 +615,20 @@ mod simd_ops {
         pub use super::avx512::{LANES, fma, load, load_partial, prefetch, sum, sum4, zero};
         use std::arch::x86_64::*;
 
+        /// # Safety: the pointer's bounds of the module's `# Safety`.
         #[inline]
         #[target_feature(enable = "avx512f,avx512vl,f16c")]
         pub unsafe fn wload(p: *const u16) -> __m512 {
+            // SAFETY: the caller gives the pointer its bounds (the module's `# Safety`).
             unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
         }
+        /// # Safety: the pointer's bounds of the module's `# Safety`.
         /// The first `n <= 16` weights at `p`, zeros after.
         #[inline]
         #[target_feature(enable = "avx512f,avx512vl,f16c")]
         pub unsafe fn wload_partial(p: *const u16, n: usize) -> __m512 {
             let mut buf = [0u16; LANES];
+            // SAFETY: the caller gives the pointer its bounds (the module's `# Safety`).
             unsafe {
                 std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), n);
                 wload(buf.as_ptr())
@@ -591,16 +641,20 @@ mod simd_ops {
         pub use super::avx2::{LANES, fma, load, load_partial, prefetch, sum, sum4, zero};
         use std::arch::x86_64::*;
 
+        /// # Safety: the pointer's bounds of the module's `# Safety`.
         #[inline]
         #[target_feature(enable = "avx2,fma,f16c")]
         pub unsafe fn wload(p: *const u16) -> __m256 {
+            // SAFETY: the caller gives the pointer its bounds (the module's `# Safety`).
             unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
         }
+        /// # Safety: the pointer's bounds of the module's `# Safety`.
         /// The first `n <= 8` weights at `p`, zeros after.
         #[inline]
         #[target_feature(enable = "avx2,fma,f16c")]
         pub unsafe fn wload_partial(p: *const u16, n: usize) -> __m256 {
             let mut buf = [0u16; LANES];
+            // SAFETY: the caller gives the pointer its bounds (the module's `# Safety`).
             unsafe {
                 std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), n);
                 wload(buf.as_ptr())

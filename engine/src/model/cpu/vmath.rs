@@ -92,25 +92,25 @@ pub fn sigmoid(x: &[f32], out: &mut [f32]) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl")]
-unsafe fn silu_mul_avx512(gate: &[f32], up: &[f32], out: &mut [f32]) {
+fn silu_mul_avx512(gate: &[f32], up: &[f32], out: &mut [f32]) {
     silu_mul_generic(gate, up, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn silu_mul_avx2(gate: &[f32], up: &[f32], out: &mut [f32]) {
+fn silu_mul_avx2(gate: &[f32], up: &[f32], out: &mut [f32]) {
     silu_mul_generic(gate, up, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl")]
-unsafe fn sigmoid_avx512(x: &[f32], out: &mut [f32]) {
+fn sigmoid_avx512(x: &[f32], out: &mut [f32]) {
     sigmoid_generic(x, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn sigmoid_avx2(x: &[f32], out: &mut [f32]) {
+fn sigmoid_avx2(x: &[f32], out: &mut [f32]) {
     sigmoid_generic(x, out)
 }
 
@@ -130,37 +130,37 @@ fn sigmoid_generic(x: &[f32], out: &mut [f32]) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl")]
-unsafe fn softmax_avx512(scores: &mut [f32], mask: &[f32], t: usize, s: usize, scale: f32) {
+fn softmax_avx512(scores: &mut [f32], mask: &[f32], t: usize, s: usize, scale: f32) {
     softmax_generic(scores, mask, t, s, scale)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_avx2(scores: &mut [f32], mask: &[f32], t: usize, s: usize, scale: f32) {
+fn softmax_avx2(scores: &mut [f32], mask: &[f32], t: usize, s: usize, scale: f32) {
     softmax_generic(scores, mask, t, s, scale)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl")]
-unsafe fn log_softmax_at_avx512(row: &[f32], target: usize) -> f32 {
+fn log_softmax_at_avx512(row: &[f32], target: usize) -> f32 {
     log_softmax_at_generic(row, target)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn log_softmax_at_avx2(row: &[f32], target: usize) -> f32 {
+fn log_softmax_at_avx2(row: &[f32], target: usize) -> f32 {
     log_softmax_at_generic(row, target)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl")]
-unsafe fn sampling_weights_avx512(logits: &[f32], inv_t: f32, probs: &mut [f32]) -> (f32, f32) {
+fn sampling_weights_avx512(logits: &[f32], inv_t: f32, probs: &mut [f32]) -> (f32, f32) {
     sampling_weights_generic(logits, inv_t, probs)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn sampling_weights_avx2(logits: &[f32], inv_t: f32, probs: &mut [f32]) -> (f32, f32) {
+fn sampling_weights_avx2(logits: &[f32], inv_t: f32, probs: &mut [f32]) -> (f32, f32) {
     sampling_weights_generic(logits, inv_t, probs)
 }
 
@@ -216,13 +216,13 @@ fn softmax_generic(scores: &mut [f32], mask: &[f32], t: usize, s: usize, scale: 
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl")]
-unsafe fn log_softmax_at_grad_avx512(row: &[f32], target: usize, g: f32, out: &mut [f32]) {
+fn log_softmax_at_grad_avx512(row: &[f32], target: usize, g: f32, out: &mut [f32]) {
     log_softmax_at_grad_generic(row, target, g, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn log_softmax_at_grad_avx2(row: &[f32], target: usize, g: f32, out: &mut [f32]) {
+fn log_softmax_at_grad_avx2(row: &[f32], target: usize, g: f32, out: &mut [f32]) {
     log_softmax_at_grad_generic(row, target, g, out)
 }
 

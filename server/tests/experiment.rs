@@ -7,6 +7,7 @@ mod common;
 
 use std::io::Write;
 
+use apl::analytics::paired::{SeedScores, paired_difference, resamples};
 use apl::experiment::config::ExperimentConfig;
 use apl::experiment::run::PhaseRecord;
 use apl::experiment::setup::{JudgeEnv, Setup};
@@ -22,13 +23,15 @@ impl Observer for Quiet {
     fn phase(&self, _: &PhaseRecord) {}
 }
 
-/// A prompt file of short phrases the tiny tokenizer can encode.
+/// A prompt file of `n` distinct short phrases the tiny tokenizer can encode (four words, `i`
+/// written in base 12).
 fn prompts_file(dir: &std::path::Path, n: usize) -> std::path::PathBuf {
     let words = ["the", "film", "was", "great", "boring", "acting", "story", "and", "I", "loved", "it", "plot"];
+    assert!(n <= 12usize.pow(4));
     let path = dir.join("prompts.jsonl");
     let mut f = std::fs::File::create(&path).unwrap();
     for i in 0..n {
-        let p: Vec<&str> = (0..4).map(|k| words[(i * 7 + k * 5 + i / 3) % words.len()]).collect();
+        let p: Vec<&str> = (0..4).map(|k| words[(i / 12usize.pow(k)) % words.len()]).collect();
         writeln!(f, "{}", serde_json::json!({"prompt": p.join(" ")})).unwrap();
     }
     path
@@ -93,9 +96,30 @@ fn training_raises_the_length_win_rate_and_runs_resume() {
     assert_eq!(cert[0].acquisition_stats.sequences_scored, 0);
     assert!(cert[1].acquisition_stats.candidate_margins.len() >= 2 * (256 - 96));
     assert!(cert[1].acquisition_stats.candidate_margins.iter().any(|m| *m != 0.0));
-    for f in ["phases.csv", "summary.csv", "summary.md", "winrate.svg", "config.json"] {
+    for f in ["phases.csv", "summary.csv", "summary.md", "summary.json", "winrate.svg", "config.json"] {
         assert!(out.join(f).exists(), "{f}");
     }
+    // Paired on the same prompts and baseline samples, the trained policy beats the untrained
+    // one by more than 2 standard errors (per-prompt outcomes from the samples files).
+    let scores = |acq: Acquisition, phase: usize| -> Vec<f64> {
+        let path = apl::experiment::run_dir(&out, acq, 0).join(format!("samples-phase-{phase}.json"));
+        let rows: Vec<apl::experiment::run::SampleRow> =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        rows.iter().map(|r| r.sample.outcome.unwrap().score()).collect()
+    };
+    for acq in [Acquisition::Random, Acquisition::Certainty] {
+        let seeds = [SeedScores { arm: scores(acq, 2), reference: scores(acq, 0) }];
+        let d = paired_difference(&seeds, &resamples(&[200], 1000, 0)).unwrap();
+        eprintln!("{acq}: trained - untrained {} ± {:.3}", d.show(), d.stderr);
+        assert!(d.estimate > 2.0 * d.stderr && d.lo > 0.0, "{acq}: {d:?}");
+    }
+    // The report compares certainty with random, paired, at every m.
+    let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(md.contains("| certainty − random |") && md.contains("Labels to reach random's final win-rate"), "{md}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(json["paired"].as_array().unwrap().len(), 2, "certainty at m = 96 and 256");
+    assert_eq!(json["efficiency"][0]["acquisition"], "certainty");
 
     // A second invocation finds every phase done and recomputes nothing.
     let t = std::time::Instant::now();
@@ -161,9 +185,9 @@ fn every_acquisition_function_runs() {
             let s = &r.acquisition_stats;
             // Phase 1: the policy is the reference, nothing is scored.
             let want_margins = if r.phase == 1 { 0 } else { 8 };
+            // Undecided labels (equal lengths) send the loop back for more, so "at least".
             match r.acquisition {
-                Acquisition::Random => assert_eq!(s.prompts_drawn, 4),
-                // Undecided labels send the loop back for more, so "at least".
+                Acquisition::Random => assert!(s.prompts_drawn >= 4 && s.sequences_sampled == 2 * s.prompts_drawn),
                 Acquisition::Certainty | Acquisition::Uncertainty => {
                     assert!(s.candidate_margins.len() >= want_margins);
                     assert_eq!(s.sequences_scored, 2 * s.candidate_margins.len());

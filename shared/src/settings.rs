@@ -184,8 +184,12 @@ pub struct AcquireConfig {
     pub entropy_samples: usize,
     pub entropy_temperature: f64,
     /// Reproduce the reference code's sliding-window entropy estimate instead of the
-    /// per-prompt mean (to compare with the paper's numbers).
+    /// per-prompt mean (to compare with the paper's numbers: its entropy and hybrid columns
+    /// used that estimate, which selects close to randomly).
     pub windowed_entropy_reference: bool,
+    /// The lengths of a pair's two completions: drawn for each completion (the reference's
+    /// way), or one length for both.
+    pub pair_lengths: PairLengths,
     /// Rows per sampling or scoring pass.
     pub batch_size: usize,
 }
@@ -199,7 +203,31 @@ impl Default for AcquireConfig {
             entropy_samples: 8,
             entropy_temperature: 1.0,
             windowed_entropy_reference: false,
+            pair_lengths: PairLengths::Independent,
             batch_size: 32,
+        }
+    }
+}
+
+vocabulary! {
+    "pair lengths";
+    /// How the completion lengths of a pair are drawn.
+    #[derive(Default)]
+    pub enum PairLengths {
+        /// Each completion draws its own length from `completion_tokens` (arXiv 2402.08114's
+        /// reference code). Length is then part of the reward gap certainty ranks by.
+        #[default]
+        Independent,
+        /// Both completions of a pair share one drawn length (a length-controlled comparison).
+        Matched,
+    }
+}
+
+impl PairLengths {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Independent => "each completion its own length (the paper)",
+            Self::Matched => "one length per pair (length-controlled)",
         }
     }
 }
@@ -448,6 +476,38 @@ impl JudgeSettings {
     }
 }
 
+/// A simulated noisy rater over a scoring oracle (sentiment, length): Bradley-Terry choice
+/// P(A) = sigmoid((s_a - s_b) / temperature) from the oracle's scores (temperature 0: the
+/// oracle's own choice), then flipped with probability `flip`; seeded per item.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(default, deny_unknown_fields)]
+pub struct RaterNoise {
+    /// In the oracle's score units (sentiment: log-odds; length: characters).
+    pub temperature: f64,
+    /// Probability of answering the other side, in [0, 0.5].
+    pub flip: f64,
+    pub seed: u64,
+}
+
+impl Default for RaterNoise {
+    fn default() -> Self {
+        Self { temperature: 1.0, flip: 0.0, seed: 0 }
+    }
+}
+
+impl RaterNoise {
+    /// Refuses a noise that cannot be drawn, naming the field under `field`.
+    pub fn validate(&self, field: &str) -> Result<(), InvalidSetting> {
+        check(
+            self.temperature.is_finite() && self.temperature >= 0.0,
+            &format!("{field}.temperature"),
+            "must be at least 0",
+        )?;
+        check((0.0..=0.5).contains(&self.flip), &format!("{field}.flip"), "must be in [0, 0.5]")
+    }
+}
+
 /// Everything a round needs: how to acquire, who labels, how to train and how to evaluate.
 /// A server project stores one (its `loop_settings`); an experiment runs one per arm.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -459,7 +519,9 @@ pub struct LoopSettings {
     /// Pairs acquired per server round (m); an experiment follows its schedule instead.
     pub pairs_per_round: usize,
     pub acquire: AcquireConfig,
-    /// Completion length range in tokens, one length drawn per prompt.
+    /// Completion length range in tokens, one length drawn per completion (each entropy sample,
+    /// each member of a pair unless `acquire.pair_lengths` is `matched`; an evaluation prompt's
+    /// policy and baseline completions share theirs).
     pub completion_tokens: (usize, usize),
     /// Suppress end-of-sequence tokens so completions have exactly the drawn length.
     pub exact_length: bool,

@@ -396,12 +396,40 @@ vocabulary! {
     "preset", "kebab-case";
     /// Named settings of the learning loop (see `LoopSettings::preset`).
     pub enum Preset {
-        /// The paper's IMDB settings (for a GPU).
+        /// The paper's IMDB loop (for a GPU), with this workbench's model and oracle unless
+        /// given: see [`Preset::fidelity`].
         ImdbPaper,
         /// Scaled so the four-way comparison fits in an hour on 2 CPU cores.
         ImdbCpu,
         /// The protocol the PyTorch reference timed on this CPU.
         ImdbProtocol,
+    }
+}
+
+impl Preset {
+    /// What the preset shares with arXiv 2402.08114's IMDB experiment and where it departs,
+    /// for help texts and the head of every report.
+    pub fn fidelity(self) -> &'static str {
+        match self {
+            Self::ImdbPaper => {
+                "the paper's IMDB loop: prompts of 8-16 tokens, completions of 16-24, acquisition x32 pairs / x8 \
+                 prompts / 8 entropy samples, beta 0.2, Adam lr 1e-6, 64 pairs per step, 50 epochs, reset each \
+                 phase, schedule 128..768, 1024 evaluation prompts at T 0.25, 6 seeds. It differs in the model \
+                 (SmolLM2-135M-Instruct unless --model; the paper: gpt2-large) and the oracle and judge (a \
+                 naive-Bayes sentiment classifier unless --oracle judge; the paper: GPT-4), and the prompt pool \
+                 is cycled when hybrid needs more prompts than it holds"
+            }
+            Self::ImdbCpu => {
+                "scaled from the paper's IMDB loop to fit two CPU cores: 8-token prompts, 16-token completions, \
+                 the top 2 layers trained at lr 5e-5 for 6 epochs, acquisition x4 pairs / x2 prompts / 2 entropy \
+                 samples, 512 evaluation prompts; SmolLM2-135M-Instruct with a naive-Bayes sentiment oracle"
+            }
+            Self::ImdbProtocol => {
+                "the small protocol timed against the PyTorch reference (../shared/peers/apl_reference): \
+                 SmolLM2-135M-Instruct, naive-Bayes oracle, top 2 layers, 4 epochs, m = 64 then 128, 128 \
+                 evaluation prompts"
+            }
+        }
     }
 }
 

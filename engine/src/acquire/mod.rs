@@ -28,7 +28,7 @@ use crate::train::policy::Policy;
 use crate::train::trainer::PrefixCache;
 
 pub use apl_shared::Acquisition;
-pub use apl_shared::settings::AcquireConfig;
+pub use apl_shared::settings::{AcquireConfig, PairLengths};
 
 /// A prompt as the acquirer receives it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,6 +68,8 @@ pub use apl_shared::AcquireStats;
 #[derive(Debug, Clone, Copy)]
 struct RowSpec {
     per_prompt: usize,
+    /// One length for all of a prompt's rows (matched pairs), or one per row.
+    shared_length: bool,
     temperature: f64,
     seed: u64,
     /// Shown in progress reports.
@@ -84,7 +86,8 @@ pub struct Acquirer<'a> {
     pub cache: Option<&'a RefCell<PrefixCache>>,
     pub tokenizer: &'a Tokenizer,
     pub cfg: &'a AcquireConfig,
-    /// Completion length range in tokens; one length is drawn per prompt.
+    /// Completion length range in tokens; a length is drawn per completion (per pair when
+    /// `cfg.pair_lengths` is `matched`).
     pub completion_len: (usize, usize),
     /// Suppress end-of-sequence tokens so every completion has the drawn length.
     pub exact_length: bool,
@@ -172,7 +175,7 @@ impl Acquirer<'_> {
         Ok((out, stats))
     }
 
-    /// Samples `spec.per_prompt` completions per prompt, one length drawn per prompt,
+    /// Samples `spec.per_prompt` completions per prompt, lengths drawn by [`draw_lengths`],
     /// `batch_size` rows per pass. Returns (tokens, log-probs at T = 1) per row.
     fn sample_rows(
         &self,
@@ -181,19 +184,13 @@ impl Acquirer<'_> {
         stats: &mut AcquireStats,
         progress: Progress,
     ) -> Result<Vec<(Vec<u32>, Vec<f32>)>> {
-        let RowSpec { per_prompt, temperature, seed, stage } = spec;
+        let RowSpec { per_prompt, shared_length, temperature, seed, stage } = spec;
         let t = Instant::now();
         let model = self.policy.model();
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let (lo, hi) = self.completion_len;
-        let rows: Vec<(usize, usize)> = prompts
-            .iter()
-            .enumerate()
-            .flat_map(|(i, _)| {
-                let len = rng.random_range(lo..=hi.max(lo));
-                std::iter::repeat_n((i, len), per_prompt)
-            })
-            .collect();
+        let hi = self.completion_len.1.max(self.completion_len.0);
+        let lens = draw_lengths(prompts.len(), per_prompt, self.completion_len, shared_length, &mut rng);
+        let rows: Vec<(usize, usize)> = lens.into_iter().enumerate().map(|(r, len)| (r / per_prompt, len)).collect();
         let mut out = Vec::with_capacity(rows.len());
         let eos = self.tokenizer.eos_ids();
         for (c, chunk) in rows.chunks(self.cfg.batch_size.max(1)).enumerate() {
@@ -230,7 +227,13 @@ impl Acquirer<'_> {
         stats: &mut AcquireStats,
         progress: Progress,
     ) -> Result<Vec<Candidate>> {
-        let spec = RowSpec { per_prompt: 2, temperature: self.cfg.pair_temperature, seed, stage: "sampling pairs" };
+        let spec = RowSpec {
+            per_prompt: 2,
+            shared_length: self.cfg.pair_lengths == PairLengths::Matched,
+            temperature: self.cfg.pair_temperature,
+            seed,
+            stage: "sampling pairs",
+        };
         let rows = self.sample_rows(prompts, spec, stats, progress)?;
         let mut out = Vec::with_capacity(prompts.len());
         for (p, two) in prompts.iter().zip(rows.chunks(2)) {
@@ -300,6 +303,7 @@ impl Acquirer<'_> {
         let n = self.cfg.entropy_samples.max(1);
         let spec = RowSpec {
             per_prompt: n,
+            shared_length: false,
             temperature: self.cfg.entropy_temperature,
             seed: rng.random(),
             stage: "entropy samples",
@@ -316,6 +320,25 @@ impl Acquirer<'_> {
         let idx = select::entropy(&ent, keep, rng);
         let mut slots: Vec<Option<PromptItem>> = prompts.into_iter().map(Some).collect();
         Ok(idx.into_iter().filter_map(|i| slots[i].take().map(|p| (p, ent[i]))).collect())
+    }
+}
+
+/// Completion lengths of `prompts * per_prompt` rows (prompt-major), uniform in `lo..=hi`:
+/// one per row, or with `shared` one per prompt repeated over its rows. Entropy samples always
+/// draw per row: the estimate is a mean of summed (not length-normalised) log-likelihoods, so
+/// with one length per prompt it would rank the lengths prompts happened to draw.
+pub fn draw_lengths(
+    prompts: usize,
+    per_prompt: usize,
+    (lo, hi): (usize, usize),
+    shared: bool,
+    rng: &mut impl Rng,
+) -> Vec<usize> {
+    let hi = hi.max(lo);
+    if shared {
+        (0..prompts).flat_map(|_| std::iter::repeat_n(rng.random_range(lo..=hi), per_prompt)).collect()
+    } else {
+        (0..prompts * per_prompt).map(|_| rng.random_range(lo..=hi)).collect()
     }
 }
 
@@ -354,4 +377,86 @@ pub fn score_rows(
         progress(pol.len(), rows.len());
     }
     Ok((pol, refr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lengths of 2000 prompts' rows, grouped by prompt.
+    fn groups(per_prompt: usize, shared: bool, seed: u64) -> Vec<Vec<usize>> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let lens = draw_lengths(2000, per_prompt, (16, 24), shared, &mut rng);
+        assert_eq!(lens.len(), 2000 * per_prompt);
+        assert!(lens.iter().all(|l| (16..=24).contains(l)));
+        lens.chunks(per_prompt).map(<[usize]>::to_vec).collect()
+    }
+
+    #[test]
+    fn lengths_are_drawn_per_completion_unless_pairs_are_matched() {
+        // Independent pairs: the two lengths differ with probability 8/9.
+        let pairs = groups(2, false, 0);
+        let differ = pairs.iter().filter(|p| p[0] != p[1]).count() as f64 / pairs.len() as f64;
+        assert!((differ - 8.0 / 9.0).abs() < 0.03, "{differ}");
+        // Matched pairs share theirs.
+        assert!(groups(2, true, 0).iter().all(|p| p[0] == p[1]));
+        // Entropy samples: eight lengths per prompt, almost never all equal (9 * (1/9)^8).
+        assert!(groups(8, false, 1).iter().all(|g| g.iter().any(|&l| l != g[0])));
+    }
+
+    /// Sequence NLL of a completion: `len` tokens, each -log p uniform around `per_token`.
+    fn nll(len: usize, per_token: f32, rng: &mut ChaCha8Rng) -> f32 {
+        (0..len).map(|_| per_token + rng.random_range(-0.5f32..0.5)).sum()
+    }
+
+    /// Entropy estimates of `prompts` prompts with these per-token NLLs, 8 samples each.
+    fn estimates(per_token: &[f32], shared: bool, seed: u64) -> (Vec<f32>, Vec<Vec<usize>>) {
+        let n = 8;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let lens = draw_lengths(per_token.len(), n, (16, 24), shared, &mut rng);
+        let per: Vec<Vec<f32>> =
+            lens.chunks(n).zip(per_token).map(|(ls, &h)| ls.iter().map(|&l| nll(l, h, &mut rng)).collect()).collect();
+        (select::predictive_entropy(&per), lens.chunks(n).map(<[usize]>::to_vec).collect())
+    }
+
+    fn correlation(x: &[f64], y: &[f64]) -> f64 {
+        let n = x.len() as f64;
+        let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
+        let cov: f64 = x.iter().zip(y).map(|(a, b)| (a - mx) * (b - my)).sum();
+        let (vx, vy): (f64, f64) = (x.iter().map(|a| (a - mx).powi(2)).sum(), y.iter().map(|b| (b - my).powi(2)).sum());
+        cov / (vx * vy).sqrt()
+    }
+
+    /// Prompts with one distribution get estimates that do not rank the lengths a prompt
+    /// happened to draw: with one length per prompt the estimate is that length (correlation
+    /// about 1); drawn per sample, no single draw decides it (about 1/sqrt(8) = 0.35 with
+    /// each sample's length, and the same for all eight).
+    #[test]
+    fn the_entropy_ranking_of_identical_prompts_does_not_rank_their_lengths() {
+        let same = vec![2.0f32; 2000];
+        for (shared, lo, hi) in [(true, 0.95, 1.0), (false, 0.25, 0.45)] {
+            let (est, lens) = estimates(&same, shared, 3);
+            let est: Vec<f64> = est.iter().map(|&e| f64::from(e)).collect();
+            for k in [0, 7] {
+                let first: Vec<f64> = lens.iter().map(|l| l[k] as f64).collect();
+                let r = correlation(&est, &first);
+                assert!((lo..hi).contains(&r), "shared {shared}, sample {k}: r = {r}");
+            }
+        }
+    }
+
+    /// With two kinds of prompt (per-token NLL 2.0 and 1.8), the top half of the ranking is
+    /// the high-entropy kind far more often when lengths are drawn per sample.
+    #[test]
+    fn entropy_keeps_the_high_entropy_prompts_when_lengths_are_per_sample() {
+        let kinds: Vec<f32> = (0..2000).map(|i| if i % 2 == 0 { 2.0 } else { 1.8 }).collect();
+        let recall = |shared: bool| {
+            let (est, _) = estimates(&kinds, shared, 5);
+            let top = select::entropy(&est, 1000, &mut ChaCha8Rng::seed_from_u64(0));
+            top.iter().filter(|&&i| i % 2 == 0).count() as f64 / 1000.0
+        };
+        let (per_sample, per_prompt) = (recall(false), recall(true));
+        assert!(per_sample > 0.85, "{per_sample}");
+        assert!(per_prompt < 0.75, "{per_prompt}");
+    }
 }

@@ -94,4 +94,24 @@ mod tests {
         assert_eq!(windowed_entropy_reference(&flat, 3), vec![2.0, 5.0]);
         assert_eq!(entropy(&[2.0, 20.0, 5.0], 2, &mut rng(0)), vec![1, 2]);
     }
+
+    #[test]
+    fn the_windowed_estimate_changes_the_selection() {
+        // Six prompts, two samples each; prompts 4 and 5 are the uncertain ones.
+        let per_prompt: Vec<Vec<f32>> =
+            vec![vec![5.0, 5.0], vec![6.0, 4.0], vec![5.0, 6.0], vec![4.0, 5.0], vec![30.0, 28.0], vec![25.0, 27.0]];
+        let correct = predictive_entropy(&per_prompt);
+        assert_eq!(correct, vec![5.0, 5.0, 5.5, 4.5, 29.0, 26.0]);
+        let mut top = entropy(&correct, 2, &mut rng(0));
+        top.sort_unstable();
+        assert_eq!(top, vec![4, 5], "the correct estimate keeps the top of the ranking");
+        // The reference's window for prompt s is flat[s..s + 2]: prompts 0..=5 see samples of
+        // prompts 0, 0-1, 1, 1-2, 2, 2-3 only, never those of prompts 4 and 5. It keeps 1 and 4,
+        // prompt 4 for its window over prompt 2's samples.
+        let windowed = windowed_entropy_reference(&per_prompt.concat(), 2);
+        assert_eq!(windowed, vec![5.0, 5.5, 5.0, 4.5, 5.5, 5.0]);
+        let mut picked = entropy(&windowed, 2, &mut rng(0));
+        picked.sort_unstable();
+        assert_eq!(picked, vec![1, 4]);
+    }
 }

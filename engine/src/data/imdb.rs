@@ -75,14 +75,21 @@ pub struct Split {
     /// Reviews over `min_chars` not in `eval`: where acquisition prompts come from. Only their
     /// first tokens are used, so overlapping the oracle's training reviews is harmless.
     pub pool: Vec<usize>,
+    /// Reviews left out because an earlier one (in the split's order) has the same text: IMDB
+    /// repeats some, and a repeat would put one text in two parts of the split.
+    pub duplicates: usize,
 }
 
 /// Splits by a seeded permutation: the first `eval` long reviews evaluate, the next
-/// `oracle_test` reviews test the oracle, the rest train it.
+/// `oracle_test` reviews test the oracle, the rest train it. A text appears once: later
+/// copies of a review (by text, surrounding blanks ignored) are left out.
 pub fn split(reviews: &[Review], eval: usize, oracle_test: usize, min_chars: usize, seed: u64) -> Split {
     use rand::seq::SliceRandom;
     let mut perm: Vec<usize> = (0..reviews.len()).collect();
     perm.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+    let mut seen = std::collections::HashSet::new();
+    perm.retain(|&i| seen.insert(reviews[i].text.trim()));
+    let duplicates = reviews.len() - perm.len();
     let long = |i: &usize| reviews[*i].text.chars().count() > min_chars;
     let eval_set: Vec<usize> = perm.iter().copied().filter(long).take(eval).collect();
     let in_eval: std::collections::HashSet<usize> = eval_set.iter().copied().collect();
@@ -90,7 +97,7 @@ pub fn split(reviews: &[Review], eval: usize, oracle_test: usize, min_chars: usi
     let oracle_test: Vec<usize> = rest.iter().copied().take(oracle_test).collect();
     let oracle_train: Vec<usize> = rest.iter().copied().skip(oracle_test.len()).collect();
     let pool: Vec<usize> = rest.iter().copied().filter(long).collect();
-    Split { eval: eval_set, oracle_test, oracle_train, pool }
+    Split { eval: eval_set, oracle_test, oracle_train, pool, duplicates }
 }
 
 /// The first `n` tokens of a review as a prompt (fewer if the review is shorter).
@@ -147,7 +154,10 @@ mod tests {
     #[test]
     fn split_is_fixed_disjoint_and_complete() {
         let reviews: Vec<Review> = (0..50)
-            .map(|i| Review { text: "x".repeat(if i % 3 == 0 { 10 } else { 300 }), label: (i % 2) as u8 })
+            .map(|i| Review {
+                text: format!("{i} {}", "x".repeat(if i % 3 == 0 { 10 } else { 300 })),
+                label: (i % 2) as u8,
+            })
             .collect();
         let s = split(&reviews, 5, 7, 200, 0);
         assert_eq!(s, split(&reviews, 5, 7, 200, 0));
@@ -157,6 +167,26 @@ mod tests {
         assert!(s.oracle_train.iter().chain(&s.oracle_test).all(|i| !s.eval.contains(i)));
         assert_eq!(s.eval.len() + s.oracle_test.len() + s.oracle_train.len(), 50);
         assert_ne!(s.eval, split(&reviews, 5, 7, 200, 1).eval);
+        assert_eq!(s.duplicates, 0);
+    }
+
+    #[test]
+    fn a_repeated_review_is_in_one_part_only() {
+        // 40 long reviews, each twice (the second copy with trailing blanks).
+        let reviews: Vec<Review> = (0..80)
+            .map(|i| Review { text: format!("review {} {}{}", i % 40, "y".repeat(250), " ".repeat(i / 40)), label: 1 })
+            .collect();
+        for seed in 0..5 {
+            let s = split(&reviews, 10, 5, 200, seed);
+            assert_eq!(s.duplicates, 40);
+            let text = |i: &usize| reviews[*i].text.trim().to_string();
+            let eval: std::collections::HashSet<String> = s.eval.iter().map(text).collect();
+            assert_eq!(eval.len(), 10);
+            assert!(s.pool.iter().all(|i| !eval.contains(&text(i))), "seed {seed}: an evaluation text in the pool");
+            let all: Vec<String> = s.eval.iter().chain(&s.oracle_test).chain(&s.oracle_train).map(text).collect();
+            assert_eq!(all.len(), 40);
+            assert_eq!(all.iter().collect::<std::collections::HashSet<_>>().len(), 40);
+        }
     }
 
     #[test]

@@ -11,6 +11,10 @@ impl Oracle for LengthOracle {
         apl_shared::Labeller::Length.name().into()
     }
 
+    fn score(&self, _prompt: &str, completion: &str) -> Option<f64> {
+        Some(completion.chars().count() as f64)
+    }
+
     fn judge(&self, c: &Comparison) -> Result<Judgement, OracleError> {
         let (a, b) = (c.a.chars().count(), c.b.chars().count());
         Ok(Judgement {

@@ -3,6 +3,7 @@
 //! win-rate evaluation and the server's LLM judges all meet at this trait.
 
 pub mod length;
+pub mod noisy;
 pub mod sentiment;
 
 use serde::{Deserialize, Serialize};
@@ -54,6 +55,13 @@ pub trait Oracle: Send + Sync {
     fn name(&self) -> String;
 
     fn judge(&self, item: &Comparison) -> Result<Judgement, OracleError>;
+
+    /// The oracle's score of one completion, where it prefers by comparing scores (sentiment:
+    /// the log-odds of positive; length: characters): what a simulated noisy rater draws its
+    /// Bradley-Terry choice from. None for oracles that only compare (LLM judges).
+    fn score(&self, _prompt: &str, _completion: &str) -> Option<f64> {
+        None
+    }
 
     /// What the oracle has to report after judging (an LLM judge: calls, tokens, cost, position
     /// bias), for job results.

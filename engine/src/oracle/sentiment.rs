@@ -77,8 +77,10 @@ impl NaiveBayes {
         self.vocab.len()
     }
 
-    /// P(positive | text).
-    pub fn prob_positive(&self, text: &str) -> f64 {
+    /// log P(positive | text) - log P(negative | text). Comparisons use this: the probability
+    /// rounds to exactly 1.0 in f64 beyond log-odds of about 36.7, so two strongly positive
+    /// texts would compare equal.
+    pub fn log_odds(&self, text: &str) -> f64 {
         let mut score = self.log_prior;
         for f in features(text) {
             if let Some(&i) = self.vocab.get(&f) {
@@ -86,8 +88,12 @@ impl NaiveBayes {
                 score[1] += f64::from(self.log_prob[1][i as usize]);
             }
         }
-        // softmax over the two classes
-        1.0 / (1.0 + (score[0] - score[1]).exp())
+        score[1] - score[0]
+    }
+
+    /// P(positive | text): the softmax over the two classes.
+    pub fn prob_positive(&self, text: &str) -> f64 {
+        1.0 / (1.0 + (-self.log_odds(text)).exp())
     }
 
     /// Fraction of (text, label) classified correctly at threshold 0.5.
@@ -97,7 +103,8 @@ impl NaiveBayes {
     }
 }
 
-/// Prefers the more positive text (prompt + completion); exact ties are no decision.
+/// Prefers the more positive text (prompt + completion) by its log-odds; exact ties are no
+/// decision.
 pub struct SentimentOracle {
     pub model: NaiveBayes,
 }
@@ -107,17 +114,23 @@ impl Oracle for SentimentOracle {
         "imdb-sentiment-nb".into()
     }
 
+    fn score(&self, prompt: &str, completion: &str) -> Option<f64> {
+        Some(self.model.log_odds(&format!("{prompt}{completion}")))
+    }
+
     fn judge(&self, c: &Comparison) -> Result<Judgement, OracleError> {
-        let pa = self.model.prob_positive(&format!("{}{}", c.prompt, c.a));
-        let pb = self.model.prob_positive(&format!("{}{}", c.prompt, c.b));
-        let preference = if pa > pb {
+        let (la, lb) = (
+            self.model.log_odds(&format!("{}{}", c.prompt, c.a)),
+            self.model.log_odds(&format!("{}{}", c.prompt, c.b)),
+        );
+        let preference = if la > lb {
             Preference::A
-        } else if pb > pa {
+        } else if lb > la {
             Preference::B
         } else {
             Preference::NoDecision
         };
-        Ok(Judgement { preference, rationale: Some(format!("P(positive) A {pa:.3}, B {pb:.3}")) })
+        Ok(Judgement { preference, rationale: Some(format!("log-odds of positive A {la:.3}, B {lb:.3}")) })
     }
 }
 
@@ -150,5 +163,26 @@ mod tests {
         assert_eq!(j.preference, Preference::B);
         let j = o.judge(&Comparison { prompt: "x", a: "zzz", b: "qqq" }).unwrap();
         assert_eq!(j.preference, Preference::NoDecision);
+    }
+
+    #[test]
+    fn strongly_positive_texts_still_compare() {
+        let docs = [("great great fun", 1), ("great fun", 1), ("dull dull mess", 0), ("dull mess", 0)];
+        let o = SentimentOracle { model: NaiveBayes::train(&docs, 2, 1.0) };
+        // Vocabulary at min_df 2: dull, "dull mess", fun, great, "great fun", mess. Positive
+        // counts great 3, fun 2, "great fun" 2: total 7 + 6 (smoothing) = 13, so P(great | pos)
+        // = 4/13; negative P(great | neg) = 1/13. Each "great" adds ln 4 = 1.386294 log-odds
+        // ("great great" was dropped by min_df); equal priors add nothing.
+        let per = o.model.log_odds("great");
+        assert!((per - 4f64.ln()).abs() < 1e-6, "{per}");
+        let a = "great ".repeat(60);
+        let b = "great ".repeat(50);
+        // Both are certain in f64: P(positive) is exactly 1.0 for each.
+        assert_eq!((o.model.prob_positive(&a), o.model.prob_positive(&b)), (1.0, 1.0));
+        let j = o.judge(&Comparison { prompt: "", a: &a, b: &b }).unwrap();
+        assert_eq!(j.preference, Preference::A, "{:?}", j.rationale);
+        // 60 ln 4 = 83.178 against 50 ln 4 = 69.315.
+        assert!((o.model.log_odds(&a) - 83.177662).abs() < 1e-4);
+        assert!((o.model.log_odds(&b) - 69.314718).abs() < 1e-4);
     }
 }

@@ -352,6 +352,8 @@ fn micro_batch_loss(
     };
     let ref_chosen = refs(|p| p.ref_chosen)?;
     let ref_rejected = refs(|p| p.ref_rejected)?;
+    let chosen_tokens = refs(|p| Some(p.chosen.len() as f32))?;
+    let rejected_tokens = refs(|p| Some(p.rejected.len() as f32))?;
     let out = super::loss::compute(
         cfg.loss,
         &PairLogprobs {
@@ -359,6 +361,8 @@ fn micro_batch_loss(
             policy_rejected: &sums.narrow(0, n, n)?,
             ref_chosen: &ref_chosen,
             ref_rejected: &ref_rejected,
+            chosen_tokens: &chosen_tokens,
+            rejected_tokens: &rejected_tokens,
         },
         cfg.beta,
     )?;

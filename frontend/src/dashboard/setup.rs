@@ -3,7 +3,7 @@
 //! gold rate, guidelines), everything else in the full JSON below them. Both edit one JSON
 //! value, so they never disagree; the server checks it and names a bad field.
 
-use apl_shared::settings::{JudgeOrder, JudgeTask};
+use apl_shared::settings::{JudgeOrder, JudgeTask, PairLengths};
 use apl_shared::{Acquisition, Labeller, ProjectConfig, PromptFormat, Split, Vocabulary};
 use leptos::prelude::*;
 use leptos::task::spawn_local;
@@ -124,6 +124,10 @@ fn judge_tasks() -> Choices {
     vocabulary(JudgeTask::ALL.iter().copied(), JudgeTask::describe)
 }
 
+fn pair_lengths() -> Choices {
+    vocabulary(PairLengths::ALL.iter().copied(), PairLengths::describe)
+}
+
 fn orders() -> Choices {
     vocabulary(JudgeOrder::ALL.iter().copied(), JudgeOrder::describe)
 }
@@ -150,6 +154,13 @@ const FIELDS: &[FieldSpec] = &[
     ),
     ("Acquisition", "Entropy samples", &["loop_settings", "acquire", "entropy_samples"], Kind::Number, "per prompt"),
     ("Acquisition", "Pair temperature", &["loop_settings", "acquire", "pair_temperature"], Kind::Number, ""),
+    (
+        "Acquisition",
+        "Pair lengths",
+        &["loop_settings", "acquire", "pair_lengths"],
+        Kind::Choice(pair_lengths),
+        "completion lengths drawn from the completion range",
+    ),
     ("Labelling", "Labeller", &["loop_settings", "labeller"], Kind::Choice(labellers), ""),
     ("Labelling", "Raters per pair (overlap)", &["rating", "overlap"], Kind::Number, ""),
     ("Labelling", "Gold rate", &["rating", "gold_rate"], Kind::Number, "share of gold pairs, 0 to 1"),

@@ -11,6 +11,7 @@ pub mod agreement;
 pub mod bootstrap;
 pub mod bradley_terry;
 pub mod checks;
+pub mod paired;
 pub mod project;
 pub mod winrate;
 

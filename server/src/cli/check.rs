@@ -166,7 +166,18 @@ fn check_fixture(dir: &Path, name: &str, device: &Device, dtype: DType) -> Resul
         // Reference log-probs away from the policy's, so that the loss is not at its symmetric point.
         let reference = Tensor::new(&[[-30f32, -32.0], [-31.0, -29.0]], sums.device())?;
         let (pc, pr, rc, rr) = (sums.i((.., 0))?, sums.i((.., 1))?, reference.i((.., 0))?, reference.i((.., 1))?);
-        let lp = PairLogprobs { policy_chosen: &pc, policy_rejected: &pr, ref_chosen: &rc, ref_rejected: &rr };
+        let (nc, nr) = (
+            Tensor::new(&[cont[0].len() as f32, cont[2].len() as f32], sums.device())?,
+            Tensor::new(&[cont[1].len() as f32, cont[0].len() as f32], sums.device())?,
+        );
+        let lp = PairLogprobs {
+            policy_chosen: &pc,
+            policy_rejected: &pr,
+            ref_chosen: &rc,
+            ref_rejected: &rr,
+            chosen_tokens: &nc,
+            rejected_tokens: &nr,
+        };
         let g = apl_engine::train::loss::compute(Loss::Dpo, &lp, 0.2)?.loss.backward()?;
         vars.into_iter()
             .map(|(n, v)| {

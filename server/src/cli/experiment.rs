@@ -18,15 +18,16 @@ use crate::experiment::setup::{JudgeEnv, Setup};
 use crate::experiment::{Observer, report, run_experiment};
 use apl_engine::device::{parse_device, parse_dtype};
 use apl_engine::model::Checkpoint;
-use apl_shared::settings::{Loss, Trainable};
+use apl_shared::settings::{Loss, PairLengths, RaterNoise, Trainable};
 use apl_shared::{Acquisition, Labeller, Mode, Preset, Task};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Starting settings: imdb-paper (the paper's, for a GPU), imdb-cpu (fits an hour on 2
-    /// cores), imdb-protocol (the PyTorch reference protocol).
+    /// Starting settings: imdb-paper (the paper's IMDB loop, for a GPU, with SmolLM2 and a
+    /// naive-Bayes oracle unless --model / --oracle judge: the paper used gpt2-large and GPT-4),
+    /// imdb-cpu (scaled for 2 cores), imdb-protocol (the PyTorch reference protocol).
     #[arg(long, default_value = "imdb-cpu")]
     pub preset: Preset,
     /// A JSON file of settings (the shape of a results directory's config.json), applied over
@@ -81,15 +82,40 @@ pub struct Args {
     pub lora_alpha: f64,
     #[arg(long, value_delimiter = ',', default_value = "q_proj,v_proj,c_attn,query_key_value")]
     pub lora_targets: Vec<String>,
-    /// Use the reference code's sliding-window entropy estimate (to compare with the paper).
+    /// Use the reference code's sliding-window entropy estimate. The paper's entropy and
+    /// hybrid columns were made with it; it mostly averages other prompts' samples, so it
+    /// selects close to randomly. Without it, each prompt's own samples are averaged.
     #[arg(long)]
     pub windowed_entropy: bool,
+    /// independent (each completion of a pair draws its length, the reference's way) or
+    /// matched (one length for both).
+    #[arg(long)]
+    pub pair_lengths: Option<PairLengths>,
+    /// Stop with an error when the prompt pool runs out, instead of starting another pass.
+    #[arg(long)]
+    pub no_cycle_prompts: bool,
+    /// Label with a simulated noisy rater: Bradley-Terry choice from the oracle's scores at
+    /// this temperature (sentiment: log-odds units; length: characters; 0 = the oracle's own
+    /// choice).
+    #[arg(long)]
+    pub rater_temperature: Option<f64>,
+    /// The simulated rater answers the other side with this probability (0 to 0.5).
+    #[arg(long)]
+    pub rater_flip: Option<f64>,
+    /// IMDB: also judge with a second sentiment classifier trained on reviews the labeller
+    /// never saw; both win-rates are reported.
+    #[arg(long)]
+    pub held_out_judge: bool,
     /// Results directory [default: experiments/PRESET].
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Print the resolved settings as JSON and exit.
     #[arg(long)]
     pub print_config: bool,
+    /// Rewrite the reports (summary, paired comparison, plot) from the phases already in
+    /// --out, without running anything.
+    #[arg(long)]
+    pub report_only: bool,
     /// A file of NAME=value lines where the LLM judge's API key is looked up after the
     /// environment.
     #[arg(long, env = "APL_SECRETS_FILE")]
@@ -178,6 +204,22 @@ pub fn resolve(a: &Args) -> Result<ExperimentConfig> {
         (None, None) => {}
     }
     s.acquire.windowed_entropy_reference |= a.windowed_entropy;
+    if let Some(p) = a.pair_lengths {
+        s.acquire.pair_lengths = p;
+    }
+    if a.no_cycle_prompts {
+        cfg.task.cycle_prompts = false;
+    }
+    if a.rater_temperature.is_some() || a.rater_flip.is_some() {
+        let n = cfg.rater_noise.get_or_insert_with(|| RaterNoise { temperature: 0.0, ..Default::default() });
+        if let Some(t) = a.rater_temperature {
+            n.temperature = t;
+        }
+        if let Some(f) = a.rater_flip {
+            n.flip = f;
+        }
+    }
+    cfg.held_out_judge |= a.held_out_judge;
     if let Some(m) = &a.model.model {
         cfg.model = Some(m.clone());
     }
@@ -242,6 +284,13 @@ pub fn run(a: Args) -> Result<()> {
     }
     let out =
         a.out.clone().unwrap_or_else(|| PathBuf::from("experiments").join(cfg.preset.map_or("custom", |p| p.name())));
+    if a.report_only {
+        let records = crate::experiment::finished(&cfg, &out)?;
+        anyhow::ensure!(!records.is_empty(), "{} holds no finished phase of these arms and seeds", out.display());
+        crate::experiment::write_reports(&cfg, &records, &out)?;
+        print_summary(&records, &out)?;
+        return Ok(());
+    }
     let cache = a.model.cache.dir();
     let model_path = match &cfg.model {
         Some(p) => p.clone(),
@@ -260,6 +309,12 @@ pub fn run(a: Args) -> Result<()> {
     let t = std::time::Instant::now();
     let env = JudgeEnv { log: Some(out.join("judge.jsonl")), secrets_file: a.secrets_file.clone() };
     let setup = Setup::build(&cfg, base, imdb_csv.as_deref(), &env)?;
+    if let Some(r) = &setup.held_out_report {
+        eprintln!(
+            "held-out judge {}: accuracy {:.3} on {} full reviews, {:.3} on their first 60 words ({} training reviews)",
+            r.name, r.accuracy_full_reviews, r.test_reviews, r.accuracy_60_words, r.train_reviews
+        );
+    }
     if let Some(r) = &setup.oracle_report {
         eprintln!(
             "oracle {}: held-out accuracy {:.3} on {} full reviews, {:.3} on their first 60 words ({} features, {:.1} s)",
@@ -267,9 +322,10 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     eprintln!(
-        "{} evaluation prompts, {} pool prompts; results in {} (setup {:.1} s)",
+        "{} evaluation prompts, {} pool prompts ({} repeated texts left out); results in {} (setup {:.1} s)",
         setup.eval.len(),
         setup.pool.len(),
+        setup.duplicates,
         out.display(),
         t.elapsed().as_secs_f64()
     );
@@ -286,9 +342,17 @@ pub fn run(a: Args) -> Result<()> {
     let records = run_experiment(&cfg, &setup, &out, &bars)?;
     bars.stage.finish_and_clear();
     bars.phases.finish();
-    let rows = report::summarize(&records.iter().filter(|r| r.phase > 0).cloned().collect::<Vec<_>>());
-    println!("\n{}", report::summary_markdown(&rows));
+    print_summary(&records, &out)?;
     println!("wall time {:.0} s; reports in {}", t.elapsed().as_secs_f64(), out.display());
+    Ok(())
+}
+
+/// The summary tables on standard output.
+fn print_summary(records: &[crate::experiment::run::PhaseRecord], out: &std::path::Path) -> Result<()> {
+    let trained: Vec<_> = records.iter().filter(|r| r.phase > 0).cloned().collect();
+    let rows = report::summarize(&trained);
+    let cmp = report::compare(&crate::experiment::outcomes(out, &trained)?);
+    println!("\n{}", report::summary_markdown(&rows, &cmp, None));
     Ok(())
 }
 

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use apl_shared::settings::LoopSettings;
+use apl_shared::settings::{LoopSettings, RaterNoise};
 use apl_shared::{Acquisition, Labeller, Preset, Task, Vocabulary};
 use serde::{Deserialize, Serialize};
 
@@ -27,11 +27,22 @@ pub struct TaskConfig {
     pub min_chars: usize,
     /// Seed of the fixed train / evaluation split (the same for every run).
     pub split_seed: u64,
+    /// When a run has used every prompt of the pool, start another pass in a new order (the
+    /// reference code cycles its prompt loader) rather than stop. Prompts are then reused
+    /// across phases, never within one pass.
+    pub cycle_prompts: bool,
 }
 
 impl Default for TaskConfig {
     fn default() -> Self {
-        Self { kind: Task::Imdb, path: None, prompt_tokens: (8, 16), min_chars: 200, split_seed: 0 }
+        Self {
+            kind: Task::Imdb,
+            path: None,
+            prompt_tokens: (8, 16),
+            min_chars: 200,
+            split_seed: 0,
+            cycle_prompts: true,
+        }
     }
 }
 
@@ -50,6 +61,13 @@ pub struct ExperimentConfig {
     pub seeds: Vec<u64>,
     /// Sentiment oracle: reviews held out to measure its accuracy.
     pub oracle_test_reviews: usize,
+    /// Label with a simulated noisy rater over the labeller's scores (sentiment or length).
+    pub rater_noise: Option<RaterNoise>,
+    /// IMDB: also judge every evaluation with a second sentiment classifier, trained on the
+    /// half of the oracle's training reviews the labeller does not see (the labeller then
+    /// trains on the other half), so a policy that games the labeller's quirks is not counted
+    /// as a gain. Both win-rates are reported.
+    pub held_out_judge: bool,
     /// The learning loop: acquisition factors, labeller, training, evaluation.
     pub settings: LoopSettings,
 }
@@ -67,7 +85,8 @@ impl ExperimentConfig {
         let all = vec![Acquisition::Random, Acquisition::Entropy, Acquisition::Certainty, Acquisition::Hybrid];
         let cut = |prompt_tokens| TaskConfig { prompt_tokens, ..TaskConfig::default() };
         let (task, acquisitions, schedule, seeds) = match preset {
-            Preset::ImdbPaper => (cut((8, 16)), all, vec![128, 256, 384, 512, 640, 768], vec![0, 1, 2]),
+            // The paper ran 6 seeds.
+            Preset::ImdbPaper => (cut((8, 16)), all, vec![128, 256, 384, 512, 640, 768], (0..6).collect()),
             Preset::ImdbProtocol => {
                 (cut((8, 8)), vec![Acquisition::Random, Acquisition::Certainty], vec![64, 128], vec![0, 1])
             }
@@ -81,6 +100,8 @@ impl ExperimentConfig {
             schedule,
             seeds,
             oracle_test_reviews: 2000,
+            rater_noise: None,
+            held_out_judge: false,
             settings,
         }
     }
@@ -137,6 +158,17 @@ impl ExperimentConfig {
             if self.task.kind != Task::Imdb && who == apl_shared::Labeller::Sentiment {
                 bail!("{field}: the sentiment oracle needs the IMDB task (use length, judge or local_judge)");
             }
+        }
+        if let Some(n) = &self.rater_noise {
+            n.validate("rater_noise").map_err(|e| anyhow::anyhow!(e))?;
+            if !matches!(s.labeller, Labeller::Sentiment | Labeller::Length) {
+                bail!(
+                    "rater_noise: a noisy rater draws from the labeller's scores; the labeller must be sentiment or length"
+                );
+            }
+        }
+        if self.held_out_judge && self.task.kind != Task::Imdb {
+            bail!("held_out_judge: the held-out sentiment classifier needs the IMDB task");
         }
         if self.task.kind != Task::Imdb && self.task.path.is_none() {
             bail!("task.path: a {} task needs a data file", self.task.kind);

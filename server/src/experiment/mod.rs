@@ -7,11 +7,14 @@
 //! config.json                 the settings (a resumed run must match them, save for
 //!                             acquisition functions, seeds and the schedule's length)
 //! oracle.json                 the sentiment oracle's held-out accuracy (when it labels or judges)
+//! held-out-judge.json         the second classifier's (with `held_out_judge`)
 //! judge.jsonl                 the LLM judge's audit log and cache (when it labels or judges)
 //! baseline-seed{S}.json       the starting model's evaluation samples for seed S
 //! runs/{acq}-seed{S}/         phase-{P}.json, data.jsonl, policy-phase-{P}.safetensors,
 //!                             samples-phase-{P}.json
-//! phases.csv summary.csv summary.md winrate.svg
+//! phases.csv summary.csv summary.md summary.json winrate.svg
+//!                             (summary.*: win-rates, every arm against random paired per
+//!                             prompt, labels to reach random's final win-rate)
 //! ```
 
 pub mod config;
@@ -25,7 +28,7 @@ use anyhow::{Context, Result, bail};
 
 use apl_shared::Task;
 use config::ExperimentConfig;
-use run::{PhaseRecord, Run, baseline_seed, eval_samples, write_atomic};
+use run::{PhaseRecord, Run, baseline_seed, eval_length_seed, eval_samples, write_atomic};
 use setup::Setup;
 
 use apl_engine::model::Model;
@@ -102,17 +105,30 @@ fn baseline(cfg: &ExperimentConfig, setup: &Setup, out: &Path, seed: u64, obs: &
         return setup.eval.iter().map(|e| e.reference.clone().context("TL;DR prompt without reference")).collect();
     }
     let path = out.join(format!("baseline-seed{seed}.json"));
-    if path.exists() {
-        let v: Vec<String> = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
-        if v.len() == setup.eval.len() {
-            return Ok(v);
-        }
+    let length_seed = eval_length_seed(seed);
+    // Kept with the seed of its lengths, which every policy's samples share: a file from before
+    // (a bare list, lengths of its own) is made again.
+    if let Ok(text) = std::fs::read_to_string(&path)
+        && let Ok(b) = serde_json::from_str::<BaselineFile>(&text)
+        && b.length_seed == length_seed
+        && b.texts.len() == setup.eval.len()
+    {
+        return Ok(b.texts);
     }
     let reference = Model::from_checkpoint(&setup.base)?;
     let name = format!("baseline seed {seed}");
-    let texts = eval_samples(&reference, setup, cfg, baseline_seed(seed), &|s, d, n| obs.stage(&name, s, d, n))?;
-    write_atomic(&path, &serde_json::to_string_pretty(&texts)?)?;
+    let texts =
+        eval_samples(&reference, setup, cfg, baseline_seed(seed), length_seed, &|s, d, n| obs.stage(&name, s, d, n))?;
+    write_atomic(&path, &serde_json::to_string_pretty(&BaselineFile { length_seed, texts: texts.clone() })?)?;
     Ok(texts)
+}
+
+/// `baseline-seed{S}.json`: the starting model's evaluation samples of one seed.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct BaselineFile {
+    /// Draws the completion lengths (shared with every policy's samples of this seed).
+    length_seed: u64,
+    texts: Vec<String>,
 }
 
 /// Runs (or resumes) the whole experiment and writes the reports.
@@ -126,6 +142,9 @@ pub fn run_experiment(
     claim_output(cfg, out)?;
     if let Some(r) = &setup.oracle_report {
         write_atomic(&out.join("oracle.json"), &serde_json::to_string_pretty(r)?)?;
+    }
+    if let Some(r) = &setup.held_out_report {
+        write_atomic(&out.join("held-out-judge.json"), &serde_json::to_string_pretty(r)?)?;
     }
     let per_run = cfg.schedule.len() + usize::from(cfg.settings.eval.initial);
     let total = per_run * cfg.seeds.len() * cfg.acquisitions.len();
@@ -153,17 +172,45 @@ pub fn run_experiment(
     Ok(all)
 }
 
+/// The finished phases of `cfg`'s arms and seeds in `out`, as their records say.
+pub fn finished(cfg: &ExperimentConfig, out: &Path) -> Result<Vec<PhaseRecord>> {
+    let mut all = Vec::new();
+    for &seed in &cfg.seeds {
+        for &acq in &cfg.acquisitions {
+            let dir = run_dir(out, acq, seed);
+            for phase in 0..=cfg.schedule.len() {
+                let p = dir.join(format!("phase-{phase}.json"));
+                if let Ok(text) = std::fs::read_to_string(&p) {
+                    all.push(serde_json::from_str(&text).with_context(|| format!("{} is corrupt", p.display()))?);
+                }
+            }
+        }
+    }
+    Ok(all)
+}
+
 pub fn run_dir(out: &Path, acq: apl_shared::Acquisition, seed: u64) -> PathBuf {
     out.join("runs").join(format!("{acq}-seed{seed}"))
 }
 
-/// phases.csv, summary.csv, summary.md and winrate.svg from the records so far.
+/// phases.csv, summary.csv, summary.md, summary.json and winrate.svg from the records so far
+/// (and the per-prompt outcomes their runs saved).
 pub fn write_reports(cfg: &ExperimentConfig, records: &[PhaseRecord], out: &Path) -> Result<()> {
     write_atomic(&out.join("phases.csv"), &report::phases_csv(records))?;
     let trained: Vec<PhaseRecord> = records.iter().filter(|r| r.phase > 0).cloned().collect();
     let rows = report::summarize(&trained);
-    write_atomic(&out.join("summary.csv"), &report::summary_csv(&rows))?;
-    write_atomic(&out.join("summary.md"), &report::summary_markdown(&rows))?;
+    let cmp = report::compare(&outcomes(out, &trained)?);
+    let head = cfg.preset.map(|p| format!("Preset `{}`: {}.", p.name(), p.fidelity()));
+    write_atomic(&out.join("summary.csv"), &report::summary_csv(&rows, &cmp))?;
+    write_atomic(&out.join("summary.md"), &report::summary_markdown(&rows, &cmp, head.as_deref()))?;
+    let json = serde_json::json!({
+        "preset": cfg.preset,
+        "fidelity": cfg.preset.map(|p| p.fidelity()),
+        "rows": rows,
+        "paired": cmp.paired,
+        "efficiency": cmp.efficiency,
+    });
+    write_atomic(&out.join("summary.json"), &serde_json::to_string_pretty(&json)?)?;
     let title = format!(
         "{} · win-rate vs {} · {} seed(s)",
         cfg.preset.map_or("experiment", |p| p.name()),
@@ -172,4 +219,25 @@ pub fn write_reports(cfg: &ExperimentConfig, records: &[PhaseRecord], out: &Path
     );
     write_atomic(&out.join("winrate.svg"), &report::winrate_svg(&rows, &title))?;
     Ok(())
+}
+
+/// The per-prompt outcomes of the phases in `records`, from their runs' samples files (phases
+/// run before those files kept outcomes are left out).
+pub fn outcomes(out: &Path, records: &[PhaseRecord]) -> Result<report::Outcomes> {
+    let mut o = report::Outcomes::default();
+    for r in records {
+        let path = run_dir(out, r.acquisition, r.seed).join(format!("samples-phase-{}.json", r.phase));
+        let Ok(text) = std::fs::read_to_string(&path) else { continue };
+        let rows: Vec<run::SampleRow> =
+            serde_json::from_str(&text).with_context(|| format!("{} is corrupt", path.display()))?;
+        let scores: Option<Vec<f64>> = rows.iter().map(|s| s.sample.outcome.map(|x| x.score())).collect();
+        if let Some(v) = scores {
+            o.0.insert((report::Judge::Oracle, r.acquisition, r.m, r.seed), v);
+        }
+        let held: Option<Vec<f64>> = rows.iter().map(|s| s.held_out_outcome.map(|x| x.score())).collect();
+        if let Some(v) = held {
+            o.0.insert((report::Judge::HeldOut, r.acquisition, r.m, r.seed), v);
+        }
+    }
+    Ok(o)
 }

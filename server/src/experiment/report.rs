@@ -2,6 +2,12 @@
 //! the mean over seeds and its standard error, a Markdown table, and an SVG plot of win-rate
 //! against labels used, one line per acquisition function with error bars. CSVs are written
 //! by the `csv` crate from row structs, so quoting is right and the header is the fields.
+//!
+//! Arms are compared with random paired, prompt by prompt (`analytics::paired`): every arm of
+//! a seed is judged on the same prompts against the same baseline samples, so the per-prompt
+//! differences carry far less noise than two win-rates side by side. Those rows, and the
+//! labels each arm needs to reach random's final win-rate, come from the per-prompt outcomes
+//! in each run's `samples-phase-{P}.json` ([`Outcomes`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -11,6 +17,9 @@ use apl_shared::Acquisition;
 use serde::Serialize;
 
 use super::run::PhaseRecord;
+use crate::analytics::paired::{
+    self, ArmCurve, Efficiency, PairedDifference, Reach, SeedScores, efficiency, paired_difference, resamples,
+};
 
 /// A float written with a fixed number of decimals (`D`), for CSV columns people read.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -97,7 +106,7 @@ pub fn phases_csv(records: &[PhaseRecord]) -> String {
 }
 
 /// Mean win-rate over seeds for one (acquisition, m).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SummaryRow {
     pub acquisition: Acquisition,
     pub m: usize,
@@ -109,6 +118,8 @@ pub struct SummaryRow {
     /// combined for the mean, sqrt(sum se_i^2) / n. With few seeds the over-seeds figure is
     /// itself noisy; this one is not.
     pub stderr_prompts: f64,
+    /// The held-out judge's mean win-rate, when it judged.
+    pub held_out_win_rate: Option<f64>,
     pub mean_labels: f64,
     pub mean_seconds: f64,
 }
@@ -131,6 +142,11 @@ pub fn summarize(records: &[PhaseRecord]) -> Vec<SummaryRow> {
                 win_rate: mean,
                 stderr,
                 stderr_prompts: stderr_of_mean(&rs.iter().map(|r| r.win_rate.stderr).collect::<Vec<_>>()),
+                held_out_win_rate: {
+                    let h: Vec<f64> =
+                        rs.iter().filter_map(|r| r.held_out_win_rate.as_ref().map(|w| w.win_rate)).collect();
+                    (h.len() == rs.len()).then(|| h.iter().sum::<f64>() / h.len() as f64)
+                },
                 mean_labels: rs.iter().map(|r| r.labels as f64).sum::<f64>() / rs.len() as f64,
                 mean_seconds: rs.iter().map(|r| r.timings.total).sum::<f64>() / rs.len() as f64,
             }
@@ -152,25 +168,273 @@ struct SummaryCsvRow {
     win_rate: Fixed<4>,
     stderr: Fixed<4>,
     stderr_prompts: Fixed<4>,
+    /// Paired against random on the same prompts (empty for random itself).
+    vs_random: Option<Fixed<4>>,
+    vs_random_lo: Option<Fixed<4>>,
+    vs_random_hi: Option<Fixed<4>>,
+    vs_random_stderr: Option<Fixed<4>>,
+    held_out_win_rate: Option<Fixed<4>>,
+    held_out_vs_random: Option<Fixed<4>>,
+    held_out_vs_random_lo: Option<Fixed<4>>,
+    held_out_vs_random_hi: Option<Fixed<4>>,
     mean_labels: Fixed<1>,
     mean_phase_seconds: Fixed<1>,
 }
 
-pub fn summary_csv(rows: &[SummaryRow]) -> String {
-    csv_of(rows.iter().map(|r| SummaryCsvRow {
-        acquisition: r.acquisition,
-        m: r.m,
-        seeds: r.seeds,
-        win_rate: Fixed(r.win_rate),
-        stderr: Fixed(r.stderr),
-        stderr_prompts: Fixed(r.stderr_prompts),
-        mean_labels: Fixed(r.mean_labels),
-        mean_phase_seconds: Fixed(r.mean_seconds),
+pub fn summary_csv(rows: &[SummaryRow], cmp: &Comparison) -> String {
+    csv_of(rows.iter().map(|r| {
+        let d = cmp.paired(Judge::Oracle, r.acquisition, r.m);
+        let h = cmp.paired(Judge::HeldOut, r.acquisition, r.m);
+        SummaryCsvRow {
+            acquisition: r.acquisition,
+            m: r.m,
+            seeds: r.seeds,
+            win_rate: Fixed(r.win_rate),
+            stderr: Fixed(r.stderr),
+            stderr_prompts: Fixed(r.stderr_prompts),
+            vs_random: d.map(|d| Fixed(d.estimate)),
+            vs_random_lo: d.map(|d| Fixed(d.lo)),
+            vs_random_hi: d.map(|d| Fixed(d.hi)),
+            vs_random_stderr: d.map(|d| Fixed(d.stderr)),
+            held_out_win_rate: r.held_out_win_rate.map(Fixed),
+            held_out_vs_random: h.map(|d| Fixed(d.estimate)),
+            held_out_vs_random_lo: h.map(|d| Fixed(d.lo)),
+            held_out_vs_random_hi: h.map(|d| Fixed(d.hi)),
+            mean_labels: Fixed(r.mean_labels),
+            mean_phase_seconds: Fixed(r.mean_seconds),
+        }
     }))
 }
 
+/// Whose outcomes: the experiment's judge, or the held-out judge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Judge {
+    Oracle,
+    HeldOut,
+}
+
+impl Judge {
+    fn heading(self) -> &'static str {
+        match self {
+            Self::Oracle => "judged by the experiment's judge",
+            Self::HeldOut => "judged by the held-out classifier",
+        }
+    }
+}
+
+/// Per-prompt outcome scores (win 1, tie 1/2, loss 0) of every finished phase, by (judge,
+/// acquisition, m, seed), in evaluation-prompt order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Outcomes(pub BTreeMap<(Judge, Acquisition, usize, u64), Vec<f64>>);
+
+/// One arm against random at one m.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PairedRow {
+    pub judge: Judge,
+    pub acquisition: Acquisition,
+    pub m: usize,
+    #[serde(flatten)]
+    pub difference: PairedDifference,
+}
+
+/// The labels one arm needs to reach random's final win-rate.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EfficiencyRow {
+    pub judge: Judge,
+    pub acquisition: Acquisition,
+    /// Seeds with the whole schedule for both arms.
+    pub seeds: Vec<u64>,
+    #[serde(flatten)]
+    pub efficiency: Efficiency,
+}
+
+/// Every arm against random: paired differences and label efficiency.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Comparison {
+    pub paired: Vec<PairedRow>,
+    pub efficiency: Vec<EfficiencyRow>,
+}
+
+impl Comparison {
+    pub fn paired(&self, judge: Judge, acquisition: Acquisition, m: usize) -> Option<&PairedDifference> {
+        self.paired.iter().find(|r| r.judge == judge && r.acquisition == acquisition && r.m == m).map(|r| &r.difference)
+    }
+}
+
+/// Compares every arm with random, per judge and m, on the seeds both have finished.
+pub fn compare(outcomes: &Outcomes) -> Comparison {
+    let o = &outcomes.0;
+    let mut out = Comparison::default();
+    let judges: std::collections::BTreeSet<Judge> = o.keys().map(|k| k.0).collect();
+    let arms: std::collections::BTreeSet<Acquisition> =
+        o.keys().map(|k| k.1).filter(|a| *a != Acquisition::Random).collect();
+    for judge in judges {
+        let ms: std::collections::BTreeSet<usize> =
+            o.keys().filter(|k| k.0 == judge && k.1 == Acquisition::Random).map(|k| k.2).collect();
+        let seeds_of = |acq: Acquisition, m: usize| -> std::collections::BTreeSet<u64> {
+            o.keys().filter(|k| k.0 == judge && k.1 == acq && k.2 == m).map(|k| k.3).collect()
+        };
+        for &arm in &arms {
+            for &m in &ms {
+                let seeds: Vec<u64> =
+                    seeds_of(arm, m).intersection(&seeds_of(Acquisition::Random, m)).copied().collect();
+                let scores: Vec<SeedScores> = seeds
+                    .iter()
+                    .map(|&s| SeedScores {
+                        arm: o[&(judge, arm, m, s)].clone(),
+                        reference: o[&(judge, Acquisition::Random, m, s)].clone(),
+                    })
+                    .collect();
+                let sizes: Vec<usize> = scores.iter().map(|s| s.arm.len()).collect();
+                let draws = resamples(&sizes, paired::RESAMPLES, 0x5eed ^ m as u64);
+                if let Some(difference) = paired_difference(&scores, &draws) {
+                    out.paired.push(PairedRow { judge, acquisition: arm, m, difference });
+                }
+            }
+            // Label efficiency on the seeds with every m for both arms.
+            let complete = |acq: Acquisition| -> std::collections::BTreeSet<u64> {
+                let mut it = ms.iter().map(|&m| seeds_of(acq, m));
+                let first = it.next().unwrap_or_default();
+                it.fold(first, |acc, s| acc.intersection(&s).copied().collect())
+            };
+            let seeds: Vec<u64> = complete(arm).intersection(&complete(Acquisition::Random)).copied().collect();
+            if seeds.is_empty() || ms.is_empty() {
+                continue;
+            }
+            let curve = |acq: Acquisition| ArmCurve {
+                labels: ms.iter().map(|&m| m as f64).collect(),
+                scores: ms.iter().map(|&m| seeds.iter().map(|&s| o[&(judge, acq, m, s)].clone()).collect()).collect(),
+            };
+            let (mine, random) = (curve(arm), curve(Acquisition::Random));
+            // Every seed's prompts are the same at every m: one draw of them serves all m.
+            let sizes: Vec<usize> = random.scores[0].iter().map(Vec::len).collect();
+            if mine.scores.iter().chain(&random.scores).any(|per| per.iter().map(Vec::len).ne(sizes.iter().copied())) {
+                continue;
+            }
+            let draws = resamples(&sizes, paired::RESAMPLES, 0xeff1);
+            if let Some(efficiency) = efficiency(&mine, &random, &draws) {
+                out.efficiency.push(EfficiencyRow { judge, acquisition: arm, seeds: seeds.clone(), efficiency });
+            }
+        }
+    }
+    out
+}
+
+fn labels_text(x: f64) -> String {
+    if x.is_finite() { format!("{x:.0}") } else { "not reached".into() }
+}
+
+/// The paired differences and label efficiency as Markdown sections.
+pub fn comparison_markdown(cmp: &Comparison) -> String {
+    let mut s = String::new();
+    let judges: std::collections::BTreeSet<Judge> = cmp.paired.iter().map(|r| r.judge).collect();
+    for judge in judges {
+        let rows: Vec<&PairedRow> = cmp.paired.iter().filter(|r| r.judge == judge).collect();
+        let mut ms: Vec<usize> = rows.iter().map(|r| r.m).collect();
+        ms.sort_unstable();
+        ms.dedup();
+        let _ = writeln!(s, "\n## Against random, paired ({})\n", judge.heading());
+        s.push_str("| arm − random |");
+        for m in &ms {
+            let _ = write!(s, " m={m} |");
+        }
+        s.push_str("\n|---|");
+        s.push_str(&"---|".repeat(ms.len()));
+        s.push('\n');
+        let mut arms: Vec<Acquisition> = rows.iter().map(|r| r.acquisition).collect();
+        arms.dedup();
+        for a in arms {
+            let _ = write!(s, "| {a} − random |");
+            for m in &ms {
+                match rows.iter().find(|r| r.acquisition == a && r.m == *m) {
+                    Some(r) => {
+                        let d = &r.difference;
+                        let seeds = d.stderr_seeds.map(|e| format!(", seeds ± {e:.3}")).unwrap_or_default();
+                        let mark = if d.decisive() { " **" } else { "" };
+                        let _ = write!(s, " {mark}{}{mark} ± {:.3}{seeds} |", d.show(), d.stderr);
+                    }
+                    None => s.push_str(" |"),
+                }
+            }
+            s.push('\n');
+        }
+        let (seeds, prompts) = rows.first().map_or((0, 0), |r| (r.difference.seeds, r.difference.prompts));
+        let _ = writeln!(
+            s,
+            "\nPer evaluation prompt, the arm's outcome minus random's on the same prompt and baseline sample (win 1, \
+             tie ½, loss 0), averaged over prompts, then over seeds ({seeds} seed(s), {prompts} prompt pairs). In \
+             brackets the {:.0}% bootstrap interval ({} resamples of the prompts within each seed: conditional on \
+             the trained policies); ± the paired standard error; \"seeds ±\" the standard error of the per-seed \
+             means. Bold: the interval leaves out 0.",
+            paired::LEVEL * 100.0,
+            paired::RESAMPLES
+        );
+        let eff: Vec<&EfficiencyRow> = cmp.efficiency.iter().filter(|r| r.judge == judge).collect();
+        if let Some(first) = eff.first() {
+            let e = &first.efficiency;
+            let _ = writeln!(
+                s,
+                "\n### Labels to reach random's final win-rate\n\nRandom reaches {:.3} at {} labels (its last point). \
+                 The labels each arm needs for the same win-rate, interpolated linearly on its curve, with the {:.0}% \
+                 interval from the same resamples (\"not reached\": beyond the schedule in that share of resamples).\n\n\
+                 | arm | labels | interval | labels saved |\n|---|---|---|---|",
+                e.target,
+                e.reference_labels,
+                e.level * 100.0
+            );
+            for r in eff {
+                let e = &r.efficiency;
+                let labels = match e.reach {
+                    Reach::At(x) => format!("{x:.0}"),
+                    Reach::ByFirst(x) => format!("≤ {x:.0}"),
+                    Reach::Never => format!("> {}", e.reference_labels),
+                };
+                let saved = match e.reach {
+                    Reach::At(x) => format!("{:+.0}%", 100.0 * (1.0 - x / e.reference_labels)),
+                    Reach::ByFirst(x) => format!("≥ {:.0}%", 100.0 * (1.0 - x / e.reference_labels)),
+                    Reach::Never => "none".into(),
+                };
+                let _ = writeln!(
+                    s,
+                    "| {} | {labels} | [{}, {}] | {saved} |",
+                    r.acquisition.name(),
+                    labels_text(e.lo),
+                    labels_text(e.hi)
+                );
+            }
+        }
+    }
+    s
+}
+
 /// A Markdown table: one row per acquisition function, one column per m.
-pub fn summary_markdown(rows: &[SummaryRow]) -> String {
+/// `head`, when given, opens the page (what the preset matches of the paper); the paired
+/// comparison with random and the held-out judge's table follow the win-rates.
+pub fn summary_markdown(rows: &[SummaryRow], cmp: &Comparison, head: Option<&str>) -> String {
+    let mut s = head.map(|h| format!("{h}\n\n")).unwrap_or_default();
+    s.push_str(&win_rate_table(rows, |r| {
+        Some(format!("{:.3} ± {:.3} ({:.3})", r.win_rate, r.stderr, r.stderr_prompts))
+    }));
+    let seeds = rows.iter().map(|r| r.seeds).max().unwrap_or(0);
+    let _ = writeln!(
+        s,
+        "\nWin-rate against the baseline, mean over {seeds} seed(s) ± standard error {}; in brackets the \
+         standard error from the finite evaluation set alone.",
+        if seeds > 1 { "over seeds" } else { "over prompts" }
+    );
+    if rows.iter().any(|r| r.held_out_win_rate.is_some()) {
+        s.push_str(
+            "\nThe same samples judged by the held-out classifier (trained on reviews the labeller never saw):\n\n",
+        );
+        s.push_str(&win_rate_table(rows, |r| r.held_out_win_rate.map(|w| format!("{w:.3}"))));
+    }
+    s.push_str(&comparison_markdown(cmp));
+    s
+}
+
+/// One row per acquisition function, one column per m, cells from `cell`.
+fn win_rate_table(rows: &[SummaryRow], cell: impl Fn(&SummaryRow) -> Option<String>) -> String {
     let ms: Vec<usize> = {
         let mut v: Vec<usize> = rows.iter().map(|r| r.m).collect();
         v.sort_unstable();
@@ -192,22 +456,15 @@ pub fn summary_markdown(rows: &[SummaryRow]) -> String {
     for a in acqs {
         let _ = write!(s, "| {a} |");
         for m in &ms {
-            match rows.iter().find(|r| r.acquisition == a && r.m == *m) {
-                Some(r) => {
-                    let _ = write!(s, " {:.3} ± {:.3} ({:.3}) |", r.win_rate, r.stderr, r.stderr_prompts);
+            match rows.iter().find(|r| r.acquisition == a && r.m == *m).and_then(&cell) {
+                Some(text) => {
+                    let _ = write!(s, " {text} |");
                 }
                 None => s.push_str(" |"),
             }
         }
         s.push('\n');
     }
-    let seeds = rows.iter().map(|r| r.seeds).max().unwrap_or(0);
-    let _ = writeln!(
-        s,
-        "\nWin-rate against the baseline, mean over {seeds} seed(s) ± standard error {}; in brackets the \
-         standard error from the finite evaluation set alone.",
-        if seeds > 1 { "over seeds" } else { "over prompts" }
-    );
     s
 }
 
@@ -339,6 +596,7 @@ mod tests {
             win_rate: w,
             stderr: se,
             stderr_prompts: se / 2.0,
+            held_out_win_rate: None,
             mean_labels: m as f64,
             mean_seconds: 1.0,
         }
@@ -359,7 +617,7 @@ mod tests {
             row(Acquisition::Certainty, 64, 0.56, 0.03),
             row(Acquisition::Certainty, 128, 0.66, 0.03),
         ];
-        let md = summary_markdown(&rows);
+        let md = summary_markdown(&rows, &Comparison::default(), None);
         assert!(md.contains("| random | 0.550 ± 0.020 (0.010) | 0.600 ± 0.020 (0.010) |"), "{md}");
         assert!(md.contains("mean over 2 seed(s) ± standard error over seeds"), "{md}");
         let svg = winrate_svg(&rows, "IMDB <test>");

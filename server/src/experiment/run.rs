@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use apl_shared::{EvalSample, TrainSummary, WinRate};
+use apl_engine::eval::win_rate;
+use apl_engine::oracle::Comparison;
+use apl_shared::{EvalSample, Outcome, TrainSummary, WinRate};
 use serde::{Deserialize, Serialize};
 
 use super::config::ExperimentConfig;
@@ -55,12 +57,44 @@ pub struct PhaseRecord {
     pub oracle_calls: usize,
     pub undecided: usize,
     pub win_rate: WinRate,
+    /// The held-out judge's win-rate on the same samples (`held_out_judge`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_out_win_rate: Option<WinRate>,
     pub timings: Timings,
     pub train: TrainSummary,
     pub acquisition_stats: AcquireStats,
     /// r_a - r_b of the pairs kept (certainty / hybrid / uncertainty).
     pub selected_margins: Vec<f32>,
     pub prompts_consumed: usize,
+    /// Passes over the prompt pool begun so far (above 1: prompts are being reused).
+    #[serde(default)]
+    pub prompt_passes: usize,
+}
+
+/// An evaluation and the held-out judge's outcomes of its samples (with its seconds).
+struct Evaluated {
+    ev: apl_engine::round::Evaluation,
+    held_out: Option<(Vec<Outcome>, f64)>,
+}
+
+impl Evaluated {
+    fn held_out_win_rate(&self) -> Option<WinRate> {
+        self.held_out.as_ref().map(|(o, _)| win_rate(o))
+    }
+
+    fn judging_seconds(&self) -> f64 {
+        self.ev.judging_seconds + self.held_out.as_ref().map_or(0.0, |h| h.1)
+    }
+}
+
+/// One row of `samples-phase-{P}.json`: the sample as the server shows it, and the held-out
+/// judge's outcome.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SampleRow {
+    #[serde(flatten)]
+    pub sample: EvalSample,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_out_outcome: Option<Outcome>,
 }
 
 /// A labelled pair as stored between phases.
@@ -105,20 +139,29 @@ pub fn baseline_seed(seed: u64) -> u64 {
     seed.wrapping_mul(31).wrapping_add(999)
 }
 
+/// The seed of a seed's evaluation completion lengths: every policy's and the baseline's
+/// completion of one evaluation prompt have the same drawn length (the reference's `gen_lens`),
+/// while their tokens come from independent streams.
+pub fn eval_length_seed(seed: u64) -> u64 {
+    seed.wrapping_mul(131).wrapping_add(0x1e9)
+}
+
 fn eval_prompts(setup: &Setup) -> Vec<EvalPrompt> {
     setup.eval.iter().map(|e| e.item.clone()).collect()
 }
 
-/// Samples one completion per evaluation prompt at the evaluation temperature.
+/// Samples one completion per evaluation prompt at the evaluation temperature, with the
+/// lengths `length_seed` draws.
 pub fn eval_samples(
     model: &apl_engine::model::Model,
     setup: &Setup,
     cfg: &ExperimentConfig,
     seed: u64,
+    length_seed: u64,
     progress: StageProgress,
 ) -> Result<Vec<String>> {
     let round = Round { settings: &cfg.settings, tokenizer: &setup.tokenizer, observer: &Progress(progress) };
-    Ok(round.sample_eval(model, &eval_prompts(setup), seed, None, "evaluation samples")?)
+    Ok(round.sample_eval(model, &eval_prompts(setup), seed, Some(length_seed), "evaluation samples")?)
 }
 
 impl Run<'_> {
@@ -146,12 +189,36 @@ impl Run<'_> {
         Ok(out)
     }
 
-    /// Evaluates the policy of `phase` against the baseline.
-    fn evaluate(&self, round: &Round, policy: &Policy, phase: usize) -> Result<apl_engine::round::Evaluation> {
-        // The baseline's texts are fixed per seed; only the policy is sampled here.
-        let seeds = EvalSeeds { policy: stage_seed(self.seed, phase, 5), baseline: 0, lengths: None };
+    /// Evaluates the policy of `phase` against the baseline, and has the held-out judge (when
+    /// there is one) judge the same samples.
+    fn evaluate(&self, round: &Round, policy: &Policy, phase: usize) -> Result<Evaluated> {
+        // The baseline's texts are fixed per seed; only the policy is sampled here, with the
+        // baseline's lengths.
+        let seeds = EvalSeeds {
+            policy: stage_seed(self.seed, phase, 5),
+            baseline: 0,
+            lengths: Some(eval_length_seed(self.seed)),
+        };
         let prompts = eval_prompts(self.setup);
-        Ok(round.evaluate(policy.model(), &prompts, Baseline::Texts(self.baseline), &*self.setup.judge, seeds)?)
+        let ev = round.evaluate(policy.model(), &prompts, Baseline::Texts(self.baseline), &*self.setup.judge, seeds)?;
+        let held_out = match &self.setup.held_out_judge {
+            Some(judge) => {
+                let t = Instant::now();
+                let items: Vec<Comparison> = prompts
+                    .iter()
+                    .zip(ev.policy.iter().zip(&ev.baseline))
+                    .map(|(p, (a, b))| Comparison { prompt: &p.text, a, b })
+                    .collect();
+                let outcomes: Vec<Outcome> = round
+                    .label(&**judge, &items)?
+                    .into_iter()
+                    .map(|j| Outcome::from_preference(j.preference))
+                    .collect();
+                Some((outcomes, t.elapsed().as_secs_f64()))
+            }
+            None => None,
+        };
+        Ok(Evaluated { ev, held_out })
     }
 
     /// Runs (or resumes) every phase; returns all phase records.
@@ -164,14 +231,20 @@ impl Run<'_> {
         let mut records = self.finished()?;
         let done: Vec<usize> = records.iter().map(|r| r.phase).collect();
         let mut policy = Policy::new(self.setup.base.clone(), s.trainable.clone(), self.seed)?;
-        let mut stream = PromptStream::new(&self.setup.pool, &self.setup.tokenizer, self.seed);
+        let mut stream = PromptStream::new(
+            &self.setup.pool,
+            &self.setup.tokenizer,
+            self.seed,
+            cfg.task.cycle_prompts,
+            &self.setup.held_out,
+        );
         let mut data: Vec<StoredPair> = Vec::new();
         let mut oracle_calls = 0;
         let last_done = done.iter().copied().filter(|&p| p > 0).max();
         if let Some(p) = last_done {
             // Resume after phase p: its labelled set, its weights, its place in the prompt stream.
             let rec = records.iter().find(|r| r.phase == p).expect("listed");
-            stream.skip(rec.prompts_consumed)?;
+            stream.skip_to(rec.prompts_consumed)?;
             oracle_calls = rec.oracle_calls;
             data = self.load_data(p)?;
             policy.load_trainable(&self.policy_path(p)).context("resuming the policy")?;
@@ -181,7 +254,8 @@ impl Run<'_> {
         let cache = RefCell::new(PrefixCache::default());
 
         if s.eval.initial && !done.contains(&0) {
-            let ev = self.evaluate(&round, &policy, 0)?;
+            let evaluated = self.evaluate(&round, &policy, 0)?;
+            let ev = &evaluated.ev;
             let rec = PhaseRecord {
                 acquisition: self.acquisition,
                 seed: self.seed,
@@ -192,16 +266,19 @@ impl Run<'_> {
                 oracle_calls: 0,
                 undecided: 0,
                 win_rate: ev.win_rate,
+                held_out_win_rate: evaluated.held_out_win_rate(),
                 timings: Timings {
                     eval_sampling: ev.sampling_seconds,
-                    eval_judging: ev.judging_seconds,
+                    eval_judging: evaluated.judging_seconds(),
                     ..Default::default()
                 },
                 train: TrainSummary::default(),
                 acquisition_stats: AcquireStats::default(),
                 selected_margins: vec![],
                 prompts_consumed: 0,
+                prompt_passes: 0,
             };
+            self.save_samples(0, &evaluated)?;
             self.write_record(&rec)?;
             on_phase(&rec);
             records.push(rec);
@@ -278,9 +355,10 @@ impl Run<'_> {
             timings.train_steps = report.seconds - report.prefix_seconds;
 
             // Evaluate.
-            let ev = self.evaluate(&round, &policy, phase)?;
+            let evaluated = self.evaluate(&round, &policy, phase)?;
+            let ev = &evaluated.ev;
             timings.eval_sampling = ev.sampling_seconds;
-            timings.eval_judging = ev.judging_seconds;
+            timings.eval_judging = evaluated.judging_seconds();
             timings.total = t_phase.elapsed().as_secs_f64();
 
             let rec = PhaseRecord {
@@ -293,16 +371,18 @@ impl Run<'_> {
                 oracle_calls,
                 undecided: decided.undecided,
                 win_rate: ev.win_rate,
+                held_out_win_rate: evaluated.held_out_win_rate(),
                 timings,
                 train: report.summary(),
                 acquisition_stats: decided.stats,
                 selected_margins,
                 prompts_consumed: stream.consumed,
+                prompt_passes: stream.passes(),
             };
             // Weights and data first, the record last: a record on disk means a complete phase.
             policy.save_trainable(&self.policy_path(phase))?;
             self.save_data(&data)?;
-            self.save_samples(phase, &ev)?;
+            self.save_samples(phase, &evaluated)?;
             self.write_record(&rec)?;
             // Weights two phases back are no longer needed to resume (the last two are kept, so
             // a phase whose record is deleted can be redone from the one before).
@@ -329,21 +409,31 @@ impl Run<'_> {
         write_atomic(&self.dir.join("data.jsonl"), &s)
     }
 
-    fn save_samples(&self, phase: usize, ev: &apl_engine::round::Evaluation) -> Result<()> {
-        let rows: Vec<EvalSample> = self
+    fn save_samples(&self, phase: usize, evaluated: &Evaluated) -> Result<()> {
+        let ev = &evaluated.ev;
+        let held_out = |i: usize| evaluated.held_out.as_ref().map(|(o, _)| o[i]);
+        let rows: Vec<SampleRow> = self
             .setup
             .eval
             .iter()
             .zip(ev.policy.iter().zip(&ev.baseline).zip(&ev.outcomes))
-            .map(|(p, ((pol, base), o))| EvalSample {
-                prompt_id: None,
-                prompt: p.item.text.clone(),
-                policy: pol.clone(),
-                baseline: base.clone(),
-                outcome: Some(*o),
+            .enumerate()
+            .map(|(i, (p, ((pol, base), o)))| SampleRow {
+                sample: EvalSample {
+                    prompt_id: None,
+                    prompt: p.item.text.clone(),
+                    policy: pol.clone(),
+                    baseline: base.clone(),
+                    outcome: Some(*o),
+                },
+                held_out_outcome: held_out(i),
             })
             .collect();
-        write_atomic(&self.dir.join(format!("samples-phase-{phase}.json")), &serde_json::to_string_pretty(&rows)?)
+        write_atomic(&self.samples_path(phase), &serde_json::to_string_pretty(&rows)?)
+    }
+
+    pub fn samples_path(&self, phase: usize) -> PathBuf {
+        self.dir.join(format!("samples-phase-{phase}.json"))
     }
 
     fn load_data(&self, upto: usize) -> Result<Vec<StoredPair>> {

@@ -21,8 +21,16 @@ pub struct EvalSampling {
     pub length_seed: Option<u64>,
 }
 
-/// Samples one completion per prompt. Lengths depend on the length seed only (the sampling
-/// seed when there is none), so samples with one length seed match in length.
+/// The completion length of each of `n` prompts: from the length seed only (the sampling seed
+/// when there is none), so two models sampled with one length seed get the same length on
+/// every prompt whatever their sampling seeds.
+pub fn completion_lengths(n: usize, how: &EvalSampling, seed: u64) -> Vec<usize> {
+    let mut len_rng = ChaCha8Rng::seed_from_u64(how.length_seed.unwrap_or(seed) ^ 0xe7a1);
+    let (lo, hi) = how.completion_tokens;
+    (0..n).map(|_| len_rng.random_range(lo..=hi.max(lo))).collect()
+}
+
+/// Samples one completion per prompt, with the lengths of [`completion_lengths`].
 pub fn sample_completions(
     model: &Model,
     tokenizer: &Tokenizer,
@@ -31,9 +39,8 @@ pub fn sample_completions(
     seed: u64,
     progress: &dyn Fn(&str, usize, usize),
 ) -> crate::model::Result<Vec<String>> {
-    let mut len_rng = ChaCha8Rng::seed_from_u64(how.length_seed.unwrap_or(seed) ^ 0xe7a1);
-    let (lo, hi) = how.completion_tokens;
-    let lens: Vec<usize> = prompts.iter().map(|_| len_rng.random_range(lo..=hi)).collect();
+    let lens = completion_lengths(prompts.len(), how, seed);
+    let hi = how.completion_tokens.1.max(how.completion_tokens.0);
     let eos = tokenizer.eos_ids();
     let mut out = Vec::with_capacity(prompts.len());
     let idx: Vec<usize> = (0..prompts.len()).collect();
@@ -97,6 +104,23 @@ pub fn mean_and_stderr(values: &[f64]) -> (f64, f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn policy_and_baseline_share_lengths_through_the_length_seed() {
+        let how = |length_seed| EvalSampling {
+            completion_tokens: (16, 24),
+            exact_length: true,
+            temperature: 0.25,
+            batch_size: 8,
+            length_seed,
+        };
+        // Sampling seeds 1 (policy) and 2 (baseline), one length seed: the same lengths.
+        let policy = completion_lengths(200, &how(Some(9)), 1);
+        assert_eq!(policy, completion_lengths(200, &how(Some(9)), 2));
+        assert!(policy.iter().all(|l| (16..=24).contains(l)) && policy.iter().any(|&l| l != policy[0]));
+        // Without one, each sample's lengths follow its own seed and differ.
+        assert_ne!(completion_lengths(200, &how(None), 1), completion_lengths(200, &how(None), 2));
+    }
 
     #[test]
     fn ties_count_half_and_stderr_is_the_sample_one() {

@@ -99,6 +99,10 @@ fn training_raises_the_length_win_rate_and_runs_resume() {
     for f in ["phases.csv", "summary.csv", "summary.md", "summary.json", "winrate.svg", "config.json"] {
         assert!(out.join(f).exists(), "{f}");
     }
+    // The baseline's samples were drawn with the lengths every policy's samples of the seed use.
+    let baseline: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("baseline-seed0.json")).unwrap()).unwrap();
+    assert_eq!(baseline["length_seed"], apl::experiment::run::eval_length_seed(0));
     // Paired on the same prompts and baseline samples, the trained policy beats the untrained
     // one by more than 2 standard errors (per-prompt outcomes from the samples files).
     let scores = |acq: Acquisition, phase: usize| -> Vec<f64> {
@@ -200,4 +204,163 @@ fn every_acquisition_function_runs() {
             }
         }
     }
+}
+
+/// A chat-completions server that answers like the length oracle: the letter of the longer
+/// text, read off the custom template `{prompt}|{a}|{b}`. Runs on its own thread.
+fn length_judge_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let app = axum::Router::new().route(
+                "/v1/chat/completions",
+                axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+                    let seen = seen.clone();
+                    async move {
+                        seen.fetch_add(1, Ordering::SeqCst);
+                        let user = body["messages"][1]["content"].as_str().unwrap_or_default().to_string();
+                        let parts: Vec<&str> = user.split("|||").collect();
+                        let (a, b) = (parts[1].chars().count(), parts[2].chars().count());
+                        let letter = if a > b {
+                            "A"
+                        } else if b > a {
+                            "B"
+                        } else {
+                            "tie"
+                        };
+                        axum::Json(serde_json::json!({
+                            "choices": [{"index": 0, "message": {"role": "assistant", "content": letter}}],
+                            "usage": {"prompt_tokens": 10, "completion_tokens": 1}
+                        }))
+                    }
+                }),
+            );
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    (format!("http://{}/v1", rx.recv().unwrap()), calls)
+}
+
+/// `--oracle judge` in an experiment: the LLM judge labels the acquired pairs over the API,
+/// its audit log lands in the results directory, and a rerun asks nothing again. The same
+/// for a TL;DR task (posts with reference summaries), where the judge may label too.
+#[test]
+fn an_llm_judge_labels_experiments_on_any_task() {
+    use apl_shared::settings::{CustomTemplate, JudgeTask};
+    let (url, calls) = length_judge_server();
+    let dir = tempfile::tempdir().unwrap();
+    for task in [Task::Generic, Task::Summarize] {
+        let mut cfg = tiny(dir.path());
+        if task == Task::Summarize {
+            let path = dir.path().join("posts.jsonl");
+            let mut f = std::fs::File::create(&path).unwrap();
+            for i in 0..60 {
+                let post = format!("the film was great {i} TL;DR:");
+                writeln!(f, "{}", serde_json::json!({"prompt": post, "summary": " it was great"})).unwrap();
+            }
+            cfg.task.kind = Task::Summarize;
+            cfg.task.path = Some(path);
+        }
+        cfg.schedule = vec![4, 8];
+        cfg.settings.eval.prompts = 16;
+        cfg.settings.eval.initial = false;
+        cfg.settings.train.epochs = 1;
+        cfg.settings.labeller = Labeller::Judge;
+        cfg.settings.judge.base_url = url.clone();
+        cfg.settings.judge.api_key_env = None;
+        cfg.settings.judge.task = JudgeTask::Custom;
+        cfg.settings.judge.template =
+            Some(CustomTemplate { system: "Judge.".into(), user: "{prompt}|||{a}|||{b}".into() });
+        cfg.validate().unwrap();
+        let out = dir.path().join(format!("judge-{task}"));
+        let env = JudgeEnv { log: Some(out.join("judge.jsonl")), secrets_file: None };
+        std::fs::create_dir_all(&out).unwrap();
+        let setup = Setup::build(&cfg, common::load("llama", DType::F32), None, &env).unwrap();
+        let before = calls.load(std::sync::atomic::Ordering::SeqCst);
+        let records = run_experiment(&cfg, &setup, &out, &Quiet).unwrap();
+        assert_eq!(records.len(), 4, "{task}");
+        assert!(records.iter().all(|r| r.labels == 4 * r.phase));
+        let asked = calls.load(std::sync::atomic::Ordering::SeqCst) - before;
+        let oracle_calls: usize = records.iter().filter(|r| r.phase == 2).map(|r| r.oracle_calls).sum();
+        // Certainty's first phase asks what random's did (the policy is the reference, one seed):
+        // those come from the cache.
+        assert!(asked >= 8 && asked < oracle_calls, "{task}: {asked} calls, {oracle_calls} labels asked");
+        let audit: Vec<apl::judge::ledger::AuditEntry> = std::fs::read_to_string(out.join("judge.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(audit.len(), oracle_calls, "{task}: every label audited");
+        assert_eq!(audit.iter().filter(|e| !e.cached).count(), asked, "{task}: and every call");
+        // A fresh run in another directory with the same audit log is served from it.
+        let again = dir.path().join(format!("judge-{task}-again"));
+        std::fs::create_dir_all(&again).unwrap();
+        std::fs::copy(out.join("judge.jsonl"), again.join("judge.jsonl")).unwrap();
+        let env = JudgeEnv { log: Some(again.join("judge.jsonl")), secrets_file: None };
+        let setup = Setup::build(&cfg, common::load("llama", DType::F32), None, &env).unwrap();
+        let before = calls.load(std::sync::atomic::Ordering::SeqCst);
+        let rerun = run_experiment(&cfg, &setup, &again, &Quiet).unwrap();
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), before, "{task}: answered from the cache");
+        let key = |rs: &[PhaseRecord]| -> Vec<(Acquisition, usize, f64)> {
+            rs.iter().map(|r| (r.acquisition, r.phase, r.win_rate.win_rate)).collect()
+        };
+        assert_eq!(key(&rerun), key(&records), "{task}");
+    }
+}
+
+/// IMDB-shaped reviews from a few words: positive ones praise, negative ones complain.
+fn reviews_csv(dir: &std::path::Path, n: usize) -> std::path::PathBuf {
+    let good = ["great", "wonderful", "loved", "moving", "superb", "charming"];
+    let bad = ["boring", "awful", "hated", "tedious", "dull", "clumsy"];
+    let path = dir.join("reviews.csv");
+    let mut w = csv::Writer::from_path(&path).unwrap();
+    w.write_record(["text", "label", "source"]).unwrap();
+    for i in 0..n {
+        let (words, label) = if i % 2 == 0 { (&good, "1") } else { (&bad, "0") };
+        let text: Vec<String> = (0..40).map(|k| format!("{} film {}", words[(i + k) % 6], (i * 31 + k) % 97)).collect();
+        w.write_record([text.join(" ").as_str(), label, "imdb"]).unwrap();
+    }
+    w.flush().unwrap();
+    path
+}
+
+/// A simulated noisy rater labels, the held-out classifier judges beside the oracle, and the
+/// report carries both judges' paired comparisons.
+#[test]
+fn noisy_raters_and_the_held_out_judge_run_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tiny(dir.path());
+    cfg.task.kind = Task::Imdb;
+    cfg.task.path = Some(reviews_csv(dir.path(), 400));
+    cfg.oracle_test_reviews = 40;
+    cfg.schedule = vec![4, 8];
+    cfg.settings.eval.prompts = 16;
+    cfg.settings.eval.initial = false;
+    cfg.settings.train.epochs = 1;
+    cfg.settings.labeller = Labeller::Sentiment;
+    cfg.settings.eval.judge = Labeller::Sentiment;
+    cfg.rater_noise = Some(apl_shared::settings::RaterNoise { temperature: 2.0, flip: 0.1, seed: 3 });
+    cfg.held_out_judge = true;
+    cfg.validate().unwrap();
+    let setup = Setup::build(&cfg, common::load("llama", DType::F32), None, &JudgeEnv::default()).unwrap();
+    assert!(setup.labeller.name().contains("noisy"), "{}", setup.labeller.name());
+    assert!(!setup.judge.name().contains("noisy"), "evaluations are judged by the oracle itself");
+    let (main, held) = (setup.oracle_report.clone().unwrap(), setup.held_out_report.clone().unwrap());
+    // The two classifiers split the oracle's training reviews between them.
+    assert_eq!(main.train_reviews + held.train_reviews, 400 - 40 - 16);
+    let out = dir.path().join("out");
+    let records = run_experiment(&cfg, &setup, &out, &Quiet).unwrap();
+    assert!(records.iter().all(|r| r.held_out_win_rate.is_some()));
+    assert!(out.join("held-out-judge.json").exists());
+    let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(
+        md.contains("judged by the held-out classifier") && md.contains("judged by the experiment's judge"),
+        "{md}"
+    );
 }

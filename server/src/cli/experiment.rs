@@ -18,7 +18,7 @@ use crate::experiment::setup::{JudgeEnv, Setup};
 use crate::experiment::{Observer, report, run_experiment};
 use apl_engine::device::{parse_device, parse_dtype};
 use apl_engine::model::Checkpoint;
-use apl_shared::settings::{Loss, PairLengths, RaterNoise, Trainable};
+use apl_shared::settings::{JudgeTask, Loss, PairLengths, RaterNoise, Trainable};
 use apl_shared::{Acquisition, Labeller, Mode, Preset, Task};
 
 #[derive(Debug, clap::Args)]
@@ -162,6 +162,14 @@ pub fn resolve(a: &Args) -> Result<ExperimentConfig> {
         if t == Task::Summarize {
             s.completion_tokens = (128, 128);
             s.exact_length = false;
+        }
+        // The LLM judge's criteria follow the task, unless a config chose others.
+        if s.judge.task == JudgeTask::Imdb {
+            s.judge.task = match t {
+                Task::Imdb => JudgeTask::Imdb,
+                Task::Summarize => JudgeTask::Summarize,
+                Task::Generic => JudgeTask::Helpful,
+            };
         }
     }
     if let Some(p) = &a.data {

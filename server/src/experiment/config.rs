@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use apl_shared::settings::{LoopSettings, RaterNoise};
+use apl_shared::settings::{JudgeTask, LoopSettings, RaterNoise};
 use apl_shared::{Acquisition, Labeller, Preset, Task, Vocabulary};
 use serde::{Deserialize, Serialize};
 
@@ -159,6 +159,14 @@ impl ExperimentConfig {
                 bail!("{field}: the sentiment oracle needs the IMDB task (use length, judge or local_judge)");
             }
         }
+        let judged = [s.labeller, s.eval.judge].iter().any(|l| matches!(l, Labeller::Judge | Labeller::LocalJudge));
+        if judged && s.judge.task == JudgeTask::Imdb && self.task.kind != Task::Imdb {
+            bail!(
+                "settings.judge.task: the judge would apply IMDB's criteria (more positive) to a {} task; use \
+                 summarize, helpful or custom",
+                self.task.kind
+            );
+        }
         if let Some(n) = &self.rater_noise {
             n.validate("rater_noise").map_err(|e| anyhow::anyhow!(e))?;
             if !matches!(s.labeller, Labeller::Sentiment | Labeller::Length) {
@@ -270,5 +278,22 @@ mod tests {
         let mut c = ExperimentConfig::preset(Preset::ImdbCpu);
         c.settings.eval.judge = Labeller::Raters;
         assert!(c.validate().unwrap_err().to_string().starts_with("settings.eval.judge"));
+        // TL;DR labelled by an LLM judge: with the summary criteria, not IMDB's.
+        let mut c = ExperimentConfig::preset(Preset::ImdbCpu);
+        c.task.kind = Task::Summarize;
+        c.task.path = Some("posts.jsonl".into());
+        c.settings.labeller = Labeller::Judge;
+        c.settings.eval.judge = Labeller::Judge;
+        assert!(c.validate().unwrap_err().to_string().starts_with("settings.judge.task"));
+        c.settings.judge.task = JudgeTask::Summarize;
+        c.validate().unwrap();
+        // Noise needs scores, and the held-out judge IMDB.
+        let mut c = ExperimentConfig::preset(Preset::ImdbCpu);
+        c.rater_noise = Some(RaterNoise { temperature: 1.0, flip: 0.7, seed: 0 });
+        assert!(c.validate().unwrap_err().to_string().starts_with("rater_noise.flip"));
+        c.rater_noise = Some(RaterNoise::default());
+        c.validate().unwrap();
+        c.settings.labeller = Labeller::Judge;
+        assert!(c.validate().unwrap_err().to_string().contains("sentiment or length"));
     }
 }

@@ -351,7 +351,7 @@ pub fn comparison_markdown(cmp: &Comparison) -> String {
                     Some(r) => {
                         let d = &r.difference;
                         let seeds = d.stderr_seeds.map(|e| format!(", seeds ± {e:.3}")).unwrap_or_default();
-                        let mark = if d.decisive() { " **" } else { "" };
+                        let mark = if d.decisive() { "**" } else { "" };
                         let _ = write!(s, " {mark}{}{mark} ± {:.3}{seeds} |", d.show(), d.stderr);
                     }
                     None => s.push_str(" |"),

@@ -1,5 +1,6 @@
 //! Types that cross the wire between the server and the frontend, the domain's vocabulary
-//! (`vocab`) and the learning loop's settings (`settings`).
+//! (`vocab`), the learning loop's settings (`settings`) and the paired comparison of arms
+//! (`paired`), which the experiment reports and the dashboard both compute.
 //!
 //! Plain serde data and the checks that need no I/O: the engine, the server and the browser all
 //! compile this crate, so a field or a name changed here changes everywhere at once. With the
@@ -10,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 mod checks;
 mod export;
+pub mod paired;
 mod results;
 pub mod settings;
 #[cfg(feature = "sqlx")]

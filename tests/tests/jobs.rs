@@ -297,3 +297,48 @@ async fn jobs_left_running_by_a_dead_server_are_resumed_then_failed(b: Backend) 
     let now: Job = s.get(&format!("/api/jobs/{}", j.id)).await;
     assert_eq!(now.state, JobState::Running);
 }
+
+/// What the dashboard's paired table relies on: projects with one model, seed and evaluation
+/// prompts judge their checkpoints against the same starting-model samples, so their
+/// evaluations pair prompt by prompt (`apl_shared::paired::matched`); another seed's do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projects_with_one_seed_pair_their_evaluations() {
+    use apl_shared::paired;
+    let s = common::start(&Backend::Sqlite, Default::default()).await;
+    let mut ids = Vec::new();
+    for (name, acquisition, seed) in [
+        ("certainty", Acquisition::Certainty, 0),
+        ("random", Acquisition::Random, 0),
+        ("other seed", Acquisition::Random, 5),
+    ] {
+        let mut cfg = tiny(Labeller::Length);
+        cfg.loop_settings.acquisition = acquisition;
+        cfg.loop_settings.seed = seed;
+        cfg.loop_settings.eval.prompts = 8;
+        let p = s.project(name, cfg).await;
+        prompts(&s, &p.id, Split::Train, 24).await;
+        prompts(&s, &p.id, Split::Eval, 8).await;
+        let done = s.wait(&s.job(&p.id, JobKind::Round, JobParams::default()).await.id).await;
+        assert_eq!(done.state, JobState::Done, "{done:?}");
+        ids.push(p.id);
+    }
+    let evals = |id: String| {
+        let s = &s;
+        async move {
+            let e: Vec<EvaluationRow> = s.get(&format!("/api/projects/{id}/evaluations")).await;
+            assert_eq!(e.len(), 1);
+            e.into_iter().next().unwrap()
+        }
+    };
+    let (cert, random, other) = (evals(ids[0].clone()).await, evals(ids[1].clone()).await, evals(ids[2].clone()).await);
+    let m = paired::matched(&cert.details.samples, &random.details.samples);
+    assert_eq!(m.arm.len(), 8, "every prompt has the same baseline sample in both projects");
+    let d = paired::paired_difference(&[m], &paired::resamples(&[8], 200, 0)).unwrap();
+    let expected = cert.win_rate - random.win_rate;
+    assert!((d.estimate - expected).abs() < 1e-9, "{d:?} vs {expected}");
+    assert!(d.lo <= d.estimate && d.estimate <= d.hi);
+    assert!(
+        paired::matched(&cert.details.samples, &other.details.samples).arm.is_empty(),
+        "another seed's baseline differs"
+    );
+}

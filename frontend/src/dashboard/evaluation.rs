@@ -1,10 +1,12 @@
 //! The evaluation panel: win-rate against labels used (one curve per acquisition function, this
-//! project's and any others chosen for comparison), the Bradley-Terry leaderboard of
+//! project's and any others chosen for comparison), the same comparison paired prompt by prompt
+//! (`apl_shared::paired`, as the experiment reports compute it), the Bradley-Terry leaderboard of
 //! checkpoints, raw and length-controlled win-rates, human win-rate checks beside the judge's
 //! figure on the same pairs, and side-by-side samples of policy and reference.
 
 use std::collections::BTreeMap;
 
+use apl_shared::paired::{self, PairedDifference};
 use apl_shared::{
     Acquisition, CheckPair, CheckpointRow, EvalSample, EvaluationRow, HumanCheck, NewHumanCheck, Outcome, Project,
     ProjectAnalytics, RaterStats, RoundRow,
@@ -22,8 +24,11 @@ use crate::util::{interval, num, pct, rate_interval, short, when};
 pub fn Evaluation() -> impl IntoView {
     // One load of the evaluations (with every sample) for the checks form and the samples.
     let evals = expect_context::<Ctx>().resource(|id| async move { api::evaluations(&id).await });
+    // Projects chosen for comparison: their curves beside this one's, and the paired table.
+    let compare = RwSignal::new(Vec::<(String, String)>::new());
     view! {
-        <Curves/>
+        <Curves compare=compare/>
+        <Paired compare=compare/>
         <Leaderboard/>
         <HumanChecks evals=evals/>
         <Samples evals=evals/>
@@ -35,6 +40,16 @@ pub fn Evaluation() -> impl IntoView {
 /// in round order (one function per project is the paper's comparison; a project that switched
 /// shows e.g. "random → certainty").
 fn curves(project: &str, rounds: &[RoundRow], cps: &[CheckpointRow], evals: &[EvaluationRow]) -> Vec<Series> {
+    let acq = acquisitions(rounds);
+    let mut by: BTreeMap<String, Vec<Point>> = BTreeMap::new();
+    for (x, e) in placed(cps, evals) {
+        by.entry(e.judge.clone()).or_default().push(Point { x, y: e.win_rate, err: 1.96 * e.stderr });
+    }
+    by.into_iter().map(|(judge, points)| Series { name: format!("{project}: {acq} ({judge})"), points }).collect()
+}
+
+/// The acquisition functions of a project's rounds in order ("random → certainty").
+fn acquisitions(rounds: &[RoundRow]) -> String {
     let mut acqs: Vec<Acquisition> = Vec::new();
     let mut ordered: Vec<&RoundRow> = rounds.iter().collect();
     ordered.sort_by_key(|r| r.number);
@@ -43,22 +58,25 @@ fn curves(project: &str, rounds: &[RoundRow], cps: &[CheckpointRow], evals: &[Ev
             acqs.push(r.acquisition);
         }
     }
-    let acq = if acqs.is_empty() {
+    if acqs.is_empty() {
         "no rounds".to_string()
     } else {
         acqs.iter().map(|a| a.name()).collect::<Vec<_>>().join(" → ")
-    };
-    let mut by: BTreeMap<String, Vec<Point>> = BTreeMap::new();
-    for e in evals {
-        let x = match &e.checkpoint_id {
-            None => Some(0.0),
-            Some(c) => cps.iter().find(|k| &k.id == c).map(|k| k.pairs as f64),
-        };
-        if let Some(x) = x {
-            by.entry(e.judge.clone()).or_default().push(Point { x, y: e.win_rate, err: 1.96 * e.stderr });
-        }
     }
-    by.into_iter().map(|(judge, points)| Series { name: format!("{project}: {acq} ({judge})"), points }).collect()
+}
+
+/// Each evaluation with the labelled pairs its checkpoint was trained on (0: the starting model).
+fn placed<'e>(cps: &[CheckpointRow], evals: &'e [EvaluationRow]) -> Vec<(f64, &'e EvaluationRow)> {
+    evals
+        .iter()
+        .filter_map(|e| {
+            let x = match &e.checkpoint_id {
+                None => Some(0.0),
+                Some(c) => cps.iter().find(|k| &k.id == c).map(|k| k.pairs as f64),
+            };
+            x.map(|x| (x, e))
+        })
+        .collect()
 }
 
 async fn project_curves(id: String, name: String) -> Res<Vec<Series>> {
@@ -67,10 +85,9 @@ async fn project_curves(id: String, name: String) -> Res<Vec<Series>> {
 }
 
 #[component]
-fn Curves() -> impl IntoView {
+fn Curves(compare: RwSignal<Vec<(String, String)>>) -> impl IntoView {
     let ctx = expect_context::<Ctx>();
     let others = LocalResource::new(api::projects);
-    let compare = RwSignal::new(Vec::<(String, String)>::new());
     let series = LocalResource::new(move || {
         ctx.version.get();
         let mut ids =
@@ -132,6 +149,136 @@ fn Curves() -> impl IntoView {
                 })}
             </details>
             <ExportCsv name="winrate-curves" rows=rows header=vec!["series", "labels", "win_rate", "stderr"]/>
+        </section>
+    }
+}
+
+/// One row of the paired table: this project against another at one number of labels.
+#[derive(Debug, Clone, PartialEq)]
+struct PairedView {
+    against: String,
+    labels: f64,
+    judge: String,
+    /// None: no prompt has the same baseline sample in both.
+    difference: Option<PairedDifference>,
+}
+
+/// A project's name with its acquisition functions, and its evaluations placed by labels.
+struct Arm {
+    name: String,
+    evals: Vec<(f64, EvaluationRow)>,
+}
+
+async fn arm(id: String, name: String) -> Res<Arm> {
+    let (r, c, e) = (api::rounds(&id).await?, api::checkpoints(&id).await?, api::evaluations(&id).await?);
+    let evals = placed(&c, &e).into_iter().map(|(x, e)| (x, e.clone())).collect();
+    Ok(Arm { name: format!("{name} ({})", acquisitions(&r)), evals })
+}
+
+/// This project's evaluations against another's at the same labels and judge, the latest of
+/// each, paired on the prompts with the same baseline sample.
+fn paired_rows(mine: &Arm, theirs: &Arm) -> Vec<PairedView> {
+    fn latest(arm: &Arm) -> BTreeMap<(u64, String), &EvaluationRow> {
+        let mut by: BTreeMap<(u64, String), &EvaluationRow> = BTreeMap::new();
+        for (x, e) in &arm.evals {
+            let slot = by.entry((x.to_bits(), e.judge.clone())).or_insert(e);
+            if e.created_at > slot.created_at {
+                *slot = e;
+            }
+        }
+        by
+    }
+    let theirs_by = latest(theirs);
+    latest(mine)
+        .into_iter()
+        .filter_map(|((x, judge), e)| {
+            let other = theirs_by.get(&(x, judge.clone()))?;
+            let scores = paired::matched(&e.details.samples, &other.details.samples);
+            let draws = paired::resamples(&[scores.arm.len()], 1000, 0);
+            Some(PairedView {
+                against: theirs.name.clone(),
+                labels: f64::from_bits(x),
+                judge,
+                difference: paired::paired_difference(&[scores], &draws),
+            })
+        })
+        .collect()
+}
+
+/// This project against each compared one, paired per prompt: far tighter than two curves'
+/// error bars, where the projects share the starting model's samples.
+#[component]
+fn Paired(compare: RwSignal<Vec<(String, String)>>) -> impl IntoView {
+    let ctx = expect_context::<Ctx>();
+    let rows = LocalResource::new(move || {
+        ctx.version.get();
+        let me = (ctx.id(), ctx.detail.get().map(|d| d.project.name).unwrap_or_else(|| "this project".into()));
+        let others = compare.get();
+        async move {
+            if others.is_empty() {
+                return Ok::<_, api::Failure>((String::new(), Vec::new()));
+            }
+            let mine = arm(me.0, me.1).await?;
+            let mut out = Vec::new();
+            for (id, name) in others {
+                out.extend(paired_rows(&mine, &arm(id, name).await?));
+            }
+            Ok((mine.name, out))
+        }
+    });
+    let export = Signal::derive(move || {
+        rows.get()
+            .and_then(Result::ok)
+            .map(|(_, rs)| {
+                rs.iter()
+                    .map(|r| {
+                        let d = r.difference.as_ref();
+                        vec![
+                            r.against.clone(),
+                            r.labels.to_string(),
+                            r.judge.clone(),
+                            num(d.map(|d| d.estimate), 4),
+                            num(d.map(|d| d.lo), 4),
+                            num(d.map(|d| d.hi), 4),
+                            num(d.map(|d| d.stderr), 4),
+                            d.map_or(0, |d| d.prompts).to_string(),
+                        ]
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    });
+    view! {
+        <section>
+            <h2>"Against other projects, paired"</h2>
+            {move || shown(rows.get(), |(me, rs): (String, Vec<PairedView>)| {
+                if rs.is_empty() {
+                    return view! { <p class="muted">"Choose projects under \"Compare with other projects\" above: each gets this project's win-rate minus its own, prompt by prompt, at the labels both evaluated."</p> }.into_any();
+                }
+                view! {
+                    <div class="scroll"><table>
+                        <thead><tr><th>"comparison"</th><th>"labels"</th><th>"judge"</th><th>"difference [95%]"</th><th>"± paired s.e."</th><th>"prompts"</th></tr></thead>
+                        <tbody>{rs.into_iter().map(|r| {
+                            let (text, se, n, strong) = match &r.difference {
+                                Some(d) => (d.show(), format!("{:.3}", d.stderr), d.prompts.to_string(), d.decisive()),
+                                None => ("no shared baseline samples".into(), "–".into(), "0".into(), false),
+                            };
+                            view! {
+                                <tr>
+                                    <td>{format!("{me} − {}", r.against)}</td>
+                                    <td>{format!("{:.0}", r.labels)}</td>
+                                    <td>{r.judge}</td>
+                                    <td class:strong=strong>{text}</td>
+                                    <td>{se}</td>
+                                    <td>{n}</td>
+                                </tr>
+                            }
+                        }).collect_view()}</tbody>
+                    </table></div>
+                    <p class="muted">"Per evaluation prompt, this project's outcome minus the other's (win 1, tie ½, loss 0) where both judged the same starting-model sample (same model, seed and evaluation prompts); 95% bootstrap interval over prompts. Bold: the interval leaves out 0."</p>
+                }.into_any()
+            })}
+            <ExportCsv name="paired" rows=export header=vec!["against", "labels", "judge", "difference", "lo", "hi", "stderr", "prompts"]/>
         </section>
     }
 }

@@ -11,8 +11,8 @@ pub mod agreement;
 pub mod bootstrap;
 pub mod bradley_terry;
 pub mod checks;
-pub mod paired;
 pub mod project;
 pub mod winrate;
 
+pub use apl_shared::paired;
 pub use bootstrap::Interval;

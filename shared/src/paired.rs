@@ -9,9 +9,12 @@
 //! reported beside it as the over-seeds standard error. Label efficiency, the labels an arm
 //! needs to reach the reference arm's final win-rate, is read off the curves by linear
 //! interpolation and gets its interval from the same resamples.
+//!
+//! Here, in the crate the browser compiles too, so the experiment's reports and the dashboard's
+//! evaluation panel compute the same figures with the same draws.
 
-use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 pub const RESAMPLES: usize = 2000;
@@ -26,6 +29,7 @@ pub struct SeedScores {
 
 /// The arm minus the reference arm.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PairedDifference {
     /// Mean over seeds of each seed's mean per-prompt difference.
     pub estimate: f64,
@@ -79,11 +83,33 @@ fn quantile(sorted: &[f64], p: f64) -> f64 {
     }
 }
 
+/// A uniform index below `n` (multiply-shift: a bias below n / 2^64, nothing at these sizes).
+fn below(rng: &mut ChaCha8Rng, n: usize) -> usize {
+    ((u128::from(rng.next_u64()) * n as u128) >> 64) as usize
+}
+
 /// `resamples` draws of prompt indices per seed (`sizes[s]` prompts in seed s), seeded; the
 /// same draws for every statistic computed from one seed, so arms stay paired.
 pub fn resamples(sizes: &[usize], resamples: usize, seed: u64) -> Vec<Vec<Vec<usize>>> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    (0..resamples).map(|_| sizes.iter().map(|&n| (0..n).map(|_| rng.random_range(0..n)).collect()).collect()).collect()
+    (0..resamples).map(|_| sizes.iter().map(|&n| (0..n).map(|_| below(&mut rng, n)).collect()).collect()).collect()
+}
+
+/// The outcome scores of two evaluations on the prompts where both judged the same baseline
+/// text (matched by prompt and baseline, so two server projects pair only where their starting
+/// model's samples coincide: same model, seed and evaluation prompts); prompts without an
+/// outcome are left out.
+pub fn matched(arm: &[crate::EvalSample], reference: &[crate::EvalSample]) -> SeedScores {
+    let theirs: std::collections::HashMap<(&str, &str), f64> =
+        reference.iter().filter_map(|s| Some(((s.prompt.as_str(), s.baseline.as_str()), s.outcome?.score()))).collect();
+    let (mut a, mut r) = (Vec::new(), Vec::new());
+    for s in arm {
+        if let (Some(o), Some(&t)) = (s.outcome, theirs.get(&(s.prompt.as_str(), s.baseline.as_str()))) {
+            a.push(o.score());
+            r.push(t);
+        }
+    }
+    SeedScores { arm: a, reference: r }
 }
 
 /// The paired difference of an arm against the reference arm over seeds. None without a
@@ -284,6 +310,32 @@ mod tests {
         assert!((d.lo - 0.05659).abs() < 0.006 && (d.hi - 0.14341).abs() < 0.006, "{d:?}");
         assert!(d.decisive());
         assert_eq!(d.show(), format!("+0.100 [{:+.3}, {:+.3}]", d.lo, d.hi));
+    }
+
+    #[test]
+    fn evaluations_pair_on_shared_prompt_and_baseline() {
+        use crate::{EvalSample, Outcome};
+        let sample = |p: &str, base: &str, o: Option<Outcome>| EvalSample {
+            prompt_id: None,
+            prompt: p.into(),
+            policy: "x".into(),
+            baseline: base.into(),
+            outcome: o,
+        };
+        let arm = [
+            sample("p1", "b1", Some(Outcome::Win)),
+            sample("p2", "b2", Some(Outcome::Tie)),
+            sample("p3", "b3", Some(Outcome::Win)),
+            sample("p4", "b4", None),
+        ];
+        let reference = [
+            sample("p2", "b2", Some(Outcome::Loss)),
+            sample("p1", "b1", Some(Outcome::Tie)),
+            sample("p3", "other baseline", Some(Outcome::Loss)),
+            sample("p4", "b4", Some(Outcome::Win)),
+        ];
+        let m = matched(&arm, &reference);
+        assert_eq!(m, SeedScores { arm: vec![1.0, 0.5], reference: vec![0.5, 0.0] });
     }
 
     #[test]

@@ -18,9 +18,11 @@ pub async fn sleep(d: Duration) {
     let _ = wasm_bindgen_futures::JsFuture::from(p).await;
 }
 
-/// One CSV field, quoted when it needs to be (RFC 4180).
+/// One CSV field: never a formula a spreadsheet would run (`apl_shared::csv_cell`), quoted when
+/// it needs to be (RFC 4180).
 fn field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+    let s = apl_shared::csv_cell(s);
+    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.into_owned() }
 }
 
 pub fn to_csv(header: &[&str], rows: &[Vec<String>]) -> String {

@@ -20,6 +20,10 @@ use serde_json::{Value, json};
 
 mod common;
 
+fn any() -> Arc<apl::judge::destination::Destinations> {
+    Arc::new(apl::judge::destination::Destinations::any())
+}
+
 const KEY: &str = "sk-test-key-0123456789";
 
 #[derive(Default)]
@@ -152,8 +156,8 @@ async fn labels_retries_audit_and_cache() {
     for (i, tag) in ["malformed", "garbage", "ratelimited", "flaky", "slow"].iter().enumerate() {
         items.push(item(tag, 100 + i, Side::B));
     }
-    let judge =
-        LlmJudge::new(settings(&url), Some(KEY.into()), Arc::new(Ledger::open(&log).unwrap())).expect("settings valid");
+    let judge = LlmJudge::new(settings(&url), Some(KEY.into()), Arc::new(Ledger::open(&log).unwrap()), any())
+        .expect("settings valid");
     let verdicts = judge.judge_pairs(&comparisons(&items)).await.unwrap();
 
     // Right labels, un-swapped whatever order each pair was shown in.
@@ -204,7 +208,7 @@ async fn labels_retries_audit_and_cache() {
     assert!(entries.iter().all(|e| e.request.messages.len() == 2 && e.request.model == "scripted"));
 
     // A rerun with a fresh judge on the same log sends nothing and gives the same labels.
-    let again = LlmJudge::new(settings(&url), Some(KEY.into()), Arc::new(Ledger::open(&log).unwrap())).unwrap();
+    let again = LlmJudge::new(settings(&url), Some(KEY.into()), Arc::new(Ledger::open(&log).unwrap()), any()).unwrap();
     let before: usize = script.lock().unwrap().seen.values().map(Vec::len).sum();
     let verdicts2 = again.judge_pairs(&comparisons(&items)).await.unwrap();
     let after: usize = script.lock().unwrap().seen.values().map(Vec::len).sum();
@@ -222,7 +226,7 @@ async fn labels_retries_audit_and_cache() {
 async fn failures_are_reported_never_labelled() {
     let (url, script) = start().await;
     let items = vec![item("ok", 1, Side::A), item("dead", 2, Side::A)];
-    let judge = Arc::new(LlmJudge::new(settings(&url), None, Arc::new(Ledger::in_memory())).unwrap());
+    let judge = Arc::new(LlmJudge::new(settings(&url), None, Arc::new(Ledger::in_memory()), any()).unwrap());
     let verdicts = judge.judge_pairs(&comparisons(&items)).await.unwrap();
     assert_eq!(verdicts[0].preference, Preference::A);
     assert_eq!(verdicts[1].preference, Preference::NoDecision);
@@ -255,6 +259,7 @@ async fn failures_are_reported_never_labelled() {
         retries: 3,
         backoff_initial: Duration::from_millis(10),
         backoff_max: Duration::from_millis(10),
+        destinations: any(),
     })
     .unwrap();
     let req = ChatRequest {
@@ -279,7 +284,7 @@ async fn both_orders_expose_position_bias() {
     let (url, _script) = start().await;
     let items: Vec<Item> = (0..6).map(|i| item(if i < 4 { "biased" } else { "ok" }, i, Side::B)).collect();
     let both = JudgeSettings { order: JudgeOrder::Both, ..settings(&url) };
-    let judge = LlmJudge::new(both.clone(), None, Arc::new(Ledger::in_memory())).unwrap();
+    let judge = LlmJudge::new(both.clone(), None, Arc::new(Ledger::in_memory()), any()).unwrap();
     let v = judge.judge_pairs(&comparisons(&items)).await.unwrap();
     assert!(v[..4].iter().all(|v| v.preference == Preference::Tie && v.orders_disagree && v.calls.len() == 2));
     assert!(v[4..].iter().all(|v| v.preference == Preference::B && !v.orders_disagree));
@@ -290,7 +295,7 @@ async fn both_orders_expose_position_bias() {
     assert!((t.first_position_rate().unwrap() - 10.0 / 12.0).abs() < 1e-12);
 
     let strict = JudgeSettings { on_disagreement: Disagreement::NoDecision, ..both };
-    let judge = LlmJudge::new(strict, None, Arc::new(Ledger::in_memory())).unwrap();
+    let judge = LlmJudge::new(strict, None, Arc::new(Ledger::in_memory()), any()).unwrap();
     let v = judge.judge_pairs(&comparisons(&items[..1])).await.unwrap();
     assert_eq!(v[0].preference, Preference::NoDecision);
 }
@@ -300,7 +305,7 @@ async fn self_consistency_asks_afresh() {
     let (url, script) = start().await;
     let items = vec![item("ok", 1, Side::A), item("flip", 2, Side::A)];
     let ledger = Arc::new(Ledger::in_memory());
-    let judge = LlmJudge::new(settings(&url), None, ledger).unwrap();
+    let judge = LlmJudge::new(settings(&url), None, ledger, any()).unwrap();
     let c = judge.self_consistency(&comparisons(&items), 4).await.unwrap();
     assert_eq!(script.lock().unwrap().seen["ok"].len(), 4, "repeats are not served from the cache");
     assert_eq!(c.answers[0], vec![Some(Side::A); 4]);
@@ -377,7 +382,7 @@ async fn logprob_answers_force_a_choice() {
     let mut items: Vec<Item> = (0..6).map(|i| item("ok", i, if i % 3 == 0 { Side::A } else { Side::B })).collect();
     items.push(item("noletter", 9, Side::A));
     let s = JudgeSettings { answer: apl::judge::AnswerMode::Logprobs, ..settings(&url) };
-    let judge = LlmJudge::new(s, None, Arc::new(Ledger::in_memory())).unwrap();
+    let judge = LlmJudge::new(s, None, Arc::new(Ledger::in_memory()), any()).unwrap();
     let v = judge.judge_pairs(&comparisons(&items)).await.unwrap();
     for (i, v) in v.iter().enumerate().take(6) {
         assert_eq!(v.preference, if i % 3 == 0 { Preference::A } else { Preference::B }, "pair {i}");

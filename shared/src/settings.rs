@@ -451,11 +451,9 @@ impl JudgeSettings {
             check(ok, "judge.api_key_env", &format!("{name:?} must be an upper-case variable name ending in API_KEY"))?;
         }
         check((0.0..=2.0).contains(&self.temperature), "judge.temperature", "must be between 0 and 2")?;
-        check(
-            self.max_tokens > 0 && (1..=256).contains(&self.concurrency),
-            "judge",
-            "max_tokens must be at least 1 and concurrency 1 to 256",
-        )?;
+        check((1..=4096).contains(&self.max_tokens), "judge.max_tokens", "must be 1 to 4096")?;
+        check((1..=64).contains(&self.concurrency), "judge.concurrency", "must be 1 to 64 calls at once")?;
+        check((0..=10).contains(&self.retries), "judge.retries", "must be 0 to 10 attempts after the first")?;
         let timeout_ok = self.timeout_seconds > 0.0 && self.timeout_seconds <= 3600.0;
         check(
             timeout_ok && !self.backoff_seconds.is_nan() && self.backoff_seconds >= 0.0,
@@ -731,6 +729,9 @@ mod tests {
         assert!(bad(|s| s.base_url = "ftp://x".into()).starts_with("judge.base_url"));
         assert!(bad(|s| s.api_key_env = Some("DATABASE_URL".into())).starts_with("judge.api_key_env"));
         assert!(bad(|s| s.temperature = 3.0).starts_with("judge.temperature"));
+        assert!(bad(|s| s.retries = 1_000_000).starts_with("judge.retries"));
+        assert!(bad(|s| s.concurrency = 10_000).starts_with("judge.concurrency"));
+        assert!(bad(|s| s.max_tokens = 0).starts_with("judge.max_tokens"));
         assert!(bad(|s| s.task = JudgeTask::Custom).contains("template is missing"));
         let unknown = serde_json::from_value::<JudgeSettings>(serde_json::json!({"api_key": "sk-..."}));
         assert!(unknown.unwrap_err().to_string().contains("unknown field `api_key`"));

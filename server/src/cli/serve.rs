@@ -12,6 +12,7 @@ use apl_shared::Health;
 use super::ModelArgs;
 use crate::api::{AppState, app};
 use crate::assets;
+use crate::judge::destination::{Allow, Destinations};
 use crate::store::tokens::{AdminToken, ensure_admin};
 use crate::store::{Backend, Store};
 use crate::worker::{Worker, WorkerParts};
@@ -53,6 +54,11 @@ pub struct Args {
     /// Serve only: run no jobs in this process (for extra API processes over PostgreSQL).
     #[arg(long)]
     pub no_worker: bool,
+    /// Internal addresses projects' LLM judges may call, comma-separated: host names as written
+    /// in the base URL, addresses or networks (`127.0.0.1`, `llama.lan`, `10.0.0.0/8`). Without
+    /// it, judges reach only public addresses (SECURITY.md).
+    #[arg(long, env = "APL_JUDGE_ALLOW", value_delimiter = ',')]
+    pub judge_allow: Vec<Allow>,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -89,6 +95,7 @@ pub fn run(a: Args) -> Result<()> {
         sampling: SamplingConfig::default(),
         data_dir: a.data_dir.clone(),
         secrets_file: a.secrets_file.clone(),
+        judge_destinations: Arc::new(Destinations::public_and(a.judge_allow.clone())),
     }));
     let dist = a.dist.join("index.html").exists().then(|| a.dist.clone());
     if dist.is_none() {
@@ -117,13 +124,36 @@ pub fn run(a: Args) -> Result<()> {
             tokio::spawn(worker.clone().run_jobs(store.clone(), sole));
         }
         let state = AppState { store, worker, health: Arc::new(health), dist };
-        axum::serve(listener, app(state))
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await?;
+        axum::serve(listener, app(state)).with_graceful_shutdown(shutdown_signal()).await?;
         Ok(())
     })
+}
+
+/// Ctrl-C, or SIGTERM (systemd, docker and Kubernetes stop a service with it): either stops
+/// accepting connections and lets the requests in flight finish (a label being saved is
+/// saved and acknowledged).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "SIGTERM cannot be handled; stop with Ctrl-C");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("Ctrl-C: finishing requests in flight"),
+        _ = term => tracing::info!("SIGTERM: finishing requests in flight"),
+    }
 }
 
 /// A database URL without its password, for messages.

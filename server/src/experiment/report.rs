@@ -61,14 +61,7 @@ struct PhaseRow {
     total_s: Fixed<2>,
 }
 
-/// Rows as CSV with a header from their fields.
-fn csv_of<T: Serialize>(rows: impl IntoIterator<Item = T>) -> String {
-    let mut w = csv::Writer::from_writer(Vec::new());
-    for r in rows {
-        w.serialize(r).expect("in-memory write");
-    }
-    String::from_utf8(w.into_inner().expect("in-memory flush")).expect("CSV of UTF-8 strings")
-}
+use crate::store::export::csv_of;
 
 /// One row per phase.
 pub fn phases_csv(records: &[PhaseRecord]) -> String {

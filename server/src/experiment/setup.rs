@@ -15,6 +15,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::config::ExperimentConfig;
+use crate::judge::destination::Destinations;
 use crate::judge::ledger::Ledger;
 use crate::judge::local::LocalJudge;
 use crate::judge::{LlmJudge, api_key};
@@ -341,7 +342,9 @@ impl Setup {
                         Some(p) => Ledger::open(p)?,
                         None => Ledger::in_memory(),
                     };
-                    Arc::new(LlmJudge::new(s.judge.clone(), key, Arc::new(ledger))?)
+                    // The operator's own command: any destination (the server's policy is for
+                    // what project admins configure).
+                    Arc::new(LlmJudge::new(s.judge.clone(), key, Arc::new(ledger), Arc::new(Destinations::any()))?)
                 }
                 Labeller::LocalJudge => Arc::new(LocalJudge::new(
                     Model::from_checkpoint(&base)?,

@@ -10,6 +10,8 @@
 use apl_shared::settings::InvalidSetting;
 
 use super::JudgeError;
+use super::destination::{CheckedResolver, Destinations, Refused, refusal};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -69,8 +71,13 @@ pub enum ChatError {
     Timeout(Duration),
     #[error("could not reach the judge server: {0}")]
     Connect(String),
+    /// What the reply was (its shape: JSON type and field names), never its content.
     #[error("the judge server's reply is not a chat completion: {0}")]
     Malformed(String),
+    #[error("the judge server's reply is over {0} bytes; it was not read further")]
+    TooLarge(usize),
+    #[error(transparent)]
+    Refused(#[from] Refused),
 }
 
 impl ChatError {
@@ -78,6 +85,7 @@ impl ChatError {
         match self {
             ChatError::Status { status, .. } => *status == 408 || *status == 429 || *status >= 500,
             ChatError::Timeout(_) | ChatError::Connect(_) | ChatError::Malformed(_) => true,
+            ChatError::TooLarge(_) | ChatError::Refused(_) => false,
         }
     }
 }
@@ -107,7 +115,12 @@ pub struct ClientConfig {
     pub retries: u32,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// Where the client may connect (`destination`).
+    pub destinations: Arc<Destinations>,
 }
+
+/// The most of a reply that is read: a chat completion of a few hundred tokens is a few KiB.
+pub const MAX_REPLY_BYTES: usize = 1 << 20;
 
 #[derive(Clone)]
 pub struct ChatClient {
@@ -130,9 +143,16 @@ impl ChatClient {
             let problem = format!("{base:?} is not an http:// or https:// address");
             return Err(InvalidSetting::new("judge.base_url", problem).into());
         }
+        let url = reqwest::Url::parse(base)
+            .map_err(|e| InvalidSetting::new("judge.base_url", format!("{base:?} is not a URL: {e}")))?;
+        // Address literals never reach the resolver: checked here.
+        cfg.destinations.check_url(&url).map_err(JudgeError::Refused)?;
         let http = reqwest::Client::builder()
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .dns_resolver(CheckedResolver(cfg.destinations.clone()))
             .build()
             .map_err(JudgeError::Http)?;
         Ok(Self { http, url: format!("{base}/chat/completions"), cfg })
@@ -176,15 +196,20 @@ impl ChatClient {
         if let Some(key) = &self.cfg.api_key {
             r = r.bearer_auth(key);
         }
-        let resp = match r.send().await {
+        let failed = |e: reqwest::Error| match refusal(&e) {
+            Some(r) => ChatError::Refused(r),
+            None if e.is_timeout() => ChatError::Timeout(self.cfg.timeout),
+            None => ChatError::Connect(describe(e)),
+        };
+        let mut resp = match r.send().await {
             Ok(resp) => resp,
-            Err(e) if e.is_timeout() => return (Err(ChatError::Timeout(self.cfg.timeout)), None),
-            Err(e) => return (Err(ChatError::Connect(describe(e))), None),
+            Err(e) => return (Err(failed(e)), None),
         };
         let status = resp.status().as_u16();
         let retry_after = retry_after(resp.headers());
         if !(200..300).contains(&status) {
             let hint = match status {
+                300..=399 => " (a redirect: not followed; give the final address as the base URL)",
                 401 | 403 => " (check the API key)",
                 404 => " (check the base URL and the model name)",
                 429 => " (rate limited)",
@@ -192,11 +217,20 @@ impl ChatClient {
             };
             return (Err(ChatError::Status { status, hint }), retry_after);
         }
-        let bytes = match resp.bytes().await {
-            Ok(b) => b,
-            Err(e) if e.is_timeout() => return (Err(ChatError::Timeout(self.cfg.timeout)), None),
-            Err(e) => return (Err(ChatError::Connect(describe(e))), None),
-        };
+        if resp.content_length().is_some_and(|n| n > MAX_REPLY_BYTES as u64) {
+            return (Err(ChatError::TooLarge(MAX_REPLY_BYTES)), None);
+        }
+        let mut bytes = Vec::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(c)) if bytes.len() + c.len() > MAX_REPLY_BYTES => {
+                    return (Err(ChatError::TooLarge(MAX_REPLY_BYTES)), None);
+                }
+                Ok(Some(c)) => bytes.extend_from_slice(&c),
+                Ok(None) => break,
+                Err(e) => return (Err(failed(e)), None),
+            }
+        }
         (parse_reply(&bytes), None)
     }
 }
@@ -268,9 +302,36 @@ struct WireUsage {
     completion_tokens: u64,
 }
 
+/// What a reply that is not a chat completion looks like, without a byte of its content (a
+/// reply is the remote server's text, and this goes into the job's error and the log): its JSON
+/// type and, for an object, its field names when they are plain identifiers.
+fn shape(bytes: &[u8]) -> String {
+    let name = |k: &str| {
+        if !k.is_empty() && k.len() <= 32 && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            k.to_string()
+        } else {
+            "?".to_string()
+        }
+    };
+    match serde_json::from_slice::<serde_json::Value>(bytes) {
+        Err(_) => format!("not JSON ({} bytes)", bytes.len()),
+        Ok(serde_json::Value::Object(m)) => {
+            let mut keys: Vec<String> = m.keys().take(12).map(|k| name(k)).collect();
+            if m.len() > 12 {
+                keys.push("…".into());
+            }
+            format!("a JSON object with fields [{}] ({} bytes)", keys.join(", "), bytes.len())
+        }
+        Ok(serde_json::Value::Array(a)) => format!("a JSON array of {} items", a.len()),
+        Ok(serde_json::Value::String(_)) => format!("a JSON string ({} bytes)", bytes.len()),
+        Ok(other) => format!("a JSON {}", if other.is_number() { "number" } else { "literal" }),
+    }
+}
+
 fn parse_reply(bytes: &[u8]) -> Result<ChatReply, ChatError> {
-    let w: Wire = serde_json::from_slice(bytes).map_err(|e| ChatError::Malformed(format!("{e}")))?;
-    let c = w.choices.into_iter().next().ok_or_else(|| ChatError::Malformed("no choices".into()))?;
+    let w: Wire = serde_json::from_slice(bytes).map_err(|_| ChatError::Malformed(shape(bytes)))?;
+    let c =
+        w.choices.into_iter().next().ok_or_else(|| ChatError::Malformed(format!("no choices in {}", shape(bytes))))?;
     let usage = w.usage.map(|u| Usage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens });
     let top_logprobs = c
         .logprobs
@@ -297,7 +358,9 @@ mod tests {
         assert_eq!(r.content, "Preferred: A");
         assert_eq!(r.usage, Usage { prompt_tokens: 12, completion_tokens: 3 });
         assert!(matches!(parse_reply(b"<html>busy</html>"), Err(ChatError::Malformed(_))));
-        assert!(matches!(parse_reply(br#"{"choices":[]}"#), Err(ChatError::Malformed(m)) if m == "no choices"));
+        assert!(
+            matches!(parse_reply(br#"{"choices":[]}"#), Err(ChatError::Malformed(m)) if m.starts_with("no choices in a JSON object with fields [choices]"))
+        );
         // A null content (refusals, tool calls) is an empty answer, not a protocol error.
         let null = br#"{"choices":[{"message":{"content":null}}]}"#;
         assert_eq!(parse_reply(null).unwrap().content, "");

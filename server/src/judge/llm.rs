@@ -14,6 +14,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::client::{ChatClient, ChatRequest, ClientConfig, Message, Usage};
+use super::destination::Destinations;
 use super::ledger::{AuditEntry, Ledger, call_key, redact_url, sha256_hex};
 use super::template::{Shown, comparison, logprob_verdict, parse_verdict, render_for};
 use super::{AnswerMode, Disagreement, JudgeError, JudgeOrder, JudgeSettings};
@@ -67,6 +68,9 @@ pub struct LlmJudge {
     settings: JudgeSettings,
     api_key: Option<String>,
     ledger: Arc<Ledger>,
+    destinations: Arc<Destinations>,
+    /// Set when the job using the judge is cancelled: calls in flight are dropped.
+    cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
     totals: Mutex<JudgeTotals>,
     own_runtime: std::sync::OnceLock<tokio::runtime::Runtime>,
 }
@@ -86,15 +90,47 @@ struct Ask<'a> {
 }
 
 impl LlmJudge {
-    pub fn new(settings: JudgeSettings, api_key: Option<String>, ledger: Arc<Ledger>) -> Result<Self, JudgeError> {
+    /// `destinations`: where calls may go (the server's operator policy, or `Destinations::any()`
+    /// for the operator's own commands).
+    pub fn new(
+        settings: JudgeSettings,
+        api_key: Option<String>,
+        ledger: Arc<Ledger>,
+        destinations: Arc<Destinations>,
+    ) -> Result<Self, JudgeError> {
         settings.validate()?;
         Ok(Self {
             settings,
             api_key,
             ledger,
+            destinations,
+            cancel: None,
             totals: Mutex::new(JudgeTotals::default()),
             own_runtime: Default::default(),
         })
+    }
+
+    /// The same judge, whose calls stop (in flight too) once `flag` is set.
+    pub fn cancelled_by(mut self, flag: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.cancel = Some(flag);
+        self
+    }
+
+    /// Runs `f` until it ends or the cancel flag is set (checked every 50 ms).
+    async fn unless_cancelled<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, JudgeError>>,
+    ) -> Result<T, JudgeError> {
+        let Some(flag) = self.cancel.clone() else { return f.await };
+        let watch = async move {
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::select! {
+            r = f => r,
+            () = watch => Err(JudgeError::Cancelled),
+        }
     }
 
     pub fn settings(&self) -> &JudgeSettings {
@@ -127,6 +163,7 @@ impl LlmJudge {
             retries: s.retries,
             backoff_initial: Duration::from_secs_f64(s.backoff_seconds),
             backoff_max: Duration::from_secs(60),
+            destinations: self.destinations.clone(),
         })
     }
 
@@ -388,7 +425,9 @@ impl Oracle for LlmJudge {
     /// Fails if any call failed after its retries (answered calls are in the ledger, so running
     /// again asks only the rest); unreadable answers are `NoDecision`, not failures.
     fn judge_all(&self, items: &[Comparison]) -> Result<Vec<Judgement>, OracleError> {
-        let verdicts = self.block_on(self.judge_pairs(items)).map_err(|e| OracleError::new(self.label(), e))?;
+        let verdicts = self
+            .block_on(self.unless_cancelled(self.judge_pairs(items)))
+            .map_err(|e| OracleError::new(self.label(), e))?;
         let failed = verdicts.iter().filter(|v| v.failed().is_some()).count();
         if let Some(e) = verdicts.iter().find_map(|v| v.failed()) {
             let e = JudgeError::CallsFailed { failed, total: verdicts.len(), first: e.to_string() };
@@ -420,7 +459,9 @@ mod tests {
 
     #[test]
     fn random_order_is_stable_per_pair_and_mixed_over_pairs() {
-        let j = LlmJudge::new(JudgeSettings::default(), None, Arc::new(Ledger::in_memory())).unwrap();
+        let j =
+            LlmJudge::new(JudgeSettings::default(), None, Arc::new(Ledger::in_memory()), Arc::new(Destinations::any()))
+                .unwrap();
         let texts: Vec<String> = (0..64).map(|i| format!("text {i}")).collect();
         let firsts: Vec<Side> =
             texts.iter().map(|t| j.random_first(&Comparison { prompt: "p", a: t, b: "other" })).collect();

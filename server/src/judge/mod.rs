@@ -8,6 +8,7 @@
 //! environment, then in its secrets file ([`api_key`]).
 
 pub mod client;
+pub mod destination;
 pub mod ledger;
 pub mod llm;
 pub mod local;
@@ -37,6 +38,10 @@ pub enum JudgeError {
     Encode(#[from] serde_json::Error),
     #[error("building the HTTP client")]
     Http(#[source] reqwest::Error),
+    #[error(transparent)]
+    Refused(destination::Refused),
+    #[error("cancelled: the judge's calls in flight were dropped")]
+    Cancelled,
     #[error("{failed} of {total} judge calls failed after retries; first: {first}")]
     CallsFailed { failed: usize, total: usize, first: String },
 }

@@ -170,14 +170,28 @@ impl LabelledPair {
 
 /// The raw votes as CSV, with a header (the fields of [`Vote`]).
 pub fn votes_csv(votes: &[Vote]) -> String {
-    let mut w = csv::Writer::from_writer(Vec::new());
-    for v in votes {
-        w.serialize(v).expect("in-memory write");
-    }
     if votes.is_empty() {
-        w.write_record(VOTE_COLUMNS).expect("in-memory write");
+        return csv_of(std::iter::empty::<Vote>()) + &VOTE_COLUMNS.join(",") + "\n";
     }
-    String::from_utf8(w.into_inner().expect("in-memory flush")).expect("CSV of UTF-8 strings")
+    csv_of(votes)
+}
+
+/// Rows as CSV, header from their fields, written by the `csv` crate (quoting) with every cell
+/// passed through [`apl_shared::csv_cell`] (no cell a spreadsheet would run as a formula).
+pub fn csv_of<T: serde::Serialize>(rows: impl IntoIterator<Item = T>) -> String {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for r in rows {
+        w.serialize(r).expect("in-memory write");
+    }
+    let raw = w.into_inner().expect("in-memory flush");
+    // Read back as records (serde's field order and the header), then written cell by cell.
+    let mut read = csv::ReaderBuilder::new().has_headers(false).from_reader(raw.as_slice());
+    let mut out = csv::Writer::from_writer(Vec::new());
+    for record in read.records() {
+        let record = record.expect("CSV just written");
+        out.write_record(record.iter().map(|c| apl_shared::csv_cell(c).into_owned())).expect("in-memory write");
+    }
+    String::from_utf8(out.into_inner().expect("in-memory flush")).expect("CSV of UTF-8 strings")
 }
 
 /// The CSV header, for an export with no votes (serialising writes it from the first row).

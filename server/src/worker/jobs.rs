@@ -100,7 +100,7 @@ struct Ctx<'a> {
     rt: Handle,
     project: Project,
     progress: &'a tokio::sync::watch::Sender<JobProgress>,
-    cancelled: &'a AtomicBool,
+    cancelled: &'a Arc<AtomicBool>,
     phase_start: std::cell::Cell<Instant>,
 }
 
@@ -158,7 +158,10 @@ impl Ctx<'_> {
         Ok(match kind {
             Labeller::Sentiment => OracleRef::Borrowed(self.worker.sentiment()? as &dyn Oracle),
             Labeller::Length => OracleRef::Borrowed(&LengthOracle),
-            Labeller::Judge => OracleRef::Owned(Box::new(self.worker.llm_judge(&self.project.id, &s.judge)?)),
+            // Cancelling the job stops its calls in flight, not only the next chunk's.
+            Labeller::Judge => OracleRef::Owned(Box::new(
+                self.worker.llm_judge(&self.project.id, &s.judge)?.cancelled_by(self.cancelled.clone()),
+            )),
             Labeller::LocalJudge => OracleRef::Owned(Box::new(LocalJudge::new(
                 self.worker.model.clone(),
                 self.worker.tokenizer.clone(),
@@ -268,7 +271,7 @@ fn run_blocking(
     rt: Handle,
     job: &Job,
     progress: &tokio::sync::watch::Sender<JobProgress>,
-    cancelled: &AtomicBool,
+    cancelled: &Arc<AtomicBool>,
 ) -> JobResultOf<JobResult> {
     let project = rt.block_on(store.project(&job.project_id))?;
     project.config.loop_settings.validate().map_err(|e| e.within("loop_settings"))?;

@@ -13,6 +13,7 @@ use apl_shared::{Completion, Pair, PairRequest};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::judge::destination::Destinations;
 use crate::judge::ledger::Ledger;
 use crate::judge::{JudgeError, JudgeSettings, LlmJudge};
 use apl_engine::data::imdb::{Prompt, Review};
@@ -37,6 +38,8 @@ pub struct WorkerParts {
     pub data_dir: PathBuf,
     /// Where judge API keys are looked up after the environment.
     pub secrets_file: Option<PathBuf>,
+    /// Where projects' LLM judges may call (`apl serve --judge-allow`).
+    pub judge_destinations: Arc<Destinations>,
 }
 
 pub struct Worker {
@@ -48,6 +51,7 @@ pub struct Worker {
     sampling: SamplingConfig,
     data_dir: PathBuf,
     secrets_file: Option<PathBuf>,
+    judge_destinations: Arc<Destinations>,
     busy: Mutex<()>,
     wake: tokio::sync::Notify,
     sentiment: OnceLock<SentimentOracle>,
@@ -64,6 +68,7 @@ impl Worker {
             sampling: p.sampling,
             data_dir: p.data_dir,
             secrets_file: p.secrets_file,
+            judge_destinations: p.judge_destinations,
             busy: Mutex::new(()),
             wake: tokio::sync::Notify::new(),
             sentiment: OnceLock::new(),
@@ -83,7 +88,7 @@ impl Worker {
     pub fn llm_judge(&self, project_id: &str, settings: &JudgeSettings) -> Result<LlmJudge, JudgeError> {
         let key = crate::judge::api_key(settings, self.secrets_file.as_deref())?;
         let ledger = Ledger::open(&self.judge_log(project_id))?;
-        LlmJudge::new(settings.clone(), key, Arc::new(ledger))
+        LlmJudge::new(settings.clone(), key, Arc::new(ledger), self.judge_destinations.clone())
     }
 
     pub fn judge_log(&self, project_id: &str) -> PathBuf {

@@ -119,11 +119,21 @@ pub struct Options {
     /// Run the job worker in this server.
     pub worker: bool,
     pub max_new_tokens: usize,
+    /// `apl serve --judge-allow`: the tests' scripted judges listen on 127.0.0.1.
+    pub judge_allow: Vec<apl::judge::destination::Allow>,
+    /// `apl serve --secrets-file`.
+    pub secrets_file: Option<PathBuf>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { dist: None, worker: true, max_new_tokens: 6 }
+        Self {
+            dist: None,
+            worker: true,
+            max_new_tokens: 6,
+            judge_allow: vec!["127.0.0.1".parse().unwrap()],
+            secrets_file: None,
+        }
     }
 }
 
@@ -152,7 +162,8 @@ pub async fn start(b: &Backend, opts: Options) -> Server {
         reviews,
         sampling,
         data_dir: dir.path().to_path_buf(),
-        secrets_file: None,
+        secrets_file: opts.secrets_file,
+        judge_destinations: Arc::new(apl::judge::destination::Destinations::public_and(opts.judge_allow)),
     }));
     let url = fresh_database(b, dir.path()).await;
     let store = Arc::new(Store::connect(&url).await.unwrap());

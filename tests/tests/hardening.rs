@@ -1,0 +1,243 @@
+//! Attacks and accidents, reproduced over HTTP as an outsider would try them (issue: hardening):
+//! each test is the reproduction, and fails on a server without the fix.
+
+mod common;
+
+use apl_shared::{ProjectConfig, RaterChoice, RatingConfig};
+use common::Backend;
+use reqwest::Method;
+
+// A rater's rationale and a rater's name that a spreadsheet would run as formulas reach the
+// admin's `votes.csv` as text: every such cell starts with `'`.
+backend_test!(csv_exports_carry_no_formulas);
+async fn csv_exports_carry_no_formulas(b: Backend) {
+    let s = common::start(&b, Default::default()).await;
+    let cfg = ProjectConfig { rating: RatingConfig { overlap: 1, ..Default::default() }, ..Default::default() };
+    let p = s.project("=HYPERLINK(\"http://evil.example\")", cfg).await;
+    s.trl_pairs(&p.id, 2, "rate=true").await;
+    let attacks = ["=cmd|' /C calc'!A0", "@SUM(1+1)*cmd|' /C calc'!A0"];
+    let token = s.rater(&p.id, "+cmd|' /C calc'!A0").await;
+    for rationale in attacks {
+        let a = s.next(&token).await.unwrap();
+        let body = apl_shared::LabelRequest {
+            pair: a.pair,
+            choice: RaterChoice::Left,
+            time_ms: 900,
+            rationale: Some(rationale.into()),
+        };
+        s.with_token(&token).send_json(Method::POST, "/api/rate/labels", &body).await.ok();
+    }
+    let csv = s.admin().send(Method::GET, &format!("/api/projects/{}/export/votes.csv", p.id)).await.ok();
+    let mut read = csv::Reader::from_reader(csv.text.as_bytes());
+    let header = read.headers().unwrap().clone();
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let rows: Vec<csv::StringRecord> = read.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 2);
+    let mut rationales: Vec<&str> = rows.iter().map(|r| &r[col("rationale")]).collect();
+    rationales.sort_unstable();
+    assert_eq!(rationales, ["'=cmd|' /C calc'!A0", "'@SUM(1+1)*cmd|' /C calc'!A0"]);
+    assert!(rows.iter().all(|r| &r[col("rater")] == "'+cmd|' /C calc'!A0"));
+    // Numbers stay numbers.
+    assert!(rows.iter().all(|r| &r[col("time_ms")] == "900"));
+    // No cell of the file starts a formula.
+    for r in &rows {
+        for cell in r.iter() {
+            let t = cell.trim_start();
+            assert!(!t.starts_with(['=', '+', '@']) && !cell.starts_with(['\t', '\r']), "{cell:?}");
+        }
+    }
+}
+
+/// What a scripted judge saw: requests (with their Authorization header) per path.
+#[derive(Default)]
+struct Seen {
+    auth: Vec<Option<String>>,
+}
+
+type Shared = std::sync::Arc<std::sync::Mutex<Seen>>;
+
+/// A chat-completions server on 127.0.0.1 that records every request and answers with `reply`.
+async fn judge_server(reply: fn() -> axum::response::Response) -> (u16, Shared) {
+    use axum::http::HeaderMap;
+    let seen: Shared = Default::default();
+    let s = seen.clone();
+    let app = axum::Router::new().fallback(move |headers: HeaderMap| {
+        let s = s.clone();
+        async move {
+            s.lock().unwrap().auth.push(headers.get("authorization").map(|v| v.to_str().unwrap().to_string()));
+            reply()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (port, seen)
+}
+
+fn answer_a() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    axum::Json(serde_json::json!({
+        "choices": [{"message": {"role": "assistant", "content": "Comparison: fine.\nPreferred: A"}}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 5}
+    }))
+    .into_response()
+}
+
+const KEY: &str = "sk-hardening-test-0123456789";
+
+/// A server whose judge key is in its secrets file, with these `--judge-allow` entries.
+async fn server_with_key(allow: &[&str]) -> (common::Server, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets");
+    std::fs::write(&secrets, format!("JUDGE_API_KEY={KEY}\n")).unwrap();
+    let opts = common::Options {
+        judge_allow: allow.iter().map(|a| a.parse().unwrap()).collect(),
+        secrets_file: Some(secrets),
+        ..Default::default()
+    };
+    (common::start(&Backend::Sqlite, opts).await, dir)
+}
+
+/// A project whose rounds are labelled by the judge at `base_url`; runs one round, returns it.
+async fn judged_round(s: &common::Server, base_url: &str) -> apl_shared::Job {
+    use apl_shared::settings::{AcquireConfig, EvalSettings, JudgeSettings, LoopSettings, TrainConfig};
+    use apl_shared::{JobKind, JobParams, Labeller, Split};
+    let cfg = ProjectConfig {
+        loop_settings: LoopSettings {
+            pairs_per_round: 2,
+            acquire: AcquireConfig { batch_size: 4, ..Default::default() },
+            completion_tokens: (3, 4),
+            labeller: Labeller::Judge,
+            train: TrainConfig { epochs: 1, pairs_per_step: 2, micro_batch: 2, ..Default::default() },
+            eval: EvalSettings { prompts: 2, judge: Labeller::Length, batch_size: 2, ..Default::default() },
+            judge: JudgeSettings {
+                base_url: base_url.into(),
+                model: "m".into(),
+                api_key_env: Some("JUDGE_API_KEY".into()),
+                retries: 1,
+                backoff_seconds: 0.01,
+                timeout_seconds: 5.0,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let p = s.project(&format!("judged {}", N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)), cfg).await;
+    let texts = |split: Split, n: usize| -> Vec<String> { (0..n).map(|i| format!("{split} prompt {i} was")).collect() };
+    s.prompts(&p.id, Split::Train, &texts(Split::Train, 8)).await;
+    s.prompts(&p.id, Split::Eval, &texts(Split::Eval, 2)).await;
+    let j = s.job(&p.id, JobKind::Round, JobParams::default()).await;
+    s.wait(&j.id).await
+}
+
+/// Every spelling of an internal address is refused after resolution, before a connection:
+/// the judge never sees a request, let alone the key; the job says why and how to allow it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_judge_reaches_no_internal_address_unless_allowed() {
+    let (port, seen) = judge_server(answer_a).await;
+    let (s, _dir) = server_with_key(&[]).await;
+    for host in ["127.0.0.1", "2130706433", "0x7f000001", "[::ffff:127.0.0.1]", "[::1]", "localhost", "127.1"] {
+        let job = judged_round(&s, &format!("http://{host}:{port}/v1")).await;
+        assert_eq!(job.state, apl_shared::JobState::Failed, "{host}: {job:?}");
+        let err = job.error.unwrap_or_default();
+        assert!(err.contains("internal address") && err.contains("--judge-allow"), "{host}: {err}");
+        assert!(!err.contains(KEY));
+    }
+    for (host, kind) in [("169.254.169.254", "link-local"), ("10.0.0.1", "private"), ("[fd00::1]", "unique-local")] {
+        let job = judged_round(&s, &format!("http://{host}/v1")).await;
+        assert!(job.error.unwrap_or_default().contains(kind), "{host}");
+    }
+    assert!(seen.lock().unwrap().auth.is_empty(), "a refused host saw a request");
+
+    // Allowed by the operator: the same judge works, with the key.
+    let (s, _dir) = server_with_key(&["127.0.0.1"]).await;
+    let job = judged_round(&s, &format!("http://127.0.0.1:{port}/v1")).await;
+    assert_eq!(job.state, apl_shared::JobState::Done, "{job:?}");
+    let auth = seen.lock().unwrap().auth.clone();
+    assert!(!auth.is_empty() && auth.iter().all(|a| a.as_deref() == Some(&format!("Bearer {KEY}")[..])));
+}
+
+/// A judge that redirects elsewhere (a 307 would re-POST the prompt and the key) is not
+/// followed; a reply of the wrong shape is described, never echoed; an endless reply is cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_odd_replies_and_huge_replies_are_refused() {
+    use axum::response::IntoResponse;
+    let (target, target_seen) = judge_server(answer_a).await;
+    static TARGET: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+    TARGET.set(target).unwrap();
+    let (redirect, _) = judge_server(|| {
+        let to = format!("http://127.0.0.1:{}/v1/chat/completions", TARGET.get().unwrap());
+        (axum::http::StatusCode::TEMPORARY_REDIRECT, [(axum::http::header::LOCATION, to)]).into_response()
+    })
+    .await;
+    let (odd, _) = judge_server(|| {
+        axum::Json(serde_json::json!({"error": "SECRET-INTERNAL-TEXT from the server", "id": 1})).into_response()
+    })
+    .await;
+    let (huge, _) = judge_server(|| {
+        let body = format!("{{\"choices\":[{{\"message\":{{\"content\":\"{}\"}}}}]}}", "A".repeat(3 << 20));
+        ([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
+    })
+    .await;
+    let (s, _dir) = server_with_key(&["127.0.0.1"]).await;
+
+    let job = judged_round(&s, &format!("http://127.0.0.1:{redirect}/v1")).await;
+    let err = job.error.unwrap_or_default();
+    assert!(err.contains("307") && err.contains("not followed"), "{err}");
+    assert!(target_seen.lock().unwrap().auth.is_empty(), "the redirect was followed");
+
+    let job = judged_round(&s, &format!("http://127.0.0.1:{odd}/v1")).await;
+    let err = job.error.unwrap_or_default();
+    assert!(err.contains("fields [error, id]") && !err.contains("SECRET"), "{err}");
+    // Nor is it in the audit logs.
+    let logs: Vec<String> = std::fs::read_dir(s.dir.path().join("judge"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert!(!logs.is_empty() && logs.iter().all(|l| !l.contains("SECRET")));
+
+    let job = judged_round(&s, &format!("http://127.0.0.1:{huge}/v1")).await;
+    let err = job.error.unwrap_or_default();
+    assert!(err.contains("over 1048576 bytes"), "{err}");
+}
+
+/// Cancelling a job stops its judge calls in flight: with a judge that takes 30 s per answer,
+/// the cancelled job ends within seconds (it used to hold the worker for the whole call).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_job_drops_its_judge_calls_in_flight() {
+    use apl_shared::{Job, JobState};
+    let seen: Shared = Default::default();
+    let s2 = seen.clone();
+    let app = axum::Router::new().fallback(move || {
+        let s = s2.clone();
+        async move {
+            s.lock().unwrap().auth.push(None);
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            answer_a()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (s, _dir) = server_with_key(&["127.0.0.1"]).await;
+    let started = std::time::Instant::now();
+    let round = {
+        let s = &s;
+        async move { judged_round(s, &format!("http://127.0.0.1:{port}/v1")).await }
+    };
+    let cancel = async {
+        // Wait for the first judge call, then cancel the running job.
+        while seen.lock().unwrap().auth.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let projects: Vec<apl_shared::Project> = s.get("/api/projects").await;
+        let jobs: Vec<Job> = s.get(&format!("/api/projects/{}/jobs", projects[0].id)).await;
+        let running = jobs.iter().find(|j| j.state == JobState::Running).expect("a running job");
+        let _: Job = s.admin().post_empty(&format!("/api/jobs/{}/cancel", running.id)).await;
+    };
+    let (job, ()) = tokio::join!(round, cancel);
+    assert_eq!(job.state, JobState::Cancelled, "{job:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(15), "took {:?}", started.elapsed());
+}

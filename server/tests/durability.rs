@@ -202,3 +202,27 @@ async fn acknowledged_labels_survive_sigkill_on_postgres() {
     let db = format!("{head}/{name}");
     killed_mid_stream(move |_| db.clone()).await;
 }
+
+/// SIGTERM (how systemd, docker and Kubernetes stop a service) shuts the server down as Ctrl-C
+/// does: it stops accepting, finishes what is in flight and exits 0, instead of dying by the
+/// signal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_server_gracefully() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, base) = serve(dir.path(), &dir.path().join("apl.sqlite").display().to_string());
+    apl::judge::install_crypto();
+    let c = reqwest::Client::new();
+    let health = c.get(format!("{base}/api/health")).send().await.unwrap();
+    assert!(health.status().is_success());
+    let pid = server.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = server.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "still running 20 s after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exited by the signal instead of shutting down: {status:?}");
+}

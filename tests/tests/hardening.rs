@@ -241,3 +241,84 @@ async fn cancelling_a_job_drops_its_judge_calls_in_flight() {
     assert_eq!(job.state, JobState::Cancelled, "{job:?}");
     assert!(started.elapsed() < std::time::Duration::from_secs(15), "took {:?}", started.elapsed());
 }
+
+/// The DPO export defaults to the labels training uses (a judge-labelled project exported
+/// nothing by default), and an export with nothing in it is a clear refusal, not an empty file
+/// that crashes `datasets`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dpo_export_follows_training_and_never_answers_empty() {
+    use apl_shared::settings::{AcquireConfig, EvalSettings, LoopSettings, TrainConfig};
+    use apl_shared::{JobKind, JobParams, JobState, LabelSource, Labeller, Split};
+    let s = common::start(&Backend::Sqlite, Default::default()).await;
+    let cfg = ProjectConfig {
+        loop_settings: LoopSettings {
+            pairs_per_round: 3,
+            acquire: AcquireConfig { batch_size: 4, ..Default::default() },
+            completion_tokens: (3, 6),
+            exact_length: false,
+            labeller: Labeller::Length,
+            train: TrainConfig { epochs: 1, pairs_per_step: 2, micro_batch: 2, ..Default::default() },
+            eval: EvalSettings { prompts: 2, judge: Labeller::Length, batch_size: 2, ..Default::default() },
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let p = s.project("judged", cfg).await;
+    let path = format!("/api/projects/{}/export/dpo.jsonl", p.id);
+    let r = s.admin().send(Method::GET, &path).await;
+    assert_eq!(r.status, 404, "{}", r.text);
+    assert!(r.message().contains("no preferences from human_then_judge labels"), "{}", r.text);
+    let texts = |split: Split| -> Vec<String> { (0..8).map(|i| format!("{split} prompt {i} was")).collect() };
+    s.prompts(&p.id, Split::Train, &texts(Split::Train)).await;
+    s.prompts(&p.id, Split::Eval, &texts(Split::Eval)).await;
+    let j = s.wait(&s.job(&p.id, JobKind::Round, JobParams::default()).await.id).await;
+    assert_eq!(j.state, JobState::Done, "{j:?}");
+    // The default (the project's train_on) holds the labeller's preferences.
+    let rows = s.dpo(&p.id, None).await;
+    assert!(!rows.is_empty());
+    assert_eq!(rows, s.dpo(&p.id, Some(LabelSource::Judge)).await);
+    // Only human labels asked for: none, and the refusal says so.
+    let r = s.admin().send(Method::GET, &format!("{path}?source=human")).await;
+    assert_eq!(r.status, 404);
+    assert!(r.message().contains("from human labels"), "{}", r.text);
+}
+
+// One rater submitting and undoing the same pair at once, over and over (two browser tabs, a
+// retrying client): every answer is a 2xx or a clear 4xx, never a 500, and the pair's vote
+// count always equals its stored labels (it went negative on PostgreSQL).
+backend_test!(concurrent_submit_and_undo_stay_consistent, flavor = "multi_thread", worker_threads = 4);
+async fn concurrent_submit_and_undo_stay_consistent(b: Backend) {
+    let s = common::start(&b, Default::default()).await;
+    let cfg = ProjectConfig { rating: RatingConfig { overlap: 1, ..Default::default() }, ..Default::default() };
+    let p = s.project("race", cfg).await;
+    s.trl_pairs(&p.id, 1, "rate=true").await;
+    let token = s.rater(&p.id, "ann").await;
+    let pair = s.next(&token).await.unwrap().pair;
+    let body = apl_shared::LabelRequest { pair: pair.clone(), choice: RaterChoice::Left, time_ms: 5, rationale: None };
+    for round in 0..5 {
+        let mut calls = Vec::new();
+        for k in 0..8 {
+            let (s, token, body, pair) = (&s, token.clone(), body.clone(), pair.clone());
+            calls.push(async move {
+                if k % 2 == 0 {
+                    s.with_token(&token).send_json(Method::POST, "/api/rate/labels", &body).await
+                } else {
+                    s.with_token(&token).send(Method::DELETE, &format!("/api/rate/labels/{pair}")).await
+                }
+            });
+        }
+        for r in futures_util::future::join_all(calls).await {
+            assert!(r.status < 500, "round {round}: {} {} -> {}: {}", r.method, r.path, r.status, r.text);
+        }
+        let (votes, labels): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT votes FROM pairs WHERE id = $1), \
+             (SELECT COUNT(*) FROM labels WHERE pair_id = $1 AND choice <> 'skip')",
+        )
+        .bind(&pair)
+        .fetch_one(&s.store.pool)
+        .await
+        .unwrap();
+        assert_eq!(votes, labels, "round {round}: votes {votes}, labels {labels}");
+        assert!((0..=1).contains(&votes), "round {round}: {votes}");
+    }
+}

@@ -130,7 +130,7 @@ async fn retries_are_idempotent_undo_gives_the_pair_back_and_skips_free_the_slot
     let r = s.with_token(&ben).send(Method::DELETE, &format!("/api/rate/labels/{}", b2.pair)).await;
     assert_eq!(r.status, 409, "{}", r.text);
     // Skips do not count as votes.
-    assert_eq!(s.dpo(&p.id, None).await.len(), 1);
+    assert_eq!(s.dpo(&p.id, Some(apl_shared::LabelSource::Human)).await.len(), 1);
 }
 
 backend_test!(expired_leases_go_back_to_the_pool);

@@ -5,6 +5,7 @@
 
 use apl_shared::{
     Choice, ImdbImport, ImportReport, LabelSource, PairFormat, PairKind, PairRecord, Preference, PromptFormat, Split,
+    Vocabulary,
 };
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
@@ -192,18 +193,13 @@ pub async fn list_pairs(
     Ok(Json(s.store.pair_records(&id, q.round, q.limit, q.offset).await?))
 }
 
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(default, deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct DpoExport {
-    /// Which labels make a preference (default human).
-    pub source: LabelSource,
-}
-
-impl Default for DpoExport {
-    fn default() -> Self {
-        Self { source: LabelSource::Human }
-    }
+    /// Which labels make a preference (default: the project's `loop_settings.train_on`, what its
+    /// training uses).
+    pub source: Option<LabelSource>,
 }
 
 /// A download; the file name keeps only safe characters of the project name.
@@ -223,7 +219,8 @@ fn jsonl<T: serde::Serialize>(rows: impl IntoIterator<Item = T>) -> String {
     rows.into_iter().map(|r| serde_json::to_string(&r).expect("rows serialise") + "\n").collect()
 }
 
-/// `GET /api/projects/{id}/export/dpo.jsonl[?source=human|judge|human_then_judge]`.
+/// `GET /api/projects/{id}/export/dpo.jsonl[?source=human|judge|human_then_judge]`; 404 with
+/// the reason when no pair has a preference from that source.
 #[utoipa::path(get, path = "/projects/{id}/export/dpo.jsonl", tag = "data", security(("admin" = [])), params(("id" = String, Path, description = "The project"), DpoExport),
     responses((status = 200, content_type = "application/x-ndjson", body = String, description = "Labelled pairs as TRL DPO JSONL with metadata"), Failures))]
 pub async fn export_dpo(
@@ -232,9 +229,17 @@ pub async fn export_dpo(
     Path(id): Path<String>,
     q: Result<Query<DpoExport>, QueryRejection>,
 ) -> ApiResult<impl IntoResponse> {
-    let source = query(q)?.source;
     let project = s.store.project(&id).await?;
+    let source = query(q)?.source.unwrap_or(project.config.loop_settings.train_on);
     let prefs = s.store.preferences(&id, source).await?;
+    if prefs.is_empty() {
+        // An empty file breaks `datasets.load_dataset`; say why there is nothing instead.
+        return Err(AppError::NotFound(format!(
+            "no preferences from {source} labels in this project yet (a pair needs a decided label); label \
+             pairs, or ask for another ?source= ({})",
+            LabelSource::ALL.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
+        )));
+    }
     let lines = jsonl(prefs.iter().map(|p| p.dpo_line()));
     Ok(attachment(lines, "application/x-ndjson", format!("{}-dpo.jsonl", project.name)))
 }

@@ -339,9 +339,13 @@ impl Store {
         let choice = side_choice(left, req.choice);
         let now = now_ms();
         let rationale = req.rationale.as_deref().map(str::trim).filter(|s| !s.is_empty());
-        sqlx::query(
+        // A concurrent submit of the same label (another tab, a retry) may have inserted since
+        // the read above: then nothing is inserted here (PostgreSQL waits for the other
+        // transaction, then does nothing), no vote is counted twice, and the answer is the
+        // stored label's, as for any retry.
+        let inserted = sqlx::query(
             "INSERT INTO labels (id, pair_id, rater_id, choice, left_side, time_ms, rationale, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (pair_id, rater_id) DO NOTHING",
         )
         .bind(new_id())
         .bind(&req.pair)
@@ -352,7 +356,12 @@ impl Store {
         .bind(rationale)
         .bind(now)
         .execute(&mut *w.tx)
-        .await?;
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            w.rollback().await?;
+            return Box::pin(self.submit_label(rater, req)).await;
+        }
         if choice == Choice::Skip {
             // The slot goes back to the pool; the label row keeps the pair from this rater.
             sqlx::query("DELETE FROM assignments WHERE pair_id = $1 AND rater_id = $2")
@@ -383,17 +392,19 @@ impl Store {
         let now = now_ms();
         let lease = cfg.lease_seconds as i64 * 1000;
         let mut w = self.begin_write().await?;
-        let choice: Choice = sqlx::query_scalar("SELECT choice FROM labels WHERE pair_id = $1 AND rater_id = $2")
-            .bind(pair)
-            .bind(&rater.id)
-            .fetch_optional(&mut *w.tx)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("you have no label on pair {pair:?}")))?;
-        sqlx::query("DELETE FROM labels WHERE pair_id = $1 AND rater_id = $2")
-            .bind(pair)
-            .bind(&rater.id)
-            .execute(&mut *w.tx)
-            .await?;
+        // Deleted and read in one statement: of two undos at once only one deletes the row
+        // (PostgreSQL's second waits on the row, then finds it gone), so only one takes the
+        // vote back.
+        let deleted: Option<Choice> =
+            sqlx::query_scalar("DELETE FROM labels WHERE pair_id = $1 AND rater_id = $2 RETURNING choice")
+                .bind(pair)
+                .bind(&rater.id)
+                .fetch_optional(&mut *w.tx)
+                .await?;
+        let Some(choice) = deleted else {
+            w.rollback().await?;
+            return Err(StoreError::NotFound(format!("you have no label on pair {pair:?}")));
+        };
         if choice == Choice::Skip {
             let (kind, target_votes): (PairKind, i64) =
                 sqlx::query_as("SELECT kind, target_votes FROM pairs WHERE id = $1")

@@ -453,8 +453,12 @@ impl Server {
     /// The DPO export (`source` none: the server's default, human labels).
     pub async fn dpo(&self, project: &str, source: Option<apl_shared::LabelSource>) -> Vec<apl_shared::DpoLine> {
         let query = source.map(|s| format!("?source={s}")).unwrap_or_default();
-        let r = self.admin().send(Method::GET, &format!("/api/projects/{project}/export/dpo.jsonl{query}")).await.ok();
-        jsonl(&r.text)
+        let r = self.admin().send(Method::GET, &format!("/api/projects/{project}/export/dpo.jsonl{query}")).await;
+        // Nothing to export is a 404 that says why, not an empty file.
+        if r.status == 404 && r.message().starts_with("no preferences") {
+            return Vec::new();
+        }
+        jsonl(&r.ok().text)
     }
 
     /// The votes export.

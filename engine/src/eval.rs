@@ -61,7 +61,7 @@ pub fn sample_completions(
         };
         for s in sample(model, &reqs, &sc, eos, |_| {})? {
             let kept: Vec<u32> = s.tokens.into_iter().filter(|t| !eos.contains(t)).collect();
-            out.push(tokenizer.decode(&kept)?);
+            out.push(tokenizer.decode_text(&kept)?);
         }
         progress("evaluation samples", out.len(), prompts.len());
     }

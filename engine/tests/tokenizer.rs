@@ -48,3 +48,13 @@ fn special_tokens_and_eos() {
     assert_eq!(tok.encode("<|im_start|>", false).unwrap(), vec![1]);
     assert_eq!(tok.eos_ids(), &[0, 2]);
 }
+
+/// A byte-level model can emit byte 0 as a token. As text for people and the store (PostgreSQL
+/// refuses NUL in TEXT), it becomes U+FFFD; the exact decode keeps it.
+#[test]
+fn generated_nul_bytes_become_replacement_characters() {
+    let tok = smollm2();
+    let ids = tok.encode("a\0b", false).unwrap();
+    assert_eq!(tok.decode(&ids).unwrap(), "a\0b");
+    assert_eq!(tok.decode_text(&ids).unwrap(), "a\u{FFFD}b");
+}

@@ -199,6 +199,9 @@ pub struct NewRater {
     pub name: String,
     /// Labels this rater is asked for; none = as many as there are.
     pub quota: Option<i64>,
+    /// The invite stops working this many hours from now; none = it never expires (revoke it
+    /// by removing the rater).
+    pub expires_in_hours: Option<f64>,
 }
 
 /// The one time a rater's token is shown: in the invite link.
@@ -226,6 +229,9 @@ pub struct RaterStats {
     /// Median seconds per label.
     pub median_seconds: Option<f64>,
     pub created_at: i64,
+    /// When the invite stops working (ms since the epoch); none = never.
+    #[serde(default)]
+    pub expires_at: Option<i64>,
 }
 
 vocab::vocabulary! {

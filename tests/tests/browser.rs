@@ -265,7 +265,7 @@ async fn raters_admins_and_the_panel_in_chromium() {
     let csv = out.raters_csv.expect("the raters table was exported");
     assert_eq!(csv.name, "raters.csv");
     assert!(
-        csv.text.starts_with("id,name,quota,labels,skips,median_seconds,gold_answered,gold_correct,disabled\n"),
+        csv.text.starts_with("id,name,quota,labels,skips,median_seconds,gold_answered,gold_correct,disabled,expires\n"),
         "{}",
         csv.text
     );

@@ -322,3 +322,46 @@ async fn concurrent_submit_and_undo_stay_consistent(b: Backend) {
         assert!((0..=1).contains(&votes), "round {round}: {votes}");
     }
 }
+
+// Guessing rater tokens: after 30 wrong tokens in a minute the address is refused (429 with
+// Retry-After) whatever it presents, a correct token included, so a guess cannot get through
+// (other addresses: `api::limit`'s unit test). `?access_token=` works only on the event streams. An invite
+// with an expiry stops working after it, saying so.
+backend_test!(token_guessing_is_limited_and_invites_expire);
+async fn token_guessing_is_limited_and_invites_expire(b: Backend) {
+    let s = common::start(&b, Default::default()).await;
+    let p = s.project("limits", ProjectConfig::default()).await;
+    s.trl_pairs(&p.id, 2, "rate=true").await;
+    let good = s.rater(&p.id, "ann").await;
+    // A token in the URL is not accepted on ordinary routes.
+    let r = s.anonymous().send(Method::POST, &format!("/api/rate/next?access_token={good}")).await;
+    assert_eq!(r.status, 401, "{}", r.text);
+    let r = s.anonymous().send(Method::GET, &format!("/api/projects?access_token={}", common::ADMIN)).await;
+    assert_eq!(r.status, 401, "{}", r.text);
+
+    let mut statuses = Vec::new();
+    for i in 0..40 {
+        let guess = format!("apl_rater_guess{i:032}");
+        statuses.push(s.with_token(&guess).send(Method::POST, "/api/rate/next").await.status);
+    }
+    assert!(statuses[..30].iter().all(|&c| c == 401), "{statuses:?}");
+    assert!(statuses[30..].iter().all(|&c| c == 429), "{statuses:?}");
+    let r = s.with_token(&good).send(Method::POST, "/api/rate/next").await;
+    assert_eq!(r.status, 429, "locked out, correct token or not: {}", r.text);
+    assert!(r.message().contains("too many wrong tokens"), "{}", r.text);
+
+    // An expiring invite (on a fresh server: this address is locked out here).
+    let s = common::start(&b, Default::default()).await;
+    let p = s.project("expiry", ProjectConfig::default()).await;
+    let body = apl_shared::NewRater { name: "bo".into(), expires_in_hours: Some(0.0001), ..Default::default() };
+    let inv: apl_shared::RaterInvite = s.post(&format!("/api/projects/{}/raters", p.id), &body).await;
+    assert!(inv.rater.expires_at.is_some());
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let r = s.with_token(&inv.token).send(Method::GET, "/api/rate/me").await;
+    assert_eq!(r.status, 401);
+    assert!(r.message().contains("expired"), "{}", r.text);
+    let bad = apl_shared::NewRater { name: "cy".into(), expires_in_hours: Some(-1.0), ..Default::default() };
+    let r = s.admin().send_json(Method::POST, &format!("/api/projects/{}/raters", p.id), &bad).await;
+    assert_eq!(r.status, 400);
+    assert!(r.message().contains("expires_in_hours"), "{}", r.text);
+}

@@ -304,7 +304,7 @@ async fn malformed_input_is_refused_with_a_message_and_nothing_stored(b: Backend
         (
             Method::POST,
             format!("/api/projects/{}/raters", p.id),
-            typed(&NewRater { name: String::new(), quota: None }),
+            typed(&NewRater { name: String::new(), ..Default::default() }),
             "name",
         ),
         (Method::POST, format!("/api/projects/{}/jobs", p.id), json!({"kind": "dance"}), "kind"),

@@ -259,7 +259,7 @@ impl Acquirer<'_> {
     pub fn text(&self, ids: &[u32]) -> Result<String> {
         let eos = self.tokenizer.eos_ids();
         let kept: Vec<u32> = ids.iter().copied().filter(|t| !eos.contains(t)).collect();
-        self.tokenizer.decode(&kept)
+        self.tokenizer.decode_text(&kept)
     }
 
     /// Scores every candidate under policy and reference; returns r_a - r_b.

@@ -7,7 +7,7 @@ use leptos::task::spawn_local;
 use super::{Ctx, shown};
 use crate::api;
 use crate::components::export::{ExportCsv, rows_of};
-use crate::util::{num, pct};
+use crate::util::{num, pct, when};
 
 fn gold(r: &RaterStats) -> Option<f64> {
     (r.gold_answered > 0).then(|| r.gold_correct as f64 / r.gold_answered as f64)
@@ -19,11 +19,16 @@ pub fn Raters() -> impl IntoView {
     let raters = ctx.resource(|id| async move { api::raters(&id).await });
     let name = RwSignal::new(String::new());
     let quota = RwSignal::new(String::new());
+    let expires = RwSignal::new(String::new());
     let invite = RwSignal::new(None::<RaterInvite>);
     let error = RwSignal::new(None::<String>);
     let create = move |e: leptos::ev::SubmitEvent| {
         e.prevent_default();
-        let req = NewRater { name: name.get_untracked(), quota: quota.get_untracked().trim().parse().ok() };
+        let req = NewRater {
+            name: name.get_untracked(),
+            quota: quota.get_untracked().trim().parse().ok(),
+            expires_in_hours: expires.get_untracked().trim().parse().ok(),
+        };
         let id = ctx.id();
         spawn_local(async move {
             match api::create_rater(&id, &req).await {
@@ -49,6 +54,7 @@ pub fn Raters() -> impl IntoView {
             r.gold_answered.to_string(),
             r.gold_correct.to_string(),
             r.disabled.to_string(),
+            r.expires_at.map(when).unwrap_or_default(),
         ]
     });
     view! {
@@ -59,6 +65,8 @@ pub fn Raters() -> impl IntoView {
                     on:input=move |e| name.set(event_target_value(&e))/></label>
                 <label>"Quota " <input type="number" min="1" name="rater-quota" placeholder="no limit" prop:value=move || quota.get()
                     on:input=move |e| quota.set(event_target_value(&e))/></label>
+                <label>"Expires after (hours) " <input type="number" min="1" name="rater-expires" placeholder="never" prop:value=move || expires.get()
+                    on:input=move |e| expires.set(event_target_value(&e))/></label>
                 <button class="primary" type="submit">"Create invite link"</button>
             </form>
             {move || error.get().map(|e| view! { <p class="error" role="alert">{e}</p> })}
@@ -118,6 +126,7 @@ pub fn Raters() -> impl IntoView {
             })}
             <ExportCsv name="raters" rows=rows header=vec![
                 "id", "name", "quota", "labels", "skips", "median_seconds", "gold_answered", "gold_correct", "disabled",
+                "expires",
             ]/>
         </section>
     }

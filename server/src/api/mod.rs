@@ -19,6 +19,7 @@ pub mod checks;
 pub mod data;
 pub mod doc;
 pub mod jobs;
+pub mod limit;
 pub mod projects;
 pub mod rate;
 pub mod results;
@@ -49,6 +50,8 @@ pub struct AppState {
     pub health: Arc<Health>,
     /// The built frontend (index.html, pkg/); a notice page is served when it is missing.
     pub dist: Option<PathBuf>,
+    /// Failed authentications per address.
+    pub auth_limit: Arc<limit::AuthLimiter>,
 }
 
 /// The API's one error type. What a caller did wrong is answered with a message naming it;
@@ -68,6 +71,8 @@ pub enum AppError {
     Conflict(String),
     #[error("{0}")]
     TooLarge(String),
+    #[error("{message}")]
+    TooManyRequests { message: String, retry_after: u64 },
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -101,6 +106,10 @@ impl From<StoreError> for AppError {
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let (status, message) = match self {
+            Self::TooManyRequests { message, retry_after } => {
+                let headers = [(header::RETRY_AFTER, retry_after.to_string())];
+                return (StatusCode::TOO_MANY_REQUESTS, headers, Json(ApiError { message })).into_response();
+            }
             Self::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             Self::Unauthorized(m) => (StatusCode::UNAUTHORIZED, m),
             Self::Forbidden(m) => (StatusCode::FORBIDDEN, m),

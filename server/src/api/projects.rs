@@ -88,7 +88,7 @@ pub async fn create_rater(
     Path(id): Path<String>,
     JsonBody(req): JsonBody<NewRater>,
 ) -> ApiResult<(StatusCode, Json<RaterInvite>)> {
-    let (rater, token) = s.store.create_rater(&id, &req.name, req.quota).await?;
+    let (rater, token) = s.store.create_rater(&id, &req).await?;
     let invite_path = format!("/rate#token={token}");
     Ok((StatusCode::CREATED, Json(RaterInvite { rater, token, invite_path })))
 }

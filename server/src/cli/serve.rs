@@ -123,8 +123,10 @@ pub fn run(a: Args) -> Result<()> {
             let sole = store.backend == Backend::Sqlite;
             tokio::spawn(worker.clone().run_jobs(store.clone(), sole));
         }
-        let state = AppState { store, worker, health: Arc::new(health), dist };
-        axum::serve(listener, app(state)).with_graceful_shutdown(shutdown_signal()).await?;
+        let state = AppState { store, worker, health: Arc::new(health), dist, auth_limit: Default::default() };
+        // Connection info: the limit on wrong tokens counts per client address.
+        let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, service).with_graceful_shutdown(shutdown_signal()).await?;
         Ok(())
     })
 }

@@ -1,7 +1,7 @@
 //! Projects and the raters who join them. Configuration is stored as JSON text and validated
 //! before it gets here.
 
-use apl_shared::{Choice, PairKind, Project, ProjectConfig, ProjectStats, RaterStats, Split, Task};
+use apl_shared::{Choice, NewRater, PairKind, Project, ProjectConfig, ProjectStats, RaterStats, Split, Task};
 
 use super::{Result, Store, StoreError, new_id, now_ms, tokens};
 
@@ -19,6 +19,7 @@ struct RaterRow {
     gold_answered: i64,
     gold_correct: i64,
     created_at: i64,
+    expires_at: Option<i64>,
 }
 
 impl Store {
@@ -106,7 +107,8 @@ impl Store {
     }
 
     /// Creates a rater and returns them with their token (shown this once).
-    pub async fn create_rater(&self, project_id: &str, name: &str, quota: Option<i64>) -> Result<(RaterStats, String)> {
+    pub async fn create_rater(&self, project_id: &str, req: &NewRater) -> Result<(RaterStats, String)> {
+        let (name, quota) = (&req.name, req.quota);
         self.project(project_id).await?;
         let name = name.trim();
         if name.is_empty() || name.chars().count() > 100 {
@@ -115,13 +117,18 @@ impl Store {
         if quota.is_some_and(|q| q < 1) {
             return Err(StoreError::Invalid("quota: must be at least 1".into()));
         }
+        let hours = req.expires_in_hours;
+        if hours.is_some_and(|h| !(h > 0.0 && h <= 24.0 * 366.0)) {
+            return Err(StoreError::Invalid("expires_in_hours: must be above 0 and at most a year".into()));
+        }
         let token = tokens::generate("apl_rater");
         let id = new_id();
         let now = now_ms();
+        let expires_at = hours.map(|h| now + (h * 3_600_000.0) as i64);
         let mut w = self.begin_write().await?;
         sqlx::query(
-            "INSERT INTO raters (id, project_id, name, token_hash, quota, disabled, created_at) \
-             VALUES ($1, $2, $3, $4, $5, 0, $6)",
+            "INSERT INTO raters (id, project_id, name, token_hash, quota, disabled, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, 0, $6, $7)",
         )
         .bind(&id)
         .bind(project_id)
@@ -129,6 +136,7 @@ impl Store {
         .bind(tokens::hash(&token))
         .bind(quota)
         .bind(now)
+        .bind(expires_at)
         .execute(&mut *w.tx)
         .await?;
         w.commit().await?;
@@ -143,6 +151,7 @@ impl Store {
             gold_correct: 0,
             median_seconds: None,
             created_at: now,
+            expires_at,
         };
         Ok((stats, token))
     }
@@ -168,7 +177,7 @@ impl Store {
     /// Every rater of a project with counts, gold accuracy and median time per label.
     pub async fn rater_stats(&self, project_id: &str) -> Result<Vec<RaterStats>> {
         let rows: Vec<RaterRow> = sqlx::query_as(
-            "SELECT r.id, r.name, r.quota, r.disabled, r.created_at, \
+            "SELECT r.id, r.name, r.quota, r.disabled, r.created_at, r.expires_at, \
                (SELECT COUNT(*) FROM labels l WHERE l.rater_id = r.id AND l.choice <> $2) AS labels, \
                (SELECT COUNT(*) FROM labels l WHERE l.rater_id = r.id AND l.choice = $2) AS skips, \
                (SELECT COUNT(*) FROM labels l JOIN pairs p ON p.id = l.pair_id \
@@ -200,6 +209,7 @@ impl Store {
                 gold_correct: r.gold_correct,
                 median_seconds: median(times).map(|ms| ms / 1000.0),
                 created_at: r.created_at,
+                expires_at: r.expires_at,
             });
         }
         Ok(out)

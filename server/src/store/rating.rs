@@ -28,6 +28,15 @@ pub struct Rater {
     pub quota: Option<i64>,
 }
 
+/// Why a rater token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRefused {
+    /// No such token, or the rater was removed.
+    Unknown,
+    /// The invite's `expires_at` has passed.
+    Expired,
+}
+
 const MAX_RATIONALE: usize = 2000;
 
 fn as_choice(side: Side) -> Choice {
@@ -85,20 +94,34 @@ fn random_side() -> Side {
 }
 
 impl Store {
-    /// The rater holding `token`, if any and not disabled.
-    pub async fn rater_by_token(&self, token: &str) -> Result<Option<Rater>> {
+    /// The rater holding `token`: refused when there is none (or they were removed), or when
+    /// their invite has expired.
+    pub async fn rater_by_token(&self, token: &str) -> Result<std::result::Result<Rater, TokenRefused>> {
         let h = tokens::hash(token);
-        let row: Option<(String, String, String, Option<i64>, String)> = sqlx::query_as(
-            "SELECT id, project_id, name, quota, token_hash FROM raters WHERE token_hash = $1 AND disabled = 0",
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            id: String,
+            project_id: String,
+            name: String,
+            quota: Option<i64>,
+            token_hash: String,
+            expires_at: Option<i64>,
+        }
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT id, project_id, name, quota, token_hash, expires_at FROM raters \
+             WHERE token_hash = $1 AND disabled = 0",
         )
         .bind(&h)
         .fetch_optional(&self.pool)
         .await?;
-        let Some((id, project_id, name, quota, stored)) = row else { return Ok(None) };
-        if !tokens::same_hash(&stored, &h) {
-            return Ok(None);
+        let Some(r) = row else { return Ok(Err(TokenRefused::Unknown)) };
+        if !tokens::same_hash(&r.token_hash, &h) {
+            return Ok(Err(TokenRefused::Unknown));
         }
-        Ok(Some(Rater { id, project_id, name, quota }))
+        if r.expires_at.is_some_and(|t| t <= now_ms()) {
+            return Ok(Err(TokenRefused::Expired));
+        }
+        Ok(Ok(Rater { id: r.id, project_id: r.project_id, name: r.name, quota: r.quota }))
     }
 
     pub async fn rating_config(&self, project_id: &str) -> Result<RatingConfig> {

@@ -149,7 +149,7 @@ impl Worker {
         let mut scores = sequence_logprobs(&self.model, &pairs, 2, |_| {})?.into_iter();
         let mut completion = |c: &Vec<u32>| -> Result<Completion, ModelError> {
             let logprob = if c.is_empty() { 0.0 } else { scores.next().map_or(0.0, |s| s.sum) };
-            Ok(Completion { text: self.tokenizer.decode(c)?, tokens: c.len(), logprob })
+            Ok(Completion { text: self.tokenizer.decode_text(c)?, tokens: c.len(), logprob })
         };
         let completions = [completion(&trimmed[0])?, completion(&trimmed[1])?];
         Ok(Pair {

@@ -171,10 +171,17 @@ pub async fn start(b: &Backend, opts: Options) -> Server {
     if opts.worker {
         tokio::spawn(worker.clone().run_jobs(store.clone(), matches!(b, Backend::Sqlite)));
     }
-    let state = AppState { store: store.clone(), worker, health: Arc::new(health), dist: opts.dist };
+    let state = AppState {
+        store: store.clone(),
+        worker,
+        health: Arc::new(health),
+        dist: opts.dist,
+        auth_limit: Default::default(),
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app(state)).await.unwrap() });
+    let service = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    tokio::spawn(async move { axum::serve(listener, service).await.unwrap() });
     apl::judge::install_crypto();
     Server { base: format!("http://{addr}"), store, client: reqwest::Client::new(), dir }
 }
@@ -359,7 +366,7 @@ impl Server {
 
     /// A new rater's invite (their id and token).
     pub async fn invite(&self, project: &str, name: &str) -> RaterInvite {
-        let body = NewRater { name: name.into(), quota: None };
+        let body = NewRater { name: name.into(), ..Default::default() };
         self.admin().send_json(Method::POST, &format!("/api/projects/{project}/raters"), &body).await.expect(201)
     }
 

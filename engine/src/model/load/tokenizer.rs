@@ -92,6 +92,14 @@ impl Tokenizer {
         self.inner.decode(ids, false).map_err(|e| ModelError::Tokenizer(format!("decoding {} ids: {e}", ids.len())))
     }
 
+    /// Decodes generated ids as text for people, judges and the store: a NUL character (a
+    /// byte-level model can emit byte 0 as a token; PostgreSQL's TEXT cannot hold it, and no
+    /// reader wants it) becomes U+FFFD, the replacement character.
+    pub fn decode_text(&self, ids: &[u32]) -> Result<String> {
+        let text = self.decode(ids)?;
+        Ok(if text.contains('\0') { text.replace('\0', "\u{FFFD}") } else { text })
+    }
+
     /// Writes the tokenizer as an HF `tokenizer.json`.
     pub fn save(&self, path: &Path) -> Result<()> {
         self.inner.save(path, false).map_err(|e| ModelError::format(path, format!("writing the tokenizer: {e}")))

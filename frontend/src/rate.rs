@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use apl_shared::{Assignment, LabelRequest, RaterChoice, RaterHome, RaterProgress};
+use apl_shared::{Assignment, LabelRequest, NextStatus, RaterChoice, RaterHome, RaterProgress};
 use leptos::ev;
 use leptos::prelude::*;
 use leptos::task::spawn_local;
@@ -28,7 +28,8 @@ enum Phase {
     Loading,
     Ready,
     Saving,
-    NoMore,
+    /// No pair: why, and when asking again may find one.
+    NoMore(NextStatus, Option<u64>),
     NoToken,
     Refused(String),
 }
@@ -93,6 +94,12 @@ impl Ws {
     }
 
     fn show(&self, a: Option<Assignment>) {
+        self.show_next(a, NextStatus::Assigned, None);
+    }
+
+    /// Shows the pair, or why there is none; when the server says when to ask again, asks
+    /// again then by itself (so a rater waiting for the next batch never has to reload).
+    fn show_next(&self, a: Option<Assignment>, status: NextStatus, retry: Option<u64>) {
         match a {
             Some(a) => {
                 self.progress.set(Some(a.progress));
@@ -109,7 +116,17 @@ impl Ws {
             }
             None => {
                 self.current.set(None);
-                self.phase.set(Phase::NoMore);
+                let status = if status == NextStatus::Assigned { NextStatus::Done } else { status };
+                self.phase.set(Phase::NoMore(status, retry));
+                if let Some(secs) = retry {
+                    let ws = *self;
+                    spawn_local(async move {
+                        sleep(Duration::from_secs(secs.clamp(1, 300))).await;
+                        if matches!(ws.phase.get_untracked(), Phase::NoMore(..)) {
+                            ws.load_next().await;
+                        }
+                    });
+                }
             }
         }
     }
@@ -117,7 +134,7 @@ impl Ws {
     async fn load_next(self) {
         self.phase.set(Phase::Loading);
         match self.persist("Asking for the next pair", api::next_pair).await {
-            Ok(next) => self.show(next.assignment),
+            Ok(next) => self.show_next(next.assignment, next.status, next.retry_after_seconds),
             Err(e) => self.phase.set(Phase::Refused(e.message)),
         }
     }
@@ -180,7 +197,7 @@ impl Ws {
     }
 
     fn undo(self) {
-        if !matches!(self.phase.get_untracked(), Phase::Ready | Phase::NoMore) {
+        if !matches!(self.phase.get_untracked(), Phase::Ready | Phase::NoMore(..)) {
             return;
         }
         spawn_local(async move {
@@ -305,10 +322,22 @@ pub fn RaterWorkspace() -> impl IntoView {
                     </p>
                 }.into_any(),
                 Phase::Refused(m) => view! { <p class="error" role="alert">{m}</p> }.into_any(),
-                Phase::NoMore => view! {
-                    <section class="done-state" aria-live="polite">
-                        <h2>"No more pairs for you right now"</h2>
-                        <p>"Thank you. New pairs may arrive later."</p>
+                Phase::NoMore(status, retry) => view! {
+                    <section class="done-state" aria-live="polite" data-status=status.name()>
+                        {match status {
+                            NextStatus::Wait => view! {
+                                <h2>"Every remaining pair is with another rater"</h2>
+                                <p>{format!("Pairs come back when their raters finish or their time runs out; this page asks again in {} s.", retry.unwrap_or(5))}</p>
+                            }.into_any(),
+                            NextStatus::NothingYet => view! {
+                                <h2>"No pairs yet"</h2>
+                                <p>{format!("The next batch is being prepared; this page asks again every {} s.", retry.unwrap_or(30))}</p>
+                            }.into_any(),
+                            _ => view! {
+                                <h2>"All done: nothing left for you"</h2>
+                                <p>"Thank you. You have labelled every pair you can; new pairs may arrive later."</p>
+                            }.into_any(),
+                        }}
                         <button class="primary" on:click=move |_| spawn_local(ws.load_next())>"Check again"</button>
                         <button on:click=move |_| ws.undo()>"Undo last (U)"</button>
                     </section>

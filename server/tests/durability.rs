@@ -226,3 +226,150 @@ async fn sigterm_stops_the_server_gracefully() {
     };
     assert!(status.success(), "exited by the signal instead of shutting down: {status:?}");
 }
+
+/// The soak (not run in CI; `bench/soak.sh` runs it): `APL_SOAK_KILLS` times (default 20), eight
+/// raters label as fast as they can while the server is SIGKILLed after a random 0.1-1.2 s and
+/// started again on the same data; at the end every acknowledged label is stored exactly once,
+/// no label is stored that no rater sent, and SQLite's `integrity_check` is ok.
+/// `APL_SOAK_DATABASE=postgres://...` runs it on PostgreSQL (a fresh database is made there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "a soak of many SIGKILLs; run with bench/soak.sh"]
+async fn soak_many_sigkills() {
+    use rand::Rng;
+    let kills: usize = std::env::var("APL_SOAK_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let dir = tempfile::tempdir().unwrap();
+    let db = match std::env::var("APL_SOAK_DATABASE") {
+        Ok(url) => {
+            sqlx::any::install_default_drivers();
+            let name = format!("apl_soak_{}", std::process::id());
+            let admin = sqlx::AnyPool::connect(&url).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}"))).execute(&admin).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.unwrap();
+            format!("{}/{name}", url.rsplit_once('/').unwrap().0)
+        }
+        Err(_) => dir.path().join("apl.sqlite").display().to_string(),
+    };
+    apl::judge::install_crypto();
+    let c = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let (mut server, mut base) = serve(dir.path(), &db);
+    let p = call(
+        &c,
+        reqwest::Method::POST,
+        format!("{base}/api/projects"),
+        ADMIN,
+        Some(json!({"name": "soak", "task": "generic"})),
+    )
+    .await;
+    let pid = p["id"].as_str().unwrap().to_string();
+    let pairs: String = (0..20_000)
+        .map(|i| {
+            json!({"prompt": format!("p{i}"), "chosen": format!("c{i}"), "rejected": format!("r{i}")}).to_string()
+                + "\n"
+        })
+        .collect();
+    let r = c
+        .post(format!("{base}/api/projects/{pid}/pairs?format=trl&rate=true"))
+        .bearer_auth(ADMIN)
+        .body(pairs)
+        .timeout(Duration::from_secs(120))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let mut tokens = Vec::new();
+    for i in 0..8 {
+        let body = Some(json!({"name": format!("r{i}")}));
+        let inv = call(&c, reqwest::Method::POST, format!("{base}/api/projects/{pid}/raters"), ADMIN, body).await;
+        tokens.push(inv["token"].as_str().unwrap().to_string());
+    }
+    let mut acked: HashMap<(String, String), String> = HashMap::new();
+    let started = Instant::now();
+    for kill in 0..kills {
+        let mut clients = Vec::new();
+        for t in tokens.clone() {
+            let (c, base) = (c.clone(), base.clone());
+            clients.push(tokio::spawn(async move {
+                let mut got: Vec<(String, String)> = Vec::new();
+                let choices = ["left", "right", "tie", "both_bad"];
+                loop {
+                    let Ok(r) = c.post(format!("{base}/api/rate/next")).bearer_auth(&t).send().await else { break };
+                    let Ok(v) = r.json::<Value>().await else { break };
+                    let Some(pair) = v["assignment"]["pair"].as_str().map(str::to_string) else { break };
+                    let choice = choices[got.len() % 4];
+                    let body = json!({"pair": pair, "choice": choice, "time_ms": 10});
+                    match c.post(format!("{base}/api/rate/labels")).bearer_auth(&t).json(&body).send().await {
+                        Ok(r) if r.status().is_success() => match r.json::<Value>().await {
+                            Ok(_) => got.push((pair, choice.to_string())),
+                            Err(_) => break,
+                        },
+                        _ => break,
+                    }
+                }
+                got
+            }));
+        }
+        let wait = rand::rng().random_range(100..1200);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        server.kill().unwrap();
+        server.wait().unwrap();
+        for (t, h) in tokens.iter().zip(clients) {
+            for (pair, choice) in h.await.unwrap() {
+                assert!(acked.insert((t.clone(), pair), choice).is_none(), "a pair acknowledged twice to one rater");
+            }
+        }
+        // Started again on the same data (a new port each time).
+        (server, base) = serve(dir.path(), &db);
+        if kill % 10 == 9 {
+            eprintln!(
+                "{} kills, {} labels acknowledged, {:.0} s",
+                kill + 1,
+                acked.len(),
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    let votes = c
+        .get(format!("{base}/api/projects/{pid}/export/votes.jsonl"))
+        .bearer_auth(ADMIN)
+        .timeout(Duration::from_secs(120))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let name_of: HashMap<String, String> =
+        tokens.iter().enumerate().map(|(i, t)| (format!("r{i}"), t.clone())).collect();
+    let mut stored: HashMap<(String, String), u32> = HashMap::new();
+    for l in votes.lines() {
+        let v: Value = serde_json::from_str(l).unwrap();
+        *stored
+            .entry((name_of[v["rater"].as_str().unwrap()].clone(), v["pair_id"].as_str().unwrap().to_string()))
+            .or_default() += 1;
+    }
+    for key in acked.keys() {
+        assert_eq!(stored.get(key), Some(&1), "acknowledged label {key:?} stored exactly once");
+    }
+    assert!(stored.values().all(|&n| n == 1), "a label stored twice");
+    // Labels committed whose acknowledgement the kill cut off: at most one per rater per kill.
+    assert!(
+        stored.len() <= acked.len() + tokens.len() * kills,
+        "{} stored, {} acknowledged",
+        stored.len(),
+        acked.len()
+    );
+    server.kill().unwrap();
+    server.wait().unwrap();
+    if !db.starts_with("postgres") {
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&format!("sqlite://{db}")).await.unwrap();
+        let check: String = sqlx::query_scalar("PRAGMA integrity_check").fetch_one(&pool).await.unwrap();
+        assert_eq!(check, "ok");
+    }
+    eprintln!(
+        "soak: {kills} SIGKILLs, {} labels acknowledged, {} stored, every acknowledged one exactly once; {:.0} s",
+        acked.len(),
+        stored.len(),
+        started.elapsed().as_secs_f64()
+    );
+}

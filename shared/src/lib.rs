@@ -184,11 +184,21 @@ impl Default for ImdbImport {
     }
 }
 
-/// The result of an all-or-nothing import.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The result of an import: a malformed file is refused whole (with the line at fault); of a
+/// well-formed one, what was stored, what was already there, and what was left out and why.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(default)]
 pub struct ImportReport {
     pub imported: usize,
+    /// Records whose text the project (this split) already holds, or that the file repeats:
+    /// importing the same file twice changes nothing.
+    pub duplicates: usize,
+    /// Records left out because they cannot be used (a prompt longer than the model's context).
+    pub refused: usize,
+    /// Why records were refused (the first few, with their record numbers).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// `POST /api/projects/{id}/raters`.
@@ -278,11 +288,33 @@ pub struct Assignment {
     pub progress: RaterProgress,
 }
 
-/// `POST /api/rate/next`: the rater's current pair, or none left.
+vocab::vocabulary! {
+    "next-pair status";
+    /// Why `POST /api/rate/next` answered as it did.
+    pub enum NextStatus {
+        /// `assignment` holds the rater's pair.
+        Assigned,
+        /// Nothing left for this rater: every pair they could label is labelled (or their quota
+        /// is reached).
+        Done,
+        /// Every remaining pair is leased to other raters right now; ask again after
+        /// `retry_after_seconds` (when the first of those leases runs out).
+        Wait,
+        /// The project has no pairs to rate yet (the first batch is being prepared); ask again
+        /// after `retry_after_seconds`.
+        NothingYet,
+    }
+}
+
+/// `POST /api/rate/next`: the rater's current pair, or why there is none.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NextPair {
     pub assignment: Option<Assignment>,
+    pub status: NextStatus,
+    /// With `wait` and `nothing_yet`: when asking again may find a pair.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_seconds: Option<u64>,
 }
 
 /// `POST /api/rate/labels`.

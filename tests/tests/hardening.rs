@@ -365,3 +365,69 @@ async fn token_guessing_is_limited_and_invites_expire(b: Backend) {
     assert_eq!(r.status, 400);
     assert!(r.message().contains("expires_in_hours"), "{}", r.text);
 }
+
+// A rater with nothing to do learns why: no pairs yet (ask again in 30 s), every remaining pair
+// leased to others (ask again when the first lease ends), or done. All three used to look the
+// same ("no more pairs").
+backend_test!(next_says_done_wait_or_nothing_yet);
+async fn next_says_done_wait_or_nothing_yet(b: Backend) {
+    use apl_shared::{NextPair, NextStatus};
+    let s = common::start(&b, Default::default()).await;
+    let cfg = ProjectConfig {
+        rating: RatingConfig { overlap: 1, lease_seconds: 120, ..Default::default() },
+        ..Default::default()
+    };
+    let p = s.project("why", cfg).await;
+    let (ann, ben) = (s.rater(&p.id, "ann").await, s.rater(&p.id, "ben").await);
+    let next = |t: String| {
+        let s = &s;
+        async move { s.with_token(&t).send(Method::POST, "/api/rate/next").await.ok().json::<NextPair>() }
+    };
+    let n = next(ben.clone()).await;
+    assert_eq!((n.status, n.retry_after_seconds, n.assignment.is_none()), (NextStatus::NothingYet, Some(30), true));
+    s.trl_pairs(&p.id, 1, "rate=true").await;
+    let held = next(ann.clone()).await;
+    assert_eq!(held.status, NextStatus::Assigned);
+    let n = next(ben.clone()).await;
+    assert_eq!(n.status, NextStatus::Wait, "{n:?}");
+    assert!((110..=120).contains(&n.retry_after_seconds.unwrap()), "{n:?}");
+    s.label(&ann, &held.assignment.unwrap().pair, RaterChoice::Left).await.ok();
+    let n = next(ben.clone()).await;
+    assert_eq!((n.status, n.retry_after_seconds), (NextStatus::Done, None));
+    assert_eq!(next(ann).await.status, NextStatus::Done);
+}
+
+// Prompt imports: idempotent by text per split (the IMDB pool imported twice doubled the
+// counts); a prompt past the model's context is refused with its record number instead of
+// failing every later round; a prompt over the field cap, or with a NUL, refuses the file.
+backend_test!(prompt_imports_are_idempotent_and_capped);
+async fn prompt_imports_are_idempotent_and_capped(b: Backend) {
+    use apl_shared::{ImportReport, Split};
+    let s = common::start(&b, Default::default()).await;
+    let p = s.project("imports", ProjectConfig::default()).await;
+    let path = format!("/api/projects/{}/prompts?format=jsonl&split=train", p.id);
+    let line = |t: &str| serde_json::json!({"prompt": t}).to_string() + "\n";
+    let file: String = ["one", "two", "two", " one "].iter().map(|t| line(t)).collect();
+    let first: ImportReport = s.admin().upload(&path, file.clone().into_bytes(), "text/plain").await.expect(201);
+    assert_eq!((first.imported, first.duplicates, first.refused), (2, 2, 0));
+    let again: ImportReport = s.admin().upload(&path, file.into_bytes(), "text/plain").await.expect(201);
+    assert_eq!((again.imported, again.duplicates), (0, 4));
+    // The same text in the other split is another prompt.
+    let eval = format!("/api/projects/{}/prompts?format=jsonl&split=eval", p.id);
+    let r: ImportReport = s.admin().upload(&eval, line("one").into_bytes(), "text/plain").await.expect(201);
+    assert_eq!(r.imported, 1);
+    assert_eq!(s.store.prompts(&p.id, Split::Train, false, 100).await.unwrap().len(), 2);
+
+    // Longer than the model's context (the fixture's positions, less the completions).
+    let long = "word ".repeat(3500);
+    let file = line("fits") + &line(&long);
+    let r: ImportReport = s.admin().upload(&path, file.into_bytes(), "text/plain").await.expect(201);
+    assert_eq!((r.imported, r.refused), (1, 1));
+    assert!(r.notes[0].starts_with("record 2: the prompt is") && r.notes[0].contains("positions"), "{:?}", r.notes);
+
+    for (text, want) in [("x".repeat(20_001), "at most 20000"), ("a\0b".to_string(), "NUL")] {
+        let r = s.admin().upload(&path, line(&text).into_bytes(), "text/plain").await;
+        assert_eq!(r.status, 400, "{}", r.text);
+        assert!(r.message().contains(want) && r.message().contains("upload:1"), "{}", r.text);
+    }
+}

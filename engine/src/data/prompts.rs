@@ -122,17 +122,27 @@ pub fn read(path: &Path, tldr: bool) -> Result<Vec<PromptRecord>> {
 }
 
 /// The record, or what is wrong with it.
-fn check(r: PromptRecord, tldr: bool) -> std::result::Result<PromptRecord, &'static str> {
+fn check(r: PromptRecord, tldr: bool) -> std::result::Result<PromptRecord, String> {
     if r.prompt.trim().is_empty() {
-        return Err("the prompt is empty");
+        return Err("the prompt is empty".into());
+    }
+    for (what, text) in [("prompt", Some(&r.prompt)), ("reference", r.reference.as_ref())] {
+        let Some(text) = text else { continue };
+        let n = text.chars().count();
+        if n > super::trl::MAX_FIELD {
+            return Err(format!("the {what} has {n} characters; at most {} are accepted", super::trl::MAX_FIELD));
+        }
+        if text.contains('\0') {
+            return Err(format!("the {what} contains a NUL character (U+0000)"));
+        }
     }
     if tldr {
         if !r.prompt.trim_end().ends_with("TL;DR:") {
-            return Err("a TL;DR prompt must end with \"TL;DR:\"");
+            return Err("a TL;DR prompt must end with \"TL;DR:\"".into());
         }
         match &r.reference {
             Some(s) if !s.trim().is_empty() => {}
-            _ => return Err("a TL;DR record needs a reference summary (\"summary\" or \"reference\")"),
+            _ => return Err("a TL;DR record needs a reference summary (\"summary\" or \"reference\")".into()),
         }
     }
     Ok(r)

@@ -67,8 +67,39 @@ pub async fn import_prompts(
         PromptFormat::Csv => prompts::parse_csv("upload", &body, q.tldr),
     }
     .map_err(|e| AppError::BadRequest(crate::error::describe(&e)))?;
-    let imported = s.store.insert_prompts(&id, &records, q.split, "upload").await?;
-    Ok((StatusCode::CREATED, Json(ImportReport { imported })))
+    let (records, refused, notes) = fitting(&s, &id, records).await?;
+    let (imported, duplicates) = s.store.insert_prompts(&id, &records, q.split, "upload").await?;
+    Ok((StatusCode::CREATED, Json(ImportReport { imported, duplicates, refused, notes })))
+}
+
+/// The records whose prompt fits the model with the project's longest completion; the others
+/// are refused, counted, and the first few named (a prompt past the model's positions would
+/// fail every later round of the project).
+async fn fitting(
+    s: &AppState,
+    project: &str,
+    records: Vec<PromptRecord>,
+) -> ApiResult<(Vec<PromptRecord>, usize, Vec<String>)> {
+    let p = s.store.project(project).await?;
+    let longest = p.config.loop_settings.completion_tokens.1;
+    let (positions, tok) = (s.worker.max_positions(), s.worker.tokenizer());
+    let (mut kept, mut refused, mut notes) = (Vec::with_capacity(records.len()), 0, Vec::new());
+    for (k, r) in records.into_iter().enumerate() {
+        let n = tok.encode(&r.prompt, true)?.len();
+        if n + longest > positions {
+            refused += 1;
+            if notes.len() < 5 {
+                notes.push(format!(
+                    "record {}: the prompt is {n} tokens; with completions of up to {longest} it exceeds the model's \
+                     {positions} positions",
+                    k + 1
+                ));
+            }
+        } else {
+            kept.push(r);
+        }
+    }
+    Ok((kept, refused, notes))
 }
 
 /// `POST /api/projects/{id}/prompts/imdb {train, eval}`: prompts from the built-in IMDB pool
@@ -95,14 +126,15 @@ pub async fn import_imdb(
     let rec = |t: &String| PromptRecord { prompt: t.clone(), reference: None };
     let eval: Vec<PromptRecord> = pool[..req.eval].iter().map(rec).collect();
     let train: Vec<PromptRecord> = pool[req.eval..req.eval + req.train].iter().map(rec).collect();
-    let mut imported = 0;
-    if !eval.is_empty() {
-        imported += s.store.insert_prompts(&id, &eval, Split::Eval, "imdb").await?;
+    let mut report = ImportReport::default();
+    for (records, split) in [(eval, Split::Eval), (train, Split::Train)] {
+        if !records.is_empty() {
+            let (stored, duplicates) = s.store.insert_prompts(&id, &records, split, "imdb").await?;
+            report.imported += stored;
+            report.duplicates += duplicates;
+        }
     }
-    if !train.is_empty() {
-        imported += s.store.insert_prompts(&id, &train, Split::Train, "imdb").await?;
-    }
-    Ok((StatusCode::CREATED, Json(ImportReport { imported })))
+    Ok((StatusCode::CREATED, Json(report)))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -157,7 +189,7 @@ pub async fn import_pairs(
         })
         .collect();
     let ids = s.store.insert_pairs(&id, &pairs, "import").await?;
-    Ok((StatusCode::CREATED, Json(ImportReport { imported: ids.len() })))
+    Ok((StatusCode::CREATED, Json(ImportReport { imported: ids.len(), ..Default::default() })))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

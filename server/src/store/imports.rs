@@ -54,22 +54,35 @@ pub struct NewPair {
 }
 
 impl Store {
-    /// Stores prompts; returns how many.
+    /// Stores the prompts whose text (trimmed) the project's `split` does not hold yet; returns
+    /// (stored, duplicates). Importing a file twice stores it once.
     pub async fn insert_prompts(
         &self,
         project_id: &str,
         records: &[PromptRecord],
         split: Split,
         source: &str,
-    ) -> Result<usize> {
+    ) -> Result<(usize, usize)> {
         self.project(project_id).await?;
         let mut w = self.begin_write().await?;
+        // Read inside the write transaction: a concurrent import of the same file waits.
+        let held: Vec<String> = sqlx::query_scalar("SELECT text FROM prompts WHERE project_id = $1 AND split = $2")
+            .bind(project_id)
+            .bind(split)
+            .fetch_all(&mut *w.tx)
+            .await?;
+        let mut seen: std::collections::HashSet<String> = held.into_iter().map(|t| t.trim().to_string()).collect();
         let now = now_ms();
+        let mut stored = 0;
         for r in records {
+            if !seen.insert(r.prompt.trim().to_string()) {
+                continue;
+            }
             insert_prompt(&mut w, project_id, &r.prompt, r.reference.as_deref(), split, source, None, now).await?;
+            stored += 1;
         }
         w.commit().await?;
-        Ok(records.len())
+        Ok((stored, records.len() - stored))
     }
 
     /// Stores pairs (and their completions and new prompts); returns their ids.

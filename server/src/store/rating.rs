@@ -28,6 +28,15 @@ pub struct Rater {
     pub quota: Option<i64>,
 }
 
+/// What `POST /api/rate/next` found for a rater.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    Assigned(Assignment),
+    Done,
+    Wait { retry_after_seconds: u64 },
+    NothingYet { retry_after_seconds: u64 },
+}
+
 /// Why a rater token was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenRefused {
@@ -160,9 +169,9 @@ impl Store {
             .await?)
     }
 
-    /// The rater's current pair: a lease they already hold, else a newly claimed one; `None`
-    /// when nothing is left for them (or their quota is reached).
-    pub async fn next_assignment(&self, rater: &Rater) -> Result<Option<Assignment>> {
+    /// The rater's current pair: a lease they already hold, else a newly claimed one; when there
+    /// is none, why: done, waiting on other raters' leases, or no pairs yet.
+    pub async fn next_assignment(&self, rater: &Rater) -> Result<Next> {
         let cfg = self.rating_config(&rater.project_id).await?;
         let now = now_ms();
         let lease = cfg.lease_seconds as i64 * 1000;
@@ -182,16 +191,16 @@ impl Store {
                 .execute(&mut *w.tx)
                 .await?;
             w.commit().await?;
-            return self.assignment_view(rater, &pair).await.map(Some);
+            return self.assignment_view(rater, &pair).await.map(Next::Assigned);
         }
         if let Some(q) = rater.quota
             && self.labels_done(rater).await? >= q
         {
-            return Ok(None);
+            return Ok(Next::Done);
         }
         // 2. A pair of a human check this rater was chosen for, before anything else.
         match self.claim_oldest(rater, CHECK_PAIRS, now, lease).await? {
-            Claim::Got(pair) => return self.assignment_view(rater, &pair).await.map(Some),
+            Claim::Got(pair) => return self.assignment_view(rater, &pair).await.map(Next::Assigned),
             // None open, or other check raters hold them all: go on to the rest.
             Claim::Empty | Claim::Busy => {}
         }
@@ -200,15 +209,48 @@ impl Store {
             && rand::rng().random_bool(cfg.gold_rate.min(1.0))
             && let Some(pair) = self.claim_gold(rater, now, lease).await?
         {
-            return self.assignment_view(rater, &pair).await.map(Some);
+            return self.assignment_view(rater, &pair).await.map(Next::Assigned);
         }
         // 4. The oldest training pair still short of votes that this rater has not seen.
         match self.claim_oldest(rater, TRAINING_PAIRS, now, lease).await? {
-            Claim::Got(pair) => self.assignment_view(rater, &pair).await.map(Some),
-            Claim::Empty => Ok(None),
+            Claim::Got(pair) => self.assignment_view(rater, &pair).await.map(Next::Assigned),
+            Claim::Empty => self.why_none(rater, now).await,
             // Every candidate went to other raters while we looked: the pool is busy, not empty.
-            Claim::Busy => Err(StoreError::Conflict("other raters took every open pair at once; ask again".into())),
+            Claim::Busy => Ok(Next::Wait { retry_after_seconds: 1 }),
         }
+    }
+
+    /// Why no pair could be claimed: the project has none yet; pairs this rater has not seen
+    /// are still short of votes but leased to others (wait until the first lease ends); or
+    /// nothing is left for them.
+    async fn why_none(&self, rater: &Rater, now: i64) -> Result<Next> {
+        let q = format!("SELECT COUNT(*) FROM pairs p WHERE p.project_id = $1 AND p.kind = $2 AND {TRAINING_PAIRS}");
+        let pairs: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(q.as_str()))
+            .bind(&rater.project_id)
+            .bind(PairKind::Train)
+            .fetch_one(&self.pool)
+            .await?;
+        if pairs == 0 {
+            return Ok(Next::NothingYet { retry_after_seconds: 30 });
+        }
+        // The first expiry among other raters' live leases on pairs this rater could still take.
+        let q = format!(
+            "SELECT MIN(a.lease_expires) FROM pairs p JOIN assignments a ON a.pair_id = p.id \
+             WHERE p.project_id = $1 AND {open} AND {TRAINING_PAIRS} AND a.done = 0 AND a.lease_expires > $3 \
+               AND NOT EXISTS (SELECT 1 FROM assignments m WHERE m.pair_id = p.id AND m.rater_id = $2) \
+               AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.pair_id = p.id AND l.rater_id = $2)",
+            open = open_train_pairs()
+        );
+        let first_expiry: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(q.as_str()))
+            .bind(&rater.project_id)
+            .bind(&rater.id)
+            .bind(now)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(match first_expiry {
+            Some(t) => Next::Wait { retry_after_seconds: ((t - now).max(0) as u64).div_ceil(1000).max(1) },
+            None => Next::Done,
+        })
     }
 
     /// Claims the oldest open pair matching `pool` (a fixed SQL condition on `p`, where `$2` is

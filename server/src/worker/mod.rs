@@ -75,6 +75,16 @@ impl Worker {
         }
     }
 
+    /// The served model's tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The most positions (prompt and completion tokens) the served model takes.
+    pub fn max_positions(&self) -> usize {
+        self.model.max_positions()
+    }
+
     pub fn num_prompts(&self) -> usize {
         self.prompts.len()
     }

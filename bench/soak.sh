@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 KILLS="${1:-200}"
 run() {
-  APL_SOAK_KILLS="$KILLS" cargo test --release -p apl-server --test durability soak_many_sigkills \
+  APL_SOAK_KILLS="$KILLS" cargo test -p apl-server --test durability soak_many_sigkills \
     -- --ignored --nocapture 2>&1 | grep -E "soak:|kills,|panicked|test result"
 }
 echo "SQLite, $KILLS kills:"

@@ -431,3 +431,65 @@ async fn prompt_imports_are_idempotent_and_capped(b: Backend) {
         assert!(r.message().contains(want) && r.message().contains("upload:1"), "{}", r.text);
     }
 }
+
+// Every SQLite connection of the pool runs with the settings durability rests on (WAL,
+// synchronous FULL, foreign keys, a busy timeout); PostgreSQL's fsync and synchronous_commit
+// are checked at start (a warning when off). A database made by the first schema, with data,
+// migrates to today's with the data intact.
+backend_test!(store_settings_hold_and_old_databases_migrate);
+async fn store_settings_hold_and_old_databases_migrate(b: Backend) {
+    use apl::store::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let url = common::fresh_database(&b, dir.path()).await;
+    // The first schema only, as a server of that version made it, with a project, a rater and
+    // a prompt in it.
+    sqlx::any::install_default_drivers();
+    let raw = if url.starts_with("postgres") { url.clone() } else { format!("sqlite://{url}?mode=rwc") };
+    let pool = sqlx::AnyPool::connect(&raw).await.unwrap();
+    let mut first = sqlx::migrate!("../server/migrations");
+    first.migrations = std::borrow::Cow::Owned(first.migrations[..1].to_vec());
+    first.run(&pool).await.unwrap();
+    let config = serde_json::to_string(&ProjectConfig::default()).unwrap();
+    for q in [
+        format!(
+            "INSERT INTO projects (id, name, task, config, created_at) VALUES ('p1', 'old', 'generic', '{config}', 1)"
+        ),
+        "INSERT INTO raters (id, project_id, name, token_hash, quota, disabled, created_at) \
+         VALUES ('r1', 'p1', 'ann', 'h1', NULL, 0, 2)"
+            .into(),
+        "INSERT INTO prompts (id, project_id, text, reference, split, source, used_round, created_at) \
+         VALUES ('q1', 'p1', 'an old prompt', NULL, 'train', 'upload', NULL, 3)"
+            .into(),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(q)).execute(&pool).await.unwrap();
+    }
+    pool.close().await;
+    let store = Store::connect(&url).await.unwrap();
+    assert_eq!(store.project("p1").await.unwrap().name, "old");
+    let raters = store.rater_stats("p1").await.unwrap();
+    assert_eq!((raters.len(), raters[0].name.as_str(), raters[0].expires_at), (1, "ann", None));
+    let prompts = store.prompts("p1", apl_shared::Split::Train, false, 10).await.unwrap();
+    assert_eq!(prompts[0].text, "an old prompt");
+
+    match b {
+        Backend::Sqlite => {
+            // All eight connections at once, so every one of them is looked at.
+            let mut conns = Vec::new();
+            for _ in 0..8 {
+                conns.push(store.pool.acquire().await.unwrap());
+            }
+            for c in &mut conns {
+                let get = |q: &'static str| sqlx::query_scalar::<_, i64>(q);
+                assert_eq!(get("PRAGMA foreign_keys").fetch_one(&mut **c).await.unwrap(), 1);
+                assert_eq!(get("PRAGMA synchronous").fetch_one(&mut **c).await.unwrap(), 2, "FULL");
+                assert_eq!(get("PRAGMA busy_timeout").fetch_one(&mut **c).await.unwrap(), 10_000);
+                let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&mut **c).await.unwrap();
+                assert_eq!(mode, "wal");
+            }
+        }
+        Backend::Postgres(_) => assert!(store.durability_problems().await.unwrap().is_empty()),
+    }
+    let warned = apl::store::durability_problems("off", "off");
+    assert!(warned.len() == 2 && warned[0].contains("fsync = off") && warned[1].contains("synchronous_commit"));
+    assert!(apl::store::durability_problems("on", "on").is_empty());
+}

@@ -154,7 +154,22 @@ impl Store {
             sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
         }
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool, backend, write_lock: Arc::new(Mutex::new(())) })
+        let store = Self { pool, backend, write_lock: Arc::new(Mutex::new(())) };
+        for problem in store.durability_problems().await? {
+            tracing::warn!("{problem}");
+        }
+        Ok(store)
+    }
+
+    /// PostgreSQL settings under which an acknowledged label could be lost in a crash (`fsync`
+    /// or `synchronous_commit` off); SQLite's are set on every connection.
+    pub async fn durability_problems(&self) -> Result<Vec<String>> {
+        if self.backend != Backend::Postgres {
+            return Ok(Vec::new());
+        }
+        let fsync: String = sqlx::query_scalar("SHOW fsync").fetch_one(&self.pool).await?;
+        let commit: String = sqlx::query_scalar("SHOW synchronous_commit").fetch_one(&self.pool).await?;
+        Ok(durability_problems(&fsync, &commit))
     }
 
     pub async fn begin_write(&self) -> Result<WriteTx<'_>> {
@@ -191,6 +206,24 @@ impl Store {
             .await?;
         w.commit().await
     }
+}
+
+/// What PostgreSQL's `fsync` and `synchronous_commit` settings put at risk.
+pub fn durability_problems(fsync: &str, synchronous_commit: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if fsync.trim().eq_ignore_ascii_case("off") {
+        out.push(
+            "PostgreSQL runs with fsync = off: a crash of its machine can lose or corrupt acknowledged labels".into(),
+        );
+    }
+    if synchronous_commit.trim().eq_ignore_ascii_case("off") {
+        out.push(
+            "PostgreSQL runs with synchronous_commit = off: labels acknowledged in the last moments before a crash \
+             can be lost"
+                .into(),
+        );
+    }
+    out
 }
 
 fn sqlite_url(path: &Path) -> String {

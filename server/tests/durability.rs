@@ -50,22 +50,12 @@ async fn call(c: &reqwest::Client, method: reqwest::Method, url: String, token: 
     resp.json().await.unwrap()
 }
 
-async fn killed_mid_stream(database: impl Fn(&Path) -> String) {
-    let dir = tempfile::tempdir().unwrap();
-    let db = database(dir.path());
-    let (mut server, base) = serve(dir.path(), &db);
-    apl::judge::install_crypto();
-    let c = reqwest::Client::new();
-    let p = call(
-        &c,
-        reqwest::Method::POST,
-        format!("{base}/api/projects"),
-        ADMIN,
-        Some(json!({"name": "d", "task": "generic"})),
-    )
-    .await;
+/// A project of `pairs` TRL pairs open to raters, and `raters` rater tokens.
+async fn rating_project(c: &reqwest::Client, base: &str, pairs: usize, raters: usize) -> (String, Vec<String>) {
+    let body = Some(json!({"name": "d", "task": "generic"}));
+    let p = call(c, reqwest::Method::POST, format!("{base}/api/projects"), ADMIN, body).await;
     let pid = p["id"].as_str().unwrap().to_string();
-    let pairs: String = (0..2000)
+    let lines: String = (0..pairs)
         .map(|i| {
             json!({"prompt": format!("p{i}"), "chosen": format!("c{i}"), "rejected": format!("r{i}")}).to_string()
                 + "\n"
@@ -74,57 +64,58 @@ async fn killed_mid_stream(database: impl Fn(&Path) -> String) {
     let r = c
         .post(format!("{base}/api/projects/{pid}/pairs?format=trl&rate=true"))
         .bearer_auth(ADMIN)
-        .body(pairs)
+        .body(lines)
+        .timeout(Duration::from_secs(120))
         .send()
         .await
         .unwrap();
     assert!(r.status().is_success());
     let mut tokens = Vec::new();
-    for i in 0..4 {
-        let inv = call(
-            &c,
-            reqwest::Method::POST,
-            format!("{base}/api/projects/{pid}/raters"),
-            ADMIN,
-            Some(json!({"name": format!("r{i}")})),
-        )
-        .await;
+    for i in 0..raters {
+        let body = Some(json!({"name": format!("r{i}")}));
+        let inv = call(c, reqwest::Method::POST, format!("{base}/api/projects/{pid}/raters"), ADMIN, body).await;
         tokens.push(inv["token"].as_str().unwrap().to_string());
     }
+    (pid, tokens)
+}
+
+/// One rater labelling as fast as the server answers, until it stops answering (killed) or
+/// has nothing left; returns the (pair, choice) labels that were acknowledged.
+async fn label_until_cut_off(c: reqwest::Client, base: String, token: String) -> Vec<(String, String)> {
+    let mut acked: Vec<(String, String)> = Vec::new();
+    let choices = ["left", "right", "tie", "both_bad"];
+    loop {
+        let Ok(r) = c.post(format!("{base}/api/rate/next")).bearer_auth(&token).send().await else { break };
+        let Ok(v) = r.json::<Value>().await else { break };
+        let Some(pair) = v["assignment"]["pair"].as_str().map(str::to_string) else { break };
+        let choice = choices[acked.len() % 4];
+        let body = json!({"pair": pair, "choice": choice, "time_ms": 10});
+        match c.post(format!("{base}/api/rate/labels")).bearer_auth(&token).json(&body).send().await {
+            Ok(r) if r.status().is_success() => match r.json::<Value>().await {
+                Ok(ack) => {
+                    assert_eq!(ack["choice"], choice);
+                    acked.push((pair, choice.to_string()))
+                }
+                Err(_) => break, // killed while answering: not acknowledged
+            },
+            _ => break,
+        }
+    }
+    acked
+}
+
+async fn killed_mid_stream(database: impl Fn(&Path) -> String) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = database(dir.path());
+    let (mut server, base) = serve(dir.path(), &db);
+    apl::judge::install_crypto();
+    let c = reqwest::Client::new();
+    let (pid, tokens) = rating_project(&c, &base, 2000, 4).await;
 
     // Four clients label continuously; each remembers what was acknowledged.
     let stop = Instant::now() + Duration::from_millis(1500);
-    let mut clients = Vec::new();
-    for t in tokens.clone() {
-        let (c, base) = (c.clone(), base.clone());
-        clients.push(tokio::spawn(async move {
-            let mut acked: Vec<(String, String)> = Vec::new();
-            let choices = ["left", "right", "tie", "both_bad"];
-            loop {
-                let Ok(r) = c.post(format!("{base}/api/rate/next")).bearer_auth(&t).send().await else { break };
-                let Ok(v) = r.json::<Value>().await else { break };
-                let pair = v["assignment"]["pair"].as_str().unwrap().to_string();
-                let choice = choices[acked.len() % 4];
-                let sent = c
-                    .post(format!("{base}/api/rate/labels"))
-                    .bearer_auth(&t)
-                    .json(&json!({"pair": pair, "choice": choice, "time_ms": 10}))
-                    .send()
-                    .await;
-                match sent {
-                    Ok(r) if r.status().is_success() => match r.json::<Value>().await {
-                        Ok(ack) => {
-                            assert_eq!(ack["choice"], choice);
-                            acked.push((pair, choice.to_string()))
-                        }
-                        Err(_) => break, // killed while answering: not acknowledged
-                    },
-                    _ => break,
-                }
-            }
-            acked
-        }));
-    }
+    let clients: Vec<_> =
+        tokens.iter().map(|t| tokio::spawn(label_until_cut_off(c.clone(), base.clone(), t.clone()))).collect();
     tokio::time::sleep_until(stop.into()).await;
     server.kill().unwrap(); // SIGKILL
     server.wait().unwrap();
@@ -252,62 +243,12 @@ async fn soak_many_sigkills() {
     apl::judge::install_crypto();
     let c = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
     let (mut server, mut base) = serve(dir.path(), &db);
-    let p = call(
-        &c,
-        reqwest::Method::POST,
-        format!("{base}/api/projects"),
-        ADMIN,
-        Some(json!({"name": "soak", "task": "generic"})),
-    )
-    .await;
-    let pid = p["id"].as_str().unwrap().to_string();
-    let pairs: String = (0..20_000)
-        .map(|i| {
-            json!({"prompt": format!("p{i}"), "chosen": format!("c{i}"), "rejected": format!("r{i}")}).to_string()
-                + "\n"
-        })
-        .collect();
-    let r = c
-        .post(format!("{base}/api/projects/{pid}/pairs?format=trl&rate=true"))
-        .bearer_auth(ADMIN)
-        .body(pairs)
-        .timeout(Duration::from_secs(120))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
-    let mut tokens = Vec::new();
-    for i in 0..8 {
-        let body = Some(json!({"name": format!("r{i}")}));
-        let inv = call(&c, reqwest::Method::POST, format!("{base}/api/projects/{pid}/raters"), ADMIN, body).await;
-        tokens.push(inv["token"].as_str().unwrap().to_string());
-    }
+    let (pid, tokens) = rating_project(&c, &base, 20_000, 8).await;
     let mut acked: HashMap<(String, String), String> = HashMap::new();
     let started = Instant::now();
     for kill in 0..kills {
-        let mut clients = Vec::new();
-        for t in tokens.clone() {
-            let (c, base) = (c.clone(), base.clone());
-            clients.push(tokio::spawn(async move {
-                let mut got: Vec<(String, String)> = Vec::new();
-                let choices = ["left", "right", "tie", "both_bad"];
-                loop {
-                    let Ok(r) = c.post(format!("{base}/api/rate/next")).bearer_auth(&t).send().await else { break };
-                    let Ok(v) = r.json::<Value>().await else { break };
-                    let Some(pair) = v["assignment"]["pair"].as_str().map(str::to_string) else { break };
-                    let choice = choices[got.len() % 4];
-                    let body = json!({"pair": pair, "choice": choice, "time_ms": 10});
-                    match c.post(format!("{base}/api/rate/labels")).bearer_auth(&t).json(&body).send().await {
-                        Ok(r) if r.status().is_success() => match r.json::<Value>().await {
-                            Ok(_) => got.push((pair, choice.to_string())),
-                            Err(_) => break,
-                        },
-                        _ => break,
-                    }
-                }
-                got
-            }));
-        }
+        let clients: Vec<_> =
+            tokens.iter().map(|t| tokio::spawn(label_until_cut_off(c.clone(), base.clone(), t.clone()))).collect();
         let wait = rand::rng().random_range(100..1200);
         tokio::time::sleep(Duration::from_millis(wait)).await;
         server.kill().unwrap();

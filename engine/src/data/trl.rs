@@ -33,6 +33,8 @@ pub fn parse_jsonl(name: &str, text: &str) -> Result<Vec<TrlRecord>> {
                 Some(Value::String(s)) if s.chars().count() > MAX_FIELD => {
                     format!("{key:?} is longer than {MAX_FIELD} characters")
                 }
+                // PostgreSQL's TEXT cannot hold it; no text a person reads needs it.
+                Some(Value::String(s)) if s.contains('\0') => format!("{key:?} contains a NUL character (U+0000)"),
                 Some(Value::String(s)) => return Ok(s.clone()),
                 Some(Value::Array(_)) => {
                     format!("{key:?} is a list of messages; only the plain-text format is supported")

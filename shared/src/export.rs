@@ -101,7 +101,8 @@ mod tests {
 /// server writes and every CSV the browser offers passes its cells through here: a rater's
 /// rationale or a name typed by anyone is otherwise a formula in the admin's spreadsheet.
 pub fn csv_cell(text: &str) -> std::borrow::Cow<'_, str> {
-    let trimmed = text.trim_start_matches([' ', '\u{a0}']);
+    // Spreadsheets skip leading blanks and control characters before reading a formula.
+    let trimmed = text.trim_start_matches(|c: char| c.is_whitespace() || c.is_control());
     let risky = text.starts_with(['\t', '\r']) || trimmed.starts_with(['=', '+', '-', '@']);
     if risky && text.trim().parse::<f64>().is_err() { format!("'{text}").into() } else { text.into() }
 }
@@ -122,6 +123,9 @@ mod csv_tests {
             "\t=1+1",
             "\r=1+1",
             "\tplain after a tab",
+            " \t=HYPERLINK(\"http://evil.example\")",
+            "\n=1+1",
+            "\u{a0}\u{2003}@SUM(1)",
         ] {
             assert_eq!(csv_cell(attack), format!("'{attack}"), "{attack:?}");
         }

@@ -449,7 +449,10 @@ async fn store_settings_hold_and_old_databases_migrate(b: Backend) {
     let mut first = sqlx::migrate!("../server/migrations");
     first.migrations = std::borrow::Cow::Owned(first.migrations[..1].to_vec());
     first.run(&pool).await.unwrap();
-    let config = serde_json::to_string(&ProjectConfig::default()).unwrap();
+    // Its settings as that version wrote them: no acquire.pair_lengths.
+    let mut config = serde_json::to_value(ProjectConfig::default()).unwrap();
+    config["loop_settings"]["acquire"].as_object_mut().unwrap().remove("pair_lengths");
+    let config = config.to_string();
     for q in [
         format!(
             "INSERT INTO projects (id, name, task, config, created_at) VALUES ('p1', 'old', 'generic', '{config}', 1)"
@@ -465,7 +468,10 @@ async fn store_settings_hold_and_old_databases_migrate(b: Backend) {
     }
     pool.close().await;
     let store = Store::connect(&url).await.unwrap();
-    assert_eq!(store.project("p1").await.unwrap().name, "old");
+    let old = store.project("p1").await.unwrap();
+    assert_eq!(old.name, "old");
+    // Its rounds keep drawing one length per pair, as before pair_lengths existed.
+    assert_eq!(old.config.loop_settings.acquire.pair_lengths, apl_shared::settings::PairLengths::Matched);
     let raters = store.rater_stats("p1").await.unwrap();
     assert_eq!((raters.len(), raters[0].name.as_str(), raters[0].expires_at), (1, "ann", None));
     let prompts = store.prompts("p1", apl_shared::Split::Train, false, 10).await.unwrap();

@@ -44,9 +44,10 @@ pub fn compute(loss: Loss, lp: &PairLogprobs, beta: f64) -> Result<LossOutput> {
     let mut chosen_ratio = (lp.policy_chosen - lp.ref_chosen)?;
     let mut rejected_ratio = (lp.policy_rejected - lp.ref_rejected)?;
     if loss == Loss::Ipo {
-        // (a / n - b / n) = (a - b) / n: the averaged log-probs' ratio.
-        chosen_ratio = chosen_ratio.div(lp.chosen_tokens)?;
-        rejected_ratio = rejected_ratio.div(lp.rejected_tokens)?;
+        // (a / n - b / n) = (a - b) / n: the averaged log-probs' ratio (n at least 1: an empty
+        // completion has ratio 0, not 0/0).
+        chosen_ratio = chosen_ratio.div(&lp.chosen_tokens.maximum(1.0)?)?;
+        rejected_ratio = rejected_ratio.div(&lp.rejected_tokens.maximum(1.0)?)?;
     }
     let logits = (&chosen_ratio - &rejected_ratio)?;
     let per_pair = match loss {

@@ -82,24 +82,30 @@ async fn fitting(
 ) -> ApiResult<(Vec<PromptRecord>, usize, Vec<String>)> {
     let p = s.store.project(project).await?;
     let longest = p.config.loop_settings.completion_tokens.1;
-    let (positions, tok) = (s.worker.max_positions(), s.worker.tokenizer());
-    let (mut kept, mut refused, mut notes) = (Vec::with_capacity(records.len()), 0, Vec::new());
-    for (k, r) in records.into_iter().enumerate() {
-        let n = tok.encode(&r.prompt, true)?.len();
-        if n + longest > positions {
-            refused += 1;
-            if notes.len() < 5 {
-                notes.push(format!(
-                    "record {}: the prompt is {n} tokens; with completions of up to {longest} it exceeds the model's \
-                     {positions} positions",
-                    k + 1
-                ));
+    let worker = s.worker.clone();
+    // Tokenising a large upload is CPU work: off the async threads.
+    tokio::task::spawn_blocking(move || {
+        let (positions, tok) = (worker.max_positions(), worker.tokenizer());
+        let (mut kept, mut refused, mut notes) = (Vec::with_capacity(records.len()), 0, Vec::new());
+        for (k, r) in records.into_iter().enumerate() {
+            let n = tok.encode(&r.prompt, true)?.len();
+            if n + longest > positions {
+                refused += 1;
+                if notes.len() < 5 {
+                    notes.push(format!(
+                        "record {}: the prompt is {n} tokens; with completions of up to {longest} it exceeds the \
+                         model's {positions} positions",
+                        k + 1
+                    ));
+                }
+            } else {
+                kept.push(r);
             }
-        } else {
-            kept.push(r);
         }
-    }
-    Ok((kept, refused, notes))
+        Ok((kept, refused, notes))
+    })
+    .await
+    .map_err(AppError::internal)?
 }
 
 /// `POST /api/projects/{id}/prompts/imdb {train, eval}`: prompts from the built-in IMDB pool

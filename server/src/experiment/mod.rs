@@ -230,13 +230,18 @@ pub fn outcomes(out: &Path, records: &[PhaseRecord]) -> Result<report::Outcomes>
         let Ok(text) = std::fs::read_to_string(&path) else { continue };
         let rows: Vec<run::SampleRow> =
             serde_json::from_str(&text).with_context(|| format!("{} is corrupt", path.display()))?;
+        // FNV-1a over the baseline texts: equal for phases judged against one baseline.
+        let baseline = rows
+            .iter()
+            .flat_map(|s| s.sample.baseline.bytes().chain([0xff]))
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
         let scores: Option<Vec<f64>> = rows.iter().map(|s| s.sample.outcome.map(|x| x.score())).collect();
         if let Some(v) = scores {
-            o.0.insert((report::Judge::Oracle, r.acquisition, r.m, r.seed), v);
+            o.0.insert((report::Judge::Oracle, r.acquisition, r.m, r.seed), (baseline, v));
         }
         let held: Option<Vec<f64>> = rows.iter().map(|s| s.held_out_outcome.map(|x| x.score())).collect();
         if let Some(v) = held {
-            o.0.insert((report::Judge::HeldOut, r.acquisition, r.m, r.seed), v);
+            o.0.insert((report::Judge::HeldOut, r.acquisition, r.m, r.seed), (baseline, v));
         }
     }
     Ok(o)

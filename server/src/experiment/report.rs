@@ -217,9 +217,14 @@ impl Judge {
 }
 
 /// Per-prompt outcome scores (win 1, tie 1/2, loss 0) of every finished phase, by (judge,
-/// acquisition, m, seed), in evaluation-prompt order.
+/// acquisition, m, seed), in evaluation-prompt order, with a fingerprint of the baseline texts
+/// they were judged against: two phases pair only when they share the baseline (a seed's
+/// baseline is regenerated when an older results directory is resumed).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Outcomes(pub BTreeMap<(Judge, Acquisition, usize, u64), Vec<f64>>);
+pub struct Outcomes(pub BTreeMap<PhaseKey, (u64, Vec<f64>)>);
+
+/// (judge, acquisition, m, seed).
+pub type PhaseKey = (Judge, Acquisition, usize, u64);
 
 /// One arm against random at one m.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -270,13 +275,16 @@ pub fn compare(outcomes: &Outcomes) -> Comparison {
         };
         for &arm in &arms {
             for &m in &ms {
-                let seeds: Vec<u64> =
-                    seeds_of(arm, m).intersection(&seeds_of(Acquisition::Random, m)).copied().collect();
+                let seeds: Vec<u64> = seeds_of(arm, m)
+                    .intersection(&seeds_of(Acquisition::Random, m))
+                    .copied()
+                    .filter(|&s| o[&(judge, arm, m, s)].0 == o[&(judge, Acquisition::Random, m, s)].0)
+                    .collect();
                 let scores: Vec<SeedScores> = seeds
                     .iter()
                     .map(|&s| SeedScores {
-                        arm: o[&(judge, arm, m, s)].clone(),
-                        reference: o[&(judge, Acquisition::Random, m, s)].clone(),
+                        arm: o[&(judge, arm, m, s)].1.clone(),
+                        reference: o[&(judge, Acquisition::Random, m, s)].1.clone(),
                     })
                     .collect();
                 let sizes: Vec<usize> = scores.iter().map(|s| s.arm.len()).collect();
@@ -291,13 +299,19 @@ pub fn compare(outcomes: &Outcomes) -> Comparison {
                 let first = it.next().unwrap_or_default();
                 it.fold(first, |acc, s| acc.intersection(&s).copied().collect())
             };
-            let seeds: Vec<u64> = complete(arm).intersection(&complete(Acquisition::Random)).copied().collect();
+            let same_baseline =
+                |s: u64| ms.iter().all(|&m| o[&(judge, arm, m, s)].0 == o[&(judge, Acquisition::Random, m, s)].0);
+            let seeds: Vec<u64> = complete(arm)
+                .intersection(&complete(Acquisition::Random))
+                .copied()
+                .filter(|&s| same_baseline(s))
+                .collect();
             if seeds.is_empty() || ms.is_empty() {
                 continue;
             }
             let curve = |acq: Acquisition| ArmCurve {
                 labels: ms.iter().map(|&m| m as f64).collect(),
-                scores: ms.iter().map(|&m| seeds.iter().map(|&s| o[&(judge, acq, m, s)].clone()).collect()).collect(),
+                scores: ms.iter().map(|&m| seeds.iter().map(|&s| o[&(judge, acq, m, s)].1.clone()).collect()).collect(),
             };
             let (mine, random) = (curve(arm), curve(Acquisition::Random));
             // Every seed's prompts are the same at every m: one draw of them serves all m.
@@ -593,6 +607,26 @@ mod tests {
             mean_labels: m as f64,
             mean_seconds: 1.0,
         }
+    }
+
+    #[test]
+    fn phases_judged_against_different_baselines_are_not_paired() {
+        // Seed 0 shares its baseline between the arms; seed 1's random phase was judged against a
+        // regenerated baseline (fingerprint 8 instead of 7), so only seed 0 pairs.
+        let mut o = Outcomes::default();
+        let mut put = |a, s, baseline, v: [f64; 4]| {
+            o.0.insert((Judge::Oracle, a, 64, s), (baseline, v.to_vec()));
+        };
+        put(Acquisition::Random, 0, 7, [0.0, 1.0, 0.5, 0.0]);
+        put(Acquisition::Certainty, 0, 7, [1.0, 1.0, 0.5, 0.0]);
+        put(Acquisition::Random, 1, 8, [0.0, 0.0, 0.0, 0.0]);
+        put(Acquisition::Certainty, 1, 7, [1.0, 1.0, 1.0, 1.0]);
+        let c = compare(&o);
+        let d = c.paired(Judge::Oracle, Acquisition::Certainty, 64).expect("seed 0 pairs");
+        assert_eq!((d.seeds, d.prompts), (1, 4));
+        // Seed 0's differences: 1, 0, 0, 0.
+        assert!((d.estimate - 0.25).abs() < 1e-12);
+        assert_eq!(c.efficiency.iter().map(|e| e.seeds.clone()).collect::<Vec<_>>(), vec![vec![0]]);
     }
 
     #[test]

@@ -146,7 +146,10 @@ impl ChatClient {
         let url = reqwest::Url::parse(base)
             .map_err(|e| InvalidSetting::new("judge.base_url", format!("{base:?} is not a URL: {e}")))?;
         // Address literals never reach the resolver: checked here.
-        cfg.destinations.check_url(&url).map_err(JudgeError::Refused)?;
+        cfg.destinations.check_url(&url).map_err(|r| {
+            tracing::warn!(host = %r.host, address = %r.address, kind = r.kind, "judge base URL refused");
+            JudgeError::Refused(r)
+        })?;
         let http = reqwest::Client::builder()
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))

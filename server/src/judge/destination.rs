@@ -18,11 +18,13 @@ use std::sync::Arc;
 /// An address the policy refused: which host, which address, and how to allow it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "the judge's host {host} is {address}, an internal address ({kind}); the judge may call only public addresses \
-     unless the server's operator allows this one (apl serve --judge-allow {host})"
+    "the judge's host {host} is an internal address ({kind}); the judge may call only public addresses unless the \
+     server's operator allows this one (apl serve --judge-allow {host})"
 )]
 pub struct Refused {
     pub host: String,
+    /// The address it resolved to: for the operator's log, not for the admin's message (it
+    /// would map internal names to addresses).
     pub address: IpAddr,
     pub kind: &'static str,
 }
@@ -78,23 +80,27 @@ fn in_net(ip: IpAddr, net: IpAddr, prefix: u8) -> bool {
     }
 }
 
-/// IPv4-mapped and IPv4-compatible IPv6 addresses as the IPv4 address they carry.
+/// IPv6 addresses that carry an IPv4 address, as that address: IPv4-mapped (`::ffff:a.b.c.d`),
+/// IPv4-compatible (`::a.b.c.d`), NAT64 (`64:ff9b::/96`, `64:ff9b:1::/48`, which a DNS64/NAT64
+/// network routes to the IPv4 address) and 6to4 (`2002:aabb:ccdd::/48`).
 fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                // ::a.b.c.d (deprecated "compatible" form), but not :: and ::1.
-                if s[..6].iter().all(|&x| x == 0) && (s[6] != 0 || s[7] > 1) {
-                    IpAddr::V4(Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8))
-                } else {
-                    ip
-                }
-            }
-        },
-        v4 => v4,
+    let IpAddr::V6(v6) = ip else { return ip };
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return IpAddr::V4(v4);
     }
+    let s = v6.segments();
+    let v4 = |hi: u16, lo: u16| IpAddr::V4(Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8));
+    // ::a.b.c.d (deprecated "compatible" form), but not :: and ::1.
+    if s[..6].iter().all(|&x| x == 0) && (s[6] != 0 || s[7] > 1) {
+        return v4(s[6], s[7]);
+    }
+    if s[0] == 0x64 && s[1] == 0xff9b && (s[2..6].iter().all(|&x| x == 0) || s[2] == 1) {
+        return v4(s[6], s[7]);
+    }
+    if s[0] == 0x2002 {
+        return v4(s[1], s[2]);
+    }
+    ip
 }
 
 /// What kind of internal address `ip` is, if it is one.
@@ -112,6 +118,8 @@ pub fn internal(ip: IpAddr) -> Option<&'static str> {
                 Some("unspecified")
             } else if o[0] == 100 && (o[1] & 0xc0) == 64 {
                 Some("carrier-grade NAT")
+            } else if (o[0] == 198 && (o[1] & 0xfe) == 18) || (o[0] == 192 && o[1] == 0 && o[2] == 0) {
+                Some("benchmarking or protocol-assignment")
             } else if a.is_multicast() || a.is_broadcast() || o[0] >= 240 {
                 Some("multicast or reserved")
             } else {
@@ -204,6 +212,7 @@ impl reqwest::dns::Resolve for CheckedResolver {
                 .filter(|a| match policy.check(&host, a.ip()) {
                     Ok(()) => true,
                     Err(r) => {
+                        tracing::warn!(host = %r.host, address = %r.address, kind = r.kind, "judge call refused");
                         refused.get_or_insert(r);
                         false
                     }
@@ -260,6 +269,11 @@ mod tests {
             ("http://0.0.0.0:8080/v1", "unspecified"),
             ("http://[::]:8080/v1", "unspecified"),
             ("http://224.0.0.1/v1", "multicast or reserved"),
+            ("http://[64:ff9b::a00:5]/v1", "private"),
+            ("http://[64:ff9b:1::7f00:1]/v1", "loopback"),
+            ("http://[2002:a00:5::1]/v1", "private"),
+            ("http://198.18.0.1/v1", "benchmarking or protocol-assignment"),
+            ("http://192.0.0.8/v1", "benchmarking or protocol-assignment"),
         ] {
             assert_eq!(refused(url), Some(kind), "{url}");
         }

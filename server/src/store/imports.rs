@@ -65,7 +65,15 @@ impl Store {
     ) -> Result<(usize, usize)> {
         self.project(project_id).await?;
         let mut w = self.begin_write().await?;
-        // Read inside the write transaction: a concurrent import of the same file waits.
+        // Imports into one project take turns, so a concurrent import of the same file (a
+        // double click, a retry) sees this one's prompts: SQLite's write lock does that; on
+        // PostgreSQL the project's row is locked for the transaction.
+        if self.backend == super::Backend::Postgres {
+            sqlx::query("SELECT id FROM projects WHERE id = $1 FOR UPDATE")
+                .bind(project_id)
+                .execute(&mut *w.tx)
+                .await?;
+        }
         let held: Vec<String> = sqlx::query_scalar("SELECT text FROM prompts WHERE project_id = $1 AND split = $2")
             .bind(project_id)
             .bind(split)

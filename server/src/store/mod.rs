@@ -155,10 +155,38 @@ impl Store {
         }
         sqlx::migrate!("./migrations").run(&pool).await?;
         let store = Self { pool, backend, write_lock: Arc::new(Mutex::new(())) };
+        store.keep_pair_lengths().await?;
         for problem in store.durability_problems().await? {
             tracing::warn!("{problem}");
         }
         Ok(store)
+    }
+
+    /// Projects stored before `acquire.pair_lengths` existed drew one length per pair; they keep
+    /// doing so (`matched`), so a study's later rounds stay comparable with its earlier ones.
+    /// New projects get the default, a length per completion.
+    async fn keep_pair_lengths(&self) -> Result<()> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT id, config FROM projects").fetch_all(&self.pool).await?;
+        for (id, config) in rows {
+            let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&config) else { continue };
+            let Some(acquire) = v.pointer_mut("/loop_settings/acquire").and_then(|a| a.as_object_mut()) else {
+                continue;
+            };
+            if acquire.contains_key("pair_lengths") {
+                continue;
+            }
+            acquire.insert("pair_lengths".into(), serde_json::json!(apl_shared::settings::PairLengths::Matched));
+            let mut w = self.begin_write().await?;
+            sqlx::query("UPDATE projects SET config = $1 WHERE id = $2")
+                .bind(v.to_string())
+                .bind(&id)
+                .execute(&mut *w.tx)
+                .await?;
+            w.commit().await?;
+            tracing::info!(project = %id, "project settings from before pair_lengths: kept one length per pair (matched)");
+        }
+        Ok(())
     }
 
     /// PostgreSQL settings under which an acknowledged label could be lost in a crash (`fsync`

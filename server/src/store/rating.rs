@@ -12,7 +12,7 @@
 //! the server maps that back to A/B.
 
 use apl_shared::{
-    Assignment, Choice, LabelAck, LabelRequest, PairKind, RaterChoice, RaterProgress, RatingConfig, Side,
+    Assignment, Choice, JobState, LabelAck, LabelRequest, PairKind, RaterChoice, RaterProgress, RatingConfig, Side,
 };
 use rand::Rng;
 use rand::seq::SliceRandom;
@@ -230,13 +230,21 @@ impl Store {
             .bind(PairKind::Train)
             .fetch_one(&self.pool)
             .await?;
-        if pairs == 0 {
+        // A round being prepared (a job queued or running) brings pairs soon.
+        let busy: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE project_id = $1 AND state IN ($2, $3)")
+            .bind(&rater.project_id)
+            .bind(JobState::Queued)
+            .bind(JobState::Running)
+            .fetch_one(&self.pool)
+            .await?;
+        if pairs == 0 || busy > 0 {
             return Ok(Next::NothingYet { retry_after_seconds: 30 });
         }
         // The first expiry among other raters' live leases on pairs this rater could still take.
         let q = format!(
             "SELECT MIN(a.lease_expires) FROM pairs p JOIN assignments a ON a.pair_id = p.id \
-             WHERE p.project_id = $1 AND {open} AND {TRAINING_PAIRS} AND a.done = 0 AND a.lease_expires > $3 \
+             WHERE p.project_id = $1 AND {open} AND ({TRAINING_PAIRS} OR {CHECK_PAIRS}) AND a.done = 0 \
+               AND a.lease_expires > $3 \
                AND NOT EXISTS (SELECT 1 FROM assignments m WHERE m.pair_id = p.id AND m.rater_id = $2) \
                AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.pair_id = p.id AND l.rater_id = $2)",
             open = open_train_pairs()

@@ -5,8 +5,12 @@
 # `wrk`): each rater asks for a pair and labels it, as fast as the server answers.
 #
 #   bash bench/load.sh [CONNECTIONS=8] [SECONDS=20]
+#   PAIRS=10000 bash bench/load.sh          # pool size (default 60000)
+#   IMPORT=300000 bash bench/load.sh 8 60   # a TRL import of that many rows into another
+#                                           # project starts 2 s in, while the raters label
 #
-# Prints labels/s and the latency percentiles wrk measured.
+# Prints labels/s and the latency percentiles wrk measured (with IMPORT, also how long the
+# import took and whether it ended inside the measured window).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 conns=${1:-8}
@@ -38,4 +42,25 @@ for i in $(seq "$conns"); do
   echo
 done >"$work/tokens"
 echo "apl serve on $base: $(nproc) cores, ${DATABASE:-SQLite}, $pairs pairs, $conns raters, ${secs}s"
+if [ -n "${IMPORT:-}" ]; then
+  other=$(api -H 'content-type: application/json' -d '{"name":"import","task":"generic"}' "$base/api/projects" \
+    | sed 's/.*"id":"\([0-9a-f]*\)".*/\1/')
+  python3 -c "
+import json
+for i in range($IMPORT):
+    print(json.dumps({'prompt': f'Imported {i}: the film', 'chosen': f'was fine {i}', 'rejected': f'was dull {i}'}))
+" >"$work/import.jsonl"
+  (
+    sleep 2
+    t0=$(date +%s.%N)
+    report=$(api --max-time 600 --data-binary @"$work/import.jsonl" "$base/api/projects/$other/pairs?format=trl" || echo failed)
+    echo "import of $IMPORT rows (started 2 s in): $(echo "$(date +%s.%N) - $t0" | bc) s, $report"
+  ) >"$work/import.log" &
+  importer=$!
+fi
 RATER_TOKENS="$work/tokens" wrk -t "$conns" -c "$conns" -d "${secs}s" --latency -s bench/label.lua "$base"
+if [ -n "${IMPORT:-}" ]; then
+  running=""; kill -0 "$importer" 2>/dev/null && running=" (still running when wrk stopped: measure longer)"
+  wait "$importer"
+  echo "$(cat "$work/import.log")$running"
+fi

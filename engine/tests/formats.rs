@@ -55,7 +55,7 @@ proptest! {
         let back = trl::parse_jsonl("f", &file).unwrap();
         let want: Vec<TrlRecord> = rows
             .iter()
-            .map(|(p, c, r)| TrlRecord { prompt: p.clone(), chosen: c.clone(), rejected: r.clone() })
+            .map(|(p, c, r)| TrlRecord { prompt: p.clone(), chosen: c.clone(), rejected: r.clone(), extra: Default::default() })
             .collect();
         prop_assert_eq!(back, want);
     }

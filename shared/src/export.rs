@@ -57,6 +57,9 @@ pub struct DpoMetadata {
     pub votes: VoteCounts,
     /// Names of the raters (or judges) who voted.
     pub raters: Vec<String>,
+    /// An imported row's own fields besides prompt, chosen and rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra: Option<crate::ExtraFields>,
 }
 
 /// One vote as stored: a line of `votes.jsonl`, a row of `votes.csv` (in this column order).

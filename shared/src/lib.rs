@@ -530,10 +530,30 @@ pub struct PairRecord {
     pub target_votes: i64,
     pub votes: i64,
     pub created_at: i64,
+    /// An imported row's fields besides prompt, chosen and rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub extra: Option<ExtraFields>,
 }
 
+/// The fields of an imported TRL row other than `prompt`, `chosen` and `rejected`, kept as they
+/// came (a dataset's `score`, `source`, `id`, ...) and written back in the DPO export under
+/// `metadata.extra`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ExtraFields(pub serde_json::Map<String, serde_json::Value>);
+
 #[cfg(feature = "sqlx")]
-sql::json_column!(ProjectConfig, JobParams, JobProgress, JobResult, AcquireStats, TrainSummary, EvaluationDetails,);
+sql::json_column!(
+    ProjectConfig,
+    JobParams,
+    JobProgress,
+    JobResult,
+    AcquireStats,
+    TrainSummary,
+    EvaluationDetails,
+    ExtraFields,
+);
 
 #[cfg(test)]
 mod tests {

@@ -432,6 +432,89 @@ async fn prompt_imports_are_idempotent_and_capped(b: Backend) {
     }
 }
 
+// Pair imports: a repeated row or a file imported twice adds nothing; a row's other fields come
+// back in the DPO export; a file larger than the server takes is refused whole; the import
+// commits in batches yet is seen all at once: an import that stopped half-way (a crash) is seen
+// by nobody and is deleted with what it wrote.
+backend_test!(pair_imports_are_idempotent_keep_their_fields_and_are_seen_whole);
+async fn pair_imports_are_idempotent_keep_their_fields_and_are_seen_whole(b: Backend) {
+    use apl_shared::{ImportReport, LabelSource, Split};
+    let s = common::start(&b, common::Options { max_import_rows: 600, ..Default::default() }).await;
+    let p = s.project("pairs", ProjectConfig::default()).await;
+    let path = format!("/api/projects/{}/pairs?format=trl", p.id);
+    let row = |i: usize| {
+        let mut v = serde_json::json!({"prompt": format!("prompt {i}"), "chosen": "good", "rejected": "bad"});
+        if i == 0 {
+            v["score"] = serde_json::json!(0.9);
+            v["id"] = serde_json::json!("hh-rlhf/0");
+        }
+        v.to_string() + "\n"
+    };
+    // 450 rows (three batches), the last repeating the first.
+    let file: String = (0..449).chain([0]).map(row).collect();
+    let first: ImportReport =
+        s.admin().upload(&path, file.clone().into_bytes(), "application/x-ndjson").await.expect(201);
+    assert_eq!((first.imported, first.duplicates), (449, 1));
+    let again: ImportReport = s.admin().upload(&path, file.into_bytes(), "application/x-ndjson").await.expect(201);
+    assert_eq!((again.imported, again.duplicates), (0, 450));
+    // The same texts as gold pairs are other pairs.
+    let gold: ImportReport =
+        s.admin().upload(&format!("{path}&gold=true"), row(1).into_bytes(), "application/x-ndjson").await.expect(201);
+    assert_eq!(gold.imported, 1);
+
+    let rows = s.dpo(&p.id, Some(LabelSource::Judge)).await;
+    assert_eq!(rows.len(), 449);
+    let with_fields = rows.iter().find(|r| r.prompt == "prompt 0").unwrap();
+    let extra = with_fields.metadata.extra.as_ref().expect("the row's own fields");
+    assert_eq!(serde_json::Value::Object(extra.0.clone()), serde_json::json!({"score": 0.9, "id": "hh-rlhf/0"}));
+    assert!(rows.iter().filter(|r| r.prompt != "prompt 0").all(|r| r.metadata.extra.is_none()));
+
+    let big: String = (1000..1601).map(row).collect();
+    let r = s.admin().upload(&path, big.into_bytes(), "application/x-ndjson").await;
+    assert_eq!(r.status, 413, "{}", r.text);
+    assert!(r.message().contains("601 records") && r.message().contains("--max-import-rows"), "{}", r.text);
+
+    // An import that stopped after its first batch: its rows exist but nobody sees them.
+    let pool = &s.store.pool;
+    let stopped: ImportReport = s
+        .admin()
+        .upload(
+            &format!("/api/projects/{}/prompts?format=jsonl&split=train", p.id),
+            b"{\"prompt\":\"half\"}\n".to_vec(),
+            "text/plain",
+        )
+        .await
+        .expect(201);
+    assert_eq!(stopped.imported, 1);
+    sqlx::query(
+        "INSERT INTO imports (id, project_id, done, records, created_at, heartbeat) VALUES ('stopped', $1, 0, 2, 0, 0)",
+    )
+    .bind(&p.id)
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE prompts SET import_id = 'stopped' WHERE text IN ('half', 'prompt 5')")
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE pairs SET import_id = 'stopped' WHERE prompt_id IN (SELECT id FROM prompts WHERE text = 'prompt 5')",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    let visible = s.store.prompts(&p.id, Split::Train, true, 1000).await.unwrap();
+    assert!(visible.iter().all(|q| q.text != "half"), "a prompt of an unfinished import is offered");
+    let rows = s.dpo(&p.id, Some(LabelSource::Judge)).await;
+    assert_eq!(rows.len(), 448, "a pair of an unfinished import is exported");
+    assert_eq!(s.store.sweep_imports(false).await.unwrap(), 1);
+    let count = |q: &'static str| async move { sqlx::query_scalar::<_, i64>(q).fetch_one(pool).await.unwrap() };
+    assert_eq!(count("SELECT COUNT(*) FROM prompts WHERE text IN ('half', 'prompt 5')").await, 0);
+    assert_eq!(count("SELECT COUNT(*) FROM imports WHERE done = 0").await, 0);
+    // Nothing of another import went with it.
+    assert_eq!(s.dpo(&p.id, Some(LabelSource::Judge)).await.len(), 448);
+}
+
 // Every SQLite connection of the pool runs with the settings durability rests on (WAL,
 // synchronous FULL, foreign keys, a busy timeout); PostgreSQL's fsync and synchronous_commit
 // are checked at start (a warning when off). A database made by the first schema, with data,

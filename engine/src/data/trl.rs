@@ -1,8 +1,9 @@
 //! Preference data in TRL's DPO format: JSONL lines `{"prompt", "chosen", "rejected"}` of
-//! plain strings (extra fields are kept out of the way, not refused). A file is taken whole or
-//! not at all; errors name the line and the problem.
+//! plain strings. A row's other fields (a dataset's `score`, `id`, `source`) are kept as they
+//! came, to be written back with the row. A file is taken whole or not at all; errors name the
+//! line and the problem.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::{DataError, Result};
 
@@ -11,6 +12,8 @@ pub struct TrlRecord {
     pub prompt: String,
     pub chosen: String,
     pub rejected: String,
+    /// The row's other fields.
+    pub extra: Map<String, Value>,
 }
 
 /// Longest accepted field, in characters.
@@ -24,7 +27,7 @@ pub fn parse_jsonl(name: &str, text: &str) -> Result<Vec<TrlRecord>> {
             continue;
         }
         let v: Value = serde_json::from_str(line).map_err(|source| DataError::Json { at: at.clone(), source })?;
-        let Value::Object(obj) = v else {
+        let Value::Object(mut obj) = v else {
             return Err(DataError::record(at, "expected a JSON object with prompt, chosen and rejected"));
         };
         let get = |key: &str| -> Result<String> {
@@ -50,7 +53,10 @@ pub fn parse_jsonl(name: &str, text: &str) -> Result<Vec<TrlRecord>> {
         if chosen == rejected {
             return Err(DataError::record(at, "chosen and rejected are the same text"));
         }
-        out.push(TrlRecord { prompt, chosen, rejected });
+        for key in ["prompt", "chosen", "rejected"] {
+            obj.remove(key);
+        }
+        out.push(TrlRecord { prompt, chosen, rejected, extra: obj });
     }
     if out.is_empty() {
         return Err(DataError::record(name, "no records"));
@@ -65,7 +71,8 @@ mod tests {
     #[test]
     fn reads_and_refuses_with_line_numbers() {
         let ok = parse_jsonl("f", "{\"prompt\":\"p\",\"chosen\":\"a\",\"rejected\":\"b\",\"score\":1}\n\n").unwrap();
-        assert_eq!(ok, vec![TrlRecord { prompt: "p".into(), chosen: "a".into(), rejected: "b".into() }]);
+        let extra = serde_json::json!({"score": 1}).as_object().unwrap().clone();
+        assert_eq!(ok, vec![TrlRecord { prompt: "p".into(), chosen: "a".into(), rejected: "b".into(), extra }]);
         let good = "{\"prompt\":\"p\",\"chosen\":\"a\",\"rejected\":\"b\"}\n";
         for (bad, want) in [
             ("nope", "f:2: not valid JSON"),

@@ -1,11 +1,13 @@
 //! Admin endpoints that move data in and out: prompt files (JSONL, CSV, the built-in IMDB
 //! pool), preference pairs in TRL's format, the pair list, and the exports (TRL DPO JSONL with
-//! metadata, every raw vote as JSONL and CSV). Imports are all-or-nothing; their errors name
-//! the line and the problem.
+//! metadata, every raw vote as JSONL and CSV). A file is checked whole before anything is
+//! stored (errors name the line and the problem), then stored as one import (`store::imports`):
+//! in short batches that raters' labels interleave with, visible all at once. The import runs
+//! as a task of its own, so a client that goes away does not cut it off half-way.
 
 use apl_shared::{
-    Choice, ImdbImport, ImportReport, LabelSource, PairFormat, PairKind, PairRecord, Preference, PromptFormat, Split,
-    Vocabulary,
+    Choice, ExtraFields, ImdbImport, ImportReport, LabelSource, PairFormat, PairKind, PairRecord, Preference,
+    PromptFormat, Split, Vocabulary,
 };
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
@@ -19,7 +21,7 @@ use super::body::{JsonBody, Upload};
 use super::doc::Failures;
 use super::{ApiResult, AppError, AppState};
 use crate::store::export::votes_csv;
-use crate::store::imports::{NewCompletion, NewPair, PromptRef};
+use crate::store::imports::{NewCompletion, NewPair, PromptRef, import_key};
 use apl_engine::data::prompts::{self, PromptRecord};
 use apl_engine::data::trl;
 
@@ -67,9 +69,30 @@ pub async fn import_prompts(
         PromptFormat::Csv => prompts::parse_csv("upload", &body, q.tldr),
     }
     .map_err(|e| AppError::BadRequest(crate::error::describe(&e)))?;
+    capped(&s, records.len())?;
     let (records, refused, notes) = fitting(&s, &id, records).await?;
-    let (imported, duplicates) = s.store.insert_prompts(&id, &records, q.split, "upload").await?;
+    let store = s.store.clone();
+    let (imported, duplicates) =
+        detached(async move { store.insert_prompts(&id, &records, q.split, "upload").await }).await?;
     Ok((StatusCode::CREATED, Json(ImportReport { imported, duplicates, refused, notes })))
+}
+
+/// Refuses an upload of more records than the server takes.
+fn capped(s: &AppState, records: usize) -> ApiResult<()> {
+    if records > s.max_import_rows {
+        return Err(AppError::TooLarge(format!(
+            "upload: {records} records; this server takes up to {} per upload (apl serve --max-import-rows)",
+            s.max_import_rows
+        )));
+    }
+    Ok(())
+}
+
+/// Runs a store write to its end even when the request that started it is dropped.
+async fn detached<T: Send + 'static>(
+    write: impl std::future::Future<Output = crate::store::Result<T>> + Send + 'static,
+) -> ApiResult<T> {
+    Ok(tokio::spawn(write).await.map_err(AppError::internal)??)
 }
 
 /// The records whose prompt fits the model with the project's longest completion; the others
@@ -174,15 +197,19 @@ pub async fn import_pairs(
     let project = s.store.project(&id).await?;
     let records =
         trl::parse_jsonl("upload", utf8(&body)?).map_err(|e| AppError::BadRequest(crate::error::describe(&e)))?;
+    capped(&s, records.len())?;
+    let kind = if q.gold { PairKind::Gold } else { PairKind::Train };
     let completion =
         |text: &str| NewCompletion { text: text.to_string(), source: "import".into(), logp: None, tokens: None };
     let pairs: Vec<NewPair> = records
-        .iter()
+        .into_iter()
         .map(|r| NewPair {
-            prompt: PromptRef::New(r.prompt.clone()),
+            import_key: Some(import_key(kind, &r.prompt, &r.chosen, &r.rejected)),
             a: completion(&r.chosen),
             b: completion(&r.rejected),
-            kind: if q.gold { PairKind::Gold } else { PairKind::Train },
+            prompt: PromptRef::New(r.prompt),
+            extra: (!r.extra.is_empty()).then_some(ExtraFields(r.extra)),
+            kind,
             round: None,
             acquisition: None,
             r_a: None,
@@ -194,8 +221,9 @@ pub async fn import_pairs(
             known: Some(("import".into(), Preference::A)),
         })
         .collect();
-    let ids = s.store.insert_pairs(&id, &pairs, "import").await?;
-    Ok((StatusCode::CREATED, Json(ImportReport { imported: ids.len(), ..Default::default() })))
+    let store = s.store.clone();
+    let (imported, duplicates) = detached(async move { store.import_pairs(&id, &pairs, "import").await }).await?;
+    Ok((StatusCode::CREATED, Json(ImportReport { imported, duplicates, ..Default::default() })))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

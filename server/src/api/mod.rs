@@ -52,6 +52,8 @@ pub struct AppState {
     pub dist: Option<PathBuf>,
     /// Failed authentications per address.
     pub auth_limit: Arc<limit::AuthLimiter>,
+    /// Most records one upload may hold (`apl serve --max-import-rows`).
+    pub max_import_rows: usize,
 }
 
 /// The API's one error type. What a caller did wrong is answered with a message naming it;

@@ -59,6 +59,9 @@ pub struct Args {
     /// it, judges reach only public addresses (SECURITY.md).
     #[arg(long, env = "APL_JUDGE_ALLOW", value_delimiter = ',')]
     pub judge_allow: Vec<Allow>,
+    /// Most records (prompts or pairs) one upload may hold; larger files are refused whole.
+    #[arg(long, default_value_t = 1_000_000, env = "APL_MAX_IMPORT_ROWS")]
+    pub max_import_rows: usize,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -123,7 +126,14 @@ pub fn run(a: Args) -> Result<()> {
             let sole = store.backend == Backend::Sqlite;
             tokio::spawn(worker.clone().run_jobs(store.clone(), sole));
         }
-        let state = AppState { store, worker, health: Arc::new(health), dist, auth_limit: Default::default() };
+        let state = AppState {
+            store,
+            worker,
+            health: Arc::new(health),
+            dist,
+            auth_limit: Default::default(),
+            max_import_rows: a.max_import_rows,
+        };
         // Connection info: the limit on wrong tokens counts per client address.
         let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
         axum::serve(listener, service).with_graceful_shutdown(shutdown_signal()).await?;

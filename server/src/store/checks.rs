@@ -164,7 +164,8 @@ impl Store {
             let prompt_id = match recorded.or_else(|| by_text.get(&s.prompt)) {
                 Some(p) => p.clone(),
                 None => {
-                    let p = insert_prompt(&mut w, project_id, &s.prompt, None, Split::Eval, "check", None, now).await?;
+                    let p = insert_prompt(&mut w, project_id, &s.prompt, None, Split::Eval, "check", None, None, now)
+                        .await?;
                     by_text.insert(s.prompt.clone(), p.clone());
                     p
                 }

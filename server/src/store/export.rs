@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use apl_shared::{Choice, DpoLine, DpoMetadata, LabelSource, PairKind, PairRecord, Preference, Side, Vote, VoteCounts};
 use serde::Serialize;
 
+use super::imports::settled;
 use super::{Result, Store};
 
 /// A judge's label counted as a vote: a side, a tie, or (no decision) a skip, never a side.
@@ -47,7 +48,8 @@ impl LabelledPair {
 
 /// The columns of [`PairRecord`].
 const PAIR_COLS: &str = "p.id, p.kind, p.round, p.acquisition, pr.text AS prompt, ca.text AS completion_a, \
-    cb.text AS completion_b, p.r_a, p.r_b, p.margin, p.entropy, p.gold_choice, p.target_votes, p.votes, p.created_at";
+    cb.text AS completion_b, p.r_a, p.r_b, p.margin, p.entropy, p.gold_choice, p.target_votes, p.votes, p.created_at, \
+    p.extra";
 const PAIR_JOINS: &str = "FROM pairs p JOIN prompts pr ON pr.id = p.prompt_id \
     JOIN completions ca ON ca.id = p.completion_a JOIN completions cb ON cb.id = p.completion_b";
 
@@ -62,7 +64,8 @@ impl Store {
     ) -> Result<Vec<PairRecord>> {
         let q = format!(
             "SELECT {PAIR_COLS} {PAIR_JOINS} WHERE p.project_id = $1 AND p.check_id IS NULL AND ($2 IS NULL OR p.round = $2) \
-             ORDER BY p.created_at, p.id LIMIT $3 OFFSET $4"
+             AND {} ORDER BY p.created_at, p.id LIMIT $3 OFFSET $4",
+            settled("p")
         );
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(q))
             .bind(project_id)
@@ -76,8 +79,9 @@ impl Store {
     /// Training pairs with a majority preference from `source`, oldest first.
     pub async fn preferences(&self, project_id: &str, source: LabelSource) -> Result<Vec<LabelledPair>> {
         let q = format!(
-            "SELECT {PAIR_COLS} {PAIR_JOINS} WHERE p.project_id = $1 AND p.kind = $2 AND p.check_id IS NULL \
-             ORDER BY p.created_at, p.id"
+            "SELECT {PAIR_COLS} {PAIR_JOINS} WHERE p.project_id = $1 AND p.kind = $2 AND p.check_id IS NULL AND {} \
+             ORDER BY p.created_at, p.id",
+            settled("p")
         );
         let pairs: Vec<PairRecord> =
             sqlx::query_as(sqlx::AssertSqlSafe(q)).bind(project_id).bind(PairKind::Train).fetch_all(&self.pool).await?;
@@ -163,6 +167,7 @@ impl LabelledPair {
                 chosen_is: self.chosen,
                 votes: self.votes.clone(),
                 raters: self.raters.clone(),
+                extra: p.extra.clone(),
             },
         }
     }

@@ -156,6 +156,7 @@ impl Store {
         sqlx::migrate!("./migrations").run(&pool).await?;
         let store = Self { pool, backend, write_lock: Arc::new(Mutex::new(())) };
         store.keep_pair_lengths().await?;
+        store.sweep_imports(store.backend == Backend::Sqlite).await?;
         for problem in store.durability_problems().await? {
             tracing::warn!("{problem}");
         }

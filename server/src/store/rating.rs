@@ -79,9 +79,10 @@ fn screen_choice(left_side: Side, c: Choice) -> RaterChoice {
 
 /// Open pairs of a pool: `p.kind` is spelled into the SQL (from the enum) rather than bound, so
 /// the planners of both databases can use the partial index `pairs_open`, whose predicate names
-/// the kind; a bound parameter cannot be proven to match it.
+/// the kind; a bound parameter cannot be proven to match it. Pairs of an import still running
+/// are not open yet.
 fn open_train_pairs() -> String {
-    format!("p.kind = '{}' AND p.votes < p.target_votes", PairKind::Train)
+    format!("p.kind = '{}' AND p.votes < p.target_votes AND {}", PairKind::Train, super::imports::settled("p"))
 }
 
 /// Training pairs: not part of any human check.

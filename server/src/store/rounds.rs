@@ -68,7 +68,7 @@ impl Store {
                 .execute(&mut *w.tx)
                 .await?;
         }
-        let ids = insert_pairs_tx(&mut w, project_id, pairs, "acquired").await?;
+        let ids = insert_pairs_tx(&mut w, project_id, pairs, "acquired", None).await?;
         w.commit().await?;
         Ok(ids)
     }

@@ -368,6 +368,8 @@ fn generate(ctx: &Ctx, p: &JobParams) -> JobResultOf<Generated> {
             gold_choice: None,
             target_votes: target,
             known: None,
+            import_key: None,
+            extra: None,
         });
     }
     let round = NewRound {

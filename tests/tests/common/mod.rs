@@ -123,6 +123,8 @@ pub struct Options {
     pub judge_allow: Vec<apl::judge::destination::Allow>,
     /// `apl serve --secrets-file`.
     pub secrets_file: Option<PathBuf>,
+    /// `apl serve --max-import-rows`.
+    pub max_import_rows: usize,
 }
 
 impl Default for Options {
@@ -133,6 +135,7 @@ impl Default for Options {
             max_new_tokens: 6,
             judge_allow: vec!["127.0.0.1".parse().unwrap()],
             secrets_file: None,
+            max_import_rows: 1_000_000,
         }
     }
 }
@@ -177,6 +180,7 @@ pub async fn start(b: &Backend, opts: Options) -> Server {
         health: Arc::new(health),
         dist: opts.dist,
         auth_limit: Default::default(),
+        max_import_rows: opts.max_import_rows,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -474,8 +474,24 @@ async fn pair_imports_are_idempotent_keep_their_fields_and_are_seen_whole(b: Bac
     assert_eq!(r.status, 413, "{}", r.text);
     assert!(r.message().contains("601 records") && r.message().contains("--max-import-rows"), "{}", r.text);
 
-    // An import that stopped after its first batch: its rows exist but nobody sees them.
+    // While another import into the project runs (its heartbeat fresh), a second is refused: its
+    // duplicates check could not see the first's rows.
     let pool = &s.store.pool;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    sqlx::query(
+        "INSERT INTO imports (id, project_id, done, records, created_at, heartbeat) VALUES ('live', $1, 0, 9, $2, $2)",
+    )
+    .bind(&p.id)
+    .bind(now)
+    .execute(pool)
+    .await
+    .unwrap();
+    let r = s.admin().upload(&path, row(7).into_bytes(), "application/x-ndjson").await;
+    assert_eq!(r.status, 409, "{}", r.text);
+    assert!(r.message().contains("another import into this project is running"), "{}", r.text);
+    sqlx::query("DELETE FROM imports WHERE id = 'live'").execute(pool).await.unwrap();
+
+    // An import that stopped after its first batch: its rows exist but nobody sees them.
     let stopped: ImportReport = s
         .admin()
         .upload(

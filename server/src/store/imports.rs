@@ -163,11 +163,28 @@ impl Store {
         Ok((stored, pairs.len() - stored))
     }
 
-    /// Registers an import (after deleting stopped ones); returns its id.
+    /// Registers an import (after deleting stopped ones); returns its id. One import into a
+    /// project runs at a time: a second (a double click, a retry of a slow upload) is refused
+    /// while the first runs, since its duplicates check could not see the first's rows.
     async fn start_import(&self, project_id: &str, records: usize) -> Result<String> {
         self.sweep_imports(false).await?;
         let (id, now) = (new_id(), now_ms());
         let mut w = self.begin_write().await?;
+        if self.backend == super::Backend::Postgres {
+            sqlx::query("SELECT id FROM projects WHERE id = $1 FOR UPDATE")
+                .bind(project_id)
+                .execute(&mut *w.tx)
+                .await?;
+        }
+        let running: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM imports WHERE project_id = $1 AND done = 0")
+            .bind(project_id)
+            .fetch_one(&mut *w.tx)
+            .await?;
+        if running > 0 {
+            return Err(StoreError::Conflict(
+                "another import into this project is running; send this file again when it is done".into(),
+            ));
+        }
         sqlx::query(
             "INSERT INTO imports (id, project_id, done, records, created_at, heartbeat) VALUES ($1, $2, 0, $3, $4, $4)",
         )

@@ -395,6 +395,7 @@ impl Candidate {
 
 fn merge_stats(acc: &mut AcquireStats, s: AcquireStats) {
     acc.prompts_drawn += s.prompts_drawn;
+    acc.prompts_skipped += s.prompts_skipped;
     acc.sequences_sampled += s.sequences_sampled;
     acc.sequences_scored += s.sequences_scored;
     acc.sampling_seconds += s.sampling_seconds;

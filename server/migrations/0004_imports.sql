@@ -20,3 +20,6 @@ ALTER TABLE pairs ADD COLUMN import_key TEXT;
 CREATE UNIQUE INDEX pairs_import_key ON pairs(project_id, import_key);
 -- The other fields of an imported TRL row, a JSON object, written back in the DPO export.
 ALTER TABLE pairs ADD COLUMN extra TEXT;
+-- An admin may disable a prompt: it is never acquired or evaluated again; its pairs and labels
+-- stay. (A prompt without pairs may be deleted outright.)
+ALTER TABLE prompts ADD COLUMN disabled BIGINT NOT NULL DEFAULT 0;

@@ -510,6 +510,34 @@ fn null_as_default<'de, D: serde::Deserializer<'de>, T: Default + Deserialize<'d
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
+/// A prompt as the admin sees it (`GET /api/projects/{id}/prompts`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PromptInfo {
+    pub id: String,
+    pub split: Split,
+    pub text: String,
+    /// The reference text (TL;DR summaries), when the import had one.
+    pub reference: Option<String>,
+    /// Where it came from: `upload`, `imdb`, `import` (a pair file), `check`.
+    pub source: String,
+    /// The round that acquired from it (0: it came with an imported pair).
+    pub used_round: Option<i64>,
+    /// Disabled prompts are never acquired or evaluated again.
+    pub disabled: bool,
+    /// Pairs made from it.
+    pub pairs: i64,
+    pub created_at: i64,
+}
+
+/// `PATCH /api/projects/{id}/prompts/{prompt}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct PromptUpdate {
+    pub disabled: bool,
+}
+
 /// A pair as the admin sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

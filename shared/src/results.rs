@@ -13,6 +13,9 @@ use crate::vocab::{Acquisition, Choice, LabelSource, Outcome};
 #[serde(default)]
 pub struct AcquireStats {
     pub prompts_drawn: usize,
+    /// Prompts passed over because with the longest completion they exceed the model's
+    /// positions (marked used, so no later round draws them again).
+    pub prompts_skipped: usize,
     pub sequences_sampled: usize,
     pub sequences_scored: usize,
     pub sampling_seconds: f64,

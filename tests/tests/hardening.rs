@@ -531,6 +531,89 @@ async fn pair_imports_are_idempotent_keep_their_fields_and_are_seen_whole(b: Bac
     assert_eq!(s.dpo(&p.id, Some(LabelSource::Judge)).await.len(), 448);
 }
 
+// Admins see a project's prompts with what became of them, disable one (no round draws it; its
+// pairs stay) and delete one no pair uses; a prompt too long for the model that got in anyway
+// (stored before the import check, or the completion length raised since) is passed over by
+// acquisition and counted in the round, not allowed to fail every round.
+backend_test!(
+    prompts_are_listed_disabled_deleted_and_too_long_ones_passed_over,
+    flavor = "multi_thread",
+    worker_threads = 2
+);
+async fn prompts_are_listed_disabled_deleted_and_too_long_ones_passed_over(b: Backend) {
+    use apl_shared::settings::{AcquireConfig, LoopSettings};
+    use apl_shared::{JobKind, JobParams, JobState, Labeller, PromptInfo, PromptUpdate, RoundRow, Split};
+    let s = common::start(&b, Default::default()).await;
+    let cfg = ProjectConfig {
+        loop_settings: LoopSettings {
+            pairs_per_round: 3,
+            acquire: AcquireConfig { batch_size: 4, ..Default::default() },
+            completion_tokens: (3, 6),
+            exact_length: false,
+            labeller: Labeller::Length,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let p = s.project("prompts", cfg).await;
+    let texts: Vec<String> = (0..6).map(|i| format!("train prompt {i} was")).collect();
+    s.prompts(&p.id, Split::Train, &texts).await;
+    s.prompts(&p.id, Split::Eval, &["an eval prompt".to_string()]).await;
+    let list = |q: &'static str| {
+        let path = format!("/api/projects/{}/prompts{q}", p.id);
+        let s = &s;
+        async move { s.get::<Vec<PromptInfo>>(&path).await }
+    };
+    let all = list("").await;
+    assert_eq!(all.len(), 7);
+    let train = list("?split=train&limit=2&offset=1").await;
+    assert_eq!(train.iter().map(|q| q.text.as_str()).collect::<Vec<_>>(), ["train prompt 1 was", "train prompt 2 was"]);
+    assert!(all.iter().all(|q| !q.disabled && q.pairs == 0 && q.used_round.is_none()));
+
+    // Disable the first training prompt; store one too long for the model as an old server did.
+    let first = &all[0];
+    assert_eq!(first.text, "train prompt 0 was");
+    let one = |id: &str| format!("/api/projects/{}/prompts/{id}", p.id);
+    let r = s.admin().send_json(Method::PATCH, &one(&first.id), &PromptUpdate { disabled: true }).await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let long = "word ".repeat(3500);
+    sqlx::query(
+        "INSERT INTO prompts (id, project_id, text, reference, split, source, used_round, created_at) \
+         VALUES ('long', $1, $2, NULL, 'train', 'upload', NULL, 0)",
+    )
+    .bind(&p.id)
+    .bind(&long)
+    .execute(&s.store.pool)
+    .await
+    .unwrap();
+    let j = s.wait(&s.job(&p.id, JobKind::Generate, JobParams::default()).await.id).await;
+    assert_eq!(j.state, JobState::Done, "{j:?}");
+    let rounds: Vec<RoundRow> = s.get(&format!("/api/projects/{}/rounds", p.id)).await;
+    assert_eq!(rounds[0].stats.prompts_skipped, 1, "{:?}", rounds[0].stats);
+    let after = list("?split=train").await;
+    let by_text = |t: &str| after.iter().find(|q| q.text == t).unwrap().clone();
+    assert!(by_text(&long).used_round.is_some(), "the long prompt is marked used, not drawn again");
+    let disabled = by_text("train prompt 0 was");
+    assert!(disabled.disabled && disabled.used_round.is_none() && disabled.pairs == 0, "{disabled:?}");
+    let used = after.iter().find(|q| q.pairs > 0).expect("a prompt with a pair").clone();
+
+    // Deleting: a prompt with pairs is refused (its labels would go), one without is gone.
+    let r = s.admin().send(Method::DELETE, &one(&used.id)).await;
+    assert_eq!(r.status, 409, "{}", r.text);
+    assert!(r.message().contains("disable it instead"), "{}", r.text);
+    let r = s.admin().send(Method::DELETE, &one(&disabled.id)).await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    assert_eq!(list("?split=train").await.len(), after.len() - 1);
+    for (method, want) in [(Method::DELETE, 404), (Method::PATCH, 404)] {
+        let r = if method == Method::PATCH {
+            s.admin().send_json(method, &one("nope"), &PromptUpdate { disabled: false }).await
+        } else {
+            s.admin().send(method, &one("nope")).await
+        };
+        assert_eq!(r.status, want, "{}", r.text);
+    }
+}
+
 // Every SQLite connection of the pool runs with the settings durability rests on (WAL,
 // synchronous FULL, foreign keys, a busy timeout); PostgreSQL's fsync and synchronous_commit
 // are checked at start (a warning when off). A database made by the first schema, with data,

@@ -122,6 +122,7 @@ fn Rounds() -> impl IntoView {
             r.policy_checkpoint.clone().unwrap_or_default(),
             r.pairs.to_string(),
             r.stats.prompts_drawn.to_string(),
+            r.stats.prompts_skipped.to_string(),
             r.stats.sequences_sampled.to_string(),
             r.stats.sequences_scored.to_string(),
             r.stats.sampling_seconds.to_string(),
@@ -141,6 +142,7 @@ fn Rounds() -> impl IntoView {
                     <table>
                         <thead><tr>
                             <th>"Round"</th><th>"Acquisition"</th><th>"Pairs"</th><th>"Prompts drawn"</th>
+                            <th title="Too long for the model with the longest completion: passed over">"Skipped"</th>
                             <th>"Sampled"</th><th>"Scored"</th><th>"Sampling s"</th><th>"Scoring s"</th><th>"When"</th>
                         </tr></thead>
                         <tbody>
@@ -148,6 +150,7 @@ fn Rounds() -> impl IntoView {
                                 <tr>
                                     <td>{r.number}</td><td>{r.acquisition.name()}</td><td>{r.pairs}</td>
                                     <td>{r.stats.prompts_drawn}</td>
+                                    <td>{r.stats.prompts_skipped}</td>
                                     <td>{r.stats.sequences_sampled}</td>
                                     <td>{r.stats.sequences_scored}</td>
                                     <td>{num(Some(r.stats.sampling_seconds), 1)}</td>
@@ -161,7 +164,7 @@ fn Rounds() -> impl IntoView {
                 }.into_any()
             })}
             <ExportCsv name="rounds" rows=rows header=vec![
-                "round", "acquisition", "policy_checkpoint", "pairs", "prompts_drawn", "sequences_sampled",
+                "round", "acquisition", "policy_checkpoint", "pairs", "prompts_drawn", "prompts_skipped", "sequences_sampled",
                 "sequences_scored", "sampling_seconds", "scoring_seconds",
             ]/>
         </section>

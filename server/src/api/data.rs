@@ -7,7 +7,7 @@
 
 use apl_shared::{
     Choice, ExtraFields, ImdbImport, ImportReport, LabelSource, PairFormat, PairKind, PairRecord, Preference,
-    PromptFormat, Split, Vocabulary,
+    PromptFormat, PromptInfo, PromptUpdate, Split, Vocabulary,
 };
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
@@ -229,6 +229,72 @@ pub async fn import_pairs(
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(default, deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
+pub struct PromptList {
+    /// Only this split's prompts.
+    pub split: Option<Split>,
+    /// 1 to 1000.
+    pub limit: i64,
+    pub offset: i64,
+}
+
+impl Default for PromptList {
+    fn default() -> Self {
+        Self { split: None, limit: 100, offset: 0 }
+    }
+}
+
+fn page(limit: i64, offset: i64) -> ApiResult<()> {
+    if !(1..=1000).contains(&limit) || offset < 0 {
+        return Err(AppError::BadRequest("limit: 1 to 1000; offset: 0 or more".into()));
+    }
+    Ok(())
+}
+
+#[utoipa::path(get, path = "/projects/{id}/prompts", tag = "data", security(("admin" = [])), params(("id" = String, Path, description = "The project"), PromptList),
+    responses((status = 200, body = Vec<PromptInfo>, description = "Prompts with their use: round, pairs, disabled"), Failures))]
+pub async fn list_prompts(
+    _: Admin,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    q: Result<Query<PromptList>, QueryRejection>,
+) -> ApiResult<Json<Vec<PromptInfo>>> {
+    let q = query(q)?;
+    page(q.limit, q.offset)?;
+    s.store.project(&id).await?;
+    Ok(Json(s.store.prompt_infos(&id, q.split, q.limit, q.offset).await?))
+}
+
+/// Disables a prompt (no round acquires or evaluates it again; its pairs and labels stay), or
+/// enables it again.
+#[utoipa::path(patch, path = "/projects/{id}/prompts/{prompt}", tag = "data", security(("admin" = [])),
+    params(("id" = String, Path, description = "The project"), ("prompt" = String, Path, description = "The prompt")),
+    request_body = PromptUpdate, responses((status = 204, description = "Updated"), Failures))]
+pub async fn update_prompt(
+    _: Admin,
+    State(s): State<AppState>,
+    Path((id, prompt)): Path<(String, String)>,
+    JsonBody(req): JsonBody<PromptUpdate>,
+) -> ApiResult<StatusCode> {
+    s.store.set_prompt_disabled(&id, &prompt, req.disabled).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes a prompt that no pair uses (409 for one with pairs: disable it instead).
+#[utoipa::path(delete, path = "/projects/{id}/prompts/{prompt}", tag = "data", security(("admin" = [])),
+    params(("id" = String, Path, description = "The project"), ("prompt" = String, Path, description = "The prompt")),
+    responses((status = 204, description = "Deleted"), Failures))]
+pub async fn delete_prompt(
+    _: Admin,
+    State(s): State<AppState>,
+    Path((id, prompt)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    s.store.delete_prompt(&id, &prompt).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PairList {
     /// Only this round's pairs.
     pub round: Option<i64>,
@@ -252,9 +318,7 @@ pub async fn list_pairs(
     q: Result<Query<PairList>, QueryRejection>,
 ) -> ApiResult<Json<Vec<PairRecord>>> {
     let q = query(q)?;
-    if !(1..=1000).contains(&q.limit) || q.offset < 0 {
-        return Err(AppError::BadRequest("limit: 1 to 1000; offset: 0 or more".into()));
-    }
+    page(q.limit, q.offset)?;
     s.store.project(&id).await?;
     Ok(Json(s.store.pair_records(&id, q.round, q.limit, q.offset).await?))
 }

@@ -141,7 +141,8 @@ pub const UPLOAD_LIMIT: usize = 64 * 1024 * 1024;
 /// handler's `#[utoipa::path]`, and nowhere else.
 pub(crate) fn documented() -> OpenApiRouter<AppState> {
     let uploads = OpenApiRouter::new()
-        .routes(routes!(data::import_prompts))
+        .routes(routes!(data::import_prompts, data::list_prompts))
+        .routes(routes!(data::update_prompt, data::delete_prompt))
         .routes(routes!(data::import_pairs))
         .layer(DefaultBodyLimit::max(UPLOAD_LIMIT));
     let api = OpenApiRouter::new()

@@ -278,12 +278,13 @@ impl Store {
         Ok(())
     }
 
-    /// Prompts of a split, oldest first. With `unused`, only training prompts no round has
-    /// used yet.
+    /// Prompts of a split that the loop may use (not disabled, not of a running import), oldest
+    /// first. With `unused`, only training prompts no round has used yet.
     pub async fn prompts(&self, project_id: &str, split: Split, unused: bool, limit: i64) -> Result<Vec<PromptRow>> {
         let unused = if unused { "AND p.used_round IS NULL" } else { "" };
         let q = format!(
-            "SELECT p.id, p.text, p.reference FROM prompts p WHERE p.project_id = $1 AND p.split = $2 {unused} AND {} \
+            "SELECT p.id, p.text, p.reference FROM prompts p WHERE p.project_id = $1 AND p.split = $2 {unused} \
+             AND p.disabled = 0 AND {} \
              ORDER BY p.created_at, p.id LIMIT $3",
             settled("p")
         );

@@ -16,6 +16,7 @@ pub mod export;
 pub mod imports;
 pub mod jobs;
 pub mod projects;
+pub mod prompts;
 pub mod rating;
 pub mod rounds;
 pub mod tokens;

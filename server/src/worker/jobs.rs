@@ -322,6 +322,11 @@ fn generate(ctx: &Ctx, p: &JobParams) -> JobResultOf<Generated> {
         return Err(JobError::Cannot("no unused training prompts: import prompts first".into()));
     }
     let tok = &ctx.worker.tokenizer;
+    // A prompt that cannot fit the model with the longest completion (imported before the
+    // check at import, or the completion length raised since) is passed over and marked used,
+    // not allowed to fail every later round.
+    let room = ctx.worker.max_positions().saturating_sub(s.completion_tokens.1);
+    let skipped = std::cell::Cell::new(0usize);
     let mut next = 0usize;
     let mut used: Vec<String> = Vec::new();
     let mut by_text: HashMap<String, String> = HashMap::new();
@@ -331,14 +336,23 @@ fn generate(ctx: &Ctx, p: &JobParams) -> JobResultOf<Generated> {
             let row = &pool[next];
             next += 1;
             used.push(row.id.clone());
+            let ids = tok.encode(&row.text, true)?;
+            if ids.len() > room {
+                skipped.set(skipped.get() + 1);
+                continue;
+            }
             by_text.entry(row.text.clone()).or_insert_with(|| row.id.clone());
-            out.push(PromptItem { ids: tok.encode(&row.text, true)?, text: row.text.clone() });
+            out.push(PromptItem { ids, text: row.text.clone() });
         }
         Ok(out)
     };
     ctx.phase("acquiring", String::new());
     let seed = s.seed ^ (number as u64).wrapping_mul(0x9e37_79b9);
-    let (cands, stats) = ctx.round().acquire(&policy, None, acq, m, &mut draw, seed, checkpoint.is_none())?;
+    let (cands, mut stats) = ctx.round().acquire(&policy, None, acq, m, &mut draw, seed, checkpoint.is_none())?;
+    stats.prompts_skipped = skipped.get();
+    if stats.prompts_skipped > 0 {
+        tracing::warn!(project = %pid, skipped = stats.prompts_skipped, room, "prompts too long for the model passed over");
+    }
     let source = format!("policy:{}", checkpoint.as_ref().map_or("base", |c| c.id.as_str()));
     let target = if s.labeller.is_automatic() { 0 } else { ctx.project.config.rating.overlap as i64 };
     let mut pairs = Vec::with_capacity(cands.len());

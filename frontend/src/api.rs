@@ -8,7 +8,8 @@
 use apl_shared::{
     ApiError, Assignment, CheckPair, CheckpointRow, EvaluationRow, Health, HumanCheck, ImdbImport, ImportReport, Job,
     LabelAck, LabelRequest, NewHumanCheck, NewJob, NewProject, NewRater, NextPair, PairRecord, Project,
-    ProjectAnalytics, ProjectConfig, ProjectDetail, PromptFormat, RaterHome, RaterInvite, RaterStats, RoundRow, Split,
+    ProjectAnalytics, ProjectConfig, ProjectDetail, PromptFormat, PromptInfo, PromptUpdate, RaterHome, RaterInvite,
+    RaterStats, RoundRow, Split,
 };
 use gloo_net::http::{Request, RequestBuilder, Response};
 use serde::Serialize;
@@ -180,6 +181,23 @@ pub async fn import_prompts(id: &str, format: PromptFormat, split: Split, file: 
 pub async fn pairs(id: &str, round: Option<i64>, limit: usize) -> Res<Vec<PairRecord>> {
     let round = round.map(|r| format!("&round={r}")).unwrap_or_default();
     get(&format!("/api/projects/{id}/pairs?limit={limit}{round}"), Who::Admin).await
+}
+
+pub async fn prompts(id: &str, split: Split, offset: usize, limit: usize) -> Res<Vec<PromptInfo>> {
+    get(&format!("/api/projects/{id}/prompts?split={split}&offset={offset}&limit={limit}"), Who::Admin).await
+}
+
+pub async fn set_prompt_disabled(id: &str, prompt: &str, disabled: bool) -> Res<()> {
+    let req = authed(Request::patch(&format!("/api/projects/{id}/prompts/{prompt}")), Who::Admin)
+        .json(&PromptUpdate { disabled })
+        .map_err(|e| Failure { status: None, message: format!("cannot encode the request: {e}") })?;
+    answer(req.send().await).await.map(|_| ())
+}
+
+pub async fn delete_prompt(id: &str, prompt: &str) -> Res<()> {
+    answer(authed(Request::delete(&format!("/api/projects/{id}/prompts/{prompt}")), Who::Admin).send().await)
+        .await
+        .map(|_| ())
 }
 
 pub async fn raters(id: &str) -> Res<Vec<RaterStats>> {

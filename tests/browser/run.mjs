@@ -174,6 +174,15 @@ try {
       await page.waitForSelector('main[role=tabpanel] h2');
       await page.waitForFunction(() => !document.body.textContent.includes('Loading…'));
       await shot(page, tab);
+      if (tab === 'setup') {
+        // The prompt list: disable the last unused prompt shown; its row turns disabled.
+        await page.waitForSelector('table.prompt-list tbody tr');
+        const row = page.locator('table.prompt-list tbody tr:has(button:has-text("Delete"))').last();
+        const text = await row.locator('td.prompt-text').getAttribute('title');
+        await row.locator('button:has-text("Disable")').click();
+        await page.waitForSelector('table.prompt-list tbody tr.disabled');
+        out.prompt_disabled = text;
+      }
       if (tab === 'raters') {
         // Tables export as CSV, made in the browser.
         const [download] = await Promise.all([page.waitForEvent('download'), page.click('button.export')]);

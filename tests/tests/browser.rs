@@ -99,6 +99,8 @@ struct ScriptReport {
     rater: Option<RaterSeen>,
     round: Option<RoundSeen>,
     raters_csv: Option<Download>,
+    /// The prompt disabled from the Setup tab's prompt list.
+    prompt_disabled: Option<String>,
     check: Option<CheckSeen>,
 }
 
@@ -260,6 +262,15 @@ async fn raters_admins_and_the_panel_in_chromium() {
     assert!(!second.stats.candidate_margins.is_empty(), "the trained policy scored its candidates: {second:?}");
     assert!(round.histogram, "round 2's acquisition scores were drawn");
     assert!(round.curve_points >= 2, "{round:?}");
+
+    // The Setup tab's prompt list disabled a prompt: stored as disabled, and the only one.
+    let text = out.prompt_disabled.expect("a prompt was disabled from the list");
+    let disabled: Vec<String> = sqlx::query_scalar("SELECT text FROM prompts WHERE project_id = $1 AND disabled = 1")
+        .bind(&p.id)
+        .fetch_all(&s.store.pool)
+        .await
+        .unwrap();
+    assert_eq!(disabled, vec![text]);
 
     // Tables export as CSV: the raters table, with the project's one rater.
     let csv = out.raters_csv.expect("the raters table was exported");

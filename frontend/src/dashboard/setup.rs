@@ -1,22 +1,25 @@
-//! Project set-up: prompts in (IMDB pool or a file), and the configuration: the fields people
+//! Project set-up: prompts in (IMDB pool or a file) and the list of them (disable one that
+//! should not be used, delete one no pair uses), and the configuration: the fields people
 //! change most as form controls (acquisition and its parameters, labeller, judge, overlap,
 //! gold rate, guidelines), everything else in the full JSON below them. Both edit one JSON
 //! value, so they never disagree; the server checks it and names a bad field.
 
 use apl_shared::settings::{JudgeOrder, JudgeTask, PairLengths};
-use apl_shared::{Acquisition, Labeller, ProjectConfig, PromptFormat, Split, Vocabulary};
+use apl_shared::{Acquisition, Labeller, ProjectConfig, PromptFormat, PromptInfo, Split, Vocabulary};
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 use serde_json::Value;
 
-use super::Ctx;
+use super::{Ctx, shown};
 use crate::api;
 use crate::components::options;
+use crate::util::when;
 
 #[component]
 pub fn Setup() -> impl IntoView {
     view! {
         <Prompts/>
+        <PromptList/>
         <Config/>
     }
 }
@@ -78,6 +81,92 @@ fn Prompts() -> impl IntoView {
             {move || message.get().map(|m| match m {
                 Ok(t) => view! { <p class="ok" role="status">{t}</p> }.into_any(),
                 Err(e) => view! { <p class="error" role="alert">{e}</p> }.into_any(),
+            })}
+        </section>
+    }
+}
+
+/// Prompts per page of the list.
+const PAGE: usize = 50;
+
+/// A page of the project's prompts with what became of each; a prompt can be disabled (no
+/// round draws or evaluates it again; its pairs stay) and one without pairs deleted.
+#[component]
+fn PromptList() -> impl IntoView {
+    let ctx = expect_context::<Ctx>();
+    let split = RwSignal::new(Split::Train);
+    let offset = RwSignal::new(0usize);
+    let error = RwSignal::new(None::<String>);
+    let prompts = ctx.resource(move |id| {
+        let (sp, off) = (split.get(), offset.get());
+        async move { api::prompts(&id, sp, off, PAGE).await }
+    });
+    let act = move |f: std::pin::Pin<Box<dyn std::future::Future<Output = api::Res<()>>>>| {
+        spawn_local(async move {
+            match f.await {
+                Ok(()) => {
+                    error.set(None);
+                    ctx.changed();
+                }
+                Err(e) => error.set(Some(e.message)),
+            }
+        });
+    };
+    view! {
+        <section>
+            <h2>"Prompt list"</h2>
+            <div class="row">
+                <label>"Show "
+                    <select name="prompt-list-split" prop:value=move || split.get().name()
+                        on:change=move |e| if let Ok(sp) = event_target_value(&e).parse() { split.set(sp); offset.set(0) }>
+                        {options(Split::ALL.iter().copied(), split_label)}
+                    </select>
+                </label>
+                <button class="small" disabled=move || offset.get() == 0
+                    on:click=move |_| offset.update(|o| *o = o.saturating_sub(PAGE))>"Previous"</button>
+                <span class="muted">{move || format!("from {}", offset.get() + 1)}</span>
+                <button class="small" on:click=move |_| offset.update(|o| *o += PAGE)>"Next"</button>
+            </div>
+            {move || error.get().map(|e| view! { <p class="error" role="alert">{e}</p> })}
+            {move || shown(prompts.get(), move |ps: Vec<PromptInfo>| {
+                if ps.is_empty() {
+                    return view! { <p class="muted">"No prompts here."</p> }.into_any();
+                }
+                view! {
+                    <table class="prompt-list">
+                        <thead><tr>
+                            <th>"Prompt"</th><th>"Source"</th><th>"Round"</th><th>"Pairs"</th><th>"Added"</th><th></th>
+                        </tr></thead>
+                        <tbody>
+                            {ps.into_iter().map(|p| {
+                                let (toggle_id, delete_id, disabled) = (p.id.clone(), p.id.clone(), p.disabled);
+                                let toggle = move |_| {
+                                    let (id, pid) = (ctx.id(), toggle_id.clone());
+                                    act(Box::pin(async move { api::set_prompt_disabled(&id, &pid, !disabled).await }));
+                                };
+                                let delete = move |_| {
+                                    let (id, pid) = (ctx.id(), delete_id.clone());
+                                    act(Box::pin(async move { api::delete_prompt(&id, &pid).await }));
+                                };
+                                view! {
+                                    <tr class:disabled=p.disabled>
+                                        <td class="prompt-text" title=p.text.clone()>{p.text.clone()}</td>
+                                        <td>{p.source.clone()}</td>
+                                        <td>{p.used_round.map(|r| r.to_string()).unwrap_or_else(|| "–".into())}</td>
+                                        <td>{p.pairs}</td>
+                                        <td>{when(p.created_at)}</td>
+                                        <td>
+                                            <button class="small" on:click=toggle>{if p.disabled { "Enable" } else { "Disable" }}</button>
+                                            {(p.pairs == 0).then(|| view! {
+                                                <button class="small" on:click=delete>"Delete"</button>
+                                            })}
+                                        </td>
+                                    </tr>
+                                }
+                            }).collect_view()}
+                        </tbody>
+                    </table>
+                }.into_any()
             })}
         </section>
     }

@@ -3,52 +3,15 @@
 //! acknowledged must be there exactly once, with the answer given. Runs the real `apl` binary
 //! over SQLite (and over PostgreSQL too when APL_TEST_DATABASE_URL is set).
 
+mod common;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::process::{ADMIN, call, fresh_postgres, serve};
 use serde_json::{Value, json};
-
-const ADMIN: &str = "durability-admin-token-0123";
-
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/fixtures/llama")
-}
-
-/// Starts `apl serve` and returns it with its base URL (read from its first line).
-fn serve(data: &Path, database: &str) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_apl"))
-        .args(["serve", "--no-prompts", "--addr", "127.0.0.1:0", "--admin-token", ADMIN])
-        .arg("--model")
-        .arg(fixture())
-        .arg("--data-dir")
-        .arg(data)
-        .args(["--database", database])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("apl starts");
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    // Keep draining its output so it never writes to a closed pipe.
-    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    let url = line.split_whitespace().find(|w| w.starts_with("http://")).expect("serving line").trim_end_matches('/');
-    (child, url.to_string())
-}
-
-async fn call(c: &reqwest::Client, method: reqwest::Method, url: String, token: &str, body: Option<Value>) -> Value {
-    let mut r = c.request(method, url).bearer_auth(token);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let resp = r.send().await.unwrap();
-    assert!(resp.status().is_success(), "{}", resp.status());
-    resp.json().await.unwrap()
-}
 
 /// A project of `pairs` TRL pairs open to raters, and `raters` rater tokens.
 async fn rating_project(c: &reqwest::Client, base: &str, pairs: usize, raters: usize) -> (String, Vec<String>) {
@@ -107,7 +70,7 @@ async fn label_until_cut_off(c: reqwest::Client, base: String, token: String) ->
 async fn killed_mid_stream(database: impl Fn(&Path) -> String) {
     let dir = tempfile::tempdir().unwrap();
     let db = database(dir.path());
-    let (mut server, base) = serve(dir.path(), &db);
+    let (mut server, base) = serve(dir.path(), &db, &[]);
     apl::judge::install_crypto();
     let c = reqwest::Client::new();
     let (pid, tokens) = rating_project(&c, &base, 2000, 4).await;
@@ -128,7 +91,7 @@ async fn killed_mid_stream(database: impl Fn(&Path) -> String) {
     assert!(acked.len() > 20, "the clients got going: {} labels", acked.len());
 
     // Restart on the same data: every acknowledged label is there exactly once.
-    let (mut server, base) = serve(dir.path(), &db);
+    let (mut server, base) = serve(dir.path(), &db, &[]);
     let votes = c
         .get(format!("{base}/api/projects/{pid}/export/votes.jsonl"))
         .bearer_auth(ADMIN)
@@ -184,13 +147,7 @@ async fn acknowledged_labels_survive_sigkill_on_postgres() {
         eprintln!("APL_TEST_DATABASE_URL not set: PostgreSQL durability not checked here");
         return;
     };
-    sqlx::any::install_default_drivers();
-    let name = format!("apl_durability_{}", std::process::id());
-    let admin = sqlx::AnyPool::connect(&url).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}"))).execute(&admin).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.unwrap();
-    let (head, _) = url.rsplit_once('/').unwrap();
-    let db = format!("{head}/{name}");
+    let db = fresh_postgres(&url, "apl_durability").await;
     killed_mid_stream(move |_| db.clone()).await;
 }
 
@@ -200,7 +157,7 @@ async fn acknowledged_labels_survive_sigkill_on_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_server_gracefully() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut server, base) = serve(dir.path(), &dir.path().join("apl.sqlite").display().to_string());
+    let (mut server, base) = serve(dir.path(), &dir.path().join("apl.sqlite").display().to_string(), &[]);
     apl::judge::install_crypto();
     let c = reqwest::Client::new();
     let health = c.get(format!("{base}/api/health")).send().await.unwrap();
@@ -230,19 +187,12 @@ async fn soak_many_sigkills() {
     let kills: usize = std::env::var("APL_SOAK_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
     let dir = tempfile::tempdir().unwrap();
     let db = match std::env::var("APL_SOAK_DATABASE") {
-        Ok(url) => {
-            sqlx::any::install_default_drivers();
-            let name = format!("apl_soak_{}", std::process::id());
-            let admin = sqlx::AnyPool::connect(&url).await.unwrap();
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}"))).execute(&admin).await.unwrap();
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.unwrap();
-            format!("{}/{name}", url.rsplit_once('/').unwrap().0)
-        }
+        Ok(url) => fresh_postgres(&url, "apl_soak").await,
         Err(_) => dir.path().join("apl.sqlite").display().to_string(),
     };
     apl::judge::install_crypto();
     let c = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
-    let (mut server, mut base) = serve(dir.path(), &db);
+    let (mut server, mut base) = serve(dir.path(), &db, &[]);
     let (pid, tokens) = rating_project(&c, &base, 20_000, 8).await;
     let mut acked: HashMap<(String, String), String> = HashMap::new();
     let started = Instant::now();
@@ -259,7 +209,7 @@ async fn soak_many_sigkills() {
             }
         }
         // Started again on the same data (a new port each time).
-        (server, base) = serve(dir.path(), &db);
+        (server, base) = serve(dir.path(), &db, &[]);
         if kill % 10 == 9 {
             eprintln!(
                 "{} kills, {} labels acknowledged, {:.0} s",

@@ -1,6 +1,8 @@
 //! Helpers shared by the server's tests: the engine's committed tiny fixtures.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::path::PathBuf;
 
 use apl_engine::model::Checkpoint;

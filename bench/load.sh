@@ -28,13 +28,20 @@ server=$!
 for _ in $(seq 100); do grep -q "serving on" "$work/out" 2>/dev/null && break; sleep 0.1; done
 base=$(grep -o 'http://[0-9.:]*' "$work/out" | head -1)
 api() { curl -sf -H "Authorization: Bearer $admin" "$@"; }
-project=$(api -H 'content-type: application/json' -d '{"name":"load","task":"generic"}' "$base/api/projects" \
-  | sed 's/.*"id":"\([0-9a-f]*\)".*/\1/')
-python3 -c "
+new_project() {
+  api -H 'content-type: application/json' -d "{\"name\":\"$1\",\"task\":\"generic\"}" "$base/api/projects" \
+    | sed 's/.*"id":"\([0-9a-f]*\)".*/\1/'
+}
+# pairs_file N WORD: N distinct TRL rows.
+pairs_file() {
+  python3 -c "
 import json
-for i in range($pairs):
-    print(json.dumps({'prompt': f'Prompt {i}: the film', 'chosen': f'was good {i}', 'rejected': f'was bad {i}'}))
-" >"$work/pairs.jsonl"
+for i in range($1):
+    print(json.dumps({'prompt': f'$2 {i}: the film', 'chosen': f'was good {i}', 'rejected': f'was bad {i}'}))
+"
+}
+project=$(new_project load)
+pairs_file "$pairs" Prompt >"$work/pairs.jsonl"
 api --data-binary @"$work/pairs.jsonl" "$base/api/projects/$project/pairs?format=trl&rate=true" >/dev/null
 for i in $(seq "$conns"); do
   api -H 'content-type: application/json' -d "{\"name\":\"rater$i\"}" "$base/api/projects/$project/raters" \
@@ -43,13 +50,8 @@ for i in $(seq "$conns"); do
 done >"$work/tokens"
 echo "apl serve on $base: $(nproc) cores, ${DATABASE:-SQLite}, $pairs pairs, $conns raters, ${secs}s"
 if [ -n "${IMPORT:-}" ]; then
-  other=$(api -H 'content-type: application/json' -d '{"name":"import","task":"generic"}' "$base/api/projects" \
-    | sed 's/.*"id":"\([0-9a-f]*\)".*/\1/')
-  python3 -c "
-import json
-for i in range($IMPORT):
-    print(json.dumps({'prompt': f'Imported {i}: the film', 'chosen': f'was fine {i}', 'rejected': f'was dull {i}'}))
-" >"$work/import.jsonl"
+  other=$(new_project import)
+  pairs_file "$IMPORT" Imported >"$work/import.jsonl"
   (
     sleep 2
     t0=$(date +%s.%N)

@@ -242,27 +242,30 @@ async fn cancelling_a_job_drops_its_judge_calls_in_flight() {
     assert!(started.elapsed() < std::time::Duration::from_secs(15), "took {:?}", started.elapsed());
 }
 
+/// A round the tiny fixture model runs in a moment: 3 pairs, labelled and judged by length.
+fn tiny_round() -> apl_shared::settings::LoopSettings {
+    use apl_shared::Labeller;
+    use apl_shared::settings::{AcquireConfig, EvalSettings, LoopSettings, TrainConfig};
+    LoopSettings {
+        pairs_per_round: 3,
+        acquire: AcquireConfig { batch_size: 4, ..Default::default() },
+        completion_tokens: (3, 6),
+        exact_length: false,
+        labeller: Labeller::Length,
+        train: TrainConfig { epochs: 1, pairs_per_step: 2, micro_batch: 2, ..Default::default() },
+        eval: EvalSettings { prompts: 2, judge: Labeller::Length, batch_size: 2, ..Default::default() },
+        ..Default::default()
+    }
+}
+
 /// The DPO export defaults to the labels training uses (a judge-labelled project exported
 /// nothing by default), and an export with nothing in it is a clear refusal, not an empty file
 /// that crashes `datasets`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dpo_export_follows_training_and_never_answers_empty() {
-    use apl_shared::settings::{AcquireConfig, EvalSettings, LoopSettings, TrainConfig};
-    use apl_shared::{JobKind, JobParams, JobState, LabelSource, Labeller, Split};
+    use apl_shared::{JobKind, JobParams, JobState, LabelSource, Split};
     let s = common::start(&Backend::Sqlite, Default::default()).await;
-    let cfg = ProjectConfig {
-        loop_settings: LoopSettings {
-            pairs_per_round: 3,
-            acquire: AcquireConfig { batch_size: 4, ..Default::default() },
-            completion_tokens: (3, 6),
-            exact_length: false,
-            labeller: Labeller::Length,
-            train: TrainConfig { epochs: 1, pairs_per_step: 2, micro_batch: 2, ..Default::default() },
-            eval: EvalSettings { prompts: 2, judge: Labeller::Length, batch_size: 2, ..Default::default() },
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let cfg = ProjectConfig { loop_settings: tiny_round(), ..Default::default() };
     let p = s.project("judged", cfg).await;
     let path = format!("/api/projects/{}/export/dpo.jsonl", p.id);
     let r = s.admin().send(Method::GET, &path).await;
@@ -541,20 +544,9 @@ backend_test!(
     worker_threads = 2
 );
 async fn prompts_are_listed_disabled_deleted_and_too_long_ones_passed_over(b: Backend) {
-    use apl_shared::settings::{AcquireConfig, LoopSettings};
-    use apl_shared::{JobKind, JobParams, JobState, Labeller, PromptInfo, PromptUpdate, RoundRow, Split};
+    use apl_shared::{JobKind, JobParams, JobState, PromptInfo, PromptUpdate, RoundRow, Split};
     let s = common::start(&b, Default::default()).await;
-    let cfg = ProjectConfig {
-        loop_settings: LoopSettings {
-            pairs_per_round: 3,
-            acquire: AcquireConfig { batch_size: 4, ..Default::default() },
-            completion_tokens: (3, 6),
-            exact_length: false,
-            labeller: Labeller::Length,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let cfg = ProjectConfig { loop_settings: tiny_round(), ..Default::default() };
     let p = s.project("prompts", cfg).await;
     let texts: Vec<String> = (0..6).map(|i| format!("train prompt {i} was")).collect();
     s.prompts(&p.id, Split::Train, &texts).await;

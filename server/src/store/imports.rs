@@ -169,13 +169,7 @@ impl Store {
     async fn start_import(&self, project_id: &str, records: usize) -> Result<String> {
         self.sweep_imports(false).await?;
         let (id, now) = (new_id(), now_ms());
-        let mut w = self.begin_write().await?;
-        if self.backend == super::Backend::Postgres {
-            sqlx::query("SELECT id FROM projects WHERE id = $1 FOR UPDATE")
-                .bind(project_id)
-                .execute(&mut *w.tx)
-                .await?;
-        }
+        let mut w = self.begin_project_write(project_id).await?;
         let running: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM imports WHERE project_id = $1 AND done = 0")
             .bind(project_id)
             .fetch_one(&mut *w.tx)
@@ -198,17 +192,10 @@ impl Store {
         Ok(id)
     }
 
-    /// A write transaction for one batch of `import`, its heartbeat renewed. On PostgreSQL the
-    /// project's row is locked, so imports into one project take turns batch by batch (SQLite's
-    /// write lock does that already) and the duplicates check sees the other's rows.
+    /// A write transaction for one batch of `import` (holding the project), its heartbeat
+    /// renewed.
     async fn import_batch(&self, import: &str, project_id: &str) -> Result<WriteTx<'_>> {
-        let mut w = self.begin_write().await?;
-        if self.backend == super::Backend::Postgres {
-            sqlx::query("SELECT id FROM projects WHERE id = $1 FOR UPDATE")
-                .bind(project_id)
-                .execute(&mut *w.tx)
-                .await?;
-        }
+        let mut w = self.begin_project_write(project_id).await?;
         let live = sqlx::query("UPDATE imports SET heartbeat = $1 WHERE id = $2 AND done = 0")
             .bind(now_ms())
             .bind(import)
@@ -217,6 +204,19 @@ impl Store {
         if live.rows_affected() != 1 {
             // Swept as stopped (a batch stalled past STALE_MS): what it wrote is gone.
             return Err(StoreError::Conflict("the import stalled and was abandoned; upload the file again".into()));
+        }
+        Ok(w)
+    }
+
+    /// A write transaction that holds the project's row: imports into one project take turns
+    /// (SQLite's write lock does that already; on PostgreSQL the row is locked).
+    async fn begin_project_write(&self, project_id: &str) -> Result<WriteTx<'_>> {
+        let mut w = self.begin_write().await?;
+        if self.backend == super::Backend::Postgres {
+            sqlx::query("SELECT id FROM projects WHERE id = $1 FOR UPDATE")
+                .bind(project_id)
+                .execute(&mut *w.tx)
+                .await?;
         }
         Ok(w)
     }

@@ -382,7 +382,10 @@ impl Server {
     /// Imports `n` TRL pairs (chosen "good i", rejected "bad i"); `query` says what they are for
     /// (`rate=true`, `gold=true`).
     pub async fn trl_pairs(&self, project: &str, n: usize, query: &str) -> ImportReport {
-        let body: String = (0..n)
+        // New texts on every call: an import of a pair the project holds adds nothing.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let first = NEXT.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        let body: String = (first..first + n)
             .map(|i| {
                 let line = TrlLine {
                     prompt: format!("Prompt {i}"),

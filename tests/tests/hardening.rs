@@ -453,7 +453,7 @@ async fn pair_imports_are_idempotent_keep_their_fields_and_are_seen_whole(b: Bac
         }
         v.to_string() + "\n"
     };
-    // 450 rows (three batches), the last repeating the first.
+    // 450 rows (nine batches), the last repeating the first.
     let file: String = (0..449).chain([0]).map(row).collect();
     let first: ImportReport =
         s.admin().upload(&path, file.clone().into_bytes(), "application/x-ndjson").await.expect(201);

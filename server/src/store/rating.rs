@@ -199,11 +199,19 @@ impl Store {
         {
             return Ok(Next::Done);
         }
-        // 2. A pair of a human check this rater was chosen for, before anything else.
-        match self.claim_oldest(rater, CHECK_PAIRS, now, lease).await? {
-            Claim::Got(pair) => return self.assignment_view(rater, &pair).await.map(Next::Assigned),
-            // None open, or other check raters hold them all: go on to the rest.
-            Claim::Empty | Claim::Busy => {}
+        // 2. A pair of a human check this rater was chosen for, before anything else. Asked only
+        // of a rater in some check: the claim walks the open pairs in age order, which for a
+        // rater in none would be every open pair of the project on every request.
+        let checks: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM check_raters WHERE rater_id = $1")
+            .bind(&rater.id)
+            .fetch_one(&self.pool)
+            .await?;
+        if checks > 0 {
+            match self.claim_oldest(rater, CHECK_PAIRS, now, lease).await? {
+                Claim::Got(pair) => return self.assignment_view(rater, &pair).await.map(Next::Assigned),
+                // None open, or other check raters hold them all: go on to the rest.
+                Claim::Empty | Claim::Busy => {}
+            }
         }
         // 3. A gold pair, at the project's rate.
         if cfg.gold_rate > 0.0

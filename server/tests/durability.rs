@@ -42,6 +42,18 @@ async fn rating_project(c: &reqwest::Client, base: &str, pairs: usize, raters: u
     (pid, tokens)
 }
 
+/// The project's stored votes, as the votes.jsonl export gives them.
+async fn stored_votes(c: &reqwest::Client, base: &str, pid: &str) -> String {
+    let r = c
+        .get(format!("{base}/api/projects/{pid}/export/votes.jsonl"))
+        .bearer_auth(ADMIN)
+        .timeout(Duration::from_secs(120))
+        .send()
+        .await
+        .unwrap();
+    r.text().await.unwrap()
+}
+
 /// One rater labelling as fast as the server answers, until it stops answering (killed) or
 /// has nothing left; returns the (pair, choice) labels that were acknowledged.
 async fn label_until_cut_off(c: reqwest::Client, base: String, token: String) -> Vec<(String, String)> {
@@ -92,15 +104,7 @@ async fn killed_mid_stream(database: impl Fn(&Path) -> String) {
 
     // Restart on the same data: every acknowledged label is there exactly once.
     let (mut server, base) = serve(dir.path(), &db, &[]);
-    let votes = c
-        .get(format!("{base}/api/projects/{pid}/export/votes.jsonl"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let votes = stored_votes(&c, &base, &pid).await;
     let mut stored: HashMap<(String, String), u32> = HashMap::new();
     let mut choice_of: HashMap<(String, String), (String, String)> = HashMap::new();
     let raters = call(&c, reqwest::Method::GET, format!("{base}/api/projects/{pid}/raters"), ADMIN, None).await;
@@ -219,16 +223,7 @@ async fn soak_many_sigkills() {
             );
         }
     }
-    let votes = c
-        .get(format!("{base}/api/projects/{pid}/export/votes.jsonl"))
-        .bearer_auth(ADMIN)
-        .timeout(Duration::from_secs(120))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let votes = stored_votes(&c, &base, &pid).await;
     let name_of: HashMap<String, String> =
         tokens.iter().enumerate().map(|(i, t)| (format!("r{i}"), t.clone())).collect();
     let mut stored: HashMap<(String, String), u32> = HashMap::new();

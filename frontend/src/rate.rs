@@ -173,6 +173,7 @@ impl Ws {
             choice,
             time_ms: (now() - self.shown_at.get_untracked()).max(0.0) as u64,
             rationale: (!rationale.trim().is_empty()).then(|| rationale.trim().to_string()),
+            next: true,
         };
         api::store(PENDING_KEY, serde_json::to_string(&req).ok().as_deref());
         spawn_local(self.send(req));
@@ -190,6 +191,11 @@ impl Ws {
                 api::store(DRAFT_KEY, None);
                 self.done.update(|d| d.push(ack.pair));
                 self.notice.set(Some(format!("Saved: {}.", choice_name(ack.choice))));
+                // The next pair came with the acknowledgement (one round trip per label).
+                if let Some(next) = ack.next {
+                    self.show_next(next.assignment, next.status, next.retry_after_seconds);
+                    return;
+                }
             }
             Err(e) => self.notice.set(Some(e.message)),
         }

@@ -329,6 +329,10 @@ pub struct LabelRequest {
     pub time_ms: u64,
     #[serde(default)]
     pub rationale: Option<String>,
+    /// Also claim the rater's next pair and answer it in the acknowledgement's `next`: one
+    /// round trip per label instead of two. The label is committed first either way.
+    #[serde(default)]
+    pub next: bool,
 }
 
 /// A label as its rater sees it, returned once it is durably committed.
@@ -339,6 +343,9 @@ pub struct LabelAck {
     pub choice: RaterChoice,
     pub created_at: i64,
     pub progress: RaterProgress,
+    /// The rater's next pair, when the request asked for it (`next: true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<NextPair>,
 }
 
 /// A job the model worker runs.

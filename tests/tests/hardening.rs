@@ -24,6 +24,7 @@ async fn csv_exports_carry_no_formulas(b: Backend) {
             choice: RaterChoice::Left,
             time_ms: 900,
             rationale: Some(rationale.into()),
+            next: false,
         };
         s.with_token(&token).send_json(Method::POST, "/api/rate/labels", &body).await.ok();
     }
@@ -297,7 +298,13 @@ async fn concurrent_submit_and_undo_stay_consistent(b: Backend) {
     s.trl_pairs(&p.id, 1, "rate=true").await;
     let token = s.rater(&p.id, "ann").await;
     let pair = s.next(&token).await.unwrap().pair;
-    let body = apl_shared::LabelRequest { pair: pair.clone(), choice: RaterChoice::Left, time_ms: 5, rationale: None };
+    let body = apl_shared::LabelRequest {
+        pair: pair.clone(),
+        choice: RaterChoice::Left,
+        time_ms: 5,
+        rationale: None,
+        next: false,
+    };
     for round in 0..5 {
         let mut calls = Vec::new();
         for k in 0..8 {
@@ -653,9 +660,9 @@ async fn store_settings_hold_and_old_databases_migrate(b: Backend) {
 
     match b {
         Backend::Sqlite => {
-            // All eight connections at once, so every one of them is looked at.
+            // All the pool's connections at once, so every one of them is looked at.
             let mut conns = Vec::new();
-            for _ in 0..8 {
+            for _ in 0..apl::store::SQLITE_CONNECTIONS {
                 conns.push(store.pool.acquire().await.unwrap());
             }
             for c in &mut conns {

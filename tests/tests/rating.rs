@@ -133,6 +133,70 @@ async fn retries_are_idempotent_undo_gives_the_pair_back_and_skips_free_the_slot
     assert_eq!(s.dpo(&p.id, Some(apl_shared::LabelSource::Human)).await.len(), 1);
 }
 
+backend_test!(a_label_can_bring_the_next_pair_in_the_same_round_trip);
+async fn a_label_can_bring_the_next_pair_in_the_same_round_trip(b: Backend) {
+    let s = common::start(&b, Default::default()).await;
+    // Overlap 2: each pair has two slots, so the claims fill slot 0, then slot 1.
+    let p = s.project("label-next", cfg(2, 0.0)).await;
+    s.trl_pairs(&p.id, 3, "rate=true").await;
+    let (ann, ben) = (s.rater(&p.id, "ann").await, s.rater(&p.id, "ben").await);
+    let label_next = |pair: &str| apl_shared::LabelRequest {
+        pair: pair.into(),
+        choice: RaterChoice::Left,
+        time_ms: 700,
+        rationale: None,
+        next: true,
+    };
+    for token in [&ann, &ben] {
+        let mut a = s.next(token).await.unwrap();
+        let mut seen = vec![a.pair.clone()];
+        loop {
+            let ack: LabelAck =
+                s.with_token(token).send_json(Method::POST, "/api/rate/labels", &label_next(&a.pair)).await.ok().json();
+            assert_eq!(ack.pair, a.pair);
+            let next = ack.next.expect("asked for the next pair");
+            match next.assignment {
+                Some(n) => {
+                    assert!(!seen.contains(&n.pair), "a pair came back to the rater who labelled it");
+                    // The acknowledgement's progress is the new pair's.
+                    assert_eq!(ack.progress, n.progress);
+                    assert_eq!(n.progress.done, seen.len() as i64);
+                    seen.push(n.pair.clone());
+                    a = n;
+                }
+                None => {
+                    assert_eq!(next.status, apl_shared::NextStatus::Done);
+                    assert_eq!(ack.progress, RaterProgress { done: 3, target: 3 });
+                    break;
+                }
+            }
+        }
+        assert_eq!(seen.len(), 3);
+    }
+    // Both raters labelled every pair once: two votes each, none lost, none doubled.
+    let votes = s.votes(&p.id).await;
+    assert_eq!(votes.len(), 6);
+    let slots: Vec<(i64, i64)> = sqlx::query_as("SELECT MIN(slot), MAX(slot) FROM assignments GROUP BY pair_id")
+        .fetch_all(&s.store.pool)
+        .await
+        .unwrap();
+    assert_eq!(slots, vec![(0, 1); 3]);
+    // Without `next` the acknowledgement carries none (and says nothing of it on the wire).
+    let r = s.label(&ann, &votes_pair(&s, &p.id).await, RaterChoice::Left).await.ok();
+    assert!(!r.text.contains("\"next\""), "{}", r.text);
+}
+
+/// A pair of the project that `ann` labelled (the retry of her label is acknowledged again).
+async fn votes_pair(s: &common::Server, project: &str) -> String {
+    sqlx::query_scalar(
+        "SELECT l.pair_id FROM labels l JOIN raters r ON r.id = l.rater_id WHERE r.name = 'ann' AND r.project_id = $1 LIMIT 1",
+    )
+    .bind(project)
+    .fetch_one(&s.store.pool)
+    .await
+    .unwrap()
+}
+
 backend_test!(expired_leases_go_back_to_the_pool);
 async fn expired_leases_go_back_to_the_pool(b: Backend) {
     let s = common::start(&b, Default::default()).await;
@@ -346,6 +410,7 @@ async fn malformed_input_is_refused_with_a_message_and_nothing_stored(b: Backend
         choice: RaterChoice::Left,
         time_ms: 0,
         rationale,
+        next: false,
     };
     for (body, want) in [
         (json!({"pair": pair, "choice": "up"}), "request body"),

@@ -2,7 +2,7 @@
 //! nothing here reveals gold answers, scores, model identities, A/B sides or other raters.
 
 use super::doc::Failures;
-use apl_shared::{Assignment, LabelAck, LabelRequest, NextPair, NextStatus, RaterHome};
+use apl_shared::{Assignment, LabelAck, LabelRequest, NextPair, RaterHome};
 use axum::Json;
 use axum::extract::{Path, State};
 
@@ -21,18 +21,11 @@ pub async fn me(RaterAuth(r): RaterAuth, State(s): State<AppState>) -> ApiResult
 #[utoipa::path(post, path = "/rate/next", tag = "rate", security(("rater" = [])),
     responses((status = 200, body = NextPair, description = "The rater's current pair, or why there is none (done, wait with retry_after_seconds, nothing yet)"), Failures))]
 pub async fn next(RaterAuth(r): RaterAuth, State(s): State<AppState>) -> ApiResult<Json<NextPair>> {
-    use crate::store::rating::Next;
-    let (assignment, status, retry_after_seconds) = match s.store.next_assignment(&r).await? {
-        Next::Assigned(a) => (Some(a), NextStatus::Assigned, None),
-        Next::Done => (None, NextStatus::Done, None),
-        Next::Wait { retry_after_seconds } => (None, NextStatus::Wait, Some(retry_after_seconds)),
-        Next::NothingYet { retry_after_seconds } => (None, NextStatus::NothingYet, Some(retry_after_seconds)),
-    };
-    Ok(Json(NextPair { assignment, status, retry_after_seconds }))
+    Ok(Json(s.store.next_assignment(&r).await?.into()))
 }
 
 #[utoipa::path(post, path = "/rate/labels", tag = "rate", security(("rater" = [])), request_body = LabelRequest,
-    responses((status = 200, body = LabelAck, description = "The label, acknowledged once committed"), Failures))]
+    responses((status = 200, body = LabelAck, description = "The label, acknowledged once committed; with `next: true` in the request, also the rater's next pair"), Failures))]
 pub async fn label(
     RaterAuth(r): RaterAuth,
     State(s): State<AppState>,

@@ -65,7 +65,7 @@ pub struct NewPair {
 
 /// Records per import batch: one short write transaction each (a few milliseconds), so a
 /// rater's label waits behind at most one batch of a large import.
-pub const BATCH: usize = 50;
+pub const BATCH: usize = 16;
 
 /// An unfinished import whose last batch is older than this has stopped and is deleted.
 const STALE_MS: i64 = 60_000;

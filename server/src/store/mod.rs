@@ -11,6 +11,7 @@
 //! otherwise fail with SQLITE_BUSY); SQLite runs in WAL mode with `synchronous = FULL`, so a
 //! label acknowledged to a client survives a crash or power loss.
 
+mod batch;
 pub mod checks;
 pub mod export;
 pub mod imports;
@@ -43,9 +44,15 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Another write of the same group commit failed, so this one was rolled back with it.
+    #[error("database (the write was rolled back with its batch): {0}")]
+    Batch(#[source] Arc<sqlx::Error>),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Connections of an SQLite store's pool.
+pub const SQLITE_CONNECTIONS: u32 = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -58,6 +65,8 @@ pub struct Store {
     pub backend: Backend,
     /// Serialises write transactions on SQLite; unused on PostgreSQL.
     write_lock: Arc<Mutex<()>>,
+    /// Group commit of the raters' writes ([`Store::write`]); SQLite only.
+    batcher: Option<batch::Batcher>,
 }
 
 /// A write transaction (and, on SQLite, the process-wide write lock it holds).
@@ -138,7 +147,12 @@ impl Store {
         };
         let mut opts = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30));
         if backend == Backend::Sqlite {
-            opts = opts.max_connections(8).after_connect(|conn, _| {
+            // Connections to a local file do not go stale: no ping before each use (on
+            // sqlx's SQLite each is a round trip to the connection's thread, as many as the
+            // statements themselves).
+            // Few connections: each is a thread of sqlx's, and on a small machine more of them
+            // cost more in switching between threads than they add in parallel reads.
+            opts = opts.max_connections(SQLITE_CONNECTIONS).test_before_acquire(false).after_connect(|conn, _| {
                 Box::pin(async move {
                     conn.execute("PRAGMA foreign_keys = ON").await?;
                     conn.execute("PRAGMA busy_timeout = 10000").await?;
@@ -162,7 +176,9 @@ impl Store {
             sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
         }
         sqlx::migrate!("./migrations").run(&pool).await?;
-        let store = Self { pool, backend, write_lock: Arc::new(Mutex::new(())) };
+        let write_lock = Arc::new(Mutex::new(()));
+        let batcher = (backend == Backend::Sqlite).then(|| batch::Batcher::start(pool.clone(), write_lock.clone()));
+        let store = Self { pool, backend, write_lock, batcher };
         store.keep_pair_lengths().await?;
         store.sweep_imports(store.backend == Backend::Sqlite).await?;
         for problem in store.durability_problems().await? {
@@ -215,6 +231,26 @@ impl Store {
             Backend::Postgres => None,
         };
         Ok(WriteTx { tx: Tx(Some(self.pool.begin().await?)), guard, _store: std::marker::PhantomData })
+    }
+
+    /// Runs `op` in a write transaction and answers once it is committed: on SQLite in a group
+    /// commit with other requests' operations (`store::batch`, which says what `op` must keep),
+    /// on PostgreSQL in a transaction of its own. For the frequent small writes of raters.
+    pub async fn write<T: Send + 'static>(&self, op: impl batch::WriteOp<T>) -> Result<T> {
+        if let Some(b) = &self.batcher {
+            return b.submit(op).await;
+        }
+        let mut tx = self.pool.begin().await?;
+        match op(&mut tx).await {
+            Ok(v) => {
+                tx.commit().await?;
+                Ok(v)
+            }
+            Err(e) => {
+                tx.rollback().await?;
+                Err(e)
+            }
+        }
     }
 
     pub async fn setting(&self, key: &str) -> Result<Option<String>> {

@@ -12,12 +12,15 @@
 //! the server maps that back to A/B.
 
 use apl_shared::{
-    Assignment, Choice, JobState, LabelAck, LabelRequest, PairKind, RaterChoice, RaterProgress, RatingConfig, Side,
+    Assignment, Choice, JobState, LabelAck, LabelRequest, NextPair, NextStatus, PairKind, ProjectConfig, RaterChoice,
+    RaterProgress, RatingConfig, Side,
 };
 use rand::Rng;
 use rand::seq::SliceRandom;
 
-use super::{Result, Store, StoreError, WriteTx, new_id, now_ms, tokens};
+use sqlx::AnyConnection;
+
+use super::{Result, Store, StoreError, new_id, now_ms, tokens};
 
 /// A rater resolved from their token.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -35,6 +38,18 @@ pub enum Next {
     Done,
     Wait { retry_after_seconds: u64 },
     NothingYet { retry_after_seconds: u64 },
+}
+
+impl From<Next> for NextPair {
+    fn from(n: Next) -> Self {
+        let (assignment, status, retry_after_seconds) = match n {
+            Next::Assigned(a) => (Some(a), NextStatus::Assigned, None),
+            Next::Done => (None, NextStatus::Done, None),
+            Next::Wait { retry_after_seconds } => (None, NextStatus::Wait, Some(retry_after_seconds)),
+            Next::NothingYet { retry_after_seconds } => (None, NextStatus::NothingYet, Some(retry_after_seconds)),
+        };
+        NextPair { assignment, status, retry_after_seconds }
+    }
 }
 
 /// Why a rater token was refused.
@@ -83,6 +98,27 @@ fn screen_choice(left_side: Side, c: Choice) -> RaterChoice {
 /// are not open yet.
 fn open_train_pairs() -> String {
     format!("p.kind = '{}' AND p.votes < p.target_votes AND {}", PairKind::Train, super::imports::settled("p"))
+}
+
+/// The rater's labels so far (skips are not work done): a scalar subquery, `rater` and `skip`
+/// the parameters holding the rater's id and `Choice::Skip`. Counted on the covering index
+/// `labels_rater_choice`.
+fn labels_done_sql(rater: &str, skip: &str) -> String {
+    format!("(SELECT COUNT(*) FROM labels l WHERE l.rater_id = {rater} AND l.choice <> {skip})")
+}
+
+/// Pairs still open to the rater (a check's pairs only for its raters), counted up to 500
+/// ahead so the cost stays flat however large the pool (set a quota for a fixed target): a
+/// scalar subquery over the parameters holding the rater's and the project's ids. The limit is
+/// a literal: PostgreSQL's generic plan for a parameter limit scans every open pair.
+fn open_count_sql(rater: &str, project: &str) -> String {
+    format!(
+        "(SELECT COUNT(*) FROM (SELECT 1 FROM pairs p WHERE p.project_id = {project} AND {} \
+           AND (p.check_id IS NULL OR EXISTS (SELECT 1 FROM check_raters c \
+                  WHERE c.check_id = p.check_id AND c.rater_id = {rater})) \
+           AND (SELECT COUNT(*) FROM labels l WHERE l.pair_id = p.id AND l.rater_id = {rater}) = 0 LIMIT 500) AS open)",
+        open_train_pairs()
+    )
 }
 
 /// Training pairs: not part of any human check.
@@ -139,76 +175,78 @@ impl Store {
     }
 
     pub async fn progress(&self, rater: &Rater) -> Result<RaterProgress> {
-        let done = self.labels_done(rater).await?;
         if let Some(q) = rater.quota {
+            let done: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT {}", labels_done_sql("$1", "$2"))))
+                .bind(&rater.id)
+                .bind(Choice::Skip)
+                .fetch_one(&self.pool)
+                .await?;
             return Ok(RaterProgress { done, target: q });
         }
-        // Pairs still open to this rater (a check's pairs only for its raters), counted up to 500
-        // ahead so the cost stays flat however large the pool (set a quota for a fixed target).
-        // The limit is a literal: PostgreSQL's generic plan for a parameter limit scans every
-        // open pair.
-        let q = format!(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM pairs p WHERE p.project_id = $2 AND {} \
-               AND (p.check_id IS NULL OR EXISTS (SELECT 1 FROM check_raters c \
-                      WHERE c.check_id = p.check_id AND c.rater_id = $1)) \
-               AND (SELECT COUNT(*) FROM labels l WHERE l.pair_id = p.id AND l.rater_id = $1) = 0 LIMIT 500) AS open",
-            open_train_pairs()
-        );
-        let open: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(q))
+        let q = format!("SELECT {}, {}", labels_done_sql("$1", "$2"), open_count_sql("$1", "$3"));
+        let (done, open): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(q))
             .bind(&rater.id)
+            .bind(Choice::Skip)
             .bind(&rater.project_id)
             .fetch_one(&self.pool)
             .await?;
         Ok(RaterProgress { done, target: done + open })
     }
 
-    async fn labels_done(&self, rater: &Rater) -> Result<i64> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM labels WHERE rater_id = $1 AND choice <> $2")
-            .bind(&rater.id)
-            .bind(Choice::Skip)
-            .fetch_one(&self.pool)
-            .await?)
-    }
-
     /// The rater's current pair: a lease they already hold, else a newly claimed one; when there
     /// is none, why: done, waiting on other raters' leases, or no pairs yet.
     pub async fn next_assignment(&self, rater: &Rater) -> Result<Next> {
-        let cfg = self.rating_config(&rater.project_id).await?;
+        // What the choice depends on, read in one statement (each statement is a round trip to
+        // the database's connection): the project's rating settings, a pair the rater already
+        // holds (the newest first, so an undone label comes back first), whether they are in
+        // some human check, and their labels so far.
+        let q = format!(
+            "SELECT p.config, \
+               (SELECT a.pair_id FROM assignments a WHERE a.rater_id = $2 AND a.done = 0 \
+                  ORDER BY a.leased_at DESC LIMIT 1) AS held, \
+               (SELECT COUNT(*) FROM check_raters c WHERE c.rater_id = $2) AS checks, \
+               {} AS done \
+             FROM projects p WHERE p.id = $1",
+            labels_done_sql("$2", "$3")
+        );
+        let (config, held, checks, done): (ProjectConfig, Option<String>, i64, i64) =
+            sqlx::query_as(sqlx::AssertSqlSafe(q))
+                .bind(&rater.project_id)
+                .bind(&rater.id)
+                .bind(Choice::Skip)
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("no project {:?}", rater.project_id)))?;
+        let cfg = config.rating;
         let now = now_ms();
         let lease = cfg.lease_seconds as i64 * 1000;
-        // 1. A pair they already hold (the newest first, so an undone label comes back first).
-        let held: Option<String> = sqlx::query_scalar(
-            "SELECT pair_id FROM assignments WHERE rater_id = $1 AND done = 0 ORDER BY leased_at DESC LIMIT 1",
-        )
-        .bind(&rater.id)
-        .fetch_optional(&self.pool)
-        .await?;
         if let Some(pair) = held {
-            let mut w = self.begin_write().await?;
-            sqlx::query("UPDATE assignments SET lease_expires = $1 WHERE pair_id = $2 AND rater_id = $3 AND done = 0")
-                .bind(now + lease)
-                .bind(&pair)
-                .bind(&rater.id)
-                .execute(&mut *w.tx)
-                .await?;
-            w.commit().await?;
-            return self.assignment_view(rater, &pair).await.map(Next::Assigned);
+            let (rater_id, held) = (rater.id.clone(), pair.clone());
+            self.write(move |c| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "UPDATE assignments SET lease_expires = $1 WHERE pair_id = $2 AND rater_id = $3 AND done = 0",
+                    )
+                    .bind(now + lease)
+                    .bind(&held)
+                    .bind(&rater_id)
+                    .execute(&mut *c)
+                    .await?;
+                    Ok(())
+                })
+            })
+            .await?;
+            return self.assignment_view(rater, &pair, done).await.map(Next::Assigned);
         }
-        if let Some(q) = rater.quota
-            && self.labels_done(rater).await? >= q
-        {
+        if rater.quota.is_some_and(|q| done >= q) {
             return Ok(Next::Done);
         }
         // 2. A pair of a human check this rater was chosen for, before anything else. Asked only
         // of a rater in some check: the claim walks the open pairs in age order, which for a
         // rater in none would be every open pair of the project on every request.
-        let checks: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM check_raters WHERE rater_id = $1")
-            .bind(&rater.id)
-            .fetch_one(&self.pool)
-            .await?;
         if checks > 0 {
             match self.claim_oldest(rater, CHECK_PAIRS, now, lease).await? {
-                Claim::Got(pair) => return self.assignment_view(rater, &pair).await.map(Next::Assigned),
+                Claim::Got(pair) => return self.assignment_view(rater, &pair, done).await.map(Next::Assigned),
                 // None open, or other check raters hold them all: go on to the rest.
                 Claim::Empty | Claim::Busy => {}
             }
@@ -218,11 +256,11 @@ impl Store {
             && rand::rng().random_bool(cfg.gold_rate.min(1.0))
             && let Some(pair) = self.claim_gold(rater, now, lease).await?
         {
-            return self.assignment_view(rater, &pair).await.map(Next::Assigned);
+            return self.assignment_view(rater, &pair, done).await.map(Next::Assigned);
         }
         // 4. The oldest training pair still short of votes that this rater has not seen.
         match self.claim_oldest(rater, TRAINING_PAIRS, now, lease).await? {
-            Claim::Got(pair) => self.assignment_view(rater, &pair).await.map(Next::Assigned),
+            Claim::Got(pair) => self.assignment_view(rater, &pair, done).await.map(Next::Assigned),
             Claim::Empty => self.why_none(rater, now).await,
             // Every candidate went to other raters while we looked: the pool is busy, not empty.
             Claim::Busy => Ok(Next::Wait { retry_after_seconds: 1 }),
@@ -287,6 +325,36 @@ impl Store {
              ORDER BY p.created_at, p.id LIMIT 8",
             open = open_train_pairs()
         );
+        // The common case in one statement: a free slot of one of those pairs (picked at
+        // random among them, so raters asking at once rarely collide), inserted and returned.
+        // Pairs whose slots are all held, some by expired leases, and collisions, go the long
+        // way below.
+        let fast = format!(
+            "INSERT INTO assignments (pair_id, slot, rater_id, left_side, leased_at, lease_expires, done) \
+             SELECT c.id, c.free, $2, $4, $3, $5, 0 FROM \
+               (SELECT o.id, o.target_votes, {free} AS free FROM ({q}) o) c \
+             WHERE c.free < c.target_votes ORDER BY random() LIMIT 1 \
+             ON CONFLICT DO NOTHING RETURNING pair_id",
+            free = free_slot_sql("o.id"),
+        );
+        let (project_id, rater_id, side) = (rater.project_id.clone(), rater.id.clone(), random_side());
+        let got: Option<String> = self
+            .write(move |c| {
+                Box::pin(async move {
+                    Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(fast))
+                        .bind(&project_id)
+                        .bind(&rater_id)
+                        .bind(now)
+                        .bind(side)
+                        .bind(now + lease)
+                        .fetch_optional(&mut *c)
+                        .await?)
+                })
+            })
+            .await?;
+        if let Some(pair) = got {
+            return Ok(Claim::Got(pair));
+        }
         for _ in 0..4 {
             let candidates: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
                 .bind(&rater.project_id)
@@ -298,16 +366,24 @@ impl Store {
                 return Ok(Claim::Empty);
             }
             // Raters asking at once would all race for the oldest pair: each tries the oldest
-            // few in its own random order.
+            // few in its own random order. A failed try writes nothing (as `Store::write` asks).
             let mut candidates = candidates;
             candidates.shuffle(&mut rand::rng());
-            for (pair, target) in candidates {
-                let mut w = self.begin_write().await?;
-                if claim_slot(&mut w, &pair, &rater.id, target, now, lease).await? {
-                    w.commit().await?;
-                    return Ok(Claim::Got(pair));
-                }
-                w.rollback().await?;
+            let rater_id = rater.id.clone();
+            let got = self
+                .write(move |c| {
+                    Box::pin(async move {
+                        for (pair, target) in candidates {
+                            if claim_slot(c, &pair, &rater_id, target, now, lease).await? {
+                                return Ok(Some(pair));
+                            }
+                        }
+                        Ok(None)
+                    })
+                })
+                .await?;
+            if let Some(pair) = got {
+                return Ok(Claim::Got(pair));
             }
         }
         Ok(Claim::Busy)
@@ -329,39 +405,46 @@ impl Store {
             return Ok(None);
         }
         let pair = rows[rand::rng().random_range(0..rows.len())].clone();
-        let mut w = self.begin_write().await?;
-        if claim_slot(&mut w, &pair, &rater.id, i64::MAX, now, lease).await? {
-            w.commit().await?;
-            return Ok(Some(pair));
-        }
-        w.rollback().await?;
-        Ok(None)
+        let rater_id = rater.id.clone();
+        self.write(move |c| {
+            Box::pin(async move {
+                let got = claim_slot(c, &pair, &rater_id, i64::MAX, now, lease).await?;
+                Ok(got.then_some(pair))
+            })
+        })
+        .await
     }
 
-    /// The pair as this rater sees it (they must hold or have held it).
-    async fn assignment_view(&self, rater: &Rater, pair: &str) -> Result<Assignment> {
-        let (left_side, lease_expires_at, prompt, a, b): (Side, i64, String, String, String) = sqlx::query_as(
-            "SELECT a.left_side, a.lease_expires, pr.text AS prompt, ca.text AS text_a, cb.text AS text_b \
+    /// The pair as this rater sees it (they must hold or have held it), with their progress
+    /// (`done`: their labels so far), in one statement.
+    async fn assignment_view(&self, rater: &Rater, pair: &str, done: i64) -> Result<Assignment> {
+        let q = format!(
+            "SELECT a.left_side, a.lease_expires, pr.text AS prompt, ca.text AS text_a, cb.text AS text_b, {} AS open \
              FROM assignments a JOIN pairs p ON p.id = a.pair_id JOIN prompts pr ON pr.id = p.prompt_id \
              JOIN completions ca ON ca.id = p.completion_a JOIN completions cb ON cb.id = p.completion_b \
              WHERE a.pair_id = $1 AND a.rater_id = $2",
-        )
-        .bind(pair)
-        .bind(&rater.id)
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or_else(|| StoreError::NotFound(format!("pair {pair:?} is not assigned to you")))?;
+            if rater.quota.is_some() { "0".to_string() } else { open_count_sql("$2", "$3") }
+        );
+        let (left_side, lease_expires_at, prompt, a, b, open): (Side, i64, String, String, String, i64) =
+            sqlx::query_as(sqlx::AssertSqlSafe(q))
+                .bind(pair)
+                .bind(&rater.id)
+                .bind(&rater.project_id)
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("pair {pair:?} is not assigned to you")))?;
         let (left, right) = match left_side {
             Side::A => (a, b),
             Side::B => (b, a),
         };
+        let target = rater.quota.unwrap_or(done + open);
         Ok(Assignment {
             pair: pair.to_string(),
             prompt,
             left,
             right,
             lease_expires_at,
-            progress: self.progress(rater).await?,
+            progress: RaterProgress { done, target },
         })
     }
 
@@ -376,100 +459,19 @@ impl Store {
         if req.time_ms > 24 * 3600 * 1000 {
             return Err(StoreError::Invalid("time_ms: more than a day".into()));
         }
-        let mut w = self.begin_write().await?;
-        let held: Option<Side> =
-            sqlx::query_scalar("SELECT left_side FROM assignments WHERE pair_id = $1 AND rater_id = $2")
-                .bind(&req.pair)
-                .bind(&rater.id)
-                .fetch_optional(&mut *w.tx)
-                .await?;
-        let existing: Option<(Choice, Side, i64)> =
-            sqlx::query_as("SELECT choice, left_side, created_at FROM labels WHERE pair_id = $1 AND rater_id = $2")
-                .bind(&req.pair)
-                .bind(&rater.id)
-                .fetch_optional(&mut *w.tx)
-                .await?;
-        if let Some((choice, left, created_at)) = existing {
-            w.rollback().await?;
-            let stored = screen_choice(left, choice);
-            if stored != req.choice {
-                return Err(StoreError::Conflict(format!(
-                    "pair {:?} already has your label ({stored:?}); undo it to change it",
-                    req.pair
-                )));
-            }
-            return Ok(LabelAck {
-                pair: req.pair.clone(),
-                choice: stored,
-                created_at,
-                progress: self.progress(rater).await?,
-            });
-        }
-        let Some(left) = held else {
-            w.rollback().await?;
-            let in_project = sqlx::query("SELECT 1 FROM pairs WHERE id = $1 AND project_id = $2")
-                .bind(&req.pair)
-                .bind(&rater.project_id)
-                .fetch_optional(&self.pool)
-                .await?
-                .is_some();
-            return Err(if in_project {
-                StoreError::Conflict(format!(
-                    "your lease on pair {:?} expired and it went to another rater; ask for the next pair",
-                    req.pair
-                ))
-            } else {
-                StoreError::NotFound(format!("pair {:?} is not assigned to you", req.pair))
-            });
+        let (rater_c, req_c) = (rater.clone(), req.clone());
+        let stored = self.write(move |c| Box::pin(async move { store_label(c, &rater_c, &req_c).await })).await?;
+        // The next pair, when asked for, is claimed after the label is committed: a failure
+        // there cannot take the label back.
+        let next: Option<NextPair> = match req.next {
+            true => Some(self.next_assignment(rater).await?.into()),
+            false => None,
         };
-        let choice = side_choice(left, req.choice);
-        let now = now_ms();
-        let rationale = req.rationale.as_deref().map(str::trim).filter(|s| !s.is_empty());
-        // A concurrent submit of the same label (another tab, a retry) may have inserted since
-        // the read above: then nothing is inserted here (PostgreSQL waits for the other
-        // transaction, then does nothing), no vote is counted twice, and the answer is the
-        // stored label's, as for any retry.
-        let inserted = sqlx::query(
-            "INSERT INTO labels (id, pair_id, rater_id, choice, left_side, time_ms, rationale, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (pair_id, rater_id) DO NOTHING",
-        )
-        .bind(new_id())
-        .bind(&req.pair)
-        .bind(&rater.id)
-        .bind(choice)
-        .bind(left)
-        .bind(req.time_ms as i64)
-        .bind(rationale)
-        .bind(now)
-        .execute(&mut *w.tx)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
-            w.rollback().await?;
-            return Box::pin(self.submit_label(rater, req)).await;
-        }
-        if choice == Choice::Skip {
-            // The slot goes back to the pool; the label row keeps the pair from this rater.
-            sqlx::query("DELETE FROM assignments WHERE pair_id = $1 AND rater_id = $2")
-                .bind(&req.pair)
-                .bind(&rater.id)
-                .execute(&mut *w.tx)
-                .await?;
-        } else {
-            sqlx::query("UPDATE assignments SET done = 1 WHERE pair_id = $1 AND rater_id = $2")
-                .bind(&req.pair)
-                .bind(&rater.id)
-                .execute(&mut *w.tx)
-                .await?;
-            sqlx::query("UPDATE pairs SET votes = votes + 1 WHERE id = $1").bind(&req.pair).execute(&mut *w.tx).await?;
-        }
-        w.commit().await?;
-        Ok(LabelAck {
-            pair: req.pair.clone(),
-            choice: req.choice,
-            created_at: now,
-            progress: self.progress(rater).await?,
-        })
+        let progress = match next.as_ref().and_then(|n| n.assignment.as_ref()) {
+            Some(a) => a.progress,
+            None => self.progress(rater).await?,
+        };
+        Ok(LabelAck { pair: req.pair.clone(), choice: stored.choice, created_at: stored.created_at, progress, next })
     }
 
     /// Takes back the rater's label on `pair` and gives the pair back to them.
@@ -498,7 +500,7 @@ impl Store {
                     .fetch_one(&mut *w.tx)
                     .await?;
             let target = if kind == PairKind::Gold { i64::MAX } else { target_votes };
-            if !claim_slot(&mut w, pair, &rater.id, target, now, lease).await? {
+            if !claim_slot(&mut w.tx, pair, &rater.id, target, now, lease).await? {
                 w.rollback().await?;
                 return Err(StoreError::Conflict(format!(
                     "pair {pair:?} went to other raters after you skipped it; it cannot be undone"
@@ -517,7 +519,8 @@ impl Store {
             sqlx::query("UPDATE pairs SET votes = votes - 1 WHERE id = $1").bind(pair).execute(&mut *w.tx).await?;
         }
         w.commit().await?;
-        self.assignment_view(rater, pair).await
+        let done = self.progress(rater).await?.done;
+        self.assignment_view(rater, pair, done).await
     }
 
     /// The rater's own labels, newest first.
@@ -538,15 +541,138 @@ impl Store {
                 choice: screen_choice(left, choice),
                 created_at,
                 progress,
+                next: None,
             })
             .collect())
     }
 }
 
+/// A label as stored: the rater's answer and when it was first given.
+struct Stored {
+    choice: RaterChoice,
+    created_at: i64,
+}
+
+/// Stores `req` as `rater`'s label, in the caller's transaction: the write of
+/// [`Store::submit_label`]. A repeat of the stored label answers that label; every refusal is
+/// decided before anything is written.
+async fn store_label(c: &mut AnyConnection, rater: &Rater, req: &LabelRequest) -> Result<Stored> {
+    // Twice at most: a concurrent submit of the same label (another tab, a retry on another
+    // PostgreSQL connection) may insert between the read and the insert; then the insert does
+    // nothing (PostgreSQL waits for the other transaction first) and the second pass finds it.
+    for _ in 0..2 {
+        // The rater's slot on the pair and their label on it, if any, in one statement.
+        let (held, choice, label_left, created_at): (Option<Side>, Option<Choice>, Option<Side>, Option<i64>) =
+            sqlx::query_as(
+                "SELECT a.left_side, l.choice, l.left_side, l.created_at FROM (SELECT 1 AS one) o \
+                 LEFT JOIN assignments a ON a.pair_id = $1 AND a.rater_id = $2 \
+                 LEFT JOIN labels l ON l.pair_id = $1 AND l.rater_id = $2",
+            )
+            .bind(&req.pair)
+            .bind(&rater.id)
+            .fetch_one(&mut *c)
+            .await?;
+        if let (Some(choice), Some(left), Some(created_at)) = (choice, label_left, created_at) {
+            let stored = screen_choice(left, choice);
+            if stored != req.choice {
+                return Err(StoreError::Conflict(format!(
+                    "pair {:?} already has your label ({stored:?}); undo it to change it",
+                    req.pair
+                )));
+            }
+            return Ok(Stored { choice: stored, created_at });
+        }
+        let Some(left) = held else {
+            let in_project = sqlx::query("SELECT 1 FROM pairs WHERE id = $1 AND project_id = $2")
+                .bind(&req.pair)
+                .bind(&rater.project_id)
+                .fetch_optional(&mut *c)
+                .await?
+                .is_some();
+            return Err(if in_project {
+                StoreError::Conflict(format!(
+                    "your lease on pair {:?} expired and it went to another rater; ask for the next pair",
+                    req.pair
+                ))
+            } else {
+                StoreError::NotFound(format!("pair {:?} is not assigned to you", req.pair))
+            });
+        };
+        let choice = side_choice(left, req.choice);
+        let now = now_ms();
+        let rationale = req.rationale.as_deref().map(str::trim).filter(|s| !s.is_empty());
+        let inserted = sqlx::query(
+            "INSERT INTO labels (id, pair_id, rater_id, choice, left_side, time_ms, rationale, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (pair_id, rater_id) DO NOTHING",
+        )
+        .bind(new_id())
+        .bind(&req.pair)
+        .bind(&rater.id)
+        .bind(choice)
+        .bind(left)
+        .bind(req.time_ms as i64)
+        .bind(rationale)
+        .bind(now)
+        .execute(&mut *c)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            continue;
+        }
+        if choice == Choice::Skip {
+            // The slot goes back to the pool; the label row keeps the pair from this rater.
+            sqlx::query("DELETE FROM assignments WHERE pair_id = $1 AND rater_id = $2")
+                .bind(&req.pair)
+                .bind(&rater.id)
+                .execute(&mut *c)
+                .await?;
+        } else {
+            sqlx::query("UPDATE assignments SET done = 1 WHERE pair_id = $1 AND rater_id = $2")
+                .bind(&req.pair)
+                .bind(&rater.id)
+                .execute(&mut *c)
+                .await?;
+            sqlx::query("UPDATE pairs SET votes = votes + 1 WHERE id = $1").bind(&req.pair).execute(&mut *c).await?;
+        }
+        return Ok(Stored { choice: req.choice, created_at: now });
+    }
+    Err(StoreError::Conflict(format!("pair {:?}: another request is labelling it; try again", req.pair)))
+}
+
+/// The lowest free slot of the pair `pair` (an SQL expression): the slots held are 0.. with
+/// holes where a rater skipped, so the lowest free one is 0 or one past a held one.
+fn free_slot_sql(pair: &str) -> String {
+    format!(
+        "(SELECT MIN(s.slot) FROM (SELECT 0 AS slot UNION ALL SELECT h.slot + 1 FROM assignments h WHERE h.pair_id = {pair}) s \
+           WHERE s.slot NOT IN (SELECT f.slot FROM assignments f WHERE f.pair_id = {pair}))"
+    )
+}
+
 /// Claims a slot of `pair` for `rater`: takes over an expired unfinished lease, else inserts
 /// the lowest free slot below `target`. False when every slot is live (someone else won).
-async fn claim_slot(w: &mut WriteTx<'_>, pair: &str, rater: &str, target: i64, now: i64, lease: i64) -> Result<bool> {
+async fn claim_slot(c: &mut AnyConnection, pair: &str, rater: &str, target: i64, now: i64, lease: i64) -> Result<bool> {
     let side = random_side();
+    // The lowest free slot, inserted in one statement when it is below the target (the common
+    // case: a pair not yet leased to enough raters). A rater already in the pair, or a racing
+    // claim of the same slot, hits a unique key and inserts nothing.
+    let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO assignments (pair_id, slot, rater_id, left_side, leased_at, lease_expires, done) \
+             SELECT $1, f.slot, $2, $3, $4, $5, 0 FROM (SELECT {} AS slot) f \
+             WHERE f.slot < $6 ON CONFLICT DO NOTHING",
+        free_slot_sql("$1")
+    )))
+    .bind(pair)
+    .bind(rater)
+    .bind(side)
+    .bind(now)
+    .bind(now + lease)
+    .bind(target)
+    .execute(&mut *c)
+    .await?;
+    if inserted.rows_affected() == 1 {
+        return Ok(true);
+    }
+    // Every slot below the target is held: take over one whose lease expired unfinished.
     let taken = sqlx::query(
         "UPDATE assignments SET rater_id = $1, left_side = $2, leased_at = $3, lease_expires = $4 \
          WHERE pair_id = $5 AND done = 0 AND lease_expires <= $3 \
@@ -558,32 +684,9 @@ async fn claim_slot(w: &mut WriteTx<'_>, pair: &str, rater: &str, target: i64, n
     .bind(now)
     .bind(now + lease)
     .bind(pair)
-    .execute(&mut *w.tx)
+    .execute(&mut *c)
     .await?;
-    if taken.rows_affected() == 1 {
-        return Ok(true);
-    }
-    let slots: Vec<i64> = sqlx::query_scalar("SELECT slot FROM assignments WHERE pair_id = $1 ORDER BY slot")
-        .bind(pair)
-        .fetch_all(&mut *w.tx)
-        .await?;
-    let free = (0..).find(|s| !slots.contains(s)).expect("some slot is free");
-    if free >= target {
-        return Ok(false);
-    }
-    let ins = sqlx::query(
-        "INSERT INTO assignments (pair_id, slot, rater_id, left_side, leased_at, lease_expires, done) \
-         VALUES ($1, $2, $3, $4, $5, $6, 0) ON CONFLICT DO NOTHING",
-    )
-    .bind(pair)
-    .bind(free)
-    .bind(rater)
-    .bind(side)
-    .bind(now)
-    .bind(now + lease)
-    .execute(&mut *w.tx)
-    .await?;
-    Ok(ins.rows_affected() == 1)
+    Ok(taken.rows_affected() == 1)
 }
 
 #[cfg(test)]

@@ -460,7 +460,7 @@ impl Server {
 
     /// A rater's answer on `pair`, as the reply came.
     pub async fn label(&self, token: &str, pair: &str, choice: RaterChoice) -> Reply {
-        let body = LabelRequest { pair: pair.into(), choice, time_ms: 1500, rationale: None };
+        let body = LabelRequest { pair: pair.into(), choice, time_ms: 1500, rationale: None, next: false };
         self.with_token(token).send_json(Method::POST, "/api/rate/labels", &body).await
     }
 

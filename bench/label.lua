@@ -1,7 +1,9 @@
 -- wrk script: each connection is one rater who asks for a pair (POST /api/rate/next) and
--- labels it (POST /api/rate/labels), over and over. One connection per thread, so request()
--- and response() alternate strictly within a thread. Tokens come from RATER_TOKENS (a file,
--- one token per line); done() prints the label count and the error count.
+-- labels it (POST /api/rate/labels), over and over. With LABEL_NEXT=1 a label also asks for
+-- the next pair ("next": true), as the browser's rater page does: one request per label after
+-- the first. One connection per thread, so request() and response() alternate strictly within
+-- a thread. Tokens come from RATER_TOKENS (a file, one token per line); done() prints the
+-- label count and the error count.
 
 local tokens = {}
 local threads = {}
@@ -18,6 +20,8 @@ function setup(thread)
 end
 
 local pair = nil
+local with_next = os.getenv("LABEL_NEXT") == "1"
+local next_field = with_next and ',"next":true' or ''
 labels = 0
 errors = 0
 nothing = 0
@@ -26,7 +30,7 @@ function request()
   if not token then return wrk.format("GET", "/api/health") end -- wrk's own probe in the main thread
   local headers = { ["Authorization"] = "Bearer " .. token, ["Content-Type"] = "application/json" }
   if pair then
-    local body = '{"pair":"' .. pair .. '","choice":"left","time_ms":1000}'
+    local body = '{"pair":"' .. pair .. '","choice":"left","time_ms":1000' .. next_field .. '}'
     return wrk.format("POST", "/api/rate/labels", headers, body)
   end
   return wrk.format("POST", "/api/rate/next", headers, "")
@@ -41,6 +45,10 @@ function response(status, headers, body)
   if pair then
     labels = labels + 1
     pair = nil
+    if with_next then
+      pair = string.match(body, '"next":{"assignment":{"pair":"([0-9a-f]+)"')
+      if not pair then nothing = nothing + 1 end
+    end
   else
     pair = string.match(body, '"pair":"([0-9a-f]+)"')
     if not pair then nothing = nothing + 1 end

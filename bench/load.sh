@@ -8,6 +8,11 @@
 #   PAIRS=10000 bash bench/load.sh          # pool size (default 60000)
 #   IMPORT=300000 bash bench/load.sh 8 60   # a TRL import of that many rows into another
 #                                           # project starts 2 s in, while the raters label
+#   PAIRS=1000000 SEED=sql bash bench/load.sh  # the pool written by the database's own client
+#                                           # (sqlite3 or psql) instead of the import API
+#   ROUND_TRIPS=2 bash bench/load.sh        # raters ask for each pair apart (POST /rate/next,
+#                                           # then the label); the default is the browser's
+#                                           # way, a label that brings the next pair
 #
 # Prints labels/s and the latency percentiles wrk measured (with IMPORT, also how long the
 # import took and whether it ended inside the measured window).
@@ -41,14 +46,38 @@ for i in range($1):
 "
 }
 project=$(new_project load)
-pairs_file "$pairs" Prompt >"$work/pairs.jsonl"
-api --data-binary @"$work/pairs.jsonl" "$base/api/projects/$project/pairs?format=trl&rate=true" >/dev/null
+if [ "${SEED:-import}" = sql ]; then
+  # Large pools (1M pairs take ~8 min through the import API on 2 cores): rows written straight
+  # into the database by its own client, as an import would leave them (one prompt, two
+  # completions, one open pair per row, one vote wanted; pair ids in hex, as label.lua reads
+  # them), before the raters start. PostgreSQL's seeded tables are analysed after, as its
+  # autovacuum would after an import (not the empty labels table: statistics saying it is empty
+  # would make every per-pair label lookup a scan while it fills).
+  seed="INSERT INTO prompts (id, project_id, text, split, source, created_at)
+      WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $pairs)
+      SELECT 'sp' || i, '$project', 'Prompt ' || i || ': the film', 'train', 'upload', i FROM n;
+    INSERT INTO completions (id, prompt_id, text, source, created_at)
+      WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $pairs)
+      SELECT 's' || s.side || i, 'sp' || i, 'was ' || s.word || ' ' || i, 'import', i
+      FROM n, (SELECT 'a' AS side, 'good' AS word UNION ALL SELECT 'b', 'bad') s;
+    INSERT INTO pairs (id, project_id, prompt_id, completion_a, completion_b, kind, target_votes, votes, created_at)
+      WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $pairs)
+      SELECT 'ee' || i, '$project', 'sp' || i, 'sa' || i, 'sb' || i, 'train', 1, 0, i FROM n;"
+  case "${DATABASE:-}" in
+    postgres*) psql -q "$DATABASE" -c "BEGIN; $seed COMMIT; ANALYZE pairs, prompts, completions;" ;;
+    *) sqlite3 "$work/apl.sqlite" "PRAGMA busy_timeout = 10000; BEGIN; $seed COMMIT;" ;;
+  esac
+else
+  pairs_file "$pairs" Prompt >"$work/pairs.jsonl"
+  api --data-binary @"$work/pairs.jsonl" "$base/api/projects/$project/pairs?format=trl&rate=true" >/dev/null
+fi
 for i in $(seq "$conns"); do
   api -H 'content-type: application/json' -d "{\"name\":\"rater$i\"}" "$base/api/projects/$project/raters" \
     | sed 's/.*"token":"\([^"]*\)".*/\1/'
   echo
 done >"$work/tokens"
-echo "apl serve on $base: $(nproc) cores, ${DATABASE:-SQLite}, $pairs pairs, $conns raters, ${secs}s"
+trips=${ROUND_TRIPS:-1}
+echo "apl serve on $base: $(nproc) cores, ${DATABASE:-SQLite}, $pairs pairs, $conns raters, ${secs}s, $trips request(s) per label"
 if [ -n "${IMPORT:-}" ]; then
   other=$(new_project import)
   pairs_file "$IMPORT" Imported >"$work/import.jsonl"
@@ -60,7 +89,7 @@ if [ -n "${IMPORT:-}" ]; then
   ) >"$work/import.log" &
   importer=$!
 fi
-RATER_TOKENS="$work/tokens" wrk -t "$conns" -c "$conns" -d "${secs}s" --latency -s bench/label.lua "$base"
+LABEL_NEXT=$([ "$trips" = 2 ] && echo 0 || echo 1) RATER_TOKENS="$work/tokens" wrk -t "$conns" -c "$conns" -d "${secs}s" --latency -s bench/label.lua "$base"
 if [ -n "${IMPORT:-}" ]; then
   running=""; kill -0 "$importer" 2>/dev/null && running=" (still running when wrk stopped: measure longer)"
   wait "$importer"

@@ -196,28 +196,7 @@ impl Store {
     /// The rater's current pair: a lease they already hold, else a newly claimed one; when there
     /// is none, why: done, waiting on other raters' leases, or no pairs yet.
     pub async fn next_assignment(&self, rater: &Rater) -> Result<Next> {
-        // What the choice depends on, read in one statement (each statement is a round trip to
-        // the database's connection): the project's rating settings, a pair the rater already
-        // holds (the newest first, so an undone label comes back first), whether they are in
-        // some human check, and their labels so far.
-        let q = format!(
-            "SELECT p.config, \
-               (SELECT a.pair_id FROM assignments a WHERE a.rater_id = $2 AND a.done = 0 \
-                  ORDER BY a.leased_at DESC LIMIT 1) AS held, \
-               (SELECT COUNT(*) FROM check_raters c WHERE c.rater_id = $2) AS checks, \
-               {} AS done \
-             FROM projects p WHERE p.id = $1",
-            labels_done_sql("$2", "$3")
-        );
-        let (config, held, checks, done): (ProjectConfig, Option<String>, i64, i64) =
-            sqlx::query_as(sqlx::AssertSqlSafe(q))
-                .bind(&rater.project_id)
-                .bind(&rater.id)
-                .bind(Choice::Skip)
-                .fetch_optional(&self.pool)
-                .await?
-                .ok_or_else(|| StoreError::NotFound(format!("no project {:?}", rater.project_id)))?;
-        let cfg = config.rating;
+        let NextContext { rating: cfg, held, checks, done } = next_context(&self.pool, rater).await?;
         let now = now_ms();
         let lease = cfg.lease_seconds as i64 * 1000;
         if let Some(pair) = held {
@@ -311,47 +290,11 @@ impl Store {
     /// Claims the oldest open pair matching `pool` (a fixed SQL condition on `p`, where `$2` is
     /// the rater) that this rater has not seen.
     async fn claim_oldest(&self, rater: &Rater, pool: &'static str, now: i64, lease: i64) -> Result<Claim> {
-        // Per-pair conditions are scalar subqueries (COUNT ... = 0), not NOT EXISTS: PostgreSQL
-        // makes anti-joins of the latter, materialises every open pair and sorts them (2.5 s at
-        // 60k pairs), where the scalar form walks `pairs_open` in order and stops at the LIMIT
-        // (0.3 ms). SQLite plans both forms as this walk.
-        let q = format!(
-            "SELECT p.id, p.target_votes FROM pairs p \
-             WHERE p.project_id = $1 AND {open} AND {pool} \
-               AND (SELECT COUNT(*) FROM assignments a WHERE a.pair_id = p.id AND a.rater_id = $2) = 0 \
-               AND (SELECT COUNT(*) FROM labels l WHERE l.pair_id = p.id AND l.rater_id = $2) = 0 \
-               AND (SELECT COUNT(*) FROM assignments a WHERE a.pair_id = p.id \
-                      AND (a.done = 1 OR a.lease_expires > $3)) < p.target_votes \
-             ORDER BY p.created_at, p.id LIMIT 8",
-            open = open_train_pairs()
-        );
-        // The common case in one statement: a free slot of one of those pairs (picked at
-        // random among them, so raters asking at once rarely collide), inserted and returned.
-        // Pairs whose slots are all held, some by expired leases, and collisions, go the long
-        // way below.
-        let fast = format!(
-            "INSERT INTO assignments (pair_id, slot, rater_id, left_side, leased_at, lease_expires, done) \
-             SELECT c.id, c.free, $2, $4, $3, $5, 0 FROM \
-               (SELECT o.id, o.target_votes, {free} AS free FROM ({q}) o) c \
-             WHERE c.free < c.target_votes ORDER BY random() LIMIT 1 \
-             ON CONFLICT DO NOTHING RETURNING pair_id",
-            free = free_slot_sql("o.id"),
-        );
-        let (project_id, rater_id, side) = (rater.project_id.clone(), rater.id.clone(), random_side());
-        let got: Option<String> = self
-            .write(move |c| {
-                Box::pin(async move {
-                    Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(fast))
-                        .bind(&project_id)
-                        .bind(&rater_id)
-                        .bind(now)
-                        .bind(side)
-                        .bind(now + lease)
-                        .fetch_optional(&mut *c)
-                        .await?)
-                })
-            })
-            .await?;
+        let q = candidates_sql(pool);
+        // The common case in one statement; pairs whose slots are all held, some by expired
+        // leases, and collisions, go the long way below.
+        let r = rater.clone();
+        let got = self.write(move |c| Box::pin(async move { claim_free_slot(c, &r, pool, now, lease).await })).await?;
         if let Some(pair) = got {
             return Ok(Claim::Got(pair));
         }
@@ -462,7 +405,8 @@ impl Store {
         let (rater_c, req_c) = (rater.clone(), req.clone());
         let stored = self.write(move |c| Box::pin(async move { store_label(c, &rater_c, &req_c).await })).await?;
         // The next pair, when asked for, is claimed after the label is committed: a failure
-        // there cannot take the label back.
+        // there cannot take the label back. (Claiming it in the label's own commit measured no
+        // faster: the writer's statements, not its commits, are what raters queue for.)
         let next: Option<NextPair> = match req.next {
             true => Some(self.next_assignment(rater).await?.into()),
             false => None,
@@ -557,69 +501,32 @@ struct Stored {
 /// [`Store::submit_label`]. A repeat of the stored label answers that label; every refusal is
 /// decided before anything is written.
 async fn store_label(c: &mut AnyConnection, rater: &Rater, req: &LabelRequest) -> Result<Stored> {
-    // Twice at most: a concurrent submit of the same label (another tab, a retry on another
-    // PostgreSQL connection) may insert between the read and the insert; then the insert does
-    // nothing (PostgreSQL waits for the other transaction first) and the second pass finds it.
-    for _ in 0..2 {
-        // The rater's slot on the pair and their label on it, if any, in one statement.
-        let (held, choice, label_left, created_at): (Option<Side>, Option<Choice>, Option<Side>, Option<i64>) =
-            sqlx::query_as(
-                "SELECT a.left_side, l.choice, l.left_side, l.created_at FROM (SELECT 1 AS one) o \
-                 LEFT JOIN assignments a ON a.pair_id = $1 AND a.rater_id = $2 \
-                 LEFT JOIN labels l ON l.pair_id = $1 AND l.rater_id = $2",
-            )
-            .bind(&req.pair)
-            .bind(&rater.id)
-            .fetch_one(&mut *c)
-            .await?;
-        if let (Some(choice), Some(left), Some(created_at)) = (choice, label_left, created_at) {
-            let stored = screen_choice(left, choice);
-            if stored != req.choice {
-                return Err(StoreError::Conflict(format!(
-                    "pair {:?} already has your label ({stored:?}); undo it to change it",
-                    req.pair
-                )));
-            }
-            return Ok(Stored { choice: stored, created_at });
-        }
-        let Some(left) = held else {
-            let in_project = sqlx::query("SELECT 1 FROM pairs WHERE id = $1 AND project_id = $2")
-                .bind(&req.pair)
-                .bind(&rater.project_id)
-                .fetch_optional(&mut *c)
-                .await?
-                .is_some();
-            return Err(if in_project {
-                StoreError::Conflict(format!(
-                    "your lease on pair {:?} expired and it went to another rater; ask for the next pair",
-                    req.pair
-                ))
-            } else {
-                StoreError::NotFound(format!("pair {:?} is not assigned to you", req.pair))
-            });
-        };
-        let choice = side_choice(left, req.choice);
-        let now = now_ms();
-        let rationale = req.rationale.as_deref().map(str::trim).filter(|s| !s.is_empty());
-        let inserted = sqlx::query(
-            "INSERT INTO labels (id, pair_id, rater_id, choice, left_side, time_ms, rationale, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (pair_id, rater_id) DO NOTHING",
-        )
-        .bind(new_id())
-        .bind(&req.pair)
-        .bind(&rater.id)
-        .bind(choice)
-        .bind(left)
-        .bind(req.time_ms as i64)
-        .bind(rationale)
-        .bind(now)
-        .execute(&mut *c)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
-            continue;
-        }
-        if choice == Choice::Skip {
+    let now = now_ms();
+    let rationale = req.rationale.as_deref().map(str::trim).filter(|s| !s.is_empty());
+    // The common case in one statement (the writer's statements are what concurrent raters
+    // queue for): the rater holds the pair and has not labelled it. The insert reads the sides
+    // of their slot, the answer on screen mapped to A/B (`side_choice`, for either side shown
+    // left), and stores nothing when they hold no slot or have labelled the pair already (on
+    // PostgreSQL after waiting for a concurrent insert of the same label).
+    let inserted: Option<Side> = sqlx::query_scalar(
+        "INSERT INTO labels (id, pair_id, rater_id, choice, left_side, time_ms, rationale, created_at) \
+         SELECT $1, a.pair_id, a.rater_id, CASE a.left_side WHEN $4 THEN $5 ELSE $6 END, a.left_side, $7, $8, $9 \
+         FROM assignments a WHERE a.pair_id = $2 AND a.rater_id = $3 \
+         ON CONFLICT (pair_id, rater_id) DO NOTHING RETURNING left_side",
+    )
+    .bind(new_id())
+    .bind(&req.pair)
+    .bind(&rater.id)
+    .bind(Side::A)
+    .bind(side_choice(Side::A, req.choice))
+    .bind(side_choice(Side::B, req.choice))
+    .bind(req.time_ms as i64)
+    .bind(rationale)
+    .bind(now)
+    .fetch_optional(&mut *c)
+    .await?;
+    if let Some(left) = inserted {
+        if side_choice(left, req.choice) == Choice::Skip {
             // The slot goes back to the pool; the label row keeps the pair from this rater.
             sqlx::query("DELETE FROM assignments WHERE pair_id = $1 AND rater_id = $2")
                 .bind(&req.pair)
@@ -636,7 +543,131 @@ async fn store_label(c: &mut AnyConnection, rater: &Rater, req: &LabelRequest) -
         }
         return Ok(Stored { choice: req.choice, created_at: now });
     }
-    Err(StoreError::Conflict(format!("pair {:?}: another request is labelling it; try again", req.pair)))
+    // Nothing inserted: the pair has the rater's label already (a retry, another tab), or they
+    // do not hold it. Which, read in one statement.
+    let (held, choice, label_left, created_at): (Option<Side>, Option<Choice>, Option<Side>, Option<i64>) =
+        sqlx::query_as(
+            "SELECT a.left_side, l.choice, l.left_side, l.created_at FROM (SELECT 1 AS one) o \
+             LEFT JOIN assignments a ON a.pair_id = $1 AND a.rater_id = $2 \
+             LEFT JOIN labels l ON l.pair_id = $1 AND l.rater_id = $2",
+        )
+        .bind(&req.pair)
+        .bind(&rater.id)
+        .fetch_one(&mut *c)
+        .await?;
+    if let (Some(choice), Some(left), Some(created_at)) = (choice, label_left, created_at) {
+        let stored = screen_choice(left, choice);
+        if stored != req.choice {
+            return Err(StoreError::Conflict(format!(
+                "pair {:?} already has your label ({stored:?}); undo it to change it",
+                req.pair
+            )));
+        }
+        return Ok(Stored { choice: stored, created_at });
+    }
+    if held.is_some() {
+        // Held and unlabelled, yet nothing inserted: a concurrent undo took the label back
+        // between the insert and this read (PostgreSQL).
+        return Err(StoreError::Conflict(format!("pair {:?}: another request changed it; try again", req.pair)));
+    }
+    let in_project = sqlx::query("SELECT 1 FROM pairs WHERE id = $1 AND project_id = $2")
+        .bind(&req.pair)
+        .bind(&rater.project_id)
+        .fetch_optional(&mut *c)
+        .await?
+        .is_some();
+    Err(if in_project {
+        StoreError::Conflict(format!(
+            "your lease on pair {:?} expired and it went to another rater; ask for the next pair",
+            req.pair
+        ))
+    } else {
+        StoreError::NotFound(format!("pair {:?} is not assigned to you", req.pair))
+    })
+}
+
+/// What the choice of a rater's next pair depends on.
+struct NextContext {
+    rating: RatingConfig,
+    /// A pair they hold unlabelled (the newest first, so an undone label comes back first).
+    held: Option<String>,
+    /// Human checks they were chosen for.
+    checks: i64,
+    /// Their labels so far.
+    done: i64,
+}
+
+/// Reads the [`NextContext`] in one statement (each statement is a round trip to the database's
+/// connection).
+async fn next_context(pool: &sqlx::AnyPool, rater: &Rater) -> Result<NextContext> {
+    let q = format!(
+        "SELECT p.config, \
+           (SELECT a.pair_id FROM assignments a WHERE a.rater_id = $2 AND a.done = 0 \
+              ORDER BY a.leased_at DESC LIMIT 1) AS held, \
+           (SELECT COUNT(*) FROM check_raters c WHERE c.rater_id = $2) AS checks, \
+           {} AS done \
+         FROM projects p WHERE p.id = $1",
+        labels_done_sql("$2", "$3")
+    );
+    let (config, held, checks, done): (ProjectConfig, Option<String>, i64, i64) =
+        sqlx::query_as(sqlx::AssertSqlSafe(q))
+            .bind(&rater.project_id)
+            .bind(&rater.id)
+            .bind(Choice::Skip)
+            .fetch_optional(pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("no project {:?}", rater.project_id)))?;
+    Ok(NextContext { rating: config.rating, held, checks, done })
+}
+
+/// The oldest open pairs matching `pool` (a fixed SQL condition on `p`, where `$2` is the
+/// rater) that the rater has not seen and that are short of live or finished slots; `$1` the
+/// project, `$3` now.
+///
+/// Per-pair conditions are scalar subqueries (COUNT ... = 0), not NOT EXISTS: PostgreSQL makes
+/// anti-joins of the latter, materialises every open pair and sorts them (2.5 s at 60k pairs),
+/// where the scalar form walks `pairs_open` in order and stops at the LIMIT (0.3 ms). SQLite
+/// plans both forms as this walk.
+fn candidates_sql(pool: &str) -> String {
+    format!(
+        "SELECT p.id, p.target_votes FROM pairs p \
+         WHERE p.project_id = $1 AND {open} AND {pool} \
+           AND (SELECT COUNT(*) FROM assignments a WHERE a.pair_id = p.id AND a.rater_id = $2) = 0 \
+           AND (SELECT COUNT(*) FROM labels l WHERE l.pair_id = p.id AND l.rater_id = $2) = 0 \
+           AND (SELECT COUNT(*) FROM assignments a WHERE a.pair_id = p.id \
+                  AND (a.done = 1 OR a.lease_expires > $3)) < p.target_votes \
+         ORDER BY p.created_at, p.id LIMIT 8",
+        open = open_train_pairs()
+    )
+}
+
+/// Claims, in one statement, a free slot of one of the [`candidates_sql`] pairs, picked at
+/// random among them so raters asking at once rarely collide. None when there is none (or a
+/// racing claim took it): nothing is written then.
+async fn claim_free_slot(
+    c: &mut AnyConnection,
+    rater: &Rater,
+    pool: &str,
+    now: i64,
+    lease: i64,
+) -> Result<Option<String>> {
+    let q = format!(
+        "INSERT INTO assignments (pair_id, slot, rater_id, left_side, leased_at, lease_expires, done) \
+         SELECT c.id, c.free, $2, $4, $3, $5, 0 FROM \
+           (SELECT o.id, o.target_votes, {free} AS free FROM ({candidates}) o) c \
+         WHERE c.free < c.target_votes ORDER BY random() LIMIT 1 \
+         ON CONFLICT DO NOTHING RETURNING pair_id",
+        free = free_slot_sql("o.id"),
+        candidates = candidates_sql(pool),
+    );
+    Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(q))
+        .bind(&rater.project_id)
+        .bind(&rater.id)
+        .bind(now)
+        .bind(random_side())
+        .bind(now + lease)
+        .fetch_optional(&mut *c)
+        .await?)
 }
 
 /// The lowest free slot of the pair `pair` (an SQL expression): the slots held are 0.. with

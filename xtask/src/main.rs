@@ -5,8 +5,10 @@
 //!   `dist/`. No downloaded tools (trunk, wasm-bindgen-cli binaries) are needed.
 //! - `run [ARGS]`: the main job. Builds the frontend and the server (release) and starts
 //!   `apl serve ARGS` on embedded defaults; the model and IMDB data are fetched on first use.
-//! - `test [ARGS]`: the whole test suite: the frontend's wasm build, playwright-core for the
-//!   browser tests (`npm ci` in tests/browser, once), then `cargo test --workspace`.
+//! - `test [ARGS]`: the whole test suite on a fresh machine with no step before it: a C compiler
+//!   (the tokenizer's regex engine builds C), chromium, fonts and Node.js through apt-get when
+//!   missing, the frontend's wasm build, playwright-core for the browser tests (`npm ci` in
+//!   tests/browser, once), then `cargo test --workspace`.
 //! - `ci`: what CI enforces: `cargo fmt --check`, clippy with warnings denied, then `test`.
 //! - `bench [ARGS]`: release build, then `apl bench ARGS`.
 
@@ -28,6 +30,9 @@ fn main() -> Result<()> {
             cargo(&["run", "--release", "-p", "apl-server", "--bin", "apl", "--", "serve"], &rest)
         }
         "test" => {
+            if !on_path("cc") {
+                apt_install(&["build-essential"]).context("the tests build C code (onig): install a C compiler")?;
+            }
             frontend(&root)?;
             browser_deps(&root)?;
             cargo(&["test", "--workspace"], &rest)
@@ -75,9 +80,33 @@ fn gzip(file: &Path) -> Result<u64> {
     Ok(gz.len() as u64)
 }
 
-/// Installs playwright-core (pinned in tests/browser/package-lock.json) for the browser tests;
-/// the browser itself is the system's chromium, never a download.
+/// What the browser tests need: the system's chromium (and fonts, so screenshots show text) and
+/// Node.js with npm, from Debian's packages when the machine has apt-get and the rights to use
+/// it (as `.ci/run` does), else one clear instruction; then playwright-core (pinned in
+/// tests/browser/package-lock.json). The browser is never a download of its own.
+/// `APL_SKIP_BROWSER=1` skips all of it (the browser test then says it was skipped).
 fn browser_deps(root: &Path) -> Result<()> {
+    if std::env::var_os("APL_SKIP_BROWSER").is_some() {
+        return Ok(());
+    }
+    let chromium = std::env::var_os("APL_CHROMIUM").map(PathBuf::from).unwrap_or_else(|| "/usr/bin/chromium".into());
+    let mut missing = Vec::new();
+    if !chromium.exists() {
+        missing.extend(["chromium", "fonts-dejavu-core"]);
+    }
+    if !on_path("npm") {
+        missing.extend(["nodejs", "npm"]);
+    }
+    if !missing.is_empty() {
+        apt_install(&missing).with_context(|| {
+            format!(
+                "the browser tests need {}: install them (`sudo apt-get install {}`), or set APL_CHROMIUM to a \
+                 chromium binary, or APL_SKIP_BROWSER=1 to skip the browser tests",
+                missing.join(", "),
+                missing.join(" ")
+            )
+        })?;
+    }
     let dir = root.join("tests/browser");
     if dir.join("node_modules/playwright-core").exists() {
         return Ok(());
@@ -92,6 +121,37 @@ fn browser_deps(root: &Path) -> Result<()> {
         bail!("`npm ci` in tests/browser failed ({status})");
     }
     Ok(())
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(program).is_file()))
+}
+
+/// Installs Debian packages with apt-get, as root or through `sudo -n` (never a password prompt).
+fn apt_install(packages: &[&str]) -> Result<()> {
+    if !on_path("apt-get") {
+        bail!("this machine has no apt-get");
+    }
+    let root = Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let run = |args: &[&str]| -> Result<()> {
+        let mut cmd = if root {
+            Command::new("apt-get")
+        } else {
+            let mut c = Command::new("sudo");
+            c.args(["-n", "apt-get"]);
+            c
+        };
+        eprintln!("+ {}apt-get {}", if root { "" } else { "sudo -n " }, args.join(" "));
+        let status = cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive").status().context("running apt-get")?;
+        if !status.success() {
+            bail!("`apt-get {}` failed ({status})", args.join(" "));
+        }
+        Ok(())
+    };
+    run(&["update", "-q"])?;
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    args.extend_from_slice(packages);
+    run(&args)
 }
 
 /// Adds the wasm32 target through rustup when it is missing (a fresh machine).

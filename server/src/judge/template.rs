@@ -132,8 +132,12 @@ pub fn parse_verdict(reply: &str) -> Option<Shown> {
     let line = reply.lines().map(str::trim).rfind(|l| !l.is_empty())?;
     let mut s = line.trim_matches(|c: char| c == '*' || c == '#' || c.is_whitespace());
     for prefix in ["preferred", "answer", "choice", "verdict", "final answer"] {
-        if s.len() > prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix) {
-            let after = s[prefix.len()..].trim_start_matches(|c: char| c == '*' || c.is_whitespace());
+        // `get`, not indexing: the prefix's length may fall inside a character of the reply.
+        if s.len() > prefix.len()
+            && let (Some(head), Some(tail)) = (s.get(..prefix.len()), s.get(prefix.len()..))
+            && head.eq_ignore_ascii_case(prefix)
+        {
+            let after = tail.trim_start_matches(|c: char| c == '*' || c.is_whitespace());
             if let Some(rest) = after.strip_prefix(':') {
                 s = rest;
             }
@@ -188,6 +192,16 @@ mod tests {
         assert_eq!(parse_verdict("Preferred: C"), None);
         assert_eq!(parse_verdict(""), None);
         assert_eq!(parse_verdict("Comparison: A wins.\nPreferred:"), None);
+    }
+
+    /// Found by `cargo fuzz run judge_verdict` (fuzz/): a reply whose bytes at a prefix's
+    /// length fall inside a character ("answe" + "é": byte 6 is inside it) panicked the job.
+    #[test]
+    fn replies_cut_inside_a_character_are_read_not_panicked_on() {
+        assert_eq!(parse_verdict("answeé: B"), None);
+        assert_eq!(parse_verdict("\0\u{fffd}"), None);
+        assert_eq!(parse_verdict("Préféré: A"), None);
+        assert_eq!(parse_verdict("ANSWER: b"), Some(Shown::Second));
     }
 
     #[test]

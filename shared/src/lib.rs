@@ -91,6 +91,9 @@ pub struct RatingConfig {
     pub gold_rate: f64,
     /// Seconds a rater holds a pair before it goes back to the pool.
     pub lease_seconds: u64,
+    /// With human raters: when a round is labelled, the server itself trains, evaluates and
+    /// acquires the next round.
+    pub auto_continue: AutoContinue,
 }
 
 impl Default for RatingConfig {
@@ -100,7 +103,28 @@ impl Default for RatingConfig {
             overlap: 1,
             gold_rate: 0.0,
             lease_seconds: 600,
+            auto_continue: AutoContinue::default(),
         }
+    }
+}
+
+/// When a human-rated round counts as labelled enough to go on (a `continue` job).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(default, deny_unknown_fields)]
+pub struct AutoContinue {
+    pub enabled: bool,
+    /// Share of the round's pairs with all their votes, 0 (exclusive) to 1.
+    pub fraction: f64,
+    /// Minutes after the round was acquired when it goes on with whatever pairs are complete
+    /// (at least one); none waits for `fraction`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadline_minutes: Option<u64>,
+}
+
+impl Default for AutoContinue {
+    fn default() -> Self {
+        Self { enabled: true, fraction: 1.0, deadline_minutes: None }
     }
 }
 
@@ -381,6 +405,9 @@ pub struct JobParams {
     /// evaluate: checkpoint id (default: the newest; none yet means the starting model).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<String>,
+    /// continue: the round whose labels it goes on from (set by auto-continue).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after_round: Option<i64>,
 }
 
 /// What a job produced: one part per stage it ran. Also reads the flat result a single-stage

@@ -196,6 +196,9 @@ vocabulary! {
         Evaluate,
         /// All four (with human raters: acquisition, then waiting for their labels).
         Round,
+        /// With human raters, once a round is labelled: train on the labels, evaluate, and
+        /// acquire the next round with the new policy (what auto-continue starts by itself).
+        Continue,
     }
 }
 
@@ -207,12 +210,13 @@ impl JobKind {
             Self::Label => "Label with the automatic labeller",
             Self::Train => "Train (DPO) on the labels",
             Self::Evaluate => "Evaluate the newest checkpoint",
+            Self::Continue => "Continue: train on the raters' labels, evaluate, acquire the next round",
         }
     }
 
     /// Whether the job acquires pairs (and so takes a pair count and an acquisition function).
     pub fn acquires(self) -> bool {
-        matches!(self, Self::Round | Self::Generate)
+        matches!(self, Self::Round | Self::Generate | Self::Continue)
     }
 }
 

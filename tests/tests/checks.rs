@@ -19,7 +19,13 @@ use sqlx::Row;
 
 fn cfg(overlap: u32) -> ProjectConfig {
     ProjectConfig {
-        rating: RatingConfig { overlap, gold_rate: 0.0, lease_seconds: 600, guidelines: "Pick the better one.".into() },
+        rating: RatingConfig {
+            overlap,
+            gold_rate: 0.0,
+            lease_seconds: 600,
+            guidelines: "Pick the better one.".into(),
+            ..Default::default()
+        },
         loop_settings: LoopSettings {
             labeller: Labeller::Length,
             completion_tokens: (3, 5),

@@ -270,6 +270,71 @@ async fn rater_rounds_wait_for_labels_and_jobs_can_be_cancelled(b: Backend) {
     assert_eq!(listed.len(), 1);
 }
 
+// Auto-continue (the default for human-rater projects): once two raters have labelled the
+// whole round, the server itself trains on their labels, evaluates and acquires the next round
+// with the new policy, with no admin action; the raters find the new pairs. It happens once.
+backend_test!(human_rounds_go_on_by_themselves_once_labelled, flavor = "multi_thread", worker_threads = 2);
+async fn human_rounds_go_on_by_themselves_once_labelled(b: Backend) {
+    let s = common::start(&b, Default::default()).await;
+    // One vote a pair, so every labelled pair is a preference (two raters picking "left" on
+    // randomised sides could tie).
+    let mut cfg = tiny(Labeller::Raters);
+    cfg.rating.overlap = 1;
+    let p = s.project("auto", cfg).await;
+    assert!(p.config.rating.auto_continue.enabled, "on by default");
+    prompts(&s, &p.id, Split::Train, 8).await;
+    prompts(&s, &p.id, Split::Eval, 4).await;
+    let params = JobParams { pairs: Some(2), acquisition: Some(Acquisition::Random), ..Default::default() };
+    let j = s.job(&p.id, JobKind::Round, params).await;
+    let first = s.watch(&j.id).await.pop().unwrap();
+    assert_eq!(first.state, JobState::Done, "{first:?}");
+    let round = first.result.unwrap().generate.unwrap().round;
+
+    // Ann labels one pair: half the round is not enough to go on. Ben labels the rest.
+    let (ann, ben) = (s.rater(&p.id, "ann").await, s.rater(&p.id, "ben").await);
+    let a = s.next(&ann).await.unwrap();
+    s.label(&ann, &a.pair, RaterChoice::Left).await.ok();
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let jobs: Vec<Job> = s.get(&format!("/api/projects/{}/jobs", p.id)).await;
+    assert!(jobs.iter().all(|j| j.kind != JobKind::Continue), "went on with half the round labelled");
+    let mut labelled = 1;
+    while let Some(b) = s.next(&ben).await {
+        s.label(&ben, &b.pair, RaterChoice::Right).await.ok();
+        labelled += 1;
+    }
+    assert_eq!(labelled, 2);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let cont = loop {
+        let jobs: Vec<Job> = s.get(&format!("/api/projects/{}/jobs", p.id)).await;
+        if let Some(j) = jobs.into_iter().find(|j| j.kind == JobKind::Continue) {
+            break j;
+        }
+        assert!(std::time::Instant::now() < deadline, "no continue job after the round was labelled");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(cont.params.after_round, Some(round));
+    let end = s.watch(&cont.id).await.pop().unwrap();
+    assert_eq!(end.state, JobState::Done, "{end:?}");
+    let res = end.result.unwrap();
+    assert_eq!(res.train.as_ref().unwrap().pairs, 2);
+    assert!(res.evaluate.is_some());
+    let next = res.generate.unwrap();
+    assert_eq!((next.round, next.pairs), (round + 1, 4));
+    assert!(res.waiting_for.unwrap().contains("raters"));
+    let cks: Vec<CheckpointRow> = s.get(&format!("/api/projects/{}/checkpoints", p.id)).await;
+    assert_eq!(cks.iter().map(|c| c.round).collect::<Vec<_>>(), vec![round]);
+    let evals: Vec<EvaluationRow> = s.get(&format!("/api/projects/{}/evaluations", p.id)).await;
+    assert_eq!(evals.len(), 1);
+    // The raters find the next round's pairs without anyone starting it.
+    let a = s.next(&ann).await.expect("the next round is there");
+    let pairs: Vec<PairRecord> = s.get(&format!("/api/projects/{}/pairs", p.id)).await;
+    assert_eq!(pairs.iter().find(|q| q.id == a.pair).unwrap().round, Some(round + 1));
+    // And it went on once: no second continue for the same round.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let jobs: Vec<Job> = s.get(&format!("/api/projects/{}/jobs", p.id)).await;
+    assert_eq!(jobs.iter().filter(|j| j.kind == JobKind::Continue).count(), 1);
+}
+
 backend_test!(jobs_left_running_by_a_dead_server_are_resumed_then_failed);
 async fn jobs_left_running_by_a_dead_server_are_resumed_then_failed(b: Backend) {
     let s = common::start(&b, common::Options { worker: false, ..Default::default() }).await;

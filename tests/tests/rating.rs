@@ -16,7 +16,13 @@ use serde_json::json;
 
 fn cfg(overlap: u32, gold_rate: f64) -> ProjectConfig {
     ProjectConfig {
-        rating: RatingConfig { overlap, gold_rate, lease_seconds: 600, guidelines: "Pick the better one.".into() },
+        rating: RatingConfig {
+            overlap,
+            gold_rate,
+            lease_seconds: 600,
+            guidelines: "Pick the better one.".into(),
+            ..Default::default()
+        },
         ..Default::default()
     }
 }

@@ -190,6 +190,8 @@ enum Kind {
     Text,
     /// A choice among the values the function lists.
     Choice(fn() -> Choices),
+    /// On or off.
+    Switch,
 }
 
 fn vocabulary<T: Vocabulary>(items: impl Iterator<Item = T>, label: fn(T) -> &'static str) -> Choices {
@@ -254,6 +256,20 @@ const FIELDS: &[FieldSpec] = &[
     ("Labelling", "Raters per pair (overlap)", &["rating", "overlap"], Kind::Number, ""),
     ("Labelling", "Gold rate", &["rating", "gold_rate"], Kind::Number, "share of gold pairs, 0 to 1"),
     ("Labelling", "Lease (seconds)", &["rating", "lease_seconds"], Kind::Number, ""),
+    (
+        "Labelling",
+        "Auto-continue",
+        &["rating", "auto_continue", "enabled"],
+        Kind::Switch,
+        "with raters: once a round is labelled, train, evaluate and acquire the next one by itself",
+    ),
+    (
+        "Labelling",
+        "Continue when labelled",
+        &["rating", "auto_continue", "fraction"],
+        Kind::Number,
+        "share of the round's pairs with all their votes, above 0 to 1",
+    ),
     ("Training", "beta", &["loop_settings", "train", "beta"], Kind::Number, "DPO temperature"),
     ("Training", "Epochs", &["loop_settings", "train", "epochs"], Kind::Number, ""),
     ("Training", "Learning rate", &["loop_settings", "train", "adam", "lr"], Kind::Number, ""),
@@ -321,6 +337,7 @@ fn Config() -> impl IntoView {
                         Err(_) => Value::String(text),
                     },
                     Kind::Text if text.trim().is_empty() && path.last() == Some(&"api_key_env") => Value::Null,
+                    Kind::Switch => Value::Bool(text == "true"),
                     _ => Value::String(text),
                 };
                 set_at(c, path, x);
@@ -369,6 +386,13 @@ fn Config() -> impl IntoView {
                                     <select name=name.clone() prop:value=value
                                         on:change=move |e| edit(path, kind, event_target_value(&e))>
                                         {opts().into_iter().map(|(v, l)| view! { <option value=v>{l}</option> }).collect_view()}
+                                    </select>
+                                }.into_any(),
+                                Kind::Switch => view! {
+                                    <select name=name.clone() prop:value=value
+                                        on:change=move |e| edit(path, kind, event_target_value(&e))>
+                                        <option value="true">"on"</option>
+                                        <option value="false">"off"</option>
                                     </select>
                                 }.into_any(),
                                 Kind::Number => view! {

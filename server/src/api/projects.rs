@@ -22,6 +22,9 @@ fn checked(cfg: ProjectConfig) -> ApiResult<ProjectConfig> {
     if r.lease_seconds < 10 || r.lease_seconds > 7 * 24 * 3600 {
         return Err(AppError::BadRequest("rating.lease_seconds: must be 10 s to a week".into()));
     }
+    if !(r.auto_continue.fraction > 0.0 && r.auto_continue.fraction <= 1.0) {
+        return Err(AppError::BadRequest("rating.auto_continue.fraction: must be above 0 and at most 1".into()));
+    }
     if r.guidelines.chars().count() > 20_000 {
         return Err(AppError::BadRequest("rating.guidelines: longer than 20000 characters".into()));
     }

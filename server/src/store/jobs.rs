@@ -6,7 +6,7 @@
 //! [`MAX_ATTEMPTS`]. Jobs commit their results in one transaction at their end, so running one
 //! again from its start never duplicates anything.
 
-use apl_shared::{Job, JobKind, JobParams, JobProgress, JobResult, JobState};
+use apl_shared::{Job, JobKind, JobParams, JobProgress, JobResult, JobState, PairKind, ProjectConfig};
 use sqlx::Row;
 
 use super::{Result, Store, StoreError, new_id, now_ms};
@@ -27,14 +27,93 @@ pub enum JobOutcome {
 }
 
 impl Store {
+    /// Queues a `continue` job for every human-rated project with auto-continue on whose
+    /// newest round is labelled enough (see [`apl_shared::AutoContinue`]), not yet trained on,
+    /// with no job of the project queued or running, and whose `continue` for that round has
+    /// not failed already (a failure waits for an admin instead of repeating). Run by every
+    /// worker process; the unique index `jobs_one_continue` keeps it to one. Returns the jobs
+    /// queued.
+    pub async fn queue_due_continues(&self) -> Result<Vec<Job>> {
+        let projects: Vec<(String, ProjectConfig)> =
+            sqlx::query_as("SELECT id, config FROM projects").fetch_all(&self.pool).await?;
+        let mut queued = Vec::new();
+        for (pid, config) in projects {
+            let auto = &config.rating.auto_continue;
+            if !auto.enabled || config.loop_settings.labeller.is_automatic() {
+                continue;
+            }
+            let Some((round, acquired_at)) = sqlx::query_as::<_, (i64, i64)>(
+                "SELECT number, created_at FROM rounds WHERE project_id = $1 ORDER BY number DESC LIMIT 1",
+            )
+            .bind(&pid)
+            .fetch_optional(&self.pool)
+            .await?
+            else {
+                continue;
+            };
+            let (trained, busy, jobs): (i64, i64, Vec<JobParams>) = (
+                sqlx::query_scalar("SELECT COUNT(*) FROM checkpoints WHERE project_id = $1 AND round >= $2")
+                    .bind(&pid)
+                    .bind(round)
+                    .fetch_one(&self.pool)
+                    .await?,
+                sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE project_id = $1 AND state IN ($2, $3)")
+                    .bind(&pid)
+                    .bind(JobState::Queued)
+                    .bind(JobState::Running)
+                    .fetch_one(&self.pool)
+                    .await?,
+                sqlx::query_scalar("SELECT params FROM jobs WHERE project_id = $1 AND kind = $2 AND state = $3")
+                    .bind(&pid)
+                    .bind(JobKind::Continue)
+                    .bind(JobState::Failed)
+                    .fetch_all(&self.pool)
+                    .await?,
+            );
+            if trained > 0 || busy > 0 || jobs.iter().any(|p| p.after_round == Some(round)) {
+                continue;
+            }
+            let (pairs, complete): (i64, i64) = sqlx::query_as(
+                "SELECT COUNT(*), COALESCE(SUM(CASE WHEN votes >= target_votes THEN 1 ELSE 0 END), 0) FROM pairs \
+                 WHERE project_id = $1 AND round = $2 AND kind = $3 AND target_votes > 0 AND check_id IS NULL",
+            )
+            .bind(&pid)
+            .bind(round)
+            .bind(PairKind::Train)
+            .fetch_one(&self.pool)
+            .await?;
+            let enough = complete as f64 >= (auto.fraction * pairs as f64).ceil();
+            let late = auto.deadline_minutes.is_some_and(|m| now_ms() - acquired_at >= m as i64 * 60_000);
+            if pairs == 0 || complete == 0 || !(enough || late) {
+                continue;
+            }
+            let params = JobParams { after_round: Some(round), ..Default::default() };
+            if let Some(job) = self.insert_job(&pid, JobKind::Continue, &params).await? {
+                queued.push(job);
+            }
+        }
+        Ok(queued)
+    }
+
     pub async fn create_job(&self, project_id: &str, kind: JobKind, params: &JobParams) -> Result<Job> {
         self.project(project_id).await?;
+        match self.insert_job(project_id, kind, params).await? {
+            Some(job) => Ok(job),
+            None => Err(StoreError::Conflict(format!(
+                "a {kind} job of this project is already queued or running; cancel it or wait for it"
+            ))),
+        }
+    }
+
+    /// Queues a job; None when the unique index `jobs_one_continue` refused it (a second
+    /// `continue` of the project).
+    async fn insert_job(&self, project_id: &str, kind: JobKind, params: &JobParams) -> Result<Option<Job>> {
         let id = new_id();
         let progress = JobProgress { phase: JobState::Queued.name().into(), ..Default::default() };
         let mut w = self.begin_write().await?;
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO jobs (id, project_id, kind, params, state, progress, attempts, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, 0, $7)",
+             VALUES ($1, $2, $3, $4, $5, $6, 0, $7) ON CONFLICT DO NOTHING",
         )
         .bind(&id)
         .bind(project_id)
@@ -44,9 +123,13 @@ impl Store {
         .bind(&progress)
         .bind(now_ms())
         .execute(&mut *w.tx)
-        .await?;
+        .await?
+        .rows_affected();
         w.commit().await?;
-        self.job(&id).await
+        if inserted == 0 {
+            return Ok(None);
+        }
+        self.job(&id).await.map(Some)
     }
 
     pub async fn job(&self, id: &str) -> Result<Job> {

@@ -199,6 +199,15 @@ impl Worker {
                 Ok(_) => {}
                 Err(e) => tracing::error!(error = %e, "recovering orphaned jobs"),
             }
+            // Human-rated rounds that are labelled enough go on by themselves.
+            match store.queue_due_continues().await {
+                Ok(queued) => {
+                    for j in queued {
+                        tracing::info!(project = %j.project_id, job = %j.id, round = ?j.params.after_round, "round labelled: continuing");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "checking for labelled rounds"),
+            }
             match store.claim_job(&owner).await {
                 Ok(Some(job)) => self.clone().run_one(store.clone(), &owner, job).await,
                 Ok(None) => {
@@ -265,6 +274,10 @@ impl Worker {
     }
 }
 
+/// What a human-rated round waits for once acquired.
+const WAITING_FOR_RATERS: &str =
+    "raters: the round goes on (train, evaluate, next round) once they have labelled it, by itself with auto-continue";
+
 fn run_blocking(
     worker: &Worker,
     store: &Store,
@@ -283,10 +296,24 @@ fn run_blocking(
         JobKind::Label => JobResult { label: Some(label(&ctx)?), ..Default::default() },
         JobKind::Train => JobResult { train: Some(train(&ctx)?), ..Default::default() },
         JobKind::Evaluate => JobResult { evaluate: Some(evaluate(&ctx, p)?), ..Default::default() },
+        JobKind::Continue => {
+            let train = Some(train(&ctx)?);
+            // Evaluation needs evaluation prompts and an automatic judge; without them the
+            // cycle goes on (the raters are waiting), unevaluated.
+            let s = ctx.settings();
+            let can_evaluate = s.eval.judge.is_automatic()
+                && !ctx.block(ctx.store.prompts(&ctx.project.id, Split::Eval, false, 1))?.is_empty();
+            let evaluate = match can_evaluate {
+                true => Some(evaluate(&ctx, &JobParams::default())?),
+                false => None,
+            };
+            let generate = Some(generate(&ctx, p)?);
+            JobResult { generate, train, evaluate, waiting_for: Some(WAITING_FOR_RATERS.into()), label: None }
+        }
         JobKind::Round => {
             let generate = Some(generate(&ctx, p)?);
             if !ctx.settings().labeller.is_automatic() {
-                let waiting_for = Some("raters: train once they have labelled the round".to_string());
+                let waiting_for = Some(WAITING_FOR_RATERS.to_string());
                 return Ok(JobResult { generate, waiting_for, ..Default::default() });
             }
             JobResult {

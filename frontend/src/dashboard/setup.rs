@@ -451,6 +451,15 @@ mod tests {
             match kind {
                 Kind::Number => assert!(current.is_number(), "{label}: {path:?} is {current}"),
                 Kind::Text | Kind::Choice(_) => assert!(current.is_string(), "{label}: {path:?} is {current}"),
+                Kind::Switch => {
+                    assert!(current.is_boolean(), "{label}: {path:?} is {current}");
+                    for on in [true, false] {
+                        let mut edited = base.clone();
+                        set_at(&mut edited, path, Value::Bool(on));
+                        let typed: ProjectConfig = serde_json::from_value(edited).unwrap();
+                        assert_eq!(at(&serde_json::to_value(typed).unwrap(), path), &Value::Bool(on), "{label}");
+                    }
+                }
             }
             let Kind::Choice(list) = kind else { continue };
             let choices = list();

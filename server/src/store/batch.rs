@@ -20,6 +20,7 @@
 
 use std::sync::Arc;
 
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use sqlx::{AnyConnection, AnyPool};
 use tokio::sync::{Mutex, mpsc, oneshot};
@@ -77,7 +78,8 @@ impl Batcher {
             })
         });
         self.jobs.send(job).map_err(|_| StoreError::Invalid("the store is shutting down".into()))?;
-        rx.await.map_err(|_| StoreError::Invalid("the store is shutting down".into()))?
+        // No answer: the operation panicked (logged) or the writer stopped.
+        rx.await.map_err(|_| StoreError::Batch(Arc::new(sqlx::Error::WorkerCrashed)))?
     }
 }
 
@@ -114,11 +116,21 @@ async fn run_batch(
     let mut next = Some(first);
     let mut db_failed = false;
     while let Some(job) = next.take() {
-        let (failed, reply) = job(Some(&mut tx)).await;
-        replies.push(reply);
-        if failed {
-            db_failed = true;
-            break;
+        // A panic in an operation must not take the writer (and every later label) with it:
+        // its batch is rolled back and the operation answers an error (its reply is gone).
+        match std::panic::AssertUnwindSafe(job(Some(&mut tx))).catch_unwind().await {
+            Ok((failed, reply)) => {
+                replies.push(reply);
+                if failed {
+                    db_failed = true;
+                    break;
+                }
+            }
+            Err(_) => {
+                tracing::error!("a write operation panicked; its batch is rolled back");
+                db_failed = true;
+                break;
+            }
         }
         if replies.len() < MAX_BATCH {
             next = rx.try_recv().ok();
@@ -203,5 +215,11 @@ mod tests {
         // The operation after the failing one was not run in that batch: it runs in the next.
         assert_eq!(answers[2].as_ref().ok(), Some(&7), "{:?}", answers[2]);
         assert_eq!(stored(&store).await, vec![1, 2, 3, 4, 5, 7]);
+
+        // An operation that panics fails alone with an error; the writer goes on.
+        let r = store.write(|_c| Box::pin(async { panic!("a bug in an operation") as Result<()> })).await;
+        assert!(matches!(r, Err(StoreError::Batch(_))), "{r:?}");
+        assert_eq!(insert(&store, 8, false).await.unwrap(), 8);
+        assert_eq!(stored(&store).await, vec![1, 2, 3, 4, 5, 7, 8]);
     }
 }

@@ -199,6 +199,8 @@ impl Store {
         let NextContext { rating: cfg, held, checks, done } = next_context(&self.pool, rater).await?;
         let now = now_ms();
         let lease = cfg.lease_seconds as i64 * 1000;
+        // 1. A pair they already hold (the newest first, so an undone label comes back first):
+        // its lease renewed.
         if let Some(pair) = held {
             let (rater_id, held) = (rater.id.clone(), pair.clone());
             self.write(move |c| {

@@ -333,6 +333,37 @@ async fn human_rounds_go_on_by_themselves_once_labelled(b: Backend) {
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     let jobs: Vec<Job> = s.get(&format!("/api/projects/{}/jobs", p.id)).await;
     assert_eq!(jobs.iter().filter(|j| j.kind == JobKind::Continue).count(), 1);
+
+    s.label(&ann, &a.pair, RaterChoice::Left).await.ok();
+    // Round 2 labelled: it goes on again; an admin who cancels that continue stops the cycle
+    // there (it is not queued again behind their back).
+    while let Some(b) = s.next(&ben).await {
+        s.label(&ben, &b.pair, RaterChoice::Right).await.ok();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let second = loop {
+        let jobs: Vec<Job> = s.get(&format!("/api/projects/{}/jobs", p.id)).await;
+        if let Some(j) =
+            jobs.into_iter().find(|j| j.kind == JobKind::Continue && j.params.after_round == Some(round + 1))
+        {
+            break j;
+        }
+        assert!(std::time::Instant::now() < deadline, "no continue job after round 2 was labelled");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let cancel = s.admin().send(Method::POST, &format!("/api/jobs/{}/cancel", second.id)).await;
+    eprintln!("the cancel of the second continue answered {}", cancel.status);
+    let end = s.watch(&second.id).await.pop().unwrap();
+    if cancel.status == 200 {
+        assert_eq!(end.state, JobState::Cancelled, "{end:?}");
+        tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+        let jobs: Vec<Job> = s.get(&format!("/api/projects/{}/jobs", p.id)).await;
+        let again: Vec<&Job> = jobs.iter().filter(|j| j.params.after_round == Some(round + 1)).collect();
+        assert_eq!(again.len(), 1, "a cancelled continue was queued again: {again:?}");
+    } else {
+        // It finished before the cancel arrived (409): nothing to stop.
+        assert_eq!((cancel.status, end.state), (409, JobState::Done), "{}", cancel.text);
+    }
 }
 
 backend_test!(jobs_left_running_by_a_dead_server_are_resumed_then_failed);

@@ -30,14 +30,17 @@ impl Store {
     /// Queues a `continue` job for every human-rated project with auto-continue on whose
     /// newest round is labelled enough (see [`apl_shared::AutoContinue`]), not yet trained on,
     /// with no job of the project queued or running, and whose `continue` for that round has
-    /// not failed already (a failure waits for an admin instead of repeating). Run by every
+    /// not failed or been cancelled already (then it waits for an admin instead of repeating). Run by every
     /// worker process; the unique index `jobs_one_continue` keeps it to one. Returns the jobs
     /// queued.
     pub async fn queue_due_continues(&self) -> Result<Vec<Job>> {
-        let projects: Vec<(String, ProjectConfig)> =
+        // Read as text: one project whose settings do not read (hand-edited) is passed over,
+        // not allowed to stop auto-continue for every other.
+        let projects: Vec<(String, String)> =
             sqlx::query_as("SELECT id, config FROM projects").fetch_all(&self.pool).await?;
         let mut queued = Vec::new();
         for (pid, config) in projects {
+            let Ok(config) = serde_json::from_str::<ProjectConfig>(&config) else { continue };
             let auto = &config.rating.auto_continue;
             if !auto.enabled || config.loop_settings.labeller.is_automatic() {
                 continue;
@@ -63,10 +66,11 @@ impl Store {
                     .bind(JobState::Running)
                     .fetch_one(&self.pool)
                     .await?,
-                sqlx::query_scalar("SELECT params FROM jobs WHERE project_id = $1 AND kind = $2 AND state = $3")
+                sqlx::query_scalar("SELECT params FROM jobs WHERE project_id = $1 AND kind = $2 AND state IN ($3, $4)")
                     .bind(&pid)
                     .bind(JobKind::Continue)
                     .bind(JobState::Failed)
+                    .bind(JobState::Cancelled)
                     .fetch_all(&self.pool)
                     .await?,
             );
@@ -82,7 +86,8 @@ impl Store {
             .bind(PairKind::Train)
             .fetch_one(&self.pool)
             .await?;
-            let enough = complete as f64 >= (auto.fraction * pairs as f64).ceil();
+            // (A hair under the product, so 0.07 of 100 pairs is 7, not 8.)
+            let enough = complete as f64 >= (auto.fraction * pairs as f64 - 1e-9).ceil();
             let late = auto.deadline_minutes.is_some_and(|m| now_ms() - acquired_at >= m as i64 * 60_000);
             if pairs == 0 || complete == 0 || !(enough || late) {
                 continue;

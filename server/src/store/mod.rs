@@ -187,21 +187,35 @@ impl Store {
         Ok(store)
     }
 
-    /// Projects stored before `acquire.pair_lengths` existed drew one length per pair; they keep
-    /// doing so (`matched`), so a study's later rounds stay comparable with its earlier ones.
-    /// New projects get the default, a length per completion.
+    /// Settings added since a project was stored keep its old behaviour, where the new default
+    /// would change what it does:
+    /// - `acquire.pair_lengths`: older projects drew one length per pair; they keep doing so
+    ///   (`matched`), so a study's later rounds stay comparable with its earlier ones (new
+    ///   projects: a length per completion);
+    /// - `rating.auto_continue`: older projects waited for an admin after a human-rated round;
+    ///   they still do (`enabled: false`), rather than training and acquiring by themselves on
+    ///   the first start after an upgrade (new projects: on).
     async fn keep_pair_lengths(&self) -> Result<()> {
         let rows: Vec<(String, String)> =
             sqlx::query_as("SELECT id, config FROM projects").fetch_all(&self.pool).await?;
         for (id, config) in rows {
             let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&config) else { continue };
-            let Some(acquire) = v.pointer_mut("/loop_settings/acquire").and_then(|a| a.as_object_mut()) else {
-                continue;
-            };
-            if acquire.contains_key("pair_lengths") {
+            let mut kept = Vec::new();
+            if let Some(acquire) = v.pointer_mut("/loop_settings/acquire").and_then(|a| a.as_object_mut())
+                && !acquire.contains_key("pair_lengths")
+            {
+                acquire.insert("pair_lengths".into(), serde_json::json!(apl_shared::settings::PairLengths::Matched));
+                kept.push("one length per pair (acquire.pair_lengths: matched)");
+            }
+            if let Some(rating) = v.pointer_mut("/rating").and_then(|r| r.as_object_mut())
+                && !rating.contains_key("auto_continue")
+            {
+                rating.insert("auto_continue".into(), serde_json::json!({ "enabled": false }));
+                kept.push("rounds wait for an admin (rating.auto_continue off)");
+            }
+            if kept.is_empty() {
                 continue;
             }
-            acquire.insert("pair_lengths".into(), serde_json::json!(apl_shared::settings::PairLengths::Matched));
             let mut w = self.begin_write().await?;
             sqlx::query("UPDATE projects SET config = $1 WHERE id = $2")
                 .bind(v.to_string())
@@ -209,7 +223,7 @@ impl Store {
                 .execute(&mut *w.tx)
                 .await?;
             w.commit().await?;
-            tracing::info!(project = %id, "project settings from before pair_lengths: kept one length per pair (matched)");
+            tracing::info!(project = %id, kept = %kept.join("; "), "project settings from an older version kept as they were");
         }
         Ok(())
     }

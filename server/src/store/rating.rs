@@ -410,7 +410,15 @@ impl Store {
         // there cannot take the label back. (Claiming it in the label's own commit measured no
         // faster: the writer's statements, not its commits, are what raters queue for.)
         let next: Option<NextPair> = match req.next {
-            true => Some(self.next_assignment(rater).await?.into()),
+            // The label is stored: a failure to find the next pair is not reported as its
+            // failure (the page then asks for the next pair itself).
+            true => match self.next_assignment(rater).await {
+                Ok(n) => Some(n.into()),
+                Err(e) => {
+                    tracing::warn!(rater = %rater.id, error = %e, "the next pair after a label");
+                    None
+                }
+            },
             false => None,
         };
         let progress = match next.as_ref().and_then(|n| n.assignment.as_ref()) {
@@ -505,30 +513,43 @@ struct Stored {
 async fn store_label(c: &mut AnyConnection, rater: &Rater, req: &LabelRequest) -> Result<Stored> {
     let now = now_ms();
     let rationale = req.rationale.as_deref().map(str::trim).filter(|s| !s.is_empty());
-    // The common case in one statement (the writer's statements are what concurrent raters
-    // queue for): the rater holds the pair and has not labelled it. The insert reads the sides
-    // of their slot, the answer on screen mapped to A/B (`side_choice`, for either side shown
-    // left), and stores nothing when they hold no slot or have labelled the pair already (on
-    // PostgreSQL after waiting for a concurrent insert of the same label).
-    let inserted: Option<Side> = sqlx::query_scalar(
-        "INSERT INTO labels (id, pair_id, rater_id, choice, left_side, time_ms, rationale, created_at) \
-         SELECT $1, a.pair_id, a.rater_id, CASE a.left_side WHEN $4 THEN $5 ELSE $6 END, a.left_side, $7, $8, $9 \
-         FROM assignments a WHERE a.pair_id = $2 AND a.rater_id = $3 \
-         ON CONFLICT (pair_id, rater_id) DO NOTHING RETURNING left_side",
+    // The common case: the rater holds the pair, unlabelled. Their slot is marked done first,
+    // which reads its sides and locks it: on PostgreSQL a concurrent takeover of an expired
+    // lease is waited for, after which the slot is no longer theirs and nothing is written (a
+    // label inserted first could outlive its slot and count a vote past the target).
+    let held: Option<Side> = sqlx::query_scalar(
+        "UPDATE assignments SET done = 1 WHERE pair_id = $1 AND rater_id = $2 AND done = 0 RETURNING left_side",
     )
-    .bind(new_id())
     .bind(&req.pair)
     .bind(&rater.id)
-    .bind(Side::A)
-    .bind(side_choice(Side::A, req.choice))
-    .bind(side_choice(Side::B, req.choice))
-    .bind(req.time_ms as i64)
-    .bind(rationale)
-    .bind(now)
     .fetch_optional(&mut *c)
     .await?;
-    if let Some(left) = inserted {
-        if side_choice(left, req.choice) == Choice::Skip {
+    if let Some(left) = held {
+        let choice = side_choice(left, req.choice);
+        let inserted = sqlx::query(
+            "INSERT INTO labels (id, pair_id, rater_id, choice, left_side, time_ms, rationale, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (pair_id, rater_id) DO NOTHING",
+        )
+        .bind(new_id())
+        .bind(&req.pair)
+        .bind(&rater.id)
+        .bind(choice)
+        .bind(left)
+        .bind(req.time_ms as i64)
+        .bind(rationale)
+        .bind(now)
+        .execute(&mut *c)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            // An unfinished slot with a label cannot be (undo takes both back together): a
+            // database-level error, so everything of this write is rolled back.
+            return Err(StoreError::Db(sqlx::Error::Protocol(format!(
+                "pair {:?}: a label stored on an unfinished slot",
+                req.pair
+            ))));
+        }
+        if choice == Choice::Skip {
             // The slot goes back to the pool; the label row keeps the pair from this rater.
             sqlx::query("DELETE FROM assignments WHERE pair_id = $1 AND rater_id = $2")
                 .bind(&req.pair)
@@ -536,17 +557,12 @@ async fn store_label(c: &mut AnyConnection, rater: &Rater, req: &LabelRequest) -
                 .execute(&mut *c)
                 .await?;
         } else {
-            sqlx::query("UPDATE assignments SET done = 1 WHERE pair_id = $1 AND rater_id = $2")
-                .bind(&req.pair)
-                .bind(&rater.id)
-                .execute(&mut *c)
-                .await?;
             sqlx::query("UPDATE pairs SET votes = votes + 1 WHERE id = $1").bind(&req.pair).execute(&mut *c).await?;
         }
         return Ok(Stored { choice: req.choice, created_at: now });
     }
-    // Nothing inserted: the pair has the rater's label already (a retry, another tab), or they
-    // do not hold it. Which, read in one statement.
+    // No unfinished slot: the pair has the rater's label already (a retry, another tab), or
+    // they do not hold it. Which, read in one statement.
     let (held, choice, label_left, created_at): (Option<Side>, Option<Choice>, Option<Side>, Option<i64>) =
         sqlx::query_as(
             "SELECT a.left_side, l.choice, l.left_side, l.created_at FROM (SELECT 1 AS one) o \
@@ -568,8 +584,8 @@ async fn store_label(c: &mut AnyConnection, rater: &Rater, req: &LabelRequest) -
         return Ok(Stored { choice: stored, created_at });
     }
     if held.is_some() {
-        // Held and unlabelled, yet nothing inserted: a concurrent undo took the label back
-        // between the insert and this read (PostgreSQL).
+        // Held and unlabelled now, finished a moment ago: a concurrent undo took the label back
+        // between the update and this read (PostgreSQL).
         return Err(StoreError::Conflict(format!("pair {:?}: another request changed it; try again", req.pair)));
     }
     let in_project = sqlx::query("SELECT 1 FROM pairs WHERE id = $1 AND project_id = $2")

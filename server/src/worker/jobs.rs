@@ -297,18 +297,37 @@ fn run_blocking(
         JobKind::Train => JobResult { train: Some(train(&ctx)?), ..Default::default() },
         JobKind::Evaluate => JobResult { evaluate: Some(evaluate(&ctx, p)?), ..Default::default() },
         JobKind::Continue => {
-            let train = Some(train(&ctx)?);
+            // Run again after a crash, it does not train a second time on the same labels: a
+            // checkpoint of the round it continues from is the one it made.
+            let round = p.after_round.unwrap_or(ctx.block(ctx.store.next_round_number(&ctx.project.id))? - 1);
+            let made = ctx.block(ctx.store.latest_checkpoint(&ctx.project.id))?.filter(|c| c.round >= round);
+            let train = match made {
+                Some(c) => Some(Trained { checkpoint: c.id, pairs: c.pairs as usize, epoch_losses: Vec::new() }),
+                None => Some(train(&ctx)?),
+            };
             // Evaluation needs evaluation prompts and an automatic judge; without them the
             // cycle goes on (the raters are waiting), unevaluated.
             let s = ctx.settings();
             let can_evaluate = s.eval.judge.is_automatic()
                 && !ctx.block(ctx.store.prompts(&ctx.project.id, Split::Eval, false, 1))?.is_empty();
+            // A failed evaluation (a judge down) does not keep the raters from the next round:
+            // it is said in the result, and `evaluate` can be run again by hand.
+            let mut waiting_for = WAITING_FOR_RATERS.to_string();
             let evaluate = match can_evaluate {
-                true => Some(evaluate(&ctx, &JobParams::default())?),
+                true => match evaluate(&ctx, &JobParams::default()) {
+                    Ok(e) => Some(e),
+                    Err(e) if ctx.cancelled.load(Ordering::Relaxed) => return Err(e),
+                    Err(e) => {
+                        let e = crate::error::describe(&e);
+                        tracing::warn!(project = %ctx.project.id, error = %e, "continue: the evaluation failed");
+                        waiting_for.push_str(&format!(" (the evaluation failed: {e}; run evaluate again)"));
+                        None
+                    }
+                },
                 false => None,
             };
             let generate = Some(generate(&ctx, p)?);
-            JobResult { generate, train, evaluate, waiting_for: Some(WAITING_FOR_RATERS.into()), label: None }
+            JobResult { generate, train, evaluate, waiting_for: Some(waiting_for), label: None }
         }
         JobKind::Round => {
             let generate = Some(generate(&ctx, p)?);

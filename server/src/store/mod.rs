@@ -179,7 +179,7 @@ impl Store {
         let write_lock = Arc::new(Mutex::new(()));
         let batcher = (backend == Backend::Sqlite).then(|| batch::Batcher::start(pool.clone(), write_lock.clone()));
         let store = Self { pool, backend, write_lock, batcher };
-        store.keep_pair_lengths().await?;
+        store.keep_old_settings().await?;
         store.sweep_imports(store.backend == Backend::Sqlite).await?;
         for problem in store.durability_problems().await? {
             tracing::warn!("{problem}");
@@ -195,7 +195,7 @@ impl Store {
     /// - `rating.auto_continue`: older projects waited for an admin after a human-rated round;
     ///   they still do (`enabled: false`), rather than training and acquiring by themselves on
     ///   the first start after an upgrade (new projects: on).
-    async fn keep_pair_lengths(&self) -> Result<()> {
+    async fn keep_old_settings(&self) -> Result<()> {
         let rows: Vec<(String, String)> =
             sqlx::query_as("SELECT id, config FROM projects").fetch_all(&self.pool).await?;
         for (id, config) in rows {

@@ -1,14 +1,17 @@
 //! Build chores, as `cargo xtask <command>`:
 //!
 //! - `frontend`: compile the Leptos app to wasm and generate its JS glue with
-//!   wasm-bindgen's library (pinned to the same version as the `wasm-bindgen` crate), into
-//!   `dist/`. No downloaded tools (trunk, wasm-bindgen-cli binaries) are needed.
+//!   wasm-bindgen's library (pinned to the same version as the `wasm-bindgen` crate), then
+//!   shrink the wasm with binaryen's `wasm-opt` (npm's `binaryen`, pinned in
+//!   xtask/wasm-opt/package-lock.json and run by Node.js), into `dist/`. No downloaded tools
+//!   (trunk, wasm-bindgen-cli binaries) are needed; without Node.js the build warns and keeps
+//!   the wasm unoptimised.
 //! - `run [ARGS]`: the main job. Builds the frontend and the server (release) and starts
 //!   `apl serve ARGS` on embedded defaults; the model and IMDB data are fetched on first use.
 //! - `test [ARGS]`: the whole test suite on a fresh machine with no step before it: a C compiler
 //!   (the tokenizer's regex engine builds C), chromium, fonts and Node.js through apt-get when
-//!   missing, the frontend's wasm build, playwright-core for the browser tests (`npm ci` in
-//!   tests/browser, once), then `cargo test --workspace`.
+//!   missing, playwright-core for the browser tests (`npm ci` in tests/browser, once), the
+//!   frontend's wasm build, then `cargo test --workspace`.
 //! - `ci`: what CI enforces: `cargo fmt --check`, clippy with warnings denied, then `test`.
 //! - `bench [ARGS]`: release build, then `apl bench ARGS`.
 
@@ -33,15 +36,17 @@ fn main() -> Result<()> {
             if !on_path("cc") {
                 apt_install(&["build-essential"]).context("the tests build C code (onig): install a C compiler")?;
             }
-            frontend(&root)?;
+            // The browser's dependencies first: they bring Node.js, which the frontend's build
+            // runs wasm-opt with.
             browser_deps(&root)?;
+            frontend(&root)?;
             cargo(&["test", "--workspace"], &rest)
         }
         "ci" => {
             cargo(&["fmt", "--all", "--", "--check"], &[])?;
             cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"], &[])?;
-            frontend(&root)?;
             browser_deps(&root)?;
+            frontend(&root)?;
             cargo(&["test", "--workspace"], &rest)
         }
         "bench" => cargo(&["run", "--release", "-p", "apl-server", "--bin", "apl", "--", "bench"], &rest),
@@ -183,6 +188,7 @@ fn target_dir(root: &Path) -> PathBuf {
 /// pkg-rater/ (the rater workspace alone, built without the `admin` feature).
 fn frontend(root: &Path) -> Result<()> {
     ensure_wasm_target()?;
+    let opt = find_wasm_opt(root)?;
     let dist = root.join("dist");
     let mut sizes = Vec::new();
     for (dir, features) in [("pkg", &[][..]), ("pkg-rater", &["--no-default-features"][..])] {
@@ -213,9 +219,15 @@ fn frontend(root: &Path) -> Result<()> {
             .generate(&pkg)
             .context("wasm-bindgen")?;
         let wasm = pkg.join("apl_frontend_bg.wasm");
+        let before = std::fs::metadata(&wasm)?.len();
+        if let Some(tool) = &opt {
+            wasm_opt(tool, &wasm, &target_dir(root).join("wasm-opt").join(dir))?;
+        }
         let gz = gzip(&wasm)?;
         let kb = |n: u64| n as f64 / 1024.0;
-        sizes.push(format!("{dir} {:.0} KB, {:.0} KB gzipped", kb(std::fs::metadata(&wasm)?.len()), kb(gz)));
+        let after = std::fs::metadata(&wasm)?.len();
+        let from = if opt.is_some() { format!(" (from {:.0} KB)", kb(before)) } else { String::new() };
+        sizes.push(format!("{dir} {:.0} KB{from}, {:.0} KB gzipped", kb(after), kb(gz)));
         gzip(&pkg.join("apl_frontend.js"))?;
     }
     for (from, to) in
@@ -224,6 +236,113 @@ fn frontend(root: &Path) -> Result<()> {
         std::fs::copy(root.join(from), dist.join(to)).with_context(|| format!("copying {from}"))?;
         gzip(&dist.join(to))?;
     }
-    eprintln!("frontend built in {} (wasm after wasm-bindgen: {})", dist.display(), sizes.join(", "));
+    let step = if opt.is_some() { "wasm-bindgen and wasm-opt" } else { "wasm-bindgen" };
+    eprintln!("frontend built in {} (wasm after {step}: {})", dist.display(), sizes.join(", "));
     Ok(())
 }
+
+/// How to run binaryen's `wasm-opt`: a program and the arguments before the file's.
+struct WasmOpt {
+    program: PathBuf,
+    args: Vec<String>,
+}
+
+/// Finds `wasm-opt`, in this order: `APL_WASM_OPT` (a `wasm-opt` program, or `off` to skip it),
+/// npm's `binaryen` pinned in xtask/wasm-opt/package-lock.json (installed there with `npm ci`
+/// when Node.js is at hand; a wasm build of binaryen that Node.js runs, so the same tool on
+/// every machine), else a `wasm-opt` on PATH (e.g. Debian's binaryen). Without any, the build
+/// warns and keeps the wasm as wasm-bindgen wrote it (still correct, about a tenth bigger),
+/// unless `APL_WASM_OPT_REQUIRED` is set (CI), which makes that an error.
+fn find_wasm_opt(root: &Path) -> Result<Option<WasmOpt>> {
+    let required = std::env::var_os("APL_WASM_OPT_REQUIRED").is_some_and(|v| !v.is_empty() && v != "0");
+    let missing = |why: String| -> Result<Option<WasmOpt>> {
+        if required {
+            bail!("wasm-opt is required (APL_WASM_OPT_REQUIRED) but {why}");
+        }
+        eprintln!("warning: {why}: the frontend's wasm is left unoptimised (about a tenth bigger)");
+        Ok(None)
+    };
+    match std::env::var("APL_WASM_OPT") {
+        Ok(v) if v == "off" => return missing("APL_WASM_OPT=off".into()),
+        Ok(v) if !v.is_empty() => return Ok(Some(WasmOpt { program: v.into(), args: Vec::new() })),
+        _ => {}
+    }
+    let dir = root.join("xtask/wasm-opt");
+    let script = dir.join("node_modules/binaryen/bin/wasm-opt");
+    if on_path("node") {
+        if !script.exists() && on_path("npm") {
+            eprintln!("+ npm ci (in xtask/wasm-opt)");
+            let status = Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund"])
+                .current_dir(&dir)
+                .status()
+                .context("running npm")?;
+            if !status.success() {
+                if required {
+                    bail!("`npm ci` in xtask/wasm-opt failed ({status})");
+                }
+                eprintln!("warning: `npm ci` in xtask/wasm-opt failed ({status})");
+            }
+        }
+        if script.exists() {
+            return Ok(Some(WasmOpt { program: "node".into(), args: vec![script.display().to_string()] }));
+        }
+    }
+    if on_path("wasm-opt") {
+        return Ok(Some(WasmOpt { program: "wasm-opt".into(), args: Vec::new() }));
+    }
+    missing("no wasm-opt: install Node.js and npm (for npm's binaryen, pinned in xtask/wasm-opt), or binaryen".into())
+}
+
+/// Shrinks `wasm` in place with `wasm-opt`. Its last output is kept in `cache` (a folder of
+/// its own per bundle) under a hash of its input, tool and flags: a rebuild whose wasm did not
+/// change (`cargo xtask test` after a server edit) skips the half minute wasm-opt takes.
+fn wasm_opt(tool: &WasmOpt, wasm: &Path, cache: &Path) -> Result<()> {
+    use std::hash::{Hash, Hasher};
+    let input = std::fs::read(wasm).with_context(|| format!("reading {}", wasm.display()))?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (&input, &tool.program, &tool.args, WASM_OPT_FLAGS).hash(&mut h);
+    let cached = cache.join(format!("{:016x}.wasm", h.finish()));
+    // A copy that fails (another build replacing the cache at the same moment) only means
+    // running wasm-opt.
+    if cached.exists() && std::fs::copy(&cached, wasm).is_ok() {
+        return Ok(());
+    }
+    let out = wasm.with_extension("opt.wasm");
+    let mut cmd = Command::new(&tool.program);
+    cmd.args(&tool.args).arg(wasm).arg("-o").arg(&out).args(WASM_OPT_FLAGS);
+    eprintln!("+ wasm-opt {} {}", wasm.display(), WASM_OPT_FLAGS.join(" "));
+    let status = cmd.status().with_context(|| format!("running {}", tool.program.display()))?;
+    if !status.success() {
+        bail!("wasm-opt failed ({status}) on {}", wasm.display());
+    }
+    std::fs::rename(&out, wasm)?;
+    // Only the latest output is kept; written under another name first and renamed, so a
+    // build running beside this one never copies half a file.
+    for old in std::fs::read_dir(cache).into_iter().flatten().flatten() {
+        let _ = std::fs::remove_file(old.path());
+    }
+    std::fs::create_dir_all(cache)?;
+    let part = cached.with_extension(format!("{}.part", std::process::id()));
+    std::fs::copy(wasm, &part).with_context(|| format!("writing {}", part.display()))?;
+    std::fs::rename(&part, &cached)?;
+    Ok(())
+}
+
+/// `-Oz`, except that a function called from one place is inlined there only when small
+/// (`-ocimfs`): binaryen's default, inlining all of them, takes a tenth off the raw size but
+/// adds a tenth to the gzipped one, what browsers download. The features are those Rust's
+/// wasm32 target enables by default (the target_features section says so too). Names,
+/// producers and DWARF are stripped.
+const WASM_OPT_FLAGS: &[&str] = &[
+    "-Oz",
+    "--one-caller-inline-max-function-size=20",
+    "--enable-bulk-memory",
+    "--enable-mutable-globals",
+    "--enable-nontrapping-float-to-int",
+    "--enable-sign-ext",
+    "--enable-reference-types",
+    "--enable-multivalue",
+    "--strip-debug",
+    "--strip-producers",
+];

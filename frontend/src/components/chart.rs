@@ -1,15 +1,29 @@
 //! Charts drawn as plain SVG by the app: a line chart with error bars (win-rate against labels
 //! used, one series per acquisition function) and a histogram (acquisition scores). No chart
 //! library: these two shapes are all the dashboard needs, and SVG keeps them crisp and small.
+//! A point that is known rather than measured (the starting model at 0 labels) is drawn hollow
+//! with a dashed segment and named in the legend, so a reader never takes it for data.
 
 use leptos::prelude::*;
 
-/// One point: x, y and the half-width of its error bar.
+/// One point: x, y, the half-width of its error bar, what it is and whether it was measured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Point {
     pub x: f64,
     pub y: f64,
     pub err: f64,
+    /// What the point stands for ("round 2", "starting model"), named in its tooltip.
+    pub label: String,
+    pub mark: Mark,
+}
+
+/// Whether a point was measured, or stands for a value known without measuring it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mark {
+    Measured,
+    /// Not measured, for the reason given (in its tooltip and the legend): drawn hollow and
+    /// joined to its neighbour by a dashed line, so it never passes for data.
+    Assumed(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -94,21 +108,67 @@ pub fn LineChart(
             let c = COLOURS[i % COLOURS.len()];
             let mut ps = s.points.clone();
             ps.sort_by(|a, b| a.x.total_cmp(&b.x));
-            let path = ps.iter().map(|p| format!("{:.1},{:.1}", sx(p.x), sy(p.y))).collect::<Vec<_>>().join(" ");
+            // Measured points joined by a solid line; a segment to an assumed one is dashed.
+            let segments = ps
+                .windows(2)
+                .map(|w| {
+                    let assumed = w.iter().any(|p| p.mark != Mark::Measured);
+                    view! {
+                        <line x1=sx(w[0].x) y1=sy(w[0].y) x2=sx(w[1].x) y2=sy(w[1].y) stroke=c stroke-width="2"
+                            stroke-linecap="round" class:assumed=assumed/>
+                    }
+                })
+                .collect_view();
             let marks = ps
                 .iter()
                 .map(|p| {
                     let (x, y) = (sx(p.x), sy(p.y));
-                    let tip = format!("{}: {} labels, {:.3} ± {:.3}", s.name, p.x, p.y, p.err);
+                    let (tip, fill, mark) = match &p.mark {
+                        Mark::Measured => (
+                            format!("{} · {}: {} labels, {:.3} ± {:.3}", s.name, p.label, p.x, p.y, p.err),
+                            c,
+                            "measured",
+                        ),
+                        Mark::Assumed(why) => (format!("{} · {why}", s.name), "#fff", "assumed"),
+                    };
+                    let bars = (p.err > 0.0).then(|| {
+                        view! {
+                            <line x1=x x2=x y1=sy(p.y - p.err) y2=sy(p.y + p.err) stroke=c class="errbar"/>
+                            <line x1=x - 4.0 x2=x + 4.0 y1=sy(p.y - p.err) y2=sy(p.y - p.err) stroke=c class="errbar"/>
+                            <line x1=x - 4.0 x2=x + 4.0 y1=sy(p.y + p.err) y2=sy(p.y + p.err) stroke=c class="errbar"/>
+                        }
+                    });
                     view! {
-                        <line x1=x x2=x y1=sy(p.y - p.err) y2=sy(p.y + p.err) stroke=c class="errbar"/>
-                        <line x1=x - 4.0 x2=x + 4.0 y1=sy(p.y - p.err) y2=sy(p.y - p.err) stroke=c class="errbar"/>
-                        <line x1=x - 4.0 x2=x + 4.0 y1=sy(p.y + p.err) y2=sy(p.y + p.err) stroke=c class="errbar"/>
-                        <circle cx=x cy=y r="4" fill=c><title>{tip}</title></circle>
+                        {bars}
+                        <circle cx=x cy=y r="4" fill=fill stroke=c stroke-width="2" data-x=p.x.to_string() data-mark=mark>
+                            <title>{tip}</title>
+                        </circle>
                     }
                 })
                 .collect_view();
-            view! { <polyline points=path fill="none" stroke=c stroke-width="2"/> {marks} }
+            view! { {segments} {marks} }
+        })
+        .collect_view();
+    // Each reason for an unmeasured point, once, beside a hollow mark like the chart's.
+    let mut assumed: Vec<&str> = Vec::new();
+    for p in pts() {
+        if let Mark::Assumed(why) = &p.mark
+            && !assumed.contains(&why.as_str())
+        {
+            assumed.push(why);
+        }
+    }
+    let notes = assumed
+        .into_iter()
+        .map(|why| {
+            view! {
+                <li class="assumed-note">
+                    <svg class="swatch" viewBox="0 0 12 12" aria-hidden="true">
+                        <circle cx="6" cy="6" r="4" fill="#fff" stroke="currentColor" stroke-width="2"/>
+                    </svg>
+                    {why.to_string()}
+                </li>
+            }
         })
         .collect_view();
     let legend = series
@@ -138,7 +198,7 @@ pub fn LineChart(
                     transform=format!("rotate(-90 14 {})", (T + H - B) / 2.0)>{y_label}</text>
                 {lines}
             </svg>
-            <figcaption><ul class="legend">{legend}</ul></figcaption>
+            <figcaption><ul class="legend">{legend}{notes}</ul></figcaption>
         </figure>
     }
 }

@@ -1,5 +1,6 @@
 //! The admin's start page: what the server runs, the projects, and a new project. Without the
-//! admin token (the link the server prints on first start) it asks for it.
+//! admin token (the link the server prints on first start) it asks for it (`components::signin`,
+//! the form every admin page shows).
 
 use apl_shared::{NewProject, Project, Task, Vocabulary};
 use leptos::prelude::*;
@@ -8,11 +9,14 @@ use leptos::task::spawn_local;
 use crate::api;
 use crate::components::export::ExportCsv;
 use crate::components::options;
+use crate::components::signin::{Refused, SignIn, refused};
+use crate::components::table::TableWrap;
 use crate::util::when;
 
 #[component]
 pub fn Home() -> impl IntoView {
     let has_token = RwSignal::new(api::admin_token().is_some());
+    let why = RwSignal::new(None::<Refused>);
     view! {
         <header class="top">
             <h1>"apl"</h1>
@@ -21,9 +25,9 @@ pub fn Home() -> impl IntoView {
         </header>
         <main>
             {move || if has_token.get() {
-                view! { <Projects on_bad_token=move || has_token.set(false)/> }.into_any()
+                view! { <Projects on_bad_token=move |r| { why.set(Some(r)); has_token.set(false) }/> }.into_any()
             } else {
-                view! { <TokenForm on_set=move || has_token.set(true)/> }.into_any()
+                view! { <SignIn refused=why on_set=move || has_token.set(true)/> }.into_any()
             }}
         </main>
     }
@@ -48,39 +52,15 @@ fn ServerStatus() -> impl IntoView {
 }
 
 #[component]
-fn TokenForm(on_set: impl Fn() + Copy + 'static) -> impl IntoView {
-    let token = RwSignal::new(String::new());
-    view! {
-        <section class="card">
-            <h2>"Sign in as admin"</h2>
-            <p>"Open the admin link the server printed on first start (it ends in " <code>"#admin=…"</code>
-               "), or paste its token here. " <code>"apl serve --reset-admin-token"</code> " prints a new one."</p>
-            <form on:submit=move |e| {
-                e.prevent_default();
-                let t = token.get_untracked();
-                if !t.trim().is_empty() {
-                    api::set_admin_token(Some(t.trim()));
-                    on_set();
-                }
-            }>
-                <label>"Admin token " <input type="password" autocomplete="off" required
-                    prop:value=move || token.get() on:input=move |e| token.set(event_target_value(&e))/></label>
-                <button class="primary" type="submit">"Sign in"</button>
-            </form>
-        </section>
-    }
-}
-
-#[component]
-fn Projects(on_bad_token: impl Fn() + Copy + 'static) -> impl IntoView {
+fn Projects(on_bad_token: impl Fn(Refused) + Copy + 'static) -> impl IntoView {
     let list = RwSignal::new(None::<Result<Vec<Project>, String>>);
     let reload = move || {
         spawn_local(async move {
             match api::projects().await {
-                Err(e) if e.status == Some(401) => {
-                    api::set_admin_token(None);
-                    on_bad_token();
-                }
+                Err(e) => match refused(&e) {
+                    Some(r) => on_bad_token(r),
+                    None => list.set(Some(Err(e.message))),
+                },
                 r => list.set(Some(r.map_err(|e| e.message))),
             }
         })
@@ -118,6 +98,7 @@ fn Projects(on_bad_token: impl Fn() + Copy + 'static) -> impl IntoView {
                 Some(Err(e)) => view! { <p class="error" role="alert">{e}</p> }.into_any(),
                 Some(Ok(ps)) if ps.is_empty() => view! { <p class="muted">"No projects yet."</p> }.into_any(),
                 Some(Ok(ps)) => view! {
+                    <TableWrap label="Projects">
                     <table>
                         <thead><tr><th>"Name"</th><th>"Task"</th><th>"Created"</th></tr></thead>
                         <tbody>
@@ -130,6 +111,7 @@ fn Projects(on_bad_token: impl Fn() + Copy + 'static) -> impl IntoView {
                             }).collect_view()}
                         </tbody>
                     </table>
+                    </TableWrap>
                 }.into_any(),
             }}
             <ExportCsv name="projects" rows=rows header=vec!["id", "name", "task", "created_at"]/>
@@ -137,10 +119,10 @@ fn Projects(on_bad_token: impl Fn() + Copy + 'static) -> impl IntoView {
         <section class="card">
             <h2>"New project"</h2>
             <form on:submit=create class="row">
-                <label>"Name " <input type="text" required maxlength="200" prop:value=move || name.get()
+                <label>"Name " <input type="text" name="project-name" required maxlength="200" prop:value=move || name.get()
                     on:input=move |e| name.set(event_target_value(&e))/></label>
                 <label>"Task "
-                    <select on:change=move |e| if let Ok(t) = event_target_value(&e).parse() { task.set(t) }
+                    <select name="project-task" on:change=move |e| if let Ok(t) = event_target_value(&e).parse() { task.set(t) }
                         prop:value=move || task.get().name()>
                         {options(Task::ALL.iter().copied(), Task::describe)}
                     </select>

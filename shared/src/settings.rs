@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::vocab::{Acquisition, LabelSource, Labeller, Mode, Preset, UnknownName, Vocabulary, vocabulary};
+use crate::vocab::{Acquisition, LabelSource, Labeller, Mode, Preset, Task, UnknownName, Vocabulary, vocabulary};
 
 /// A setting that cannot run: which field, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -280,6 +280,15 @@ impl JudgeTask {
             Self::Custom => "custom",
         }
     }
+
+    /// The criteria that fit a project's task (a new project's default).
+    pub fn for_task(task: Task) -> Self {
+        match task {
+            Task::Imdb => Self::Imdb,
+            Task::Summarize => Self::Summarize,
+            Task::Generic => Self::Helpful,
+        }
+    }
 }
 
 /// A user-supplied judge template: `{prompt}`, `{a}` and `{b}` are replaced, each must appear
@@ -380,7 +389,9 @@ vocabulary! {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct JudgeSettings {
-    /// Up to and including the API version: `https://api.openai.com/v1`, `http://127.0.0.1:8080/v1`.
+    /// Up to and including the API version: `https://api.openai.com/v1`, `http://127.0.0.1:8081/v1`.
+    /// Empty by default: there is no judge to assume (the server's own address is not one), so a
+    /// project that uses the API judge must name it.
     pub base_url: String,
     pub model: String,
     /// The environment variable (or secrets-file entry) holding the API key; must end in
@@ -414,7 +425,7 @@ pub struct JudgeSettings {
 impl Default for JudgeSettings {
     fn default() -> Self {
         Self {
-            base_url: "http://127.0.0.1:8080/v1".into(),
+            base_url: String::new(),
             model: "gpt-4".into(),
             api_key_env: Some("OPENAI_API_KEY".into()),
             task: JudgeTask::Imdb,
@@ -436,9 +447,14 @@ impl Default for JudgeSettings {
 }
 
 impl JudgeSettings {
-    /// Refuses settings that cannot run, naming the field (`judge.…`).
+    /// Refuses settings that cannot run an API judge, naming the field (`judge.…`).
     pub fn validate(&self) -> Result<(), InvalidSetting> {
         let base = self.base_url.trim();
+        check(
+            !base.is_empty(),
+            "judge.base_url",
+            "set the judge's URL: its OpenAI-compatible API up to the version, e.g. https://api.openai.com/v1",
+        )?;
         check(
             base.starts_with("http://") || base.starts_with("https://"),
             "judge.base_url",
@@ -450,6 +466,12 @@ impl JudgeSettings {
                 && name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
             check(ok, "judge.api_key_env", &format!("{name:?} must be an upper-case variable name ending in API_KEY"))?;
         }
+        self.validate_criteria()
+    }
+
+    /// The settings the local judge reads too (what it asks, in which order): no address,
+    /// model or key, since it is the server's own model.
+    pub fn validate_criteria(&self) -> Result<(), InvalidSetting> {
         check((0.0..=2.0).contains(&self.temperature), "judge.temperature", "must be between 0 and 2")?;
         check((1..=4096).contains(&self.max_tokens), "judge.max_tokens", "must be 1 to 4096")?;
         check((1..=64).contains(&self.concurrency), "judge.concurrency", "must be 1 to 64 calls at once")?;
@@ -660,10 +682,17 @@ impl LoopSettings {
             "eval.judge",
             "an automatic judge is needed (sentiment, length, judge or local_judge)",
         )?;
-        if [self.labeller, self.eval.judge].iter().any(|l| matches!(l, Labeller::Judge | Labeller::LocalJudge)) {
+        if self.uses(Labeller::Judge) {
             self.judge.validate()?;
+        } else if self.uses(Labeller::LocalJudge) {
+            self.judge.validate_criteria()?;
         }
         Ok(())
+    }
+
+    /// Whether `labeller` labels the pairs or judges the evaluations.
+    pub fn uses(&self, labeller: Labeller) -> bool {
+        self.labeller == labeller || self.eval.judge == labeller
     }
 }
 
@@ -720,9 +749,10 @@ mod tests {
 
     #[test]
     fn judge_settings_checked_with_the_field_named() {
-        assert!(JudgeSettings::default().validate().is_ok());
+        let named = || JudgeSettings { base_url: "https://api.openai.com/v1".into(), ..Default::default() };
+        assert!(named().validate().is_ok());
         let bad = |f: fn(&mut JudgeSettings)| {
-            let mut s = JudgeSettings::default();
+            let mut s = named();
             f(&mut s);
             s.validate().unwrap_err().to_string()
         };
@@ -733,6 +763,23 @@ mod tests {
         assert!(bad(|s| s.concurrency = 10_000).starts_with("judge.concurrency"));
         assert!(bad(|s| s.max_tokens = 0).starts_with("judge.max_tokens"));
         assert!(bad(|s| s.task = JudgeTask::Custom).contains("template is missing"));
+        // No address is assumed: a judge must be named, in plain words.
+        let e = JudgeSettings::default().validate().unwrap_err();
+        assert_eq!(e.field, "judge.base_url");
+        assert!(e.problem.starts_with("set the judge's URL"), "{e}");
+        // The local judge is the server's own model: it needs no address.
+        let mut s = LoopSettings { labeller: Labeller::LocalJudge, ..Default::default() };
+        assert!(!s.uses(Labeller::Judge) && s.uses(Labeller::LocalJudge));
+        s.validate().unwrap();
+        s.judge.temperature = 5.0;
+        assert_eq!(s.validate().unwrap_err().field, "judge.temperature");
+        s.labeller = Labeller::Raters;
+        s.eval.judge = Labeller::Judge;
+        assert_eq!(s.validate().unwrap_err().field, "judge.base_url", "the API judge of evaluations needs one");
+        // Stored projects keep the address they hold.
+        let old: JudgeSettings =
+            serde_json::from_value(serde_json::json!({"base_url": "http://127.0.0.1:8080/v1"})).unwrap();
+        assert_eq!(old.base_url, "http://127.0.0.1:8080/v1");
         let unknown = serde_json::from_value::<JudgeSettings>(serde_json::json!({"api_key": "sk-..."}));
         assert!(unknown.unwrap_err().to_string().contains("unknown field `api_key`"));
     }

@@ -1,9 +1,12 @@
-//! Pieces the pages share: charts, CSV export, a job's live progress, and choice lists of the
-//! domain's vocabulary.
+//! Pieces the pages share: charts, CSV export, a job's live progress, choice lists of the
+//! domain's vocabulary, the admin sign-in, a text to copy, and a table's scrolling box.
 
 pub mod chart;
+pub mod copy;
 pub mod export;
 pub mod job;
+pub mod signin;
+pub mod table;
 
 use apl_shared::Vocabulary;
 use leptos::prelude::*;

@@ -1,7 +1,9 @@
 //! A project's dashboard: one page, five tabs (run, setup, raters, quality, evaluation). The
 //! tab is in the address (`?tab=`), so a link or a test can open any of them directly. Tabs
 //! share the project and a `version` counter: anything that changes data bumps it, and every
-//! tab's loaders re-run.
+//! tab's loaders re-run. Without an accepted admin token the page is the sign-in form alone
+//! (no tab loads before the server has accepted the token). Leaving the setup tab with edits
+//! not saved asks first (`Ctx::unsaved`, which the tab's button also shows).
 
 mod evaluation;
 mod quality;
@@ -13,6 +15,7 @@ use apl_shared::ProjectDetail;
 use leptos::prelude::*;
 
 use crate::api;
+use crate::components::signin::{Refused, SignIn, refused};
 use crate::util::{query_param, set_query_param};
 
 #[derive(Clone, Copy)]
@@ -21,6 +24,8 @@ pub struct Ctx {
     pub detail: RwSignal<Option<ProjectDetail>>,
     /// Bumped after every change; loaders read it to reload.
     pub version: RwSignal<u64>,
+    /// The setup tab holds edits not saved yet.
+    pub unsaved: RwSignal<bool>,
 }
 
 impl Ctx {
@@ -54,53 +59,109 @@ const TABS: [(&str, &str); 5] = [
 
 #[component]
 pub fn ProjectPage(id: String) -> impl IntoView {
-    let ctx = Ctx { id: StoredValue::new(id), detail: RwSignal::new(None), version: RwSignal::new(0) };
+    let ctx = Ctx {
+        id: StoredValue::new(id),
+        detail: RwSignal::new(None),
+        version: RwSignal::new(0),
+        unsaved: RwSignal::new(false),
+    };
     provide_context(ctx);
     let error = RwSignal::new(None::<String>);
+    let access = RwSignal::new(if api::admin_token().is_some() { Access::Checking } else { Access::SignIn(None) });
     Effect::new(move |_| {
         ctx.version.get();
+        if api::admin_token().is_none() {
+            return;
+        }
         let id = ctx.id();
         leptos::task::spawn_local(async move {
             match api::project(&id).await {
                 Ok(d) => {
                     error.set(None);
                     ctx.detail.set(Some(d));
+                    if access.get_untracked() != Access::In {
+                        access.set(Access::In);
+                    }
                 }
-                Err(e) => error.set(Some(e.message)),
+                Err(e) => match refused(&e) {
+                    Some(r) => access.set(Access::SignIn(Some(r))),
+                    None => error.set(Some(e.message)),
+                },
             }
         });
     });
+    let signed_in = move || {
+        access.set(Access::Checking);
+        ctx.changed();
+    };
+    let why = Signal::derive(move || match access.get() {
+        Access::SignIn(r) => r,
+        _ => None,
+    });
     let start = query_param("tab").filter(|t| TABS.iter().any(|(k, _)| k == t)).unwrap_or_else(|| "run".into());
     let tab = RwSignal::new(start);
+    // Leaving the setup tab with edits not saved asks first.
+    let open = move |key: &'static str| {
+        if ctx.unsaved.get_untracked() && tab.get_untracked() == "setup" && key != "setup" {
+            let leave = web_sys::window()
+                .and_then(|w| w.confirm_with_message("The setup has changes that are not saved. Leave them?").ok())
+                .unwrap_or(true);
+            if !leave {
+                return;
+            }
+            ctx.unsaved.set(false);
+        }
+        tab.set(key.to_string());
+        set_query_param("tab", key);
+    };
     view! {
         <header class="top">
             <p class="crumbs"><a href="/">"Projects"</a></p>
             <h1>{move || ctx.detail.get().map(|d| d.project.name).unwrap_or_else(|| "Project".into())}</h1>
             {move || ctx.detail.get().map(|d| view! { <StatsLine d=d/> })}
             {move || error.get().map(|e| view! { <p class="error" role="alert">{e}</p> })}
-            <nav class="tabs" role="tablist" aria-label="Dashboard sections">
+            <nav class="tabs" role="tablist" aria-label="Dashboard sections" hidden=move || access.get() != Access::In>
                 {TABS.iter().map(|(key, name)| {
                     let key = *key;
+                    let unsaved = move || key == "setup" && ctx.unsaved.get();
                     view! {
-                        <button role="tab" class="tab" id=format!("tab-{key}")
+                        <button role="tab" class="tab" id=format!("tab-{key}") class:unsaved=unsaved
                             aria-selected=move || (tab.get() == key).to_string()
-                            on:click=move |_| { tab.set(key.to_string()); set_query_param("tab", key); }>
+                            on:click=move |_| open(key)>
                             {*name}
+                            {move || unsaved().then(|| view! {
+                                <span class="unsaved-mark" title="changes not saved">" •"
+                                    <span class="visually-hidden">" (changes not saved)"</span></span>
+                            })}
                         </button>
                     }
                 }).collect_view()}
             </nav>
         </header>
         <main role="tabpanel">
-            {move || match tab.get().as_str() {
+            {move || match access.get() {
+                Access::In => ().into_any(),
+                Access::Checking => view! { <p class="muted">"Loading…"</p> }.into_any(),
+                Access::SignIn(_) => view! { <SignIn refused=why on_set=signed_in/> }.into_any(),
+            }}
+            {move || (access.get() == Access::In).then(|| match tab.get().as_str() {
                 "setup" => view! { <setup::Setup/> }.into_any(),
                 "raters" => view! { <raters::Raters/> }.into_any(),
                 "quality" => view! { <quality::Quality/> }.into_any(),
                 "evaluation" => view! { <evaluation::Evaluation/> }.into_any(),
                 _ => view! { <run::Run/> }.into_any(),
-            }}
+            })}
         </main>
     }
+}
+
+/// Whether the page may load: the server accepted the admin token, or it is being asked, or
+/// the sign-in form is shown (after a refusal, saying which).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Checking,
+    SignIn(Option<Refused>),
+    In,
 }
 
 #[component]

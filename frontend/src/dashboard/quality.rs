@@ -8,6 +8,7 @@ use leptos::prelude::*;
 use super::{Ctx, shown};
 use crate::api;
 use crate::components::export::ExportCsv;
+use crate::components::table::TableWrap;
 use crate::util::{interval, num, pct};
 
 #[component]
@@ -66,6 +67,7 @@ pub fn Quality() -> impl IntoView {
                         view! { <p class="muted">"No judge has labelled pairs of this project."</p> }.into_any()
                     } else {
                         view! {
+                            <TableWrap label="Judges against the raters">
                             <table class="agreement">
                                 <thead><tr><th>"Judge"</th><th>"Labels"</th><th>"No decision"</th>
                                     <th>"Pairs compared"</th><th>"Agreement"</th><th>"Cohen's kappa [95%]"</th></tr></thead>
@@ -78,6 +80,7 @@ pub fn Quality() -> impl IntoView {
                                     </tr>
                                 }).collect_view()}</tbody>
                             </table>
+                            </TableWrap>
                         }.into_any()
                     }}
                     <ExportCsv name="judge-agreement" rows=judge_rows header=vec![
@@ -90,6 +93,7 @@ pub fn Quality() -> impl IntoView {
                         view! { <p class="muted">"No two raters have labelled the same pairs yet (set overlap above 1)."</p> }.into_any()
                     } else {
                         view! {
+                            <TableWrap label="Rater against rater">
                             <table>
                                 <thead><tr><th>"Rater"</th><th>"Rater"</th><th>"Common pairs"</th><th>"Cohen's kappa"</th></tr></thead>
                                 <tbody>{a.rater_pairs.iter().map(|p| view! {
@@ -97,6 +101,7 @@ pub fn Quality() -> impl IntoView {
                                         <td>{p.common_pairs}</td><td>{num(p.kappa, 3)}</td></tr>
                                 }).collect_view()}</tbody>
                             </table>
+                            </TableWrap>
                         }.into_any()
                     }}
                     <ExportCsv name="rater-agreement" rows=pair_rows header=vec!["rater_a", "rater_b", "common_pairs", "kappa"]/>

@@ -1,4 +1,7 @@
-//! Raters: invite links, and per rater the labels given, skips, speed and gold accuracy.
+//! Raters: invite links, and per rater the labels given, skips, speed, gold accuracy and
+//! whether their invite still works. A token is shown once, when it is made (the server keeps
+//! only its hash), so the link is offered with a Copy button right then; the list says per
+//! rater whether their link works, until when, or that it expired or was revoked.
 
 use apl_shared::{NewRater, RaterInvite, RaterStats};
 use leptos::prelude::*;
@@ -6,11 +9,54 @@ use leptos::task::spawn_local;
 
 use super::{Ctx, shown};
 use crate::api;
+use crate::components::copy::CopyField;
 use crate::components::export::{ExportCsv, rows_of};
+use crate::components::table::TableWrap;
 use crate::util::{num, pct, when};
 
 fn gold(r: &RaterStats) -> Option<f64> {
     (r.gold_answered > 0).then(|| r.gold_correct as f64 / r.gold_answered as f64)
+}
+
+/// Whether a rater's invite link works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Invite {
+    /// Works, with no end.
+    Open,
+    /// Works until this time (ms since the epoch).
+    Until(i64),
+    Expired,
+    /// The rater was removed: the link no longer works.
+    Revoked,
+}
+
+impl Invite {
+    fn of(r: &RaterStats, now_ms: i64) -> Self {
+        match r.expires_at {
+            _ if r.disabled => Self::Revoked,
+            Some(t) if t <= now_ms => Self::Expired,
+            Some(t) => Self::Until(t),
+            None => Self::Open,
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Self::Open => "works, no expiry".into(),
+            Self::Until(t) => format!("works until {}", when(t)),
+            Self::Expired => "expired".into(),
+            Self::Revoked => "revoked".into(),
+        }
+    }
+
+    /// Its name in the page (`data-invite`), for styles and tests.
+    fn key(self) -> &'static str {
+        match self {
+            Self::Open | Self::Until(_) => "works",
+            Self::Expired => "expired",
+            Self::Revoked => "revoked",
+        }
+    }
 }
 
 #[component]
@@ -73,12 +119,11 @@ pub fn Raters() -> impl IntoView {
             {move || invite.get().map(|i| {
                 let link = format!("{origin}{}", i.invite_path);
                 view! {
-                    <div class="invite" role="status">
-                        <p>"Send this link to " <strong>{i.rater.name}</strong>
-                           " (it is shown once; anyone with it can rate as them):"</p>
-                        <input type="text" readonly class="invite-link" prop:value=link.clone()
-                            on:focus=move |e| { event_target::<web_sys::HtmlInputElement>(&e).select(); }/>
-                        <a href=link.clone() target="_blank" rel="noopener">"Open"</a>
+                    <div class="invite">
+                        <p role="status">"Send this link to " <strong>{i.rater.name}</strong>
+                           ". It is shown only now (copy it before leaving this page); anyone with it can rate as them."</p>
+                        <CopyField text=link.clone() label="Invite link"/>
+                        <a href=link target="_blank" rel="noopener">"Open the rater's page"</a>
                     </div>
                 }
             })}
@@ -89,15 +134,18 @@ pub fn Raters() -> impl IntoView {
                 if rs.is_empty() {
                     return view! { <p class="muted">"No raters yet."</p> }.into_any();
                 }
+                let now = js_sys::Date::now() as i64;
                 view! {
-                    <table>
+                    <TableWrap label="Raters">
+                    <table class="raters">
                         <thead><tr>
-                            <th>"Name"</th><th>"Labels"</th><th>"Quota"</th><th>"Skips"</th>
+                            <th>"Name"</th><th>"Invite link"</th><th>"Labels"</th><th>"Quota"</th><th>"Skips"</th>
                             <th>"Median s / label"</th><th>"Gold accuracy"</th><th></th>
                         </tr></thead>
                         <tbody>
                             {rs.into_iter().map(|r| {
                                 let rid = r.id.clone();
+                                let invite = Invite::of(&r, now);
                                 let disable = move |_| {
                                     let (id, rid) = (ctx.id(), rid.clone());
                                     spawn_local(async move {
@@ -107,6 +155,7 @@ pub fn Raters() -> impl IntoView {
                                 view! {
                                     <tr class:disabled=r.disabled>
                                         <td>{r.name.clone()}</td>
+                                        <td class="invite-state" data-invite=invite.key()>{invite.describe()}</td>
                                         <td>{r.labels}</td>
                                         <td>{r.quota.map(|q| q.to_string()).unwrap_or_else(|| "–".into())}</td>
                                         <td>{r.skips}</td>
@@ -122,6 +171,7 @@ pub fn Raters() -> impl IntoView {
                             }).collect_view()}
                         </tbody>
                     </table>
+                    </TableWrap>
                 }.into_any()
             })}
             <ExportCsv name="raters" rows=rows header=vec![
@@ -129,5 +179,34 @@ pub fn Raters() -> impl IntoView {
                 "expires",
             ]/>
         </section>
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invite_state_from_expiry_and_removal() {
+        let r = |expires_at, disabled| RaterStats {
+            id: "r".into(),
+            name: "Kim".into(),
+            quota: None,
+            disabled,
+            labels: 0,
+            skips: 0,
+            gold_answered: 0,
+            gold_correct: 0,
+            median_seconds: None,
+            created_at: 0,
+            expires_at,
+        };
+        assert_eq!(Invite::of(&r(None, false), 5), Invite::Open);
+        assert_eq!(Invite::of(&r(Some(10), false), 5), Invite::Until(10));
+        assert_eq!(Invite::of(&r(Some(5), false), 5), Invite::Expired);
+        assert_eq!(Invite::of(&r(None, true), 5), Invite::Revoked);
+        assert_eq!(Invite::of(&r(Some(10), true), 5), Invite::Revoked, "removal wins");
+        assert_eq!(Invite::Expired.key(), "expired");
+        assert_eq!(Invite::Open.describe(), "works, no expiry");
     }
 }

@@ -1,7 +1,11 @@
-//! Admin endpoints for projects and their raters.
+//! Admin endpoints for projects and their raters. A new project's configuration starts from
+//! its task ([`new_config`]): raters of an IMDB project are asked about sentiment, of a generic
+//! one about helpfulness; a project keeps whatever guidelines it stored.
 
 use super::doc::Failures;
-use apl_shared::{NewProject, NewRater, Project, ProjectConfig, ProjectDetail, RaterInvite, RaterStats};
+use apl_shared::{
+    NewProject, NewRater, Project, ProjectConfig, ProjectDetail, RaterInvite, RaterStats, RatingConfig, Task,
+};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -32,6 +36,18 @@ fn checked(cfg: ProjectConfig) -> ApiResult<ProjectConfig> {
     Ok(cfg)
 }
 
+/// A new project's configuration: the task's defaults ([`ProjectConfig::for_task`]) when none is
+/// sent; one sent keeps its guidelines unless they are empty or the generic placeholder a
+/// configuration without guidelines reads as, which take the task's.
+fn new_config(task: Task, sent: Option<ProjectConfig>) -> ProjectConfig {
+    let Some(mut cfg) = sent else { return ProjectConfig::for_task(task) };
+    let g = cfg.rating.guidelines.trim();
+    if g.is_empty() || g == RatingConfig::default().guidelines {
+        cfg.rating.guidelines = task.guidelines().into();
+    }
+    cfg
+}
+
 /// `GET /api/defaults`: a project configuration with every default spelled out.
 #[utoipa::path(get, path = "/defaults", tag = "projects", security(("admin" = [])),
     responses((status = 200, body = ProjectConfig, description = "A project configuration with every default"), Failures))]
@@ -52,7 +68,7 @@ pub async fn create(
     State(s): State<AppState>,
     JsonBody(req): JsonBody<NewProject>,
 ) -> ApiResult<(StatusCode, Json<Project>)> {
-    let cfg = checked(req.config.unwrap_or_default())?;
+    let cfg = checked(new_config(req.task, req.config))?;
     Ok((StatusCode::CREATED, Json(s.store.create_project(&req.name, req.task, &cfg).await?)))
 }
 
@@ -106,4 +122,42 @@ pub async fn disable_rater(
 ) -> ApiResult<StatusCode> {
     s.store.disable_rater(&id, &rater).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use apl_shared::Vocabulary;
+
+    /// Each task asks raters its own question; a project's own guidelines are kept.
+    #[test]
+    fn new_projects_get_their_tasks_guidelines() {
+        let imdb = new_config(Task::Imdb, None);
+        assert!(imdb.rating.guidelines.contains("positive"), "{}", imdb.rating.guidelines);
+        assert!(imdb.rating.guidelines.contains("sentiment"), "{}", imdb.rating.guidelines);
+        assert!(imdb.rating.guidelines.contains("fluent"), "{}", imdb.rating.guidelines);
+        assert_eq!(imdb.loop_settings.judge.task, apl_shared::settings::JudgeTask::Imdb);
+        let generic = new_config(Task::Generic, None);
+        assert!(generic.rating.guidelines.contains("helpful"), "{}", generic.rating.guidelines);
+        assert!(generic.rating.guidelines.contains("harmful"), "{}", generic.rating.guidelines);
+        assert_eq!(generic.loop_settings.judge.task, apl_shared::settings::JudgeTask::Helpful);
+        let summary = new_config(Task::Summarize, None);
+        assert!(summary.rating.guidelines.contains("summary"), "{}", summary.rating.guidelines);
+        assert_eq!(summary.loop_settings.judge.task, apl_shared::settings::JudgeTask::Summarize);
+        // Every task's defaults pass the server's checks, each with its own guidelines.
+        let all: Vec<String> = Task::ALL
+            .iter()
+            .map(|&t| checked(new_config(t, None)).expect("the defaults are valid").rating.guidelines)
+            .collect();
+        assert!(all.iter().enumerate().all(|(i, g)| !all[..i].contains(g)), "{all:?}");
+        // A configuration sent with its own guidelines keeps them; an empty or generic one
+        // takes the task's.
+        let mut own = ProjectConfig::default();
+        own.rating.guidelines = "Pick the funnier one.".into();
+        assert_eq!(new_config(Task::Imdb, Some(own)).rating.guidelines, "Pick the funnier one.");
+        assert_eq!(new_config(Task::Imdb, Some(ProjectConfig::default())).rating.guidelines, Task::Imdb.guidelines());
+        let mut empty = ProjectConfig::default();
+        empty.rating.guidelines = " ".into();
+        assert_eq!(new_config(Task::Generic, Some(empty)).rating.guidelines, Task::Generic.guidelines());
+    }
 }

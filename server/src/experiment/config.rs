@@ -284,6 +284,8 @@ mod tests {
         c.task.path = Some("posts.jsonl".into());
         c.settings.labeller = Labeller::Judge;
         c.settings.eval.judge = Labeller::Judge;
+        assert!(c.validate().unwrap_err().to_string().starts_with("settings.judge.base_url"), "no judge is assumed");
+        c.settings.judge.base_url = "http://127.0.0.1:8081/v1".into();
         assert!(c.validate().unwrap_err().to_string().starts_with("settings.judge.task"));
         c.settings.judge.task = JudgeTask::Summarize;
         c.validate().unwrap();
@@ -294,6 +296,7 @@ mod tests {
         c.rater_noise = Some(RaterNoise::default());
         c.validate().unwrap();
         c.settings.labeller = Labeller::Judge;
+        c.settings.judge.base_url = "http://127.0.0.1:8081/v1".into();
         assert!(c.validate().unwrap_err().to_string().contains("sentiment or length"));
     }
 }

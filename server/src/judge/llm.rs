@@ -459,9 +459,8 @@ mod tests {
 
     #[test]
     fn random_order_is_stable_per_pair_and_mixed_over_pairs() {
-        let j =
-            LlmJudge::new(JudgeSettings::default(), None, Arc::new(Ledger::in_memory()), Arc::new(Destinations::any()))
-                .unwrap();
+        let settings = JudgeSettings { base_url: "http://127.0.0.1:8081/v1".into(), ..Default::default() };
+        let j = LlmJudge::new(settings, None, Arc::new(Ledger::in_memory()), Arc::new(Destinations::any())).unwrap();
         let texts: Vec<String> = (0..64).map(|i| format!("text {i}")).collect();
         let firsts: Vec<Side> =
             texts.iter().map(|t| j.random_first(&Comparison { prompt: "p", a: t, b: "other" })).collect();

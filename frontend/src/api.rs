@@ -100,15 +100,31 @@ fn token(who: Who) -> Option<String> {
     }
 }
 
+/// How long a rater's request may go unanswered before it counts as a lost connection (and
+/// the workspace shows its offline banner and sends it again; the server answers a repeated
+/// label with the stored one, so a request that did arrive is never a second vote).
+const RATER_TIMEOUT_MS: u32 = 10_000;
+
 fn authed(mut b: RequestBuilder, who: Who) -> RequestBuilder {
     if let Some(t) = token(who) {
         b = b.header("Authorization", &format!("Bearer {t}"));
+    }
+    if who == Who::Rater {
+        let signal = web_sys::AbortSignal::timeout_with_u32(RATER_TIMEOUT_MS);
+        b = b.abort_signal(Some(&signal));
     }
     b
 }
 
 async fn answer(resp: Result<Response, gloo_net::Error>) -> Res<Response> {
-    let resp = resp.map_err(|e| Failure { status: None, message: format!("cannot reach the server ({e})") })?;
+    let resp = resp.map_err(|e| {
+        let e = e.to_string();
+        let message = match e.contains("Timeout") || e.contains("timed out") || e.contains("abort") {
+            true => format!("the server did not answer in {} s", RATER_TIMEOUT_MS / 1000),
+            false => format!("cannot reach the server ({e})"),
+        };
+        Failure { status: None, message }
+    })?;
     if resp.ok() {
         return Ok(resp);
     }
@@ -216,6 +232,10 @@ pub async fn disable_rater(id: &str, rater: &str) -> Res<()> {
 
 pub async fn jobs(id: &str) -> Res<Vec<Job>> {
     get(&format!("/api/projects/{id}/jobs"), Who::Admin).await
+}
+
+pub async fn cycle(id: &str) -> Res<apl_shared::Cycle> {
+    get(&format!("/api/projects/{id}/cycle"), Who::Admin).await
 }
 
 pub async fn start_job(id: &str, job: &NewJob) -> Res<Job> {

@@ -7,6 +7,13 @@
 //! workspace takes no other answer. (3) Whatever the connection does, what the rater typed
 //! stays: the rationale is cleared only after its label is acknowledged, and a draft survives
 //! a reload of the page.
+//!
+//! On a phone the cards stack, so they are "Top" and "Bottom" there (the words follow the
+//! layout's breakpoint in CSS), key hints are hidden on touch screens, and the answer given
+//! stays highlighted on its button, saying "saving…", until the server has it. A request that
+//! goes unanswered for 10 s counts as a lost connection (the offline banner; `api`'s timeout).
+//! Progress is the rater's own count and the batch's (pairs complete of the round's pairs): a
+//! target that does not shrink while other raters work.
 
 use std::time::Duration;
 
@@ -48,6 +55,8 @@ struct Ws {
     shown_at: RwSignal<f64>,
     /// Pairs this rater labelled in this session, newest last (for undo).
     done: RwSignal<Vec<String>>,
+    /// The answer being saved, highlighted until the server has it.
+    chosen: RwSignal<Option<RaterChoice>>,
     show_keys: RwSignal<bool>,
 }
 
@@ -67,6 +76,7 @@ impl Ws {
             offline: RwSignal::new(None),
             shown_at: RwSignal::new(now()),
             done: RwSignal::new(Vec::new()),
+            chosen: RwSignal::new(None),
             show_keys: RwSignal::new(false),
         }
     }
@@ -100,6 +110,7 @@ impl Ws {
     /// Shows the pair, or why there is none; when the server says when to ask again, asks
     /// again then by itself (so a rater waiting for the next batch never has to reload).
     fn show_next(&self, a: Option<Assignment>, status: NextStatus, retry: Option<u64>) {
+        self.chosen.set(None);
         match a {
             Some(a) => {
                 self.progress.set(Some(a.progress));
@@ -118,6 +129,7 @@ impl Ws {
                 self.current.set(None);
                 let status = if status == NextStatus::Assigned { NextStatus::Done } else { status };
                 self.phase.set(Phase::NoMore(status, retry));
+                spawn_local(self.refresh_batch());
                 if let Some(secs) = retry {
                     let ws = *self;
                     spawn_local(async move {
@@ -128,6 +140,14 @@ impl Ws {
                     });
                 }
             }
+        }
+    }
+
+    /// Asks again how the batch stands (in the background: a failure only leaves it as it was).
+    async fn refresh_batch(self) {
+        if let Ok(h) = api::rater_home().await {
+            self.progress.set(Some(h.progress));
+            self.home.set(Some(h));
         }
     }
 
@@ -181,6 +201,7 @@ impl Ws {
 
     /// Sends a label until the server answers, then moves on.
     async fn send(self, req: LabelRequest) {
+        self.chosen.set(Some(req.choice));
         self.phase.set(Phase::Saving);
         let result = self.persist("Saving your answer", || api::submit_label(&req)).await;
         api::store(PENDING_KEY, None);
@@ -190,6 +211,10 @@ impl Ws {
                 self.rationale.set(String::new());
                 api::store(DRAFT_KEY, None);
                 self.done.update(|d| d.push(ack.pair));
+                // The batch's count moves with everyone's labels: asked again now and then.
+                if ack.progress.done % 5 == 0 {
+                    spawn_local(self.refresh_batch());
+                }
                 self.notice.set(Some(format!("Saved: {}.", choice_name(ack.choice))));
                 // The next pair came with the acknowledgement (one round trip per label).
                 if let Some(next) = ack.next {
@@ -197,7 +222,10 @@ impl Ws {
                     return;
                 }
             }
-            Err(e) => self.notice.set(Some(e.message)),
+            Err(e) => {
+                self.chosen.set(None);
+                self.notice.set(Some(e.message));
+            }
         }
         self.load_next().await;
     }
@@ -311,7 +339,7 @@ pub fn RaterWorkspace() -> impl IntoView {
             {move || ws.home.get().map(|h| view! {
                 <p class="muted">{h.project} " · signed in as " <strong>{h.name}</strong></p>
             })}
-            <ProgressLine progress=ws.progress/>
+            <ProgressLine ws=ws/>
         </header>
         <main class="rate" aria-busy=move || (ws.phase.get() == Phase::Loading).to_string()>
             {move || ws.offline.get().map(|m| view! { <p class="banner offline" role="alert">{m}</p> })}
@@ -351,7 +379,7 @@ pub fn RaterWorkspace() -> impl IntoView {
                 _ => view! { <PairCard ws=ws busy=Signal::derive(busy)/> }.into_any(),
             }}
             <p class="notice" role="status" aria-live="polite">{move || ws.notice.get()}</p>
-            <button class="link" on:click=move |_| ws.show_keys.update(|v| *v = !*v)
+            <button class="link keys-toggle" on:click=move |_| ws.show_keys.update(|v| *v = !*v)
                 aria-expanded=move || ws.show_keys.get().to_string()>"Keyboard shortcuts (?)"</button>
             <Show when=move || ws.show_keys.get()>
                 <KeysHelp/>
@@ -360,14 +388,26 @@ pub fn RaterWorkspace() -> impl IntoView {
     }
 }
 
+/// The rater's own count, what is left for them now, and the batch's progress (its size is
+/// fixed, so the bar never moves back when other raters take pairs).
 #[component]
-fn ProgressLine(progress: RwSignal<Option<RaterProgress>>) -> impl IntoView {
+fn ProgressLine(ws: Ws) -> impl IntoView {
+    let finished = move || matches!(ws.phase.get(), Phase::NoMore(NextStatus::Done, _));
+    let batch = move || ws.home.get().and_then(|h| h.batch);
     move || {
-        progress.get().map(|p| {
+        ws.progress.get().map(|p: RaterProgress| {
+            let left = match finished() {
+                true => "all done".to_string(),
+                false => format!("{} more for you now", (p.target - p.done).max(0)),
+            };
             view! {
                 <div class="progress-line">
-                    <progress max=p.target.max(1) value=p.done aria-label="Labels done"></progress>
-                    <span class="count" data-testid="progress">{format!("{} / {}", p.done, p.target)}</span>
+                    {batch().map(|b| view! {
+                        <progress max=b.pairs.max(1) value=b.complete aria-label="Pairs of the batch complete"></progress>
+                        <span class="batch" data-testid="batch">{format!("Round {}: {} of {} pairs complete", b.round, b.complete, b.pairs)}</span>
+                    })}
+                    <span class="count"><span data-testid="progress">{format!("You: {} labelled", p.done)}</span>
+                        {format!(" · {left}")}</span>
                 </div>
             }
         })
@@ -377,28 +417,38 @@ fn ProgressLine(progress: RwSignal<Option<RaterProgress>>) -> impl IntoView {
 #[component]
 fn PairCard(ws: Ws, busy: Signal<bool>) -> impl IntoView {
     let pick = move |c: RaterChoice| move |_| ws.choose(c);
+    // The answer given stays marked, saying so, until the server has it.
+    let chosen = move |c: RaterChoice| move || ws.chosen.get() == Some(c);
+    let saving = move |c: RaterChoice| {
+        move || {
+            (ws.chosen.get() == Some(c) && ws.phase.get() == Phase::Saving)
+                .then(|| view! { <span class="saving">" saving…"</span> })
+        }
+    };
     view! {
         {move || ws.current.get().map(|a| view! {
             <section class="pair" data-pair=a.pair.clone() aria-label="The pair to compare">
                 <p class="prompt"><span class="label">"Prompt"</span>{a.prompt.clone()}</p>
                 <div class="sides">
-                    <article class="side" aria-label="Left completion">
-                        <h2>"Left " <kbd>"1"</kbd></h2>
+                    <article class="side" aria-label="Left (top) completion">
+                        <h2><span class="wide">"Left "</span><span class="narrow">"Top "</span><kbd>"1"</kbd></h2>
                         <p class="completion">{a.left.clone()}</p>
                     </article>
-                    <article class="side" aria-label="Right completion">
-                        <h2>"Right " <kbd>"2"</kbd></h2>
+                    <article class="side" aria-label="Right (bottom) completion">
+                        <h2><span class="wide">"Right "</span><span class="narrow">"Bottom "</span><kbd>"2"</kbd></h2>
                         <p class="completion">{a.right.clone()}</p>
                     </article>
                 </div>
             </section>
         })}
         <div class="choices" role="group" aria-label="Your answer">
-            <button class="primary" on:click=pick(RaterChoice::Left) disabled=busy>"Left is better " <kbd>"1"</kbd></button>
-            <button class="primary" on:click=pick(RaterChoice::Right) disabled=busy>"Right is better " <kbd>"2"</kbd></button>
-            <button on:click=pick(RaterChoice::Tie) disabled=busy>"Tie " <kbd>"T"</kbd></button>
-            <button on:click=pick(RaterChoice::BothBad) disabled=busy>"Both bad " <kbd>"X"</kbd></button>
-            <button on:click=pick(RaterChoice::Skip) disabled=busy>"Skip " <kbd>"S"</kbd></button>
+            <button class="primary" class:chosen=chosen(RaterChoice::Left) on:click=pick(RaterChoice::Left) disabled=busy>
+                <span class="wide">"Left"</span><span class="narrow">"Top"</span>" is better " <kbd>"1"</kbd>{saving(RaterChoice::Left)}</button>
+            <button class="primary" class:chosen=chosen(RaterChoice::Right) on:click=pick(RaterChoice::Right) disabled=busy>
+                <span class="wide">"Right"</span><span class="narrow">"Bottom"</span>" is better " <kbd>"2"</kbd>{saving(RaterChoice::Right)}</button>
+            <button class:chosen=chosen(RaterChoice::Tie) on:click=pick(RaterChoice::Tie) disabled=busy>"Tie " <kbd>"T"</kbd>{saving(RaterChoice::Tie)}</button>
+            <button class:chosen=chosen(RaterChoice::BothBad) on:click=pick(RaterChoice::BothBad) disabled=busy>"Both bad " <kbd>"X"</kbd>{saving(RaterChoice::BothBad)}</button>
+            <button class:chosen=chosen(RaterChoice::Skip) on:click=pick(RaterChoice::Skip) disabled=busy>"Skip " <kbd>"S"</kbd>{saving(RaterChoice::Skip)}</button>
             <button on:click=move |_| ws.undo() disabled=busy>"Undo last " <kbd>"U"</kbd></button>
         </div>
         <label class="rationale">

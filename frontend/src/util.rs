@@ -108,3 +108,31 @@ pub fn when(ms: i64) -> String {
 pub fn short(id: &str) -> String {
     id.chars().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect()
 }
+
+/// A time left as people say it: "45 s", "1 min 40 s", "2 h 05 min".
+pub fn duration(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => match s % 60 {
+            0 => format!("{} min", s / 60),
+            r => format!("{} min {r} s", s / 60),
+        },
+        _ => format!("{} h {:02} min", s / 3600, (s % 3600) / 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::duration;
+
+    #[test]
+    fn durations_read_as_people_say_them() {
+        assert_eq!(duration(0.4), "0 s");
+        assert_eq!(duration(44.6), "45 s");
+        assert_eq!(duration(100.0), "1 min 40 s");
+        assert_eq!(duration(120.0), "2 min");
+        assert_eq!(duration(7500.0), "2 h 05 min");
+        assert_eq!(duration(-3.0), "0 s");
+    }
+}

@@ -10,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 mod checks;
+mod cycle;
 mod export;
 pub mod paired;
 mod results;
@@ -18,6 +19,7 @@ pub mod settings;
 pub mod sql;
 pub mod vocab;
 pub use checks::*;
+pub use cycle::*;
 pub use export::*;
 pub use results::*;
 pub use vocab::*;
@@ -137,6 +139,17 @@ impl Default for AutoContinue {
 pub struct ProjectConfig {
     pub rating: RatingConfig,
     pub loop_settings: settings::LoopSettings,
+}
+
+impl ProjectConfig {
+    /// A new project's configuration for `task`: the defaults, with the raters' guidelines and
+    /// the LLM judge's criteria of that task.
+    pub fn for_task(task: Task) -> Self {
+        let mut c = Self::default();
+        c.rating.guidelines = task.guidelines().into();
+        c.loop_settings.judge.task = settings::JudgeTask::for_task(task);
+        c
+    }
 }
 
 /// `POST /api/projects`.
@@ -288,6 +301,10 @@ pub struct RaterHome {
     pub project: String,
     pub guidelines: String,
     pub progress: RaterProgress,
+    /// The batch being labelled (the newest round with pairs for raters): a target that does
+    /// not move while others label. Refreshed whenever the page asks for this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchProgress>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -516,16 +533,34 @@ pub struct Evaluated {
     pub judge_report: Option<JudgeReport>,
 }
 
-/// Live progress of a job: the phase it is in and how far along.
+/// Live progress of a job: the stage and phase it is in, how far along, and one estimate for
+/// the whole job.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct JobProgress {
+    /// What the current stage is doing ("sampling pairs", "training", "judging", ...).
     pub phase: String,
+    /// Work done and to do in the phase (pairs sampled, training steps, ...).
     pub step: u64,
     pub total: u64,
     pub loss: Option<f64>,
+    /// Seconds left for the whole job: the current stage from its own pace (its work counts
+    /// and, when it ran before in this project, how long it took then) plus the later stages'
+    /// durations the last time they ran here.
     pub eta_seconds: Option<f64>,
+    /// Whether `eta_seconds` covers every stage left; false while a later stage has never run
+    /// in this project (then it covers the current stage and the stages timed before).
+    pub eta_complete: bool,
+    /// The job's stages in order (a round: generate, label, train, evaluate).
+    pub stages: Vec<JobKind>,
+    /// 1-based position of the current stage in `stages` (0 before the first).
+    pub stage: u32,
+    /// Seconds each finished stage took, in the order of `stages`.
+    pub stage_seconds: Vec<f64>,
+    /// The whole job's fraction done, 0 to 1: elapsed over elapsed plus `eta_seconds` when the
+    /// estimate is complete, otherwise stages done plus the phase's fraction, over the stages.
+    pub fraction: f64,
     pub message: String,
 }
 

@@ -331,6 +331,28 @@ impl Task {
             Self::Generic => "Generic prompts",
         }
     }
+
+    /// What raters are asked to judge on a new project of this task: the criterion the task's
+    /// own oracle and judge apply, so people and machines answer the same question.
+    pub fn guidelines(self) -> &'static str {
+        match self {
+            Self::Imdb => {
+                "Each text continues the opening of a movie review. Pick the continuation that is more \
+                 positive about the movie (the more positive sentiment), as long as it still reads as \
+                 fluent English. If both are equally positive, or neither makes sense, say so."
+            }
+            Self::Summarize => {
+                "Each text summarises the post above it. Pick the summary that gives the post's most \
+                 important points more accurately and concisely, without details that do not matter. \
+                 If both are equally good, or both are wrong, say so."
+            }
+            Self::Generic => {
+                "Pick the response that answers the prompt more helpfully: correct, relevant and clear. \
+                 A response that is harmful, offensive or unsafe loses to one that is not. If both are \
+                 equally good, or both are bad, say so."
+            }
+        }
+    }
 }
 
 vocabulary! {
@@ -470,6 +492,8 @@ mod tests {
         check::<PromptFormat>();
         check::<PairFormat>();
         check::<crate::RaterChoice>();
+        check::<crate::CycleStep>();
+        check::<crate::NextStatus>();
         check::<crate::settings::JudgeTask>();
         check::<crate::settings::AnswerMode>();
         check::<crate::settings::JudgeOrder>();

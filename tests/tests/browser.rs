@@ -5,6 +5,14 @@
 //! - a rater labels with the keyboard only, undoes one answer, and loses the connection once:
 //!   the database holds exactly the labels given, each once;
 //! - an admin starts a round from the dashboard and sees its live progress reach "done";
+//! - the evaluation panel fetches the evaluations once per view, starts the curve at the
+//!   starting model (marked as not measured where no evaluation measured it), and pages and
+//!   filters the samples of the evaluation stored;
+//! - an admin page opened without the token shows one sign-in form, says a wrong token is
+//!   wrong, and loads once the right one is pasted; an invite link is copied with its button
+//!   (and works); on a 390 px phone no admin page scrolls sideways and the tabs stay on one line;
+//!   a new IMDB project asks raters about sentiment, shows the judge's section only for a judge,
+//!   names a wrong value at its field, and asks before unsaved set-up edits are left;
 //! - a human win-rate check is sent from the evaluation panel, a rater labels it, and the
 //!   figure the panel shows equals the one computed here from the stored labels;
 //! - every page renders without console errors; screenshots of each go to
@@ -20,10 +28,15 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use apl_shared::settings::{AcquireConfig, AdamConfig, EvalSettings, LoopSettings, TrainConfig, Trainable};
-use apl_shared::{Acquisition, Choice, JobState, Labeller, ProjectConfig, RoundRow, Side, Split};
+use apl_shared::{
+    Acquisition, Choice, EvaluationRow, JobState, Labeller, Outcome, ProjectConfig, RoundRow, Side, Split,
+};
 use common::{Backend, Options};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
+
+/// The project the script creates from the start page, with the task IMDB.
+const IMDB_PROJECT: &str = "imdb-from-the-browser";
 
 /// Typed into the rationale field: its "2" and "t" must stay text, not answer the pair.
 const RATIONALE: &str = "2 reasons: tone and topic";
@@ -42,10 +55,11 @@ fn tiny_round_config() -> ProjectConfig {
             completion_tokens: (6, 10),
             labeller: Labeller::Length,
             trainable: Trainable::All,
-            // Enough epochs that the round outlasts the page's first look at it (with 2, a
-            // fast machine finished it in 0.1 s, before the live progress was ever drawn).
+            // Enough epochs that the round outlasts the page's first looks at it, stage by
+            // stage (with 2, a fast machine finished it in 0.1 s, before the live progress was
+            // ever drawn; with 12, in 0.2 s; 300 take a few seconds).
             train: TrainConfig {
-                epochs: 12,
+                epochs: 300,
                 pairs_per_step: 2,
                 micro_batch: 2,
                 adam: AdamConfig { lr: 1e-3, ..Default::default() },
@@ -74,6 +88,41 @@ struct ScriptConfig<'a> {
     rationale: &'a str,
     round_project: &'a str,
     check: CheckConfig,
+    /// The name the script gives the IMDB project it creates from the start page.
+    imdb_project: &'a str,
+    human: HumanConfig<'a>,
+}
+
+/// The project labelled by people with auto-continue (`tests/browser/human_loop.mjs`).
+#[derive(Serialize)]
+struct HumanConfig<'a> {
+    project: &'a str,
+    raters: [String; 2],
+    phone_token: String,
+}
+
+/// What `human_loop.mjs` saw.
+#[derive(Debug, Deserialize)]
+struct HumanSeen {
+    /// The stepper's `data-step` values, in the order seen.
+    steps: Vec<String>,
+    /// Each rater page's empty states (`data-status`), in the order seen.
+    empty: [Vec<String>; 2],
+    /// The pairs each rater answered (all "1": left, or top).
+    pairs: [Vec<String>; 2],
+    /// The pair round 2 brought to the first rater's open page.
+    round2_pair: String,
+    stalled: StalledSeen,
+}
+
+#[derive(Debug, Deserialize)]
+struct StalledSeen {
+    /// Which side names the phone showed (`top`: "Top", `left`: "Left").
+    labels: HashMap<String, bool>,
+    banner: String,
+    pair: String,
+    /// Label requests the test held unanswered.
+    held: usize,
 }
 
 #[derive(Serialize)]
@@ -102,6 +151,62 @@ struct ScriptReport {
     /// The prompt disabled from the Setup tab's prompt list.
     prompt_disabled: Option<String>,
     check: Option<CheckSeen>,
+    evaluation: Option<EvaluationSeen>,
+    signin: Option<serde_json::Value>,
+    invite: Option<InviteSeen>,
+    /// `document.documentElement.scrollWidth` per admin page on a 390 px phone, and more.
+    phone: Option<serde_json::Value>,
+    setup: Option<serde_json::Value>,
+    human: Option<HumanSeen>,
+}
+
+#[derive(Debug, Deserialize)]
+struct InviteSeen {
+    /// The link the page showed, and what its Copy button put on the clipboard.
+    link: String,
+    clipboard: String,
+    /// (rater, invite state) as the raters table lists them.
+    states: Vec<(String, Option<String>)>,
+}
+
+/// The evaluation tab as the script saw it on one view.
+#[derive(Debug, Deserialize)]
+struct EvaluationSeen {
+    /// `GET .../evaluations` requests the view made.
+    fetches: usize,
+    /// The curve's point at 0 labels (`data-mark`: measured or assumed) and its tooltip.
+    start: Option<StartSeen>,
+    /// The legend's notes on unmeasured points.
+    legend: Vec<String>,
+    samples: SamplesSeen,
+}
+
+#[derive(Debug, Deserialize)]
+struct StartSeen {
+    count: usize,
+    mark: String,
+    title: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct SamplesSeen {
+    /// The evaluation whose samples are shown.
+    evaluation: String,
+    /// The pager's status on each page, paging forward from the first, and the samples shown.
+    pages: Vec<String>,
+    shown: Vec<usize>,
+    first_prev_disabled: bool,
+    last_next_disabled: bool,
+    wins: WinsSeen,
+}
+
+#[derive(Debug, Deserialize)]
+struct WinsSeen {
+    /// The filter button ("Wins (3)").
+    label: String,
+    status: String,
+    /// The classes of the samples shown under "Wins".
+    classes: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,6 +231,9 @@ struct RoundSeen {
     state: JobState,
     second: Option<JobState>,
     seen: Vec<String>,
+    /// "stage i/n · kind" as the job card showed them.
+    #[serde(default)]
+    stages: Vec<String>,
     #[serde(default)]
     histogram: bool,
     #[serde(default)]
@@ -191,6 +299,18 @@ async fn raters_admins_and_the_panel_in_chromium() {
     prompts(&s, &p.id, Split::Eval, 12).await;
     let checker = s.invite(&p.id, "Ada").await;
     let check_pairs = 4;
+    // A project labelled by people, auto-continue on (the default), one vote a pair, rounds of
+    // two pairs; evaluated by the length oracle, so each continue adds a win-rate point.
+    let mut human_cfg = tiny_round_config();
+    human_cfg.loop_settings.labeller = Labeller::Raters;
+    human_cfg.loop_settings.pairs_per_round = 2;
+    human_cfg.rating.overlap = 1;
+    let hp = s.project("people", human_cfg).await;
+    assert!(hp.config.rating.auto_continue.enabled);
+    prompts(&s, &hp.id, Split::Train, 24).await;
+    prompts(&s, &hp.id, Split::Eval, 12).await;
+    let human_raters = [s.rater(&hp.id, "Lea").await, s.rater(&hp.id, "Max").await];
+    let human_phone = s.rater(&hp.id, "Noa").await;
 
     let shots =
         std::env::var("APL_SCREENSHOTS").map(PathBuf::from).unwrap_or_else(|_| root.join("target/browser-screenshots"));
@@ -203,6 +323,8 @@ async fn raters_admins_and_the_panel_in_chromium() {
         rationale: RATIONALE,
         round_project: &p.id,
         check: CheckConfig { rater_id: checker.rater.id.clone(), token: checker.token.clone(), pairs: check_pairs },
+        imdb_project: IMDB_PROJECT,
+        human: HumanConfig { project: &hp.id, raters: human_raters, phone_token: human_phone },
     };
     let cfg = serde_json::to_string(&cfg).unwrap();
     let script = root.join("tests/browser/run.mjs");
@@ -246,7 +368,7 @@ async fn raters_admins_and_the_panel_in_chromium() {
     assert_ne!(undone.choice, Choice::BothBad, "the undone answer is gone, the new one stored");
     assert_eq!(undone.rationale.as_deref(), Some(RATIONALE), "the rationale typed is stored with its label");
     assert_eq!(kim.iter().filter(|v| v.rationale.is_some()).count(), 1);
-    assert_eq!(seen.progress, "5 / 5", "skips do not count as labels");
+    assert_eq!(seen.progress, "You: 5 labelled", "skips do not count as labels");
 
     // 2. The rounds ran to the end, and the page showed them live.
     let round = out.round.expect("the round's part ran");
@@ -254,6 +376,13 @@ async fn raters_admins_and_the_panel_in_chromium() {
     assert_eq!(round.second, Some(JobState::Done), "{round:?}");
     assert!(round.seen.iter().any(|x| x == "progress bar"), "a live progress bar was shown: {:?}", round.seen);
     assert!(round.seen.len() >= 3, "several phases were shown live: {:?}", round.seen);
+    assert!(round.seen.iter().any(|x| x == "time left"), "one time left for the job: {:?}", round.seen);
+    assert!(
+        round.stages.iter().any(|x| x == "stage 3/4 · train")
+            && round.stages.iter().all(|x| x.starts_with("stage ") && x.contains("/4 · ")),
+        "the round's stages, numbered of 4: {:?}",
+        round.stages
+    );
     let stats = s.stats(&p.id).await;
     assert_eq!((stats.checkpoints, stats.rounds), (2, 2));
     let rounds: Vec<RoundRow> = s.get(&format!("/api/projects/{}/rounds", p.id)).await;
@@ -262,6 +391,37 @@ async fn raters_admins_and_the_panel_in_chromium() {
     assert!(!second.stats.candidate_margins.is_empty(), "the trained policy scored its candidates: {second:?}");
     assert!(round.histogram, "round 2's acquisition scores were drawn");
     assert!(round.curve_points >= 2, "{round:?}");
+
+    // The evaluation tab: one fetch of the evaluations per view, the curve from 0 labels, and
+    // the samples of a stored evaluation paged by 10 and filtered to its wins.
+    let seen = out.evaluation.expect("the evaluation tab's part ran");
+    assert_eq!(seen.fetches, 1, "the evaluations are fetched once per view: {seen:?}");
+    let evals: Vec<EvaluationRow> = s.get(&format!("/api/projects/{}/evaluations", p.id)).await;
+    let start = seen.start.as_ref().expect("a point at 0 labels");
+    assert_eq!(start.count, 1, "{seen:?}");
+    if evals.iter().any(|e| e.checkpoint_id.is_none()) {
+        assert_eq!(start.mark, "measured", "{seen:?}");
+    } else {
+        assert_eq!(start.mark, "assumed", "no evaluation of the starting model, so its point is not data: {seen:?}");
+        assert!(start.title.contains("not measured") && start.title.contains("50 %"), "{seen:?}");
+        assert_eq!(seen.legend.len(), 1, "the legend says what the hollow point is: {seen:?}");
+    }
+    let shown = evals.iter().find(|e| e.id == seen.samples.evaluation).expect("the samples' evaluation is stored");
+    let n = shown.details.samples.len();
+    let pages = n.div_ceil(10);
+    assert_eq!(seen.samples.pages.len(), pages, "{seen:?}");
+    for (i, status) in seen.samples.pages.iter().enumerate() {
+        assert_eq!(status, &format!("{}–{} of {n} samples", i * 10 + 1, (i * 10 + 10).min(n)), "{seen:?}");
+    }
+    assert_eq!(seen.samples.shown.iter().sum::<usize>(), n, "every sample on exactly one page: {seen:?}");
+    assert!(seen.samples.shown.iter().all(|&k| k <= 10), "{seen:?}");
+    assert!(seen.samples.first_prev_disabled && seen.samples.last_next_disabled, "{seen:?}");
+    let wins = shown.details.samples.iter().filter(|x| x.outcome == Some(Outcome::Win)).count();
+    assert_eq!(seen.samples.wins.label, format!("Wins ({wins})"), "{seen:?}");
+    assert_eq!(seen.samples.wins.classes.len(), wins.min(10), "{seen:?}");
+    assert!(seen.samples.wins.classes.iter().all(|c| c.split(' ').any(|c| c == "outcome-win")), "{seen:?}");
+    let status = if wins == 0 { "no wins".to_string() } else { format!("1–{} of {wins} wins", wins.min(10)) };
+    assert_eq!(seen.samples.wins.status, status, "{seen:?}");
 
     // The Setup tab's prompt list disabled a prompt: stored as disabled, and the only one.
     let text = out.prompt_disabled.expect("a prompt was disabled from the list");
@@ -310,11 +470,126 @@ async fn raters_admins_and_the_panel_in_chromium() {
     assert!(check.human.starts_with(&expected), "panel shows {:?}, labels give {expected}", check.human);
     assert!(check.human.contains(&format!("(n = {check_pairs})")), "{}", check.human);
 
+    // 4. Admin pages. Without the token: one sign-in form and no raw errors; a wrong token is
+    // said to be wrong; the right one is kept and loads the page.
+    let signin = out.signin.expect("the sign-in part ran");
+    assert_eq!(signin["forms"], 1, "{signin}");
+    assert_eq!(signin["errors"], serde_json::json!([]), "no error before a token is tried: {signin}");
+    assert_eq!(signin["tabs_hidden"], true, "{signin}");
+    let wrong = signin["wrong"].as_str().unwrap_or_default();
+    assert!(wrong.contains("did not accept that admin token"), "{signin}");
+    assert!(!wrong.contains("Bearer"), "plain words: {signin}");
+    assert_eq!(signin["after"], serde_json::json!({"forms": 0, "stored": true}), "{signin}");
+    // The invite link copied is the one shown, and it works.
+    let invite = out.invite.expect("the invite part ran");
+    assert_eq!(invite.clipboard, invite.link, "the Copy button copies the link");
+    let token = invite.link.split_once("/rate#token=").map(|(_, t)| t).expect("a rater link");
+    let me: apl_shared::RaterHome = s.with_token(token).get("/api/rate/me").await;
+    assert_eq!(me.name, "Bo");
+    assert!(invite.states.contains(&("Bo".into(), Some("works".into()))), "{:?}", invite.states);
+    // A phone: no admin page wider than the screen, tabs on one line, the raters table
+    // scrolling in its own box.
+    let phone = out.phone.expect("the phone part ran");
+    for page in ["raters", "setup", "quality", "run", "evaluation", "projects"] {
+        let w = phone[page].as_u64().unwrap_or(u64::MAX);
+        assert!(w <= 390, "{page} is {w} px wide on a 390 px screen: {phone}");
+    }
+    assert_eq!(phone["tab_rows"], 1, "{phone}");
+    assert_eq!(phone["table_scrolls"], true, "{phone}");
+    // A new IMDB project from the start page: sentiment guidelines, stored; no judge assumed.
+    let setup = out.setup.expect("the set-up part ran");
+    let projects = s.store.projects().await.unwrap();
+    let imdb = projects.iter().find(|p| p.name == IMDB_PROJECT).expect("the IMDB project was created");
+    assert_eq!(imdb.task, apl_shared::Task::Imdb);
+    assert!(imdb.config.rating.guidelines.contains("sentiment"), "{}", imdb.config.rating.guidelines);
+    assert_eq!(setup["guidelines"], imdb.config.rating.guidelines.as_str(), "the form shows the stored guidelines");
+    assert_eq!(setup["judge_hidden"], true, "human raters need no judge: {setup}");
+    assert_eq!(setup["judge_url"]["value"], "", "no judge address is assumed: {setup}");
+    assert_eq!(setup["judge_url"]["invalid"], "true", "{setup}");
+    assert!(setup["judge_url"]["message"].as_str().unwrap_or_default().starts_with("Set the judge's URL"), "{setup}");
+    assert_eq!(setup["inline"]["message"], "Enter a whole number from 1 to 100000.", "{setup}");
+    assert!(
+        setup["inline"]["described"].as_str().unwrap_or_default().contains("loop_settings-pairs_per_round-error"),
+        "{setup}"
+    );
+    assert_eq!(setup["inline"]["focused"], "loop_settings.pairs_per_round", "saving moves to the field: {setup}");
+    assert!(setup["unsaved"]["tab"].as_str().unwrap_or_default().contains("changes not saved"), "{setup}");
+    assert_eq!(setup["unsaved"]["beforeunload"], true, "leaving the page asks: {setup}");
+    assert_eq!(setup["unsaved"]["stayed"], true, "declining keeps the edits: {setup}");
+    assert_eq!(setup["saved"], serde_json::json!({"marks": 0, "beforeunload": false}), "{setup}");
+    let dialogs = setup["dialogs"].as_array().cloned().unwrap_or_default();
+    assert_eq!(dialogs.len(), 1, "one question, before the save: {setup}");
+    assert_eq!(dialogs[0]["type"], "confirm", "{setup}");
+    let saved = s.store.project(&imdb.id).await.unwrap().config;
+    assert_eq!(saved.loop_settings.pairs_per_round, 32, "the corrected value was saved");
+    assert_eq!(saved.loop_settings.labeller, Labeller::Raters);
+
     for name in
         ["rate", "rate-keys", "rate-offline", "rate-done", "rate-phone", "projects", "run-progress", "run", "setup"]
             .into_iter()
-            .chain(["raters", "quality", "evaluation", "evaluation-check"])
+            .chain(["raters", "quality", "evaluation", "evaluation-wins", "evaluation-check"])
+            .chain(["signin", "signin-wrong", "raters-invite", "raters-phone", "evaluation-phone", "setup-judge"])
+            .chain(["setup-errors", "setup-unsaved"])
+            .chain(["rate-nothing-yet", "run-stepper-start", "run-stepper-raters", "rate-next-batch-coming"])
+            .chain(["run-stepper-round-2", "rate-phone-saving", "rate-phone-stalled"])
     {
         assert!(shots.join(format!("{name}.png")).exists(), "screenshot {name}.png");
     }
+
+    // 5. The human-in-the-loop cycle: after the admin's one click, the raters labelled round 1
+    // and round 2 reached them with nobody clicking: its continue job trained, evaluated and
+    // acquired.
+    let human = out.human.expect("the human loop's part ran");
+    human_loop_happened(&s, &hp.id, &human).await;
+}
+
+/// What `human_loop.mjs` did, checked against the database.
+async fn human_loop_happened(s: &common::Server, project: &str, seen: &HumanSeen) {
+    use apl_shared::{CheckpointRow, Job, JobKind};
+    // Before any round both pages said "nothing yet"; after their last answer each waited
+    // (for the other rater, or for the next batch), not "done".
+    for (i, empty) in seen.empty.iter().enumerate() {
+        assert_eq!(empty.first().map(String::as_str), Some("nothing_yet"), "rater {i}: {seen:?}");
+        let after = empty.iter().skip_while(|e| *e != "pair").skip(1).collect::<Vec<_>>();
+        assert!(after.iter().any(|e| *e == "wait" || *e == "nothing_yet"), "rater {i} waited: {seen:?}");
+        assert!(!empty.iter().any(|e| e == "done"), "rater {i} was never told they are done: {seen:?}");
+    }
+    assert_eq!(seen.steps.first().map(String::as_str), Some("none"), "{seen:?}");
+    assert!(seen.steps.iter().any(|x| x == "labelling"), "{seen:?}");
+    let jobs: Vec<Job> = s.get(&format!("/api/projects/{project}/jobs")).await;
+    let kinds: Vec<JobKind> = jobs.iter().rev().map(|j| j.kind).collect();
+    assert_eq!(kinds.first(), Some(&JobKind::Round), "the admin started round 1: {kinds:?}");
+    assert!(
+        kinds[1..].iter().all(|k| *k == JobKind::Continue) && kinds.len() >= 2,
+        "then only auto-continue: {kinds:?}"
+    );
+    let continued =
+        jobs.iter().find(|j| j.kind == JobKind::Continue && j.params.after_round == Some(1)).expect("round 1 went on");
+    assert_eq!(continued.state, JobState::Done, "{continued:?}");
+    let checkpoints: Vec<CheckpointRow> = s.get(&format!("/api/projects/{project}/checkpoints")).await;
+    assert!(checkpoints.iter().any(|c| c.round == 1), "round 1's checkpoint: {checkpoints:?}");
+    let evals: Vec<EvaluationRow> = s.get(&format!("/api/projects/{project}/evaluations")).await;
+    let round1 = checkpoints.iter().find(|c| c.round == 1).unwrap();
+    assert!(
+        evals.iter().any(|e| e.checkpoint_id.as_deref() == Some(round1.id.as_str())),
+        "a win-rate point for round 1"
+    );
+    // Every pair of round 1 has its vote, each answered once; round 2's pair is another.
+    let votes = s.store.votes(project).await.unwrap();
+    let answered: Vec<&String> = seen.pairs.iter().flatten().collect();
+    assert_eq!(answered.len(), 2, "two pairs, one vote each: {seen:?}");
+    for pair in &answered {
+        assert_eq!(votes.iter().filter(|v| &&v.pair_id == pair).count(), 1, "pair {pair}");
+    }
+    let pairs: Vec<apl_shared::PairRecord> = s.get(&format!("/api/projects/{project}/pairs")).await;
+    let round_of = |id: &str| pairs.iter().find(|p| p.id == id).and_then(|p| p.round);
+    assert!(answered.iter().all(|p| round_of(p) == Some(1)), "{seen:?}");
+    assert_eq!(round_of(&seen.round2_pair), Some(2), "the next batch reached the open page");
+    // The stalled save: the phone said "Top", the banner said why, and the label went in once.
+    assert_eq!(seen.stalled.labels.get("top"), Some(&true), "stacked cards are top and bottom: {seen:?}");
+    assert_eq!(seen.stalled.labels.get("left"), Some(&false), "{seen:?}");
+    assert!(seen.stalled.held >= 1 && seen.stalled.banner.contains("did not answer"), "{seen:?}");
+    let stalled: Vec<_> = votes.iter().filter(|v| v.pair_id == seen.stalled.pair).collect();
+    assert_eq!(stalled.len(), 1, "the stalled answer is stored once: {stalled:?}");
+    assert_eq!(stalled[0].rater, "Noa");
 }

@@ -9,8 +9,9 @@ use apl_shared::settings::{
     AcquireConfig, AdamConfig, EvalSettings, JudgeSettings, LoopSettings, TrainConfig, Trainable,
 };
 use apl_shared::{
-    Acquisition, CheckpointRow, EvaluationRow, Job, JobKind, JobParams, JobState, LabelSource, Labeller, Mode,
-    PairRecord, Project, ProjectAnalytics, ProjectConfig, RaterChoice, RatingConfig, RoundRow, Split,
+    Acquisition, ActiveRater, CheckpointRow, Cycle, CycleStep, EvaluationRow, Job, JobKind, JobParams, JobState,
+    LabelSource, Labeller, Mode, NextPair, NextStatus, PairRecord, Project, ProjectAnalytics, ProjectConfig,
+    RaterChoice, RatingConfig, RoundRow, Split,
 };
 use common::{Backend, Server};
 use reqwest::Method;
@@ -285,6 +286,9 @@ async fn human_rounds_go_on_by_themselves_once_labelled(b: Backend) {
     // Enough prompts for three rounds (2, then 4 and 4 pairs, certainty scoring two each).
     prompts(&s, &p.id, Split::Train, 24).await;
     prompts(&s, &p.id, Split::Eval, 4).await;
+    let cycle_path = format!("/api/projects/{}/cycle", p.id);
+    let c: Cycle = s.get(&cycle_path).await;
+    assert_eq!((c.round, c.step, c.next.map(|n| n.kind)), (None, None, Some(JobKind::Round)), "before the first round");
     let params = JobParams { pairs: Some(2), acquisition: Some(Acquisition::Random), ..Default::default() };
     let j = s.job(&p.id, JobKind::Round, params).await;
     let first = s.watch(&j.id).await.pop().unwrap();
@@ -298,6 +302,17 @@ async fn human_rounds_go_on_by_themselves_once_labelled(b: Backend) {
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     let jobs: Vec<Job> = s.get(&format!("/api/projects/{}/jobs", p.id)).await;
     assert!(jobs.iter().all(|j| j.kind != JobKind::Continue), "went on with half the round labelled");
+    // The stepper's view: the round is with the raters, one of two pairs complete, Ann active.
+    let c: Cycle = s.get(&cycle_path).await;
+    assert_eq!((c.round, c.step, c.job.as_ref()), (Some(round), Some(CycleStep::Labelling), None), "{c:?}");
+    let r = c.raters.expect("raters' progress");
+    assert_eq!((r.pairs, r.complete, r.needed, r.votes_per_pair), (2, 1, 2, 1), "{r:?}");
+    assert_eq!(r.pairs_by_votes, vec![1, 1]);
+    assert_eq!(r.active, vec![ActiveRater { name: "ann".into(), labels: 1 }]);
+    assert!(r.auto_continue && r.labels_per_minute > 0.0, "{r:?}");
+    // One vote left at Ann's pace of one label in (at least) half a minute.
+    assert!(r.eta_minutes.is_some_and(|m| m > 0.0 && m <= 1.0), "{r:?}");
+    assert_eq!(c.next.map(|n| n.kind), Some(JobKind::Continue), "going on early is the admin's next action");
     let mut labelled = 1;
     while let Some(b) = s.next(&ben).await {
         s.label(&ben, &b.pair, RaterChoice::Right).await.ok();
@@ -322,6 +337,14 @@ async fn human_rounds_go_on_by_themselves_once_labelled(b: Backend) {
     let next = res.generate.unwrap();
     assert_eq!((next.round, next.pairs), (round + 1, 4));
     assert!(res.waiting_for.unwrap().contains("raters"));
+    // One estimate for the whole job: its stages in order, each timed (kept for the next one).
+    assert_eq!(end.progress.stages, vec![JobKind::Train, JobKind::Evaluate, JobKind::Generate]);
+    assert_eq!(end.progress.stage_seconds.len(), 3, "{:?}", end.progress);
+    assert_eq!((end.progress.stage, end.progress.fraction), (3, 1.0));
+    let c: Cycle = s.get(&cycle_path).await;
+    assert_eq!((c.round, c.step), (Some(round + 1), Some(CycleStep::Labelling)), "{c:?}");
+    assert_eq!(c.raters.as_ref().map(|r| (r.pairs, r.complete)), Some((4, 0)));
+    assert_eq!(c.next, None, "nothing to do but label: {c:?}");
     let cks: Vec<CheckpointRow> = s.get(&format!("/api/projects/{}/checkpoints", p.id)).await;
     assert_eq!(cks.iter().map(|c| c.round).collect::<Vec<_>>(), vec![round]);
     let evals: Vec<EvaluationRow> = s.get(&format!("/api/projects/{}/evaluations", p.id)).await;
@@ -356,6 +379,28 @@ async fn human_rounds_go_on_by_themselves_once_labelled(b: Backend) {
         assert!(std::time::Instant::now() < deadline, "no continue job after round 2 was labelled");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
+    // While it trains: the stepper says so, and the time left covers every stage, each timed by
+    // the first continue.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let training = loop {
+        let j: Job = s.get(&format!("/api/jobs/{}", second.id)).await;
+        if j.progress.phase == "training" && j.progress.step > 0 {
+            break j.progress;
+        }
+        assert!(std::time::Instant::now() < deadline, "the second continue did not train: {j:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(training.eta_complete && training.eta_seconds.is_some_and(|e| e > 0.0), "{training:?}");
+    assert!(training.fraction > 0.0 && training.fraction < 1.0, "{training:?}");
+    let c: Cycle = s.get(&cycle_path).await;
+    assert_eq!((c.step, c.job.as_deref()), (Some(CycleStep::Training), Some(second.id.as_str())), "{c:?}");
+    // A rater with nothing left is told the next batch is being prepared, and to ask soon.
+    let why = |t: String| {
+        let s = &s;
+        async move { s.with_token(&t).send(Method::POST, "/api/rate/next").await.ok().json::<NextPair>() }
+    };
+    let n = why(ann.clone()).await;
+    assert_eq!((n.status, n.retry_after_seconds), (NextStatus::NothingYet, Some(5)), "{n:?}");
     let cancel = s.admin().send(Method::POST, &format!("/api/jobs/{}/cancel", second.id)).await;
     assert_eq!(cancel.status, 200, "{}", cancel.text);
     let end = s.watch(&second.id).await.pop().unwrap();
@@ -364,6 +409,14 @@ async fn human_rounds_go_on_by_themselves_once_labelled(b: Backend) {
     let jobs: Vec<Job> = s.get(&format!("/api/projects/{}/jobs", p.id)).await;
     let again: Vec<&Job> = jobs.iter().filter(|j| j.params.after_round == Some(round + 1)).collect();
     assert_eq!(again.len(), 1, "a cancelled continue was queued again: {again:?}");
+    // The round is labelled but not trained on (its continue was cancelled): raters wait for
+    // the next batch, they are not done; the stepper says why and offers to go on.
+    let n = why(ann.clone()).await;
+    assert_eq!((n.status, n.retry_after_seconds), (NextStatus::NothingYet, Some(15)), "{n:?}");
+    let c: Cycle = s.get(&cycle_path).await;
+    assert_eq!((c.round, c.step), (Some(round + 1), Some(CycleStep::Labelling)), "{c:?}");
+    assert!(c.note.as_deref().is_some_and(|n| n.contains("auto-continue stopped")), "{c:?}");
+    assert_eq!(c.next.map(|n| n.kind), Some(JobKind::Continue));
 }
 
 backend_test!(jobs_left_running_by_a_dead_server_are_resumed_then_failed);

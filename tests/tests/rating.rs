@@ -372,6 +372,24 @@ async fn malformed_input_is_refused_with_a_message_and_nothing_stored(b: Backend
         ),
         (Method::PUT, format!("/api/projects/{}/config", p.id), typed(&negative_beta), "beta"),
         (
+            Method::PUT,
+            format!("/api/projects/{}/config", p.id),
+            json!({"rating": {"auto_continue": {"fraction": 0.0}}}),
+            "rating.auto_continue.fraction: must be above 0",
+        ),
+        (
+            Method::PUT,
+            format!("/api/projects/{}/config", p.id),
+            json!({"rating": {"auto_continue": {"fraction": 1.5}}}),
+            "at most 1",
+        ),
+        (
+            Method::PUT,
+            format!("/api/projects/{}/config", p.id),
+            json!({"rating": {"auto_continue": {"when": "later"}}}),
+            "when",
+        ),
+        (
             Method::POST,
             format!("/api/projects/{}/raters", p.id),
             typed(&NewRater { name: String::new(), ..Default::default() }),

@@ -153,6 +153,7 @@ const OPERATIONS: &[(&str, &str)] = &[
     ("delete", "/api/projects/{id}/raters/{rater}"),
     ("get", "/api/projects/{id}/jobs"),
     ("post", "/api/projects/{id}/jobs"),
+    ("get", "/api/projects/{id}/cycle"),
     ("get", "/api/projects/{id}/rounds"),
     ("get", "/api/projects/{id}/checkpoints"),
     ("get", "/api/projects/{id}/evaluations"),

@@ -1,6 +1,8 @@
 //! A job with live progress: subscribes to the job's server-sent events while it runs and
-//! shows phase, a progress bar, loss and time left; a cancel button while it is not finished.
-//! The event stream ends with the job; `on_done` lets the page reload what the job produced.
+//! shows its stage ("stage 3/4 · train"), the phase's work, loss, one progress bar and one
+//! time left for the whole job (the server estimates both across the stages; "at least" while
+//! a later stage has never been timed in the project); a cancel button while it is not
+//! finished. The event stream ends with the job; `on_done` lets the page reload what it made.
 
 use apl_shared::{Job, JobState};
 use leptos::prelude::*;
@@ -9,7 +11,7 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::Closure;
 
 use crate::api;
-use crate::util::{short, when};
+use crate::util::{duration, short, when};
 
 /// Follows `job` live until it finishes; calls `on_done` once then.
 #[component]
@@ -49,14 +51,22 @@ pub fn JobCard(job: Job, #[prop(optional)] on_done: Option<Callback<Job>>) -> im
         {move || {
             let j = live.get();
             let p = j.progress.clone();
-            let frac = if p.total > 0 { p.step as f64 / p.total as f64 } else { 0.0 };
+            let frac = p.fraction;
             let running = !j.state.is_finished();
             let took = j.started_at.zip(j.finished_at).map(|(a, b)| format!("took {:.1} s", (b - a) as f64 / 1000.0));
+            let stage = (p.stage > 0 && p.stages.len() > 1)
+                .then(|| p.stages.get(p.stage as usize - 1).map(|k| format!("stage {}/{} · {}", p.stage, p.stages.len(), k.name())))
+                .flatten();
+            let eta = p.eta_seconds.filter(|_| running).map(|s| match p.eta_complete {
+                true => format!("~{} left", duration(s)),
+                false => format!("at least ~{} left", duration(s)),
+            });
             let detail = if j.state == JobState::Done { took.unwrap_or_default() } else { [
+                stage,
                 (!p.phase.is_empty()).then(|| p.phase.clone()),
                 (p.total > 0).then(|| format!("{} / {}", p.step, p.total)),
                 p.loss.map(|l| format!("loss {l:.4}")),
-                p.eta_seconds.filter(|_| running).map(|s| format!("about {:.0} s left", s.ceil())),
+                eta,
                 (!p.message.is_empty()).then(|| p.message.clone()),
             ]
             .into_iter()
@@ -64,7 +74,8 @@ pub fn JobCard(job: Job, #[prop(optional)] on_done: Option<Callback<Job>>) -> im
             .collect::<Vec<_>>()
             .join(" · ") };
             view! {
-                <article class=format!("job job-{}", j.state) data-job=j.id.clone() data-state=j.state.name()>
+                <article class=format!("job job-{}", j.state) data-job=j.id.clone() data-state=j.state.name()
+                    data-phase=p.phase.clone() data-stage=p.stage>
                     <header>
                         <strong>{j.kind.name()}</strong>
                         <span class=format!("state state-{}", j.state)>{j.state.name()}</span>

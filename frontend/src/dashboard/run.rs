@@ -1,8 +1,18 @@
-//! Run control: start a round or one of its stages, watch jobs with live progress, and see
-//! each round's acquisition: how many candidates were scored and where the kept pairs' scores
-//! fall in the candidates' distribution.
+//! Run control: where the cycle stands (a stepper over the newest round: acquiring, with
+//! raters, training, evaluating, done; the raters' progress and pace; the next action as one
+//! button), start a round or one of its stages, watch jobs with live progress, and see each
+//! round's acquisition: how many candidates were scored and where the kept pairs' scores fall
+//! in the candidates' distribution.
+//!
+//! The stepper asks the server (`/cycle`) rather than piecing the state together from jobs
+//! and rounds, so it reads the same after a reload; it asks again every few seconds while the
+//! page is open, because raters and auto-continue move the cycle without this page.
 
-use apl_shared::{Acquisition, Job, JobKind, JobParams, NewJob, PairRecord, RoundRow, Vocabulary};
+use std::time::Duration;
+
+use apl_shared::{
+    Acquisition, Cycle, CycleStep, Job, JobKind, JobParams, NewJob, PairRecord, RaterRound, RoundRow, Vocabulary,
+};
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 
@@ -12,14 +22,141 @@ use crate::components::chart::Histogram;
 use crate::components::export::{ExportCsv, rows_of};
 use crate::components::job::JobCard;
 use crate::components::options;
-use crate::util::{num, when};
+use crate::util::{duration, num, when};
 
 #[component]
 pub fn Run() -> impl IntoView {
     view! {
+        <Stepper/>
         <StartJob/>
         <Jobs/>
         <Rounds/>
+    }
+}
+
+/// How often the stepper asks where the cycle stands.
+const CYCLE_POLL: Duration = Duration::from_secs(4);
+
+#[component]
+fn Stepper() -> impl IntoView {
+    let ctx = expect_context::<Ctx>();
+    let cycle = RwSignal::new(None::<Cycle>);
+    let error = RwSignal::new(None::<String>);
+    let load = move || {
+        let id = ctx.id();
+        spawn_local(async move {
+            match api::cycle(&id).await {
+                Ok(c) => {
+                    error.set(None);
+                    // Unchanged answers do not redraw (a poll every few seconds). When the
+                    // cycle moved without this page (raters, auto-continue), the rest of the
+                    // dashboard (jobs, rounds, figures) reloads too.
+                    let old = cycle.get_untracked();
+                    if old.as_ref() != Some(&c) {
+                        let moved =
+                            old.is_some_and(|o| (o.round, o.step, o.job.clone()) != (c.round, c.step, c.job.clone()));
+                        cycle.set(Some(c));
+                        if moved {
+                            ctx.changed();
+                        }
+                    }
+                }
+                Err(e) => error.set(Some(e.message)),
+            }
+        });
+    };
+    Effect::new(move |_| {
+        ctx.version.get();
+        load();
+    });
+    if let Ok(h) = set_interval_with_handle(load, CYCLE_POLL) {
+        on_cleanup(move || h.clear());
+    }
+    let busy = RwSignal::new(false);
+    let start = move |kind: JobKind| {
+        let id = ctx.id();
+        busy.set(true);
+        spawn_local(async move {
+            match api::start_job(&id, &NewJob { kind, params: JobParams::default() }).await {
+                Ok(_) => {
+                    error.set(None);
+                    ctx.changed();
+                }
+                Err(e) => error.set(Some(e.message)),
+            }
+            busy.set(false);
+        });
+    };
+    view! {
+        <section class="card cycle" aria-label="The cycle">
+            {move || cycle.get().map(|c| {
+                let step = c.step;
+                let title = match (c.round, step) {
+                    (None, _) => "No rounds yet".to_string(),
+                    (Some(n), _) => format!("Round {n}"),
+                };
+                let at = step.map(|s| CycleStep::ALL.iter().position(|x| *x == s).unwrap_or(0));
+                let steps = CycleStep::ALL.iter().enumerate().map(|(i, s)| {
+                    let state = match at {
+                        Some(a) if i < a || *s == CycleStep::Done && step == Some(CycleStep::Done) => "done",
+                        Some(a) if i == a => "current",
+                        _ => "todo",
+                    };
+                    let name = match (*s, c.automatic) {
+                        (CycleStep::Labelling, true) => "labelling",
+                        _ => s.describe(),
+                    };
+                    view! {
+                        <li class=format!("step step-{state}") data-step=s.name()
+                            aria-current=(state == "current").then_some("step")>{name}</li>
+                    }
+                }).collect_view();
+                view! {
+                    <div data-step=step.map_or("none", |s| s.name()) class="cycle-state">
+                        <h2>{title}</h2>
+                        <ol class="stepper">{steps}</ol>
+                        {c.raters.clone().filter(|_| step == Some(CycleStep::Labelling)).map(|r| view! { <RatersLine r=r/> })}
+                        {c.note.clone().map(|n| view! { <p class="warn">{n}</p> })}
+                        {c.next.clone().map(|a| {
+                            let kind = a.kind;
+                            view! {
+                                <button class="primary next-action" data-kind=kind.name() disabled=move || busy.get()
+                                    on:click=move |_| start(kind)>{a.label}</button>
+                            }
+                        })}
+                    </div>
+                }
+            })}
+            {move || error.get().map(|e| view! { <p class="error" role="alert">{e}</p> })}
+        </section>
+    }
+}
+
+/// The round with the raters: pairs complete, votes per pair, who is active, the time to go.
+#[component]
+fn RatersLine(r: RaterRound) -> impl IntoView {
+    let votes =
+        r.pairs_by_votes.iter().enumerate().map(|(v, n)| format!("{n} with {v}")).collect::<Vec<_>>().join(", ");
+    let active = match r.active.is_empty() {
+        true => "nobody in the last 10 minutes".to_string(),
+        false => r.active.iter().map(|a| format!("{} ({})", a.name, a.labels)).collect::<Vec<_>>().join(", "),
+    };
+    let eta = r.eta_minutes.map(|m| format!(" · about {} to go at this pace", duration(m * 60.0)));
+    let goes_on = match (r.auto_continue, r.deadline_at) {
+        (false, _) => "Auto-continue is off: train when you are ready.".to_string(),
+        (true, None) => format!("Goes on by itself at {} complete pairs.", r.needed),
+        (true, Some(t)) => {
+            format!("Goes on by itself at {} complete pairs, or at {} with what is complete.", r.needed, when(t))
+        }
+    };
+    view! {
+        <div class="raters-line">
+            <progress max=r.pairs.max(1) value=r.complete aria-label="Pairs complete"></progress>
+            <p><strong data-testid="cycle-complete">{format!("{} of {} pairs complete", r.complete, r.pairs)}</strong>
+                {format!(" · pairs by votes so far ({} wanted each): {votes}", r.votes_per_pair)}</p>
+            <p class="muted">{format!("Active: {active} · {:.1} labels a minute", r.labels_per_minute)}{eta}</p>
+            <p class="muted">{goes_on}</p>
+        </div>
     }
 }
 
@@ -192,6 +329,7 @@ fn RoundPicker(rounds: Vec<RoundRow>, newest: i64) -> impl IntoView {
 fn RoundScores(round: RoundRow) -> impl IntoView {
     let ctx = expect_context::<Ctx>();
     let number = round.number;
+    let acquisition = round.acquisition;
     let kept = LocalResource::new(move || {
         let id = ctx.id();
         async move { api::pairs(&id, Some(number), 1000).await }
@@ -207,7 +345,11 @@ fn RoundScores(round: RoundRow) -> impl IntoView {
                 let all = if candidates.is_empty() { margins.clone() } else { candidates.clone() };
                 view! {
                     {if all.is_empty() {
-                        view! { <p class="muted">"No scores: with the starting model as policy every preference margin is 0, so candidates were not scored."</p> }.into_any()
+                        let why = match acquisition {
+                            Acquisition::Random => "No scores: random acquisition keeps pairs without scoring them.",
+                            _ => "No scores: with the starting model as policy every preference margin is 0, so candidates were not scored.",
+                        };
+                        view! { <p class="muted">{why}</p> }.into_any()
                     } else {
                         view! { <Histogram values=all highlight=margins x_label="implicit reward margin r(a) − r(b)" title="Acquisition scores"/> }.into_any()
                     }}

@@ -8,7 +8,7 @@ use super::doc::Failures;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use apl_shared::{Job, NewJob};
+use apl_shared::{Cycle, Job, NewJob};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -33,6 +33,13 @@ pub async fn create(
     let job = s.store.create_job(&id, req.kind, &req.params).await?;
     s.worker.wake();
     Ok((StatusCode::CREATED, Json(job)))
+}
+
+#[utoipa::path(get, path = "/projects/{id}/cycle", tag = "jobs", security(("admin" = [])), params(("id" = String, Path, description = "The project")),
+    responses((status = 200, body = Cycle, description = "Where the newest round stands: its step, the raters' progress and pace, the next action"), Failures))]
+pub async fn cycle(_: Admin, State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Cycle>> {
+    let project = s.store.project(&id).await?;
+    Ok(Json(s.store.cycle(&project).await?))
 }
 
 #[utoipa::path(get, path = "/projects/{id}/jobs", tag = "jobs", security(("admin" = [])), params(("id" = String, Path, description = "The project")),

@@ -11,7 +11,8 @@
 //!
 //! The frontend is a single-page app with real paths (`/rate`, `/projects/ID`): when it is
 //! built, any other path that is not one of its files is answered with its `index.html`, while
-//! unknown `/api/` paths stay JSON 404s.
+//! unknown `/api/` paths stay JSON 404s. API answers are gzipped on the fly for clients that
+//! accept it (job event streams excepted); the frontend's files are precompressed by its build.
 
 pub mod auth;
 pub mod body;
@@ -33,6 +34,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::{Json, Router};
+use tower_http::compression::CompressionLayer;
 use tower_http::services::{ServeDir, ServeFile};
 use tower_http::set_header::SetResponseHeaderLayer;
 use utoipa::OpenApi;
@@ -161,6 +163,7 @@ pub(crate) fn documented() -> OpenApiRouter<AppState> {
         .routes(routes!(projects::raters, projects::create_rater))
         .routes(routes!(projects::disable_rater))
         .routes(routes!(jobs::list, jobs::create))
+        .routes(routes!(jobs::cycle))
         .routes(routes!(results::rounds))
         .routes(routes!(results::checkpoints))
         .routes(routes!(results::evaluations))
@@ -190,7 +193,12 @@ pub fn app(state: AppState) -> Router {
         .route("/api", any(no_endpoint))
         .route("/api/", any(no_endpoint))
         .route("/api/{*rest}", any(no_endpoint))
-        .method_not_allowed_fallback(method_fallback);
+        .method_not_allowed_fallback(method_fallback)
+        // API answers are gzipped for clients that accept it (an evaluation's samples are
+        // mostly repeated text). Added here, before the static files, so it wraps the API only:
+        // those are precompressed. The default predicate leaves server-sent events
+        // (`text/event-stream`, the jobs' live progress) alone, so they are not buffered.
+        .layer(CompressionLayer::new().gzip(true));
     router = match &state.dist {
         Some(dir) if dir.join("index.html").exists() => {
             // `cargo xtask frontend` writes FILE.gz beside each asset: sent to browsers that

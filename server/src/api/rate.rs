@@ -15,7 +15,9 @@ use super::{ApiResult, AppState};
 pub async fn me(RaterAuth(r): RaterAuth, State(s): State<AppState>) -> ApiResult<Json<RaterHome>> {
     let project = s.store.project(&r.project_id).await?;
     let progress = s.store.progress(&r).await?;
-    Ok(Json(RaterHome { name: r.name, project: project.name, guidelines: project.config.rating.guidelines, progress }))
+    let batch = s.store.batch(&r.project_id).await?;
+    let guidelines = project.config.rating.guidelines;
+    Ok(Json(RaterHome { name: r.name, project: project.name, guidelines, progress, batch }))
 }
 
 #[utoipa::path(post, path = "/rate/next", tag = "rate", security(("rater" = [])),

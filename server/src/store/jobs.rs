@@ -13,7 +13,7 @@ use super::{Result, Store, StoreError, new_id, now_ms};
 
 pub const MAX_ATTEMPTS: i64 = 3;
 /// The columns of [`Job`], in its order.
-const JOB_COLUMNS: &str =
+pub(super) const JOB_COLUMNS: &str =
     "id, project_id, kind, params, state, progress, result, error, attempts, created_at, started_at, finished_at";
 /// A running job whose heartbeat is older than this is taken to be orphaned.
 pub const STALE_MS: i64 = 60_000;
@@ -198,14 +198,14 @@ impl Store {
     }
 
     /// Ends a running job: done with its result, or failed with the reason.
-    pub async fn finish_job(&self, id: &str, owner: &str, outcome: &JobOutcome) -> Result<()> {
+    pub async fn finish_job(&self, id: &str, owner: &str, outcome: &JobOutcome, progress: &JobProgress) -> Result<()> {
         let (state, result, error) = match outcome {
             JobOutcome::Done(r) => (JobState::Done, Some(&**r), None),
             JobOutcome::Failed(e) => (JobState::Failed, None, Some(e.as_str())),
         };
         let mut w = self.begin_write().await?;
         sqlx::query(
-            "UPDATE jobs SET state = $1, result = $2, error = $3, finished_at = $4 \
+            "UPDATE jobs SET state = $1, result = $2, error = $3, finished_at = $4, progress = $8 \
              WHERE id = $5 AND owner = $6 AND state = $7",
         )
         .bind(state)
@@ -215,6 +215,7 @@ impl Store {
         .bind(id)
         .bind(owner)
         .bind(JobState::Running)
+        .bind(progress)
         .execute(&mut *w.tx)
         .await?;
         w.commit().await

@@ -13,6 +13,7 @@
 
 mod batch;
 pub mod checks;
+pub mod cycle;
 pub mod export;
 pub mod imports;
 pub mod jobs;

@@ -100,6 +100,11 @@ fn open_train_pairs() -> String {
     format!("p.kind = '{}' AND p.votes < p.target_votes AND {}", PairKind::Train, super::imports::settled("p"))
 }
 
+/// How soon a rater waiting while a job prepares the next batch asks again.
+const NEXT_BATCH_POLL_SECONDS: u64 = 5;
+/// How soon a rater asks again while others finish a round that auto-continue will go on from.
+const NEXT_BATCH_WAIT_SECONDS: u64 = 15;
+
 /// The rater's labels so far (skips are not work done): a scalar subquery, `rater` and `skip`
 /// the parameters holding the rater's id and `Choice::Skip`. Counted on the covering index
 /// `labels_rater_choice`.
@@ -196,7 +201,7 @@ impl Store {
     /// The rater's current pair: a lease they already hold, else a newly claimed one; when there
     /// is none, why: done, waiting on other raters' leases, or no pairs yet.
     pub async fn next_assignment(&self, rater: &Rater) -> Result<Next> {
-        let NextContext { rating: cfg, held, checks, done } = next_context(&self.pool, rater).await?;
+        let NextContext { rating: cfg, held, checks, done, human_loop } = next_context(&self.pool, rater).await?;
         let now = now_ms();
         let lease = cfg.lease_seconds as i64 * 1000;
         // 1. A pair they already hold (the newest first, so an undone label comes back first):
@@ -242,16 +247,18 @@ impl Store {
         // 4. The oldest training pair still short of votes that this rater has not seen.
         match self.claim_oldest(rater, TRAINING_PAIRS, now, lease).await? {
             Claim::Got(pair) => self.assignment_view(rater, &pair, done).await.map(Next::Assigned),
-            Claim::Empty => self.why_none(rater, now).await,
+            Claim::Empty => self.why_none(rater, now, human_loop).await,
             // Every candidate went to other raters while we looked: the pool is busy, not empty.
             Claim::Busy => Ok(Next::Wait { retry_after_seconds: 1 }),
         }
     }
 
-    /// Why no pair could be claimed: the project has none yet; pairs this rater has not seen
-    /// are still short of votes but leased to others (wait until the first lease ends); or
-    /// nothing is left for them.
-    async fn why_none(&self, rater: &Rater, now: i64) -> Result<Next> {
+    /// Why no pair could be claimed: the project has none yet, or a job is preparing the next
+    /// batch (ask again soon); pairs this rater has not seen are still short of votes but
+    /// leased to others (wait until the first lease ends); the round is still being labelled
+    /// by others and auto-continue will bring the next one (`human_loop`); or nothing is left
+    /// for them.
+    async fn why_none(&self, rater: &Rater, now: i64, human_loop: bool) -> Result<Next> {
         let q = format!("SELECT COUNT(*) FROM pairs p WHERE p.project_id = $1 AND p.kind = $2 AND {TRAINING_PAIRS}");
         let pairs: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(q.as_str()))
             .bind(&rater.project_id)
@@ -265,7 +272,10 @@ impl Store {
             .bind(JobState::Running)
             .fetch_one(&self.pool)
             .await?;
-        if pairs == 0 || busy > 0 {
+        if busy > 0 {
+            return Ok(Next::NothingYet { retry_after_seconds: NEXT_BATCH_POLL_SECONDS });
+        }
+        if pairs == 0 {
             return Ok(Next::NothingYet { retry_after_seconds: 30 });
         }
         // The first expiry among other raters' live leases on pairs this rater could still take.
@@ -283,9 +293,30 @@ impl Store {
             .bind(now)
             .fetch_one(&self.pool)
             .await?;
-        Ok(match first_expiry {
-            Some(t) => Next::Wait { retry_after_seconds: ((t - now).max(0) as u64).div_ceil(1000).max(1) },
-            None => Next::Done,
+        // The newest round not trained on yet, with auto-continue: it trains and acquires the
+        // next one once the round is labelled (by others, or at its deadline), so a rater with
+        // nothing left now waits for that batch, asking every [`NEXT_BATCH_WAIT_SECONDS`] at most.
+        let next_batch = human_loop && {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM rounds r WHERE r.project_id = $1 \
+                   AND r.number = (SELECT MAX(q.number) FROM rounds q WHERE q.project_id = $1) \
+                   AND NOT EXISTS (SELECT 1 FROM checkpoints c WHERE c.project_id = $1 AND c.round >= r.number)",
+            )
+            .bind(&rater.project_id)
+            .fetch_one(&self.pool)
+            .await?;
+            waiting > 0
+        };
+        if let Some(t) = first_expiry {
+            let mut retry = ((t - now).max(0) as u64).div_ceil(1000).max(1);
+            if next_batch {
+                retry = retry.min(NEXT_BATCH_WAIT_SECONDS);
+            }
+            return Ok(Next::Wait { retry_after_seconds: retry });
+        }
+        Ok(match next_batch {
+            true => Next::NothingYet { retry_after_seconds: NEXT_BATCH_WAIT_SECONDS },
+            false => Next::Done,
         })
     }
 
@@ -613,6 +644,9 @@ struct NextContext {
     checks: i64,
     /// Their labels so far.
     done: i64,
+    /// People label the project's rounds and auto-continue is on: a rater with nothing left
+    /// in a round not yet trained on is waiting for the next batch, not done.
+    human_loop: bool,
 }
 
 /// Reads the [`NextContext`] in one statement (each statement is a round trip to the database's
@@ -635,7 +669,8 @@ async fn next_context(pool: &sqlx::AnyPool, rater: &Rater) -> Result<NextContext
             .fetch_optional(pool)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("no project {:?}", rater.project_id)))?;
-    Ok(NextContext { rating: config.rating, held, checks, done })
+    let human_loop = config.rating.auto_continue.enabled && !config.loop_settings.labeller.is_automatic();
+    Ok(NextContext { rating: config.rating, held, checks, done, human_loop })
 }
 
 /// The oldest open pairs matching `pool` (a fixed SQL condition on `p`, where `$2` is the

@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use apl_engine::acquire::PromptItem;
 use apl_engine::model::ModelError;
@@ -36,6 +36,7 @@ use apl_shared::{
 use tokio::runtime::Handle;
 
 use super::Worker;
+use super::progress::{Tracker, stage_history};
 use crate::judge::JudgeError;
 use crate::judge::local::LocalJudge;
 use crate::store::imports::{NewCompletion, NewPair, PromptRef};
@@ -99,18 +100,17 @@ struct Ctx<'a> {
     store: &'a Store,
     rt: Handle,
     project: Project,
-    progress: &'a tokio::sync::watch::Sender<JobProgress>,
+    progress: &'a Tracker<'a>,
     cancelled: &'a Arc<AtomicBool>,
-    phase_start: std::cell::Cell<Instant>,
 }
 
 impl Observer for Ctx<'_> {
     fn progress(&self, stage: &str, done: usize, total: usize) {
-        self.step(stage, done, total, None);
+        self.progress.step(stage, done, total, None);
     }
 
     fn step(&self, stats: &StepStats, total: usize) {
-        Ctx::step(self, "training", stats.step + 1, total, Some(stats.loss));
+        self.progress.step("training", stats.step + 1, total, Some(stats.loss));
     }
 
     fn cancelled(&self) -> bool {
@@ -132,25 +132,7 @@ impl Ctx<'_> {
     }
 
     fn phase(&self, phase: &str, message: String) {
-        self.phase_start.set(Instant::now());
-        self.progress.send_replace(JobProgress { phase: phase.into(), message, ..Default::default() });
-    }
-
-    fn step(&self, phase: &str, step: usize, total: usize, loss: Option<f64>) {
-        if self.progress.borrow().phase != phase {
-            self.phase_start.set(Instant::now());
-        }
-        let elapsed = self.phase_start.get().elapsed().as_secs_f64();
-        let eta = (step > 0 && total >= step).then(|| elapsed / step as f64 * (total - step) as f64);
-        self.progress.send_modify(|p| {
-            if p.phase != phase {
-                p.phase = phase.to_string();
-            }
-            p.step = step as u64;
-            p.total = total as u64;
-            p.loss = loss.or(p.loss);
-            p.eta_seconds = eta;
-        });
+        self.progress.phase(phase, message);
     }
 
     fn oracle(&self, kind: Labeller) -> JobResultOf<OracleRef<'_>> {
@@ -228,6 +210,7 @@ impl Worker {
         tracing::info!(job = %job.id, kind = %job.kind, attempt = job.attempts, "job started");
         let start = JobProgress { phase: "starting".into(), ..Default::default() };
         let (tx, mut rx) = tokio::sync::watch::channel(start);
+        let last = tx.subscribe();
         let cancelled = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicBool::new(false));
         let heartbeat = {
@@ -268,7 +251,9 @@ impl Worker {
                 JobOutcome::Failed(e)
             }
         };
-        if let Err(e) = store.finish_job(&job.id, owner, &outcome).await {
+        // The final progress is kept: its stage timings make the next job's estimate.
+        let last = last.borrow().clone();
+        if let Err(e) = store.finish_job(&job.id, owner, &outcome, &last).await {
             tracing::error!(job = %job.id, error = %e, "recording the end of a job");
         }
     }
@@ -288,33 +273,55 @@ fn run_blocking(
 ) -> JobResultOf<JobResult> {
     let project = rt.block_on(store.project(&job.project_id))?;
     project.config.loop_settings.validate().map_err(|e| e.within("loop_settings"))?;
-    let ctx =
-        Ctx { worker, store, rt, project, progress, cancelled, phase_start: std::cell::Cell::new(Instant::now()) };
+    // How long each stage took the last time it ran here: the whole job's time-left estimate.
+    let history = stage_history(&rt.block_on(store.jobs(&job.project_id))?);
+    let tracker = Tracker::new(progress, history);
+    let ctx = Ctx { worker, store, rt, project, progress: &tracker, cancelled };
+    let result = run_stages(&ctx, job)?;
+    tracker.finish();
+    Ok(result)
+}
+
+/// The job's stages, in order, as its kind says.
+fn run_stages(ctx: &Ctx, job: &Job) -> JobResultOf<JobResult> {
     let p = &job.params;
+    let plan = |stages: &[JobKind]| ctx.progress.plan(stages.to_vec());
     Ok(match job.kind {
-        JobKind::Generate => JobResult { generate: Some(generate(&ctx, p)?), ..Default::default() },
-        JobKind::Label => JobResult { label: Some(label(&ctx)?), ..Default::default() },
-        JobKind::Train => JobResult { train: Some(train(&ctx)?), ..Default::default() },
-        JobKind::Evaluate => JobResult { evaluate: Some(evaluate(&ctx, p)?), ..Default::default() },
+        JobKind::Generate | JobKind::Label | JobKind::Train | JobKind::Evaluate => {
+            plan(&[job.kind]);
+            match job.kind {
+                JobKind::Generate => JobResult { generate: Some(generate(ctx, p)?), ..Default::default() },
+                JobKind::Label => JobResult { label: Some(label(ctx)?), ..Default::default() },
+                JobKind::Train => JobResult { train: Some(train(ctx)?), ..Default::default() },
+                _ => JobResult { evaluate: Some(evaluate(ctx, p)?), ..Default::default() },
+            }
+        }
         JobKind::Continue => {
-            // Run again after a crash, it does not train a second time on the same labels: a
-            // checkpoint of the round it continues from is the one it made.
-            let round = p.after_round.unwrap_or(ctx.block(ctx.store.next_round_number(&ctx.project.id))? - 1);
-            let made = ctx.block(ctx.store.latest_checkpoint(&ctx.project.id))?.filter(|c| c.round >= round);
-            let train = match made {
-                Some(c) => Some(Trained { checkpoint: c.id, pairs: c.pairs as usize, epoch_losses: Vec::new() }),
-                None => Some(train(&ctx)?),
-            };
             // Evaluation needs evaluation prompts and an automatic judge; without them the
             // cycle goes on (the raters are waiting), unevaluated.
             let s = ctx.settings();
             let can_evaluate = s.eval.judge.is_automatic()
                 && !ctx.block(ctx.store.prompts(&ctx.project.id, Split::Eval, false, 1))?.is_empty();
+            plan(match can_evaluate {
+                true => &[JobKind::Train, JobKind::Evaluate, JobKind::Generate],
+                false => &[JobKind::Train, JobKind::Generate],
+            });
+            // Run again after a crash, it does not train a second time on the same labels: a
+            // checkpoint of the round it continues from is the one it made.
+            let round = p.after_round.unwrap_or(ctx.block(ctx.store.next_round_number(&ctx.project.id))? - 1);
+            let made = ctx.block(ctx.store.latest_checkpoint(&ctx.project.id))?.filter(|c| c.round >= round);
+            let train = match made {
+                Some(c) => {
+                    ctx.progress.stage(JobKind::Train);
+                    Some(Trained { checkpoint: c.id, pairs: c.pairs as usize, epoch_losses: Vec::new() })
+                }
+                None => Some(train(ctx)?),
+            };
             // A failed evaluation (a judge down) does not keep the raters from the next round:
             // it is said in the result, and `evaluate` can be run again by hand.
             let mut waiting_for = WAITING_FOR_RATERS.to_string();
             let evaluate = match can_evaluate {
-                true => match evaluate(&ctx, &JobParams::default()) {
+                true => match evaluate(ctx, &JobParams::default()) {
                     Ok(e) => Some(e),
                     Err(e) if ctx.cancelled.load(Ordering::Relaxed) => return Err(e),
                     Err(e) => {
@@ -326,20 +333,22 @@ fn run_blocking(
                 },
                 false => None,
             };
-            let generate = Some(generate(&ctx, p)?);
+            let generate = Some(generate(ctx, p)?);
             JobResult { generate, train, evaluate, waiting_for: Some(waiting_for), label: None }
         }
         JobKind::Round => {
-            let generate = Some(generate(&ctx, p)?);
             if !ctx.settings().labeller.is_automatic() {
+                plan(&[JobKind::Generate]);
+                let generate = Some(generate(ctx, p)?);
                 let waiting_for = Some(WAITING_FOR_RATERS.to_string());
                 return Ok(JobResult { generate, waiting_for, ..Default::default() });
             }
+            plan(&[JobKind::Generate, JobKind::Label, JobKind::Train, JobKind::Evaluate]);
             JobResult {
-                generate,
-                label: Some(label(&ctx)?),
-                train: Some(train(&ctx)?),
-                evaluate: Some(evaluate(&ctx, &JobParams::default())?),
+                generate: Some(generate(ctx, p)?),
+                label: Some(label(ctx)?),
+                train: Some(train(ctx)?),
+                evaluate: Some(evaluate(ctx, &JobParams::default())?),
                 waiting_for: None,
             }
         }
@@ -352,6 +361,7 @@ fn generate(ctx: &Ctx, p: &JobParams) -> JobResultOf<Generated> {
     let pid = &ctx.project.id;
     let m = p.pairs.unwrap_or(s.pairs_per_round);
     let acq = p.acquisition.unwrap_or(s.acquisition);
+    ctx.progress.stage(JobKind::Generate);
     ctx.phase("preparing", format!("round of {m} pairs by {acq}"));
     let number = ctx.block(ctx.store.next_round_number(pid))?;
     let checkpoint = ctx.block(ctx.store.latest_checkpoint(pid))?;
@@ -446,6 +456,7 @@ fn generate(ctx: &Ctx, p: &JobParams) -> JobResultOf<Generated> {
 
 /// Labels the training pairs the automatic labeller has not judged.
 fn label(ctx: &Ctx) -> JobResultOf<LabelledBy> {
+    ctx.progress.stage(JobKind::Label);
     let oracle = ctx.oracle(ctx.settings().labeller)?;
     let judge = oracle.name();
     // Pairs of human win-rate checks are not among them: their raters alone label them.
@@ -461,6 +472,7 @@ fn label(ctx: &Ctx) -> JobResultOf<LabelledBy> {
 
 /// DPO on the labelled pairs the settings' `train_on` selects; stores the checkpoint.
 fn train(ctx: &Ctx) -> JobResultOf<Trained> {
+    ctx.progress.stage(JobKind::Train);
     let s = ctx.settings();
     let pid = &ctx.project.id;
     let prefs = ctx.block(ctx.store.preferences(pid, s.train_on))?;
@@ -540,6 +552,7 @@ const BASELINE_SEED: u64 = 0xba5e_11e5_eed5;
 
 /// A checkpoint's win-rate against the starting model's samples on the held-out prompts.
 fn evaluate(ctx: &Ctx, p: &JobParams) -> JobResultOf<Evaluated> {
+    ctx.progress.stage(JobKind::Evaluate);
     let s = ctx.settings();
     let pid = &ctx.project.id;
     let checkpoint = match &p.checkpoint {

@@ -4,6 +4,7 @@
 //! database for any server process to stream.
 
 pub mod jobs;
+pub mod progress;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};

@@ -26,6 +26,8 @@ use crate::api::{self, Failure};
 use crate::util::sleep;
 
 const PENDING_KEY: &str = "apl_pending_label";
+/// How often the batch's progress is asked for again.
+const BATCH_REFRESH: Duration = Duration::from_secs(30);
 /// The rationale being typed, with its pair: (pair, text).
 const DRAFT_KEY: &str = "apl_rationale_draft";
 
@@ -57,6 +59,9 @@ struct Ws {
     done: RwSignal<Vec<String>>,
     /// The answer being saved, highlighted until the server has it.
     chosen: RwSignal<Option<RaterChoice>>,
+    /// Which wait for a pair is current: a timer set by an older one does nothing when it fires
+    /// (one polling loop, however often "Check again" or undo is pressed).
+    wait: StoredValue<u64>,
     show_keys: RwSignal<bool>,
 }
 
@@ -77,6 +82,7 @@ impl Ws {
             shown_at: RwSignal::new(now()),
             done: RwSignal::new(Vec::new()),
             chosen: RwSignal::new(None),
+            wait: StoredValue::new(0),
             show_keys: RwSignal::new(false),
         }
     }
@@ -111,6 +117,7 @@ impl Ws {
     /// again then by itself (so a rater waiting for the next batch never has to reload).
     fn show_next(&self, a: Option<Assignment>, status: NextStatus, retry: Option<u64>) {
         self.chosen.set(None);
+        self.wait.update_value(|w| *w += 1);
         match a {
             Some(a) => {
                 self.progress.set(Some(a.progress));
@@ -131,10 +138,10 @@ impl Ws {
                 self.phase.set(Phase::NoMore(status, retry));
                 spawn_local(self.refresh_batch());
                 if let Some(secs) = retry {
-                    let ws = *self;
+                    let (ws, wait) = (*self, self.wait.get_value());
                     spawn_local(async move {
                         sleep(Duration::from_secs(secs.clamp(1, 300))).await;
-                        if matches!(ws.phase.get_untracked(), Phase::NoMore(..)) {
+                        if ws.wait.get_value() == wait && matches!(ws.phase.get_untracked(), Phase::NoMore(..)) {
                             ws.load_next().await;
                         }
                     });
@@ -211,10 +218,6 @@ impl Ws {
                 self.rationale.set(String::new());
                 api::store(DRAFT_KEY, None);
                 self.done.update(|d| d.push(ack.pair));
-                // The batch's count moves with everyone's labels: asked again now and then.
-                if ack.progress.done % 5 == 0 {
-                    spawn_local(self.refresh_batch());
-                }
                 self.notice.set(Some(format!("Saved: {}.", choice_name(ack.choice))));
                 // The next pair came with the acknowledgement (one round trip per label).
                 if let Some(next) = ack.next {
@@ -290,6 +293,10 @@ fn typing(e: &web_sys::KeyboardEvent) -> bool {
 pub fn RaterWorkspace() -> impl IntoView {
     let ws = Ws::new();
     spawn_local(ws.start());
+    // The batch's count moves with everyone's labels: asked again now and then, not per label.
+    if let Ok(h) = set_interval_with_handle(move || spawn_local(ws.refresh_batch()), BATCH_REFRESH) {
+        on_cleanup(move || h.clear());
+    }
 
     let keys = window_event_listener(ev::keydown, move |e| {
         if e.ctrl_key() || e.meta_key() || e.alt_key() {
@@ -392,13 +399,14 @@ pub fn RaterWorkspace() -> impl IntoView {
 /// fixed, so the bar never moves back when other raters take pairs).
 #[component]
 fn ProgressLine(ws: Ws) -> impl IntoView {
-    let finished = move || matches!(ws.phase.get(), Phase::NoMore(NextStatus::Done, _));
     let batch = move || ws.home.get().and_then(|h| h.batch);
     move || {
         ws.progress.get().map(|p: RaterProgress| {
-            let left = match finished() {
-                true => "all done".to_string(),
-                false => format!("{} more for you now", (p.target - p.done).max(0)),
+            // Without a pair, the empty state below says why; "0 more" would say it worse.
+            let left = match ws.phase.get() {
+                Phase::NoMore(NextStatus::Done, _) => " · all done".to_string(),
+                Phase::NoMore(..) => String::new(),
+                _ => format!(" · {} more for you now", (p.target - p.done).max(0)),
             };
             view! {
                 <div class="progress-line">
@@ -407,7 +415,7 @@ fn ProgressLine(ws: Ws) -> impl IntoView {
                         <span class="batch" data-testid="batch">{format!("Round {}: {} of {} pairs complete", b.round, b.complete, b.pairs)}</span>
                     })}
                     <span class="count"><span data-testid="progress">{format!("You: {} labelled", p.done)}</span>
-                        {format!(" · {left}")}</span>
+                        {left}</span>
                 </div>
             }
         })

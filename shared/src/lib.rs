@@ -556,8 +556,10 @@ pub struct JobProgress {
     pub stages: Vec<JobKind>,
     /// 1-based position of the current stage in `stages` (0 before the first).
     pub stage: u32,
-    /// Seconds each finished stage took, in the order of `stages`.
-    pub stage_seconds: Vec<f64>,
+    /// Seconds each finished stage took, in the order of `stages`; none for a stage that did
+    /// not do its work (passed over, reused from a run before, or failed and gone past), which
+    /// is then not taken as its usual duration.
+    pub stage_seconds: Vec<Option<f64>>,
     /// The whole job's fraction done, 0 to 1: elapsed over elapsed plus `eta_seconds` when the
     /// estimate is complete, otherwise stages done plus the phase's fraction, over the stages.
     pub fraction: f64,

@@ -3,8 +3,8 @@
 // round (they see "no pairs yet" and the page asks again by itself), the admin starts round 1
 // from the stepper's one button, the raters label the whole batch, and the next batch reaches
 // their pages with nobody clicking anything (the server trains, evaluates and acquires by
-// itself). Then a rater on a phone whose save stalls sees the offline banner, and the save
-// goes through once the network answers again. The Rust side (tests/tests/browser.rs) checks
+// itself). Then a rater on a phone whose save reaches the server but whose answer is lost sees
+// the offline banner, and the save is sent again (stored once) when the network answers again. The Rust side (tests/tests/browser.rs) checks
 // the database: a checkpoint and an evaluation of round 1, round 2 acquired by a `continue`
 // job nobody started.
 
@@ -90,20 +90,29 @@ export async function humanLoop({ cfg, out, newPage, shot, answer }) {
   // 5. A rater on a phone whose save stalls: the answer stays marked "saving…", and after the
   // client's timeout the offline banner says the answer is being sent again; it then goes
   // through once the server answers.
-  const phone = await newPage('human-phone', { width: 390, height: 844 });
+  const phone = await newPage('human-phone', { width: 390, height: 844 }, { hasTouch: true, isMobile: true });
   await phone.page.goto(`${cfg.base}/rate#token=${h.phone_token}`);
   await phone.page.waitForSelector('section.pair[data-pair]', { timeout: 60_000 });
   await labelled(phone.page);
-  seen.stalled.labels = { top: await phone.page.isVisible('.side h2 .narrow'), left: await phone.page.isVisible('.side h2 .wide') };
+  seen.stalled.labels = { top: await phone.page.isVisible('.side h2 .narrow'), left: await phone.page.isVisible('.side h2 .wide'),
+    // A touch screen has no keys to hint at.
+    key_hints: await phone.page.isVisible('.choices kbd') };
   const stalledPair = await pairOf(phone.page);
   let held = 0;
-  await phone.page.route('**/api/rate/labels', () => { held += 1; /* never answered */ });
+  // The request reaches the server (the label is stored), but its answer never reaches the
+  // page: the page times out and sends it again, and the server must not count it twice.
+  await phone.page.route('**/api/rate/labels', async (route) => {
+    held += 1;
+    try { await route.fetch(); } catch { /* the page gave up on it first */ }
+  });
   await phone.page.click('.choices button.primary >> nth=0');
   await phone.page.waitForSelector('.choices button.chosen .saving');
   await shot(phone.page, 'rate-phone-saving');
   await phone.page.waitForSelector('.banner.offline', { timeout: 30_000 });
   seen.stalled.banner = await phone.page.textContent('.banner.offline');
   await shot(phone.page, 'rate-phone-stalled');
+  // The page sends it again (and that one too is stored no second time), then the network heals.
+  for (const until = Date.now() + 30_000; held < 2 && Date.now() < until;) await new Promise((r) => setTimeout(r, 100));
   await phone.page.unroute('**/api/rate/labels');
   await phone.page.waitForFunction((p) => !document.querySelector('.banner.offline')
     && document.querySelector('section.pair')?.dataset.pair !== p, stalledPair, { timeout: 60_000 });

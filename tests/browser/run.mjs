@@ -42,8 +42,8 @@ async function shot(page, name) {
   await page.screenshot({ path: path.join(cfg.shots, `${name}.png`), fullPage: true });
 }
 
-async function newPage(name, viewport = { width: 1280, height: 900 }) {
-  const context = await browser.newContext({ viewport });
+async function newPage(name, viewport = { width: 1280, height: 900 }, device = {}) {
+  const context = await browser.newContext({ viewport, ...device });
   const page = await context.newPage();
   page.setDefaultTimeout(TIMEOUT);
   watch(page, name);

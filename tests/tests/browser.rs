@@ -117,11 +117,13 @@ struct HumanSeen {
 
 #[derive(Debug, Deserialize)]
 struct StalledSeen {
-    /// Which side names the phone showed (`top`: "Top", `left`: "Left").
+    /// Which side names the phone showed (`top`: "Top", `left`: "Left"), and whether it showed
+    /// key hints (`key_hints`).
     labels: HashMap<String, bool>,
     banner: String,
     pair: String,
-    /// Label requests the test held unanswered.
+    /// Label requests the test passed to the server and left unanswered (the page timed out
+    /// and sent them again).
     held: usize,
 }
 
@@ -588,7 +590,9 @@ async fn human_loop_happened(s: &common::Server, project: &str, seen: &HumanSeen
     // The stalled save: the phone said "Top", the banner said why, and the label went in once.
     assert_eq!(seen.stalled.labels.get("top"), Some(&true), "stacked cards are top and bottom: {seen:?}");
     assert_eq!(seen.stalled.labels.get("left"), Some(&false), "{seen:?}");
-    assert!(seen.stalled.held >= 1 && seen.stalled.banner.contains("did not answer"), "{seen:?}");
+    assert_eq!(seen.stalled.labels.get("key_hints"), Some(&false), "no key hints on a touch screen: {seen:?}");
+    assert!(seen.stalled.held >= 2, "the first request and a retry reached the server: {seen:?}");
+    assert!(seen.stalled.banner.contains("did not answer"), "{seen:?}");
     let stalled: Vec<_> = votes.iter().filter(|v| v.pair_id == seen.stalled.pair).collect();
     assert_eq!(stalled.len(), 1, "the stalled answer is stored once: {stalled:?}");
     assert_eq!(stalled[0].rater, "Noa");

@@ -31,7 +31,7 @@ fn tiny() -> ProjectConfig {
                 adam: AdamConfig { lr: 1e-3, ..Default::default() },
                 ..Default::default()
             },
-            eval: EvalSettings { prompts: 4, judge: Labeller::Length, batch_size: 4, ..Default::default() },
+            eval: EvalSettings { prompts: 24, judge: Labeller::Length, batch_size: 8, ..Default::default() },
             ..Default::default()
         },
         ..Default::default()
@@ -44,7 +44,9 @@ async fn api_json_is_gzipped_and_job_events_are_not() {
     let p = s.project("gzip", tiny()).await;
     let texts = |split: Split, n: usize| (0..n).map(|i| format!("{split} prompt number {i} is")).collect::<Vec<_>>();
     s.prompts(&p.id, Split::Train, &texts(Split::Train, 16)).await;
-    s.prompts(&p.id, Split::Eval, &texts(Split::Eval, 4)).await;
+    // Enough evaluation prompts that the evaluation's answer is over the 2 KiB below which
+    // answers go uncompressed.
+    s.prompts(&p.id, Split::Eval, &texts(Split::Eval, 24)).await;
     let job = s.job(&p.id, JobKind::Round, JobParams::default()).await;
 
     // The job's live progress, asked for by a client that accepts gzip: sent as it is.
@@ -93,6 +95,20 @@ async fn api_json_is_gzipped_and_job_events_are_not() {
     assert_eq!(decoded, plain.as_ref(), "gzip decodes to the uncompressed answer");
     let evals: Vec<EvaluationRow> = serde_json::from_slice(&decoded).unwrap();
     assert_eq!(evals.len(), 1);
-    assert_eq!(evals[0].details.samples.len(), 4);
+    assert_eq!(evals[0].details.samples.len(), 24);
     assert!(zipped.len() < plain.len(), "gzip made it smaller: {} of {} bytes", zipped.len(), plain.len());
+
+    // A small answer (under 2 KiB, as a rater's label acknowledgement is) goes uncompressed:
+    // on the hot path, compressing costs more than it saves.
+    let small = s
+        .client
+        .get(format!("{}/api/projects/{}", s.base, p.id))
+        .bearer_auth(ADMIN)
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(small.status(), 200);
+    assert!(small.headers().get("content-encoding").is_none(), "{small:?}");
+    assert!(small.bytes().await.unwrap().len() < 2048);
 }

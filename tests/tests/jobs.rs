@@ -340,6 +340,7 @@ async fn human_rounds_go_on_by_themselves_once_labelled(b: Backend) {
     // One estimate for the whole job: its stages in order, each timed (kept for the next one).
     assert_eq!(end.progress.stages, vec![JobKind::Train, JobKind::Evaluate, JobKind::Generate]);
     assert_eq!(end.progress.stage_seconds.len(), 3, "{:?}", end.progress);
+    assert!(end.progress.stage_seconds.iter().all(Option::is_some), "each stage did its work: {:?}", end.progress);
     assert_eq!((end.progress.stage, end.progress.fraction), (3, 1.0));
     let c: Cycle = s.get(&cycle_path).await;
     assert_eq!((c.round, c.step), (Some(round + 1), Some(CycleStep::Labelling)), "{c:?}");
@@ -409,10 +410,10 @@ async fn human_rounds_go_on_by_themselves_once_labelled(b: Backend) {
     let jobs: Vec<Job> = s.get(&format!("/api/projects/{}/jobs", p.id)).await;
     let again: Vec<&Job> = jobs.iter().filter(|j| j.params.after_round == Some(round + 1)).collect();
     assert_eq!(again.len(), 1, "a cancelled continue was queued again: {again:?}");
-    // The round is labelled but not trained on (its continue was cancelled): raters wait for
-    // the next batch, they are not done; the stepper says why and offers to go on.
+    // The round is labelled but its continue was cancelled: nothing comes by itself now, so
+    // raters are not told a batch is on its way; the stepper says why and offers to go on.
     let n = why(ann.clone()).await;
-    assert_eq!((n.status, n.retry_after_seconds), (NextStatus::NothingYet, Some(15)), "{n:?}");
+    assert_eq!((n.status, n.retry_after_seconds), (NextStatus::Done, None), "{n:?}");
     let c: Cycle = s.get(&cycle_path).await;
     assert_eq!((c.round, c.step), (Some(round + 1), Some(CycleStep::Labelling)), "{c:?}");
     assert!(c.note.as_deref().is_some_and(|n| n.contains("auto-continue stopped")), "{c:?}");

@@ -35,7 +35,7 @@ pub fn Run() -> impl IntoView {
 }
 
 /// How often the stepper asks where the cycle stands.
-const CYCLE_POLL: Duration = Duration::from_secs(4);
+const CYCLE_POLL: Duration = Duration::from_secs(2);
 
 #[component]
 fn Stepper() -> impl IntoView {

@@ -35,6 +35,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::{Json, Router};
 use tower_http::compression::CompressionLayer;
+use tower_http::compression::predicate::{DefaultPredicate, Predicate, SizeAbove};
 use tower_http::services::{ServeDir, ServeFile};
 use tower_http::set_header::SetResponseHeaderLayer;
 use utoipa::OpenApi;
@@ -198,7 +199,9 @@ pub fn app(state: AppState) -> Router {
         // mostly repeated text). Added here, before the static files, so it wraps the API only:
         // those are precompressed. The default predicate leaves server-sent events
         // (`text/event-stream`, the jobs' live progress) alone, so they are not buffered.
-        .layer(CompressionLayer::new().gzip(true));
+        // Answers under 2 KiB (a rater's label acknowledgement with the next pair, ~1 KB, on
+        // the hot path) go as they are: compressing them costs more than it saves.
+        .layer(CompressionLayer::new().gzip(true).compress_when(DefaultPredicate::new().and(SizeAbove::new(2048))));
     router = match &state.dist {
         Some(dir) if dir.join("index.html").exists() => {
             // `cargo xtask frontend` writes FILE.gz beside each asset: sent to browsers that

@@ -7,7 +7,7 @@
 
 use apl_shared::{
     ActiveRater, BatchProgress, Choice, Cycle, CycleStep, Job, JobKind, JobState, NextAction, PairKind, Project,
-    RaterRound,
+    RaterRound, Split,
 };
 
 use super::jobs::JOB_COLUMNS;
@@ -48,7 +48,11 @@ impl Store {
             // Queued, or before its first stage: the first stage its kind runs.
             let stage = p.stages.get((p.stage as usize).max(1) - 1).copied().unwrap_or(job.kind);
             let step = step_of(stage);
-            if step == CycleStep::Acquiring {
+            // Acquiring the next round, unless the round it acquired is already stored (the
+            // job's progress lags its commits by a heartbeat).
+            let stored_by_job =
+                round.zip(job.started_at).is_some_and(|((_, acquired_at), started)| acquired_at >= started);
+            if step == CycleStep::Acquiring && !stored_by_job {
                 cycle.round = Some(cycle.round.unwrap_or(0) + 1);
             }
             cycle.step = Some(step);
@@ -76,7 +80,9 @@ impl Store {
             cycle.note =
                 Some(format!("the last job ({kind}) failed: {}", error.as_deref().unwrap_or("no reason given")));
         }
-        let can_evaluate = settings.eval.judge.is_automatic();
+        // As the worker decides: an automatic judge and evaluation prompts.
+        let can_evaluate =
+            settings.eval.judge.is_automatic() && !self.prompts(pid, Split::Eval, false, 1).await?.is_empty();
         let next = |kind, label: String| Some(NextAction { kind, label });
 
         if let Some(checkpoint) = trained {
@@ -94,19 +100,32 @@ impl Store {
         cycle.step = Some(CycleStep::Labelling);
         if automatic {
             // A round acquired on its own (a `generate` job) waits for its labels, then training.
-            cycle.next = match last {
-                Some((JobKind::Label, JobState::Done, _)) => {
-                    next(JobKind::Train, format!("Train on round {number}'s labels"))
-                }
-                _ => next(JobKind::Label, format!("Label round {number} with the {}", settings.labeller)),
+            let unjudged: Option<i64> = sqlx::query_scalar(
+                "SELECT 1 FROM pairs p WHERE p.project_id = $1 AND p.round = $2 AND p.check_id IS NULL \
+                 AND NOT EXISTS (SELECT 1 FROM judge_labels j WHERE j.pair_id = p.id) LIMIT 1",
+            )
+            .bind(pid)
+            .bind(number)
+            .fetch_optional(&self.pool)
+            .await?;
+            cycle.next = match unjudged {
+                None => next(JobKind::Train, format!("Train on round {number}'s labels")),
+                Some(_) => next(JobKind::Label, format!("Label round {number} with the {}", settings.labeller)),
             };
             return Ok(cycle);
         }
         let raters = self.rater_round(project, number, acquired_at).await?;
-        if raters.auto_continue && matches!(last, Some((JobKind::Continue, JobState::Failed | JobState::Cancelled, _)))
-        {
+        if raters.pairs == 0 {
+            // Acquired while an automatic labeller was set: nothing for raters to finish.
+            cycle.note =
+                Some(format!("round {number} has no pairs for raters (it was acquired for an automatic labeller)"));
+            cycle.next = next(JobKind::Round, format!("Acquire round {} for the raters", number + 1));
+            cycle.raters = Some(raters);
+            return Ok(cycle);
+        }
+        if raters.auto_continue && self.continue_stopped(pid, number).await? {
             cycle.note = Some(format!(
-                "auto-continue stopped for round {number}: its continue job did not finish; start it again when ready"
+                "auto-continue stopped for round {number}: its continue job failed or was cancelled; start it again when ready"
             ));
         }
         if raters.complete > 0 {

@@ -54,7 +54,7 @@ impl Store {
             else {
                 continue;
             };
-            let (trained, busy, jobs): (i64, i64, Vec<JobParams>) = (
+            let (trained, busy): (i64, i64) = (
                 sqlx::query_scalar("SELECT COUNT(*) FROM checkpoints WHERE project_id = $1 AND round >= $2")
                     .bind(&pid)
                     .bind(round)
@@ -66,15 +66,8 @@ impl Store {
                     .bind(JobState::Running)
                     .fetch_one(&self.pool)
                     .await?,
-                sqlx::query_scalar("SELECT params FROM jobs WHERE project_id = $1 AND kind = $2 AND state IN ($3, $4)")
-                    .bind(&pid)
-                    .bind(JobKind::Continue)
-                    .bind(JobState::Failed)
-                    .bind(JobState::Cancelled)
-                    .fetch_all(&self.pool)
-                    .await?,
             );
-            if trained > 0 || busy > 0 || jobs.iter().any(|p| p.after_round == Some(round)) {
+            if trained > 0 || busy > 0 || self.continue_stopped(&pid, round).await? {
                 continue;
             }
             let (pairs, complete): (i64, i64) = sqlx::query_as(
@@ -98,6 +91,21 @@ impl Store {
             }
         }
         Ok(queued)
+    }
+
+    /// Whether auto-continue was stopped for `round`: a `continue` for it failed or was
+    /// cancelled (it then waits for an admin instead of repeating). What queues continues, what
+    /// raters are told, and the stepper's note all ask this.
+    pub async fn continue_stopped(&self, project_id: &str, round: i64) -> Result<bool> {
+        let stopped: Vec<JobParams> =
+            sqlx::query_scalar("SELECT params FROM jobs WHERE project_id = $1 AND kind = $2 AND state IN ($3, $4)")
+                .bind(project_id)
+                .bind(JobKind::Continue)
+                .bind(JobState::Failed)
+                .bind(JobState::Cancelled)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(stopped.iter().any(|p| p.after_round == Some(round)))
     }
 
     pub async fn create_job(&self, project_id: &str, kind: JobKind, params: &JobParams) -> Result<Job> {

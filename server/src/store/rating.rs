@@ -12,8 +12,8 @@
 //! the server maps that back to A/B.
 
 use apl_shared::{
-    Assignment, Choice, JobState, LabelAck, LabelRequest, NextPair, NextStatus, PairKind, ProjectConfig, RaterChoice,
-    RaterProgress, RatingConfig, Side,
+    Assignment, Choice, JobKind, JobState, LabelAck, LabelRequest, NextPair, NextStatus, PairKind, ProjectConfig,
+    RaterChoice, RaterProgress, RatingConfig, Side,
 };
 use rand::Rng;
 use rand::seq::SliceRandom;
@@ -253,29 +253,35 @@ impl Store {
         }
     }
 
-    /// Why no pair could be claimed: the project has none yet, or a job is preparing the next
-    /// batch (ask again soon); pairs this rater has not seen are still short of votes but
-    /// leased to others (wait until the first lease ends); the round is still being labelled
-    /// by others and auto-continue will bring the next one (`human_loop`); or nothing is left
-    /// for them.
+    /// Why no pair could be claimed: a job is acquiring the next batch, or the project has no
+    /// pairs yet (ask again soon); pairs this rater has not seen are still short of votes but
+    /// leased to others (wait until the first lease ends, asking sooner when auto-continue will
+    /// bring a batch); others are still labelling a round auto-continue will go on from
+    /// (`human_loop`; the next batch is on its way); or nothing is left for them.
+    ///
+    /// Raters poll this while they wait, so every read stops at its first row.
     async fn why_none(&self, rater: &Rater, now: i64, human_loop: bool) -> Result<Next> {
-        let q = format!("SELECT COUNT(*) FROM pairs p WHERE p.project_id = $1 AND p.kind = $2 AND {TRAINING_PAIRS}");
-        let pairs: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(q.as_str()))
-            .bind(&rater.project_id)
-            .bind(PairKind::Train)
-            .fetch_one(&self.pool)
-            .await?;
-        // A round being prepared (a job queued or running) brings pairs soon.
-        let busy: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE project_id = $1 AND state IN ($2, $3)")
-            .bind(&rater.project_id)
-            .bind(JobState::Queued)
-            .bind(JobState::Running)
-            .fetch_one(&self.pool)
-            .await?;
-        if busy > 0 {
+        let acquiring: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM jobs WHERE project_id = $1 AND state IN ($2, $3) AND kind IN ($4, $5, $6) LIMIT 1",
+        )
+        .bind(&rater.project_id)
+        .bind(JobState::Queued)
+        .bind(JobState::Running)
+        .bind(JobKind::Round)
+        .bind(JobKind::Generate)
+        .bind(JobKind::Continue)
+        .fetch_optional(&self.pool)
+        .await?;
+        if acquiring.is_some() {
             return Ok(Next::NothingYet { retry_after_seconds: NEXT_BATCH_POLL_SECONDS });
         }
-        if pairs == 0 {
+        let q = format!("SELECT 1 FROM pairs p WHERE p.project_id = $1 AND p.kind = $2 AND {TRAINING_PAIRS} LIMIT 1");
+        let any: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(q.as_str()))
+            .bind(&rater.project_id)
+            .bind(PairKind::Train)
+            .fetch_optional(&self.pool)
+            .await?;
+        if any.is_none() {
             return Ok(Next::NothingYet { retry_after_seconds: 30 });
         }
         // The first expiry among other raters' live leases on pairs this rater could still take.
@@ -293,20 +299,7 @@ impl Store {
             .bind(now)
             .fetch_one(&self.pool)
             .await?;
-        // The newest round not trained on yet, with auto-continue: it trains and acquires the
-        // next one once the round is labelled (by others, or at its deadline), so a rater with
-        // nothing left now waits for that batch, asking every [`NEXT_BATCH_WAIT_SECONDS`] at most.
-        let next_batch = human_loop && {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM rounds r WHERE r.project_id = $1 \
-                   AND r.number = (SELECT MAX(q.number) FROM rounds q WHERE q.project_id = $1) \
-                   AND NOT EXISTS (SELECT 1 FROM checkpoints c WHERE c.project_id = $1 AND c.round >= r.number)",
-            )
-            .bind(&rater.project_id)
-            .fetch_one(&self.pool)
-            .await?;
-            waiting > 0
-        };
+        let next_batch = human_loop && self.next_batch_coming(&rater.project_id).await?;
         if let Some(t) = first_expiry {
             let mut retry = ((t - now).max(0) as u64).div_ceil(1000).max(1);
             if next_batch {
@@ -318,6 +311,34 @@ impl Store {
             true => Next::NothingYet { retry_after_seconds: NEXT_BATCH_WAIT_SECONDS },
             false => Next::Done,
         })
+    }
+
+    /// Whether auto-continue will go on from the project's newest round (the caller knows it
+    /// is on, with people labelling): the round has pairs for raters, is not trained on yet,
+    /// and its continue was not stopped by a failure or a cancel.
+    pub async fn next_batch_coming(&self, project_id: &str) -> Result<bool> {
+        let newest: Option<i64> =
+            sqlx::query_scalar("SELECT number FROM rounds WHERE project_id = $1 ORDER BY number DESC LIMIT 1")
+                .bind(project_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(round) = newest else { return Ok(false) };
+        let trained: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM checkpoints WHERE project_id = $1 AND round >= $2 LIMIT 1")
+                .bind(project_id)
+                .bind(round)
+                .fetch_optional(&self.pool)
+                .await?;
+        let for_raters: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM pairs WHERE project_id = $1 AND round = $2 AND kind = $3 AND target_votes > 0 \
+             AND check_id IS NULL LIMIT 1",
+        )
+        .bind(project_id)
+        .bind(round)
+        .bind(PairKind::Train)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(trained.is_none() && for_raters.is_some() && !self.continue_stopped(project_id, round).await?)
     }
 
     /// Claims the oldest open pair matching `pool` (a fixed SQL condition on `p`, where `$2` is

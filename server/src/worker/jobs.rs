@@ -313,6 +313,7 @@ fn run_stages(ctx: &Ctx, job: &Job) -> JobResultOf<JobResult> {
             let train = match made {
                 Some(c) => {
                     ctx.progress.stage(JobKind::Train);
+                    ctx.progress.untimed();
                     Some(Trained { checkpoint: c.id, pairs: c.pairs as usize, epoch_losses: Vec::new() })
                 }
                 None => Some(train(ctx)?),
@@ -325,6 +326,7 @@ fn run_stages(ctx: &Ctx, job: &Job) -> JobResultOf<JobResult> {
                     Ok(e) => Some(e),
                     Err(e) if ctx.cancelled.load(Ordering::Relaxed) => return Err(e),
                     Err(e) => {
+                        ctx.progress.untimed();
                         let e = crate::error::describe(&e);
                         tracing::warn!(project = %ctx.project.id, error = %e, "continue: the evaluation failed");
                         waiting_for.push_str(&format!(" (the evaluation failed: {e}; run evaluate again)"));

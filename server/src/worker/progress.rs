@@ -5,8 +5,10 @@
 //! within a phase say how long the phase has left, but nothing about the stages after it; so
 //! the tracker also remembers how long each stage took the last time it ran in the project
 //! (read from the finished jobs' stored progress, where `stage_seconds` is kept) and adds those.
-//! Until every later stage has been timed once, the estimate says it is partial
-//! (`eta_complete: false`) rather than promising "0 s left" three minutes before the end.
+//! Until every later stage has been timed once, and while the current stage has outrun its
+//! last duration with no work counts to go by, the estimate says it is partial
+//! (`eta_complete: false`) rather than promising "0 s left" three minutes before the end; the
+//! bar reaches its end only when the job does.
 //!
 //! The arithmetic is in [`Estimate`], a pure function of the clock readings, so it is tested
 //! without waiting; [`Tracker`] feeds it `Instant`s and publishes to the job's watch channel.
@@ -24,11 +26,16 @@ pub fn stage_history(jobs: &[Job]) -> HashMap<JobKind, f64> {
     // `jobs` comes newest first; the first timing seen of a stage is its latest.
     for j in jobs.iter().filter(|j| j.state == JobState::Done) {
         for (kind, secs) in j.progress.stages.iter().zip(&j.progress.stage_seconds) {
-            out.entry(*kind).or_insert(*secs);
+            if let Some(secs) = secs {
+                out.entry(*kind).or_insert(*secs);
+            }
         }
     }
     out
 }
+
+/// The bar's end while the job still runs.
+const MAX_RUNNING_FRACTION: f64 = 0.99;
 
 /// The clock readings the estimate is made of, in seconds.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -57,12 +64,13 @@ impl Estimate {
         let phase_left = (self.step > 0 && self.total >= self.step)
             .then(|| self.phase_elapsed / self.step as f64 * (self.total - self.step) as f64);
         // The current stage: what its own pace says of the phase it is in, and no less than
-        // what is left of its last duration here (later phases of the stage are in that).
+        // what is left of its last duration here (later phases of the stage are in that). A
+        // stage past its last duration with no pace to go by has an unknown rest.
         let stage_left = match (phase_left, current) {
             (Some(p), Some(h)) => Some(p.max(h - self.stage_elapsed)),
             (Some(p), None) => Some(p),
-            (None, Some(h)) => Some((h - self.stage_elapsed).max(0.0)),
-            (None, None) => None,
+            (None, Some(h)) if h > self.stage_elapsed => Some(h - self.stage_elapsed),
+            (None, _) => None,
         };
         let complete = stage_left.is_some() && later.iter().all(Option::is_some);
         let eta = stage_left.map(|s| s + later.iter().flatten().sum::<f64>());
@@ -71,7 +79,8 @@ impl Estimate {
             Some(eta) if complete && self.job_elapsed + eta > 0.0 => self.job_elapsed / (self.job_elapsed + eta),
             _ => (stage.saturating_sub(1) as f64 + phase_fraction) / stages.max(1) as f64,
         };
-        (eta, complete, fraction.clamp(0.0, 1.0))
+        // Only `Tracker::finish` says the job is over.
+        (eta, complete, fraction.clamp(0.0, MAX_RUNNING_FRACTION))
     }
 }
 
@@ -82,8 +91,10 @@ pub struct Tracker<'a> {
     job_start: Instant,
     stage_start: Cell<Instant>,
     phase_start: Cell<Instant>,
-    /// Finished stages' seconds, in plan order.
-    done: RefCell<Vec<f64>>,
+    /// Finished stages' seconds, in plan order (none: not timed).
+    done: RefCell<Vec<Option<f64>>>,
+    /// The current stage did not do its work: its time is not recorded.
+    untimed: Cell<bool>,
 }
 
 impl<'a> Tracker<'a> {
@@ -96,6 +107,7 @@ impl<'a> Tracker<'a> {
             stage_start: Cell::new(now),
             phase_start: Cell::new(now),
             done: RefCell::new(Vec::new()),
+            untimed: Cell::new(false),
         }
     }
 
@@ -123,10 +135,10 @@ impl<'a> Tracker<'a> {
                     from
                 }
             };
-            // Stages of the plan that were passed over (an evaluation without a judge) took 0 s.
+            // Stages of the plan that were passed over are not timed.
             let mut done = self.done.borrow_mut();
             while done.len() < at {
-                done.push(0.0);
+                done.push(None);
             }
             p.stage_seconds = done.clone();
             p.stage = at as u32 + 1;
@@ -141,12 +153,19 @@ impl<'a> Tracker<'a> {
         if stage > 0 {
             let mut done = self.done.borrow_mut();
             while done.len() < stage - 1 {
-                done.push(0.0);
+                done.push(None);
             }
             if done.len() == stage - 1 {
-                done.push(now.duration_since(self.stage_start.get()).as_secs_f64());
+                let secs = now.duration_since(self.stage_start.get()).as_secs_f64();
+                done.push((!self.untimed.replace(false)).then_some(secs));
             }
         }
+    }
+
+    /// The current stage did not do its work (a checkpoint reused, an evaluation that failed
+    /// and was gone past): its time is not taken as its usual duration.
+    pub fn untimed(&self) {
+        self.untimed.set(true);
     }
 
     /// A new phase of the current stage, with a line about it.
@@ -251,6 +270,11 @@ mod tests {
         assert_eq!(eta, Some(46.0));
         assert!(!complete);
         assert_eq!(fraction, 0.375);
+        // Past its last duration (10 s) with no work counts yet: not "0 s left", and not the
+        // whole bar.
+        let (eta, complete, fraction) = at(100.0, 20.0, 0.1, 0, 0).whole(Some(10.0), &[], 1, 1);
+        assert_eq!((eta, complete), (None, false));
+        assert!(fraction < 1.0);
         // Nothing known about the current stage yet: no estimate at all.
         let (eta, complete, fraction) = at(1.0, 1.0, 1.0, 0, 0).whole(None, &[Some(3.0)], 1, 2);
         assert_eq!((eta, complete, fraction), (None, false, 0.0));
@@ -258,7 +282,7 @@ mod tests {
 
     #[test]
     fn the_history_takes_each_stages_newest_timing_from_finished_jobs() {
-        let job = |state, stages: Vec<JobKind>, secs: Vec<f64>| Job {
+        let job = |state, stages: Vec<JobKind>, secs: Vec<Option<f64>>| Job {
             id: String::new(),
             project_id: String::new(),
             kind: JobKind::Round,
@@ -274,14 +298,18 @@ mod tests {
         };
         use JobKind::*;
         let jobs = vec![
-            job(JobState::Failed, vec![Train], vec![1.0]),
-            job(JobState::Done, vec![Train, Evaluate, Generate], vec![30.0, 0.0, 12.0]),
-            job(JobState::Done, vec![Generate, Label, Train, Evaluate], vec![10.0, 5.0, 20.0, 40.0]),
+            job(JobState::Failed, vec![Train], vec![Some(1.0)]),
+            job(JobState::Done, vec![Train, Evaluate, Generate], vec![Some(30.0), None, Some(12.0)]),
+            job(
+                JobState::Done,
+                vec![Generate, Label, Train, Evaluate],
+                vec![Some(10.0), Some(5.0), Some(20.0), Some(40.0)],
+            ),
         ];
         let h = stage_history(&jobs);
         assert_eq!(h[&Train], 30.0, "the newest finished job's, not the failed one's");
         assert_eq!(h[&Generate], 12.0);
-        assert_eq!(h[&Evaluate], 0.0);
+        assert_eq!(h[&Evaluate], 40.0, "a stage not timed in the newest job keeps the older timing");
         assert_eq!(h[&Label], 5.0);
     }
 
@@ -294,13 +322,18 @@ mod tests {
         t.step("training", 8, 8, Some(0.5));
         let after_train = tx.borrow().fraction;
         assert_eq!(after_train, 1.0 / 3.0);
-        // No evaluation (no judge): generate follows; evaluate is recorded as 0 s.
+        let (eta, complete, fraction) = at(5.0, 5.0, 5.0, 8, 8).whole(None, &[], 1, 1);
+        assert_eq!((eta, complete, fraction), (Some(0.0), true, MAX_RUNNING_FRACTION), "the last step is not the end");
+        // No evaluation (no judge): generate follows; evaluate is not timed.
         t.stage(JobKind::Generate);
         assert_eq!(tx.borrow().stage, 3);
         assert!(tx.borrow().fraction >= after_train);
+        // A generate that did not do its work (say) is not timed either.
+        t.untimed();
         let p = t.finish();
         assert_eq!(p.stage_seconds.len(), 3);
-        assert_eq!(p.stage_seconds[1], 0.0);
+        assert!(p.stage_seconds[0].is_some());
+        assert_eq!(p.stage_seconds[1..], [None, None]);
         assert_eq!(p.fraction, 1.0);
         assert_eq!(p.loss, Some(0.5));
     }

@@ -181,12 +181,71 @@ fn experiment_then_convert_its_trained_policy() {
         );
         serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()["logprob"].as_f64().unwrap()
     };
-    let (base, tuned) = (score(&fixture("llama")), score(hf.to_str().unwrap()));
-    assert!((base - tuned).abs() > 1e-4, "trained policy scores like the base model: {base} vs {tuned}");
+    let (base_score, tuned) = (score(&fixture("llama")), score(hf.to_str().unwrap()));
+    assert!((base_score - tuned).abs() > 1e-4, "trained policy scores like the base model: {base_score} vs {tuned}");
     // Phase 1's policy differs from phase 2's; a phase that was not kept is a clear error.
     let hf1 = dir.path().join("hf1");
     run_ok(apl().args(["convert", "--phase", "1", "--run"]).arg(&run).arg("--out").arg(&hf1));
     assert!((score(hf1.to_str().unwrap()) - tuned).abs() > 1e-6);
     let err = apl().args(["convert", "--phase", "7", "--run"]).arg(&run).arg("--out").arg(&hf1).output().unwrap();
     assert!(String::from_utf8_lossy(&err.stderr).contains("no policy for phase 7 (kept: [1, 2])"));
+    // A top-layers run has no adapter to write in PEFT's format: said so.
+    let err = apl().args(["convert", "--peft", "--run"]).arg(&run).arg("--out").arg(&hf1).output().unwrap();
+    assert!(!err.status.success());
+    assert!(
+        String::from_utf8_lossy(&err.stderr).contains("holds LoRA weights"),
+        "{}",
+        String::from_utf8_lossy(&err.stderr)
+    );
+
+    // A LoRA run written as a PEFT adapter: the adapter on the base model scores as the merged
+    // checkpoint of the same run does.
+    let lora_out = dir.path().join("lora");
+    run_ok(
+        apl()
+            .args(["experiment", "--model", &fixture("llama"), "--task", "prompts", "--oracle", "length"])
+            .arg("--data")
+            .arg(&prompts)
+            .arg("--out")
+            .arg(&lora_out)
+            .args([
+                "--acquisition",
+                "random",
+                "--schedule",
+                "8",
+                "--eval-prompts",
+                "8",
+                "--epochs",
+                "2",
+                "--seeds",
+                "1",
+            ])
+            .args(["--lora-rank", "2", "--lora-targets", "q_proj,v_proj", "--lr", "0.05"]),
+    );
+    let lora_run = lora_out.join("runs/random-seed0");
+    let (adapter, merged) = (dir.path().join("adapter"), dir.path().join("merged"));
+    run_ok(
+        apl()
+            .args(["convert", "--peft", "--base-model-name", "tiny-llama", "--run"])
+            .arg(&lora_run)
+            .arg("--out")
+            .arg(&adapter),
+    );
+    run_ok(apl().args(["convert", "--run"]).arg(&lora_run).arg("--out").arg(&merged));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!((config["peft_type"].as_str(), config["r"].as_u64()), (Some("LORA"), Some(2)), "{config}");
+    assert_eq!(config["base_model_name_or_path"], "tiny-llama");
+    let base = apl_engine::model::Checkpoint::load(
+        std::path::Path::new(&fixture("llama")),
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let policy = apl_engine::train::peft::load(base, &adapter).unwrap();
+    let tuned = dir.path().join("tuned");
+    policy.save_hf(&tuned).unwrap();
+    let (via_adapter, via_merge) = (score(tuned.to_str().unwrap()), score(merged.to_str().unwrap()));
+    assert!((via_adapter - via_merge).abs() < 1e-4, "{via_adapter} vs {via_merge}");
+    assert!((via_adapter - base_score).abs() > 1e-5, "the adapter was trained: {via_adapter} vs {base_score}");
 }

@@ -134,6 +134,13 @@ impl Policy {
     pub fn load_trainable(&mut self, path: &Path) -> Result<()> {
         let saved =
             candle_core::safetensors::load(path, self.reference.device()).map_err(|e| ModelError::format(path, e))?;
+        self.set_trainable(&saved, path)
+    }
+
+    /// Sets every trainable tensor from `saved` (by name; `source` names where they came from
+    /// in errors): all must be there, with their shapes.
+    pub fn set_trainable(&mut self, saved: &HashMap<String, Tensor>, source: &Path) -> Result<()> {
+        let path = source;
         for (name, v) in &self.vars {
             let t = saved.get(name).ok_or_else(|| ModelError::format(path, format!("tensor {name} is missing")))?;
             if t.dims() != v.dims() {

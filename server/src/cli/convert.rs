@@ -1,7 +1,9 @@
 //! `apl convert`: write any checkpoint the engine reads (a GGUF file, say) as an HF directory
 //! of safetensors, e.g. to hand the bundled model to PyTorch tools. With `--run` it writes an
 //! experiment's trained policy instead: the starting model with the run's trained tensors
-//! (top layers, or LoRA merged into the projections) put in, under the HF names.
+//! (top layers, or LoRA merged into the projections) put in, under the HF names. With `--run`
+//! and `--peft` a LoRA run is written as a PEFT adapter instead (adapter_config.json and
+//! adapter_model.safetensors), which PEFT and vLLM load on top of the unchanged base model.
 
 use std::path::{Path, PathBuf};
 
@@ -25,6 +27,13 @@ pub struct Args {
     /// With --run: the phase whose policy to write [default: the latest kept].
     #[arg(long, requires = "run")]
     pub phase: Option<usize>,
+    /// With --run: write the run's LoRA adapter in PEFT's format, not a merged checkpoint.
+    #[arg(long, requires = "run")]
+    pub peft: bool,
+    /// With --peft: the base model's name in adapter_config.json (`base_model_name_or_path`;
+    /// e.g. the HF id or the name the inference server serves it under) [default: its path].
+    #[arg(long, requires = "peft")]
+    pub base_model_name: Option<String>,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -47,7 +56,12 @@ pub fn run(a: Args) -> Result<()> {
             )?;
             let mut policy = Policy::new(base, cfg.settings.trainable.clone(), seed)?;
             policy.load_trainable(&weights).with_context(|| format!("loading {}", weights.display()))?;
-            policy.save_hf(&a.out)?;
+            if a.peft {
+                let name = a.base_model_name.clone().unwrap_or_else(|| path.display().to_string());
+                apl_engine::train::peft::save(&policy, &a.out, &name)?;
+            } else {
+                policy.save_hf(&a.out)?;
+            }
             eprintln!("{} + {} ->", path.display(), weights.display());
         }
     }

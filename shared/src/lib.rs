@@ -124,6 +124,14 @@ pub struct AutoContinue {
     pub deadline_minutes: Option<u64>,
 }
 
+impl AutoContinue {
+    /// Complete pairs a round of `pairs` goes on with: `fraction` of them, rounded up (a hair
+    /// under the product, so 0.07 of 100 pairs is 7, not 8), at least one.
+    pub fn needed(&self, pairs: i64) -> i64 {
+        ((self.fraction * pairs as f64 - 1e-9).ceil() as i64).max(1)
+    }
+}
+
 impl Default for AutoContinue {
     fn default() -> Self {
         Self { enabled: true, fraction: 1.0, deadline_minutes: None }
@@ -657,6 +665,16 @@ sql::json_column!(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auto_continue_goes_on_at_its_fraction_rounded_up() {
+        let at = |fraction| AutoContinue { fraction, ..Default::default() };
+        // 0.07 * 100 is 7.000000000000001 in f64: still 7.
+        assert_eq!(at(0.07).needed(100), 7);
+        assert_eq!(at(1.0).needed(2), 2);
+        assert_eq!(at(0.5).needed(3), 2);
+        assert_eq!(at(0.01).needed(10), 1, "at least one pair");
+    }
 
     /// Results stored before they were typed: flat for single-stage jobs, nested for rounds.
     #[test]

@@ -199,9 +199,11 @@ impl Store {
         r.labels_per_minute = labels as f64 / minutes;
         r.active = active.into_iter().map(|(name, labels, _)| ActiveRater { name, labels }).collect();
         r.auto_continue = auto.enabled;
-        // The complete pairs it goes on with (a hair under the product, as auto-continue counts).
-        let fraction = if auto.enabled { auto.fraction } else { 1.0 };
-        r.needed = ((fraction * r.pairs as f64 - 1e-9).ceil() as i64).max(1).min(r.pairs);
+        // The complete pairs it goes on with, as auto-continue counts them (all, when it is off).
+        r.needed = match auto.enabled {
+            true => auto.needed(r.pairs).min(r.pairs),
+            false => r.pairs,
+        };
         r.deadline_at = auto.deadline_minutes.filter(|_| auto.enabled).map(|m| acquired_at + m as i64 * 60_000);
         // Votes still wanted by the pairs nearest completion, enough of them to reach `needed`.
         let short = (r.needed - r.complete).max(0);

@@ -79,8 +79,7 @@ impl Store {
             .bind(PairKind::Train)
             .fetch_one(&self.pool)
             .await?;
-            // (A hair under the product, so 0.07 of 100 pairs is 7, not 8.)
-            let enough = complete as f64 >= (auto.fraction * pairs as f64 - 1e-9).ceil();
+            let enough = complete >= auto.needed(pairs);
             let late = auto.deadline_minutes.is_some_and(|m| now_ms() - acquired_at >= m as i64 * 60_000);
             if pairs == 0 || complete == 0 || !(enough || late) {
                 continue;

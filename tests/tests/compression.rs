@@ -11,37 +11,23 @@ mod common;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use apl_shared::settings::{AcquireConfig, AdamConfig, EvalSettings, LoopSettings, TrainConfig, Trainable};
 use apl_shared::{Acquisition, EvaluationRow, Job, JobKind, JobParams, JobState, Labeller, ProjectConfig, Split};
-use common::{ADMIN, Backend, Options};
+use common::{ADMIN, Backend, Options, tiny};
 
-fn tiny() -> ProjectConfig {
-    ProjectConfig {
-        loop_settings: LoopSettings {
-            acquisition: Acquisition::Random,
-            pairs_per_round: 4,
-            acquire: AcquireConfig { over_generate: 2, batch_size: 8, ..Default::default() },
-            completion_tokens: (3, 5),
-            labeller: Labeller::Length,
-            trainable: Trainable::All,
-            train: TrainConfig {
-                epochs: 2,
-                pairs_per_step: 2,
-                micro_batch: 2,
-                adam: AdamConfig { lr: 1e-3, ..Default::default() },
-                ..Default::default()
-            },
-            eval: EvalSettings { prompts: 24, judge: Labeller::Length, batch_size: 8, ..Default::default() },
-            ..Default::default()
-        },
-        ..Default::default()
-    }
+/// The tiny model's settings, with enough evaluation prompts that the evaluation's answer is
+/// over the 2 KiB below which answers go uncompressed.
+fn config() -> ProjectConfig {
+    let mut c = tiny(Labeller::Length);
+    c.loop_settings.acquisition = Acquisition::Random;
+    c.loop_settings.eval.prompts = 24;
+    c.loop_settings.eval.batch_size = 8;
+    c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_json_is_gzipped_and_job_events_are_not() {
     let s = common::start(&Backend::Sqlite, Options::default()).await;
-    let p = s.project("gzip", tiny()).await;
+    let p = s.project("gzip", config()).await;
     let texts = |split: Split, n: usize| (0..n).map(|i| format!("{split} prompt number {i} is")).collect::<Vec<_>>();
     s.prompts(&p.id, Split::Train, &texts(Split::Train, 16)).await;
     // Enough evaluation prompts that the evaluation's answer is over the 2 KiB below which

@@ -5,40 +5,14 @@
 mod common;
 
 use apl::store::jobs::MAX_ATTEMPTS;
-use apl_shared::settings::{
-    AcquireConfig, AdamConfig, EvalSettings, JudgeSettings, LoopSettings, TrainConfig, Trainable,
-};
+use apl_shared::settings::JudgeSettings;
 use apl_shared::{
     Acquisition, ActiveRater, CheckpointRow, Cycle, CycleStep, EvaluationRow, Job, JobKind, JobParams, JobState,
-    LabelSource, Labeller, Mode, NextPair, NextStatus, PairRecord, Project, ProjectAnalytics, ProjectConfig,
-    RaterChoice, RatingConfig, RoundRow, Split,
+    LabelSource, Labeller, Mode, NextPair, NextStatus, PairRecord, Project, ProjectAnalytics, RaterChoice, RoundRow,
+    Split,
 };
-use common::{Backend, Server};
+use common::{Backend, Server, tiny};
 use reqwest::Method;
-
-/// Settings small enough for the tiny model: 4 pairs a round, 2 epochs, 4 evaluation prompts.
-fn tiny(labeller: Labeller) -> ProjectConfig {
-    ProjectConfig {
-        rating: RatingConfig { overlap: 2, ..Default::default() },
-        loop_settings: LoopSettings {
-            acquisition: Acquisition::Certainty,
-            pairs_per_round: 4,
-            acquire: AcquireConfig { over_generate: 2, batch_size: 8, ..Default::default() },
-            completion_tokens: (3, 5),
-            labeller,
-            trainable: Trainable::All,
-            train: TrainConfig {
-                epochs: 2,
-                pairs_per_step: 2,
-                micro_batch: 2,
-                adam: AdamConfig { lr: 1e-3, ..Default::default() },
-                ..Default::default()
-            },
-            eval: EvalSettings { prompts: 4, judge: Labeller::Length, batch_size: 4, ..Default::default() },
-            ..Default::default()
-        },
-    }
-}
 
 async fn prompts(s: &Server, project: &str, split: Split, n: usize) {
     let texts: Vec<String> = (0..n).map(|i| format!("{split} prompt number {i} is")).collect();

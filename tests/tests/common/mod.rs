@@ -481,3 +481,29 @@ impl Server {
         jsonl(&r.text)
     }
 }
+
+/// Settings small enough for the tiny model: 4 pairs a round, 2 epochs, 4 evaluation prompts.
+pub fn tiny(labeller: apl_shared::Labeller) -> ProjectConfig {
+    use apl_shared::settings::{AcquireConfig, AdamConfig, EvalSettings, LoopSettings, TrainConfig, Trainable};
+    use apl_shared::{Acquisition, Labeller, RatingConfig};
+    ProjectConfig {
+        rating: RatingConfig { overlap: 2, ..Default::default() },
+        loop_settings: LoopSettings {
+            acquisition: Acquisition::Certainty,
+            pairs_per_round: 4,
+            acquire: AcquireConfig { over_generate: 2, batch_size: 8, ..Default::default() },
+            completion_tokens: (3, 5),
+            labeller,
+            trainable: Trainable::All,
+            train: TrainConfig {
+                epochs: 2,
+                pairs_per_step: 2,
+                micro_batch: 2,
+                adam: AdamConfig { lr: 1e-3, ..Default::default() },
+                ..Default::default()
+            },
+            eval: EvalSettings { prompts: 4, judge: Labeller::Length, batch_size: 4, ..Default::default() },
+            ..Default::default()
+        },
+    }
+}

@@ -8,7 +8,8 @@
 //! Pages are chosen from the path at load; links between them are ordinary links. Every text
 //! from the server is rendered as text, never as HTML. Built twice: with the `admin` feature
 //! (every page but the rater workspace) and without (the rater workspace alone, a smaller
-//! download that `boot.js` loads on `/rate`).
+//! download that `boot.js` loads on `/rate`). In the admin build the start page and each dashboard
+//! tab are wasm files of their own, fetched when first shown (`split`).
 
 mod api;
 #[cfg(feature = "admin")]
@@ -22,6 +23,8 @@ mod home;
 // wasm), yet it is still compiled and linted there.
 #[cfg_attr(feature = "admin", allow(dead_code))]
 mod rate;
+#[cfg(feature = "admin")]
+mod split;
 mod util;
 
 use leptos::prelude::*;
@@ -41,7 +44,7 @@ fn App() -> impl IntoView {
         #[cfg(not(feature = "admin"))]
         ["rate"] => view! { <rate::RaterWorkspace/> }.into_any(),
         #[cfg(feature = "admin")]
-        [] => view! { <home::Home/> }.into_any(),
+        [] => split::page(split::preload_home, split::home),
         #[cfg(feature = "admin")]
         ["projects", id] => {
             let id = id.to_string();

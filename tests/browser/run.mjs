@@ -33,6 +33,11 @@ function watch(page, name) {
   page.on('pageerror', (e) => out.errors.push(`${name}: uncaught: ${e.message}`));
   page.on('response', (r) => {
     if (r.url().endsWith('_bg.wasm')) out.wasm = { url: new URL(r.url()).pathname, encoding: r.headers()['content-encoding'] ?? null };
+    // The admin build's other wasm files (a dashboard tab's code, fetched when it is first
+    // opened) are served gzipped too.
+    else if (r.url().endsWith('.wasm') && r.status() === 200 && r.headers()['content-encoding'] !== 'gzip') {
+      out.errors.push(`${name}: ${new URL(r.url()).pathname} not served gzipped`);
+    }
     // A 4xx the test provokes on purpose is not an error of the page; 5xx always is.
     if (r.status() >= 500) out.errors.push(`${name}: ${r.status()} from ${r.url()}`);
   });

@@ -186,10 +186,17 @@ fn target_dir(root: &Path) -> PathBuf {
 
 /// Builds `dist/`: index.html, boot.js, style.css, pkg/ (the whole app: wasm + JS glue) and
 /// pkg-rater/ (the rater workspace alone, built without the `admin` feature).
+///
+/// The admin build is split first (wasm-split, the `wasm_split_cli_support` library): each
+/// dashboard tab's code (the `#[wasm_split]` functions in frontend/src/dashboard/mod.rs) goes
+/// to a file of its own in pkg/ (`split_TAB.wasm`, with `chunk_N.wasm` for code some of them
+/// share), fetched by pkg/__wasm_split.js when the tab is first opened; wasm-bindgen then
+/// processes the main file. Every wasm file is shrunk by wasm-opt and gzipped.
 fn frontend(root: &Path) -> Result<()> {
     ensure_wasm_target()?;
     let opt = find_wasm_opt(root)?;
     let dist = root.join("dist");
+    let kb = |n: u64| n as f64 / 1024.0;
     let mut sizes = Vec::new();
     for (dir, features) in [("pkg", &[][..]), ("pkg-rater", &["--no-default-features"][..])] {
         let mut args = vec![
@@ -204,18 +211,43 @@ fn frontend(root: &Path) -> Result<()> {
         ];
         args.extend_from_slice(features);
         cargo(&args, &[])?;
-        let wasm = target_dir(root).join("wasm32-unknown-unknown/wasm-release/apl_frontend.wasm");
+        let built = target_dir(root).join("wasm32-unknown-unknown/wasm-release/apl_frontend.wasm");
+        let raw = std::fs::read(&built).with_context(|| format!("reading {}", built.display()))?;
         let pkg = dist.join(dir);
         if pkg.exists() {
             std::fs::remove_dir_all(&pkg)?;
         }
         std::fs::create_dir_all(&pkg)?;
+        // wasm-bindgen's input, named as the crate (its output's names follow).
+        let work = target_dir(root).join("wasm-split").join(dir);
+        std::fs::create_dir_all(&work)?;
+        let input = work.join("apl_frontend.wasm");
+        let mut chunks = Vec::new();
+        if dir == "pkg" {
+            let mut o = wasm_split_cli_support::Options::new(&raw);
+            o.output_dir = &pkg;
+            o.main_out_path = &input;
+            o.link_name = "./__wasm_split.js";
+            o.main_module = "./apl_frontend.js";
+            let split = wasm_split_cli_support::transform(o).map_err(|e| anyhow::anyhow!("wasm-split: {e:?}"))?;
+            chunks = split.split_modules;
+            chunks.sort();
+            if chunks.is_empty() {
+                bail!("wasm-split found no split points in the admin build");
+            }
+        } else {
+            // The relocations `--emit-relocs` keeps (.cargo/config.toml) are for wasm-split
+            // alone: nothing to split here, so they go.
+            std::fs::write(&input, strip_sections(&raw, |name| name == b"linking" || name.starts_with(b"reloc."))?)?;
+        }
         wasm_bindgen_cli_support::Bindgen::new()
-            .input_path(&wasm)
+            .input_path(&input)
             .web(true)?
             .typescript(false)
             .remove_name_section(true)
             .remove_producers_section(true)
+            // The function table, which the tabs' files add their functions to.
+            .keep_lld_exports(!chunks.is_empty())
             .generate(&pkg)
             .context("wasm-bindgen")?;
         let wasm = pkg.join("apl_frontend_bg.wasm");
@@ -224,11 +256,44 @@ fn frontend(root: &Path) -> Result<()> {
             wasm_opt(tool, &wasm, &target_dir(root).join("wasm-opt").join(dir))?;
         }
         let gz = gzip(&wasm)?;
-        let kb = |n: u64| n as f64 / 1024.0;
         let after = std::fs::metadata(&wasm)?.len();
         let from = if opt.is_some() { format!(" (from {:.0} KB)", kb(before)) } else { String::new() };
         sizes.push(format!("{dir} {:.0} KB{from}, {:.0} KB gzipped", kb(after), kb(gz)));
         gzip(&pkg.join("apl_frontend.js"))?;
+        if !chunks.is_empty() {
+            // Each file on its own (wasm-opt is single-threaded), a few at a time.
+            let shrink = |chunk: &PathBuf| -> Result<(String, u64, u64)> {
+                let name = chunk.file_stem().and_then(|n| n.to_str()).unwrap_or_default();
+                // Its names go (wasm-opt would warn about a subsection it does not know).
+                std::fs::write(chunk, strip_sections(&std::fs::read(chunk)?, |name| name == b"name")?)?;
+                if let Some(tool) = &opt {
+                    wasm_opt(tool, chunk, &target_dir(root).join("wasm-opt").join(format!("{dir}-split")).join(name))?;
+                }
+                let gz = gzip(chunk)?;
+                Ok((name.to_string(), std::fs::metadata(chunk)?.len(), gz))
+            };
+            let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+            let mut parts = Vec::new();
+            for group in chunks.chunks(threads) {
+                let done: Vec<Result<(String, u64, u64)>> = std::thread::scope(|s| {
+                    let running: Vec<_> = group.iter().map(|c| s.spawn(|| shrink(c))).collect();
+                    running.into_iter().map(|t| t.join().expect("wasm-opt thread")).collect()
+                });
+                for part in done {
+                    parts.push(part?);
+                }
+            }
+            // The split functions' own files, then the code several of them share (`chunk_N`).
+            let (shared, own): (Vec<_>, Vec<_>) = parts.into_iter().partition(|(n, ..)| n.starts_with("chunk_"));
+            let mut list: Vec<String> = own
+                .iter()
+                .map(|(n, raw, gz)| format!("{} {:.0}/{:.0}", n.trim_start_matches("split_"), kb(*raw), kb(*gz)))
+                .collect();
+            let (raw, gz) = shared.iter().fold((0, 0), |(r, g), (_, raw, gz)| (r + raw, g + gz));
+            list.push(format!("{} shared chunks {:.0}/{:.0}", shared.len(), kb(raw), kb(gz)));
+            sizes.push(format!("{dir}'s split-off pages (KB/KB gzipped): {}", list.join(", ")));
+            gzip(&pkg.join("__wasm_split.js"))?;
+        }
     }
     for (from, to) in
         [("frontend/index.html", "index.html"), ("frontend/boot.js", "boot.js"), ("style/style.css", "style.css")]
@@ -237,8 +302,43 @@ fn frontend(root: &Path) -> Result<()> {
         gzip(&dist.join(to))?;
     }
     let step = if opt.is_some() { "wasm-bindgen and wasm-opt" } else { "wasm-bindgen" };
-    eprintln!("frontend built in {} (wasm after {step}: {})", dist.display(), sizes.join(", "));
+    eprintln!("frontend built in {} (wasm after {step}: {})", dist.display(), sizes.join("; "));
     Ok(())
+}
+
+/// `wasm` without the custom sections whose names `drop` picks.
+fn strip_sections(wasm: &[u8], drop: impl Fn(&[u8]) -> bool) -> Result<Vec<u8>> {
+    /// An unsigned LEB128 number at `at`: its value and the position after it.
+    fn leb(b: &[u8], mut at: usize) -> Result<(usize, usize)> {
+        let (mut v, mut shift) = (0usize, 0);
+        loop {
+            let byte = *b.get(at).context("truncated wasm")?;
+            at += 1;
+            v |= usize::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok((v, at));
+            }
+            shift += 7;
+        }
+    }
+    if wasm.len() < 8 || &wasm[..4] != b"\0asm" {
+        bail!("not a wasm module");
+    }
+    let mut out = wasm[..8].to_vec();
+    let mut at = 8;
+    while at < wasm.len() {
+        let (len, body) = leb(wasm, at + 1)?;
+        let end = body.checked_add(len).filter(|&e| e <= wasm.len()).context("truncated wasm section")?;
+        let dropped = wasm[at] == 0 && {
+            let (n, name) = leb(wasm, body)?;
+            drop(wasm.get(name..name + n).unwrap_or_default())
+        };
+        if !dropped {
+            out.extend_from_slice(&wasm[at..end]);
+        }
+        at = end;
+    }
+    Ok(out)
 }
 
 /// How to run binaryen's `wasm-opt`: a program and the arguments before the file's.

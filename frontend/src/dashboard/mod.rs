@@ -4,6 +4,10 @@
 //! tab's loaders re-run. Without an accepted admin token the page is the sign-in form alone
 //! (no tab loads before the server has accepted the token). Leaving the setup tab with edits
 //! not saved asks first (`Ctx::unsaved`, which the tab's button also shows).
+//!
+//! Each tab's code is a wasm file of its own, split off the main one at the `#[wasm_split]`
+//! functions below (`cargo xtask frontend` splits it): fetched when the tab is first opened (or
+//! pointed at), while it shows "Loading…"; once there, opening the tab again is immediate.
 
 mod evaluation;
 mod quality;
@@ -13,9 +17,11 @@ mod setup;
 
 use apl_shared::ProjectDetail;
 use leptos::prelude::*;
+use leptos::wasm_split::{SplitLoaderError, wasm_split};
 
 use crate::api;
 use crate::components::signin::{Refused, SignIn, refused};
+use crate::split::{LOAD_FAILED, Loading, now};
 use crate::util::{query_param, set_query_param};
 
 #[derive(Clone, Copy)]
@@ -99,7 +105,15 @@ pub fn ProjectPage(id: String) -> impl IntoView {
         _ => None,
     });
     let start = query_param("tab").filter(|t| TABS.iter().any(|(k, _)| k == t)).unwrap_or_else(|| "run".into());
+    // The tabs whose code was fetched, and whether it came; the open tab's is fetched while
+    // the server checks the token.
+    let loaded = RwSignal::new(Vec::<(String, bool)>::new());
+    load(&start, loaded);
     let tab = RwSignal::new(start);
+    let ready = Memo::new(move |_| {
+        let t = tab.get();
+        loaded.with(|l| l.iter().find(|(k, _)| *k == t).map(|(_, ok)| *ok))
+    });
     // Leaving the setup tab with edits not saved asks first.
     let open = move |key: &'static str| {
         if ctx.unsaved.get_untracked() && tab.get_untracked() == "setup" && key != "setup" {
@@ -127,7 +141,8 @@ pub fn ProjectPage(id: String) -> impl IntoView {
                     view! {
                         <button role="tab" class="tab" id=format!("tab-{key}") class:unsaved=unsaved
                             aria-selected=move || (tab.get() == key).to_string()
-                            on:click=move |_| open(key)>
+                            on:click=move |_| open(key)
+                            on:pointerenter=move |_| load(key, loaded)>
                             {*name}
                             {move || unsaved().then(|| view! {
                                 <span class="unsaved-mark" title="changes not saved">" •"
@@ -144,12 +159,24 @@ pub fn ProjectPage(id: String) -> impl IntoView {
                 Access::Checking => view! { <p class="muted">"Loading…"</p> }.into_any(),
                 Access::SignIn(_) => view! { <SignIn refused=why on_set=signed_in/> }.into_any(),
             }}
-            {move || (access.get() == Access::In).then(|| match tab.get().as_str() {
-                "setup" => view! { <setup::Setup/> }.into_any(),
-                "raters" => view! { <raters::Raters/> }.into_any(),
-                "quality" => view! { <quality::Quality/> }.into_any(),
-                "evaluation" => view! { <evaluation::Evaluation/> }.into_any(),
-                _ => view! { <run::Run/> }.into_any(),
+            {move || (access.get() == Access::In).then(|| {
+                let key = tab.get();
+                let failed = || view! { <p class="error" role="alert">{LOAD_FAILED}</p> }.into_any();
+                match ready.get() {
+                    Some(true) => match now(tab_view(&key).as_mut()) {
+                        Some(Ok(view)) => view,
+                        _ => failed(),
+                    },
+                    // Tried again (opening the tab again, or pointing at it, tries too).
+                    Some(false) => {
+                        load(&key, loaded);
+                        failed()
+                    }
+                    None => {
+                        load(&key, loaded);
+                        view! { <p class="muted">"Loading…"</p> }.into_any()
+                    }
+                }
             })}
         </main>
     }
@@ -198,4 +225,66 @@ pub fn shown<T: Clone + 'static, V: IntoView + 'static>(
         Some(Err(e)) => view! { <p class="error" role="alert">{e.message}</p> }.into_any(),
         Some(Ok(v)) => f(v).into_any(),
     }
+}
+
+/// The tab's view, once its code is loaded (see `load`).
+fn tab_view(key: &str) -> Loading<AnyView> {
+    match key {
+        "setup" => Box::pin(setup_tab()),
+        "raters" => Box::pin(raters_tab()),
+        "quality" => Box::pin(quality_tab()),
+        "evaluation" => Box::pin(evaluation_tab()),
+        _ => Box::pin(run_tab()),
+    }
+}
+
+/// Fetches the tab's code unless it is loaded, then notes in `loaded` whether it came (the
+/// panel then renders again if that tab is open; other tabs' panels are left alone).
+fn load(key: &str, loaded: RwSignal<Vec<(String, bool)>>) {
+    if loaded.with_untracked(|l| l.iter().any(|(k, ok)| k == key && *ok)) {
+        return;
+    }
+    let fut: Loading<()> = match key {
+        "setup" => Box::pin(preload_setup()),
+        "raters" => Box::pin(preload_raters()),
+        "quality" => Box::pin(preload_quality()),
+        "evaluation" => Box::pin(preload_evaluation()),
+        _ => Box::pin(preload_run()),
+    };
+    let key = key.to_string();
+    leptos::task::spawn_local(async move {
+        let ok = fut.await.is_ok();
+        // (`try_`: the page may be gone by then.)
+        if loaded.try_with_untracked(|l| !l.contains(&(key.clone(), ok))) == Some(true) {
+            loaded.try_update(|l| {
+                l.retain(|(k, _)| *k != key);
+                l.push((key, ok));
+            });
+        }
+    });
+}
+
+#[wasm_split(run, wasm_split_path = ::leptos::wasm_split, preload(preload_run), fallible)]
+fn run_tab() -> Result<AnyView, SplitLoaderError> {
+    Ok(view! { <run::Run/> }.into_any())
+}
+
+#[wasm_split(setup, wasm_split_path = ::leptos::wasm_split, preload(preload_setup), fallible)]
+fn setup_tab() -> Result<AnyView, SplitLoaderError> {
+    Ok(view! { <setup::Setup/> }.into_any())
+}
+
+#[wasm_split(raters, wasm_split_path = ::leptos::wasm_split, preload(preload_raters), fallible)]
+fn raters_tab() -> Result<AnyView, SplitLoaderError> {
+    Ok(view! { <raters::Raters/> }.into_any())
+}
+
+#[wasm_split(quality, wasm_split_path = ::leptos::wasm_split, preload(preload_quality), fallible)]
+fn quality_tab() -> Result<AnyView, SplitLoaderError> {
+    Ok(view! { <quality::Quality/> }.into_any())
+}
+
+#[wasm_split(evaluation, wasm_split_path = ::leptos::wasm_split, preload(preload_evaluation), fallible)]
+fn evaluation_tab() -> Result<AnyView, SplitLoaderError> {
+    Ok(view! { <evaluation::Evaluation/> }.into_any())
 }

@@ -136,13 +136,14 @@ impl Store {
         Ok(cycle)
     }
 
-    /// The newest round with pairs for raters, and how many of them have all their votes.
+    /// The newest round, when it has pairs for raters, and how many of them have all their
+    /// votes. (Its number from `rounds`: a MAX over pairs would walk every pair of the project,
+    /// the round index being partial.)
     pub async fn batch(&self, project_id: &str) -> Result<Option<BatchProgress>> {
         let row: Option<(i64, i64, i64)> = sqlx::query_as(
             "SELECT p.round, COUNT(*), COALESCE(SUM(CASE WHEN p.votes >= p.target_votes THEN 1 ELSE 0 END), 0) \
              FROM pairs p WHERE p.project_id = $1 AND p.kind = $2 AND p.target_votes > 0 AND p.check_id IS NULL \
-             AND p.round = (SELECT MAX(q.round) FROM pairs q WHERE q.project_id = $1 AND q.kind = $2 \
-                            AND q.target_votes > 0 AND q.check_id IS NULL) \
+             AND p.round = (SELECT MAX(r.number) FROM rounds r WHERE r.project_id = $1) \
              GROUP BY p.round",
         )
         .bind(project_id)

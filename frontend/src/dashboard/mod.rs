@@ -55,13 +55,37 @@ impl Ctx {
     }
 }
 
-const TABS: [(&str, &str); 5] = [
-    ("run", "Run"),
-    ("setup", "Setup"),
-    ("raters", "Raters"),
-    ("quality", "Label quality"),
-    ("evaluation", "Evaluation"),
+/// A tab: its key in the address, its name, and its split-off code (the view, and the fetch
+/// of its code).
+struct Tab {
+    key: &'static str,
+    name: &'static str,
+    view: fn() -> Loading<AnyView>,
+    preload: fn() -> Loading<()>,
+}
+
+const TABS: [Tab; 5] = [
+    Tab { key: "run", name: "Run", view: || Box::pin(run_tab()), preload: || Box::pin(preload_run()) },
+    Tab { key: "setup", name: "Setup", view: || Box::pin(setup_tab()), preload: || Box::pin(preload_setup()) },
+    Tab { key: "raters", name: "Raters", view: || Box::pin(raters_tab()), preload: || Box::pin(preload_raters()) },
+    Tab {
+        key: "quality",
+        name: "Label quality",
+        view: || Box::pin(quality_tab()),
+        preload: || Box::pin(preload_quality()),
+    },
+    Tab {
+        key: "evaluation",
+        name: "Evaluation",
+        view: || Box::pin(evaluation_tab()),
+        preload: || Box::pin(preload_evaluation()),
+    },
 ];
+
+/// The tab of `key` (the run tab for any other).
+fn tab_of(key: &str) -> &'static Tab {
+    TABS.iter().find(|t| t.key == key).unwrap_or(&TABS[0])
+}
 
 #[component]
 pub fn ProjectPage(id: String) -> impl IntoView {
@@ -104,7 +128,7 @@ pub fn ProjectPage(id: String) -> impl IntoView {
         Access::SignIn(r) => r,
         _ => None,
     });
-    let start = query_param("tab").filter(|t| TABS.iter().any(|(k, _)| k == t)).unwrap_or_else(|| "run".into());
+    let start = query_param("tab").filter(|t| TABS.iter().any(|tab| tab.key == t)).unwrap_or_else(|| "run".into());
     // The tabs whose code was fetched, and whether it came; the open tab's is fetched while
     // the server checks the token.
     let loaded = RwSignal::new(Vec::<(String, bool)>::new());
@@ -135,15 +159,14 @@ pub fn ProjectPage(id: String) -> impl IntoView {
             {move || ctx.detail.get().map(|d| view! { <StatsLine d=d/> })}
             {move || error.get().map(|e| view! { <p class="error" role="alert">{e}</p> })}
             <nav class="tabs" role="tablist" aria-label="Dashboard sections" hidden=move || access.get() != Access::In>
-                {TABS.iter().map(|(key, name)| {
-                    let key = *key;
+                {TABS.iter().map(|&Tab { key, name, .. }| {
                     let unsaved = move || key == "setup" && ctx.unsaved.get();
                     view! {
                         <button role="tab" class="tab" id=format!("tab-{key}") class:unsaved=unsaved
                             aria-selected=move || (tab.get() == key).to_string()
                             on:click=move |_| open(key)
                             on:pointerenter=move |_| load(key, loaded)>
-                            {*name}
+                            {name}
                             {move || unsaved().then(|| view! {
                                 <span class="unsaved-mark" title="changes not saved">" •"
                                     <span class="visually-hidden">" (changes not saved)"</span></span>
@@ -163,7 +186,7 @@ pub fn ProjectPage(id: String) -> impl IntoView {
                 let key = tab.get();
                 let failed = || view! { <p class="error" role="alert">{LOAD_FAILED}</p> }.into_any();
                 match ready.get() {
-                    Some(true) => match now(tab_view(&key).as_mut()) {
+                    Some(true) => match now((tab_of(&key).view)().as_mut()) {
                         Some(Ok(view)) => view,
                         _ => failed(),
                     },
@@ -227,30 +250,13 @@ pub fn shown<T: Clone + 'static, V: IntoView + 'static>(
     }
 }
 
-/// The tab's view, once its code is loaded (see `load`).
-fn tab_view(key: &str) -> Loading<AnyView> {
-    match key {
-        "setup" => Box::pin(setup_tab()),
-        "raters" => Box::pin(raters_tab()),
-        "quality" => Box::pin(quality_tab()),
-        "evaluation" => Box::pin(evaluation_tab()),
-        _ => Box::pin(run_tab()),
-    }
-}
-
 /// Fetches the tab's code unless it is loaded, then notes in `loaded` whether it came (the
 /// panel then renders again if that tab is open; other tabs' panels are left alone).
 fn load(key: &str, loaded: RwSignal<Vec<(String, bool)>>) {
     if loaded.with_untracked(|l| l.iter().any(|(k, ok)| k == key && *ok)) {
         return;
     }
-    let fut: Loading<()> = match key {
-        "setup" => Box::pin(preload_setup()),
-        "raters" => Box::pin(preload_raters()),
-        "quality" => Box::pin(preload_quality()),
-        "evaluation" => Box::pin(preload_evaluation()),
-        _ => Box::pin(preload_run()),
-    };
+    let fut = (tab_of(key).preload)();
     let key = key.to_string();
     leptos::task::spawn_local(async move {
         let ok = fut.await.is_ok();

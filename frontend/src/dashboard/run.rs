@@ -34,6 +34,17 @@ pub fn Run() -> impl IntoView {
     }
 }
 
+/// Starts `job`; the dashboard reloads once it is queued, `error` says why it was not.
+async fn start_job(ctx: Ctx, job: NewJob, error: RwSignal<Option<String>>) {
+    match api::start_job(&ctx.id(), &job).await {
+        Ok(_) => {
+            error.set(None);
+            ctx.changed();
+        }
+        Err(e) => error.set(Some(e.message)),
+    }
+}
+
 /// How often the stepper asks where the cycle stands.
 const CYCLE_POLL: Duration = Duration::from_secs(2);
 
@@ -42,6 +53,7 @@ fn Stepper() -> impl IntoView {
     let ctx = expect_context::<Ctx>();
     let cycle = RwSignal::new(None::<Cycle>);
     let error = RwSignal::new(None::<String>);
+    let reloading = StoredValue::new(false);
     let load = move || {
         let id = ctx.id();
         spawn_local(async move {
@@ -57,6 +69,8 @@ fn Stepper() -> impl IntoView {
                             old.is_some_and(|o| (o.round, o.step, o.job.clone()) != (c.round, c.step, c.job.clone()));
                         cycle.set(Some(c));
                         if moved {
+                            // (This answer is the new one: the reload below need not ask again.)
+                            reloading.set_value(true);
                             ctx.changed();
                         }
                     }
@@ -67,23 +81,19 @@ fn Stepper() -> impl IntoView {
     };
     Effect::new(move |_| {
         ctx.version.get();
-        load();
+        if !reloading.get_value() {
+            load();
+        }
+        reloading.set_value(false);
     });
     if let Ok(h) = set_interval_with_handle(load, CYCLE_POLL) {
         on_cleanup(move || h.clear());
     }
     let busy = RwSignal::new(false);
     let start = move |kind: JobKind| {
-        let id = ctx.id();
         busy.set(true);
         spawn_local(async move {
-            match api::start_job(&id, &NewJob { kind, params: JobParams::default() }).await {
-                Ok(_) => {
-                    error.set(None);
-                    ctx.changed();
-                }
-                Err(e) => error.set(Some(e.message)),
-            }
+            start_job(ctx, NewJob { kind, params: JobParams::default() }, error).await;
             busy.set(false);
         });
     };
@@ -91,10 +101,7 @@ fn Stepper() -> impl IntoView {
         <section class="card cycle" aria-label="The cycle">
             {move || cycle.get().map(|c| {
                 let step = c.step;
-                let title = match (c.round, step) {
-                    (None, _) => "No rounds yet".to_string(),
-                    (Some(n), _) => format!("Round {n}"),
-                };
+                let title = c.round.map_or("No rounds yet".to_string(), |n| format!("Round {n}"));
                 let at = step.map(|s| CycleStep::ALL.iter().position(|x| *x == s).unwrap_or(0));
                 let steps = CycleStep::ALL.iter().enumerate().map(|(i, s)| {
                     let state = match at {
@@ -181,17 +188,7 @@ fn StartJob() -> impl IntoView {
         } else {
             JobParams::default()
         };
-        let job = NewJob { kind, params };
-        let id = ctx.id();
-        spawn_local(async move {
-            match api::start_job(&id, &job).await {
-                Ok(_) => {
-                    error.set(None);
-                    ctx.changed();
-                }
-                Err(e) => error.set(Some(e.message)),
-            }
-        });
+        spawn_local(start_job(ctx, NewJob { kind, params }, error));
     };
     let uses_pairs = move || kind.get().acquires();
     // The default first, then the rest in their usual order.

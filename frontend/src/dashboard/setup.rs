@@ -646,14 +646,19 @@ fn Config() -> impl IntoView {
     let server_error = RwSignal::new(None::<(String, String)>);
     // The JSON editor's own problem (not JSON, or a value of the wrong type).
     let json_error = RwSignal::new(None::<String>);
+    // The form shows `config` as stored: nothing unsaved.
+    let show_stored = move |config: &ProjectConfig| {
+        let v = serde_json::to_value(config).unwrap_or(Value::Null);
+        let text = pretty(&v);
+        raw.set(text.clone());
+        saved.set(text);
+        cfg.set(Some(v));
+    };
     Effect::new(move |_| {
         if let Some(d) = ctx.detail.get()
             && cfg.get_untracked().is_none()
         {
-            let v = serde_json::to_value(&d.project.config).unwrap_or(Value::Null);
-            raw.set(pretty(&v));
-            saved.set(pretty(&v));
-            cfg.set(Some(v));
+            show_stored(&d.project.config);
         }
     });
     let dirty = Memo::new(move |_| cfg.with(Option::is_some) && raw.with(|r| saved.with(|s| r != s)));
@@ -710,26 +715,21 @@ fn Config() -> impl IntoView {
             focus_first_invalid();
             return;
         }
-        let parsed: Result<ProjectConfig, String> = serde_json::from_str(&raw.get_untracked())
-            .map_err(|e| format!("Not saved: the settings in \"Every setting (JSON)\" are not valid: {e}."));
-        if let Err(e) = &parsed {
-            json_error.set(Some(e.clone()));
-            message.set(Some(Err(e.clone())));
-            return;
-        }
+        let c = match serde_json::from_str::<ProjectConfig>(&raw.get_untracked()) {
+            Ok(c) => c,
+            Err(e) => {
+                let e = format!("Not saved: the settings in \"Every setting (JSON)\" are not valid: {e}.");
+                json_error.set(Some(e.clone()));
+                message.set(Some(Err(e)));
+                return;
+            }
+        };
         json_error.set(None);
         let id = ctx.id();
         spawn_local(async move {
-            let r = match parsed {
-                Ok(c) => api::set_config(&id, &c).await.map_err(|e| e.message),
-                Err(e) => Err(e),
-            };
-            match r {
+            match api::set_config(&id, &c).await.map_err(|e| e.message) {
                 Ok(p) => {
-                    let v = serde_json::to_value(&p.config).unwrap_or(Value::Null);
-                    raw.set(pretty(&v));
-                    saved.set(pretty(&v));
-                    cfg.set(Some(v));
+                    show_stored(&p.config);
                     message.set(Some(Ok("Saved.".into())));
                     ctx.changed();
                 }

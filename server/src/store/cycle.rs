@@ -7,7 +7,7 @@
 
 use apl_shared::{
     ActiveRater, BatchProgress, Choice, Cycle, CycleStep, Job, JobKind, JobState, NextAction, PairKind, Project,
-    RaterRound, Split,
+    RaterRound,
 };
 
 use super::jobs::JOB_COLUMNS;
@@ -36,11 +36,7 @@ impl Store {
         .bind(JobState::Queued)
         .fetch_optional(&self.pool)
         .await?;
-        let round: Option<(i64, i64)> =
-            sqlx::query_as("SELECT number, created_at FROM rounds WHERE project_id = $1 ORDER BY number DESC LIMIT 1")
-                .bind(pid)
-                .fetch_optional(&self.pool)
-                .await?;
+        let round = self.newest_round(pid).await?;
         let mut cycle = Cycle { round: round.map(|r| r.0), automatic, ..Default::default() };
 
         if let Some(job) = live {
@@ -63,13 +59,7 @@ impl Store {
             cycle.next = Some(NextAction { kind: JobKind::Round, label: "Start round 1".into() });
             return Ok(cycle);
         };
-        let trained: Option<String> = sqlx::query_scalar(
-            "SELECT id FROM checkpoints WHERE project_id = $1 AND round >= $2 ORDER BY created_at DESC, id DESC LIMIT 1",
-        )
-        .bind(pid)
-        .bind(number)
-        .fetch_optional(&self.pool)
-        .await?;
+        let trained = self.trained_on(pid, number).await?;
         let last: Option<(JobKind, JobState, Option<String>)> = sqlx::query_as(
             "SELECT kind, state, error FROM jobs WHERE project_id = $1 ORDER BY created_at DESC, id DESC LIMIT 1",
         )
@@ -80,9 +70,6 @@ impl Store {
             cycle.note =
                 Some(format!("the last job ({kind}) failed: {}", error.as_deref().unwrap_or("no reason given")));
         }
-        // As the worker decides: an automatic judge and evaluation prompts.
-        let can_evaluate =
-            settings.eval.judge.is_automatic() && !self.prompts(pid, Split::Eval, false, 1).await?.is_empty();
         let next = |kind, label: String| Some(NextAction { kind, label });
 
         if let Some(checkpoint) = trained {
@@ -91,7 +78,7 @@ impl Store {
                 .bind(&checkpoint)
                 .fetch_one(&self.pool)
                 .await?;
-            cycle.next = match evaluated == 0 && can_evaluate {
+            cycle.next = match evaluated == 0 && self.can_evaluate(project).await? {
                 true => next(JobKind::Evaluate, format!("Evaluate round {number}'s checkpoint")),
                 false => next(JobKind::Round, format!("Start round {}", number + 1)),
             };
@@ -157,15 +144,7 @@ impl Store {
     async fn rater_round(&self, project: &Project, number: i64, acquired_at: i64) -> Result<RaterRound> {
         let pid = &project.id;
         let auto = &project.config.rating.auto_continue;
-        let by_votes: Vec<(i64, i64, i64)> = sqlx::query_as(
-            "SELECT votes, target_votes, COUNT(*) FROM pairs WHERE project_id = $1 AND round = $2 AND kind = $3 \
-             AND target_votes > 0 AND check_id IS NULL GROUP BY votes, target_votes",
-        )
-        .bind(pid)
-        .bind(number)
-        .bind(PairKind::Train)
-        .fetch_all(&self.pool)
-        .await?;
+        let by_votes = self.round_votes(pid, number).await?;
         let votes_per_pair = by_votes.iter().map(|r| r.1).max().unwrap_or(project.config.rating.overlap as i64);
         let mut r = RaterRound { votes_per_pair, ..Default::default() };
         r.pairs_by_votes = vec![0; votes_per_pair.max(0) as usize + 1];

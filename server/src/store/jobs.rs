@@ -6,7 +6,7 @@
 //! [`MAX_ATTEMPTS`]. Jobs commit their results in one transaction at their end, so running one
 //! again from its start never duplicates anything.
 
-use apl_shared::{Job, JobKind, JobParams, JobProgress, JobResult, JobState, PairKind, ProjectConfig};
+use apl_shared::{Job, JobKind, JobParams, JobProgress, JobResult, JobState, ProjectConfig};
 use sqlx::Row;
 
 use super::{Result, Store, StoreError, new_id, now_ms};
@@ -45,40 +45,19 @@ impl Store {
             if !auto.enabled || config.loop_settings.labeller.is_automatic() {
                 continue;
             }
-            let Some((round, acquired_at)) = sqlx::query_as::<_, (i64, i64)>(
-                "SELECT number, created_at FROM rounds WHERE project_id = $1 ORDER BY number DESC LIMIT 1",
-            )
-            .bind(&pid)
-            .fetch_optional(&self.pool)
-            .await?
-            else {
-                continue;
-            };
-            let (trained, busy): (i64, i64) = (
-                sqlx::query_scalar("SELECT COUNT(*) FROM checkpoints WHERE project_id = $1 AND round >= $2")
-                    .bind(&pid)
-                    .bind(round)
-                    .fetch_one(&self.pool)
-                    .await?,
-                sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE project_id = $1 AND state IN ($2, $3)")
-                    .bind(&pid)
-                    .bind(JobState::Queued)
-                    .bind(JobState::Running)
-                    .fetch_one(&self.pool)
-                    .await?,
-            );
-            if trained > 0 || busy > 0 || self.continue_stopped(&pid, round).await? {
+            let Some((round, acquired_at)) = self.newest_round(&pid).await? else { continue };
+            let busy: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE project_id = $1 AND state IN ($2, $3)")
+                .bind(&pid)
+                .bind(JobState::Queued)
+                .bind(JobState::Running)
+                .fetch_one(&self.pool)
+                .await?;
+            if busy > 0 || self.trained_on(&pid, round).await?.is_some() || self.continue_stopped(&pid, round).await? {
                 continue;
             }
-            let (pairs, complete): (i64, i64) = sqlx::query_as(
-                "SELECT COUNT(*), COALESCE(SUM(CASE WHEN votes >= target_votes THEN 1 ELSE 0 END), 0) FROM pairs \
-                 WHERE project_id = $1 AND round = $2 AND kind = $3 AND target_votes > 0 AND check_id IS NULL",
-            )
-            .bind(&pid)
-            .bind(round)
-            .bind(PairKind::Train)
-            .fetch_one(&self.pool)
-            .await?;
+            let votes = self.round_votes(&pid, round).await?;
+            let pairs: i64 = votes.iter().map(|v| v.2).sum();
+            let complete: i64 = votes.iter().filter(|v| v.0 >= v.1).map(|v| v.2).sum();
             let enough = complete >= auto.needed(pairs);
             let late = auto.deadline_minutes.is_some_and(|m| now_ms() - acquired_at >= m as i64 * 60_000);
             if pairs == 0 || complete == 0 || !(enough || late) {

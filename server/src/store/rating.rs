@@ -317,18 +317,8 @@ impl Store {
     /// is on, with people labelling): the round has pairs for raters, is not trained on yet,
     /// and its continue was not stopped by a failure or a cancel.
     pub async fn next_batch_coming(&self, project_id: &str) -> Result<bool> {
-        let newest: Option<i64> =
-            sqlx::query_scalar("SELECT number FROM rounds WHERE project_id = $1 ORDER BY number DESC LIMIT 1")
-                .bind(project_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        let Some(round) = newest else { return Ok(false) };
-        let trained: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM checkpoints WHERE project_id = $1 AND round >= $2 LIMIT 1")
-                .bind(project_id)
-                .bind(round)
-                .fetch_optional(&self.pool)
-                .await?;
+        let Some((round, _)) = self.newest_round(project_id).await? else { return Ok(false) };
+        let trained = self.trained_on(project_id, round).await?;
         let for_raters: Option<i64> = sqlx::query_scalar(
             "SELECT 1 FROM pairs WHERE project_id = $1 AND round = $2 AND kind = $3 AND target_votes > 0 \
              AND check_id IS NULL LIMIT 1",

@@ -30,7 +30,49 @@ pub struct NewRound<'a> {
     pub used_prompts: &'a [String],
 }
 
+/// A round's pairs for raters by votes: (votes, votes wanted, pairs), one row per pair.
+pub type VoteCounts = Vec<(i64, i64, i64)>;
+
 impl Store {
+    /// The project's newest round: (number, acquired at).
+    pub async fn newest_round(&self, project_id: &str) -> Result<Option<(i64, i64)>> {
+        Ok(sqlx::query_as("SELECT number, created_at FROM rounds WHERE project_id = $1 ORDER BY number DESC LIMIT 1")
+            .bind(project_id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// A checkpoint trained on round `round` or later (the newest), if any: the round was
+    /// trained on.
+    pub async fn trained_on(&self, project_id: &str, round: i64) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM checkpoints WHERE project_id = $1 AND round >= $2 ORDER BY created_at DESC, id DESC LIMIT 1",
+        )
+        .bind(project_id)
+        .bind(round)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Round `round`'s pairs for raters (not human checks') grouped by votes given and wanted.
+    pub async fn round_votes(&self, project_id: &str, round: i64) -> Result<VoteCounts> {
+        Ok(sqlx::query_as(
+            "SELECT votes, target_votes, COUNT(*) FROM pairs WHERE project_id = $1 AND round = $2 AND kind = $3 \
+             AND target_votes > 0 AND check_id IS NULL GROUP BY votes, target_votes",
+        )
+        .bind(project_id)
+        .bind(round)
+        .bind(PairKind::Train)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Whether a checkpoint of the project can be evaluated, as the worker decides: with an
+    /// automatic judge and evaluation prompts.
+    pub async fn can_evaluate(&self, project: &apl_shared::Project) -> Result<bool> {
+        Ok(project.config.loop_settings.eval.judge.is_automatic()
+            && !self.prompts(&project.id, apl_shared::Split::Eval, false, 1).await?.is_empty())
+    }
     pub async fn next_round_number(&self, project_id: &str) -> Result<i64> {
         let r = sqlx::query("SELECT COALESCE(MAX(number), 0) FROM rounds WHERE project_id = $1")
             .bind(project_id)

@@ -299,9 +299,7 @@ fn run_stages(ctx: &Ctx, job: &Job) -> JobResultOf<JobResult> {
         JobKind::Continue => {
             // Evaluation needs evaluation prompts and an automatic judge; without them the
             // cycle goes on (the raters are waiting), unevaluated.
-            let s = ctx.settings();
-            let can_evaluate = s.eval.judge.is_automatic()
-                && !ctx.block(ctx.store.prompts(&ctx.project.id, Split::Eval, false, 1))?.is_empty();
+            let can_evaluate = ctx.block(ctx.store.can_evaluate(&ctx.project))?;
             plan(match can_evaluate {
                 true => &[JobKind::Train, JobKind::Evaluate, JobKind::Generate],
                 false => &[JobKind::Train, JobKind::Generate],

@@ -406,6 +406,7 @@ fn ProgressLine(ws: Ws) -> impl IntoView {
             let left = match ws.phase.get() {
                 Phase::NoMore(NextStatus::Done, _) => " · all done".to_string(),
                 Phase::NoMore(..) => String::new(),
+                _ if p.at_least => format!(" · {}+ more for you now", p.target - p.done),
                 _ => format!(" · {} more for you now", (p.target - p.done).max(0)),
             };
             view! {

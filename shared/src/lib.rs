@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 mod checks;
 mod cycle;
 mod export;
+#[cfg(feature = "rusqlite")]
+pub mod lite;
 pub mod paired;
 mod results;
 pub mod settings;
@@ -320,9 +322,17 @@ pub struct RaterHome {
 pub struct RaterProgress {
     /// Labels given (skips excluded).
     pub done: i64,
-    /// The rater's quota, or done plus the pairs still open to them (counted up to 500 ahead).
+    /// The rater's quota, or done plus the pairs still open to them, counted up to
+    /// [`OPEN_AHEAD`].
     pub target: i64,
+    /// The open pairs were counted up to [`OPEN_AHEAD`] and there may be more.
+    #[serde(default)]
+    pub at_least: bool,
 }
+
+/// How far ahead the pairs still open to a rater are counted: the count runs on every label,
+/// so it stops here however large the pool (a rater needs "100+ more", not the exact number).
+pub const OPEN_AHEAD: i64 = 100;
 
 /// A pair as a rater sees it: no model identities, scores, gold answers or A/B sides.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -661,6 +671,8 @@ sql::json_column!(
     EvaluationDetails,
     ExtraFields,
 );
+#[cfg(feature = "rusqlite")]
+lite::json_column!(ProjectConfig);
 
 #[cfg(test)]
 mod tests {

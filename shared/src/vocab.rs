@@ -102,6 +102,8 @@ macro_rules! vocabulary {
 
         #[cfg(feature = "sqlx")]
         crate::sql::text_column!($name);
+        #[cfg(feature = "rusqlite")]
+        crate::lite::text_column!($name);
     };
 }
 pub(crate) use vocabulary;

@@ -173,9 +173,9 @@ async fn a_check_goes_to_its_raters_first_and_reports_humans_beside_the_judge(b:
     assert_eq!((got[3].1, got[3].2.as_str()), (Split::Eval, "check"));
 
     // Progress counts the check pairs only for its raters.
-    assert_eq!(progress(&s, &ann).await, RaterProgress { done: 0, target: 6 });
-    assert_eq!(progress(&s, &ben).await, RaterProgress { done: 0, target: 6 });
-    assert_eq!(progress(&s, &cy).await, RaterProgress { done: 0, target: 2 });
+    assert_eq!(progress(&s, &ann).await, RaterProgress { done: 0, target: 6, at_least: false });
+    assert_eq!(progress(&s, &ben).await, RaterProgress { done: 0, target: 6, at_least: false });
+    assert_eq!(progress(&s, &cy).await, RaterProgress { done: 0, target: 2, at_least: false });
 
     // Cy is not in the check: only training pairs, never a check pair.
     let mut cy_pairs = 0;
@@ -219,8 +219,12 @@ async fn a_check_goes_to_its_raters_first_and_reports_humans_beside_the_judge(b:
         assert_eq!(seen.len(), 6, "four check pairs then two training pairs: {seen:?}");
     }
     assert!(!ben_s1.is_empty());
-    assert_eq!(progress(&s, &ann).await, RaterProgress { done: 6, target: 6 });
-    assert_eq!(progress(&s, &ben).await, RaterProgress { done: 5, target: 5 }, "his skip is neither done nor open");
+    assert_eq!(progress(&s, &ann).await, RaterProgress { done: 6, target: 6, at_least: false });
+    assert_eq!(
+        progress(&s, &ben).await,
+        RaterProgress { done: 5, target: 5, at_least: false },
+        "his skip is neither done nor open"
+    );
 
     // By hand, pair scores are s0 (1+1)/2 = 1, s1 (1+0)/2 = 1/2, s2 (1/2+1/2)/2 = 1/2,
     // s3 0 (ann's loss; ben's skip does not count). Human rate 2/4 = 0.5; the judge's on the

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use apl_shared::settings::{LoopSettings, TrainConfig};
 use apl_shared::{
-    Assignment, Choice, JobKind, JobParams, LabelAck, NewJob, NewProject, NewRater, Project, ProjectConfig,
+    Assignment, Choice, JobKind, JobParams, LabelAck, NewJob, NewProject, NewRater, OPEN_AHEAD, Project, ProjectConfig,
     RaterChoice, RaterHome, RaterProgress, RaterStats, RatingConfig, Side, Task,
 };
 use common::{Backend, typed};
@@ -41,7 +41,7 @@ async fn raters_label_with_overlap_and_the_exports_hold_their_votes(b: Backend) 
 
     let me: RaterHome = s.with_token(&tokens[0]).get("/api/rate/me").await;
     assert_eq!(me.guidelines, "Pick the better one.");
-    assert_eq!(me.progress, RaterProgress { done: 0, target: 3 });
+    assert_eq!(me.progress, RaterProgress { done: 0, target: 3, at_least: false });
 
     // A rater's view holds only these fields: nothing about models, scores, sides or gold.
     // Which fields leave the server is a question about the wire: the keys are read raw.
@@ -166,13 +166,13 @@ async fn a_label_can_bring_the_next_pair_in_the_same_round_trip(b: Backend) {
                     assert!(!seen.contains(&n.pair), "a pair came back to the rater who labelled it");
                     // The acknowledgement's progress is the new pair's.
                     assert_eq!(ack.progress, n.progress);
-                    assert_eq!(n.progress, RaterProgress { done: seen.len() as i64, target: 3 });
+                    assert_eq!(n.progress, RaterProgress { done: seen.len() as i64, target: 3, at_least: false });
                     seen.push(n.pair.clone());
                     a = n;
                 }
                 None => {
                     assert_eq!(next.status, apl_shared::NextStatus::Done);
-                    assert_eq!(ack.progress, RaterProgress { done: 3, target: 3 });
+                    assert_eq!(ack.progress, RaterProgress { done: 3, target: 3, at_least: false });
                     break;
                 }
             }
@@ -190,6 +190,33 @@ async fn a_label_can_bring_the_next_pair_in_the_same_round_trip(b: Backend) {
     // Without `next` the acknowledgement carries none (and says nothing of it on the wire).
     let r = s.label(&ann, &votes_pair(&s, &p.id).await, RaterChoice::Left).await.ok();
     assert!(!r.text.contains("\"next\""), "{}", r.text);
+}
+
+backend_test!(a_large_pool_is_counted_a_hundred_ahead);
+/// The pairs still open to a rater are counted a hundred ahead (the count runs on every label):
+/// past that the progress says "at least", below it the exact number; a quota is exact.
+async fn a_large_pool_is_counted_a_hundred_ahead(b: Backend) {
+    let s = common::start(&b, Default::default()).await;
+    let p = s.project("large", cfg(1, 0.0)).await;
+    assert_eq!(s.trl_pairs(&p.id, 130, "rate=true").await.imported, 130);
+    let ann = s.rater(&p.id, "ann").await;
+    let me: RaterHome = s.with_token(&ann).get("/api/rate/me").await;
+    assert_eq!(me.progress, RaterProgress { done: 0, target: OPEN_AHEAD, at_least: true });
+    for labelled in 1..=31 {
+        let a = s.next(&ann).await.unwrap();
+        let ack: LabelAck = s.label(&ann, &a.pair, RaterChoice::Left).await.ok().json();
+        // 129 open to her after the first label, ..., 100 after the 30th, 99 after the 31st.
+        let want = match labelled {
+            ..=30 => RaterProgress { done: labelled, target: labelled + OPEN_AHEAD, at_least: true },
+            _ => RaterProgress { done: labelled, target: labelled + 99, at_least: false },
+        };
+        assert_eq!(ack.progress, want, "after {labelled} labels");
+    }
+    let body = NewRater { name: "ben".into(), quota: Some(120), ..Default::default() };
+    let ben: apl_shared::RaterInvite =
+        s.admin().send_json(Method::POST, &format!("/api/projects/{}/raters", p.id), &body).await.expect(201);
+    let me: RaterHome = s.with_token(&ben.token).get("/api/rate/me").await;
+    assert_eq!(me.progress, RaterProgress { done: 0, target: 120, at_least: false });
 }
 
 /// A pair of the project that `ann` labelled (the retry of her label is acknowledged again).

@@ -17,41 +17,64 @@
 //! PostgreSQL has many writers and flushes concurrent commits together itself (its WAL writer),
 //! so there each operation runs in a transaction of its own, as before; one code path writes
 //! both.
+//!
+//! On SQLite the writer is a thread of its own with a rusqlite connection, and an operation's
+//! statements run on it directly (`store::db` says why not through sqlx): a request's write
+//! costs one hand-over to that thread and one back, however many statements it has. An
+//! operation is an async closure over a [`Db`] so that the same code runs on PostgreSQL; on
+//! the writer thread its statements never wait, so it is polled to its end in one go.
 
+use std::future::Future;
+use std::pin::pin;
 use std::sync::Arc;
+use std::sync::mpsc;
+use std::task::{Context, Poll, Waker};
 
-use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use sqlx::{AnyConnection, AnyPool};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, oneshot};
 
+use super::db::Db;
 use super::{Result, StoreError};
 
 /// At most this many operations share a commit.
 const MAX_BATCH: usize = 64;
 
 /// A write operation: statements on the open transaction's connection.
-pub trait WriteOp<T>: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T>> + Send + 'static {}
-impl<T, F> WriteOp<T> for F where F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T>> + Send + 'static {}
+pub trait WriteOp<T>: for<'c> FnOnce(Db<'c>) -> BoxFuture<'c, Result<T>> + Send + 'static {}
+impl<T, F> WriteOp<T> for F where F: for<'c> FnOnce(Db<'c>) -> BoxFuture<'c, Result<T>> + Send + 'static {}
 
 /// An operation queued for the batch, its result type erased: it runs on the connection (or,
 /// given none because the transaction could not begin, does not), says whether it failed with
 /// a database error, and leaves a reply to send once the commit is known.
-type Job = Box<dyn for<'c> FnOnce(Option<&'c mut AnyConnection>) -> BoxFuture<'c, (bool, Reply)> + Send>;
-type Reply = Box<dyn FnOnce(std::result::Result<(), Arc<sqlx::Error>>) + Send>;
+type Job = Box<dyn FnOnce(Option<&mut rusqlite::Connection>) -> (bool, Reply) + Send>;
+type Reply = Box<dyn FnOnce(std::result::Result<(), Arc<StoreError>>) + Send>;
 
-/// The queue into the batching task.
-#[derive(Clone)]
+/// The queue into the writer thread.
 pub(super) struct Batcher {
-    jobs: mpsc::UnboundedSender<Job>,
+    jobs: mpsc::Sender<Job>,
+}
+
+/// Runs `f` to its end now. The writer's operations wait only on their statements, which
+/// on rusqlite finish before they return; one that waits on anything else is a bug, and
+/// panics (its batch is rolled back, it answers an error).
+fn run_now<F: Future>(f: F) -> F::Output {
+    let mut f = pin!(f);
+    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(v) => v,
+        Poll::Pending => panic!("a write operation waited on something other than its statements"),
+    }
 }
 
 impl Batcher {
-    /// Starts the task that runs queued operations in shared transactions, holding
-    /// `write_lock` (the store's SQLite write lock) for each batch.
-    pub(super) fn start(pool: AnyPool, write_lock: Arc<Mutex<()>>) -> Self {
-        let (jobs, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(pool, write_lock, rx));
+    /// Starts the thread that runs queued operations in shared transactions on `conn`, holding
+    /// `write_lock` (the store's SQLite write lock, which sqlx's writers take too) for each
+    /// batch. The thread ends when the store is dropped, after the operations already queued.
+    pub(super) fn start(conn: rusqlite::Connection, write_lock: Arc<Mutex<()>>) -> Self {
+        let (jobs, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("apl-sqlite-writer".into())
+            .spawn(move || run(conn, write_lock, rx))
+            .expect("starting the SQLite writer thread");
         Self { jobs }
     }
 
@@ -59,35 +82,33 @@ impl Batcher {
     pub(super) async fn submit<T: Send + 'static>(&self, op: impl WriteOp<T>) -> Result<T> {
         let (tx, rx) = oneshot::channel::<Result<T>>();
         let job: Job = Box::new(move |conn| {
-            Box::pin(async move {
-                let result = match conn {
-                    Some(conn) => op(conn).await,
-                    None => Err(StoreError::Invalid("no transaction".into())),
+            let result = match conn {
+                Some(conn) => run_now(op(Db::Lite(conn))),
+                None => Err(StoreError::Invalid("no transaction".into())),
+            };
+            let db_failed = result.as_ref().is_err_and(StoreError::is_database);
+            let reply: Reply = Box::new(move |commit| {
+                let answer = match (commit, result) {
+                    (Ok(()), result) => result,
+                    (Err(_), Err(own)) if own.is_database() => Err(own),
+                    // The batch was rolled back: whatever this operation did is gone.
+                    (Err(batch), _) => Err(StoreError::Batch(batch)),
                 };
-                let db_failed = matches!(result, Err(StoreError::Db(_)));
-                let reply: Reply = Box::new(move |commit| {
-                    let answer = match (commit, result) {
-                        (Ok(()), result) => result,
-                        (Err(_), Err(StoreError::Db(own))) => Err(StoreError::Db(own)),
-                        // The batch was rolled back: whatever this operation did is gone.
-                        (Err(batch), _) => Err(StoreError::Batch(batch)),
-                    };
-                    let _ = tx.send(answer);
-                });
-                (db_failed, reply)
-            })
+                let _ = tx.send(answer);
+            });
+            (db_failed, reply)
         });
         self.jobs.send(job).map_err(|_| StoreError::Invalid("the store is shutting down".into()))?;
         // No answer: the operation panicked (logged) or the writer stopped.
-        rx.await.map_err(|_| StoreError::Batch(Arc::new(sqlx::Error::WorkerCrashed)))?
+        rx.await.map_err(|_| StoreError::Batch(Arc::new(StoreError::Invalid("the SQLite writer stopped".into()))))?
     }
 }
 
-async fn run(pool: AnyPool, write_lock: Arc<Mutex<()>>, mut rx: mpsc::UnboundedReceiver<Job>) {
-    while let Some(first) = rx.recv().await {
-        let _guard = write_lock.lock().await;
+fn run(mut conn: rusqlite::Connection, write_lock: Arc<Mutex<()>>, rx: mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let _guard = write_lock.blocking_lock();
         let mut replies = Vec::new();
-        let outcome = run_batch(&pool, first, &mut rx, &mut replies).await;
+        let outcome = run_batch(&mut conn, first, &rx, &mut replies);
         if let Err(e) = &outcome {
             tracing::warn!(error = %e, operations = replies.len(), "a batch of writes failed and was rolled back");
         }
@@ -99,26 +120,25 @@ async fn run(pool: AnyPool, write_lock: Arc<Mutex<()>>, mut rx: mpsc::UnboundedR
 }
 
 /// One transaction: `first`, then whatever else is queued (up to [`MAX_BATCH`]), committed.
-async fn run_batch(
-    pool: &AnyPool,
+fn run_batch(
+    conn: &mut rusqlite::Connection,
     first: Job,
-    rx: &mut mpsc::UnboundedReceiver<Job>,
+    rx: &mpsc::Receiver<Job>,
     replies: &mut Vec<Reply>,
-) -> std::result::Result<(), sqlx::Error> {
-    let mut tx = match pool.begin().await {
-        Ok(tx) => tx,
-        Err(e) => {
-            // Nothing runs: the first operation answers the error.
-            replies.push(first(None).await.1);
-            return Err(e);
-        }
-    };
+) -> std::result::Result<(), StoreError> {
+    // IMMEDIATE: the write lock is taken at the start, so no statement of the batch can meet
+    // SQLITE_BUSY half-way (another process on the file waits in the busy timeout instead).
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        // Nothing runs: the first operation answers the error.
+        replies.push(first(None).1);
+        return Err(e.into());
+    }
     let mut next = Some(first);
     let mut db_failed = false;
     while let Some(job) = next.take() {
         // A panic in an operation must not take the writer (and every later label) with it:
         // its batch is rolled back and the operation answers an error (its reply is gone).
-        match std::panic::AssertUnwindSafe(job(Some(&mut tx))).catch_unwind().await {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Some(&mut *conn)))) {
             Ok((failed, reply)) => {
                 replies.push(reply);
                 if failed {
@@ -137,10 +157,15 @@ async fn run_batch(
         }
     }
     if db_failed {
-        tx.rollback().await?;
-        return Err(sqlx::Error::Protocol("an operation of the batch failed; the batch was rolled back".into()));
+        conn.execute_batch("ROLLBACK")?;
+        return Err(StoreError::Invalid("an operation of the batch failed; the batch was rolled back".into()));
     }
-    tx.commit().await
+    if let Err(e) = conn.execute_batch("COMMIT") {
+        // A failed COMMIT (an I/O error) can leave the transaction open: end it.
+        let _ = conn.execute_batch("ROLLBACK");
+        return Err(e.into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -152,14 +177,14 @@ mod tests {
     /// value is a database error.
     async fn insert(store: &Store, x: i64, plain: bool) -> Result<i64> {
         store
-            .write(move |c| {
+            .write(move |mut db| {
                 Box::pin(async move {
                     let q = if plain {
                         "INSERT INTO t (x) VALUES ($1)"
                     } else {
                         "INSERT INTO t (x) VALUES ($1) ON CONFLICT DO NOTHING"
                     };
-                    sqlx::query(q).bind(x).execute(&mut *c).await?;
+                    db.execute(q, &[&x]).await?;
                     Ok(x)
                 })
             })
@@ -189,7 +214,7 @@ mod tests {
         }
         let s = store.clone();
         let refusal = tokio::spawn(async move {
-            s.write(|_c| Box::pin(async { Err::<(), _>(StoreError::Conflict("no".into())) })).await
+            s.write(|_db| Box::pin(async { Err::<(), _>(StoreError::Conflict("no".into())) })).await
         });
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         drop(held);
@@ -211,13 +236,13 @@ mod tests {
         let answers: Vec<Result<i64>> =
             futures_util::future::join_all(tasks).await.into_iter().map(|t| t.unwrap()).collect();
         assert!(matches!(answers[0], Err(StoreError::Batch(_))), "{:?}", answers[0]);
-        assert!(matches!(answers[1], Err(StoreError::Db(_))), "{:?}", answers[1]);
+        assert!(matches!(answers[1], Err(StoreError::Sqlite(_))), "{:?}", answers[1]);
         // The operation after the failing one was not run in that batch: it runs in the next.
         assert_eq!(answers[2].as_ref().ok(), Some(&7), "{:?}", answers[2]);
         assert_eq!(stored(&store).await, vec![1, 2, 3, 4, 5, 7]);
 
         // An operation that panics fails alone with an error; the writer goes on.
-        let r = store.write(|_c| Box::pin(async { panic!("a bug in an operation") as Result<()> })).await;
+        let r = store.write(|_db| Box::pin(async { panic!("a bug in an operation") as Result<()> })).await;
         assert!(matches!(r, Err(StoreError::Batch(_))), "{r:?}");
         assert_eq!(insert(&store, 8, false).await.unwrap(), 8);
         assert_eq!(stored(&store).await, vec![1, 2, 3, 4, 5, 7, 8]);

@@ -9,11 +9,13 @@
 //! over one PostgreSQL stay consistent. On SQLite one process writes at a time through
 //! [`Store::begin_write`] (a deferred SQLite transaction that reads and then writes could
 //! otherwise fail with SQLITE_BUSY); SQLite runs in WAL mode with `synchronous = FULL`, so a
-//! label acknowledged to a client survives a crash or power loss.
+//! label acknowledged to a client survives a crash or power loss. The raters' hot path on
+//! SQLite runs its statements in the calling thread through rusqlite instead ([`db`] says why).
 
 mod batch;
 pub mod checks;
 pub mod cycle;
+pub mod db;
 pub mod export;
 pub mod imports;
 pub mod jobs;
@@ -43,11 +45,21 @@ pub enum StoreError {
     Invalid(String),
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// Another write of the same group commit failed, so this one was rolled back with it.
     #[error("database (the write was rolled back with its batch): {0}")]
-    Batch(#[source] Arc<sqlx::Error>),
+    Batch(#[source] Arc<StoreError>),
+}
+
+impl StoreError {
+    /// An error of the database itself (not a refusal of ours): a write that meets one is
+    /// rolled back with its whole batch.
+    pub fn is_database(&self) -> bool {
+        matches!(self, Self::Db(_) | Self::Sqlite(_) | Self::Batch(_))
+    }
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -68,6 +80,23 @@ pub struct Store {
     write_lock: Arc<Mutex<()>>,
     /// Group commit of the raters' writes ([`Store::write`]); SQLite only.
     batcher: Option<batch::Batcher>,
+    /// The raters' read connections (rusqlite, [`db`]); SQLite only.
+    lite: Option<db::Lite>,
+}
+
+/// A connection to read with ([`Store::read`]).
+pub enum ReadConn<'a> {
+    Pool(&'a AnyPool),
+    Lite(db::Reader<'a>),
+}
+
+impl ReadConn<'_> {
+    pub fn db(&mut self) -> db::Db<'_> {
+        match self {
+            Self::Pool(p) => db::Db::Pool(p),
+            Self::Lite(r) => r.db(),
+        }
+    }
 }
 
 /// A write transaction (and, on SQLite, the process-wide write lock it holds).
@@ -178,8 +207,16 @@ impl Store {
         }
         sqlx::migrate!("./migrations").run(&pool).await?;
         let write_lock = Arc::new(Mutex::new(()));
-        let batcher = (backend == Backend::Sqlite).then(|| batch::Batcher::start(pool.clone(), write_lock.clone()));
-        let store = Self { pool, backend, write_lock, batcher };
+        let (mut batcher, mut lite) = (None, None);
+        if backend == Backend::Sqlite {
+            let file = db::sqlite_file(&url).ok_or_else(|| {
+                StoreError::Invalid("an in-memory SQLite database cannot be shared by the store's connections".into())
+            })?;
+            let l = db::Lite::new(&file);
+            batcher = Some(batch::Batcher::start(l.open()?, write_lock.clone()));
+            lite = Some(l);
+        }
+        let store = Self { pool, backend, write_lock, batcher, lite };
         store.keep_old_settings().await?;
         store.sweep_imports(store.backend == Backend::Sqlite).await?;
         for problem in store.durability_problems().await? {
@@ -248,6 +285,15 @@ impl Store {
         Ok(WriteTx { tx: Tx(Some(self.pool.begin().await?)), guard, _store: std::marker::PhantomData })
     }
 
+    /// A connection for the raters' reads: on SQLite one of the rusqlite read connections
+    /// (statements in the calling thread, [`db`]), on PostgreSQL sqlx's pool.
+    pub fn read(&self) -> Result<ReadConn<'_>> {
+        Ok(match &self.lite {
+            Some(l) => ReadConn::Lite(l.reader()?),
+            None => ReadConn::Pool(&self.pool),
+        })
+    }
+
     /// Runs `op` in a write transaction and answers once it is committed: on SQLite in a group
     /// commit with other requests' operations (`store::batch`, which says what `op` must keep),
     /// on PostgreSQL in a transaction of its own. For the frequent small writes of raters.
@@ -256,7 +302,7 @@ impl Store {
             return b.submit(op).await;
         }
         let mut tx = self.pool.begin().await?;
-        match op(&mut tx).await {
+        match op(db::Db::Conn(&mut tx)).await {
             Ok(v) => {
                 tx.commit().await?;
                 Ok(v)

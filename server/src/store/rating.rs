@@ -12,18 +12,17 @@
 //! the server maps that back to A/B.
 
 use apl_shared::{
-    Assignment, Choice, JobKind, JobState, LabelAck, LabelRequest, NextPair, NextStatus, PairKind, ProjectConfig,
-    RaterChoice, RaterProgress, RatingConfig, Side,
+    Assignment, Choice, JobKind, JobState, LabelAck, LabelRequest, NextPair, NextStatus, OPEN_AHEAD, PairKind,
+    ProjectConfig, RaterChoice, RaterProgress, RatingConfig, Side,
 };
 use rand::Rng;
 use rand::seq::SliceRandom;
 
-use sqlx::AnyConnection;
-
+use super::db::Db;
 use super::{Result, Store, StoreError, new_id, now_ms, tokens};
 
 /// A rater resolved from their token.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct Rater {
     pub id: String,
     pub project_id: String,
@@ -112,16 +111,17 @@ fn labels_done_sql(rater: &str, skip: &str) -> String {
     format!("(SELECT COUNT(*) FROM labels l WHERE l.rater_id = {rater} AND l.choice <> {skip})")
 }
 
-/// Pairs still open to the rater (a check's pairs only for its raters), counted up to 500
-/// ahead so the cost stays flat however large the pool (set a quota for a fixed target): a
-/// scalar subquery over the parameters holding the rater's and the project's ids. The limit is
-/// a literal: PostgreSQL's generic plan for a parameter limit scans every open pair.
+/// Pairs still open to the rater (a check's pairs only for its raters), counted up to
+/// [`OPEN_AHEAD`] so the cost stays flat however large the pool (set a quota for a fixed
+/// target): a scalar subquery over the parameters holding the rater's and the project's ids.
+/// The limit is a literal: PostgreSQL's generic plan for a parameter limit scans every open pair.
 fn open_count_sql(rater: &str, project: &str) -> String {
     format!(
         "(SELECT COUNT(*) FROM (SELECT 1 FROM pairs p WHERE p.project_id = {project} AND {} \
            AND (p.check_id IS NULL OR EXISTS (SELECT 1 FROM check_raters c \
                   WHERE c.check_id = p.check_id AND c.rater_id = {rater})) \
-           AND (SELECT COUNT(*) FROM labels l WHERE l.pair_id = p.id AND l.rater_id = {rater}) = 0 LIMIT 500) AS open)",
+           AND (SELECT COUNT(*) FROM labels l WHERE l.pair_id = p.id AND l.rater_id = {rater}) = 0 \
+           LIMIT {OPEN_AHEAD}) AS open)",
         open_train_pairs()
     )
 }
@@ -149,30 +149,26 @@ impl Store {
     /// their invite has expired.
     pub async fn rater_by_token(&self, token: &str) -> Result<std::result::Result<Rater, TokenRefused>> {
         let h = tokens::hash(token);
-        #[derive(sqlx::FromRow)]
-        struct Row {
-            id: String,
-            project_id: String,
-            name: String,
-            quota: Option<i64>,
-            token_hash: String,
-            expires_at: Option<i64>,
-        }
-        let row: Option<Row> = sqlx::query_as(
-            "SELECT id, project_id, name, quota, token_hash, expires_at FROM raters \
-             WHERE token_hash = $1 AND disabled = 0",
-        )
-        .bind(&h)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(r) = row else { return Ok(Err(TokenRefused::Unknown)) };
-        if !tokens::same_hash(&r.token_hash, &h) {
+        type Row = (String, String, String, Option<i64>, String, Option<i64>);
+        let row: Option<Row> = self
+            .read()?
+            .db()
+            .fetch_optional(
+                "SELECT id, project_id, name, quota, token_hash, expires_at FROM raters \
+                 WHERE token_hash = $1 AND disabled = 0",
+                &[&h],
+            )
+            .await?;
+        let Some((id, project_id, name, quota, token_hash, expires_at)) = row else {
+            return Ok(Err(TokenRefused::Unknown));
+        };
+        if !tokens::same_hash(&token_hash, &h) {
             return Ok(Err(TokenRefused::Unknown));
         }
-        if r.expires_at.is_some_and(|t| t <= now_ms()) {
+        if expires_at.is_some_and(|t| t <= now_ms()) {
             return Ok(Err(TokenRefused::Expired));
         }
-        Ok(Ok(Rater { id: r.id, project_id: r.project_id, name: r.name, quota: r.quota }))
+        Ok(Ok(Rater { id, project_id, name, quota }))
     }
 
     pub async fn rating_config(&self, project_id: &str) -> Result<RatingConfig> {
@@ -180,43 +176,35 @@ impl Store {
     }
 
     pub async fn progress(&self, rater: &Rater) -> Result<RaterProgress> {
+        let mut read = self.read()?;
         if let Some(q) = rater.quota {
-            let done: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT {}", labels_done_sql("$1", "$2"))))
-                .bind(&rater.id)
-                .bind(Choice::Skip)
-                .fetch_one(&self.pool)
-                .await?;
-            return Ok(RaterProgress { done, target: q });
+            let sql = format!("SELECT {}", labels_done_sql("$1", "$2"));
+            let (done,): (i64,) = read.db().fetch_one(&sql, &[&rater.id, &Choice::Skip]).await?;
+            return Ok(RaterProgress { done, target: q, at_least: false });
         }
-        let q = format!("SELECT {}, {}", labels_done_sql("$1", "$2"), open_count_sql("$1", "$3"));
-        let (done, open): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(q))
-            .bind(&rater.id)
-            .bind(Choice::Skip)
-            .bind(&rater.project_id)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(RaterProgress { done, target: done + open })
+        let sql = format!("SELECT {}, {}", labels_done_sql("$1", "$2"), open_count_sql("$1", "$3"));
+        let (done, open): (i64, i64) =
+            read.db().fetch_one(&sql, &[&rater.id, &Choice::Skip, &rater.project_id]).await?;
+        Ok(RaterProgress { done, target: done + open, at_least: open >= OPEN_AHEAD })
     }
 
     /// The rater's current pair: a lease they already hold, else a newly claimed one; when there
     /// is none, why: done, waiting on other raters' leases, or no pairs yet.
     pub async fn next_assignment(&self, rater: &Rater) -> Result<Next> {
-        let NextContext { rating: cfg, held, checks, done, human_loop } = next_context(&self.pool, rater).await?;
+        let NextContext { rating: cfg, held, checks, done, human_loop } =
+            next_context(&mut self.read()?.db(), rater).await?;
         let now = now_ms();
         let lease = cfg.lease_seconds as i64 * 1000;
         // 1. A pair they already hold (the newest first, so an undone label comes back first):
         // its lease renewed.
         if let Some(pair) = held {
             let (rater_id, held) = (rater.id.clone(), pair.clone());
-            self.write(move |c| {
+            self.write(move |mut db| {
                 Box::pin(async move {
-                    sqlx::query(
+                    db.execute(
                         "UPDATE assignments SET lease_expires = $1 WHERE pair_id = $2 AND rater_id = $3 AND done = 0",
+                        &[&(now + lease), &held, &rater_id],
                     )
-                    .bind(now + lease)
-                    .bind(&held)
-                    .bind(&rater_id)
-                    .execute(&mut *c)
                     .await?;
                     Ok(())
                 })
@@ -261,26 +249,26 @@ impl Store {
     ///
     /// Raters poll this while they wait, so every read stops at its first row.
     async fn why_none(&self, rater: &Rater, now: i64, human_loop: bool) -> Result<Next> {
-        let acquiring: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM jobs WHERE project_id = $1 AND state IN ($2, $3) AND kind IN ($4, $5, $6) LIMIT 1",
-        )
-        .bind(&rater.project_id)
-        .bind(JobState::Queued)
-        .bind(JobState::Running)
-        .bind(JobKind::Round)
-        .bind(JobKind::Generate)
-        .bind(JobKind::Continue)
-        .fetch_optional(&self.pool)
-        .await?;
+        let mut read = self.read()?;
+        let acquiring: Option<(i64,)> = read
+            .db()
+            .fetch_optional(
+                "SELECT 1 FROM jobs WHERE project_id = $1 AND state IN ($2, $3) AND kind IN ($4, $5, $6) LIMIT 1",
+                &[
+                    &rater.project_id,
+                    &JobState::Queued,
+                    &JobState::Running,
+                    &JobKind::Round,
+                    &JobKind::Generate,
+                    &JobKind::Continue,
+                ],
+            )
+            .await?;
         if acquiring.is_some() {
             return Ok(Next::NothingYet { retry_after_seconds: NEXT_BATCH_POLL_SECONDS });
         }
         let q = format!("SELECT 1 FROM pairs p WHERE p.project_id = $1 AND p.kind = $2 AND {TRAINING_PAIRS} LIMIT 1");
-        let any: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(q.as_str()))
-            .bind(&rater.project_id)
-            .bind(PairKind::Train)
-            .fetch_optional(&self.pool)
-            .await?;
+        let any: Option<(i64,)> = read.db().fetch_optional(&q, &[&rater.project_id, &PairKind::Train]).await?;
         if any.is_none() {
             return Ok(Next::NothingYet { retry_after_seconds: 30 });
         }
@@ -293,12 +281,8 @@ impl Store {
                AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.pair_id = p.id AND l.rater_id = $2)",
             open = open_train_pairs()
         );
-        let first_expiry: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(q.as_str()))
-            .bind(&rater.project_id)
-            .bind(&rater.id)
-            .bind(now)
-            .fetch_one(&self.pool)
-            .await?;
+        let (first_expiry,): (Option<i64>,) = read.db().fetch_one(&q, &[&rater.project_id, &rater.id, &now]).await?;
+        drop(read);
         let next_batch = human_loop && self.next_batch_coming(&rater.project_id).await?;
         if let Some(t) = first_expiry {
             let mut retry = ((t - now).max(0) as u64).div_ceil(1000).max(1);
@@ -338,17 +322,15 @@ impl Store {
         // The common case in one statement; pairs whose slots are all held, some by expired
         // leases, and collisions, go the long way below.
         let r = rater.clone();
-        let got = self.write(move |c| Box::pin(async move { claim_free_slot(c, &r, pool, now, lease).await })).await?;
+        let got = self
+            .write(move |mut db| Box::pin(async move { claim_free_slot(&mut db, &r, pool, now, lease).await }))
+            .await?;
         if let Some(pair) = got {
             return Ok(Claim::Got(pair));
         }
         for _ in 0..4 {
-            let candidates: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
-                .bind(&rater.project_id)
-                .bind(&rater.id)
-                .bind(now)
-                .fetch_all(&self.pool)
-                .await?;
+            let candidates: Vec<(String, i64)> =
+                self.read()?.db().fetch_all(&q, &[&rater.project_id, &rater.id, &now]).await?;
             if candidates.is_empty() {
                 return Ok(Claim::Empty);
             }
@@ -358,10 +340,10 @@ impl Store {
             candidates.shuffle(&mut rand::rng());
             let rater_id = rater.id.clone();
             let got = self
-                .write(move |c| {
+                .write(move |mut db| {
                     Box::pin(async move {
                         for (pair, target) in candidates {
-                            if claim_slot(c, &pair, &rater_id, target, now, lease).await? {
+                            if claim_slot(&mut db, &pair, &rater_id, target, now, lease).await? {
                                 return Ok(Some(pair));
                             }
                         }
@@ -377,25 +359,25 @@ impl Store {
     }
 
     async fn claim_gold(&self, rater: &Rater, now: i64, lease: i64) -> Result<Option<String>> {
-        let rows: Vec<String> = sqlx::query_scalar(
-            "SELECT p.id FROM pairs p WHERE p.project_id = $1 AND p.kind = $3 \
-               AND NOT EXISTS (SELECT 1 FROM assignments a WHERE a.pair_id = p.id AND a.rater_id = $2) \
-               AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.pair_id = p.id AND l.rater_id = $2) \
-             LIMIT 64",
-        )
-        .bind(&rater.project_id)
-        .bind(&rater.id)
-        .bind(PairKind::Gold)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows: Vec<(String,)> = self
+            .read()?
+            .db()
+            .fetch_all(
+                "SELECT p.id FROM pairs p WHERE p.project_id = $1 AND p.kind = $3 \
+                   AND NOT EXISTS (SELECT 1 FROM assignments a WHERE a.pair_id = p.id AND a.rater_id = $2) \
+                   AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.pair_id = p.id AND l.rater_id = $2) \
+                 LIMIT 64",
+                &[&rater.project_id, &rater.id, &PairKind::Gold],
+            )
+            .await?;
         if rows.is_empty() {
             return Ok(None);
         }
-        let pair = rows[rand::rng().random_range(0..rows.len())].clone();
+        let pair = rows[rand::rng().random_range(0..rows.len())].0.clone();
         let rater_id = rater.id.clone();
-        self.write(move |c| {
+        self.write(move |mut db| {
             Box::pin(async move {
-                let got = claim_slot(c, &pair, &rater_id, i64::MAX, now, lease).await?;
+                let got = claim_slot(&mut db, &pair, &rater_id, i64::MAX, now, lease).await?;
                 Ok(got.then_some(pair))
             })
         })
@@ -412,14 +394,12 @@ impl Store {
              WHERE a.pair_id = $1 AND a.rater_id = $2",
             if rater.quota.is_some() { "0".to_string() } else { open_count_sql("$2", "$3") }
         );
-        let (left_side, lease_expires_at, prompt, a, b, open): (Side, i64, String, String, String, i64) =
-            sqlx::query_as(sqlx::AssertSqlSafe(q))
-                .bind(pair)
-                .bind(&rater.id)
-                .bind(&rater.project_id)
-                .fetch_optional(&self.pool)
-                .await?
-                .ok_or_else(|| StoreError::NotFound(format!("pair {pair:?} is not assigned to you")))?;
+        let (left_side, lease_expires_at, prompt, a, b, open): (Side, i64, String, String, String, i64) = self
+            .read()?
+            .db()
+            .fetch_optional(&q, &[&pair, &rater.id, &rater.project_id])
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("pair {pair:?} is not assigned to you")))?;
         let (left, right) = match left_side {
             Side::A => (a, b),
             Side::B => (b, a),
@@ -431,7 +411,7 @@ impl Store {
             left,
             right,
             lease_expires_at,
-            progress: RaterProgress { done, target },
+            progress: RaterProgress { done, target, at_least: rater.quota.is_none() && open >= OPEN_AHEAD },
         })
     }
 
@@ -447,7 +427,8 @@ impl Store {
             return Err(StoreError::Invalid("time_ms: more than a day".into()));
         }
         let (rater_c, req_c) = (rater.clone(), req.clone());
-        let stored = self.write(move |c| Box::pin(async move { store_label(c, &rater_c, &req_c).await })).await?;
+        let stored =
+            self.write(move |mut db| Box::pin(async move { store_label(&mut db, &rater_c, &req_c).await })).await?;
         // The next pair, when asked for, is claimed after the label is committed: a failure
         // there cannot take the label back. (Claiming it in the label's own commit measured no
         // faster: the writer's statements, not its commits, are what raters queue for.)
@@ -496,7 +477,7 @@ impl Store {
                     .fetch_one(&mut *w.tx)
                     .await?;
             let target = if kind == PairKind::Gold { i64::MAX } else { target_votes };
-            if !claim_slot(&mut w.tx, pair, &rater.id, target, now, lease).await? {
+            if !claim_slot(&mut Db::Conn(&mut w.tx), pair, &rater.id, target, now, lease).await? {
                 w.rollback().await?;
                 return Err(StoreError::Conflict(format!(
                     "pair {pair:?} went to other raters after you skipped it; it cannot be undone"
@@ -552,37 +533,28 @@ struct Stored {
 /// Stores `req` as `rater`'s label, in the caller's transaction: the write of
 /// [`Store::submit_label`]. A repeat of the stored label answers that label; every refusal is
 /// decided before anything is written.
-async fn store_label(c: &mut AnyConnection, rater: &Rater, req: &LabelRequest) -> Result<Stored> {
+async fn store_label(db: &mut Db<'_>, rater: &Rater, req: &LabelRequest) -> Result<Stored> {
     let now = now_ms();
     let rationale = req.rationale.as_deref().map(str::trim).filter(|s| !s.is_empty());
     // The common case: the rater holds the pair, unlabelled. Their slot is marked done first,
     // which reads its sides and locks it: on PostgreSQL a concurrent takeover of an expired
     // lease is waited for, after which the slot is no longer theirs and nothing is written (a
     // label inserted first could outlive its slot and count a vote past the target).
-    let held: Option<Side> = sqlx::query_scalar(
-        "UPDATE assignments SET done = 1 WHERE pair_id = $1 AND rater_id = $2 AND done = 0 RETURNING left_side",
-    )
-    .bind(&req.pair)
-    .bind(&rater.id)
-    .fetch_optional(&mut *c)
-    .await?;
-    if let Some(left) = held {
-        let choice = side_choice(left, req.choice);
-        let inserted = sqlx::query(
-            "INSERT INTO labels (id, pair_id, rater_id, choice, left_side, time_ms, rationale, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (pair_id, rater_id) DO NOTHING",
+    let held: Option<(Side,)> = db
+        .fetch_optional(
+            "UPDATE assignments SET done = 1 WHERE pair_id = $1 AND rater_id = $2 AND done = 0 RETURNING left_side",
+            &[&req.pair, &rater.id],
         )
-        .bind(new_id())
-        .bind(&req.pair)
-        .bind(&rater.id)
-        .bind(choice)
-        .bind(left)
-        .bind(req.time_ms as i64)
-        .bind(rationale)
-        .bind(now)
-        .execute(&mut *c)
-        .await?
-        .rows_affected();
+        .await?;
+    if let Some((left,)) = held {
+        let choice = side_choice(left, req.choice);
+        let inserted = db
+            .execute(
+                "INSERT INTO labels (id, pair_id, rater_id, choice, left_side, time_ms, rationale, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (pair_id, rater_id) DO NOTHING",
+                &[&new_id(), &req.pair, &rater.id, &choice, &left, &(req.time_ms as i64), &rationale, &now],
+            )
+            .await?;
         if inserted == 0 {
             // An unfinished slot with a label cannot be (undo takes both back together): a
             // database-level error, so everything of this write is rolled back.
@@ -593,27 +565,21 @@ async fn store_label(c: &mut AnyConnection, rater: &Rater, req: &LabelRequest) -
         }
         if choice == Choice::Skip {
             // The slot goes back to the pool; the label row keeps the pair from this rater.
-            sqlx::query("DELETE FROM assignments WHERE pair_id = $1 AND rater_id = $2")
-                .bind(&req.pair)
-                .bind(&rater.id)
-                .execute(&mut *c)
-                .await?;
+            db.execute("DELETE FROM assignments WHERE pair_id = $1 AND rater_id = $2", &[&req.pair, &rater.id]).await?;
         } else {
-            sqlx::query("UPDATE pairs SET votes = votes + 1 WHERE id = $1").bind(&req.pair).execute(&mut *c).await?;
+            db.execute("UPDATE pairs SET votes = votes + 1 WHERE id = $1", &[&req.pair]).await?;
         }
         return Ok(Stored { choice: req.choice, created_at: now });
     }
     // No unfinished slot: the pair has the rater's label already (a retry, another tab), or
     // they do not hold it. Which, read in one statement.
-    let (held, choice, label_left, created_at): (Option<Side>, Option<Choice>, Option<Side>, Option<i64>) =
-        sqlx::query_as(
+    let (held, choice, label_left, created_at): (Option<Side>, Option<Choice>, Option<Side>, Option<i64>) = db
+        .fetch_one(
             "SELECT a.left_side, l.choice, l.left_side, l.created_at FROM (SELECT 1 AS one) o \
              LEFT JOIN assignments a ON a.pair_id = $1 AND a.rater_id = $2 \
              LEFT JOIN labels l ON l.pair_id = $1 AND l.rater_id = $2",
+            &[&req.pair, &rater.id],
         )
-        .bind(&req.pair)
-        .bind(&rater.id)
-        .fetch_one(&mut *c)
         .await?;
     if let (Some(choice), Some(left), Some(created_at)) = (choice, label_left, created_at) {
         let stored = screen_choice(left, choice);
@@ -630,10 +596,11 @@ async fn store_label(c: &mut AnyConnection, rater: &Rater, req: &LabelRequest) -
         // between the update and this read (PostgreSQL).
         return Err(StoreError::Conflict(format!("pair {:?}: another request changed it; try again", req.pair)));
     }
-    let in_project = sqlx::query("SELECT 1 FROM pairs WHERE id = $1 AND project_id = $2")
-        .bind(&req.pair)
-        .bind(&rater.project_id)
-        .fetch_optional(&mut *c)
+    let in_project = db
+        .fetch_optional::<(i64,)>(
+            "SELECT 1 FROM pairs WHERE id = $1 AND project_id = $2",
+            &[&req.pair, &rater.project_id],
+        )
         .await?
         .is_some();
     Err(if in_project {
@@ -662,7 +629,7 @@ struct NextContext {
 
 /// Reads the [`NextContext`] in one statement (each statement is a round trip to the database's
 /// connection).
-async fn next_context(pool: &sqlx::AnyPool, rater: &Rater) -> Result<NextContext> {
+async fn next_context(db: &mut Db<'_>, rater: &Rater) -> Result<NextContext> {
     let q = format!(
         "SELECT p.config, \
            (SELECT a.pair_id FROM assignments a WHERE a.rater_id = $2 AND a.done = 0 \
@@ -672,14 +639,10 @@ async fn next_context(pool: &sqlx::AnyPool, rater: &Rater) -> Result<NextContext
          FROM projects p WHERE p.id = $1",
         labels_done_sql("$2", "$3")
     );
-    let (config, held, checks, done): (ProjectConfig, Option<String>, i64, i64) =
-        sqlx::query_as(sqlx::AssertSqlSafe(q))
-            .bind(&rater.project_id)
-            .bind(&rater.id)
-            .bind(Choice::Skip)
-            .fetch_optional(pool)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("no project {:?}", rater.project_id)))?;
+    let (config, held, checks, done): (ProjectConfig, Option<String>, i64, i64) = db
+        .fetch_optional(&q, &[&rater.project_id, &rater.id, &Choice::Skip])
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("no project {:?}", rater.project_id)))?;
     let human_loop = config.rating.auto_continue.enabled && !config.loop_settings.labeller.is_automatic();
     Ok(NextContext { rating: config.rating, held, checks, done, human_loop })
 }
@@ -708,13 +671,7 @@ fn candidates_sql(pool: &str) -> String {
 /// Claims, in one statement, a free slot of one of the [`candidates_sql`] pairs, picked at
 /// random among them so raters asking at once rarely collide. None when there is none (or a
 /// racing claim took it): nothing is written then.
-async fn claim_free_slot(
-    c: &mut AnyConnection,
-    rater: &Rater,
-    pool: &str,
-    now: i64,
-    lease: i64,
-) -> Result<Option<String>> {
+async fn claim_free_slot(db: &mut Db<'_>, rater: &Rater, pool: &str, now: i64, lease: i64) -> Result<Option<String>> {
     let q = format!(
         "INSERT INTO assignments (pair_id, slot, rater_id, left_side, leased_at, lease_expires, done) \
          SELECT c.id, c.free, $2, $4, $3, $5, 0 FROM \
@@ -724,14 +681,9 @@ async fn claim_free_slot(
         free = free_slot_sql("o.id"),
         candidates = candidates_sql(pool),
     );
-    Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(q))
-        .bind(&rater.project_id)
-        .bind(&rater.id)
-        .bind(now)
-        .bind(random_side())
-        .bind(now + lease)
-        .fetch_optional(&mut *c)
-        .await?)
+    let got: Option<(String,)> =
+        db.fetch_optional(&q, &[&rater.project_id, &rater.id, &now, &random_side(), &(now + lease)]).await?;
+    Ok(got.map(|(pair,)| pair))
 }
 
 /// The lowest free slot of the pair `pair` (an SQL expression): the slots held are 0.. with
@@ -745,43 +697,32 @@ fn free_slot_sql(pair: &str) -> String {
 
 /// Claims a slot of `pair` for `rater`: takes over an expired unfinished lease, else inserts
 /// the lowest free slot below `target`. False when every slot is live (someone else won).
-async fn claim_slot(c: &mut AnyConnection, pair: &str, rater: &str, target: i64, now: i64, lease: i64) -> Result<bool> {
+async fn claim_slot(db: &mut Db<'_>, pair: &str, rater: &str, target: i64, now: i64, lease: i64) -> Result<bool> {
     let side = random_side();
     // The lowest free slot, inserted in one statement when it is below the target (the common
     // case: a pair not yet leased to enough raters). A rater already in the pair, or a racing
     // claim of the same slot, hits a unique key and inserts nothing.
-    let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
+    let insert = format!(
         "INSERT INTO assignments (pair_id, slot, rater_id, left_side, leased_at, lease_expires, done) \
              SELECT $1, f.slot, $2, $3, $4, $5, 0 FROM (SELECT {} AS slot) f \
              WHERE f.slot < $6 ON CONFLICT DO NOTHING",
         free_slot_sql("$1")
-    )))
-    .bind(pair)
-    .bind(rater)
-    .bind(side)
-    .bind(now)
-    .bind(now + lease)
-    .bind(target)
-    .execute(&mut *c)
-    .await?;
-    if inserted.rows_affected() == 1 {
+    );
+    let inserted = db.execute(&insert, &[&pair, &rater, &side, &now, &(now + lease), &target]).await?;
+    if inserted == 1 {
         return Ok(true);
     }
     // Every slot below the target is held: take over one whose lease expired unfinished.
-    let taken = sqlx::query(
-        "UPDATE assignments SET rater_id = $1, left_side = $2, leased_at = $3, lease_expires = $4 \
-         WHERE pair_id = $5 AND done = 0 AND lease_expires <= $3 \
-           AND slot = (SELECT MIN(slot) FROM assignments WHERE pair_id = $5 AND done = 0 AND lease_expires <= $3) \
-           AND NOT EXISTS (SELECT 1 FROM assignments WHERE pair_id = $5 AND rater_id = $1)",
-    )
-    .bind(rater)
-    .bind(side)
-    .bind(now)
-    .bind(now + lease)
-    .bind(pair)
-    .execute(&mut *c)
-    .await?;
-    Ok(taken.rows_affected() == 1)
+    let taken = db
+        .execute(
+            "UPDATE assignments SET rater_id = $1, left_side = $2, leased_at = $3, lease_expires = $4 \
+             WHERE pair_id = $5 AND done = 0 AND lease_expires <= $3 \
+               AND slot = (SELECT MIN(slot) FROM assignments WHERE pair_id = $5 AND done = 0 AND lease_expires <= $3) \
+               AND NOT EXISTS (SELECT 1 FROM assignments WHERE pair_id = $5 AND rater_id = $1)",
+            &[&rater, &side, &now, &(now + lease), &pair],
+        )
+        .await?;
+    Ok(taken == 1)
 }
 
 #[cfg(test)]

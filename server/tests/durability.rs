@@ -28,7 +28,7 @@ async fn rating_project(c: &reqwest::Client, base: &str, pairs: usize, raters: u
         .post(format!("{base}/api/projects/{pid}/pairs?format=trl&rate=true"))
         .bearer_auth(ADMIN)
         .body(lines)
-        .timeout(Duration::from_secs(120))
+        .timeout(Duration::from_secs(600))
         .send()
         .await
         .unwrap();
@@ -197,7 +197,10 @@ async fn soak_many_sigkills() {
     apl::judge::install_crypto();
     let c = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
     let (mut server, mut base) = serve(dir.path(), &db, &[]);
-    let (pid, tokens) = rating_project(&c, &base, 20_000, 8).await;
+    // Enough pairs that the raters are still labelling at the last kill (~1,000 labels a kill
+    // on the debug build since the hot path stopped hopping threads).
+    let pairs = (kills * 1_000).max(20_000);
+    let (pid, tokens) = rating_project(&c, &base, pairs, 8).await;
     let mut acked: HashMap<(String, String), String> = HashMap::new();
     let started = Instant::now();
     for kill in 0..kills {

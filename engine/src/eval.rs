@@ -5,7 +5,8 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::model::{Model, SampleRequest, SamplingConfig, Tokenizer, sample};
+use crate::backend::{ModelBackend, Role, SampleJob};
+use crate::model::Tokenizer;
 
 /// How evaluation samples are drawn.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,42 +31,38 @@ pub fn completion_lengths(n: usize, how: &EvalSampling, seed: u64) -> Vec<usize>
     (0..n).map(|_| len_rng.random_range(lo..=hi.max(lo))).collect()
 }
 
-/// Samples one completion per prompt, with the lengths of [`completion_lengths`].
+/// Samples one completion per prompt from `role` of `backend`, with the lengths of
+/// [`completion_lengths`].
 pub fn sample_completions(
-    model: &Model,
+    backend: &dyn ModelBackend,
+    role: Role,
     tokenizer: &Tokenizer,
     prompts: &[&[u32]],
     how: &EvalSampling,
     seed: u64,
     progress: &dyn Fn(&str, usize, usize),
 ) -> crate::model::Result<Vec<String>> {
-    let lens = completion_lengths(prompts.len(), how, seed);
-    let hi = how.completion_tokens.1.max(how.completion_tokens.0);
+    let lengths = completion_lengths(prompts.len(), how, seed);
+    let job = SampleJob {
+        prompts,
+        per_prompt: 1,
+        lengths: &lengths,
+        exact_length: how.exact_length,
+        temperature: how.temperature,
+        max_new_tokens: how.completion_tokens.1.max(how.completion_tokens.0),
+        seed,
+        batch_size: how.batch_size,
+        pass_seed: |seed, c| seed.wrapping_add(c as u64 * 7919),
+    };
     let eos = tokenizer.eos_ids();
-    let mut out = Vec::with_capacity(prompts.len());
-    let idx: Vec<usize> = (0..prompts.len()).collect();
-    for (c, chunk) in idx.chunks(how.batch_size.max(1)).enumerate() {
-        let reqs: Vec<SampleRequest> = chunk
-            .iter()
-            .map(|&i| SampleRequest {
-                prompt: prompts[i],
-                max_new_tokens: Some(lens[i]),
-                min_new_tokens: Some(if how.exact_length { lens[i] } else { 0 }),
-            })
-            .collect();
-        let sc = SamplingConfig {
-            temperature: how.temperature,
-            max_new_tokens: hi,
-            seed: seed.wrapping_add(c as u64 * 7919),
-            ..Default::default()
-        };
-        for s in sample(model, &reqs, &sc, eos, |_| {})? {
+    let samples = backend.sample(role, &job, &|d, n| progress("evaluation samples", d, n))?;
+    samples
+        .into_iter()
+        .map(|s| {
             let kept: Vec<u32> = s.tokens.into_iter().filter(|t| !eos.contains(t)).collect();
-            out.push(tokenizer.decode_text(&kept)?);
-        }
-        progress("evaluation samples", out.len(), prompts.len());
-    }
-    Ok(out)
+            tokenizer.decode_text(&kept)
+        })
+        .collect()
 }
 
 pub use apl_shared::Outcome;

@@ -9,6 +9,7 @@
 //! `device`), each with a SAFETY note.
 
 pub mod acquire;
+pub mod backend;
 pub mod data;
 pub mod device;
 pub mod eval;

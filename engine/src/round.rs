@@ -18,6 +18,7 @@ use apl_shared::settings::LoopSettings;
 use apl_shared::{Acquisition, Mode, Outcome, Preference};
 
 use crate::acquire::{AcquireStats, Acquirer, Candidate, PromptItem};
+use crate::backend::{Local, Role};
 use crate::eval::{EvalSampling, WinRate, sample_completions, win_rate};
 use crate::model::{Model, ModelError, Tokenizer};
 use crate::oracle::{Comparison, Judgement, Oracle, OracleError};
@@ -160,9 +161,9 @@ impl Round<'_> {
         policy_is_reference: bool,
     ) -> Result<(Vec<Candidate>, AcquireStats)> {
         let s = self.settings;
+        let backend = Local::new(policy, cache, self.tokenizer.eos_ids());
         let acquirer = Acquirer {
-            policy,
-            cache,
+            backend: &backend,
             tokenizer: self.tokenizer,
             cfg: &s.acquire,
             completion_len: s.completion_tokens,
@@ -316,7 +317,8 @@ impl Round<'_> {
         };
         let ids: Vec<&[u32]> = prompts.iter().map(|p| p.ids.as_slice()).collect();
         let progress = |_: &str, done: usize, total: usize| self.observer.progress(stage, done, total);
-        let texts = sample_completions(model, self.tokenizer, &ids, &how, seed, &progress)?;
+        let backend = Local::model(model, self.tokenizer.eos_ids());
+        let texts = sample_completions(&backend, Role::Policy, self.tokenizer, &ids, &how, seed, &progress)?;
         self.check()?;
         Ok(texts)
     }

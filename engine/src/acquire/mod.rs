@@ -15,17 +15,14 @@
 
 pub mod select;
 
-use std::cell::RefCell;
 use std::time::Instant;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::model::logprobs::{Prefix, batch_logprobs_from, prefix_states};
-use crate::model::{Model, ModelError, Result, SampleRequest, SamplingConfig, Tokenizer, sample};
-use crate::train::policy::Policy;
-use crate::train::trainer::PrefixCache;
+use crate::backend::{ModelBackend, Role, SampleJob};
+use crate::model::{ModelError, Result, Tokenizer};
 
 pub use apl_shared::Acquisition;
 pub use apl_shared::settings::{AcquireConfig, PairLengths};
@@ -80,10 +77,8 @@ struct RowSpec {
 pub type Progress<'p> = &'p dyn Fn(&str, usize, usize);
 
 pub struct Acquirer<'a> {
-    pub policy: &'a Policy,
-    /// Where the frozen lower layers' states of scored sequences go (top-k training), so the
-    /// pairs kept are not recomputed for reference log-probs and training.
-    pub cache: Option<&'a RefCell<PrefixCache>>,
+    /// Samples the policy and scores candidates under the policy and the reference.
+    pub backend: &'a dyn ModelBackend,
     pub tokenizer: &'a Tokenizer,
     pub cfg: &'a AcquireConfig,
     /// Completion length range in tokens; a length is drawn per completion (per pair when
@@ -186,37 +181,24 @@ impl Acquirer<'_> {
     ) -> Result<Vec<(Vec<u32>, Vec<f32>)>> {
         let RowSpec { per_prompt, shared_length, temperature, seed, stage } = spec;
         let t = Instant::now();
-        let model = self.policy.model();
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let hi = self.completion_len.1.max(self.completion_len.0);
-        let lens = draw_lengths(prompts.len(), per_prompt, self.completion_len, shared_length, &mut rng);
-        let rows: Vec<(usize, usize)> = lens.into_iter().enumerate().map(|(r, len)| (r / per_prompt, len)).collect();
-        let mut out = Vec::with_capacity(rows.len());
-        let eos = self.tokenizer.eos_ids();
-        for (c, chunk) in rows.chunks(self.cfg.batch_size.max(1)).enumerate() {
-            let reqs: Vec<SampleRequest> = chunk
-                .iter()
-                .map(|&(i, len)| SampleRequest {
-                    prompt: &prompts[i].ids,
-                    max_new_tokens: Some(len),
-                    min_new_tokens: Some(if self.exact_length { len } else { 0 }),
-                })
-                .collect();
-            let cfg = SamplingConfig {
-                temperature,
-                max_new_tokens: hi,
-                min_new_tokens: 0,
-                seed: seed.wrapping_mul(1_000_003).wrapping_add(c as u64),
-                ..Default::default()
-            };
-            for s in sample(model, &reqs, &cfg, eos, |_| {})? {
-                out.push((s.tokens, s.logprobs));
-            }
-            progress(stage, out.len(), rows.len());
-        }
-        stats.sequences_sampled += rows.len();
+        let lengths = draw_lengths(prompts.len(), per_prompt, self.completion_len, shared_length, &mut rng);
+        let ids: Vec<&[u32]> = prompts.iter().map(|p| p.ids.as_slice()).collect();
+        let job = SampleJob {
+            prompts: &ids,
+            per_prompt,
+            lengths: &lengths,
+            exact_length: self.exact_length,
+            temperature,
+            max_new_tokens: self.completion_len.1.max(self.completion_len.0),
+            seed,
+            batch_size: self.cfg.batch_size,
+            pass_seed: |seed, c| seed.wrapping_mul(1_000_003).wrapping_add(c as u64),
+        };
+        let samples = self.backend.sample(Role::Policy, &job, &|d, n| progress(stage, d, n))?;
+        stats.sequences_sampled += lengths.len();
         stats.sampling_seconds += t.elapsed().as_secs_f64();
-        Ok(out)
+        Ok(samples.into_iter().map(|s| (s.tokens, s.logprobs)).collect())
     }
 
     /// One pair per prompt at the pair temperature.
@@ -269,8 +251,7 @@ impl Acquirer<'_> {
             .iter()
             .flat_map(|c| [(c.prompt.as_slice(), c.a.as_slice()), (c.prompt.as_slice(), c.b.as_slice())])
             .collect();
-        let (policy_lp, ref_lp) =
-            score_rows(self.policy, &rows, self.cfg.batch_size, self.cache, &|d, n| progress("scoring", d, n))?;
+        let (policy_lp, ref_lp) = self.backend.score(&rows, self.cfg.batch_size, &|d, n| progress("scoring", d, n))?;
         let scored = rows.len();
         drop(rows);
         for (k, c) in cands.iter_mut().enumerate() {
@@ -340,43 +321,6 @@ pub fn draw_lengths(
     } else {
         (0..prompts * per_prompt).map(|_| rng.random_range(lo..=hi)).collect()
     }
-}
-
-/// Summed completion log-probs of `rows` under the policy and the reference. When lower
-/// layers are frozen and shared, they run once for both models.
-pub fn score_rows(
-    policy: &Policy,
-    rows: &[(&[u32], &[u32])],
-    batch: usize,
-    cache: Option<&RefCell<PrefixCache>>,
-    progress: &dyn Fn(usize, usize),
-) -> Result<(Vec<f32>, Vec<f32>)> {
-    let (mut pol, mut refr) = (Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len()));
-    let layer = policy.prefix_layer();
-    let sums = |m: &Model, chunk: &[(&[u32], &[u32])], prefix: Option<Prefix>| -> Result<Vec<f32>> {
-        let lp = batch_logprobs_from(m, chunk, prefix)?;
-        Ok(lp.sums.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?)
-    };
-    for chunk in rows.chunks(batch.max(1)) {
-        if layer > 0 {
-            let states = match cache {
-                Some(c) => c.borrow_mut().states_for(policy.reference(), layer, chunk, batch)?,
-                None => {
-                    let seqs: Vec<Vec<u32>> = chunk.iter().map(|(p, c)| [*p, *c].concat()).collect();
-                    let refs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
-                    prefix_states(policy.reference(), &refs, layer, batch)?
-                }
-            };
-            let prefix = Prefix { layer, states: &states };
-            pol.extend(sums(policy.model(), chunk, Some(prefix))?);
-            refr.extend(sums(policy.reference(), chunk, Some(prefix))?);
-        } else {
-            pol.extend(sums(policy.model(), chunk, None)?);
-            refr.extend(sums(policy.reference(), chunk, None)?);
-        }
-        progress(pol.len(), rows.len());
-    }
-    Ok((pol, refr))
 }
 
 #[cfg(test)]

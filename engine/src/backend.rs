@@ -2,7 +2,9 @@
 //! run on this engine or on an inference server built for them (vLLM, llama.cpp's server).
 //! The loop asks two things only:
 //! - sample completions of prompts (tokens, and each token's log-prob at T = 1);
-//! - score given completions: their summed log-probs under the policy and the reference.
+//! - score given completions: their summed log-probs under the policy and the reference
+//!   (acquisition's implicit rewards), or under the reference alone (the reference terms of
+//!   the DPO loss, once per labelled pair).
 //!
 //! Training is not behind this seam: the DPO step needs gradients, which a serving engine
 //! does not give; it has its own (the trainer).
@@ -15,7 +17,7 @@
 use std::cell::RefCell;
 
 use crate::model::logprobs::{Prefix, batch_logprobs_from, prefix_states};
-use crate::model::{Model, Result, Sample, SampleRequest, SamplingConfig, sample};
+use crate::model::{Model, Result, Sample, SampleRequest, SamplingConfig, sample, sequence_logprobs};
 use crate::train::policy::Policy;
 use crate::train::trainer::PrefixCache;
 
@@ -61,6 +63,15 @@ pub trait ModelBackend {
         batch: usize,
         progress: &dyn Fn(usize, usize),
     ) -> Result<(Vec<f32>, Vec<f32>)>;
+
+    /// Summed completion log-probs of rows under the reference alone; `progress(rows done,
+    /// rows)`. Rows come as (chosen, rejected) of each pair in turn.
+    fn score_reference(
+        &self,
+        rows: &[(&[u32], &[u32])],
+        batch: usize,
+        progress: &dyn Fn(usize, usize),
+    ) -> Result<Vec<f32>>;
 }
 
 /// This engine, in this process.
@@ -124,20 +135,9 @@ impl ModelBackend for Local<'_> {
     ) -> Result<(Vec<f32>, Vec<f32>)> {
         let (mut pol, mut refr) = (Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len()));
         let layer = self.prefix_layer;
-        let sums = |m: &Model, chunk: &[(&[u32], &[u32])], prefix: Option<Prefix>| -> Result<Vec<f32>> {
-            let lp = batch_logprobs_from(m, chunk, prefix)?;
-            Ok(lp.sums.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?)
-        };
         for chunk in rows.chunks(batch.max(1)) {
             if layer > 0 {
-                let states = match self.cache {
-                    Some(c) => c.borrow_mut().states_for(self.reference, layer, chunk, batch)?,
-                    None => {
-                        let seqs: Vec<Vec<u32>> = chunk.iter().map(|(p, c)| [*p, *c].concat()).collect();
-                        let refs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
-                        prefix_states(self.reference, &refs, layer, batch)?
-                    }
-                };
+                let states = self.prefix_states(chunk, batch)?;
                 let prefix = Prefix { layer, states: &states };
                 pol.extend(sums(self.policy, chunk, Some(prefix))?);
                 refr.extend(sums(self.reference, chunk, Some(prefix))?);
@@ -149,4 +149,48 @@ impl ModelBackend for Local<'_> {
         }
         Ok((pol, refr))
     }
+
+    fn score_reference(
+        &self,
+        rows: &[(&[u32], &[u32])],
+        batch: usize,
+        progress: &dyn Fn(usize, usize),
+    ) -> Result<Vec<f32>> {
+        let layer = self.prefix_layer;
+        if layer == 0 {
+            let lp = sequence_logprobs(self.reference, rows, batch, |_| {})?;
+            progress(rows.len(), rows.len());
+            return Ok(lp.into_iter().map(|s| s.sum).collect());
+        }
+        // Whole pairs a pass (the rows of `batch / 2` pairs), as training reads them.
+        let mut out = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(2 * (batch.max(2) / 2)) {
+            let states = self.prefix_states(chunk, batch)?;
+            out.extend(sums(self.reference, chunk, Some(Prefix { layer, states: &states }))?);
+            progress(out.len(), rows.len());
+        }
+        Ok(out)
+    }
+}
+
+impl Local<'_> {
+    /// The frozen layers' output for `rows`: from the cache (computing what it lacks), or
+    /// computed here when there is none.
+    fn prefix_states(&self, rows: &[(&[u32], &[u32])], batch: usize) -> Result<Vec<candle_core::Tensor>> {
+        let layer = self.prefix_layer;
+        match self.cache {
+            Some(c) => c.borrow_mut().states_for(self.reference, layer, rows, batch),
+            None => {
+                let seqs: Vec<Vec<u32>> = rows.iter().map(|(p, c)| [*p, *c].concat()).collect();
+                let refs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
+                prefix_states(self.reference, &refs, layer, batch)
+            }
+        }
+    }
+}
+
+/// Summed completion log-probs of `rows` under `m` (from the frozen layers' output when given).
+fn sums(m: &Model, rows: &[(&[u32], &[u32])], prefix: Option<Prefix>) -> Result<Vec<f32>> {
+    let lp = batch_logprobs_from(m, rows, prefix)?;
+    Ok(lp.sums.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?)
 }

@@ -24,7 +24,7 @@ use crate::model::{Model, ModelError, Tokenizer};
 use crate::oracle::{Comparison, Judgement, Oracle, OracleError};
 use crate::train::optim::Adam;
 use crate::train::policy::Policy;
-use crate::train::trainer::{PreferencePair, PrefixCache, StepStats, TrainReport, fill_reference_cached, train};
+use crate::train::trainer::{PreferencePair, PrefixCache, StepStats, TrainReport, fill_reference_with, train};
 
 /// Why a round stopped.
 #[derive(Debug, thiserror::Error)]
@@ -233,10 +233,16 @@ impl Round<'_> {
 
     /// Reference log-probs of the pairs that lack them, once per pair (certainty's scoring
     /// already filled them); through `cache` when lower layers are frozen.
-    pub fn fill_reference(&self, policy: &Policy, pairs: &mut [PreferencePair], cache: &mut PrefixCache) -> Result<()> {
+    pub fn fill_reference(
+        &self,
+        policy: &Policy,
+        pairs: &mut [PreferencePair],
+        cache: &RefCell<PrefixCache>,
+    ) -> Result<()> {
         let total = pairs.len();
         self.observer.progress("reference log-probs", 0, total);
-        fill_reference_cached(policy, pairs, cache, self.settings.acquire.batch_size)?;
+        let backend = Local::new(policy, Some(cache), self.tokenizer.eos_ids());
+        fill_reference_with(&backend, pairs, self.settings.acquire.batch_size)?;
         self.observer.progress("reference log-probs", total, total);
         self.check()
     }
@@ -255,7 +261,7 @@ impl Round<'_> {
         pairs: &mut [(usize, PreferencePair)],
         newest: usize,
         seed: u64,
-        cache: &mut PrefixCache,
+        cache: &RefCell<PrefixCache>,
     ) -> Result<Trained> {
         let t = Instant::now();
         let online = self.settings.mode == Mode::Online;
@@ -285,7 +291,7 @@ impl Round<'_> {
         cfg.seed = seed;
         let total = cfg.epochs * train_set.len().div_ceil(cfg.pairs_per_step.max(1));
         let cancelled = std::cell::Cell::new(false);
-        let report = train(policy, opt, &train_set, &cfg, cache, |st: &StepStats| {
+        let report = train(policy, opt, &train_set, &cfg, &mut cache.borrow_mut(), |st: &StepStats| {
             self.observer.step(st, total);
             cancelled.set(cancelled.get() || self.observer.cancelled());
         })?;

@@ -1,8 +1,8 @@
 //! The local model backend is the engine as the loop called it before the seam: its samples
 //! are the ones direct `sample` passes give (bit for bit, seeds per pass as the caller says),
 //! each role samples its own model, and its scores are each model's completion log-probs
-//! (checked against `sequence_logprobs`, an independent path), with and without frozen layers
-//! shared between the two models.
+//! and the reference's alone (checked against `sequence_logprobs`, an independent path), with
+//! and without frozen layers shared between the two models.
 
 mod common;
 
@@ -110,6 +110,11 @@ fn local_scores_are_each_models_completion_logprobs() {
                 assert!(d < 1e-5, "{trainable:?}, cache {}: {got:?} vs {want:?}", cache.is_some());
             }
             assert_ne!(pol, refr);
+            // The reference alone, as training's reference terms ask for it.
+            let local = Local::new(&policy, cache, &EOS);
+            let alone = local.score_reference(&rows, 2, &|_, _| {}).unwrap();
+            let d = alone.iter().zip(&want_reference).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(d < 1e-5, "{trainable:?}, cache {}: {alone:?} vs {want_reference:?}", cache.is_some());
         }
     }
 }

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::loss::PairLogprobs;
 use super::optim::Adam;
 use super::policy::Policy;
+use crate::backend::ModelBackend;
 use crate::model::logprobs::{Prefix, batch_logprobs, batch_logprobs_from, prefix_states};
 use crate::model::{Model, ModelError, Result, sequence_logprobs};
 
@@ -177,28 +178,20 @@ pub fn fill_reference(reference: &Model, pairs: &mut [PreferencePair], batch_siz
     Ok(())
 }
 
-/// Computes missing reference log-probs; when the policy's lower layers are frozen, through
-/// the prefix cache, so those layers run once per sequence for reference and training alike.
-pub fn fill_reference_cached(
-    policy: &Policy,
-    pairs: &mut [PreferencePair],
-    cache: &mut PrefixCache,
-    batch: usize,
-) -> Result<()> {
-    let layer = policy.prefix_layer();
-    if layer == 0 {
-        return fill_reference(policy.reference(), pairs, batch);
-    }
+/// Computes the reference log-probs of every pair that lacks them, through `backend` (the
+/// local one runs the policy's frozen lower layers once per sequence, through its prefix
+/// cache, for reference and training alike).
+pub fn fill_reference_with(backend: &dyn ModelBackend, pairs: &mut [PreferencePair], batch: usize) -> Result<()> {
     let todo = missing_reference(pairs);
-    for chunk in todo.chunks(batch.max(2) / 2) {
-        let rows = chosen_rejected_rows(pairs, chunk);
-        let states = cache.states_for(policy.reference(), layer, &rows, batch)?;
-        let sums = batch_logprobs_from(policy.reference(), &rows, Some(Prefix { layer, states: &states }))?.sums;
-        let sums = sums.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-        for (k, &i) in chunk.iter().enumerate() {
-            pairs[i].ref_chosen = Some(sums[2 * k]);
-            pairs[i].ref_rejected = Some(sums[2 * k + 1]);
-        }
+    if todo.is_empty() {
+        return Ok(());
+    }
+    let rows = chosen_rejected_rows(pairs, &todo);
+    let sums = backend.score_reference(&rows, batch, &|_, _| {})?;
+    drop(rows);
+    for (k, &i) in todo.iter().enumerate() {
+        pairs[i].ref_chosen = Some(sums[2 * k]);
+        pairs[i].ref_rejected = Some(sums[2 * k + 1]);
     }
     Ok(())
 }

@@ -321,7 +321,7 @@ impl Run<'_> {
             // Reference log-probs, once per pair (certainty already has them from scoring).
             let t = Instant::now();
             let mut fresh: Vec<PreferencePair> = new_pairs.iter().map(|s| s.pair.clone()).collect();
-            round.fill_reference(&policy, &mut fresh, &mut cache.borrow_mut())?;
+            round.fill_reference(&policy, &mut fresh, &cache)?;
             for (s, p) in new_pairs.iter_mut().zip(fresh) {
                 s.pair = p;
             }
@@ -342,14 +342,8 @@ impl Run<'_> {
 
             // Train, as the settings' mode says.
             let mut pairs: Vec<(usize, PreferencePair)> = data.iter().map(|s| (s.phase, s.pair.clone())).collect();
-            let trained = round.train(
-                &mut policy,
-                &mut opt,
-                &mut pairs,
-                phase,
-                stage_seed(self.seed, phase, 4),
-                &mut cache.borrow_mut(),
-            )?;
+            let trained =
+                round.train(&mut policy, &mut opt, &mut pairs, phase, stage_seed(self.seed, phase, 4), &cache)?;
             let report = &trained.report;
             timings.train_prefix_cache = report.prefix_seconds;
             timings.train_steps = report.seconds - report.prefix_seconds;

@@ -514,8 +514,8 @@ fn train(ctx: &Ctx) -> JobResultOf<Trained> {
         }
     }
     let newest = pairs.iter().map(|(r, _)| *r).max().unwrap_or(0);
-    let mut cache = PrefixCache::default();
-    let trained = ctx.round().train(&mut policy, &mut opt, &mut pairs, newest, s.train.seed, &mut cache)?;
+    let cache = std::cell::RefCell::new(PrefixCache::default());
+    let trained = ctx.round().train(&mut policy, &mut opt, &mut pairs, newest, s.train.seed, &cache)?;
     let id = new_id();
     let dir = ctx.worker.data_dir.join("checkpoints").join(pid);
     std::fs::create_dir_all(&dir).map_err(|source| JobError::Io { what: "creating", path: dir.clone(), source })?;

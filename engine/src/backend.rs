@@ -158,8 +158,11 @@ impl ModelBackend for Local<'_> {
     ) -> Result<Vec<f32>> {
         let layer = self.prefix_layer;
         if layer == 0 {
-            let lp = sequence_logprobs(self.reference, rows, batch, |_| {})?;
-            progress(rows.len(), rows.len());
+            let mut done = 0;
+            let lp = sequence_logprobs(self.reference, rows, batch, |n| {
+                done += n;
+                progress(done, rows.len());
+            })?;
             return Ok(lp.into_iter().map(|s| s.sum).collect());
         }
         // Whole pairs a pass (the rows of `batch / 2` pairs), as training reads them.

@@ -98,9 +98,11 @@ impl Batcher {
             });
             (db_failed, reply)
         });
-        self.jobs.send(job).map_err(|_| StoreError::Invalid("the store is shutting down".into()))?;
+        // The writer gone (it never returns while the store lives): a server error, not the
+        // request's.
+        self.jobs.send(job).map_err(|_| StoreError::Db(sqlx::Error::WorkerCrashed))?;
         // No answer: the operation panicked (logged) or the writer stopped.
-        rx.await.map_err(|_| StoreError::Batch(Arc::new(StoreError::Invalid("the SQLite writer stopped".into()))))?
+        rx.await.map_err(|_| StoreError::Batch(Arc::new(StoreError::Db(sqlx::Error::WorkerCrashed))))?
     }
 }
 
@@ -126,6 +128,13 @@ fn run_batch(
     rx: &mpsc::Receiver<Job>,
     replies: &mut Vec<Reply>,
 ) -> std::result::Result<(), StoreError> {
+    // A transaction left open by a failed end of the last batch would fail every BEGIN after.
+    if !conn.is_autocommit()
+        && let Err(e) = conn.execute_batch("ROLLBACK")
+    {
+        replies.push(first(None).1);
+        return Err(e.into());
+    }
     // IMMEDIATE: the write lock is taken at the start, so no statement of the batch can meet
     // SQLITE_BUSY half-way (another process on the file waits in the busy timeout instead).
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
@@ -157,12 +166,18 @@ fn run_batch(
         }
     }
     if db_failed {
-        conn.execute_batch("ROLLBACK")?;
+        // SQLite may have rolled back by itself already (SQLITE_FULL, for one).
+        if !conn.is_autocommit() {
+            conn.execute_batch("ROLLBACK")?;
+        }
         return Err(StoreError::Invalid("an operation of the batch failed; the batch was rolled back".into()));
     }
     if let Err(e) = conn.execute_batch("COMMIT") {
-        // A failed COMMIT (an I/O error) can leave the transaction open: end it.
-        let _ = conn.execute_batch("ROLLBACK");
+        // A failed COMMIT (an I/O error) can leave the transaction open: end it (or the next
+        // batch does, above).
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
         return Err(e.into());
     }
     Ok(())

@@ -16,11 +16,13 @@
 //! tuples of types both drivers decode ([`Row`]).
 
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::Mutex;
 
 use apl_shared::{Choice, JobKind, JobState, PairKind, Side};
 use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::error::BoxDynError;
+use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{AnyConnection, AnyPool, Arguments, AssertSqlSafe};
 
 use super::{Result, StoreError};
@@ -172,6 +174,11 @@ impl Db<'_> {
 const KEPT_READERS: usize = 8;
 /// Statements each rusqlite connection keeps prepared (the hot path has about twenty).
 const STATEMENT_CACHE: usize = 64;
+/// How long a read waits on a locked file: it runs on one of the runtime's few worker threads
+/// (in WAL mode readers wait only while a connection recovers the log, which is rare).
+const READER_BUSY: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long the writer waits for another process's write to end.
+pub const WRITER_BUSY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The rusqlite side of an SQLite store: its file and its read connections.
 pub struct Lite {
@@ -206,13 +213,18 @@ impl Lite {
         Self { path: path.to_path_buf(), readers: Mutex::new(Vec::new()) }
     }
 
-    /// A connection with the settings every SQLite connection of the store has (as
-    /// `Store::connect` sets them on sqlx's): foreign keys, a busy timeout, `synchronous =
-    /// FULL` (the file is in WAL mode already).
-    pub fn open(&self) -> rusqlite::Result<rusqlite::Connection> {
-        let c = rusqlite::Connection::open(&self.path)?;
+    /// A connection to the store's file (which sqlx made and migrated: never created here)
+    /// with the settings every SQLite connection of the store has (as `Store::connect` sets
+    /// them on sqlx's): foreign keys, `synchronous = FULL` (the file is in WAL mode already),
+    /// a busy timeout.
+    pub fn open(&self, busy: std::time::Duration) -> rusqlite::Result<rusqlite::Connection> {
+        use rusqlite::OpenFlags;
+        let c = rusqlite::Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
         c.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;")?;
-        c.busy_timeout(std::time::Duration::from_secs(10))?;
+        c.busy_timeout(busy)?;
         c.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(c)
     }
@@ -221,34 +233,38 @@ impl Lite {
         let kept = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let conn = match kept {
             Some(c) => c,
-            None => self.open()?,
+            None => self.open(READER_BUSY)?,
         };
         Ok(Reader { conn: Some(conn), lite: self })
     }
 }
 
-/// The file an SQLite URL or path names (`sqlite://PATH?mode=rwc`, `sqlite:PATH`, `PATH`); none
-/// for an in-memory database, which other connections cannot open.
-pub fn sqlite_file(url_or_path: &str) -> Option<PathBuf> {
-    let rest = match url_or_path.strip_prefix("sqlite:") {
-        Some(r) => r.trim_start_matches("//"),
-        None => url_or_path,
-    };
-    let file = rest.split('?').next().unwrap_or(rest);
-    (!file.is_empty() && file != ":memory:").then(|| PathBuf::from(file))
+/// The file an SQLite URL names, read as sqlx reads it (scheme stripped, percent-decoded);
+/// an error for an in-memory database, which other connections cannot open.
+pub fn sqlite_file(url: &str) -> Result<PathBuf> {
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    if url.contains(":memory:") || query.split('&').any(|kv| kv == "mode=memory") {
+        return Err(StoreError::Invalid(
+            "an in-memory SQLite database cannot be shared by the store's connections; give a file".into(),
+        ));
+    }
+    Ok(SqliteConnectOptions::from_str(url)?.get_filename().to_path_buf())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The file sqlx opens for the same URL (sqlx-sqlite's `SqliteConnectOptions::from_str`).
     #[test]
     fn sqlite_files_from_urls() {
-        assert_eq!(sqlite_file("/tmp/a.sqlite"), Some("/tmp/a.sqlite".into()));
-        assert_eq!(sqlite_file("sqlite:///tmp/a.sqlite?mode=rwc"), Some("/tmp/a.sqlite".into()));
-        assert_eq!(sqlite_file("sqlite://rel/a.sqlite"), Some("rel/a.sqlite".into()));
-        assert_eq!(sqlite_file("sqlite:a.sqlite"), Some("a.sqlite".into()));
-        assert_eq!(sqlite_file("sqlite::memory:"), None);
+        let file = |url: &str| sqlite_file(url).ok();
+        assert_eq!(file("sqlite:///tmp/a.sqlite?mode=rwc"), Some("/tmp/a.sqlite".into()));
+        assert_eq!(file("sqlite:///data/my%20db/x.sqlite"), Some("/data/my db/x.sqlite".into()));
+        assert_eq!(file("sqlite://rel/a.sqlite"), Some("rel/a.sqlite".into()));
+        assert_eq!(file("sqlite:a.sqlite"), Some("a.sqlite".into()));
+        assert_eq!(file("sqlite::memory:"), None);
+        assert_eq!(file("sqlite://name?cache=shared&mode=memory"), None);
     }
 
     /// Parameters are bound by their number, wherever they first appear in the text, and rows

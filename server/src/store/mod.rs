@@ -209,11 +209,8 @@ impl Store {
         let write_lock = Arc::new(Mutex::new(()));
         let (mut batcher, mut lite) = (None, None);
         if backend == Backend::Sqlite {
-            let file = db::sqlite_file(&url).ok_or_else(|| {
-                StoreError::Invalid("an in-memory SQLite database cannot be shared by the store's connections".into())
-            })?;
-            let l = db::Lite::new(&file);
-            batcher = Some(batch::Batcher::start(l.open()?, write_lock.clone()));
+            let l = db::Lite::new(&db::sqlite_file(&url)?);
+            batcher = Some(batch::Batcher::start(l.open(db::WRITER_BUSY)?, write_lock.clone()));
             lite = Some(l);
         }
         let store = Self { pool, backend, write_lock, batcher, lite };

@@ -248,8 +248,11 @@ impl Store {
     /// (`human_loop`; the next batch is on its way); or nothing is left for them.
     ///
     /// Raters poll this while they wait, so every read stops at its first row.
+    ///
+    /// Through sqlx's pool on both databases, not a read connection of the caller's thread: the
+    /// first-expiry query reads every open pair leased to others, unbounded.
     async fn why_none(&self, rater: &Rater, now: i64, human_loop: bool) -> Result<Next> {
-        let mut read = self.read()?;
+        let mut read = super::ReadConn::Pool(&self.pool);
         let acquiring: Option<(i64,)> = read
             .db()
             .fetch_optional(
@@ -282,7 +285,6 @@ impl Store {
             open = open_train_pairs()
         );
         let (first_expiry,): (Option<i64>,) = read.db().fetch_one(&q, &[&rater.project_id, &rater.id, &now]).await?;
-        drop(read);
         let next_batch = human_loop && self.next_batch_coming(&rater.project_id).await?;
         if let Some(t) = first_expiry {
             let mut retry = ((t - now).max(0) as u64).div_ceil(1000).max(1);

@@ -17,9 +17,9 @@ use serde::{Deserialize, Serialize};
 use super::loss::PairLogprobs;
 use super::optim::Adam;
 use super::policy::Policy;
-use crate::backend::ModelBackend;
+use crate::backend::{Local, ModelBackend};
 use crate::model::logprobs::{Prefix, batch_logprobs, batch_logprobs_from, prefix_states};
-use crate::model::{Model, ModelError, Result, sequence_logprobs};
+use crate::model::{Model, ModelError, Result};
 
 pub use apl_shared::settings::TrainConfig;
 
@@ -163,19 +163,9 @@ fn chosen_rejected_rows<'p>(pairs: &'p [PreferencePair], idx: &[usize]) -> Vec<(
         .collect()
 }
 
-/// Computes the reference log-probs of every pair that lacks them.
+/// Computes the reference log-probs of every pair that lacks them, with `reference` here.
 pub fn fill_reference(reference: &Model, pairs: &mut [PreferencePair], batch_size: usize) -> Result<()> {
-    let todo = missing_reference(pairs);
-    if todo.is_empty() {
-        return Ok(());
-    }
-    let rows = chosen_rejected_rows(pairs, &todo);
-    let lp = sequence_logprobs(reference, &rows, batch_size, |_| {})?;
-    for (k, &i) in todo.iter().enumerate() {
-        pairs[i].ref_chosen = Some(lp[2 * k].sum);
-        pairs[i].ref_rejected = Some(lp[2 * k + 1].sum);
-    }
-    Ok(())
+    fill_reference_with(&Local::model(reference, &[]), pairs, batch_size)
 }
 
 /// Computes the reference log-probs of every pair that lacks them, through `backend` (the

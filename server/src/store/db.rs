@@ -60,7 +60,7 @@ macro_rules! param {
         }
     )*};
 }
-param!(owned: String, i64, Option<String>, Option<i64>, Side, Choice, PairKind, JobKind, JobState);
+param!(owned: String, i64, Side, Choice, PairKind, JobKind, JobState);
 param!(borrowed: &str, Option<&str>);
 
 /// A row as rusqlite reads it (tuples of `FromSql` columns, in order).

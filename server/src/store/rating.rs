@@ -126,6 +126,15 @@ fn open_count_sql(rater: &str, project: &str) -> String {
     )
 }
 
+/// A rater's progress: their quota, or their labels plus the pairs still open to them
+/// (`open`, counted up to [`OPEN_AHEAD`]).
+fn rater_progress(quota: Option<i64>, done: i64, open: i64) -> RaterProgress {
+    match quota {
+        Some(q) => RaterProgress { done, target: q, at_least: false },
+        None => RaterProgress { done, target: done + open, at_least: open >= OPEN_AHEAD },
+    }
+}
+
 /// Training pairs: not part of any human check.
 const TRAINING_PAIRS: &str = "p.check_id IS NULL";
 /// Pairs of the checks this rater (`$2`) was chosen for.
@@ -180,12 +189,12 @@ impl Store {
         if let Some(q) = rater.quota {
             let sql = format!("SELECT {}", labels_done_sql("$1", "$2"));
             let (done,): (i64,) = read.db().fetch_one(&sql, &[&rater.id, &Choice::Skip]).await?;
-            return Ok(RaterProgress { done, target: q, at_least: false });
+            return Ok(rater_progress(Some(q), done, 0));
         }
         let sql = format!("SELECT {}, {}", labels_done_sql("$1", "$2"), open_count_sql("$1", "$3"));
         let (done, open): (i64, i64) =
             read.db().fetch_one(&sql, &[&rater.id, &Choice::Skip, &rater.project_id]).await?;
-        Ok(RaterProgress { done, target: done + open, at_least: open >= OPEN_AHEAD })
+        Ok(rater_progress(None, done, open))
     }
 
     /// The rater's current pair: a lease they already hold, else a newly claimed one; when there
@@ -406,14 +415,13 @@ impl Store {
             Side::A => (a, b),
             Side::B => (b, a),
         };
-        let target = rater.quota.unwrap_or(done + open);
         Ok(Assignment {
             pair: pair.to_string(),
             prompt,
             left,
             right,
             lease_expires_at,
-            progress: RaterProgress { done, target, at_least: rater.quota.is_none() && open >= OPEN_AHEAD },
+            progress: rater_progress(rater.quota, done, open),
         })
     }
 

@@ -18,9 +18,10 @@ use apl_shared::settings::LoopSettings;
 use apl_shared::{Acquisition, Mode, Outcome, Preference};
 
 use crate::acquire::{AcquireStats, Acquirer, Candidate, PromptItem};
+use crate::backend::ModelBackend;
 use crate::backend::{Local, Role};
 use crate::eval::{EvalSampling, WinRate, sample_completions, win_rate};
-use crate::model::{Model, ModelError, Tokenizer};
+use crate::model::{ModelError, Tokenizer};
 use crate::oracle::{Comparison, Judgement, Oracle, OracleError};
 use crate::train::optim::Adam;
 use crate::train::policy::Policy;
@@ -98,8 +99,8 @@ pub enum Baseline<'a> {
     /// Fixed texts, one per prompt: TL;DR reference summaries, or the starting model's samples
     /// kept from an earlier evaluation.
     Texts(&'a [String]),
-    /// Fresh samples of this model (the starting model) with the baseline seed.
-    Sample(&'a Model),
+    /// Fresh samples of the backend's reference (the starting model) with the baseline seed.
+    Reference,
 }
 
 /// Seeds of an evaluation. Policy and baseline are sampled with independent seeds (one seed
@@ -304,10 +305,11 @@ impl Round<'_> {
         Ok(Trained { report, pairs: train_set.len(), reference_seconds })
     }
 
-    /// One completion per prompt at the evaluation temperature.
+    /// One completion per prompt from `role` of `backend`, at the evaluation temperature.
     pub fn sample_eval(
         &self,
-        model: &Model,
+        backend: &dyn ModelBackend,
+        role: Role,
         prompts: &[EvalPrompt],
         seed: u64,
         length_seed: Option<u64>,
@@ -323,28 +325,27 @@ impl Round<'_> {
         };
         let ids: Vec<&[u32]> = prompts.iter().map(|p| p.ids.as_slice()).collect();
         let progress = |_: &str, done: usize, total: usize| self.observer.progress(stage, done, total);
-        let backend = Local::model(model, self.tokenizer.eos_ids());
-        let texts = sample_completions(&backend, Role::Policy, self.tokenizer, &ids, &how, seed, &progress)?;
+        let texts = sample_completions(backend, role, self.tokenizer, &ids, &how, seed, &progress)?;
         self.check()?;
         Ok(texts)
     }
 
-    /// Samples the policy (and the baseline, when it is a model) on the evaluation prompts and
-    /// has `judge` compare each pair, the policy's text as A.
+    /// Samples the backend's policy (and its reference, when that is the baseline) on the
+    /// evaluation prompts and has `judge` compare each pair, the policy's text as A.
     pub fn evaluate(
         &self,
-        policy: &Model,
+        backend: &dyn ModelBackend,
         prompts: &[EvalPrompt],
         baseline: Baseline,
         judge: &dyn Oracle,
         seeds: EvalSeeds,
     ) -> Result<Evaluation> {
         let t = Instant::now();
-        let ours = self.sample_eval(policy, prompts, seeds.policy, seeds.lengths, "policy samples")?;
+        let ours = self.sample_eval(backend, Role::Policy, prompts, seeds.policy, seeds.lengths, "policy samples")?;
         let theirs = match baseline {
             Baseline::Texts(texts) => texts.to_vec(),
-            Baseline::Sample(model) => {
-                self.sample_eval(model, prompts, seeds.baseline, seeds.lengths, "baseline samples")?
+            Baseline::Reference => {
+                self.sample_eval(backend, Role::Reference, prompts, seeds.baseline, seeds.lengths, "baseline samples")?
             }
         };
         let sampling_seconds = t.elapsed().as_secs_f64();

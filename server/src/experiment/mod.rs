@@ -31,6 +31,7 @@ use config::ExperimentConfig;
 use run::{PhaseRecord, Run, baseline_seed, eval_length_seed, eval_samples, write_atomic};
 use setup::Setup;
 
+use apl_engine::backend::{Local, Role};
 use apl_engine::model::Model;
 
 /// Receives progress: the phase count, each finished phase, and the current stage.
@@ -117,8 +118,9 @@ fn baseline(cfg: &ExperimentConfig, setup: &Setup, out: &Path, seed: u64, obs: &
     }
     let reference = Model::from_checkpoint(&setup.base)?;
     let name = format!("baseline seed {seed}");
-    let texts =
-        eval_samples(&reference, setup, cfg, baseline_seed(seed), length_seed, &|s, d, n| obs.stage(&name, s, d, n))?;
+    let backend = Local::model(&reference, setup.tokenizer.eos_ids());
+    let progress = |s: &str, d, n| obs.stage(&name, s, d, n);
+    let texts = eval_samples(&backend, Role::Reference, setup, cfg, baseline_seed(seed), length_seed, &progress)?;
     write_atomic(&path, &serde_json::to_string_pretty(&BaselineFile { length_seed, texts: texts.clone() })?)?;
     Ok(texts)
 }

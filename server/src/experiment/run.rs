@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::config::ExperimentConfig;
 use super::setup::{PromptStream, Setup};
 use apl_engine::acquire::{AcquireStats, Acquisition};
+use apl_engine::backend::{Local, ModelBackend, Role};
 use apl_engine::round::{Baseline, EvalPrompt, EvalSeeds, Observer, Round};
 use apl_engine::train::optim::Adam;
 use apl_engine::train::policy::Policy;
@@ -153,7 +154,8 @@ fn eval_prompts(setup: &Setup) -> Vec<EvalPrompt> {
 /// Samples one completion per evaluation prompt at the evaluation temperature, with the
 /// lengths `length_seed` draws.
 pub fn eval_samples(
-    model: &apl_engine::model::Model,
+    backend: &dyn ModelBackend,
+    role: Role,
     setup: &Setup,
     cfg: &ExperimentConfig,
     seed: u64,
@@ -161,7 +163,7 @@ pub fn eval_samples(
     progress: StageProgress,
 ) -> Result<Vec<String>> {
     let round = Round { settings: &cfg.settings, tokenizer: &setup.tokenizer, observer: &Progress(progress) };
-    Ok(round.sample_eval(model, &eval_prompts(setup), seed, Some(length_seed), "evaluation samples")?)
+    Ok(round.sample_eval(backend, role, &eval_prompts(setup), seed, Some(length_seed), "evaluation samples")?)
 }
 
 impl Run<'_> {
@@ -200,7 +202,8 @@ impl Run<'_> {
             lengths: Some(eval_length_seed(self.seed)),
         };
         let prompts = eval_prompts(self.setup);
-        let ev = round.evaluate(policy.model(), &prompts, Baseline::Texts(self.baseline), &*self.setup.judge, seeds)?;
+        let backend = Local::new(policy, None, self.setup.tokenizer.eos_ids());
+        let ev = round.evaluate(&backend, &prompts, Baseline::Texts(self.baseline), &*self.setup.judge, seeds)?;
         let held_out = match &self.setup.held_out_judge {
             Some(judge) => {
                 let t = Instant::now();

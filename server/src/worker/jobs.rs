@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use apl_engine::acquire::PromptItem;
+use apl_engine::backend::Local;
 use apl_engine::model::ModelError;
 use apl_engine::oracle::length::LengthOracle;
 use apl_engine::oracle::{Comparison, Oracle};
@@ -574,7 +575,8 @@ fn evaluate(ctx: &Ctx, p: &JobParams) -> JobResultOf<Evaluated> {
     let policy_seed = s.seed ^ 0x5eed_e7a1;
     let seeds = EvalSeeds { policy: policy_seed, baseline: s.seed ^ BASELINE_SEED, lengths: Some(policy_seed) };
     ctx.phase("policy samples", String::new());
-    let ev = ctx.round().evaluate(policy.model(), &items, Baseline::Sample(policy.reference()), &*oracle, seeds)?;
+    let backend = Local::new(&policy, None, tok.eos_ids());
+    let ev = ctx.round().evaluate(&backend, &items, Baseline::Reference, &*oracle, seeds)?;
     let samples = prompts
         .iter()
         .zip(ev.policy.iter().zip(&ev.baseline).zip(&ev.outcomes))

@@ -12,5 +12,6 @@ pub mod cli;
 pub mod error;
 pub mod experiment;
 pub mod judge;
+pub mod openai;
 pub mod store;
 pub mod worker;

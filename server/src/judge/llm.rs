@@ -18,6 +18,7 @@ use super::destination::Destinations;
 use super::ledger::{AuditEntry, Ledger, call_key, redact_url, sha256_hex};
 use super::template::{Shown, comparison, logprob_verdict, parse_verdict, render_for};
 use super::{AnswerMode, Disagreement, JudgeError, JudgeOrder, JudgeSettings};
+use crate::openai::Blocking;
 use apl_engine::oracle::{Comparison, Judgement, Oracle, OracleError, Preference};
 pub use apl_shared::Side;
 
@@ -69,10 +70,9 @@ pub struct LlmJudge {
     api_key: Option<String>,
     ledger: Arc<Ledger>,
     destinations: Arc<Destinations>,
-    /// Set when the job using the judge is cancelled: calls in flight are dropped.
-    cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Runs the calls from the loop's threads; dropped in flight when the job is cancelled.
+    blocking: Blocking,
     totals: Mutex<JudgeTotals>,
-    own_runtime: std::sync::OnceLock<tokio::runtime::Runtime>,
 }
 
 impl std::fmt::Debug for LlmJudge {
@@ -104,33 +104,15 @@ impl LlmJudge {
             api_key,
             ledger,
             destinations,
-            cancel: None,
+            blocking: Blocking::default(),
             totals: Mutex::new(JudgeTotals::default()),
-            own_runtime: Default::default(),
         })
     }
 
     /// The same judge, whose calls stop (in flight too) once `flag` is set.
     pub fn cancelled_by(mut self, flag: Arc<std::sync::atomic::AtomicBool>) -> Self {
-        self.cancel = Some(flag);
+        self.blocking = Blocking::cancelled_by(flag);
         self
-    }
-
-    /// Runs `f` until it ends or the cancel flag is set (checked every 50 ms).
-    async fn unless_cancelled<T>(
-        &self,
-        f: impl std::future::Future<Output = Result<T, JudgeError>>,
-    ) -> Result<T, JudgeError> {
-        let Some(flag) = self.cancel.clone() else { return f.await };
-        let watch = async move {
-            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        };
-        tokio::select! {
-            r = f => r,
-            () = watch => Err(JudgeError::Cancelled),
-        }
     }
 
     pub fn settings(&self) -> &JudgeSettings {
@@ -342,18 +324,6 @@ impl LlmJudge {
         }
         Ok(consistency(answers, repeats))
     }
-
-    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
-        match tokio::runtime::Handle::try_current() {
-            Ok(h) => h.block_on(f),
-            Err(_) => self
-                .own_runtime
-                .get_or_init(|| {
-                    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime")
-                })
-                .block_on(f),
-        }
-    }
 }
 
 /// The order a pair is shown in, in `random` mode: from the seed and the texts, so the same pair
@@ -426,7 +396,9 @@ impl Oracle for LlmJudge {
     /// again asks only the rest); unreadable answers are `NoDecision`, not failures.
     fn judge_all(&self, items: &[Comparison]) -> Result<Vec<Judgement>, OracleError> {
         let verdicts = self
-            .block_on(self.unless_cancelled(self.judge_pairs(items)))
+            .blocking
+            .run(self.judge_pairs(items))
+            .unwrap_or(Err(JudgeError::Cancelled))
             .map_err(|e| OracleError::new(self.label(), e))?;
         let failed = verdicts.iter().filter(|v| v.failed().is_some()).count();
         if let Some(e) = verdicts.iter().find_map(|v| v.failed()) {

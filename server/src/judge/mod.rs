@@ -36,10 +36,8 @@ pub enum JudgeError {
     Log(#[source] std::io::Error),
     #[error("writing the judge log")]
     Encode(#[from] serde_json::Error),
-    #[error("building the HTTP client")]
-    Http(#[source] reqwest::Error),
     #[error(transparent)]
-    Refused(destination::Refused),
+    Client(#[from] crate::openai::ClientError),
     #[error("cancelled: the judge's calls in flight were dropped")]
     Cancelled,
     #[error("{failed} of {total} judge calls failed after retries; first: {first}")]

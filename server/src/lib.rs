@@ -13,5 +13,6 @@ pub mod error;
 pub mod experiment;
 pub mod judge;
 pub mod openai;
+pub mod remote;
 pub mod store;
 pub mod worker;

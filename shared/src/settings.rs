@@ -449,23 +449,13 @@ impl Default for JudgeSettings {
 impl JudgeSettings {
     /// Refuses settings that cannot run an API judge, naming the field (`judge.…`).
     pub fn validate(&self) -> Result<(), InvalidSetting> {
-        let base = self.base_url.trim();
-        check(
-            !base.is_empty(),
+        check_base_url(
             "judge.base_url",
+            &self.base_url,
             "set the judge's URL: its OpenAI-compatible API up to the version, e.g. https://api.openai.com/v1",
         )?;
-        check(
-            base.starts_with("http://") || base.starts_with("https://"),
-            "judge.base_url",
-            &format!("{base:?} is not an http:// or https:// address"),
-        )?;
         check(!self.model.trim().is_empty(), "judge.model", "must not be empty")?;
-        if let Some(name) = &self.api_key_env {
-            let ok = name.ends_with("API_KEY")
-                && name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
-            check(ok, "judge.api_key_env", &format!("{name:?} must be an upper-case variable name ending in API_KEY"))?;
-        }
+        check_key_name("judge.api_key_env", self.api_key_env.as_ref())?;
         self.validate_criteria()
     }
 
@@ -525,6 +515,124 @@ impl RaterNoise {
             "must be at least 0",
         )?;
         check((0.0..=0.5).contains(&self.flip), &format!("{field}.flip"), "must be in [0, 0.5]")
+    }
+}
+
+vocabulary! {
+    "model server";
+    /// Which OpenAI-compatible server a remote backend talks to: they differ in what the
+    /// completions API takes and returns (token-id prompts, `n`, prompt log-probs, token ids).
+    #[derive(Default)]
+    pub enum ServerKind {
+        /// vLLM: token-id prompts, `n` samples a prompt, `prompt_logprobs`, `/tokenize`, LoRA
+        /// adapters loaded by name.
+        #[default]
+        Vllm,
+        /// llama-cpp-python's server (`--logits_all true`): text prompts, one completion a
+        /// request, scoring by `echo`, `/extras/tokenize`.
+        LlamaCppPython,
+    }
+}
+
+/// Where the loop samples and scores: in this process, or on an inference server.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Backend {
+    /// This program's engine.
+    #[default]
+    Local,
+    /// An OpenAI-compatible completions server (`remote`'s module header in the server crate).
+    Remote(RemoteBackend),
+}
+
+/// An inference server for the loop's sampling and scoring. Like the judge, it names the API
+/// key's environment variable, never the key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(default, deny_unknown_fields)]
+pub struct RemoteBackend {
+    /// Up to and including the API version: `http://127.0.0.1:8000/v1`.
+    pub base_url: String,
+    /// The served base model's name: the reference, and the policy until it is trained.
+    pub model: String,
+    /// As the judge's: must end in `API_KEY`; unset: no Authorization header.
+    pub api_key_env: Option<String>,
+    pub server: ServerKind,
+    /// A second server for sampling the reference (the starting model: baselines, the first
+    /// round), e.g. one that cannot load adapters; unset: `base_url`. Scoring stays on
+    /// `base_url`, the server that passed the prompt log-probs probe.
+    pub reference_base_url: Option<String>,
+    /// What `reference_base_url` runs; unset: `server`.
+    pub reference_server: Option<ServerKind>,
+    /// Prompts (or scored rows) per request, where the server takes several.
+    pub rows_per_request: usize,
+    /// Requests in flight at once.
+    pub concurrency: usize,
+    pub timeout_seconds: f64,
+    /// Attempts after the first, for 408/429/5xx, timeouts and dropped connections (seeded
+    /// requests are idempotent).
+    pub retries: u32,
+    pub backoff_seconds: f64,
+}
+
+impl Default for RemoteBackend {
+    fn default() -> Self {
+        Self {
+            base_url: String::new(),
+            model: String::new(),
+            api_key_env: None,
+            server: ServerKind::Vllm,
+            reference_base_url: None,
+            reference_server: None,
+            rows_per_request: 32,
+            concurrency: 8,
+            timeout_seconds: 300.0,
+            retries: 3,
+            backoff_seconds: 1.0,
+        }
+    }
+}
+
+/// An http(s) base URL, or the reason it is not one.
+fn check_base_url(field: &str, base: &str, empty: &str) -> Result<(), InvalidSetting> {
+    let base = base.trim();
+    check(!base.is_empty(), field, empty)?;
+    check(
+        base.starts_with("http://") || base.starts_with("https://"),
+        field,
+        &format!("{base:?} is not an http:// or https:// address"),
+    )
+}
+
+/// An API key's variable name: upper case, ending in `API_KEY` (so no setting can name
+/// `DATABASE_URL` and have its value sent to a server).
+fn check_key_name(field: &str, name: Option<&String>) -> Result<(), InvalidSetting> {
+    if let Some(name) = name {
+        let ok =
+            name.ends_with("API_KEY") && name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+        check(ok, field, &format!("{name:?} must be an upper-case variable name ending in API_KEY"))?;
+    }
+    Ok(())
+}
+
+impl RemoteBackend {
+    /// Refuses settings that cannot reach a server, naming the field (`backend.…`).
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        check_base_url(
+            "backend.base_url",
+            &self.base_url,
+            "set the model server's URL: its OpenAI-compatible API up to the version, e.g. http://127.0.0.1:8000/v1",
+        )?;
+        if let Some(r) = &self.reference_base_url {
+            check_base_url("backend.reference_base_url", r, "empty: leave it out to use base_url")?;
+        }
+        check(!self.model.trim().is_empty(), "backend.model", "name the served base model")?;
+        check_key_name("backend.api_key_env", self.api_key_env.as_ref())?;
+        check(self.rows_per_request >= 1, "backend.rows_per_request", "must be at least 1")?;
+        check((1..=256).contains(&self.concurrency), "backend.concurrency", "must be 1 to 256")?;
+        check(self.timeout_seconds > 0.0, "backend.timeout_seconds", "must be above 0")?;
+        check(self.backoff_seconds >= 0.0, "backend.backoff_seconds", "must not be negative")
     }
 }
 

@@ -20,6 +20,9 @@ pub enum ModelError {
     Input(String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// A model server's failure (a remote backend's), with its cause.
+    #[error(transparent)]
+    Backend(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl ModelError {

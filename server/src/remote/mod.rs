@@ -1,0 +1,536 @@
+//! The remote model backend: the loop's sampling and scoring on an OpenAI-compatible inference
+//! server (vLLM on a GPU; llama-cpp-python's server), while the loop, the raters, the judge and
+//! the statistics stay here.
+//!
+//! It is a [`ModelBackend`] like the local engine, so the round does not know which it has.
+//! What the server is asked is in `wire`; before any of it is trusted, [`Remote::check`] runs
+//! `probe`'s checks (the server tokenises as the local tokenizer does; its prompt log-probs are
+//! the model's, not read one position late), and a server that fails is refused, naming the
+//! problem.
+//!
+//! Roles: the reference is the served base model (`model`); the policy is the same name until
+//! it is trained, then an adapter the server has loaded under another name
+//! ([`Remote::with_policy`]). `reference_base_url`, when set, samples the reference elsewhere
+//! (a server that cannot load adapters); every score comes from `base_url`, the server that
+//! passed the prompt log-probs probe.
+//!
+//! Requests run `concurrency` at a time from the loop's blocking thread (`openai::Blocking`),
+//! in order, and are dropped in flight when the job is cancelled. Seeds are per request (a
+//! vLLM request of several prompts, or one llama-cpp-python completion), derived from the
+//! job's seed, so a rerun asks the same questions; retried requests are idempotent.
+
+pub mod probe;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use apl_engine::backend::{ModelBackend, Role, SampleJob};
+use apl_engine::model::{FinishReason, ModelError, Sample, Tokenizer};
+use apl_shared::settings::{RemoteBackend, ServerKind};
+use futures_util::StreamExt;
+
+use crate::judge::destination::Destinations;
+use crate::openai::{Blocking, CallError, Client, ClientConfig, ClientError, Who};
+use wire::{Completion, Knobs};
+
+/// What goes wrong with a model server.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Call(#[from] CallError),
+    #[error("cancelled: the model server's calls in flight were dropped")]
+    Cancelled,
+    /// A reply that parsed but does not answer the request (too few choices, a missing
+    /// log-prob, a completion tokenised otherwise).
+    #[error("the model server's reply to {what}: {problem}")]
+    Reply { what: String, problem: String },
+    /// `probe`'s findings.
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+fn reply(what: impl Into<String>, problem: impl Into<String>) -> RemoteError {
+    RemoteError::Reply { what: what.into(), problem: problem.into() }
+}
+
+/// One server and what it speaks.
+#[derive(Debug)]
+struct Server {
+    client: Client,
+    kind: ServerKind,
+}
+
+/// The remote backend (see the module header).
+pub struct Remote {
+    main: Server,
+    /// Samples the reference, when set.
+    reference: Option<Server>,
+    settings: RemoteBackend,
+    tokenizer: Tokenizer,
+    /// The policy's model name on `main`.
+    policy_model: String,
+    blocking: Blocking,
+    /// Token texts to ids, for servers that return tokens as text (built on first use).
+    pieces: OnceLock<HashMap<String, Option<u32>>>,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote").field("main", &self.main).field("policy", &self.policy_model).finish()
+    }
+}
+
+/// A 64-bit mix (splitmix64) of a job's seed and a request's index: each request its own
+/// stream, the same on a rerun.
+fn request_seed(seed: u64, index: usize) -> u64 {
+    let mut z = seed.wrapping_add((index as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    // Servers read seeds as signed 64-bit (vLLM) or 32-bit (llama.cpp) integers.
+    (z ^ (z >> 31)) & 0x7fff_ffff
+}
+
+impl Remote {
+    /// A backend for `settings` (validated here); nothing is sent until it is used or checked.
+    pub fn new(
+        settings: RemoteBackend,
+        api_key: Option<String>,
+        tokenizer: Tokenizer,
+        destinations: Arc<Destinations>,
+    ) -> Result<Self, RemoteError> {
+        settings.validate().map_err(ClientError::from)?;
+        let server = |base_url: &str, kind: ServerKind| -> Result<Server, RemoteError> {
+            let cfg = ClientConfig {
+                base_url: base_url.to_string(),
+                api_key: api_key.clone(),
+                timeout: Duration::from_secs_f64(settings.timeout_seconds),
+                retries: settings.retries,
+                backoff_initial: Duration::from_secs_f64(settings.backoff_seconds),
+                backoff_max: Duration::from_secs(60),
+                destinations: destinations.clone(),
+            };
+            Ok(Server { client: Client::new(Who::Model, cfg)?, kind })
+        };
+        let main = server(&settings.base_url, settings.server)?;
+        let reference = match &settings.reference_base_url {
+            Some(url) => Some(server(url, settings.reference_server.unwrap_or(settings.server))?),
+            None => None,
+        };
+        Ok(Self {
+            main,
+            reference,
+            policy_model: settings.model.clone(),
+            settings,
+            tokenizer,
+            blocking: Blocking::default(),
+            pieces: OnceLock::new(),
+        })
+    }
+
+    /// The same backend, whose calls stop (in flight too) once `flag` is set.
+    pub fn cancelled_by(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.blocking = Blocking::cancelled_by(flag);
+        self
+    }
+
+    /// The policy is served under `name` (a loaded adapter) from now on.
+    pub fn with_policy(mut self, name: &str) -> Self {
+        self.policy_model = name.to_string();
+        self
+    }
+
+    pub fn settings(&self) -> &RemoteBackend {
+        &self.settings
+    }
+
+    /// Runs a batch of requests `concurrency` at a time, in order.
+    fn run<T>(
+        &self,
+        calls: Vec<impl std::future::Future<Output = Result<T, RemoteError>>>,
+    ) -> Result<Vec<T>, RemoteError> {
+        let all = futures_util::stream::iter(calls)
+            .buffered(self.settings.concurrency.max(1))
+            .collect::<Vec<Result<T, RemoteError>>>();
+        self.blocking.run(all).ok_or(RemoteError::Cancelled)?.into_iter().collect()
+    }
+
+    /// The server and model name sampling `role`.
+    fn sampler(&self, role: Role) -> (&Server, &str) {
+        match role {
+            Role::Policy => (&self.main, &self.policy_model),
+            Role::Reference => (self.reference.as_ref().unwrap_or(&self.main), &self.settings.model),
+        }
+    }
+
+    fn model_of(&self, role: Role) -> &str {
+        match role {
+            Role::Policy => &self.policy_model,
+            Role::Reference => &self.settings.model,
+        }
+    }
+
+    /// Samples `job` from `role` (see [`ModelBackend::sample`]).
+    pub fn sample_rows(
+        &self,
+        role: Role,
+        job: &SampleJob<'_>,
+        progress: &dyn Fn(usize, usize),
+    ) -> Result<Vec<Sample>, RemoteError> {
+        let (server, model) = self.sampler(role);
+        let rows = job.lengths.len();
+        let n = job.per_prompt.max(1);
+        if rows != job.prompts.len() * n {
+            return Err(ModelError::Input(format!("{rows} lengths for {} prompts x {n}", job.prompts.len())).into());
+        }
+        let done = std::cell::Cell::new(0);
+        let tick = |k: usize| {
+            done.set(done.get() + k);
+            progress(done.get(), rows);
+        };
+        let eos = self.tokenizer.eos_ids();
+        let out: Vec<Vec<Sample>> = match server.kind {
+            ServerKind::Vllm => {
+                let url = server.client.api("/completions");
+                let per_call = self.settings.rows_per_request.max(1);
+                let calls: Vec<_> = (0..job.prompts.len())
+                    .step_by(per_call)
+                    .enumerate()
+                    .map(|(i, first)| {
+                        let prompts = &job.prompts[first..(first + per_call).min(job.prompts.len())];
+                        let lengths = &job.lengths[first * n..(first + prompts.len()) * n];
+                        let knobs = Knobs {
+                            temperature: job.temperature,
+                            max_tokens: lengths.iter().copied().max().unwrap_or(1).max(1),
+                            exact: job.exact_length,
+                            seed: request_seed(job.seed, i),
+                        };
+                        let body = wire::vllm_sample(model, prompts, n, knobs);
+                        let (url, tick) = (&url, &tick);
+                        async move {
+                            let c = server.client.post(url, &body, wire::parse).await.result?;
+                            let samples = vllm_samples(c, lengths, eos)?;
+                            tick(samples.len());
+                            Ok(samples)
+                        }
+                    })
+                    .collect();
+                self.run(calls)?
+            }
+            ServerKind::LlamaCppPython => {
+                let url = server.client.api("/completions");
+                let texts: Vec<String> =
+                    job.prompts.iter().map(|p| self.tokenizer.decode(p)).collect::<Result<_, _>>()?;
+                let calls: Vec<_> = (0..rows)
+                    .map(|r| {
+                        let knobs = Knobs {
+                            temperature: job.temperature,
+                            max_tokens: job.lengths[r].max(1),
+                            exact: job.exact_length,
+                            seed: request_seed(job.seed, r),
+                        };
+                        let (prompt, text) = (job.prompts[r / n], &texts[r / n]);
+                        let body = wire::text_sample(model, text, knobs, eos);
+                        let (url, tick) = (&url, &tick);
+                        async move {
+                            let c = server.client.post(url, &body, wire::parse).await.result?;
+                            let s = self.text_sample(c, prompt, text)?;
+                            tick(1);
+                            Ok(vec![s])
+                        }
+                    })
+                    .collect();
+                self.run(calls)?
+            }
+        };
+        Ok(out.into_iter().flatten().collect())
+    }
+
+    /// Each token text's id: the text the token adds after another token (so a SentencePiece
+    /// word start keeps its space, as servers report it mid-text), where no other token adds
+    /// the same (texts of several ids, and bytes that are not a whole character, are
+    /// ambiguous: None).
+    fn piece_ids(&self) -> Result<&HashMap<String, Option<u32>>, RemoteError> {
+        if let Some(m) = self.pieces.get() {
+            return Ok(m);
+        }
+        let ctx = self.tokenizer.encode("a", false)?.first().copied().unwrap_or(0);
+        let before = self.tokenizer.decode(&[ctx])?;
+        let mut m = HashMap::new();
+        for id in 0..self.tokenizer.vocab_size() as u32 {
+            if let Some(s) = self.tokenizer.decode(&[ctx, id])?.strip_prefix(&before)
+                && !s.is_empty()
+                && !s.contains('\u{FFFD}')
+            {
+                m.entry(s.to_string()).and_modify(|v| *v = None).or_insert(Some(id));
+            }
+        }
+        Ok(self.pieces.get_or_init(|| m))
+    }
+
+    /// A llama-cpp-python sample. Its tokens are strings: they are mapped back to ids by their
+    /// text where each is unambiguous and together they decode to the completion; otherwise
+    /// the completion is re-encoded after the prompt, which may cut it into other tokens than
+    /// the server sampled (the log-probs stay the server's, one per its token; only their sum
+    /// is read). An end-of-sequence id is appended when it stopped on one, as the local
+    /// engine's samples keep theirs.
+    fn text_sample(&self, mut c: Completion, prompt: &[u32], prompt_text: &str) -> Result<Sample, RemoteError> {
+        let choice = c.choices.swap_remove(0);
+        let lp = choice.logprobs.ok_or_else(|| reply("a sampling request", "no log-probs (is logprobs ignored?)"))?;
+        let logprobs = finite(&lp.token_logprobs, "a sampled token")?;
+        let map = self.piece_ids()?;
+        let mapped: Option<Vec<u32>> = lp.tokens.iter().map(|t| map.get(t).copied().flatten()).collect();
+        let mut tokens = match mapped {
+            Some(ids) if ids.len() == logprobs.len() && self.tokenizer.decode(&ids)? == choice.text => ids,
+            _ => {
+                let whole = self.tokenizer.encode(&format!("{prompt_text}{}", choice.text), true)?;
+                match whole.strip_prefix(prompt) {
+                    Some(rest) => rest.to_vec(),
+                    // The completion's first characters merged with the prompt's last token.
+                    None => self.tokenizer.encode(&choice.text, false)?,
+                }
+            }
+        };
+        let finish = match choice.finish_reason.as_deref() {
+            Some("stop") => {
+                tokens.extend(self.tokenizer.eos_ids().first());
+                FinishReason::Eos
+            }
+            _ => FinishReason::Length,
+        };
+        Ok(Sample { tokens, logprobs, finish })
+    }
+
+    /// Each completion token's log-prob under `role` (of the main server), row by row.
+    pub fn token_logprobs(
+        &self,
+        role: Role,
+        rows: &[(&[u32], &[u32])],
+        progress: &dyn Fn(usize, usize),
+    ) -> Result<Vec<Vec<f32>>, RemoteError> {
+        let server = &self.main;
+        let model = self.model_of(role);
+        let url = server.client.api("/completions");
+        let done = std::cell::Cell::new(0);
+        let tick = |k: usize| {
+            done.set(done.get() + k);
+            progress(done.get(), rows.len());
+        };
+        let out: Vec<Vec<Vec<f32>>> = match server.kind {
+            ServerKind::Vllm => {
+                let calls: Vec<_> = rows
+                    .chunks(self.settings.rows_per_request.max(1))
+                    .map(|chunk| {
+                        let seqs: Vec<Vec<u32>> = chunk.iter().map(|(p, c)| [*p, *c].concat()).collect();
+                        let body = wire::vllm_score(model, &seqs, 1);
+                        let (url, tick) = (&url, &tick);
+                        async move {
+                            let c = server.client.post(url, &body, wire::parse).await.result?;
+                            let lps = prompt_logprobs(&c, chunk)?;
+                            tick(chunk.len());
+                            Ok(lps)
+                        }
+                    })
+                    .collect();
+                self.run(calls)?
+            }
+            ServerKind::LlamaCppPython => {
+                let calls: Vec<_> = rows
+                    .iter()
+                    .map(|&(p, c)| {
+                        let (url, tick) = (&url, &tick);
+                        async move {
+                            let prompt_text = self.tokenizer.decode(p)?;
+                            let text = self.tokenizer.decode(&[p, c].concat())?;
+                            let Some(completion) = text.strip_prefix(&prompt_text) else {
+                                return Err(reply(
+                                    "a scoring request",
+                                    "the prompt's last token and the completion's first share a character; the text cannot be split",
+                                ));
+                            };
+                            let body = wire::text_echo(model, &text, 1);
+                            let reply = server.client.post(url, &body, wire::parse).await.result?;
+                            let lps = echoed(&reply, &prompt_text, completion, c.len())?;
+                            tick(1);
+                            Ok(vec![lps])
+                        }
+                    })
+                    .collect();
+                self.run(calls)?
+            }
+        };
+        Ok(out.into_iter().flatten().collect())
+    }
+
+    fn sums(
+        &self,
+        role: Role,
+        rows: &[(&[u32], &[u32])],
+        progress: &dyn Fn(usize, usize),
+    ) -> Result<Vec<f32>, RemoteError> {
+        let lps = self.token_logprobs(role, rows, progress)?;
+        Ok(lps.iter().map(|l| l.iter().map(|&x| x as f64).sum::<f64>() as f32).collect())
+    }
+}
+
+/// vLLM's choices of one request, prompt-major, each cut to its row's length: a prefix of a
+/// longer sample (end-of-sequence suppressed until `max_tokens`, or stopping at the first) is a
+/// sample of the shorter length.
+fn vllm_samples(c: Completion, lengths: &[usize], eos: &[u32]) -> Result<Vec<Sample>, RemoteError> {
+    if c.choices.len() != lengths.len() {
+        let problem = format!("{} choices for {} rows", c.choices.len(), lengths.len());
+        return Err(reply("a sampling request", problem));
+    }
+    c.choices
+        .into_iter()
+        .zip(lengths)
+        .map(|(choice, &len)| {
+            let lp = choice.logprobs.unwrap_or_default();
+            let mut tokens = match choice.token_ids {
+                Some(ids) => ids,
+                None => {
+                    lp.tokens.iter().map(|t| wire::token_id(t)).collect::<Option<Vec<u32>>>().ok_or_else(|| {
+                        reply("a sampling request", "no token ids (vLLM 0.10.2 or later returns them)")
+                    })?
+                }
+            };
+            let mut logprobs = finite(&lp.token_logprobs, "a sampled token")?;
+            if logprobs.len() != tokens.len() {
+                let problem = format!("{} log-probs for {} tokens", logprobs.len(), tokens.len());
+                return Err(reply("a sampling request", problem));
+            }
+            tokens.truncate(len);
+            logprobs.truncate(len);
+            let finish =
+                if tokens.last().is_some_and(|t| eos.contains(t)) { FinishReason::Eos } else { FinishReason::Length };
+            Ok(Sample { tokens, logprobs, finish })
+        })
+        .collect()
+}
+
+/// Log-probs a server reported, each finite and not vLLM's -9999 (its stand-in for -inf).
+fn finite(values: &[Option<f64>], what: &str) -> Result<Vec<f32>, RemoteError> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| match v {
+            Some(x) if x.is_finite() && *x > -9999.0 && *x <= 1e-6 => Ok(*x as f32),
+            Some(x) => Err(reply("a request", format!("{what} {i} has log-prob {x}"))),
+            None => Err(reply("a request", format!("{what} {i} has no log-prob"))),
+        })
+        .collect()
+}
+
+/// vLLM: each row's completion tokens' log-probs from its prompt log-probs.
+fn prompt_logprobs(c: &Completion, rows: &[(&[u32], &[u32])]) -> Result<Vec<Vec<f32>>, RemoteError> {
+    if c.choices.len() != rows.len() {
+        return Err(reply("a scoring request", format!("{} choices for {} rows", c.choices.len(), rows.len())));
+    }
+    let no = || {
+        RemoteError::Refused(
+            "the model server returns no prompt log-probs (`prompt_logprobs`), so it cannot score completions".into(),
+        )
+    };
+    c.choices
+        .iter()
+        .zip(rows)
+        .map(|(choice, (p, comp))| {
+            let pl = choice.prompt_logprobs.as_ref().ok_or_else(no)?;
+            if pl.len() != p.len() + comp.len() {
+                let problem = format!("prompt log-probs of {} positions for {} tokens", pl.len(), p.len() + comp.len());
+                return Err(reply("a scoring request", problem));
+            }
+            let values: Vec<Option<f64>> = comp
+                .iter()
+                .enumerate()
+                .map(|(k, id)| pl[p.len() + k].as_ref().and_then(|m| m.get(&id.to_string())).map(|l| l.logprob))
+                .collect();
+            finite(&values, "completion token")
+        })
+        .collect()
+}
+
+/// A text server's echo: the log-probs of the completion's tokens, found by character offset
+/// (`text_offset`), which must fall on the prompt/completion boundary and cover exactly
+/// `tokens` tokens, as the local tokenizer cut the completion.
+fn echoed(c: &Completion, prompt: &str, completion: &str, tokens: usize) -> Result<Vec<f32>, RemoteError> {
+    let what = "a scoring request (echo)";
+    let lp = c.choices[0].logprobs.as_ref().ok_or_else(|| {
+        RemoteError::Refused(
+            "the model server returns no log-probs for an echoed prompt, so it cannot score completions".into(),
+        )
+    })?;
+    let offsets = &lp.text_offset;
+    if offsets.len() != lp.token_logprobs.len() {
+        return Err(reply(what, format!("{} offsets for {} log-probs", offsets.len(), lp.token_logprobs.len())));
+    }
+    let (start, end) = (prompt.chars().count(), prompt.chars().count() + completion.chars().count());
+    let Some(k0) = offsets.iter().position(|&o| o >= start) else {
+        return Err(reply(what, "the echo ends before the completion starts"));
+    };
+    if offsets[k0] != start {
+        let piece = lp.tokens.get(k0.wrapping_sub(1)).map(String::as_str).unwrap_or("");
+        return Err(reply(what, format!("the server's token {piece:?} spans the prompt/completion boundary")));
+    }
+    let k1 = k0 + tokens;
+    let fits =
+        k1 <= offsets.len() && (tokens == 0 || offsets[k1 - 1] < end) && (k1 == offsets.len() || offsets[k1] >= end);
+    if !fits {
+        let theirs = offsets[k0..].iter().filter(|&&o| o < end).count();
+        let pieces: Vec<&str> =
+            lp.tokens[k0..k0 + theirs.min(lp.tokens.len() - k0)].iter().map(String::as_str).collect();
+        return Err(RemoteError::Refused(format!(
+            "the model server tokenises the completion {completion:?} into {theirs} tokens {pieces:?}, the local tokenizer into {tokens}"
+        )));
+    }
+    finite(&lp.token_logprobs[k0..k1], "completion token")
+}
+
+impl ModelBackend for Remote {
+    fn sample(
+        &self,
+        role: Role,
+        job: &SampleJob<'_>,
+        progress: &dyn Fn(usize, usize),
+    ) -> apl_engine::model::Result<Vec<Sample>> {
+        self.sample_rows(role, job, progress).map_err(into_model)
+    }
+
+    fn score(
+        &self,
+        rows: &[(&[u32], &[u32])],
+        _batch: usize,
+        progress: &dyn Fn(usize, usize),
+    ) -> apl_engine::model::Result<(Vec<f32>, Vec<f32>)> {
+        let reference = self.sums(Role::Reference, rows, progress).map_err(into_model)?;
+        // An untrained policy is the reference: asked once.
+        let policy = if self.policy_model == self.settings.model {
+            reference.clone()
+        } else {
+            self.sums(Role::Policy, rows, progress).map_err(into_model)?
+        };
+        Ok((policy, reference))
+    }
+
+    fn score_reference(
+        &self,
+        rows: &[(&[u32], &[u32])],
+        _batch: usize,
+        progress: &dyn Fn(usize, usize),
+    ) -> apl_engine::model::Result<Vec<f32>> {
+        self.sums(Role::Reference, rows, progress).map_err(into_model)
+    }
+}
+
+fn into_model(e: RemoteError) -> ModelError {
+    match e {
+        RemoteError::Model(m) => m,
+        other => ModelError::Backend(Box::new(other)),
+    }
+}

@@ -19,7 +19,7 @@ use apl_shared::{Acquisition, Mode, Outcome, Preference};
 
 use crate::acquire::{AcquireStats, Acquirer, Candidate, PromptItem};
 use crate::backend::ModelBackend;
-use crate::backend::{Local, Role};
+use crate::backend::Role;
 use crate::eval::{EvalSampling, WinRate, sample_completions, win_rate};
 use crate::model::{ModelError, Tokenizer};
 use crate::oracle::{Comparison, Judgement, Oracle, OracleError};
@@ -91,7 +91,6 @@ pub struct Trained {
     pub report: TrainReport,
     /// Pairs trained on (all labels, or the newest round's in online mode).
     pub pairs: usize,
-    pub reference_seconds: f64,
 }
 
 /// The baseline an evaluation judges the policy against.
@@ -146,15 +145,12 @@ impl Round<'_> {
         if self.observer.cancelled() { Err(RoundError::Cancelled) } else { Ok(()) }
     }
 
-    /// Acquires `m` candidate pairs with `acquisition` and the current `policy`, drawing fresh
-    /// prompts from `draw`. `policy_is_reference`: the policy is still the starting model, so
-    /// every margin is 0 and certainty needs no over-generation. `cache` keeps the frozen lower
-    /// layers' states of scored sequences for training.
-    #[allow(clippy::too_many_arguments)]
+    /// Acquires `m` candidate pairs with `acquisition` and the current policy of `backend`,
+    /// drawing fresh prompts from `draw`. `policy_is_reference`: the policy is still the
+    /// starting model, so every margin is 0 and certainty needs no over-generation.
     pub fn acquire(
         &self,
-        policy: &Policy,
-        cache: Option<&RefCell<PrefixCache>>,
+        backend: &dyn ModelBackend,
         acquisition: Acquisition,
         m: usize,
         draw: &mut dyn FnMut(usize) -> crate::model::Result<Vec<PromptItem>>,
@@ -162,9 +158,8 @@ impl Round<'_> {
         policy_is_reference: bool,
     ) -> Result<(Vec<Candidate>, AcquireStats)> {
         let s = self.settings;
-        let backend = Local::new(policy, cache, self.tokenizer.eos_ids());
         let acquirer = Acquirer {
-            backend: &backend,
+            backend,
             tokenizer: self.tokenizer,
             cfg: &s.acquire,
             completion_len: s.completion_tokens,
@@ -195,8 +190,7 @@ impl Round<'_> {
     #[allow(clippy::too_many_arguments)]
     pub fn acquire_decided(
         &self,
-        policy: &Policy,
-        cache: Option<&RefCell<PrefixCache>>,
+        backend: &dyn ModelBackend,
         acquisition: Acquisition,
         need: usize,
         draw: &mut dyn FnMut(usize) -> crate::model::Result<Vec<PromptItem>>,
@@ -213,7 +207,7 @@ impl Round<'_> {
             }
             let missing = need - out.pairs.len();
             let (cands, stats) =
-                self.acquire(policy, cache, acquisition, missing, draw, seed_of(attempt), policy_is_reference)?;
+                self.acquire(backend, acquisition, missing, draw, seed_of(attempt), policy_is_reference)?;
             merge_stats(&mut out.stats, stats);
             let t = Instant::now();
             let items: Vec<Comparison> = cands.iter().map(Candidate::comparison).collect();
@@ -233,27 +227,40 @@ impl Round<'_> {
     }
 
     /// Reference log-probs of the pairs that lack them, once per pair (certainty's scoring
-    /// already filled them); through `cache` when lower layers are frozen.
-    pub fn fill_reference(
-        &self,
-        policy: &Policy,
-        pairs: &mut [PreferencePair],
-        cache: &RefCell<PrefixCache>,
-    ) -> Result<()> {
+    /// already filled them), from `backend`'s reference (locally through the prefix cache when
+    /// lower layers are frozen).
+    pub fn fill_reference(&self, backend: &dyn ModelBackend, pairs: &mut [PreferencePair]) -> Result<()> {
         let total = pairs.len();
         self.observer.progress("reference log-probs", 0, total);
-        let backend = Local::new(policy, Some(cache), self.tokenizer.eos_ids());
-        fill_reference_with(&backend, pairs, self.settings.acquire.batch_size)?;
+        fill_reference_with(backend, pairs, self.settings.acquire.batch_size)?;
         self.observer.progress("reference log-probs", total, total);
         self.check()
+    }
+
+    /// Fills the reference log-probs of the (round, pair)s that `train` will train on (in
+    /// online mode only the newest round's): call it before `train`. Returns the seconds taken.
+    pub fn references(
+        &self,
+        backend: &dyn ModelBackend,
+        pairs: &mut [(usize, PreferencePair)],
+        newest: usize,
+    ) -> Result<f64> {
+        let t = Instant::now();
+        let online = self.settings.mode == Mode::Online;
+        let used = |r: usize| !online || r == newest;
+        let mut fresh: Vec<PreferencePair> = pairs.iter().filter(|(r, _)| used(*r)).map(|(_, p)| p.clone()).collect();
+        self.fill_reference(backend, &mut fresh)?;
+        for ((_, p), filled) in pairs.iter_mut().filter(|(r, _)| used(*r)).zip(fresh) {
+            *p = filled;
+        }
+        Ok(t.elapsed().as_secs_f64())
     }
 
     /// Trains with DPO as the settings' `mode` says: `reset` (the paper) starts again from the
     /// starting model with a fresh optimiser on every label; `continue` keeps the weights with a
     /// fresh optimiser on every label; `online` keeps the weights and the optimiser and makes one
-    /// pass over the newest round's pairs. `pairs` are (round, pair), reference log-probs filled
-    /// here where missing (in online mode only the newest round's, the ones it trains on);
-    /// `seed` orders the pairs. A non-finite loss fails the stage (`Diverged`) rather than
+    /// pass over the newest round's pairs. `pairs` are (round, pair), their reference log-probs
+    /// filled by [`Round::references`] first; `seed` orders the pairs. A non-finite loss fails the stage (`Diverged`) rather than
     /// record a checkpoint trained into NaNs.
     pub fn train(
         &self,
@@ -264,15 +271,6 @@ impl Round<'_> {
         seed: u64,
         cache: &RefCell<PrefixCache>,
     ) -> Result<Trained> {
-        let t = Instant::now();
-        let online = self.settings.mode == Mode::Online;
-        let used = |r: usize| !online || r == newest;
-        let mut fresh: Vec<PreferencePair> = pairs.iter().filter(|(r, _)| used(*r)).map(|(_, p)| p.clone()).collect();
-        self.fill_reference(policy, &mut fresh, cache)?;
-        for ((_, p), filled) in pairs.iter_mut().filter(|(r, _)| used(*r)).zip(fresh) {
-            *p = filled;
-        }
-        let reference_seconds = t.elapsed().as_secs_f64();
         let mut cfg = self.settings.train.clone();
         let train_set: Vec<PreferencePair> = match self.settings.mode {
             Mode::Reset => {
@@ -302,7 +300,7 @@ impl Round<'_> {
         if let Some(s) = report.steps.iter().find(|s| !s.loss.is_finite()) {
             return Err(RoundError::Diverged { step: s.step + 1, loss: s.loss });
         }
-        Ok(Trained { report, pairs: train_set.len(), reference_seconds })
+        Ok(Trained { report, pairs: train_set.len() })
     }
 
     /// One completion per prompt from `role` of `backend`, at the evaluation temperature.

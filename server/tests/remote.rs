@@ -7,7 +7,6 @@
 //! prompt/completion boundary. A switch makes the mock read echoed log-probs one position late,
 //! as llama-cpp-python does (its issue #1983): the probe must refuse it.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,306 +14,15 @@ use std::time::{Duration, Instant};
 use apl::judge::destination::Destinations;
 use apl::remote::{Remote, RemoteError};
 use apl_engine::backend::{ModelBackend, Role, SampleJob};
-use apl_engine::model::{Batch, FinishReason, Model, Padding, Tokenizer, sequence_logprobs};
+use apl_engine::model::{FinishReason, sequence_logprobs};
+use apl_engine::train::policy::Policy;
 use apl_shared::settings::{RemoteBackend, ServerKind};
-use axum::Json;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use candle_core::{DType, Device};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use candle_core::DType;
 use serde_json::{Value, json};
 
 mod common;
 
-#[derive(Default)]
-struct Faults {
-    /// Echoed log-probs from the distribution after the token (llama-cpp-python #1983).
-    shifted: bool,
-    /// No `prompt_logprobs` in vLLM replies (a server that ignores the field).
-    no_prompt_logprobs: bool,
-    /// The tokenizer endpoint adds a token to texts with a non-ASCII character.
-    odd_tokenizer: bool,
-    /// Answer this many requests 503 with Retry-After first.
-    unavailable: AtomicUsize,
-    /// Wait this long before answering.
-    delay: Option<Duration>,
-}
-
-struct Mock {
-    model: Model,
-    tok: Tokenizer,
-    faults: Faults,
-    bodies: Mutex<Vec<Value>>,
-}
-
-type Shared = Arc<Mock>;
-
-impl Mock {
-    /// log_softmax of the logits at every position of `ids`: [position][token].
-    fn logprobs(&self, ids: &[u32]) -> Vec<Vec<f32>> {
-        let batch = Batch::new(&[ids], Padding::Right, 0, DType::F32, &Device::Cpu).unwrap();
-        let logits = self.model.forward(&batch).unwrap().squeeze(0).unwrap();
-        candle_nn::ops::log_softmax(&logits, 1).unwrap().to_vec2().unwrap()
-    }
-
-    fn piece(&self, id: u32) -> String {
-        self.tok.decode(&[id]).unwrap()
-    }
-
-    /// The text token `j` adds to the ones before it, as llama-cpp-python reports tokens
-    /// (`detokenize([token], prev_tokens)`, bytes that are not a whole character dropped).
-    fn piece_after(&self, ids: &[u32], j: usize) -> String {
-        let (a, b) = (self.tok.decode(&ids[..j]).unwrap(), self.tok.decode(&ids[..=j]).unwrap());
-        b.strip_prefix(a.as_str()).unwrap_or(&b).replace('\u{FFFD}', "")
-    }
-
-    /// The `k` most likely next tokens of a distribution, as (id, log-prob).
-    fn top(dist: &[f32], k: usize) -> Vec<(u32, f32)> {
-        let mut all: Vec<(u32, f32)> = dist.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect();
-        all.sort_by(|a, b| b.1.total_cmp(&a.1));
-        all.truncate(k);
-        all
-    }
-
-    /// `max_tokens` tokens after `ids` at `temperature` (end-of-sequence suppressed before
-    /// `min_tokens`; the logit bias applied), each with its log-prob at temperature 1.
-    fn generate(&self, ids: &[u32], body: &Value, rng: &mut ChaCha8Rng) -> (Vec<u32>, Vec<f32>, &'static str) {
-        let max = body["max_tokens"].as_u64().unwrap() as usize;
-        let min = body["min_tokens"].as_u64().unwrap_or(0) as usize;
-        let t = body["temperature"].as_f64().unwrap() as f32;
-        let bias: BTreeMap<u32, f32> = body["logit_bias"]
-            .as_object()
-            .map(|m| m.iter().map(|(k, v)| (k.parse().unwrap(), v.as_f64().unwrap() as f32)).collect())
-            .unwrap_or_default();
-        let (mut seq, mut toks, mut lps) = (ids.to_vec(), Vec::new(), Vec::new());
-        let eos = self.tok.eos_ids();
-        for step in 0..max {
-            let dist = self.logprobs(&seq).pop().unwrap();
-            let mut w: Vec<f32> = dist.iter().map(|&l| l / t.max(1e-4)).collect();
-            for (&id, &b) in &bias {
-                w[id as usize] += b;
-            }
-            if step < min {
-                for &e in eos {
-                    w[e as usize] = f32::NEG_INFINITY;
-                }
-            }
-            let next = if t == 0.0 {
-                Self::top(&w, 1)[0].0
-            } else {
-                let m = w.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                let p: Vec<f32> = w.iter().map(|&x| (x - m).exp()).collect();
-                let mut u = rng.random::<f32>() * p.iter().sum::<f32>();
-                let mut pick = 0;
-                for (i, &x) in p.iter().enumerate() {
-                    pick = i;
-                    if u < x {
-                        break;
-                    }
-                    u -= x;
-                }
-                pick as u32
-            };
-            seq.push(next);
-            toks.push(next);
-            lps.push(dist[next as usize]);
-            if eos.contains(&next) {
-                return (toks, lps, "stop");
-            }
-        }
-        (toks, lps, "length")
-    }
-}
-
-fn usage(p: usize, c: usize) -> Value {
-    json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c})
-}
-
-/// vLLM's `/v1/completions` for token-id prompts.
-fn vllm(m: &Mock, body: &Value) -> Value {
-    let prompts: Vec<Vec<u32>> = match &body["prompt"] {
-        Value::Array(a) if a.first().is_some_and(Value::is_array) => {
-            a.iter().map(|p| serde_json::from_value(p.clone()).unwrap()).collect()
-        }
-        p => vec![serde_json::from_value(p.clone()).unwrap()],
-    };
-    let n = body["n"].as_u64().unwrap_or(1) as usize;
-    let top_k = body["logprobs"].as_u64();
-    let mut rng = ChaCha8Rng::seed_from_u64(body["seed"].as_u64().unwrap_or(0));
-    let mut choices = Vec::new();
-    for p in &prompts {
-        let prompt_logprobs: Option<Vec<Value>> = body["prompt_logprobs"].as_u64().map(|k| {
-            let lp = m.logprobs(p);
-            (0..p.len())
-                .map(|j| {
-                    if j == 0 {
-                        return Value::Null;
-                    }
-                    let mut e = serde_json::Map::new();
-                    for (rank, (id, v)) in Mock::top(&lp[j - 1], k as usize).into_iter().enumerate() {
-                        e.insert(id.to_string(), json!({"logprob": v, "rank": rank + 1, "decoded_token": m.piece(id)}));
-                    }
-                    let actual = lp[j - 1][p[j] as usize];
-                    let rank = lp[j - 1].iter().filter(|&&x| x > actual).count() + 1;
-                    e.insert(
-                        p[j].to_string(),
-                        json!({"logprob": actual, "rank": rank, "decoded_token": m.piece(p[j])}),
-                    );
-                    Value::Object(e)
-                })
-                .collect()
-        });
-        for _ in 0..n {
-            let (toks, lps, finish) = m.generate(p, body, &mut rng);
-            let logprobs = top_k.map(|k| {
-                let mut seq = p.clone();
-                let mut tops = Vec::new();
-                for &t in &toks {
-                    let dist = m.logprobs(&seq).pop().unwrap();
-                    let mut e: serde_json::Map<String, Value> = Mock::top(&dist, k as usize)
-                        .into_iter()
-                        .map(|(id, v)| (format!("token_id:{id}"), json!(v)))
-                        .collect();
-                    e.insert(format!("token_id:{t}"), json!(dist[t as usize]));
-                    tops.push(Value::Object(e));
-                    seq.push(t);
-                }
-                json!({
-                    "text_offset": (0..toks.len()).collect::<Vec<_>>(),
-                    "token_logprobs": lps,
-                    "tokens": toks.iter().map(|t| format!("token_id:{t}")).collect::<Vec<_>>(),
-                    "top_logprobs": tops,
-                })
-            });
-            let mut choice = json!({
-                "index": choices.len(),
-                "text": m.tok.decode(&toks).unwrap(),
-                "logprobs": logprobs,
-                "finish_reason": finish,
-                "stop_reason": null,
-                "token_ids": toks,
-                "prompt_logprobs": null,
-                "prompt_token_ids": p,
-            });
-            if !m.faults.no_prompt_logprobs {
-                choice["prompt_logprobs"] = json!(prompt_logprobs);
-            }
-            choices.push(choice);
-        }
-    }
-    // Shuffled, as a server may send them: the client orders by index.
-    choices.reverse();
-    json!({"id": "cmpl-mock", "object": "text_completion", "created": 1, "model": body["model"],
-           "choices": choices, "usage": usage(prompts.iter().map(Vec::len).sum(), n)})
-}
-
-/// llama-cpp-python's `/v1/completions`: one text prompt, `echo` and `logprobs`.
-fn llama_cpp_python(m: &Mock, body: &Value) -> Value {
-    let text = body["prompt"].as_str().unwrap();
-    let ids = m.tok.encode(text, true).unwrap();
-    let k = body["logprobs"].as_u64().unwrap_or(0) as usize;
-    let mut rng = ChaCha8Rng::seed_from_u64(body["seed"].as_u64().unwrap_or(0));
-    let (mut new, mut new_lps, finish) = m.generate(&ids, body, &mut rng);
-    if finish == "stop" {
-        // Its end-of-sequence token is neither in the text nor in the log-probs.
-        new.pop();
-        new_lps.pop();
-    }
-    let echo = body["echo"].as_bool().unwrap_or(false);
-    let all: Vec<u32> = [ids.as_slice(), &new].concat();
-    let lp = m.logprobs(&all);
-    let (mut tokens, mut offsets, mut values, mut tops) = (vec![], vec![], vec![], vec![]);
-    let mut offset = 0;
-    let first = if echo { 0 } else { ids.len() };
-    for (j, &t) in all.iter().enumerate() {
-        let piece = m.piece_after(&all, j);
-        if j == ids.len() {
-            // Generated text's offsets count from the end of the prompt text.
-            offset = text.chars().count();
-        }
-        if j >= first {
-            // Position j's log-prob: from the distribution before it, or (shifted, prompt tokens
-            // only) after it.
-            let d = if m.faults.shifted && j < ids.len() { Some(j) } else { j.checked_sub(1) };
-            let value = if j >= ids.len() { Some(new_lps[j - ids.len()]) } else { d.map(|d| lp[d][t as usize]) };
-            tokens.push(piece.clone());
-            offsets.push(offset);
-            values.push(value);
-            tops.push(d.map(|d| {
-                let mut e: serde_json::Map<String, Value> =
-                    Mock::top(&lp[d], k).into_iter().map(|(id, v)| (m.piece(id), json!(v))).collect();
-                e.insert(piece.clone(), json!(lp[d][t as usize]));
-                Value::Object(e)
-            }));
-        }
-        offset += piece.chars().count();
-    }
-    let new_text = m.tok.decode(&new).unwrap();
-    let text_out = if echo { format!("{text}{new_text}") } else { new_text };
-    json!({
-        "id": "cmpl-mock", "object": "text_completion", "created": 1, "model": body["model"],
-        "choices": [{"text": text_out, "index": 0,
-                     "logprobs": if k > 0 { json!({"text_offset": offsets, "token_logprobs": values, "tokens": tokens, "top_logprobs": tops}) } else { Value::Null },
-                     "finish_reason": finish}],
-        "usage": usage(ids.len(), new.len()),
-    })
-}
-
-async fn completions(State(m): State<Shared>, Json(body): Json<Value>) -> Response {
-    m.bodies.lock().unwrap().push(body.clone());
-    if let Some(d) = m.faults.delay {
-        tokio::time::sleep(d).await;
-    }
-    if m.faults.unavailable.load(Ordering::SeqCst) > 0 {
-        m.faults.unavailable.fetch_sub(1, Ordering::SeqCst);
-        return (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "0")], "busy").into_response();
-    }
-    let reply = if body["prompt"].is_string() { llama_cpp_python(&m, &body) } else { vllm(&m, &body) };
-    Json(reply).into_response()
-}
-
-fn tokens_of(m: &Mock, text: &str) -> Value {
-    let mut ids = m.tok.encode(text, true).unwrap();
-    if m.faults.odd_tokenizer && !text.is_ascii() {
-        ids.insert(3, 7);
-    }
-    json!({"tokens": ids, "count": ids.len(), "max_model_len": 2048})
-}
-
-async fn tokenize(State(m): State<Shared>, Json(body): Json<Value>) -> Response {
-    Json(tokens_of(&m, body["prompt"].as_str().unwrap())).into_response()
-}
-
-async fn extras_tokenize(State(m): State<Shared>, Json(body): Json<Value>) -> Response {
-    Json(json!({"tokens": tokens_of(&m, body["input"].as_str().unwrap())["tokens"]})).into_response()
-}
-
-struct Fixture {
-    model: Model,
-    tok: Tokenizer,
-}
-
-fn fixture() -> Fixture {
-    let ck = common::load("llama", DType::F32);
-    let tok = ck.tokenizer.clone().expect("the fixture's tokenizer");
-    Fixture { model: Model::from_checkpoint(&ck).unwrap(), tok }
-}
-
-async fn start(faults: Faults) -> (String, Shared) {
-    let f = fixture();
-    let m = Arc::new(Mock { model: f.model, tok: f.tok, faults, bodies: Mutex::new(Vec::new()) });
-    let app = axum::Router::new()
-        .route("/v1/completions", axum::routing::post(completions))
-        .route("/tokenize", axum::routing::post(tokenize))
-        .route("/extras/tokenize", axum::routing::post(extras_tokenize))
-        .with_state(m.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (format!("http://{addr}/v1"), m)
-}
+use common::model_server::{Faults, fixture, start, start_with};
 
 fn settings(base_url: &str, server: ServerKind) -> RemoteBackend {
     RemoteBackend {
@@ -359,6 +67,7 @@ fn sample_and_check(r: &Remote, exact: bool) -> Vec<Vec<u32>> {
         pass_seed: |s, _| s,
     };
     let seen = Mutex::new(Vec::new());
+    let r = r.serving(None);
     let samples = r.sample(Role::Policy, &job, &|d, n| seen.lock().unwrap().push((d, n))).unwrap();
     assert_eq!(samples.len(), 8);
     assert_eq!(seen.lock().unwrap().last(), Some(&(8, 8)));
@@ -407,16 +116,17 @@ fn score_and_check(r: &Remote) {
         .collect();
     let rows: Vec<(&[u32], &[u32])> = ids.iter().map(|(p, c)| (p.as_slice(), c.as_slice())).collect();
     let local = sequence_logprobs(&f.model, &rows, 2, |_| {}).unwrap();
-    let tokens = r.token_logprobs(Role::Reference, &rows, &|_, _| {}).unwrap();
+    let tokens = r.token_logprobs("base", &rows, &|_, _| {}).unwrap();
     for (i, (t, l)) in tokens.iter().zip(&local).enumerate() {
         assert_eq!(t.len(), l.tokens.len(), "row {i}");
         for (k, (a, b)) in t.iter().zip(&l.tokens).enumerate() {
             assert!((a - b).abs() < 1e-4, "row {i} token {k}: remote {a} vs local {b}");
         }
     }
-    let (policy, reference) = r.score(&rows, 2, &|_, _| {}).unwrap();
+    let untrained = r.serving(None);
+    let (policy, reference) = untrained.score(&rows, 2, &|_, _| {}).unwrap();
     assert_eq!(policy, reference, "an untrained policy is the reference");
-    let refs = r.score_reference(&rows, 2, &|_, _| {}).unwrap();
+    let refs = untrained.score_reference(&rows, 2, &|_, _| {}).unwrap();
     for ((a, b), l) in refs.iter().zip(&reference).zip(&local) {
         assert!((a - l.sum).abs() < 1e-4 && a == b, "{a} {b} {}", l.sum);
     }
@@ -426,7 +136,7 @@ fn score_and_check(r: &Remote) {
 async fn vllm_samples_and_scores_as_the_local_engine_does() {
     let (url, mock) = start(Faults::default()).await;
     let s = settings(&url, ServerKind::Vllm);
-    blocking(move || {
+    let loaded = blocking(move || {
         let r = remote(s);
         let checked = r.check().unwrap();
         assert!(checked.d_same < 1e-5, "{checked:?}");
@@ -434,9 +144,26 @@ async fn vllm_samples_and_scores_as_the_local_engine_does() {
         sample_and_check(&r, true);
         sample_and_check(&r, false);
         score_and_check(&r);
+
+        // A trained policy: an adapter loaded once by name, then asked for by that name; the
+        // reference stays the base model.
+        let dir = tempfile::tempdir().unwrap();
+        let adapter = dir.path().join("policy-phase-1.peft");
+        std::fs::create_dir(&adapter).unwrap();
+        r.load_adapter("apl-certainty-seed0-phase1", &adapter).unwrap();
+        r.load_adapter("apl-certainty-seed0-phase1", &adapter).unwrap();
+        let trained = r.serving(Some("apl-certainty-seed0-phase1"));
+        let (p, c) = (vec![1u32, 2, 3], vec![4u32, 5]);
+        let (policy, reference) = trained.score(&[(&p, &c)], 1, &|_, _| {}).unwrap();
+        assert_eq!(policy, reference, "the mock serves adapters with the base model's numbers");
+        adapter.canonicalize().unwrap()
     })
     .await;
+    let adapters = mock.adapters.lock().unwrap().clone();
+    assert_eq!(adapters, vec![("apl-certainty-seed0-phase1".to_string(), loaded.display().to_string())]);
     let bodies = mock.bodies.lock().unwrap();
+    let asked: Vec<&str> = bodies.iter().rev().take(2).map(|b| b["model"].as_str().unwrap()).collect();
+    assert!(asked.contains(&"apl-certainty-seed0-phase1") && asked.contains(&"base"), "{asked:?}");
     // 4 prompts at 3 a request: two sampling requests per job, every knob explicit.
     let mut sampling: Vec<&Value> = bodies.iter().filter(|b| b["n"] == json!(2)).take(2).collect();
     sampling.sort_by_key(|b| std::cmp::Reverse(b["prompt"].as_array().unwrap().len()));
@@ -511,4 +238,85 @@ async fn busy_servers_are_retried_and_cancelled_calls_dropped() {
     let e = blocking(move || r.check().unwrap_err()).await;
     assert!(matches!(e, RemoteError::Cancelled), "{e}");
     assert!(t.elapsed() < Duration::from_secs(5));
+}
+
+struct Quiet;
+impl apl::experiment::Observer for Quiet {
+    fn begin(&self, _: usize, _: usize) {}
+    fn stage(&self, _: &str, _: &str, _: usize, _: usize) {}
+    fn phase(&self, _: &apl::experiment::run::PhaseRecord) {}
+}
+
+/// An experiment whose sampling and scoring all go to the server: the trained policy of each
+/// phase written as a PEFT adapter, loaded by name (the mock reads it with this engine's PEFT
+/// loader), and asked for by that name; what the server then computes for it equals the
+/// trained policy's own log-probs here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_experiment_runs_on_the_server_with_its_policy_as_an_adapter() {
+    use apl::experiment::config::ExperimentConfig;
+    use apl::experiment::setup::{JudgeEnv, Setup};
+    use apl_shared::settings::{AdamConfig, Backend, Trainable};
+    use apl_shared::{Acquisition, Labeller, Mode, Preset, Task};
+
+    let (url, mock) = start_with(Faults::default(), Some(common::load("llama", DType::F32))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = dir.path().join("prompts.jsonl");
+    let words = ["the", "film", "was", "great", "boring", "acting", "story", "and"];
+    let lines: Vec<String> = (0..300)
+        .map(|i| {
+            let p: Vec<&str> = (0..3).map(|k| words[(i / 8usize.pow(k)) % 8]).collect();
+            serde_json::json!({"prompt": p.join(" ")}).to_string()
+        })
+        .collect();
+    std::fs::write(&prompts, lines.join("\n")).unwrap();
+    let mut c = ExperimentConfig::preset(Preset::ImdbCpu);
+    c.preset = None;
+    c.task.kind = Task::Generic;
+    c.task.path = Some(prompts);
+    c.acquisitions = vec![Acquisition::Certainty];
+    c.schedule = vec![16, 32];
+    c.seeds = vec![0];
+    let s = &mut c.settings;
+    s.completion_tokens = (4, 4);
+    s.labeller = Labeller::Length;
+    s.eval.judge = Labeller::Length;
+    s.eval.prompts = 16;
+    s.mode = Mode::Reset;
+    s.trainable = Trainable::Lora { rank: 4, alpha: 8.0, targets: vec!["q_proj".into(), "v_proj".into()] };
+    s.train.adam = AdamConfig { lr: 1e-2, ..Default::default() };
+    s.train.epochs = 2;
+    s.train.pairs_per_step = 8;
+    s.train.micro_batch = 8;
+    s.acquire.over_generate = 2;
+    s.backend = Backend::Remote(settings(&url, ServerKind::Vllm));
+    let trainable = s.trainable.clone();
+    c.validate().unwrap();
+    let out = dir.path().join("out");
+    let (records, run) = blocking(move || {
+        let setup = Setup::build(&c, common::load("llama", DType::F32), None, &JudgeEnv::default()).unwrap();
+        let records = apl::experiment::run_experiment(&c, &setup, &out, &Quiet).unwrap();
+        (records, out.join("runs/certainty-seed0"))
+    })
+    .await;
+    assert_eq!(records.iter().map(|r| r.phase).collect::<Vec<_>>(), vec![1, 2]);
+    let adapters = mock.adapters.lock().unwrap().clone();
+    let names: Vec<&str> = adapters.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names[0].starts_with("apl-certainty-seed0-phase1-") && names[1].starts_with("apl-certainty-seed0-phase2-"));
+    // Phase 2's acquisition sampled and scored phase 1's adapter; nothing was computed here.
+    let bodies = mock.bodies.lock().unwrap();
+    assert!(bodies.iter().any(|b| b["model"] == json!(names[0]) && b["n"].is_u64()), "phase 1's policy sampled");
+    assert!(bodies.iter().any(|b| b["model"] == json!(names[0]) && b["prompt_logprobs"].is_u64()), "and scored");
+
+    // The served adapter computes what the trained policy computes here.
+    let mut policy = Policy::new(common::load("llama", DType::F32), trainable, 0).unwrap();
+    policy.load_trainable(&run.join("policy-phase-2.safetensors")).unwrap();
+    let served = mock.policy(&json!(names[1])).unwrap();
+    let tok = fixture().tok;
+    let (p, c) = (tok.encode("the film was", true).unwrap(), tok.encode(" great and", false).unwrap());
+    let here = sequence_logprobs(policy.model(), &[(&p, &c)], 1, |_| {}).unwrap();
+    let there = sequence_logprobs(served.model(), &[(&p, &c)], 1, |_| {}).unwrap();
+    let base = sequence_logprobs(&fixture().model, &[(&p, &c)], 1, |_| {}).unwrap();
+    assert!((here[0].sum - there[0].sum).abs() < 1e-4, "{} vs {}", here[0].sum, there[0].sum);
+    assert!((here[0].sum - base[0].sum).abs() > 1e-3, "training moved the policy");
 }

@@ -565,6 +565,10 @@ pub struct RemoteBackend {
     pub reference_base_url: Option<String>,
     /// What `reference_base_url` runs; unset: `server`.
     pub reference_server: Option<ServerKind>,
+    /// `LOCAL=REMOTE`: the model server runs on another machine and sees apl's directory
+    /// `LOCAL` (where the policy adapters are written) as `REMOTE` (a shared mount); unset: it
+    /// reads them at the paths apl wrote them.
+    pub adapter_path_map: Option<String>,
     /// Prompts (or scored rows) per request, where the server takes several.
     pub rows_per_request: usize,
     /// Requests in flight at once.
@@ -585,6 +589,7 @@ impl Default for RemoteBackend {
             server: ServerKind::Vllm,
             reference_base_url: None,
             reference_server: None,
+            adapter_path_map: None,
             rows_per_request: 32,
             concurrency: 8,
             timeout_seconds: 300.0,
@@ -632,6 +637,10 @@ impl RemoteBackend {
         check(self.rows_per_request >= 1, "backend.rows_per_request", "must be at least 1")?;
         check((1..=256).contains(&self.concurrency), "backend.concurrency", "must be 1 to 256")?;
         check(self.timeout_seconds > 0.0, "backend.timeout_seconds", "must be above 0")?;
+        if let Some(map) = &self.adapter_path_map {
+            let ok = map.split_once('=').is_some_and(|(a, b)| a.starts_with('/') && b.starts_with('/'));
+            check(ok, "backend.adapter_path_map", &format!("{map:?} is not LOCAL=REMOTE with two absolute paths"))?;
+        }
         check(self.backoff_seconds >= 0.0, "backend.backoff_seconds", "must not be negative")
     }
 }
@@ -665,6 +674,9 @@ pub struct LoopSettings {
     /// The LLM judge, used where `labeller` or `eval.judge` says `judge` (and, for
     /// `local_judge`, its task, template and order settings).
     pub judge: JudgeSettings,
+    /// Where sampling and scoring run: this program's engine, or an inference server (the
+    /// policy then trains as LoRA adapters the server loads by name).
+    pub backend: Backend,
     /// Seeds acquisition, training and evaluation of a server project.
     pub seed: u64,
 }
@@ -700,6 +712,7 @@ impl LoopSettings {
             },
             eval: EvalSettings::default(),
             judge: JudgeSettings::default(),
+            backend: Backend::Local,
             seed: 0,
         };
         match preset {
@@ -794,6 +807,14 @@ impl LoopSettings {
             self.judge.validate()?;
         } else if self.uses(Labeller::LocalJudge) {
             self.judge.validate_criteria()?;
+        }
+        if let Backend::Remote(r) = &self.backend {
+            r.validate()?;
+            check(
+                matches!(self.trainable, Trainable::Lora { .. }),
+                "trainable",
+                "a remote backend serves the trained policy as a LoRA adapter: set trainable.kind to lora",
+            )?;
         }
         Ok(())
     }

@@ -1,8 +1,11 @@
 //! Jobs over HTTP: a whole round (acquire, oracle labels, DPO, evaluation) on the tiny model,
 //! watched through server-sent events; a second round acquired by the trained policy; rater
-//! rounds waiting for labels; cancellation; and recovery of jobs a dead server left running.
+//! rounds waiting for labels; cancellation; and recovery of jobs a dead server left running;
+//! rounds whose sampling and scoring run on a model server (the server tests' mock).
 
 mod common;
+#[path = "../../server/tests/common/model_server.rs"]
+mod model_server;
 
 use apl::store::jobs::MAX_ATTEMPTS;
 use apl_shared::settings::JudgeSettings;
@@ -465,4 +468,60 @@ async fn projects_with_one_seed_pair_their_evaluations() {
         paired::matched(&cert.details.samples, &other.details.samples).arm.is_empty(),
         "another seed's baseline differs"
     );
+}
+
+/// A project whose sampling and scoring run on a model server (`loop_settings.backend`): the
+/// round's acquisition, reference log-probs and evaluation are asked of it; the trained
+/// checkpoint is served as its PEFT adapter, loaded once under a name from the checkpoint and
+/// its content; the next round acquires with it there. A server that fails the prompt
+/// log-probs probe fails the job, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rounds_sample_and_score_on_a_model_server() {
+    use apl_shared::settings::{Backend as ModelBackend, RemoteBackend, ServerKind, Trainable};
+    let (url, mock) = model_server::start_with(Default::default(), Some(model_server::llama())).await;
+    let s = common::start(&Backend::Sqlite, Default::default()).await;
+    let remote = |url: &str, server| {
+        ModelBackend::Remote(RemoteBackend {
+            base_url: url.to_string(),
+            model: "base".into(),
+            server,
+            timeout_seconds: 10.0,
+            backoff_seconds: 0.01,
+            ..Default::default()
+        })
+    };
+    let mut cfg = tiny(Labeller::Length);
+    cfg.loop_settings.trainable =
+        Trainable::Lora { rank: 2, alpha: 4.0, targets: vec!["q_proj".into(), "v_proj".into()] };
+    cfg.loop_settings.backend = remote(&url, ServerKind::Vllm);
+    let p = s.project("served", cfg.clone()).await;
+    prompts(&s, &p.id, Split::Train, 24).await;
+    prompts(&s, &p.id, Split::Eval, 4).await;
+    for round in 1..=2 {
+        let j = s.job(&p.id, JobKind::Round, JobParams::default()).await;
+        let last = s.watch(&j.id).await.pop().unwrap();
+        assert_eq!(last.state, JobState::Done, "round {round}: {last:?}");
+    }
+    let checkpoints: Vec<CheckpointRow> = s.get(&format!("/api/projects/{}/checkpoints", p.id)).await;
+    assert_eq!(checkpoints.len(), 2);
+    let adapters = mock.adapters.lock().unwrap().clone();
+    // Round 1's checkpoint (evaluated, then acquiring round 2) and round 2's (evaluated).
+    assert_eq!(adapters.len(), 2, "{adapters:?}");
+    let first = checkpoints.iter().map(|c| c.id.clone()).find(|id| adapters[0].0.starts_with(&format!("apl-{id}-")));
+    assert!(first.is_some(), "{adapters:?} {checkpoints:?}");
+    assert!(adapters[0].1.ends_with(".peft"), "the adapter beside its checkpoint: {}", adapters[0].1);
+    let bodies = mock.bodies.lock().unwrap().clone();
+    let sampled_by = |model: &str| bodies.iter().filter(|b| b["model"] == model && b["n"].is_u64()).count();
+    assert!(sampled_by("base") > 0 && sampled_by(&adapters[0].0) > 0, "base and trained policy sampled there");
+    assert!(bodies.iter().any(|b| b["model"] == "base" && b["prompt_logprobs"].is_u64()), "reference scored there");
+
+    // A server whose echo is one position late fails the round, naming the problem.
+    let (bad, _m) = model_server::start(model_server::Faults { shifted: true, ..Default::default() }).await;
+    cfg.loop_settings.backend = remote(&bad, ServerKind::LlamaCppPython);
+    let p = s.project("late", cfg).await;
+    prompts(&s, &p.id, Split::Train, 24).await;
+    let j = s.job(&p.id, JobKind::Generate, JobParams::default()).await;
+    let last = s.watch(&j.id).await.pop().unwrap();
+    assert_eq!(last.state, JobState::Failed);
+    assert!(last.error.as_deref().unwrap_or_default().contains("issue #1983"), "{last:?}");
 }

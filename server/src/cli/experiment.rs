@@ -18,7 +18,7 @@ use crate::experiment::setup::{JudgeEnv, Setup};
 use crate::experiment::{Observer, report, run_experiment};
 use apl_engine::device::{parse_device, parse_dtype};
 use apl_engine::model::Checkpoint;
-use apl_shared::settings::{JudgeTask, Loss, PairLengths, RaterNoise, Trainable};
+use apl_shared::settings::{Backend, JudgeTask, Loss, PairLengths, RaterNoise, RemoteBackend, ServerKind, Trainable};
 use apl_shared::{Acquisition, Labeller, Mode, Preset, Task};
 
 #[derive(Debug, clap::Args)]
@@ -106,6 +106,26 @@ pub struct Args {
     /// never saw; both win-rates are reported.
     #[arg(long)]
     pub held_out_judge: bool,
+    /// Sample and score on an inference server (OpenAI-compatible completions: vLLM, or
+    /// llama-cpp-python's server) instead of this engine; training stays here, as LoRA (set
+    /// --lora-rank) adapters the server loads by name. Needs --base-url and --served-model.
+    #[arg(long)]
+    pub remote: bool,
+    /// The model server's API up to the version, e.g. http://127.0.0.1:8000/v1.
+    #[arg(long, requires = "remote")]
+    pub base_url: Option<String>,
+    /// The base model's name on the server (the same weights as --model).
+    #[arg(long, requires = "remote")]
+    pub served_model: Option<String>,
+    /// vllm or llama_cpp_python.
+    #[arg(long, requires = "remote")]
+    pub server: Option<ServerKind>,
+    /// A second server for sampling the starting model (e.g. llama-cpp-python, which cannot
+    /// load adapters); scoring stays on --base-url.
+    #[arg(long, requires = "remote")]
+    pub reference_base_url: Option<String>,
+    #[arg(long, requires = "reference_base_url")]
+    pub reference_server: Option<ServerKind>,
     /// Results directory [default: experiments/PRESET].
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -228,6 +248,18 @@ pub fn resolve(a: &Args) -> Result<ExperimentConfig> {
         }
     }
     cfg.held_out_judge |= a.held_out_judge;
+    if a.remote {
+        let mut r = match &s.backend {
+            Backend::Remote(r) => r.clone(),
+            Backend::Local => RemoteBackend::default(),
+        };
+        r.base_url = a.base_url.clone().unwrap_or(r.base_url);
+        r.model = a.served_model.clone().unwrap_or(r.model);
+        r.server = a.server.unwrap_or(r.server);
+        r.reference_base_url = a.reference_base_url.clone().or(r.reference_base_url);
+        r.reference_server = a.reference_server.or(r.reference_server);
+        s.backend = Backend::Remote(r);
+    }
     if let Some(m) = &a.model.model {
         cfg.model = Some(m.clone());
     }

@@ -136,7 +136,7 @@ pub fn run(a: Args) -> Result<()> {
         })
         .collect();
     let better = |i: usize| if i.is_multiple_of(2) { Side::A } else { Side::B };
-    let api_key = crate::judge::api_key(&s, a.secrets_file.as_deref())?;
+    let api_key = crate::judge::api_key(s.api_key_env.as_ref(), a.secrets_file.as_deref())?;
     // The operator's own command: any destination, a local server included.
     let destinations = Arc::new(crate::judge::destination::Destinations::any());
     let judge = LlmJudge::new(s.clone(), api_key, Arc::new(Ledger::open(&a.log)?), destinations)?;

@@ -11,6 +11,7 @@ pub mod convert;
 pub mod experiment;
 pub mod generate;
 pub mod judge;
+pub mod remote;
 pub mod score;
 pub mod serve;
 
@@ -49,6 +50,9 @@ pub enum Command {
     Judge(Box<judge::Args>),
     /// Write a checkpoint (e.g. the bundled GGUF) as an HF safetensors directory.
     Convert(convert::Args),
+    /// Check a model server (vLLM, llama-cpp-python) against this engine: tokenisation, prompt
+    /// log-probs, sampling and scoring agreement, time per stage.
+    Remote(Box<remote::Args>),
     /// Fetch the default model and the IMDB data into the cache directory.
     Assets(CacheArgs),
 }
@@ -168,6 +172,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Convert(a) => convert::run(a),
         Command::Judge(a) => judge::run(*a),
         Command::Experiment(a) => experiment::run(*a),
+        Command::Remote(a) => remote::run(*a),
         Command::Assets(a) => {
             let dir = a.dir();
             for asset in [&assets::SMOLLM2, &assets::IMDB] {

@@ -116,11 +116,17 @@ fn baseline(cfg: &ExperimentConfig, setup: &Setup, out: &Path, seed: u64, obs: &
     {
         return Ok(b.texts);
     }
-    let reference = Model::from_checkpoint(&setup.base)?;
     let name = format!("baseline seed {seed}");
-    let backend = Local::model(&reference, setup.tokenizer.eos_ids());
     let progress = |s: &str, d, n| obs.stage(&name, s, d, n);
-    let texts = eval_samples(&backend, Role::Reference, setup, cfg, baseline_seed(seed), length_seed, &progress)?;
+    let (seed_b, role) = (baseline_seed(seed), Role::Reference);
+    let texts = match &setup.remote {
+        Some(r) => eval_samples(&r.serving(None), role, setup, cfg, seed_b, length_seed, &progress)?,
+        None => {
+            let reference = Model::from_checkpoint(&setup.base)?;
+            let backend = Local::model(&reference, setup.tokenizer.eos_ids());
+            eval_samples(&backend, role, setup, cfg, seed_b, length_seed, &progress)?
+        }
+    };
     write_atomic(&path, &serde_json::to_string_pretty(&BaselineFile { length_seed, texts: texts.clone() })?)?;
     Ok(texts)
 }

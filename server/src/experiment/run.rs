@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::ExperimentConfig;
 use super::setup::{PromptStream, Setup};
+use crate::remote::Remote;
 use apl_engine::acquire::{AcquireStats, Acquisition};
 use apl_engine::backend::{Local, ModelBackend, Role};
 use apl_engine::round::{Baseline, EvalPrompt, EvalSeeds, Observer, Round};
@@ -171,6 +172,17 @@ impl Run<'_> {
         self.dir.join(format!("policy-phase-{phase}.safetensors"))
     }
 
+    /// The PEFT adapter of phase `phase`'s policy, which the model server reads.
+    fn adapter_path(&self, phase: usize) -> PathBuf {
+        self.dir.join(format!("policy-phase-{phase}.peft"))
+    }
+
+    /// Has the model server serve the policy of `phase`; its name there.
+    fn serve(&self, remote: &Remote, policy: &Policy, phase: usize) -> Result<String> {
+        let label = format!("{}-seed{}-phase{phase}", self.acquisition.name(), self.seed);
+        remote.serve_policy(policy, &self.adapter_path(phase), &label).context("serving the policy on the model server")
+    }
+
     fn phase_path(&self, phase: usize) -> PathBuf {
         self.dir.join(format!("phase-{phase}.json"))
     }
@@ -193,7 +205,7 @@ impl Run<'_> {
 
     /// Evaluates the policy of `phase` against the baseline, and has the held-out judge (when
     /// there is one) judge the same samples.
-    fn evaluate(&self, round: &Round, policy: &Policy, phase: usize) -> Result<Evaluated> {
+    fn evaluate(&self, round: &Round, backend: &dyn ModelBackend, phase: usize) -> Result<Evaluated> {
         // The baseline's texts are fixed per seed; only the policy is sampled here, with the
         // baseline's lengths.
         let seeds = EvalSeeds {
@@ -202,8 +214,7 @@ impl Run<'_> {
             lengths: Some(eval_length_seed(self.seed)),
         };
         let prompts = eval_prompts(self.setup);
-        let backend = Local::new(policy, None, self.setup.tokenizer.eos_ids());
-        let ev = round.evaluate(&backend, &prompts, Baseline::Texts(self.baseline), &*self.setup.judge, seeds)?;
+        let ev = round.evaluate(backend, &prompts, Baseline::Texts(self.baseline), &*self.setup.judge, seeds)?;
         let held_out = match &self.setup.held_out_judge {
             Some(judge) => {
                 let t = Instant::now();
@@ -252,12 +263,22 @@ impl Run<'_> {
             data = self.load_data(p)?;
             policy.load_trainable(&self.policy_path(p)).context("resuming the policy")?;
         }
+        // The policy's name on the model server, once trained (`settings.backend` remote).
+        let mut served: Option<String> = match (&self.setup.remote, last_done) {
+            (Some(r), Some(p)) => Some(self.serve(r, &policy, p)?),
+            _ => None,
+        };
         let vars = policy.vars().iter().map(|(_, v)| v.clone()).collect();
         let mut opt = Adam::new(vars, s.train.adam.clone())?;
         let cache = RefCell::new(PrefixCache::default());
+        let eos = self.setup.tokenizer.eos_ids();
 
         if s.eval.initial && !done.contains(&0) {
-            let evaluated = self.evaluate(&round, &policy, 0)?;
+            let local = Local::new(&policy, None, eos);
+            let evaluated = match &self.setup.remote {
+                Some(r) => self.evaluate(&round, &r.serving(None), 0)?,
+                None => self.evaluate(&round, &local, 0)?,
+            };
             let ev = &evaluated.ev;
             let rec = PhaseRecord {
                 acquisition: self.acquisition,
@@ -297,10 +318,15 @@ impl Run<'_> {
             // Acquire and label until the labelled set reaches m (undecided pairs are dropped).
             // Resuming starts after a trained phase, so phase 1 always has the untrained policy.
             let mut draw = |n: usize| stream.take(n);
+            let local = Local::new(&policy, Some(&cache), eos);
+            let serving = self.setup.remote.as_ref().map(|r| r.serving(served.as_deref()));
+            let backend: &dyn ModelBackend = match &serving {
+                Some(s) => s,
+                None => &local,
+            };
             let decided = round
                 .acquire_decided(
-                    &policy,
-                    Some(&cache),
+                    backend,
                     self.acquisition,
                     m.saturating_sub(data.len()),
                     &mut draw,
@@ -324,7 +350,7 @@ impl Run<'_> {
             // Reference log-probs, once per pair (certainty already has them from scoring).
             let t = Instant::now();
             let mut fresh: Vec<PreferencePair> = new_pairs.iter().map(|s| s.pair.clone()).collect();
-            round.fill_reference(&policy, &mut fresh, &cache)?;
+            round.fill_reference(backend, &mut fresh)?;
             for (s, p) in new_pairs.iter_mut().zip(fresh) {
                 s.pair = p;
             }
@@ -345,14 +371,24 @@ impl Run<'_> {
 
             // Train, as the settings' mode says.
             let mut pairs: Vec<(usize, PreferencePair)> = data.iter().map(|s| (s.phase, s.pair.clone())).collect();
+            round.references(backend, &mut pairs, phase)?;
             let trained =
                 round.train(&mut policy, &mut opt, &mut pairs, phase, stage_seed(self.seed, phase, 4), &cache)?;
             let report = &trained.report;
             timings.train_prefix_cache = report.prefix_seconds;
             timings.train_steps = report.seconds - report.prefix_seconds;
 
-            // Evaluate.
-            let evaluated = self.evaluate(&round, &policy, phase)?;
+            // Evaluate (on the model server, the trained policy loaded there first).
+            let local = Local::new(&policy, None, eos);
+            let evaluated = match &self.setup.remote {
+                Some(r) => {
+                    let name = self.serve(r, &policy, phase)?;
+                    let e = self.evaluate(&round, &r.serving(Some(&name)), phase)?;
+                    served = Some(name);
+                    e
+                }
+                None => self.evaluate(&round, &local, phase)?,
+            };
             let ev = &evaluated.ev;
             timings.eval_sampling = ev.sampling_seconds;
             timings.eval_judging = evaluated.judging_seconds();
@@ -385,6 +421,7 @@ impl Run<'_> {
             // a phase whose record is deleted can be redone from the one before).
             if phase > 2 {
                 let _ = std::fs::remove_file(self.policy_path(phase - 2));
+                let _ = std::fs::remove_dir_all(self.adapter_path(phase - 2));
             }
             on_phase(&rec);
             records.push(rec);

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use apl_shared::settings::Backend;
 use apl_shared::{Labeller, Task};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -19,6 +20,7 @@ use crate::judge::destination::Destinations;
 use crate::judge::ledger::Ledger;
 use crate::judge::local::LocalJudge;
 use crate::judge::{LlmJudge, api_key};
+use crate::remote::Remote;
 use apl_engine::acquire::PromptItem;
 use apl_engine::data::imdb::{self, Review};
 use apl_engine::data::prompts;
@@ -223,6 +225,8 @@ pub struct Setup {
     pub held_out: HashSet<String>,
     /// Records (or reviews) left out for repeating an earlier one's text.
     pub duplicates: usize,
+    /// The model server sampling and scoring (`settings.backend`), checked; None: this engine.
+    pub remote: Option<Remote>,
 }
 
 /// Trains the naive-Bayes sentiment oracle on the reviews `train` and measures it on the
@@ -337,7 +341,7 @@ impl Setup {
                 }
                 Labeller::Length => Arc::new(LengthOracle),
                 Labeller::Judge => {
-                    let key = api_key(&s.judge, env.secrets_file.as_deref())?;
+                    let key = api_key(s.judge.api_key_env.as_ref(), env.secrets_file.as_deref())?;
                     let ledger = match &env.log {
                         Some(p) => Ledger::open(p)?,
                         None => Ledger::in_memory(),
@@ -367,6 +371,20 @@ impl Setup {
             None => oracle,
         };
         let held_out = eval.iter().map(|e| e.item.text.trim().to_string()).collect();
+        let remote = match &cfg.settings.backend {
+            Backend::Local => None,
+            Backend::Remote(r) => {
+                let key = api_key(r.api_key_env.as_ref(), env.secrets_file.as_deref())?;
+                let remote = Remote::new(r.clone(), key, tokenizer.clone(), Arc::new(Destinations::any()))?;
+                let checked = remote.check().with_context(|| format!("checking the model server at {}", r.base_url))?;
+                tracing::info!(
+                    base_url = %r.base_url,
+                    d_same = checked.d_same,
+                    "model server checked: tokenisation and prompt log-probs agree"
+                );
+                Some(remote)
+            }
+        };
         Ok(Self {
             base,
             tokenizer,
@@ -379,6 +397,7 @@ impl Setup {
             held_out_report,
             held_out,
             duplicates,
+            remote,
         })
     }
 }

@@ -51,10 +51,11 @@ impl JudgeError {
     }
 }
 
-/// The API key of `settings`: the named variable from the environment, else from `secrets`
-/// (lines of `NAME=value`, `#` comments). None when no variable is named or it is found nowhere.
-pub fn api_key(settings: &JudgeSettings, secrets: Option<&Path>) -> Result<Option<String>, JudgeError> {
-    let Some(name) = &settings.api_key_env else { return Ok(None) };
+/// The API key in the variable `name` (a judge's or a model server's `api_key_env`): from the
+/// environment, else from `secrets` (lines of `NAME=value`, `#` comments). None when no
+/// variable is named or it is found nowhere.
+pub fn api_key(name: Option<&String>, secrets: Option<&Path>) -> Result<Option<String>, JudgeError> {
+    let Some(name) = name else { return Ok(None) };
     if let Ok(v) = std::env::var(name)
         && !v.trim().is_empty()
     {
@@ -96,10 +97,15 @@ mod tests {
         let secrets = dir.path().join("secrets.env");
         std::fs::write(&secrets, "# keys\nOTHER_API_KEY=x\nexport APL_TEST_JUDGE_API_KEY=\"sk-file\"\n").unwrap();
         let s = JudgeSettings { api_key_env: Some("APL_TEST_JUDGE_API_KEY".into()), ..Default::default() };
-        assert_eq!(api_key(&s, Some(&secrets)).unwrap().as_deref(), Some("sk-file"));
-        assert_eq!(api_key(&s, None).unwrap(), None);
+        assert_eq!(api_key(s.api_key_env.as_ref(), Some(&secrets)).unwrap().as_deref(), Some("sk-file"));
+        assert_eq!(api_key(s.api_key_env.as_ref(), None).unwrap(), None);
         let none = JudgeSettings { api_key_env: None, ..Default::default() };
-        assert_eq!(api_key(&none, Some(&secrets)).unwrap(), None);
-        assert!(api_key(&s, Some(&dir.path().join("missing"))).unwrap_err().to_string().contains("secrets file"));
+        assert_eq!(api_key(none.api_key_env.as_ref(), Some(&secrets)).unwrap(), None);
+        assert!(
+            api_key(s.api_key_env.as_ref(), Some(&dir.path().join("missing")))
+                .unwrap_err()
+                .to_string()
+                .contains("secrets file")
+        );
     }
 }

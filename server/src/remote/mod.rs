@@ -29,8 +29,11 @@ use std::time::Duration;
 
 use apl_engine::backend::{ModelBackend, Role, SampleJob};
 use apl_engine::model::{FinishReason, ModelError, Sample, Tokenizer};
+use apl_engine::train::peft;
+use apl_engine::train::policy::Policy;
 use apl_shared::settings::{RemoteBackend, ServerKind};
 use futures_util::StreamExt;
+use sha2::Digest;
 
 use crate::judge::destination::Destinations;
 use crate::openai::{Blocking, CallError, Client, ClientConfig, ClientError, Who};
@@ -74,8 +77,6 @@ pub struct Remote {
     reference: Option<Server>,
     settings: RemoteBackend,
     tokenizer: Tokenizer,
-    /// The policy's model name on `main`.
-    policy_model: String,
     blocking: Blocking,
     /// Token texts to ids, for servers that return tokens as text (built on first use).
     pieces: OnceLock<HashMap<String, Option<u32>>>,
@@ -83,7 +84,7 @@ pub struct Remote {
 
 impl std::fmt::Debug for Remote {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Remote").field("main", &self.main).field("policy", &self.policy_model).finish()
+        f.debug_struct("Remote").field("main", &self.main).field("model", &self.settings.model).finish()
     }
 }
 
@@ -123,15 +124,7 @@ impl Remote {
             Some(url) => Some(server(url, settings.reference_server.unwrap_or(settings.server))?),
             None => None,
         };
-        Ok(Self {
-            main,
-            reference,
-            policy_model: settings.model.clone(),
-            settings,
-            tokenizer,
-            blocking: Blocking::default(),
-            pieces: OnceLock::new(),
-        })
+        Ok(Self { main, reference, settings, tokenizer, blocking: Blocking::default(), pieces: OnceLock::new() })
     }
 
     /// The same backend, whose calls stop (in flight too) once `flag` is set.
@@ -140,10 +133,55 @@ impl Remote {
         self
     }
 
-    /// The policy is served under `name` (a loaded adapter) from now on.
-    pub fn with_policy(mut self, name: &str) -> Self {
-        self.policy_model = name.to_string();
-        self
+    /// This server as the loop's backend, with the policy served under `policy` (an adapter
+    /// it has loaded, [`Remote::load_adapter`]); None: the untrained policy, the base model.
+    pub fn serving(&self, policy: Option<&str>) -> Serving<'_> {
+        Serving { remote: self, policy: policy.unwrap_or(&self.settings.model).to_string() }
+    }
+
+    /// Has the main server serve a trained `policy`: its PEFT adapter written to `dir` (kept, so
+    /// the server can read it again after a restart) and loaded under a name from `label` and
+    /// the adapter's contents, so a long-lived server never answers for an older adapter of the
+    /// same label. Returns the name, for [`Remote::serving`].
+    pub fn serve_policy(&self, policy: &Policy, dir: &std::path::Path, label: &str) -> Result<String, RemoteError> {
+        peft::save(policy, dir, &self.settings.model)?;
+        let weights = dir.join(peft::WEIGHTS_FILE);
+        let bytes =
+            std::fs::read(&weights).map_err(|e| reply("serving the policy", format!("{}: {e}", weights.display())))?;
+        let digest = sha2::Sha256::digest(&bytes);
+        let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+        let label: String =
+            label.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).collect();
+        let name = format!("apl-{label}-{hex}");
+        self.load_adapter(&name, dir)?;
+        Ok(name)
+    }
+
+    /// Has the main server serve the PEFT adapter in `dir` under `name` (vLLM:
+    /// `--enable-lora`, `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`), unless it already does. The
+    /// server reads the directory itself: at the same path, or as `adapter_path_map` maps it.
+    pub fn load_adapter(&self, name: &str, dir: &std::path::Path) -> Result<(), RemoteError> {
+        let c = &self.main.client;
+        let models = self.run(vec![async { Ok(c.get(&c.api("/models"), parse_models).await.result?) }])?.remove(0);
+        if models.iter().any(|m| m == name) {
+            return Ok(());
+        }
+        let local = dir.canonicalize().map_err(|e| reply("loading an adapter", format!("{}: {e}", dir.display())))?;
+        let path = match self.settings.adapter_path_map.as_ref().and_then(|m| m.split_once('=')) {
+            Some((from, to)) => match local.strip_prefix(from) {
+                Ok(rest) => std::path::Path::new(to).join(rest).display().to_string(),
+                Err(_) => {
+                    let problem = format!("{} is not under {from} (backend.adapter_path_map)", local.display());
+                    return Err(reply("loading an adapter", problem));
+                }
+            },
+            None => local.display().to_string(),
+        };
+        let body = serde_json::json!({"lora_name": name, "lora_path": path});
+        // vLLM answers in plain text.
+        self.run(vec![async { Ok(c.post(&c.api("/load_lora_adapter"), &body, |_| Ok(())).await.result?) }])?;
+        tracing::info!(name, path, "adapter loaded on the model server");
+        Ok(())
     }
 
     pub fn settings(&self) -> &RemoteBackend {
@@ -161,29 +199,19 @@ impl Remote {
         self.blocking.run(all).ok_or(RemoteError::Cancelled)?.into_iter().collect()
     }
 
-    /// The server and model name sampling `role`.
-    fn sampler(&self, role: Role) -> (&Server, &str) {
-        match role {
-            Role::Policy => (&self.main, &self.policy_model),
-            Role::Reference => (self.reference.as_ref().unwrap_or(&self.main), &self.settings.model),
-        }
-    }
-
-    fn model_of(&self, role: Role) -> &str {
-        match role {
-            Role::Policy => &self.policy_model,
-            Role::Reference => &self.settings.model,
-        }
-    }
-
-    /// Samples `job` from `role` (see [`ModelBackend::sample`]).
+    /// Samples `job` from `role`, the policy being served as `policy` (see
+    /// [`ModelBackend::sample`]).
     pub fn sample_rows(
         &self,
         role: Role,
+        policy: &str,
         job: &SampleJob<'_>,
         progress: &dyn Fn(usize, usize),
     ) -> Result<Vec<Sample>, RemoteError> {
-        let (server, model) = self.sampler(role);
+        let (server, model) = match role {
+            Role::Policy => (&self.main, policy),
+            Role::Reference => (self.reference.as_ref().unwrap_or(&self.main), self.settings.model.as_str()),
+        };
         let rows = job.lengths.len();
         let n = job.per_prompt.max(1);
         if rows != job.prompts.len() * n {
@@ -307,15 +335,15 @@ impl Remote {
         Ok(Sample { tokens, logprobs, finish })
     }
 
-    /// Each completion token's log-prob under `role` (of the main server), row by row.
+    /// Each completion token's log-prob under the main server's `model` (the base model's
+    /// name, or an adapter's), row by row.
     pub fn token_logprobs(
         &self,
-        role: Role,
+        model: &str,
         rows: &[(&[u32], &[u32])],
         progress: &dyn Fn(usize, usize),
     ) -> Result<Vec<Vec<f32>>, RemoteError> {
         let server = &self.main;
-        let model = self.model_of(role);
         let url = server.client.api("/completions");
         let done = std::cell::Cell::new(0);
         let tick = |k: usize| {
@@ -370,11 +398,11 @@ impl Remote {
 
     fn sums(
         &self,
-        role: Role,
+        model: &str,
         rows: &[(&[u32], &[u32])],
         progress: &dyn Fn(usize, usize),
     ) -> Result<Vec<f32>, RemoteError> {
-        let lps = self.token_logprobs(role, rows, progress)?;
+        let lps = self.token_logprobs(model, rows, progress)?;
         Ok(lps.iter().map(|l| l.iter().map(|&x| x as f64).sum::<f64>() as f32).collect())
     }
 }
@@ -492,14 +520,20 @@ fn echoed(c: &Completion, prompt: &str, completion: &str, tokens: usize) -> Resu
     finite(&lp.token_logprobs[k0..k1], "completion token")
 }
 
-impl ModelBackend for Remote {
+/// A [`Remote`] with its policy named (see [`Remote::serving`]).
+pub struct Serving<'a> {
+    remote: &'a Remote,
+    policy: String,
+}
+
+impl ModelBackend for Serving<'_> {
     fn sample(
         &self,
         role: Role,
         job: &SampleJob<'_>,
         progress: &dyn Fn(usize, usize),
     ) -> apl_engine::model::Result<Vec<Sample>> {
-        self.sample_rows(role, job, progress).map_err(into_model)
+        self.remote.sample_rows(role, &self.policy, job, progress).map_err(into_model)
     }
 
     fn score(
@@ -508,12 +542,13 @@ impl ModelBackend for Remote {
         _batch: usize,
         progress: &dyn Fn(usize, usize),
     ) -> apl_engine::model::Result<(Vec<f32>, Vec<f32>)> {
-        let reference = self.sums(Role::Reference, rows, progress).map_err(into_model)?;
+        let base = &self.remote.settings.model;
+        let reference = self.remote.sums(base, rows, progress).map_err(into_model)?;
         // An untrained policy is the reference: asked once.
-        let policy = if self.policy_model == self.settings.model {
+        let policy = if &self.policy == base {
             reference.clone()
         } else {
-            self.sums(Role::Policy, rows, progress).map_err(into_model)?
+            self.remote.sums(&self.policy, rows, progress).map_err(into_model)?
         };
         Ok((policy, reference))
     }
@@ -524,8 +559,26 @@ impl ModelBackend for Remote {
         _batch: usize,
         progress: &dyn Fn(usize, usize),
     ) -> apl_engine::model::Result<Vec<f32>> {
-        self.sums(Role::Reference, rows, progress).map_err(into_model)
+        self.remote.sums(&self.remote.settings.model, rows, progress).map_err(into_model)
     }
+}
+
+/// The model names a server lists (`GET /v1/models`).
+fn parse_models(bytes: &[u8]) -> Result<Vec<String>, CallError> {
+    #[derive(serde::Deserialize)]
+    struct Models {
+        data: Vec<Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        id: String,
+    }
+    let m: Models = serde_json::from_slice(bytes).map_err(|_| CallError::Malformed {
+        who: Who::Model,
+        expected: "a model list",
+        shape: crate::openai::shape(bytes),
+    })?;
+    Ok(m.data.into_iter().map(|e| e.id).collect())
 }
 
 fn into_model(e: RemoteError) -> ModelError {

@@ -68,8 +68,10 @@ fn parse_tokens(bytes: &[u8]) -> Result<Tokens, CallError> {
 /// Top alternatives at one position: key (token id, or text on text servers) → log-prob.
 type Top = HashMap<String, f64>;
 
+/// A server's top alternatives under comparable keys. Text keys that do not name one token
+/// (empty, or with U+FFFD: pieces of a character, which text servers key alike) are left out.
 fn top_of(m: &HashMap<String, f64>) -> Top {
-    m.iter().map(|(k, v)| (wire::top_key(k), *v)).collect()
+    m.iter().filter(|(k, _)| !k.is_empty() && !k.contains('\u{FFFD}')).map(|(k, v)| (wire::top_key(k), *v)).collect()
 }
 
 /// Mean |a - b| over the keys both have; infinite when none.
@@ -92,14 +94,20 @@ impl Remote {
     /// Runs the checks of the module header on every server this backend uses; a server that
     /// fails is refused, naming the problem.
     pub fn check(&self) -> Result<Checked, RemoteError> {
-        self.check_tokenisation(&self.main)?;
-        if let Some(r) = &self.reference {
-            self.check_tokenisation(r)?;
-        }
+        self.check_tokenisation()?;
         self.check_prompt_logprobs()
     }
 
-    fn check_tokenisation(&self, server: &Server) -> Result<(), RemoteError> {
+    /// The tokenisation check on every server (the probe texts compared).
+    pub fn check_tokenisation(&self) -> Result<usize, RemoteError> {
+        self.tokenisation_of(&self.main)?;
+        if let Some(r) = &self.reference {
+            self.tokenisation_of(r)?;
+        }
+        Ok(PROBES.len())
+    }
+
+    fn tokenisation_of(&self, server: &Server) -> Result<(), RemoteError> {
         let calls: Vec<_> = PROBES
             .iter()
             .map(|text| async move {
@@ -205,7 +213,8 @@ impl Remote {
             .ok_or_else(|| reply("a next-token request", "no top log-probs"))
     }
 
-    fn check_prompt_logprobs(&self) -> Result<Checked, RemoteError> {
+    /// The prompt log-probs check on the scoring server.
+    pub fn check_prompt_logprobs(&self) -> Result<Checked, RemoteError> {
         let ids = self.tokenizer.encode(ECHO_PROBE, true)?;
         let echo = self.echo(&ids)?;
         let n = echo.keys.len();
@@ -230,6 +239,7 @@ impl Remote {
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
         let (d_same, d_next) = (mean(&same), mean(&next));
         tracing::info!(d_same, d_next, "model server's prompt log-probs probed");
+        let nats = |d: f64| if d.is_finite() { format!("{d:.3}") } else { "∞ (no alternative in common)".into() };
         if d_same <= TOLERANCE {
             return Ok(Checked { probes: PROBES.len(), d_same, d_next });
         }
@@ -257,16 +267,20 @@ impl Remote {
             return Err(RemoteError::Refused(format!(
                 "the model server's prompt log-probs are read one position late (llama-cpp-python issue #1983): \
                  {piece:?} is reported at {reported} with {} on top, but a next-token request on {prefix_text} {theirs} \
-                 with {} on top (mean |Δ log p| {d_same:.3} against the right position, {d_next:.3} against the next); \
+                 with {} on top (mean |Δ log p| {} against the right position, {} against the next); \
                  score on a server whose prompt log-probs are right (vLLM) or fix the server",
                 best(&top),
-                best(&before)
+                best(&before),
+                nats(d_same),
+                nats(d_next)
             )));
         }
         Err(RemoteError::Refused(format!(
-            "the model server's prompt log-probs disagree with its own next-token log-probs: mean |Δ log p| {d_same:.3} \
-             at the right position and {d_next:.3} one later (tolerance {TOLERANCE}); {piece:?} is reported at \
-             {reported}, a next-token request on {prefix_text} {theirs}"
+            "the model server's prompt log-probs disagree with its own next-token log-probs: mean |Δ log p| {} \
+             at the right position and {} one later (tolerance {TOLERANCE}); {piece:?} is reported at \
+             {reported}, a next-token request on {prefix_text} {theirs}",
+            nats(d_same),
+            nats(d_next)
         )))
     }
 }

@@ -160,16 +160,21 @@ pub fn text_echo(model: &str, text: &str, top: usize) -> Value {
     })
 }
 
-/// The most likely next tokens after a prompt (ids for vLLM, text otherwise): greedy, one token.
+/// The most likely next tokens after a prompt (token ids, keyed `token_id:N`, for vLLM; text,
+/// keyed by token text as its echo keys them, otherwise): greedy, one token.
 pub fn next_token(model: &str, prompt: Value, top: usize) -> Value {
-    json!({
+    let ids = prompt.is_array();
+    let mut body = json!({
         "model": model,
         "prompt": prompt,
         "max_tokens": 1,
         "temperature": 0.0,
         "logprobs": top,
-        "return_tokens_as_token_ids": true,
-    })
+    });
+    if ids {
+        body["return_tokens_as_token_ids"] = json!(true);
+    }
+    body
 }
 
 /// A token id from vLLM's `token_id:N` form.

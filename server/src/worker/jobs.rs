@@ -20,8 +20,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::remote::{Remote, RemoteError};
 use apl_engine::acquire::PromptItem;
-use apl_engine::backend::Local;
+use apl_engine::backend::{Local, ModelBackend};
 use apl_engine::model::ModelError;
 use apl_engine::oracle::length::LengthOracle;
 use apl_engine::oracle::{Comparison, Oracle};
@@ -29,7 +30,7 @@ use apl_engine::round::{Baseline, EvalSeeds, Observer, Round, RoundError};
 use apl_engine::train::optim::Adam;
 use apl_engine::train::policy::Policy;
 use apl_engine::train::trainer::{PreferencePair, PrefixCache, StepStats};
-use apl_shared::settings::{InvalidSetting, LoopSettings};
+use apl_shared::settings::{Backend, InvalidSetting, LoopSettings};
 use apl_shared::{
     Acquisition, EvalSample, Evaluated, EvaluationDetails, Generated, Job, JobKind, JobParams, JobProgress, JobResult,
     LabelledBy, Labeller, Mode, PairKind, Project, Split, TrainSummary, Trained,
@@ -58,6 +59,8 @@ pub enum JobError {
     Judge(#[from] JudgeError),
     #[error(transparent)]
     Settings(#[from] InvalidSetting),
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
     #[error("loading checkpoint {id}")]
     Checkpoint {
         id: String,
@@ -153,6 +156,31 @@ impl Ctx<'_> {
             ))),
             Labeller::Raters => return Err(JobError::Cannot("human raters are not an automatic labeller".into())),
         })
+    }
+
+    /// The project's model server, checked and cancelled with the job (None: this engine).
+    fn remote(&self) -> JobResultOf<Option<Remote>> {
+        match &self.settings().backend {
+            Backend::Local => Ok(None),
+            Backend::Remote(r) => {
+                let remote = self.worker.remote(r)?.cancelled_by(self.cancelled.clone());
+                remote.check()?;
+                Ok(Some(remote))
+            }
+        }
+    }
+
+    /// The name the model server serves `checkpoint`'s policy under (its PEFT adapter beside
+    /// the checkpoint, written and loaded on first use); None for the starting model.
+    fn served(
+        &self,
+        remote: &Remote,
+        policy: &Policy,
+        checkpoint: Option<&CheckpointRow>,
+    ) -> JobResultOf<Option<String>> {
+        let Some(c) = checkpoint else { return Ok(None) };
+        let dir = std::path::Path::new(&c.path).with_extension("peft");
+        Ok(Some(remote.serve_policy(policy, &dir, &c.id)?))
     }
 
     /// The policy of `checkpoint` (the starting model when none).
@@ -405,7 +433,15 @@ fn generate(ctx: &Ctx, p: &JobParams) -> JobResultOf<Generated> {
     };
     ctx.phase("acquiring", String::new());
     let seed = s.seed ^ (number as u64).wrapping_mul(0x9e37_79b9);
-    let (cands, mut stats) = ctx.round().acquire(&policy, None, acq, m, &mut draw, seed, checkpoint.is_none())?;
+    let local = Local::new(&policy, None, tok.eos_ids());
+    let remote = ctx.remote()?;
+    let served = match &remote {
+        Some(r) => ctx.served(r, &policy, checkpoint.as_ref())?,
+        None => None,
+    };
+    let serving = remote.as_ref().map(|r| r.serving(served.as_deref()));
+    let backend: &dyn ModelBackend = serving.as_ref().map_or(&local as &dyn ModelBackend, |s| s);
+    let (cands, mut stats) = ctx.round().acquire(backend, acq, m, &mut draw, seed, checkpoint.is_none())?;
     stats.prompts_skipped = skipped.get();
     if stats.prompts_skipped > 0 {
         tracing::warn!(project = %pid, skipped = stats.prompts_skipped, room, "prompts too long for the model passed over");
@@ -516,6 +552,13 @@ fn train(ctx: &Ctx) -> JobResultOf<Trained> {
     }
     let newest = pairs.iter().map(|(r, _)| *r).max().unwrap_or(0);
     let cache = std::cell::RefCell::new(PrefixCache::default());
+    // Reference log-probs where the acquisition's came from: this engine or the model server.
+    let remote = ctx.remote()?;
+    let local = Local::new(&policy, Some(&cache), ctx.worker.tokenizer.eos_ids());
+    match &remote {
+        Some(r) => ctx.round().references(&r.serving(None), &mut pairs, newest)?,
+        None => ctx.round().references(&local, &mut pairs, newest)?,
+    };
     let trained = ctx.round().train(&mut policy, &mut opt, &mut pairs, newest, s.train.seed, &cache)?;
     let id = new_id();
     let dir = ctx.worker.data_dir.join("checkpoints").join(pid);
@@ -575,8 +618,15 @@ fn evaluate(ctx: &Ctx, p: &JobParams) -> JobResultOf<Evaluated> {
     let policy_seed = s.seed ^ 0x5eed_e7a1;
     let seeds = EvalSeeds { policy: policy_seed, baseline: s.seed ^ BASELINE_SEED, lengths: Some(policy_seed) };
     ctx.phase("policy samples", String::new());
-    let backend = Local::new(&policy, None, tok.eos_ids());
-    let ev = ctx.round().evaluate(&backend, &items, Baseline::Reference, &*oracle, seeds)?;
+    let local = Local::new(&policy, None, tok.eos_ids());
+    let remote = ctx.remote()?;
+    let ev = match &remote {
+        Some(r) => {
+            let served = ctx.served(r, &policy, checkpoint.as_ref())?;
+            ctx.round().evaluate(&r.serving(served.as_deref()), &items, Baseline::Reference, &*oracle, seeds)?
+        }
+        None => ctx.round().evaluate(&local, &items, Baseline::Reference, &*oracle, seeds)?,
+    };
     let samples = prompts
         .iter()
         .zip(ev.policy.iter().zip(&ev.baseline).zip(&ev.outcomes))

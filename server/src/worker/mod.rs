@@ -17,11 +17,13 @@ use rand_chacha::ChaCha8Rng;
 use crate::judge::destination::Destinations;
 use crate::judge::ledger::Ledger;
 use crate::judge::{JudgeError, JudgeSettings, LlmJudge};
+use crate::remote::Remote;
 use apl_engine::data::imdb::{Prompt, Review};
 use apl_engine::model::{
     Checkpoint, Model, ModelError, SampleRequest, SamplingConfig, Tokenizer, sample, sequence_logprobs,
 };
 use apl_engine::oracle::sentiment::{NaiveBayes, SentimentOracle};
+use apl_shared::settings::RemoteBackend;
 use jobs::JobError;
 
 /// What the worker is built from.
@@ -97,9 +99,17 @@ impl Worker {
 
     /// A project's LLM judge; its audit log (and cache) is `DATA_DIR/judge/<project>.jsonl`.
     pub fn llm_judge(&self, project_id: &str, settings: &JudgeSettings) -> Result<LlmJudge, JudgeError> {
-        let key = crate::judge::api_key(settings, self.secrets_file.as_deref())?;
+        let key = crate::judge::api_key(settings.api_key_env.as_ref(), self.secrets_file.as_deref())?;
         let ledger = Ledger::open(&self.judge_log(project_id))?;
         LlmJudge::new(settings.clone(), key, Arc::new(ledger), self.judge_destinations.clone())
+    }
+
+    /// A model server for a project's sampling and scoring (`loop_settings.backend`), reached
+    /// under the same destination policy as the judges, with its key from the environment or
+    /// the secrets file.
+    pub fn remote(&self, settings: &RemoteBackend) -> Result<Remote, JobError> {
+        let key = crate::judge::api_key(settings.api_key_env.as_ref(), self.secrets_file.as_deref())?;
+        Ok(Remote::new(settings.clone(), key, self.tokenizer.clone(), self.judge_destinations.clone())?)
     }
 
     pub fn judge_log(&self, project_id: &str) -> PathBuf {

@@ -1,6 +1,7 @@
 //! Helpers shared by the server's tests: the engine's committed tiny fixtures.
 #![allow(dead_code)]
 
+pub mod model_server;
 pub mod process;
 
 use std::path::PathBuf;

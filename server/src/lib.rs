@@ -15,4 +15,5 @@ pub mod judge;
 pub mod openai;
 pub mod remote;
 pub mod store;
+pub mod trl;
 pub mod worker;

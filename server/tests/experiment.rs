@@ -5,43 +5,24 @@
 
 mod common;
 
+use common::Quiet;
+
 use std::io::Write;
 
 use apl::analytics::paired::{SeedScores, paired_difference, resamples};
 use apl::experiment::config::ExperimentConfig;
 use apl::experiment::run::PhaseRecord;
+use apl::experiment::run_experiment;
 use apl::experiment::setup::{JudgeEnv, Setup};
-use apl::experiment::{Observer, run_experiment};
 use apl_shared::settings::{AdamConfig, Trainable};
 use apl_shared::{Acquisition, Labeller, Mode, Preset, Task, Vocabulary};
 use candle_core::DType;
-
-struct Quiet;
-impl Observer for Quiet {
-    fn begin(&self, _: usize, _: usize) {}
-    fn stage(&self, _: &str, _: &str, _: usize, _: usize) {}
-    fn phase(&self, _: &PhaseRecord) {}
-}
-
-/// A prompt file of `n` distinct short phrases the tiny tokenizer can encode (four words, `i`
-/// written in base 12).
-fn prompts_file(dir: &std::path::Path, n: usize) -> std::path::PathBuf {
-    let words = ["the", "film", "was", "great", "boring", "acting", "story", "and", "I", "loved", "it", "plot"];
-    assert!(n <= 12usize.pow(4));
-    let path = dir.join("prompts.jsonl");
-    let mut f = std::fs::File::create(&path).unwrap();
-    for i in 0..n {
-        let p: Vec<&str> = (0..4).map(|k| words[(i / 12usize.pow(k)) % words.len()]).collect();
-        writeln!(f, "{}", serde_json::json!({"prompt": p.join(" ")})).unwrap();
-    }
-    path
-}
 
 fn tiny(dir: &std::path::Path) -> ExperimentConfig {
     let mut c = ExperimentConfig::preset(Preset::ImdbCpu);
     c.preset = None;
     c.task.kind = Task::Generic;
-    c.task.path = Some(prompts_file(dir, 1200));
+    c.task.path = Some(common::prompts_file(dir, 1200));
     c.acquisitions = vec![Acquisition::Random, Acquisition::Certainty];
     c.schedule = vec![96, 256];
     c.seeds = vec![0];

@@ -240,13 +240,6 @@ async fn busy_servers_are_retried_and_cancelled_calls_dropped() {
     assert!(t.elapsed() < Duration::from_secs(5));
 }
 
-struct Quiet;
-impl apl::experiment::Observer for Quiet {
-    fn begin(&self, _: usize, _: usize) {}
-    fn stage(&self, _: &str, _: &str, _: usize, _: usize) {}
-    fn phase(&self, _: &apl::experiment::run::PhaseRecord) {}
-}
-
 /// An experiment whose sampling and scoring all go to the server: the trained policy of each
 /// phase written as a PEFT adapter, loaded by name (the mock reads it with this engine's PEFT
 /// loader), and asked for by that name; what the server then computes for it equals the
@@ -260,19 +253,10 @@ async fn an_experiment_runs_on_the_server_with_its_policy_as_an_adapter() {
 
     let (url, mock) = start_with(Faults::default(), Some(common::load("llama", DType::F32))).await;
     let dir = tempfile::tempdir().unwrap();
-    let prompts = dir.path().join("prompts.jsonl");
-    let words = ["the", "film", "was", "great", "boring", "acting", "story", "and"];
-    let lines: Vec<String> = (0..300)
-        .map(|i| {
-            let p: Vec<&str> = (0..3).map(|k| words[(i / 8usize.pow(k)) % 8]).collect();
-            serde_json::json!({"prompt": p.join(" ")}).to_string()
-        })
-        .collect();
-    std::fs::write(&prompts, lines.join("\n")).unwrap();
     let mut c = ExperimentConfig::preset(Preset::ImdbCpu);
     c.preset = None;
     c.task.kind = Task::Generic;
-    c.task.path = Some(prompts);
+    c.task.path = Some(common::prompts_file(dir.path(), 300));
     c.acquisitions = vec![Acquisition::Certainty];
     c.schedule = vec![16, 32];
     c.seeds = vec![0];
@@ -294,7 +278,7 @@ async fn an_experiment_runs_on_the_server_with_its_policy_as_an_adapter() {
     let out = dir.path().join("out");
     let (records, run) = blocking(move || {
         let setup = Setup::build(&c, common::load("llama", DType::F32), None, &JudgeEnv::default()).unwrap();
-        let records = apl::experiment::run_experiment(&c, &setup, &out, &Quiet).unwrap();
+        let records = apl::experiment::run_experiment(&c, &setup, &out, &common::Quiet).unwrap();
         (records, out.join("runs/certainty-seed0"))
     })
     .await;

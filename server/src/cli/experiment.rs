@@ -126,6 +126,14 @@ pub struct Args {
     pub reference_base_url: Option<String>,
     #[arg(long, requires = "reference_base_url")]
     pub reference_server: Option<ServerKind>,
+    /// Train each phase with this command instead of this engine's DPO, e.g. 'trl dpo
+    /// --dataset_name {data} --model_name_or_path {base} --output_dir {out} --use_peft
+    /// --lora_r {rank} --lora_alpha {alpha} --lora_target_modules {targets} --beta {beta}
+    /// --learning_rate {lr} --num_train_epochs {epochs} --per_device_train_batch_size {batch}
+    /// --seed {seed} --logging_steps 1 --disable_tqdm true --report_to none' (split into words
+    /// here, no shell; needs --lora-rank).
+    #[arg(long)]
+    pub trainer_command: Option<String>,
     /// Results directory [default: experiments/PRESET].
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -248,6 +256,9 @@ pub fn resolve(a: &Args) -> Result<ExperimentConfig> {
         }
     }
     cfg.held_out_judge |= a.held_out_judge;
+    if let Some(t) = &a.trainer_command {
+        cfg.trainer_command = Some(t.clone());
+    }
     if a.remote {
         let mut r = match &s.backend {
             Backend::Remote(r) => r.clone(),

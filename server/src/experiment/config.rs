@@ -68,6 +68,9 @@ pub struct ExperimentConfig {
     /// trains on the other half), so a policy that games the labeller's quirks is not counted
     /// as a gain. Both win-rates are reported.
     pub held_out_judge: bool,
+    /// Train each phase with this command (TRL; `trl`'s module header has its placeholders)
+    /// instead of this engine's DPO. The operator's own text: experiments run on their machine.
+    pub trainer_command: Option<String>,
     /// The learning loop: acquisition factors, labeller, training, evaluation.
     pub settings: LoopSettings,
 }
@@ -102,6 +105,7 @@ impl ExperimentConfig {
             oracle_test_reviews: 2000,
             rater_noise: None,
             held_out_judge: false,
+            trainer_command: None,
             settings,
         }
     }
@@ -151,6 +155,19 @@ impl ExperimentConfig {
         }
         let s = &self.settings;
         s.validate().map_err(|e| anyhow::anyhow!(e.within("settings")))?;
+        if let Some(t) = &self.trainer_command {
+            crate::trl::split_words(t).map_err(|e| anyhow::anyhow!("trainer_command: {e}"))?;
+            if !matches!(s.trainable, apl_shared::settings::Trainable::Lora { .. }) {
+                bail!(
+                    "trainer_command: the trainer writes a LoRA adapter: set settings.trainable.kind to lora (--lora-rank)"
+                );
+            }
+            if s.mode != apl_shared::Mode::Reset {
+                bail!(
+                    "trainer_command: the trainer starts from the base model each phase: settings.mode must be reset"
+                );
+            }
+        }
         for (field, who) in [("settings.labeller", s.labeller), ("settings.eval.judge", s.eval.judge)] {
             if !who.is_automatic() {
                 bail!("{field}: an experiment needs an automatic labeller (sentiment, length, judge or local_judge)");

@@ -177,6 +177,36 @@ impl Run<'_> {
         self.dir.join(format!("policy-phase-{phase}.peft"))
     }
 
+    /// Trains phase `phase`'s policy with the operator's command (TRL), from the base model:
+    /// the base written as an HF directory once (`base-hf/` beside the runs, unless the model
+    /// is a directory transformers reads whole), the run's files in `trl-phase-P/`.
+    fn train_elsewhere(
+        &self,
+        template: &str,
+        pairs: &[PreferencePair],
+        phase: usize,
+        seed: u64,
+        observer: &dyn Observer,
+    ) -> Result<(Policy, apl_engine::train::trainer::TrainReport)> {
+        let base = &self.setup.base;
+        let base_dir = if base.source.join("tokenizer_config.json").exists() {
+            base.source.clone()
+        } else {
+            let dir = self.dir.join("../../base-hf");
+            if !dir.join("tokenizer_config.json").exists() {
+                crate::trl::write_base(base, &self.setup.tokenizer, &dir)
+                    .context("writing the base model for the trainer")?;
+            }
+            dir
+        };
+        let work = self.dir.join(format!("trl-phase-{phase}"));
+        let run = crate::trl::TrlRun { template, base_dir: &base_dir, work: &work, seed, own_group: false };
+        let s = &self.cfg.settings;
+        let trained = crate::trl::train(&run, s, &self.setup.tokenizer, base.clone(), pairs, observer)
+            .with_context(|| format!("phase {phase}: training with the trainer command"))?;
+        Ok(trained)
+    }
+
     /// Has the model server serve the policy of `phase`; its name there.
     fn serve(&self, remote: &Remote, policy: &Policy, phase: usize) -> Result<String> {
         let label = format!("{}-seed{}-phase{phase}", self.acquisition.name(), self.seed);
@@ -371,10 +401,20 @@ impl Run<'_> {
 
             // Train, as the settings' mode says.
             let mut pairs: Vec<(usize, PreferencePair)> = data.iter().map(|s| (s.phase, s.pair.clone())).collect();
-            round.references(backend, &mut pairs, phase)?;
-            let trained =
-                round.train(&mut policy, &mut opt, &mut pairs, phase, stage_seed(self.seed, phase, 4), &cache)?;
-            let report = &trained.report;
+            let train_seed = stage_seed(self.seed, phase, 4);
+            let trained = match &cfg.trainer_command {
+                Some(template) => {
+                    let all: Vec<PreferencePair> = pairs.into_iter().map(|(_, p)| p).collect();
+                    let (trained, report) = self.train_elsewhere(template, &all, phase, train_seed, &observer)?;
+                    policy = trained;
+                    report
+                }
+                None => {
+                    round.references(backend, &mut pairs, phase)?;
+                    round.train(&mut policy, &mut opt, &mut pairs, phase, train_seed, &cache)?.report
+                }
+            };
+            let report = &trained;
             timings.train_prefix_cache = report.prefix_seconds;
             timings.train_steps = report.seconds - report.prefix_seconds;
 

@@ -238,14 +238,14 @@ impl Round<'_> {
     }
 
     /// Fills the reference log-probs of the (round, pair)s that `train` will train on (in
-    /// online mode only the newest round's): call it before `train`. Returns the seconds taken.
+    /// online mode only the newest round's): call it before `train`, with the backend of the
+    /// engine that trains.
     pub fn references(
         &self,
         backend: &dyn ModelBackend,
         pairs: &mut [(usize, PreferencePair)],
         newest: usize,
-    ) -> Result<f64> {
-        let t = Instant::now();
+    ) -> Result<()> {
         let online = self.settings.mode == Mode::Online;
         let used = |r: usize| !online || r == newest;
         let mut fresh: Vec<PreferencePair> = pairs.iter().filter(|(r, _)| used(*r)).map(|(_, p)| p.clone()).collect();
@@ -253,7 +253,7 @@ impl Round<'_> {
         for ((_, p), filled) in pairs.iter_mut().filter(|(r, _)| used(*r)).zip(fresh) {
             *p = filled;
         }
-        Ok(t.elapsed().as_secs_f64())
+        Ok(())
     }
 
     /// Trains with DPO as the settings' `mode` says: `reset` (the paper) starts again from the

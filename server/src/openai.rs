@@ -276,8 +276,9 @@ impl Client {
 }
 
 /// Runs a client's calls from the loop's threads, which block: on the caller's runtime when
-/// there is one (a worker's `spawn_blocking` thread), else on a runtime of its own. Calls in
-/// flight are dropped once the cancel flag (a job's) is set.
+/// there is one (a worker's `spawn_blocking` thread), else on a runtime of its own. Never call
+/// it from a runtime's own worker threads (tokio refuses to block them). Calls in flight are
+/// dropped once the cancel flag (a job's) is set.
 #[derive(Default)]
 pub struct Blocking {
     cancel: Option<Arc<AtomicBool>>,

@@ -9,7 +9,8 @@
 //! one word per projection: `{data}` (a directory with `train.jsonl`: prompt, chosen, rejected,
 //! the shape `load_dataset(dir)` reads), `{base}` (the base model as an HF directory), `{out}`
 //! (where the adapter must be written), `{beta}`, `{lr}`, `{epochs}`, `{batch}`, `{seed}`,
-//! `{rank}`, `{alpha}`, `{targets}`. An unknown placeholder is refused before anything runs.
+//! `{rank}`, `{alpha}`, `{targets}`; `{{` and `}}` are literal braces. An unknown placeholder is
+//! refused before anything runs.
 //!
 //! In a server's job the process gets its own process group; cancelling the job sends it
 //! SIGTERM and, ten seconds later, SIGKILL (a command-line run shares the terminal's group, so
@@ -46,6 +47,8 @@ pub enum TrlError {
     Failed { status: String, log: PathBuf, tail: String },
     #[error("cancelled: the trainer command was stopped")]
     Cancelled,
+    #[error("the trainer logged a loss of {loss} at step {step} ({log}): its adapter is not kept")]
+    Diverged { step: usize, loss: f64, log: PathBuf },
     #[error("{what} {}", path.display())]
     Io {
         what: &'static str,
@@ -138,6 +141,12 @@ pub fn expand(template: &str, values: &[(&str, Vec<String>)]) -> Result<Vec<Stri
         let mut rest = word.as_str();
         while let Some(i) = rest.find('{') {
             out.push_str(&rest[..i]);
+            // `{{` is a literal brace (JSON in an argument).
+            if rest[i..].starts_with("{{") {
+                out.push('{');
+                rest = &rest[i + 2..];
+                continue;
+            }
             let Some(j) = rest[i..].find('}') else {
                 return Err(TrlError::Template(format!("an unclosed {{ in {word:?}")));
             };
@@ -157,7 +166,7 @@ pub fn expand(template: &str, values: &[(&str, Vec<String>)]) -> Result<Vec<Stri
             }
             rest = &rest[i + j + 1..];
         }
-        out.push_str(rest);
+        out.push_str(&rest.replace("}}", "}"));
         argv.push(out);
     }
     Ok(argv)
@@ -231,11 +240,19 @@ pub fn train(
     let _ = std::fs::remove_dir_all(&out);
     let jsonl = data.join("train.jsonl");
     let mut f = std::io::BufWriter::new(std::fs::File::create(&jsonl).map_err(io("creating", &jsonl))?);
+    // Texts as TRL tokenises them: without the BOS the tokenizer adds to prompts, and without
+    // end-of-sequence tokens, which TRL appends to every completion itself.
+    let added = tokenizer.encode("", true)?;
+    let eos = tokenizer.eos_ids();
+    let completion = |ids: &[u32]| -> Result<String, ModelError> {
+        let kept: Vec<u32> = ids.iter().copied().filter(|t| !eos.contains(t)).collect();
+        tokenizer.decode(&kept)
+    };
     for p in pairs {
         let row = serde_json::json!({
-            "prompt": tokenizer.decode(&p.prompt)?,
-            "chosen": tokenizer.decode(&p.chosen)?,
-            "rejected": tokenizer.decode(&p.rejected)?,
+            "prompt": tokenizer.decode(p.prompt.strip_prefix(added.as_slice()).unwrap_or(&p.prompt))?,
+            "chosen": completion(&p.chosen)?,
+            "rejected": completion(&p.rejected)?,
         });
         writeln!(f, "{row}").map_err(io("writing", &jsonl))?;
     }
@@ -269,13 +286,15 @@ pub fn train(
     }
     let mut child = command.spawn().map_err(|source| TrlError::Spawn { program: argv[0].clone(), source })?;
     let (tx, rx) = mpsc::channel::<String>();
-    let readers: Vec<_> = [
+    // Reader threads end with their pipe (they are not waited for: a process the command left
+    // behind may hold it open).
+    for stream in [
         child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
         child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
     ]
     .into_iter()
     .flatten()
-    .map(|stream| {
+    {
         let tx = tx.clone();
         std::thread::spawn(move || {
             // Progress bars rewrite their line with \r: each rewrite is a line here.
@@ -286,9 +305,8 @@ pub fn train(
                     }
                 }
             }
-        })
-    })
-    .collect();
+        });
+    }
     drop(tx);
 
     let per_epoch = pairs.len().div_ceil(t.pairs_per_step.max(1));
@@ -297,6 +315,7 @@ pub fn train(
     let mut tail: std::collections::VecDeque<String> = Default::default();
     let mut last_step = Instant::now();
     let mut killed_at: Option<Instant> = None;
+    let mut exited_at: Option<Instant> = None;
     let pgid = child.id();
     loop {
         match rx.recv_timeout(Duration::from_millis(200)) {
@@ -323,7 +342,18 @@ pub fn train(
                     steps.push(s);
                 }
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                // A process the command left behind (a daemon, an ssh it started) may hold the
+                // pipes open: once the command itself has ended, a quiet second ends the wait.
+                if exited_at.is_none()
+                    && child.try_wait().map_err(io("waiting for the trainer in", run.work))?.is_some()
+                {
+                    exited_at = Some(Instant::now());
+                }
+                if exited_at.is_some_and(|t| t.elapsed() > Duration::from_secs(1)) {
+                    break;
+                }
+            }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
         if observer.cancelled() && !run.own_group && killed_at.is_none() {
@@ -340,10 +370,7 @@ pub fn train(
             }
         }
     }
-    let status = child.wait().map_err(io("waiting for the trainer of", run.work))?;
-    for r in readers {
-        let _ = r.join();
-    }
+    let status = child.wait().map_err(io("waiting for the trainer in", run.work))?;
     if killed_at.is_some() {
         return Err(TrlError::Cancelled);
     }
@@ -352,6 +379,9 @@ pub fn train(
         return Err(TrlError::Failed { status: status.to_string(), log: log_path, tail });
     }
 
+    if let Some(st) = steps.iter().find(|st| !st.loss.is_finite()) {
+        return Err(TrlError::Diverged { step: st.step + 1, loss: st.loss, log: log_path });
+    }
     let adapter_problem = |problem: String| TrlError::Adapter { dir: out.clone(), problem };
     let cfg = peft::read_config(&out).map_err(|e| adapter_problem(e.to_string()))?;
     let policy = peft::load(base, &out)?;

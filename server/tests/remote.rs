@@ -164,13 +164,15 @@ async fn vllm_samples_and_scores_as_the_local_engine_does() {
     let bodies = mock.bodies.lock().unwrap();
     let asked: Vec<&str> = bodies.iter().rev().take(2).map(|b| b["model"].as_str().unwrap()).collect();
     assert!(asked.contains(&"apl-certainty-seed0-phase1") && asked.contains(&"base"), "{asked:?}");
-    // 4 prompts at 3 a request: two sampling requests per job, every knob explicit.
-    let mut sampling: Vec<&Value> = bodies.iter().filter(|b| b["n"] == json!(2)).take(2).collect();
-    sampling.sort_by_key(|b| std::cmp::Reverse(b["prompt"].as_array().unwrap().len()));
-    assert_eq!(sampling[0]["prompt"].as_array().unwrap().len(), 3);
-    assert_eq!(sampling[1]["prompt"].as_array().unwrap().len(), 1);
+    // One prompt a request (each its own seed), its rows' longest length, every knob explicit.
+    let sampling: Vec<&Value> = bodies.iter().filter(|b| b["n"] == json!(2)).take(4).collect();
+    assert!(sampling.iter().all(|b| b["prompt"].as_array().unwrap().len() == 1), "one prompt a request");
+    let seeds: std::collections::HashSet<u64> = sampling.iter().map(|b| b["seed"].as_u64().unwrap()).collect();
+    assert_eq!(seeds.len(), 4, "each prompt its own stream");
     assert!(sampling.iter().all(|b| b["top_k"] == json!(-1) && b["repetition_penalty"] == json!(1.0)));
-    assert_eq!(sampling[0]["max_tokens"], json!(6), "the longest row of the request (lengths 3, 5, 4, 4, 2, 6)");
+    let mut longest: Vec<u64> = sampling.iter().map(|b| b["max_tokens"].as_u64().unwrap()).collect();
+    longest.sort();
+    assert_eq!(longest, vec![4, 5, 6, 6], "each request its rows' longest (lengths 3 5 | 4 4 | 2 6 | 5 1)");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

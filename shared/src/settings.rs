@@ -559,8 +559,8 @@ pub struct RemoteBackend {
     /// As the judge's: must end in `API_KEY`; unset: no Authorization header.
     pub api_key_env: Option<String>,
     pub server: ServerKind,
-    /// A second server for sampling the reference (the starting model: baselines, the first
-    /// round), e.g. one that cannot load adapters; unset: `base_url`. Scoring stays on
+    /// A second server for sampling the reference (the starting model: evaluations' baseline
+    /// samples), e.g. one that cannot load adapters; unset: `base_url`. Scoring stays on
     /// `base_url`, the server that passed the prompt log-probs probe.
     pub reference_base_url: Option<String>,
     /// What `reference_base_url` runs; unset: `server`.
@@ -597,6 +597,20 @@ impl Default for RemoteBackend {
             backoff_seconds: 1.0,
         }
     }
+}
+
+/// Who trains a round's policy.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Trainer {
+    /// This program's DPO.
+    #[default]
+    Apl,
+    /// A command the server's operator defined under this name (`apl serve
+    /// --trainer-commands`), e.g. TRL's DPO on a cluster: it gets the round's pairs as TRL
+    /// JSONL and writes a LoRA adapter, which becomes the round's checkpoint.
+    Command { name: String },
 }
 
 /// An http(s) base URL, or the reason it is not one.
@@ -636,12 +650,18 @@ impl RemoteBackend {
         check_key_name("backend.api_key_env", self.api_key_env.as_ref())?;
         check(self.rows_per_request >= 1, "backend.rows_per_request", "must be at least 1")?;
         check((1..=256).contains(&self.concurrency), "backend.concurrency", "must be 1 to 256")?;
-        check(self.timeout_seconds > 0.0, "backend.timeout_seconds", "must be above 0")?;
+        check(self.retries <= 10, "backend.retries", "must be 0 to 10")?;
+        check(
+            self.timeout_seconds > 0.0 && self.timeout_seconds <= 3600.0,
+            "backend.timeout_seconds",
+            "must be above 0 and at most 3600",
+        )?;
+        check((0.0..=60.0).contains(&self.backoff_seconds), "backend.backoff_seconds", "must be 0 to 60")?;
         if let Some(map) = &self.adapter_path_map {
             let ok = map.split_once('=').is_some_and(|(a, b)| a.starts_with('/') && b.starts_with('/'));
             check(ok, "backend.adapter_path_map", &format!("{map:?} is not LOCAL=REMOTE with two absolute paths"))?;
         }
-        check(self.backoff_seconds >= 0.0, "backend.backoff_seconds", "must not be negative")
+        Ok(())
     }
 }
 
@@ -677,6 +697,8 @@ pub struct LoopSettings {
     /// Where sampling and scoring run: this program's engine, or an inference server (the
     /// policy then trains as LoRA adapters the server loads by name).
     pub backend: Backend,
+    /// Who trains: this program, or an operator's trainer command.
+    pub trainer: Trainer,
     /// Seeds acquisition, training and evaluation of a server project.
     pub seed: u64,
 }
@@ -713,6 +735,7 @@ impl LoopSettings {
             eval: EvalSettings::default(),
             judge: JudgeSettings::default(),
             backend: Backend::Local,
+            trainer: Trainer::Apl,
             seed: 0,
         };
         match preset {
@@ -807,6 +830,19 @@ impl LoopSettings {
             self.judge.validate()?;
         } else if self.uses(Labeller::LocalJudge) {
             self.judge.validate_criteria()?;
+        }
+        if let Trainer::Command { name } = &self.trainer {
+            check(!name.trim().is_empty(), "trainer.name", "name one of the server's trainer commands")?;
+            check(
+                matches!(self.trainable, Trainable::Lora { .. }),
+                "trainable",
+                "a trainer command writes a LoRA adapter: set trainable.kind to lora",
+            )?;
+            check(
+                self.mode == Mode::Reset,
+                "mode",
+                "a trainer command trains from the starting model: set mode to reset",
+            )?;
         }
         if let Backend::Remote(r) = &self.backend {
             r.validate()?;
@@ -935,5 +971,46 @@ mod tests {
         assert!(t("{prompt} {a} {b} {c}").unwrap_err().to_string().contains("unknown placeholder {c}"));
         // Braces that are not placeholders (JSON in the template) are fine.
         assert!(t("{prompt} {a} {b} {\"x\": 1}").is_ok());
+    }
+
+    #[test]
+    fn remote_backends_and_trainer_commands_need_lora_and_bounds() {
+        let remote = RemoteBackend {
+            base_url: "http://10.0.0.5:8000/v1".into(),
+            model: "gpt2-large".into(),
+            ..Default::default()
+        };
+        let lora = Trainable::Lora { rank: 8, alpha: 16.0, targets: vec!["c_attn".into()] };
+        let with = |b: RemoteBackend, t: Trainable| LoopSettings {
+            backend: Backend::Remote(b),
+            trainable: t,
+            ..Default::default()
+        };
+        assert!(with(remote.clone(), lora.clone()).validate().is_ok());
+        assert_eq!(with(remote.clone(), Trainable::All).validate().unwrap_err().field, "trainable");
+        let field = |b: RemoteBackend| with(b, lora.clone()).validate().unwrap_err().field;
+        assert_eq!(field(RemoteBackend { base_url: "file:///etc".into(), ..remote.clone() }), "backend.base_url");
+        assert_eq!(field(RemoteBackend { model: " ".into(), ..remote.clone() }), "backend.model");
+        assert_eq!(field(RemoteBackend { timeout_seconds: 1e300, ..remote.clone() }), "backend.timeout_seconds");
+        assert_eq!(field(RemoteBackend { retries: 1000, ..remote.clone() }), "backend.retries");
+        assert_eq!(
+            field(RemoteBackend { api_key_env: Some("DATABASE_URL".into()), ..remote.clone() }),
+            "backend.api_key_env"
+        );
+        assert_eq!(
+            field(RemoteBackend { adapter_path_map: Some("runs=/mnt".into()), ..remote.clone() }),
+            "backend.adapter_path_map"
+        );
+        // An old project's settings (no backend, no trainer) read as this engine's.
+        let old: LoopSettings = serde_json::from_value(serde_json::json!({"seed": 3})).unwrap();
+        assert_eq!((old.backend, old.trainer), (Backend::Local, Trainer::Apl));
+        let trained = |mode| LoopSettings {
+            trainer: Trainer::Command { name: "trl".into() },
+            trainable: lora.clone(),
+            mode,
+            ..Default::default()
+        };
+        assert!(trained(Mode::Reset).validate().is_ok());
+        assert_eq!(trained(Mode::Online).validate().unwrap_err().field, "mode");
     }
 }

@@ -525,3 +525,92 @@ async fn rounds_sample_and_score_on_a_model_server() {
     assert_eq!(last.state, JobState::Failed);
     assert!(last.error.as_deref().unwrap_or_default().contains("issue #1983"), "{last:?}");
 }
+
+/// A project trained by an operator's trainer command (`apl serve --trainer-commands`, TRL in
+/// practice; here a stand-in that logs two steps and writes the committed PEFT fixture): the
+/// round's checkpoint is its adapter, its loss curve the command's log. A name the operator
+/// did not list fails the job, saying which names there are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operators_trainer_command_trains_the_round() {
+    use apl_shared::settings::{Trainable, Trainer};
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("trainer.sh");
+    let adapter = common::root().join("engine/tests/fixtures/llama-peft");
+    std::fs::write(
+        &script,
+        format!(
+            "set -e\ndata=$1; out=$2\nrows=$(wc -l < \"$data/train.jsonl\")\n\
+             echo \"{{'loss': 0.6928, 'rewards/accuracies': 0.5, 'epoch': 1.0}}\"\n\
+             echo \"{{'loss': 0.5, 'rewards/accuracies': 1.0, 'epoch': 2.0}}\"\n\
+             mkdir -p \"$out\"; cp '{0}/adapter_config.json' '{0}/adapter_model.safetensors' \"$out\"/\n\
+             echo $rows > \"$out/rows\"\n",
+            adapter.display()
+        ),
+    )
+    .unwrap();
+    let commands = [("stand-in".to_string(), format!("sh '{}' {{data}} {{out}}", script.display()))].into();
+    let s = common::start(&Backend::Sqlite, common::Options { trainer_commands: commands, ..Default::default() }).await;
+    let mut cfg = tiny(Labeller::Length);
+    cfg.loop_settings.trainable =
+        Trainable::Lora { rank: 4, alpha: 8.0, targets: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()] };
+    cfg.loop_settings.trainer = Trainer::Command { name: "stand-in".into() };
+    let p = s.project("trained elsewhere", cfg.clone()).await;
+    prompts(&s, &p.id, Split::Train, 24).await;
+    prompts(&s, &p.id, Split::Eval, 4).await;
+    let j = s.job(&p.id, JobKind::Round, JobParams::default()).await;
+    let last = s.watch(&j.id).await.pop().unwrap();
+    assert_eq!(last.state, JobState::Done, "{last:?}");
+    let checkpoints: Vec<CheckpointRow> = s.get(&format!("/api/projects/{}/checkpoints", p.id)).await;
+    assert_eq!(checkpoints.len(), 1);
+    assert_eq!(checkpoints[0].report.loss_curve, vec![0.6928, 0.5]);
+    assert_eq!(checkpoints[0].report.epoch_losses, vec![0.6928, 0.5]);
+    assert_eq!(checkpoints[0].pairs, 4);
+    let work = s.dir.path().join("trainer").join(&p.id).join(&checkpoints[0].id);
+    assert_eq!(std::fs::read_to_string(work.join("adapter/rows")).unwrap().trim(), "4", "every labelled pair");
+
+    cfg.loop_settings.trainer = Trainer::Command { name: "rm -rf /".into() };
+    let p = s.project("unlisted", cfg).await;
+    prompts(&s, &p.id, Split::Train, 24).await;
+    let j = s.job(&p.id, JobKind::Round, JobParams::default()).await;
+    let last = s.watch(&j.id).await.pop().unwrap();
+    assert_eq!(last.state, JobState::Failed);
+    let e = last.error.unwrap_or_default();
+    assert!(e.contains("no trainer command \"rm -rf /\"") && e.contains("it has: stand-in"), "{e}");
+}
+
+/// Cancelling a job whose trainer command is running stops the command and what it started
+/// (its process group), not only the job's record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_round_stops_its_trainer_command() {
+    use apl_shared::settings::{Trainable, Trainer};
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("started");
+    let script = dir.path().join("slow.sh");
+    // A child that outlives a plain kill of the shell: only the group's signal reaches it.
+    std::fs::write(&script, format!("sleep 120 &\necho $! > '{}'\nwait\n", marker.display())).unwrap();
+    let commands = [("slow".to_string(), format!("sh '{}' {{data}}", script.display()))].into();
+    let s = common::start(&Backend::Sqlite, common::Options { trainer_commands: commands, ..Default::default() }).await;
+    let mut cfg = tiny(Labeller::Length);
+    cfg.loop_settings.trainable = Trainable::Lora { rank: 2, alpha: 4.0, targets: vec!["q_proj".into()] };
+    cfg.loop_settings.trainer = Trainer::Command { name: "slow".into() };
+    let p = s.project("slow", cfg).await;
+    prompts(&s, &p.id, Split::Train, 24).await;
+    let j = s.job(&p.id, JobKind::Round, JobParams::default()).await;
+    let t = std::time::Instant::now();
+    while !marker.exists() {
+        assert!(t.elapsed().as_secs() < 60, "the trainer command never started");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let pid = std::fs::read_to_string(&marker).unwrap().trim().to_string();
+    let _: Job = s.admin().post_empty(&format!("/api/jobs/{}/cancel", j.id)).await;
+    // Running, not a zombie left for an init that does not reap (some containers').
+    let alive = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|st| st.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+    };
+    let t = std::time::Instant::now();
+    while alive() && t.elapsed().as_secs() < 15 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(!alive(), "the trainer's child {pid} outlived the cancelled job");
+}

@@ -60,15 +60,20 @@ pub struct TrainReport {
 }
 
 impl TrainReport {
-    /// What the run did, step by step, as results and checkpoints record it.
+    /// What the run did, step by step, as results and checkpoints record it. A metric that is
+    /// not a number at every step (one an external trainer did not log) has no curve.
     pub fn summary(&self) -> apl_shared::TrainSummary {
+        let curve = |f: fn(&StepStats) -> f64| {
+            let v: Vec<f64> = self.steps.iter().map(f).collect();
+            if v.iter().all(|x| x.is_finite()) { v } else { Vec::new() }
+        };
         apl_shared::TrainSummary {
             source: None,
             steps: self.steps.len(),
             epoch_losses: self.epoch_losses(),
-            loss_curve: self.steps.iter().map(|s| s.loss).collect(),
-            margin_curve: self.steps.iter().map(|s| s.reward_margin).collect(),
-            accuracy_curve: self.steps.iter().map(|s| s.reward_accuracy).collect(),
+            loss_curve: curve(|s| s.loss),
+            margin_curve: curve(|s| s.reward_margin),
+            accuracy_curve: curve(|s| s.reward_accuracy),
             seconds: self.seconds,
         }
     }

@@ -59,9 +59,27 @@ pub struct Args {
     /// it, judges reach only public addresses (SECURITY.md).
     #[arg(long, env = "APL_JUDGE_ALLOW", value_delimiter = ',')]
     pub judge_allow: Vec<Allow>,
+    /// A JSON file of trainer commands by name ({"trl-dpo": "accelerate launch … {data} …"}),
+    /// which projects may choose (`loop_settings.trainer`) to train their rounds; only the
+    /// operator writes commands (SECURITY.md). Placeholders: see `apl experiment --help`.
+    #[arg(long, env = "APL_TRAINER_COMMANDS")]
+    pub trainer_commands: Option<PathBuf>,
     /// Most records (prompts or pairs) one upload may hold; larger files are refused whole.
     #[arg(long, default_value_t = 1_000_000, env = "APL_MAX_IMPORT_ROWS")]
     pub max_import_rows: usize,
+}
+
+/// The operator's trainer commands (`--trainer-commands`), each one's words checked.
+fn trainer_commands(path: Option<&std::path::Path>) -> Result<std::collections::BTreeMap<String, String>> {
+    let Some(path) = path else { return Ok(Default::default()) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let commands: std::collections::BTreeMap<String, String> = serde_json::from_str(&text)
+        .with_context(|| format!("{}: expected a JSON object of names to command templates", path.display()))?;
+    for (name, template) in &commands {
+        crate::trl::split_words(template).with_context(|| format!("{}: command {name:?}", path.display()))?;
+    }
+    tracing::info!(commands = ?commands.keys().collect::<Vec<_>>(), "trainer commands");
+    Ok(commands)
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -99,6 +117,7 @@ pub fn run(a: Args) -> Result<()> {
         data_dir: a.data_dir.clone(),
         secrets_file: a.secrets_file.clone(),
         judge_destinations: Arc::new(Destinations::public_and(a.judge_allow.clone())),
+        trainer_commands: trainer_commands(a.trainer_commands.as_deref())?,
     }));
     let dist = a.dist.join("index.html").exists().then(|| a.dist.clone());
     if dist.is_none() {

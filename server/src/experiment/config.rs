@@ -155,6 +155,11 @@ impl ExperimentConfig {
         }
         let s = &self.settings;
         s.validate().map_err(|e| anyhow::anyhow!(e.within("settings")))?;
+        if s.trainer != apl_shared::settings::Trainer::Apl {
+            bail!(
+                "settings.trainer: an experiment is given its trainer's command itself (trainer_command, --trainer-command)"
+            );
+        }
         if let Some(t) = &self.trainer_command {
             crate::trl::split_words(t).map_err(|e| anyhow::anyhow!("trainer_command: {e}"))?;
             if !matches!(s.trainable, apl_shared::settings::Trainable::Lora { .. }) {

@@ -380,7 +380,15 @@ impl Run<'_> {
             // Reference log-probs, once per pair (certainty already has them from scoring).
             let t = Instant::now();
             let mut fresh: Vec<PreferencePair> = new_pairs.iter().map(|s| s.pair.clone()).collect();
-            round.fill_reference(backend, &mut fresh)?;
+            if cfg.trainer_command.is_none() {
+                // DPO's reference terms come from the engine that trains: log-ratios start at 0
+                // only if policy and reference are computed alike (a server's kernels, bf16 on a
+                // GPU, differ from these).
+                if self.setup.remote.is_some() {
+                    fresh.iter_mut().for_each(|p| (p.ref_chosen, p.ref_rejected) = (None, None));
+                }
+                round.fill_reference(&local, &mut fresh)?;
+            }
             for (s, p) in new_pairs.iter_mut().zip(fresh) {
                 s.pair = p;
             }
@@ -410,7 +418,7 @@ impl Run<'_> {
                     report
                 }
                 None => {
-                    round.references(backend, &mut pairs, phase)?;
+                    round.references(&local, &mut pairs, phase)?;
                     round.train(&mut policy, &mut opt, &mut pairs, phase, train_seed, &cache)?.report
                 }
             };

@@ -32,7 +32,7 @@ use apl_engine::model::{FinishReason, ModelError, Sample, Tokenizer};
 use apl_engine::train::peft;
 use apl_engine::train::policy::Policy;
 use apl_shared::settings::{RemoteBackend, ServerKind};
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use sha2::Digest;
 
 use crate::judge::destination::Destinations;
@@ -55,6 +55,23 @@ pub enum RemoteError {
     /// `probe`'s findings.
     #[error("{0}")]
     Refused(String),
+    /// The model server would not load an adapter.
+    #[error(
+        "the model server did not load the adapter {name} from {path} (vLLM needs --enable-lora, a --max-lora-rank of at least the adapter's rank and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)"
+    )]
+    Adapter {
+        name: String,
+        path: String,
+        #[source]
+        source: CallError,
+    },
+    #[error("{what} {}", path.display())]
+    Io {
+        what: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Model(#[from] ModelError),
 }
@@ -139,10 +156,11 @@ impl Remote {
         Serving { remote: self, policy: policy.unwrap_or(&self.settings.model).to_string() }
     }
 
-    /// Has the main server serve a trained `policy`: its PEFT adapter written to `dir` (kept, so
-    /// the server can read it again after a restart) and loaded under a name from `label` and
-    /// the adapter's contents, so a long-lived server never answers for an older adapter of the
-    /// same label. Returns the name, for [`Remote::serving`].
+    /// Has the main server serve a trained `policy`: its PEFT adapter written to `dir` (the
+    /// caller keeps it while the policy is in use) and loaded under a name from `label` and the
+    /// adapter's contents, so a long-lived server never answers for an older adapter of the same
+    /// label. Adapters are not unloaded: vLLM keeps `--max-loras` of them on the GPU and the
+    /// rest in CPU memory. Returns the name, for [`Remote::serving`].
     pub fn serve_policy(&self, policy: &Policy, dir: &std::path::Path, label: &str) -> Result<String, RemoteError> {
         peft::save(policy, dir, &self.settings.model)?;
         let weights = dir.join(peft::WEIGHTS_FILE);
@@ -166,20 +184,36 @@ impl Remote {
         if models.iter().any(|m| m == name) {
             return Ok(());
         }
-        let local = dir.canonicalize().map_err(|e| reply("loading an adapter", format!("{}: {e}", dir.display())))?;
+        let canonical = |p: &std::path::Path| {
+            p.canonicalize().map_err(|source| RemoteError::Io { what: "finding", path: p.to_path_buf(), source })
+        };
+        let local = canonical(dir)?;
         let path = match self.settings.adapter_path_map.as_ref().and_then(|m| m.split_once('=')) {
-            Some((from, to)) => match local.strip_prefix(from) {
-                Ok(rest) => std::path::Path::new(to).join(rest).display().to_string(),
-                Err(_) => {
-                    let problem = format!("{} is not under {from} (backend.adapter_path_map)", local.display());
-                    return Err(reply("loading an adapter", problem));
+            Some((from, to)) => {
+                let from = canonical(std::path::Path::new(from)).unwrap_or_else(|_| from.into());
+                match local.strip_prefix(&from) {
+                    Ok(rest) => std::path::Path::new(to).join(rest).display().to_string(),
+                    Err(_) => {
+                        let problem =
+                            format!("{} is not under {} (backend.adapter_path_map)", local.display(), from.display());
+                        return Err(reply("loading an adapter", problem));
+                    }
                 }
-            },
+            }
             None => local.display().to_string(),
         };
         let body = serde_json::json!({"lora_name": name, "lora_path": path});
-        // vLLM answers in plain text.
-        self.run(vec![async { Ok(c.post(&c.api("/load_lora_adapter"), &body, |_| Ok(())).await.result?) }])?;
+        // vLLM answers in plain text. A load that timed out may have happened: asked again,
+        // the server says it has the name, which the list then shows.
+        let loaded = self
+            .run(vec![async { Ok(c.post(&c.api("/load_lora_adapter"), &body, |_| Ok(())).await.result) }])?
+            .remove(0);
+        if let Err(source) = loaded {
+            let listed = self.run(vec![async { Ok(c.get(&c.api("/models"), parse_models).await.result?) }])?.remove(0);
+            if !listed.iter().any(|m| m == name) {
+                return Err(RemoteError::Adapter { name: name.to_string(), path, source });
+            }
+        }
         tracing::info!(name, path, "adapter loaded on the model server");
         Ok(())
     }
@@ -193,10 +227,9 @@ impl Remote {
         &self,
         calls: Vec<impl std::future::Future<Output = Result<T, RemoteError>>>,
     ) -> Result<Vec<T>, RemoteError> {
-        let all = futures_util::stream::iter(calls)
-            .buffered(self.settings.concurrency.max(1))
-            .collect::<Vec<Result<T, RemoteError>>>();
-        self.blocking.run(all).ok_or(RemoteError::Cancelled)?.into_iter().collect()
+        // The first failure ends the batch; the requests still in flight are dropped.
+        let all = futures_util::stream::iter(calls).buffered(self.settings.concurrency.max(1)).try_collect::<Vec<T>>();
+        self.blocking.run(all).ok_or(RemoteError::Cancelled)?
     }
 
     /// Samples `job` from `role`, the policy being served as `policy` (see
@@ -225,21 +258,20 @@ impl Remote {
         let eos = self.tokenizer.eos_ids();
         let out: Vec<Vec<Sample>> = match server.kind {
             ServerKind::Vllm => {
+                // One prompt a request: vLLM seeds every prompt of a request alike (and its
+                // `n` samples seed + k), so prompts sharing a request would share random
+                // streams. Its continuous batching joins the concurrent requests anyway.
                 let url = server.client.api("/completions");
-                let per_call = self.settings.rows_per_request.max(1);
                 let calls: Vec<_> = (0..job.prompts.len())
-                    .step_by(per_call)
-                    .enumerate()
-                    .map(|(i, first)| {
-                        let prompts = &job.prompts[first..(first + per_call).min(job.prompts.len())];
-                        let lengths = &job.lengths[first * n..(first + prompts.len()) * n];
+                    .map(|i| {
+                        let lengths = &job.lengths[i * n..(i + 1) * n];
                         let knobs = Knobs {
                             temperature: job.temperature,
                             max_tokens: lengths.iter().copied().max().unwrap_or(1).max(1),
                             exact: job.exact_length,
                             seed: request_seed(job.seed, i),
                         };
-                        let body = wire::vllm_sample(model, prompts, n, knobs);
+                        let body = wire::vllm_sample(model, &job.prompts[i..=i], n, knobs, eos);
                         let (url, tick) = (&url, &tick);
                         async move {
                             let c = server.client.post(url, &body, wire::parse).await.result?;
@@ -253,8 +285,7 @@ impl Remote {
             }
             ServerKind::LlamaCppPython => {
                 let url = server.client.api("/completions");
-                let texts: Vec<String> =
-                    job.prompts.iter().map(|p| self.tokenizer.decode(p)).collect::<Result<_, _>>()?;
+                let texts: Vec<String> = job.prompts.iter().map(|p| self.text_of(p)).collect::<Result<_, _>>()?;
                 let calls: Vec<_> = (0..rows)
                     .map(|r| {
                         let knobs = Knobs {
@@ -268,7 +299,7 @@ impl Remote {
                         let (url, tick) = (&url, &tick);
                         async move {
                             let c = server.client.post(url, &body, wire::parse).await.result?;
-                            let s = self.text_sample(c, prompt, text)?;
+                            let s = self.text_sample(c, prompt, text, job.lengths[r])?;
                             tick(1);
                             Ok(vec![s])
                         }
@@ -278,6 +309,13 @@ impl Remote {
             }
         };
         Ok(out.into_iter().flatten().collect())
+    }
+
+    /// The text a text server is sent for `ids`: without the special tokens the tokenizer adds
+    /// itself (a BOS), which the server adds again when it tokenises.
+    fn text_of(&self, ids: &[u32]) -> Result<String, RemoteError> {
+        let added = self.tokenizer.encode("", true)?;
+        Ok(self.tokenizer.decode(ids.strip_prefix(added.as_slice()).unwrap_or(ids))?)
     }
 
     /// Each token text's id: the text the token adds after another token (so a SentencePiece
@@ -308,7 +346,13 @@ impl Remote {
     /// the server sampled (the log-probs stay the server's, one per its token; only their sum
     /// is read). An end-of-sequence id is appended when it stopped on one, as the local
     /// engine's samples keep theirs.
-    fn text_sample(&self, mut c: Completion, prompt: &[u32], prompt_text: &str) -> Result<Sample, RemoteError> {
+    fn text_sample(
+        &self,
+        mut c: Completion,
+        prompt: &[u32],
+        prompt_text: &str,
+        len: usize,
+    ) -> Result<Sample, RemoteError> {
         let choice = c.choices.swap_remove(0);
         let lp = choice.logprobs.ok_or_else(|| reply("a sampling request", "no log-probs (is logprobs ignored?)"))?;
         let logprobs = finite(&lp.token_logprobs, "a sampled token")?;
@@ -325,8 +369,11 @@ impl Remote {
                 }
             }
         };
+        tokens.truncate(len);
+        // The server reports neither the end-of-sequence token it stopped on nor its log-prob;
+        // the first of ours stands for it (without a log-prob: the sum misses log p(EOS)).
         let finish = match choice.finish_reason.as_deref() {
-            Some("stop") => {
+            Some("stop") if tokens.len() < len => {
                 tokens.extend(self.tokenizer.eos_ids().first());
                 FinishReason::Eos
             }
@@ -374,8 +421,8 @@ impl Remote {
                     .map(|&(p, c)| {
                         let (url, tick) = (&url, &tick);
                         async move {
-                            let prompt_text = self.tokenizer.decode(p)?;
-                            let text = self.tokenizer.decode(&[p, c].concat())?;
+                            let prompt_text = self.text_of(p)?;
+                            let text = self.text_of(&[p, c].concat())?;
                             let Some(completion) = text.strip_prefix(&prompt_text) else {
                                 return Err(reply(
                                     "a scoring request",
@@ -442,6 +489,12 @@ fn vllm_samples(c: Completion, lengths: &[usize], eos: &[u32]) -> Result<Vec<Sam
         .collect()
 }
 
+/// A server's token text as it may appear in a message: at most 24 characters (quoted with
+/// escapes by the messages' `{:?}`), so a hostile server cannot write pages into logs.
+pub(crate) fn shown(t: &str) -> String {
+    t.chars().take(24).collect()
+}
+
 /// Log-probs a server reported, each finite and not vLLM's -9999 (its stand-in for -inf).
 fn finite(values: &[Option<f64>], what: &str) -> Result<Vec<f32>, RemoteError> {
     values
@@ -495,15 +548,17 @@ fn echoed(c: &Completion, prompt: &str, completion: &str, tokens: usize) -> Resu
         )
     })?;
     let offsets = &lp.text_offset;
-    if offsets.len() != lp.token_logprobs.len() {
-        return Err(reply(what, format!("{} offsets for {} log-probs", offsets.len(), lp.token_logprobs.len())));
+    if offsets.len() != lp.token_logprobs.len() || offsets.len() != lp.tokens.len() {
+        let problem =
+            format!("{} offsets, {} log-probs, {} tokens", offsets.len(), lp.token_logprobs.len(), lp.tokens.len());
+        return Err(reply(what, problem));
     }
     let (start, end) = (prompt.chars().count(), prompt.chars().count() + completion.chars().count());
     let Some(k0) = offsets.iter().position(|&o| o >= start) else {
         return Err(reply(what, "the echo ends before the completion starts"));
     };
     if offsets[k0] != start {
-        let piece = lp.tokens.get(k0.wrapping_sub(1)).map(String::as_str).unwrap_or("");
+        let piece = lp.tokens.get(k0.wrapping_sub(1)).map(|t| shown(t)).unwrap_or_default();
         return Err(reply(what, format!("the server's token {piece:?} spans the prompt/completion boundary")));
     }
     let k1 = k0 + tokens;

@@ -37,8 +37,9 @@ pub const PROBES: &[&str] = &[
 const ECHO_PROBE: &str = "This movie was great, I loved";
 
 /// Mean |Δ log p| (nats) over shared top-20 alternatives under which prompt log-probs are the
-/// model's. The same server computes both sides, so a right one differs by batch-shape noise
-/// only (measured: see the closing note of the remote backend).
+/// model's. The same server computes both sides, so a right one differs by its kernels' noise
+/// only (HF transformers f32: 1e-6 to 2e-2 on the tiny random fixtures, whose top-20 are nearly
+/// flat; up to 0.25 passes when the next position is five times further off).
 pub const TOLERANCE: f64 = 0.05;
 
 /// What the checks found.
@@ -240,23 +241,26 @@ impl Remote {
         let (d_same, d_next) = (mean(&same), mean(&next));
         tracing::info!(d_same, d_next, "model server's prompt log-probs probed");
         let nats = |d: f64| if d.is_finite() { format!("{d:.3}") } else { "∞ (no alternative in common)".into() };
-        if d_same <= TOLERANCE {
+        // A right server: its own two answers agree to its kernels' noise (f32: 1e-6; a bf16
+        // server's prefill and decode kernels differ more, so a clear margin against the next
+        // position also passes).
+        if d_same <= TOLERANCE || (d_same <= 5.0 * TOLERANCE && d_same * 5.0 <= d_next) {
             return Ok(Checked { probes: PROBES.len(), d_same, d_next });
         }
         let (j, before, top) = first.expect("three positions");
-        let piece = &echo.pieces[j];
+        let piece = super::shown(&echo.pieces[j]);
         let reported = echo.values[j].map(|v| format!("{v:.2}")).unwrap_or_else(|| "no value".into());
         let best = |t: &Top| {
             t.iter()
                 .max_by(|a, b| a.1.total_cmp(b.1))
                 .map(|(k, _)| match k.parse::<u32>() {
                     Ok(id) => format!("{:?}", self.tokenizer.id_to_token(id).unwrap_or_default()),
-                    Err(_) => format!("{k:?}"),
+                    Err(_) => format!("{:?}", super::shown(k)),
                 })
                 .unwrap_or_default()
         };
         let prefix_text = match &echo.prefixes[j] {
-            serde_json::Value::String(s) => format!("{s:?}"),
+            serde_json::Value::String(s) => format!("{:?}", super::shown(s)),
             other => format!("{} tokens", other.as_array().map_or(0, Vec::len)),
         };
         let theirs = match before.get(&echo.keys[j]) {

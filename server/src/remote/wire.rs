@@ -88,8 +88,9 @@ pub struct Knobs {
     pub seed: u64,
 }
 
-/// vLLM: `n` samples of each token-id prompt.
-pub fn vllm_sample(model: &str, prompts: &[&[u32]], n: usize, k: Knobs) -> Value {
+/// vLLM: `n` samples of each token-id prompt, stopping at (and, before `min_tokens`, never
+/// sampling) any of our end-of-sequence ids, which may be more than the model's own.
+pub fn vllm_sample(model: &str, prompts: &[&[u32]], n: usize, k: Knobs, eos: &[u32]) -> Value {
     json!({
         "model": model,
         "prompt": prompts,
@@ -104,6 +105,7 @@ pub fn vllm_sample(model: &str, prompts: &[&[u32]], n: usize, k: Knobs) -> Value
         "presence_penalty": 0.0,
         "frequency_penalty": 0.0,
         "seed": k.seed,
+        "stop_token_ids": eos,
         "logprobs": 1,
         "return_token_ids": true,
         "return_tokens_as_token_ids": true,
@@ -119,7 +121,6 @@ pub fn vllm_score(model: &str, rows: &[Vec<u32>], top: usize) -> Value {
         "max_tokens": 1,
         "temperature": 0.0,
         "prompt_logprobs": top,
-        "return_token_ids": true,
     })
 }
 
@@ -225,7 +226,8 @@ mod tests {
     #[test]
     fn every_sampling_knob_is_explicit() {
         let k = Knobs { temperature: 0.7, max_tokens: 16, exact: true, seed: 9 };
-        let v = vllm_sample("m", &[&[1, 2]], 4, k);
+        let v = vllm_sample("m", &[&[1, 2]], 4, k, &[0, 2]);
+        assert_eq!(v["stop_token_ids"], json!([0, 2]));
         assert_eq!((v["min_tokens"].as_u64(), v["top_k"].as_i64(), v["n"].as_u64()), (Some(16), Some(-1), Some(4)));
         assert_eq!(v["prompt"], json!([[1, 2]]));
         let t = text_sample("m", "Hi", k, &[0, 2]);

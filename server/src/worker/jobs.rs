@@ -30,7 +30,7 @@ use apl_engine::round::{Baseline, EvalSeeds, Observer, Round, RoundError};
 use apl_engine::train::optim::Adam;
 use apl_engine::train::policy::Policy;
 use apl_engine::train::trainer::{PreferencePair, PrefixCache, StepStats};
-use apl_shared::settings::{Backend, InvalidSetting, LoopSettings};
+use apl_shared::settings::{Backend, InvalidSetting, LoopSettings, Trainer};
 use apl_shared::{
     Acquisition, EvalSample, Evaluated, EvaluationDetails, Generated, Job, JobKind, JobParams, JobProgress, JobResult,
     LabelledBy, Labeller, Mode, PairKind, Project, Split, TrainSummary, Trained,
@@ -61,6 +61,8 @@ pub enum JobError {
     Settings(#[from] InvalidSetting),
     #[error(transparent)]
     Remote(#[from] RemoteError),
+    #[error(transparent)]
+    Trainer(#[from] crate::trl::TrlError),
     #[error("loading checkpoint {id}")]
     Checkpoint {
         id: String,
@@ -537,52 +539,65 @@ fn train(ctx: &Ctx) -> JobResultOf<Trained> {
         Mode::Reset => None,
         Mode::Continue | Mode::Online => ctx.block(ctx.store.latest_checkpoint(pid))?,
     };
-    let mut policy = ctx.policy(start.as_ref())?;
-    let vars = policy.vars().iter().map(|(_, v)| v.clone()).collect();
-    let mut opt = Adam::new(vars, s.train.adam.clone()).map_err(ModelError::from)?;
-    // Online training goes on with the optimiser where the last job left it, as one run of the
-    // experiment does; its state is kept beside the checkpoint it trained.
-    if let (Mode::Online, Some(c)) = (s.mode, &start) {
-        let path = optimiser_path(std::path::Path::new(&c.path));
-        if path.exists() {
-            let state = candle_core::safetensors::load(&path, &candle_core::Device::Cpu)
-                .map_err(|e| JobError::Checkpoint { id: c.id.clone(), source: e.into() })?;
-            opt.load_state(&state).map_err(|e| JobError::Checkpoint { id: c.id.clone(), source: e.into() })?;
-        }
-    }
-    let newest = pairs.iter().map(|(r, _)| *r).max().unwrap_or(0);
-    let cache = std::cell::RefCell::new(PrefixCache::default());
-    // Reference log-probs where the acquisition's came from: this engine or the model server.
-    let remote = ctx.remote()?;
-    let local = Local::new(&policy, Some(&cache), ctx.worker.tokenizer.eos_ids());
-    match &remote {
-        Some(r) => ctx.round().references(&r.serving(None), &mut pairs, newest)?,
-        None => ctx.round().references(&local, &mut pairs, newest)?,
-    };
-    let trained = ctx.round().train(&mut policy, &mut opt, &mut pairs, newest, s.train.seed, &cache)?;
     let id = new_id();
     let dir = ctx.worker.data_dir.join("checkpoints").join(pid);
     std::fs::create_dir_all(&dir).map_err(|source| JobError::Io { what: "creating", path: dir.clone(), source })?;
     let path = dir.join(format!("{id}.safetensors"));
+    let (policy, report, trained_pairs) = match &s.trainer {
+        Trainer::Command { name } => {
+            // The operator's command (TRL) trains from the starting model on every pair.
+            let template = ctx.worker.trainer_command(name)?;
+            let base_dir = ctx.worker.trainer_base()?;
+            let work = ctx.worker.data_dir.join("trainer").join(pid).join(&id);
+            let run =
+                crate::trl::TrlRun { template, base_dir: &base_dir, work: &work, seed: s.train.seed, own_group: true };
+            let all: Vec<PreferencePair> = pairs.into_iter().map(|(_, p)| p).collect();
+            ctx.phase("training", format!("{} pairs, trainer command {name:?}", all.len()));
+            let (policy, report) = crate::trl::train(&run, s, tok, ctx.worker.checkpoint.clone(), &all, ctx)?;
+            (policy, report, all.len())
+        }
+        Trainer::Apl => {
+            let mut policy = ctx.policy(start.as_ref())?;
+            let vars = policy.vars().iter().map(|(_, v)| v.clone()).collect();
+            let mut opt = Adam::new(vars, s.train.adam.clone()).map_err(ModelError::from)?;
+            // Online training goes on with the optimiser where the last job left it, as one run
+            // of the experiment does; its state is kept beside the checkpoint it trained.
+            if let (Mode::Online, Some(c)) = (s.mode, &start) {
+                let path = optimiser_path(std::path::Path::new(&c.path));
+                if path.exists() {
+                    let state = candle_core::safetensors::load(&path, &candle_core::Device::Cpu)
+                        .map_err(|e| JobError::Checkpoint { id: c.id.clone(), source: e.into() })?;
+                    opt.load_state(&state).map_err(|e| JobError::Checkpoint { id: c.id.clone(), source: e.into() })?;
+                }
+            }
+            let newest = pairs.iter().map(|(r, _)| *r).max().unwrap_or(0);
+            let cache = std::cell::RefCell::new(PrefixCache::default());
+            // DPO's reference terms from the engine that trains (here), whatever samples: the
+            // log-ratios start at 0 only if policy and reference are computed alike.
+            let local = Local::new(&policy, Some(&cache), ctx.worker.tokenizer.eos_ids());
+            ctx.round().references(&local, &mut pairs, newest)?;
+            let trained = ctx.round().train(&mut policy, &mut opt, &mut pairs, newest, s.train.seed, &cache)?;
+            if s.mode == Mode::Online {
+                let state = opt.state().map_err(ModelError::from)?;
+                let at = optimiser_path(&path);
+                candle_core::safetensors::save(&state, &at)
+                    .map_err(|e| JobError::Checkpoint { id: id.clone(), source: e.into() })?;
+            }
+            (policy, trained.report, trained.pairs)
+        }
+    };
     policy.save_trainable(&path)?;
-    if s.mode == Mode::Online {
-        let state = opt.state().map_err(ModelError::from)?;
-        let at = optimiser_path(&path);
-        candle_core::safetensors::save(&state, &at)
-            .map_err(|e| JobError::Checkpoint { id: id.clone(), source: e.into() })?;
-    }
     let round = ctx.block(ctx.store.next_round_number(pid))? - 1;
-    let report = &trained.report;
     let row = CheckpointRow {
         id: id.clone(),
         round,
         path: path.display().to_string(),
-        pairs: trained.pairs as i64,
+        pairs: trained_pairs as i64,
         report: TrainSummary { source: Some(s.train_on), ..report.summary() },
         created_at: now_ms(),
     };
     ctx.block(ctx.store.add_checkpoint(pid, &row))?;
-    Ok(Trained { checkpoint: id, pairs: trained.pairs, epoch_losses: report.epoch_losses() })
+    Ok(Trained { checkpoint: id, pairs: trained_pairs, epoch_losses: report.epoch_losses() })
 }
 
 /// Where a checkpoint's optimiser state is kept (online mode only: it is twice the trained

@@ -43,6 +43,9 @@ pub struct WorkerParts {
     pub secrets_file: Option<PathBuf>,
     /// Where projects' LLM judges may call (`apl serve --judge-allow`).
     pub judge_destinations: Arc<Destinations>,
+    /// The operator's trainer commands by name (`apl serve --trainer-commands`), which projects
+    /// choose with `loop_settings.trainer`.
+    pub trainer_commands: std::collections::BTreeMap<String, String>,
 }
 
 pub struct Worker {
@@ -55,6 +58,7 @@ pub struct Worker {
     data_dir: PathBuf,
     secrets_file: Option<PathBuf>,
     judge_destinations: Arc<Destinations>,
+    trainer_commands: std::collections::BTreeMap<String, String>,
     busy: Mutex<()>,
     wake: tokio::sync::Notify,
     sentiment: OnceLock<SentimentOracle>,
@@ -72,6 +76,7 @@ impl Worker {
             data_dir: p.data_dir,
             secrets_file: p.secrets_file,
             judge_destinations: p.judge_destinations,
+            trainer_commands: p.trainer_commands,
             busy: Mutex::new(()),
             wake: tokio::sync::Notify::new(),
             sentiment: OnceLock::new(),
@@ -110,6 +115,31 @@ impl Worker {
     pub fn remote(&self, settings: &RemoteBackend) -> Result<Remote, JobError> {
         let key = crate::judge::api_key(settings.api_key_env.as_ref(), self.secrets_file.as_deref())?;
         Ok(Remote::new(settings.clone(), key, self.tokenizer.clone(), self.judge_destinations.clone())?)
+    }
+
+    /// The operator's trainer command `name`.
+    pub fn trainer_command(&self, name: &str) -> Result<&str, JobError> {
+        self.trainer_commands.get(name).map(String::as_str).ok_or_else(|| {
+            let known: Vec<&str> = self.trainer_commands.keys().map(String::as_str).collect();
+            JobError::Cannot(format!(
+                "trainer.name: this server has no trainer command {name:?} (it has: {}; the operator lists them with \
+                 apl serve --trainer-commands)",
+                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            ))
+        })
+    }
+
+    /// The starting model as an HF directory a trainer command loads: the model's own
+    /// directory when it is a whole one, else written once under the data directory.
+    pub fn trainer_base(&self) -> Result<PathBuf, JobError> {
+        if self.checkpoint.source.join("tokenizer_config.json").exists() {
+            return Ok(self.checkpoint.source.clone());
+        }
+        let dir = self.data_dir.join("trainer-base");
+        if !dir.join("tokenizer_config.json").exists() {
+            crate::trl::write_base(&self.checkpoint, &self.tokenizer, &dir)?;
+        }
+        Ok(dir)
     }
 
     pub fn judge_log(&self, project_id: &str) -> PathBuf {

@@ -125,6 +125,8 @@ pub struct Options {
     pub secrets_file: Option<PathBuf>,
     /// `apl serve --max-import-rows`.
     pub max_import_rows: usize,
+    /// `apl serve --trainer-commands`.
+    pub trainer_commands: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for Options {
@@ -136,6 +138,7 @@ impl Default for Options {
             judge_allow: vec!["127.0.0.1".parse().unwrap()],
             secrets_file: None,
             max_import_rows: 1_000_000,
+            trainer_commands: Default::default(),
         }
     }
 }
@@ -167,6 +170,7 @@ pub async fn start(b: &Backend, opts: Options) -> Server {
         data_dir: dir.path().to_path_buf(),
         secrets_file: opts.secrets_file,
         judge_destinations: Arc::new(apl::judge::destination::Destinations::public_and(opts.judge_allow)),
+        trainer_commands: opts.trainer_commands,
     }));
     let url = fresh_database(b, dir.path()).await;
     let store = Arc::new(Store::connect(&url).await.unwrap());

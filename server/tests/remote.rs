@@ -81,12 +81,13 @@ fn sample_and_check(r: &Remote, exact: bool) -> Vec<Vec<u32>> {
         }
         assert!(s.logprobs.len() <= lengths[row]);
         // Only a token that is not a whole character (the tiny random model samples single
-        // bytes above 127 often) leaves a text server's token ambiguous.
+        // bytes above 127 often) leaves a text server's token ambiguous: such rows are
+        // re-encoded, and may have other tokens than the server sampled, so are not compared.
         let text = f.tok.decode(&s.tokens).unwrap();
-        if s.tokens.len() != s.logprobs.len() {
-            assert!(!text.is_ascii(), "row {row}: {text:?} was not mapped to the server's tokens");
+        if !text.is_ascii() {
             continue;
         }
+        assert_eq!(s.tokens.len(), s.logprobs.len(), "row {row}: {text:?} was not mapped to the server's tokens");
         compared += 1;
         let pairs = [(prompts[row / 2], s.tokens.as_slice())];
         let local = sequence_logprobs(&f.model, &pairs, 1, |_| {}).unwrap();
@@ -172,7 +173,7 @@ async fn vllm_samples_and_scores_as_the_local_engine_does() {
     assert!(sampling.iter().all(|b| b["top_k"] == json!(-1) && b["repetition_penalty"] == json!(1.0)));
     let mut longest: Vec<u64> = sampling.iter().map(|b| b["max_tokens"].as_u64().unwrap()).collect();
     longest.sort();
-    assert_eq!(longest, vec![4, 5, 6, 6], "each request its rows' longest (lengths 3 5 | 4 4 | 2 6 | 5 1)");
+    assert_eq!(longest, vec![4, 5, 5, 6], "each request its rows' longest (lengths 3 5 | 4 4 | 2 6 | 5 1)");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -369,7 +369,8 @@ impl Remote {
                 }
             }
         };
-        tokens.truncate(len);
+        // Not cut to `len`: re-encoded tokens stand for the server's text, to which its log-probs
+        // belong (a re-encoding may be a token longer than the server's count, rarely).
         // The server reports neither the end-of-sequence token it stopped on nor its log-prob;
         // the first of ours stands for it (without a log-prob: the sum misses log p(EOS)).
         let finish = match choice.finish_reason.as_deref() {
@@ -640,5 +641,36 @@ fn into_model(e: RemoteError) -> ModelError {
     match e {
         RemoteError::Model(m) => m,
         other => ModelError::Backend(Box::new(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reply vLLM 0.16.0 gave to `echo: true, logprobs: 5, max_tokens: 1` for "The step of
+    /// boiling water is: " (posted in llama.cpp's pull request #15189, 2026-03-01; its
+    /// top_logprobs left out here): the text-echo path finds the completion by character offset
+    /// and returns its tokens' log-probs, the distribution before each token's.
+    #[test]
+    fn a_recorded_vllm_echo_is_read_at_the_completion() {
+        let reply = br#"{"id":"cmpl-8c16f81d43846721","object":"text_completion","created":1772367069,
+            "model":"Intel/Qwen3-Coder-Next-int4-AutoRound","choices":[{"index":0,"text":"The step of boiling water is: 1",
+            "logprobs":{"text_offset":[0,3,8,11,19,25,28,29,30],
+            "token_logprobs":[null,-8.818763732910156,-1.552642822265625,-13.55989933013916,-2.0115487575531006,-2.2331151962280273,-8.53701114654541,-1.2870503664016724,-0.41059786081314087],
+            "tokens":["The"," step"," of"," boiling"," water"," is",":"," ","1"],"top_logprobs":null},
+            "finish_reason":"length","stop_reason":null,"prompt_logprobs":null}],
+            "usage":{"prompt_tokens":8,"total_tokens":9,"completion_tokens":1}}"#;
+        let c = wire::parse(reply).unwrap();
+        let lps = echoed(&c, "The step of", " boiling water is:", 4).unwrap();
+        // The reply's f64 values, as f32.
+        let want = [-13.55989933013916f64, -2.0115487575531006, -2.2331151962280273, -8.53701114654541];
+        assert_eq!(lps, want.map(|x| x as f32).to_vec());
+        // Cut inside " step": the boundary falls within a server token.
+        let e = echoed(&c, "The ste", "p of", 2).unwrap_err().to_string();
+        assert!(e.contains("spans the prompt/completion boundary"), "{e}");
+        // Tokenised otherwise than here: three tokens where the server has four.
+        let e = echoed(&c, "The step of", " boiling water is:", 3).unwrap_err().to_string();
+        assert!(e.contains("into 4 tokens") && e.contains("the local tokenizer into 3"), "{e}");
     }
 }

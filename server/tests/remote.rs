@@ -249,27 +249,15 @@ async fn busy_servers_are_retried_and_cancelled_calls_dropped() {
 /// trained policy's own log-probs here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_experiment_runs_on_the_server_with_its_policy_as_an_adapter() {
-    use apl::experiment::config::ExperimentConfig;
     use apl::experiment::setup::{JudgeEnv, Setup};
-    use apl_shared::settings::{AdamConfig, Backend, Trainable};
-    use apl_shared::{Acquisition, Labeller, Mode, Preset, Task};
+    use apl_shared::Acquisition;
+    use apl_shared::settings::{AdamConfig, Backend};
 
     let (url, mock) = start_with(Faults::default(), Some(common::load("llama", DType::F32))).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut c = ExperimentConfig::preset(Preset::ImdbCpu);
-    c.preset = None;
-    c.task.kind = Task::Generic;
-    c.task.path = Some(common::prompts_file(dir.path(), 300));
-    c.acquisitions = vec![Acquisition::Certainty];
-    c.schedule = vec![16, 32];
-    c.seeds = vec![0];
+    let mut c =
+        common::generic_lora_experiment(dir.path(), Acquisition::Certainty, vec![16, 32], 16, &["q_proj", "v_proj"]);
     let s = &mut c.settings;
-    s.completion_tokens = (4, 4);
-    s.labeller = Labeller::Length;
-    s.eval.judge = Labeller::Length;
-    s.eval.prompts = 16;
-    s.mode = Mode::Reset;
-    s.trainable = Trainable::Lora { rank: 4, alpha: 8.0, targets: vec!["q_proj".into(), "v_proj".into()] };
     s.train.adam = AdamConfig { lr: 1e-2, ..Default::default() };
     s.train.epochs = 2;
     s.train.pairs_per_step = 8;

@@ -13,8 +13,7 @@ use apl::experiment::run_experiment;
 use apl::experiment::setup::{JudgeEnv, Setup};
 use apl_engine::model::{Model, sequence_logprobs};
 use apl_engine::train::policy::Policy;
-use apl_shared::settings::Trainable;
-use apl_shared::{Acquisition, Labeller, Mode, Preset, Task};
+use apl_shared::Acquisition;
 use candle_core::DType;
 
 /// The stand-in trainer: `sh trainer.sh DATA OUT TARGETS...`.
@@ -32,22 +31,9 @@ echo "{'train_runtime': 0.1, 'train_loss': 0.67, 'epoch': 1.0}"
 "#;
 
 fn config(dir: &std::path::Path, script: &std::path::Path) -> ExperimentConfig {
-    let mut c = ExperimentConfig::preset(Preset::ImdbCpu);
-    c.preset = None;
-    c.task.kind = Task::Generic;
-    c.task.path = Some(common::prompts_file(dir, 300));
-    c.acquisitions = vec![Acquisition::Random];
-    c.schedule = vec![8, 16];
-    c.seeds = vec![0];
-    let s = &mut c.settings;
-    s.completion_tokens = (4, 4);
-    s.labeller = Labeller::Length;
-    s.eval.judge = Labeller::Length;
-    s.eval.prompts = 8;
-    s.mode = Mode::Reset;
-    // The fixture adapter's own (rank 4, alpha 8, these projections).
-    s.trainable =
-        Trainable::Lora { rank: 4, alpha: 8.0, targets: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()] };
+    // The fixture adapter's own LoRA (rank 4, alpha 8, these projections).
+    let mut c =
+        common::generic_lora_experiment(dir, Acquisition::Random, vec![8, 16], 8, &["q_proj", "v_proj", "down_proj"]);
     c.trainer_command = Some(format!("sh '{}' {{data}} {{out}} {{targets}}", script.display()));
     c
 }

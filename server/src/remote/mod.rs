@@ -180,7 +180,7 @@ impl Remote {
     /// server reads the directory itself: at the same path, or as `adapter_path_map` maps it.
     pub fn load_adapter(&self, name: &str, dir: &std::path::Path) -> Result<(), RemoteError> {
         let c = &self.main.client;
-        let models = self.run(vec![async { Ok(c.get(&c.api("/models"), parse_models).await.result?) }])?.remove(0);
+        let models = self.one(c.get(&c.api("/models"), parse_models))?;
         if models.iter().any(|m| m == name) {
             return Ok(());
         }
@@ -209,7 +209,7 @@ impl Remote {
             .run(vec![async { Ok(c.post(&c.api("/load_lora_adapter"), &body, |_| Ok(())).await.result) }])?
             .remove(0);
         if let Err(source) = loaded {
-            let listed = self.run(vec![async { Ok(c.get(&c.api("/models"), parse_models).await.result?) }])?.remove(0);
+            let listed = self.one(c.get(&c.api("/models"), parse_models))?;
             if !listed.iter().any(|m| m == name) {
                 return Err(RemoteError::Adapter { name: name.to_string(), path, source });
             }
@@ -230,6 +230,11 @@ impl Remote {
         // The first failure ends the batch; the requests still in flight are dropped.
         let all = futures_util::stream::iter(calls).buffered(self.settings.concurrency.max(1)).try_collect::<Vec<T>>();
         self.blocking.run(all).ok_or(RemoteError::Cancelled)?
+    }
+
+    /// One call's reply (see [`Remote::run`]).
+    fn one<T>(&self, call: impl std::future::Future<Output = crate::openai::Outcome<T>>) -> Result<T, RemoteError> {
+        Ok(self.run(vec![async { Ok(call.await.result?) }])?.remove(0))
     }
 
     /// Samples `job` from `role`, the policy being served as `policy` (see

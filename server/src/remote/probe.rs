@@ -156,11 +156,11 @@ impl Remote {
         let c: Completion = match server.kind {
             ServerKind::Vllm => {
                 let body = wire::vllm_score(model, &[ids.to_vec()], 20);
-                self.run(vec![async { Ok(server.client.post(&url, &body, wire::parse).await.result?) }])?.remove(0)
+                self.one(server.client.post(&url, &body, wire::parse))?
             }
             ServerKind::LlamaCppPython => {
                 let body = wire::text_echo(model, ECHO_PROBE, 20);
-                self.run(vec![async { Ok(server.client.post(&url, &body, wire::parse).await.result?) }])?.remove(0)
+                self.one(server.client.post(&url, &body, wire::parse))?
             }
         };
         let choice = &c.choices[0];
@@ -204,7 +204,7 @@ impl Remote {
         let server = &self.main;
         let url = server.client.api("/completions");
         let body = wire::next_token(&self.settings.model, prefix.clone(), 20);
-        let c = self.run(vec![async { Ok(server.client.post(&url, &body, wire::parse).await.result?) }])?.remove(0);
+        let c = self.one(server.client.post(&url, &body, wire::parse))?;
         c.choices[0]
             .logprobs
             .as_ref()

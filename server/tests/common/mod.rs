@@ -41,3 +41,32 @@ impl apl::experiment::Observer for Quiet {
     fn stage(&self, _: &str, _: &str, _: usize, _: usize) {}
     fn phase(&self, _: &apl::experiment::run::PhaseRecord) {}
 }
+
+/// A small generic experiment on the tiny fixtures: 300 prompts in `dir`, the length oracle as
+/// labeller and judge, 4-token completions, reset each phase, one seed, LoRA over `targets`
+/// (rank 4, alpha 8).
+pub fn generic_lora_experiment(
+    dir: &std::path::Path,
+    acquisition: apl_shared::Acquisition,
+    schedule: Vec<usize>,
+    eval_prompts: usize,
+    targets: &[&str],
+) -> apl::experiment::config::ExperimentConfig {
+    use apl_shared::settings::Trainable;
+    use apl_shared::{Labeller, Mode, Preset, Task};
+    let mut c = apl::experiment::config::ExperimentConfig::preset(Preset::ImdbCpu);
+    c.preset = None;
+    c.task.kind = Task::Generic;
+    c.task.path = Some(prompts_file(dir, 300));
+    c.acquisitions = vec![acquisition];
+    c.schedule = schedule;
+    c.seeds = vec![0];
+    let s = &mut c.settings;
+    s.completion_tokens = (4, 4);
+    s.labeller = Labeller::Length;
+    s.eval.judge = Labeller::Length;
+    s.eval.prompts = eval_prompts;
+    s.mode = Mode::Reset;
+    s.trainable = Trainable::Lora { rank: 4, alpha: 8.0, targets: targets.iter().map(|t| t.to_string()).collect() };
+    c
+}

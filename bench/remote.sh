@@ -70,7 +70,9 @@ echo "== imdb-protocol, LoRA rank 8, on this engine"
 echo "== the same on HF transformers (policy as apl's PEFT adapter), baseline sampled on llama-cpp-python"
 llama_server
 hf_server "$work/smollm2" smollm2
-"$apl" experiment "${args[@]}" --out "$out/remote" --remote --base-url http://127.0.0.1:18089/v1 \
+# These CPU servers compute one request at a time: one in flight, so none waits out its timeout.
+echo '{"settings": {"backend": {"kind": "remote", "concurrency": 1}}}' >"$work/one-at-a-time.json"
+"$apl" experiment "${args[@]}" --config "$work/one-at-a-time.json" --out "$out/remote" --remote --base-url http://127.0.0.1:18089/v1 \
   --served-model smollm2 --server vllm --reference-base-url http://127.0.0.1:18088/v1 \
   --reference-server llama_cpp_python 2>"$work/remote.log" | tail -n 25
 for arm in local remote; do

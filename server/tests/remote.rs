@@ -229,6 +229,13 @@ async fn busy_servers_are_retried_and_cancelled_calls_dropped() {
     let e = Remote::new(s, None, fixture().tok, Arc::new(Destinations::public_and(vec![]))).unwrap_err();
     assert!(matches!(e, RemoteError::Client(_)), "{e}");
 
+    // A reply without end is read up to the cap, and not asked for again.
+    let (url, mock) = start(Faults { endless: true, ..Default::default() }).await;
+    let s = settings(&url, ServerKind::Vllm);
+    let e = blocking(move || remote(s).check().unwrap_err().to_string()).await;
+    assert!(e.contains("the model server's reply is over 67108864 bytes; it was not read further"), "{e}");
+    assert_eq!(mock.bodies.lock().unwrap().len(), 1);
+
     let (url, _mock) = start(Faults { delay: Some(Duration::from_secs(30)), ..Default::default() }).await;
     let flag = Arc::new(AtomicBool::new(false));
     let r = remote(settings(&url, ServerKind::Vllm)).cancelled_by(flag.clone());

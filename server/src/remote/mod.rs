@@ -572,10 +572,12 @@ fn echoed(c: &Completion, prompt: &str, completion: &str, tokens: usize) -> Resu
         k1 <= offsets.len() && (tokens == 0 || offsets[k1 - 1] < end) && (k1 == offsets.len() || offsets[k1] >= end);
     if !fits {
         let theirs = offsets[k0..].iter().filter(|&&o| o < end).count();
-        let pieces: Vec<&str> =
-            lp.tokens[k0..k0 + theirs.min(lp.tokens.len() - k0)].iter().map(String::as_str).collect();
+        // At most 16 of the server's tokens, each cut (`shown`): its texts go into logs.
+        let pieces: Vec<String> = lp.tokens[k0..].iter().take(theirs.min(16)).map(|t| shown(t)).collect();
+        let more = if theirs > 16 { " and more" } else { "" };
         return Err(RemoteError::Refused(format!(
-            "the model server tokenises the completion {completion:?} into {theirs} tokens {pieces:?}, the local tokenizer into {tokens}"
+            "the model server tokenises the completion {:?} into {theirs} tokens {pieces:?}{more}, the local tokenizer into {tokens}",
+            shown(completion)
         )));
     }
     finite(&lp.token_logprobs[k0..k1], "completion token")
@@ -677,5 +679,72 @@ mod tests {
         // Tokenised otherwise than here: three tokens where the server has four.
         let e = echoed(&c, "The step of", " boiling water is:", 3).unwrap_err().to_string();
         assert!(e.contains("into 4 tokens") && e.contains("the local tokenizer into 3"), "{e}");
+    }
+
+    /// A text echo from a hostile server: each token's text a long run of markup, more tokens
+    /// than the local tokenizer has, and lists of different lengths. Nothing panics and what
+    /// the server wrote reaches a message only cut (24 characters a token, 16 tokens).
+    #[test]
+    fn a_hostile_echo_is_refused_in_a_few_lines() {
+        let long = "<script>alert(1)</script>".repeat(4000);
+        let n = 200;
+        let echo = |tokens: usize, offsets: usize, logprobs: usize| {
+            json_reply(serde_json::json!({"choices": [{"index": 0, "text": "x", "logprobs": {
+                "text_offset": (0..offsets).collect::<Vec<_>>(),
+                "token_logprobs": vec![-1.0; logprobs],
+                "tokens": vec![long.clone(); tokens],
+            }}]}))
+        };
+        let prompt = "a";
+        let completion = "b".repeat(n - 1);
+        let e = echoed(&echo(n, n, n), prompt, &completion, 3).unwrap_err().to_string();
+        assert!(e.contains("into 199 tokens") && e.contains("and more"), "{e}");
+        assert!(e.len() < 1200 && e.matches("<script>").count() == 16, "{} bytes: {e}", e.len());
+        // Token texts, offsets and log-probs that do not line up.
+        for (t, o, l) in [(3, n, n), (n, 3, n), (n, n, 3), (0, 0, 0)] {
+            let e = echoed(&echo(t, o, l), prompt, &completion, 3).unwrap_err().to_string();
+            assert!(e.len() < 300, "{e}");
+        }
+        // Log-probs that are no log-probs.
+        for bad in
+            [serde_json::json!(0.5), serde_json::json!(-9999.0), serde_json::json!(1e308), serde_json::Value::Null]
+        {
+            let c = json_reply(serde_json::json!({"choices": [{"index": 0, "text": "ab", "logprobs": {
+                "text_offset": [0, 1], "token_logprobs": [null, bad], "tokens": ["a", "b"]}}]}));
+            let e = echoed(&c, "a", "b", 1).unwrap_err().to_string();
+            assert!(e.contains("completion token 0 has"), "{e}");
+        }
+    }
+
+    /// vLLM replies that do not answer the request: missing ids, ids and log-probs of
+    /// different lengths, the wrong number of choices or positions.
+    #[test]
+    fn vllm_replies_that_do_not_fit_are_refused() {
+        let sample = |choice: serde_json::Value, n: usize| {
+            let c = json_reply(serde_json::json!({"choices": vec![choice; n]}));
+            vllm_samples(c, &[2], &[0]).map(|_| ()).unwrap_err().to_string()
+        };
+        let ok = serde_json::json!({"index": 0, "token_ids": [5, 6], "logprobs": {"token_logprobs": [-1.0, -2.0]}});
+        assert!(sample(ok.clone(), 2).contains("2 choices for 1 rows"));
+        let short = serde_json::json!({"index": 0, "token_ids": [5, 6, 7], "logprobs": {"token_logprobs": [-1.0]}});
+        assert!(sample(short, 1).contains("1 log-probs for 3 tokens"));
+        let texts =
+            serde_json::json!({"index": 0, "logprobs": {"tokens": ["<b>", "x"], "token_logprobs": [-1.0, -2.0]}});
+        assert!(sample(texts, 1).contains("no token ids"));
+        let c = json_reply(
+            serde_json::json!({"choices": [{"index": 0, "prompt_logprobs": [null, {"5": {"logprob": -1.0}}]}]}),
+        );
+        let e = prompt_logprobs(&c, &[(&[1, 2], &[5])]).unwrap_err().to_string();
+        assert!(e.contains("prompt log-probs of 2 positions for 3 tokens"), "{e}");
+        // The completion's token missing from its position's map.
+        let c = json_reply(
+            serde_json::json!({"choices": [{"index": 0, "prompt_logprobs": [null, {"9": {"logprob": -1.0}}]}]}),
+        );
+        let e = prompt_logprobs(&c, &[(&[1], &[5])]).unwrap_err().to_string();
+        assert!(e.contains("completion token 0 has no log-prob"), "{e}");
+    }
+
+    fn json_reply(v: serde_json::Value) -> Completion {
+        wire::parse(v.to_string().as_bytes()).unwrap()
     }
 }

@@ -42,6 +42,8 @@ pub struct Faults {
     pub unavailable: AtomicUsize,
     /// Wait this long before answering.
     pub delay: Option<Duration>,
+    /// Completions answered 200 with a body that never ends.
+    pub endless: bool,
 }
 
 pub struct Mock {
@@ -292,6 +294,11 @@ async fn completions(State(m): State<Shared>, Json(body): Json<Value>) -> Respon
     if m.faults.unavailable.load(Ordering::SeqCst) > 0 {
         m.faults.unavailable.fetch_sub(1, Ordering::SeqCst);
         return (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "0")], "busy").into_response();
+    }
+    if m.faults.endless {
+        let chunk = axum::body::Bytes::from(vec![b' '; 1 << 20]);
+        let body = futures_util::stream::repeat_with(move || Ok::<_, std::convert::Infallible>(chunk.clone()));
+        return ([("content-type", "application/json")], axum::body::Body::from_stream(body)).into_response();
     }
     let reply = if body["prompt"].is_string() { llama_cpp_python(&m, &body) } else { vllm(&m, &body) };
     Json(reply).into_response()

@@ -83,11 +83,19 @@ pub fn parse_dtype(spec: &str) -> Result<DType> {
 
 pub fn describe(device: &Device) -> String {
     match device {
-        Device::Cpu => format!(
-            "cpu ({} threads; matrix products: {})",
-            candle_core::utils::get_num_threads(),
-            crate::model::cpu::blas::describe()
-        ),
+        Device::Cpu => {
+            use crate::model::cpu::amx;
+            let bf16 = if amx::products() == amx::Products::Bf16 {
+                format!("bf16 on AMX from {} rows, else ", amx::MIN_ROWS)
+            } else {
+                String::new()
+            };
+            format!(
+                "cpu ({} threads; matrix products: {bf16}{})",
+                candle_core::utils::get_num_threads(),
+                crate::model::cpu::blas::describe()
+            )
+        }
         Device::Cuda(_) => "cuda".to_string(),
         Device::Metal(_) => "metal".to_string(),
     }

@@ -519,6 +519,20 @@ impl RaterNoise {
 }
 
 vocabulary! {
+    "product precision";
+    /// The precision of the engine's matrix products on the CPU (`cpu::amx` in the engine).
+    #[derive(Default)]
+    pub enum Products {
+        /// f32 operands and sums.
+        #[default]
+        F32,
+        /// Operands rounded to bf16, sums in f32, on Intel AMX where the CPU has it (f32
+        /// elsewhere): several times faster, log-probs within a few hundredths of a nat.
+        Bf16,
+    }
+}
+
+vocabulary! {
     "model server";
     /// Which OpenAI-compatible server a remote backend talks to: they differ in what the
     /// completions API takes and returns (token-id prompts, `n`, prompt log-probs, token ids).

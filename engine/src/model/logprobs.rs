@@ -237,8 +237,15 @@ pub fn batch_logprobs_from(model: &Model, pairs: &[(&[u32], &[u32])], prefix: Op
     let n = rows.len();
     let dev = model.device();
     let hidden = hidden.reshape((b * t, ()))?.index_select(&Tensor::from_vec(rows, n, dev)?, 0)?;
-    let logits = model.lm_head(&hidden)?;
-    let tokens = token_logprobs(&logits, &Tensor::from_vec(targets, n, dev)?)?;
+    let head = model.head();
+    let plain = head.bias.is_none() && head.lora.is_none() && !head.in_out;
+    let tokens = if plain && super::cpu::head::takes(&hidden, &head.weight) {
+        // Without the (rows, vocab) logits (`cpu/head.rs`).
+        super::cpu::head::logprobs(&hidden, &head.weight, &targets)?
+    } else {
+        let logits = model.lm_head(&hidden)?;
+        token_logprobs(&logits, &Tensor::from_vec(targets, n, dev)?)?
+    };
 
     // Per-row sums as one matmul with a 0/1 selection matrix (keeps the graph small).
     let mut sel = vec![0f32; b * n];

@@ -181,6 +181,11 @@ impl Model {
     }
 
     /// Output head: (..., hidden) -> (..., vocab).
+    /// The output head's layer (the embedding's weight when tied).
+    pub fn head(&self) -> &ops::Linear {
+        dispatch!(self, m => m.head())
+    }
+
     pub fn lm_head(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
         dispatch!(self, m => m.lm_head(hidden))
     }

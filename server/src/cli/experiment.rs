@@ -355,6 +355,7 @@ pub fn run(a: Args) -> Result<()> {
     let device = parse_device(&a.model.device)?;
     if device.is_cpu() {
         super::offer_cached_blas(&cache, cfg.model.is_none());
+        apl_engine::model::cpu::amx::set_products(a.model.products);
     }
     let base = Checkpoint::load(&model_path, parse_dtype(&a.model.dtype)?, &device)?;
     let t = std::time::Instant::now();

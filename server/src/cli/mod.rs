@@ -23,7 +23,9 @@ use clap::{Parser, Subcommand};
 
 use crate::assets;
 use apl_engine::device::{describe, parse_device, parse_dtype};
+use apl_engine::model::cpu::amx::set_products;
 use apl_engine::model::{Checkpoint, Model, Tokenizer};
+use apl_shared::settings::Products;
 
 #[derive(Debug, Parser)]
 #[command(name = "apl", version, about = "Active preference learning workbench: DPO with as few labels as possible")]
@@ -85,6 +87,10 @@ pub struct ModelArgs {
     /// (an extra f16 copy: half the bytes per token, outputs within f16 rounding of the weights).
     #[arg(long, default_value = "f32", env = "APL_DECODE_WEIGHTS", value_parser = ["f32", "f16"])]
     pub decode_weights: String,
+    /// Matrix products on the CPU: f32, or bf16 (operands rounded to bf16, sums in f32) on
+    /// Intel AMX where the CPU has it (f32 elsewhere).
+    #[arg(long, default_value = "f32", env = "APL_PRODUCTS")]
+    pub products: Products,
     #[command(flatten)]
     pub cache: CacheArgs,
 }
@@ -110,6 +116,7 @@ impl ModelArgs {
         let device = parse_device(&self.device)?;
         if device.is_cpu() {
             offer_cached_blas(&self.cache.dir(), self.model.is_none());
+            set_products(self.products);
         }
         let dtype = parse_dtype(&self.dtype)?;
         let t = Instant::now();

@@ -179,6 +179,11 @@ impl Model {
     }
 
     /// The output head (the embedding's weight when tied).
+    pub fn head(&self) -> &Linear {
+        &self.embed_out
+    }
+
+    /// The output head (the embedding's weight when tied).
     pub fn head_mut(&mut self) -> &mut Linear {
         &mut self.embed_out
     }

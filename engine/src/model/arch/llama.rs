@@ -233,6 +233,11 @@ impl Model {
     }
 
     /// The output head (the embedding's weight when tied).
+    pub fn head(&self) -> &Linear {
+        &self.lm_head
+    }
+
+    /// The output head (the embedding's weight when tied).
     pub fn head_mut(&mut self) -> &mut Linear {
         &mut self.lm_head
     }

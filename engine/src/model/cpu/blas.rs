@@ -241,12 +241,20 @@ pub trait Element: Copy + Default + Send + Sync + 'static {
     fn skinny(_m: usize, _n: usize, _k: usize, _a: Operand<Self>, _b: Operand<Self>) -> Option<Vec<Self>> {
         None
     }
+    /// The product in bf16 on AMX (`amx.rs`), where that is chosen and the product is large.
+    fn bf16(_m: usize, _n: usize, _k: usize, _a: Operand<Self>, _b: Operand<Self>) -> Option<Vec<Self>> {
+        None
+    }
 }
 
 impl Element for f32 {
     const ONE: Self = 1.0;
     fn blas_fn(blas: &Blas) -> Option<GemmFn<Self>> {
         Some(blas.sgemm)
+    }
+    fn bf16(m: usize, n: usize, k: usize, a: Operand<Self>, b: Operand<Self>) -> Option<Vec<Self>> {
+        let amx = super::amx::products() == super::amx::Products::Bf16 && m >= super::amx::MIN_ROWS;
+        amx.then(|| super::amx::matmul(m, n, k, a, b))
     }
     fn skinny(m: usize, n: usize, k: usize, a: Operand<Self>, b: Operand<Self>) -> Option<Vec<Self>> {
         // b (k, n) read with row stride 1: output j's weights are b.data[j * col_stride..][..k].
@@ -272,6 +280,9 @@ pub fn matmul<T: Element>(m: usize, n: usize, k: usize, a: Operand<T>, b: Operan
     let last = |o: &Operand<T>, rows: usize, cols: usize| (rows - 1) * o.row_stride + (cols - 1) * o.col_stride;
     assert!(last(&a, m, k) < a.data.len() && last(&b, k, n) < b.data.len(), "matmul operand out of bounds");
     if use_blas && let Some(c) = T::skinny(m, n, k, a, b) {
+        return c;
+    }
+    if use_blas && let Some(c) = T::bf16(m, n, k, a, b) {
         return c;
     }
     let dims = (c_int::try_from(m), c_int::try_from(n), c_int::try_from(k));

@@ -50,6 +50,37 @@ pub fn log_softmax_at_grad(row: &[f32], target: usize, g: f32, out: &mut [f32]) 
     }
 }
 
+/// `x = scale * e^(x - shift)` in place: a softmax's gradient term from a known log-sum-exp.
+pub fn scaled_exp(row: &mut [f32], shift: f32, scale: f32) {
+    match skinny::isa() {
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Some(Isa::Avx512) => unsafe { scaled_exp_avx512(row, shift, scale) },
+        #[cfg(target_arch = "x86_64")]
+        Some(Isa::Avx2) => unsafe { scaled_exp_avx2(row, shift, scale) },
+        _ => scaled_exp_generic(row, shift, scale),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl")]
+fn scaled_exp_avx512(row: &mut [f32], shift: f32, scale: f32) {
+    scaled_exp_generic(row, shift, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn scaled_exp_avx2(row: &mut [f32], shift: f32, scale: f32) {
+    scaled_exp_generic(row, shift, scale)
+}
+
+#[inline(always)]
+fn scaled_exp_generic(row: &mut [f32], shift: f32, scale: f32) {
+    for x in row.iter_mut() {
+        *x = scale * exp(*x - shift);
+    }
+}
+
 /// A sampler's weights over one row of logits: fills `probs` with `e^((x - max) / T)` and
 /// returns `(max, z1)`, `z1` the temperature-1 normaliser `sum e^(x - max)` (the log-prob of a
 /// token at T = 1 is `x - max - ln z1`). `inv_t` is `1 / T`.

@@ -1,0 +1,380 @@
+//! Matrix products in bf16 on Intel AMX (Sapphire Rapids and later), accumulated in f32.
+//!
+//! A layer's product is most of a forward or backward pass, and f32 products on this project's
+//! 2-core AVX-512 machines run near the cores' f32 peak (~200 GFLOP/s for both, through
+//! OpenBLAS), as PyTorch's do: f32 cannot get much further ahead. AMX's `tdpbf16ps` multiplies
+//! a 16x32 bf16 tile by a 32x16 one into 16x16 f32 sums in one instruction (2.6 TFLOP/s on one
+//! core, measured). Operands are rounded to bf16 (8 bits of mantissa, round to nearest even)
+//! as they are packed into tiles; the sums and the output stay f32, so the error is that of the
+//! rounded inputs, reported by `apl bench --products bf16` as |Δ log p| against f32.
+//!
+//! Shaped for the loop's products (thousands of rows by a weight): both operands are packed
+//! per call into tile order (A: 16 rows x 32 columns a tile; B: the "VNNI" pairs of rows AMX
+//! reads, 16 pairs x 16 columns), padded to whole 32x32 blocks with zeros. The kernel keeps a
+//! 32x32 block of C in four tile registers over the whole inner dimension (one asm loop: the
+//! compiler never sees the tile registers), and rayon's threads take (row group, column chunk)
+//! tasks, the column chunk sized so its packed B stays in L2 while a row group's A is reused.
+//! Each task configures the tiles on its thread and releases them when done.
+//!
+//! Used only where the CPU has AMX and Linux grants the tile state (`available`), for products
+//! of at least `MIN_ROWS` rows (decoding's few rows stay with the f32 kernels, which read each
+//! weight once); `products` chooses it for the whole process.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use rayon::prelude::*;
+
+use super::blas::Operand;
+
+pub use apl_shared::settings::Products;
+
+static PRODUCTS: AtomicU8 = AtomicU8::new(0);
+
+/// Chooses the precision of every later product in this process.
+pub fn set_products(p: Products) {
+    PRODUCTS.store((p == Products::Bf16) as u8, Ordering::Relaxed);
+}
+
+/// The precision products are made in: `Bf16` only where it is both chosen and available.
+pub fn products() -> Products {
+    if PRODUCTS.load(Ordering::Relaxed) == 1 && available() { Products::Bf16 } else { Products::F32 }
+}
+
+/// Fewer rows than this stay f32 (packing B costs as much as a product of ~16 rows).
+pub const MIN_ROWS: usize = 64;
+
+/// Whether this CPU and OS run AMX bf16 (checked once).
+pub fn available() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(detect)
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn detect() -> bool {
+    use std::arch::x86_64::{__cpuid_count, _xgetbv};
+    let (max, l1, l7) = (__cpuid_count(0, 0).eax, __cpuid_count(1, 0), __cpuid_count(7, 0));
+    let osxsave = l1.ecx >> 27 & 1 == 1;
+    let (amx_bf16, amx_tile) = (l7.edx >> 22 & 1 == 1, l7.edx >> 24 & 1 == 1);
+    if max < 7 || !osxsave || !amx_bf16 || !amx_tile || !std::arch::is_x86_feature_detected!("avx512bf16") {
+        return false;
+    }
+    // SAFETY: OSXSAVE is set, so `xgetbv` exists; XCR0 bits 17-18 are the tile state.
+    let xcr0 = unsafe { _xgetbv(0) };
+    if xcr0 & (0b11 << 17) != 0b11 << 17 {
+        return false;
+    }
+    // Linux hands out the 8 KiB tile data state on request: ARCH_REQ_XCOMP_PERM for
+    // XFEATURE_XTILEDATA (18), once per process.
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    // SAFETY: arch_prctl with this code takes a feature number and touches no memory.
+    unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, 18 as libc::c_long) == 0 }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+fn detect() -> bool {
+    false
+}
+
+/// f32 to bf16, rounding to nearest even (NaN stays a NaN).
+#[inline]
+pub fn to_bf16(x: f32) -> u16 {
+    let b = x.to_bits();
+    if x.is_nan() {
+        return ((b >> 16) | 0x40) as u16;
+    }
+    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
+}
+
+/// Elements of one packed tile (16 rows of 64 bytes).
+const TILE: usize = 512;
+
+/// `a (m, k)` in tiles of 16 rows x 32 columns: tile (row tile `it`, column chunk `kc`) at
+/// `(it * kch + kc) * TILE`, rows of 32 values; zeros past `m` and `k`.
+fn pack_a(a: Operand<f32>, m: usize, k: usize, row_tiles: usize, kch: usize) -> Vec<u16> {
+    let mut out = vec![0u16; row_tiles * kch * TILE];
+    out.par_chunks_mut(kch * TILE).enumerate().for_each(|(it, tiles)| {
+        let rows = m.saturating_sub(it * 16).min(16);
+        if rows == 0 {
+            return; // padding
+        }
+        if a.col_stride == 1 {
+            for r in 0..rows {
+                let row = &a.data[(it * 16 + r) * a.row_stride..][..k];
+                for (kc, chunk) in row.chunks(32).enumerate() {
+                    convert(chunk, &mut tiles[kc * TILE + r * 32..][..chunk.len()]);
+                }
+            }
+        } else {
+            // A transposed (a weight gradient's dy^T): rows of one column are adjacent.
+            for l in 0..k {
+                let col = &a.data[l * a.col_stride + it * 16 * a.row_stride..];
+                let t = &mut tiles[(l / 32) * TILE + l % 32..];
+                for r in 0..rows {
+                    t[r * 32] = to_bf16(col[r * a.row_stride]);
+                }
+            }
+        }
+    });
+    out
+}
+
+/// `b (k, n)` in AMX's pair layout, tiles of 16 row pairs x 16 columns: tile (column tile
+/// `jt`, row chunk `kc`) at `(jt * kch + kc) * TILE`, where rows `2p` and `2p + 1` of column
+/// `j` sit side by side at `p * 32 + j * 2`; zeros past `k` and `n`.
+fn pack_b(b: Operand<f32>, k: usize, n: usize, col_tiles: usize, kch: usize) -> Vec<u16> {
+    let mut out = vec![0u16; col_tiles * kch * TILE];
+    out.par_chunks_mut(kch * TILE).enumerate().for_each(|(jt, tiles)| {
+        let cols = n.saturating_sub(jt * 16).min(16);
+        if cols == 0 {
+            return; // padding
+        }
+        if b.row_stride == 1 {
+            // B = W^T of an HF weight (out, in): each column of B is a row of W.
+            let mut buf = [0u16; 32];
+            for j in 0..cols {
+                let column = &b.data[(jt * 16 + j) * b.col_stride..][..k];
+                for (kc, chunk) in column.chunks(32).enumerate() {
+                    convert(chunk, &mut buf[..chunk.len()]);
+                    buf[chunk.len()..].fill(0);
+                    let t = &mut tiles[kc * TILE + j * 2..];
+                    for p in 0..16 {
+                        t[p * 32] = buf[2 * p];
+                        t[p * 32 + 1] = buf[2 * p + 1];
+                    }
+                }
+            }
+        } else {
+            let (mut r0, mut r1) = ([0u16; 16], [0u16; 16]);
+            for l in (0..k).step_by(2) {
+                let row = |l: usize, out: &mut [u16; 16]| {
+                    if l < k && b.col_stride == 1 {
+                        convert(&b.data[l * b.row_stride + jt * 16..][..cols], &mut out[..cols]);
+                    } else if l < k {
+                        for (j, o) in out[..cols].iter_mut().enumerate() {
+                            *o = to_bf16(b.data[l * b.row_stride + (jt * 16 + j) * b.col_stride]);
+                        }
+                    } else {
+                        out.fill(0);
+                    }
+                };
+                row(l, &mut r0);
+                row(l + 1, &mut r1);
+                let t = &mut tiles[(l / 32) * TILE + (l % 32 / 2) * 32..];
+                for j in 0..cols {
+                    t[j * 2] = r0[j];
+                    t[j * 2 + 1] = r1[j];
+                }
+            }
+        }
+    });
+    out
+}
+
+/// `x` to bf16 into `out` (same length): 32 values at a time with AVX-512 BF16's
+/// `vcvtne2ps2bf16` (round to nearest even, as `to_bf16`), the rest one by one.
+fn convert(x: &[f32], out: &mut [u16]) {
+    #[cfg(target_arch = "x86_64")]
+    if x.len() == 32 && std::arch::is_x86_feature_detected!("avx512bf16") {
+        // SAFETY: the CPU has the features; 32 values in and out.
+        unsafe { convert32(x, out) };
+        return;
+    }
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = to_bf16(v);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn convert32(x: &[f32], out: &mut [u16]) {
+    use std::arch::x86_64::*;
+    assert!(x.len() >= 32 && out.len() >= 32);
+    // SAFETY: 32 values read and written (checked above).
+    unsafe {
+        let lo = _mm512_loadu_ps(x.as_ptr());
+        let hi = _mm512_loadu_ps(x.as_ptr().add(16));
+        let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+        _mm512_storeu_si512(out.as_mut_ptr().cast(), v);
+    }
+}
+
+/// The 64-byte tile configuration (palette 1): eight tiles of 16 rows x 64 bytes.
+#[repr(C, align(64))]
+struct TileConfig {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    colsb: [u16; 16],
+    rows: [u8; 16],
+}
+
+const CONFIG: TileConfig = TileConfig {
+    palette: 1,
+    start_row: 0,
+    reserved: [0; 14],
+    colsb: [64, 64, 64, 64, 64, 64, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0],
+    rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
+};
+
+/// A 32x32 block of C: `kch` steps of two A tiles by two B tiles into four f32 tiles, stored
+/// at `c` (rows `ldc` bytes apart).
+///
+/// SAFETY: the tiles are configured on this thread (`CONFIG`); `a0`, `a1`, `b0`, `b1` each
+/// point at `kch` consecutive packed tiles; `c` has 32 rows of 32 f32 at `ldc` bytes apart.
+#[cfg(target_arch = "x86_64")]
+unsafe fn block(kch: usize, a0: *const u16, a1: *const u16, b0: *const u16, b1: *const u16, c: *mut f32, ldc: usize) {
+    // SAFETY: the caller's; the loop runs `kch` >= 1 times.
+    unsafe {
+        std::arch::asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            "2:",
+            "tileloadd tmm4, [{a0} + {s}]",
+            "tileloadd tmm6, [{b0} + {s}]",
+            "tileloadd tmm5, [{a1} + {s}]",
+            "tileloadd tmm7, [{b1} + {s}]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            "add {a0}, 1024",
+            "add {a1}, 1024",
+            "add {b0}, 1024",
+            "add {b1}, 1024",
+            "dec {n}",
+            "jnz 2b",
+            "tilestored [{c0} + {ldc}], tmm0",
+            "tilestored [{c0} + {ldc} + 64], tmm1",
+            "tilestored [{c1} + {ldc}], tmm2",
+            "tilestored [{c1} + {ldc} + 64], tmm3",
+            a0 = inout(reg) a0 => _,
+            a1 = inout(reg) a1 => _,
+            b0 = inout(reg) b0 => _,
+            b1 = inout(reg) b1 => _,
+            n = inout(reg) kch => _,
+            s = in(reg) 64usize,
+            ldc = in(reg) ldc,
+            c0 = in(reg) c,
+            c1 = in(reg) c.byte_add(16 * ldc),
+            options(nostack),
+        );
+    }
+}
+
+/// A pointer that may cross to rayon's threads: each task writes its own rows of C.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: tasks write disjoint blocks of the buffer, which outlives them (rayon joins).
+unsafe impl Send for Out {}
+// SAFETY: as above.
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// Through a method, so closures capture the whole (Send) wrapper, not its pointer field.
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `a (m, k) @ b (k, n)` into a new row-major (m, n) f32 buffer, operands rounded to bf16.
+/// Callers check `available()` (else this panics).
+pub fn matmul(m: usize, n: usize, k: usize, a: Operand<f32>, b: Operand<f32>) -> Vec<f32> {
+    assert!(available(), "AMX products on a CPU without AMX");
+    let (mb, nb, kch) = (m.div_ceil(32), n.div_ceil(32), k.div_ceil(32));
+    if m == 0 || n == 0 || k == 0 {
+        return vec![0f32; m * n];
+    }
+    // Every element is written by a block below; a memset of (rows, vocab) logits is not free.
+    let mut c: Vec<std::mem::MaybeUninit<f32>> = Vec::with_capacity(m * n);
+    let (pa, pb) = rayon::join(|| pack_a(a, m, k, mb * 2, kch), || pack_b(b, k, n, nb * 2, kch));
+    // Column chunks whose packed B fits in ~256 KiB of L2; row groups of 8 blocks (256 rows).
+    let chunk = (256 * 1024 / (kch * 2 * TILE * 2)).clamp(1, nb);
+    let (groups, chunks) = (mb.div_ceil(8), nb.div_ceil(chunk));
+    let out = Out(c.as_mut_ptr().cast::<f32>());
+    (0..groups * chunks).into_par_iter().for_each(|task| {
+        let out = out.ptr();
+        let (g, ch) = (task % groups, task / groups);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AMX is available and its state granted (`available`); the configuration is
+        // loaded on this thread before the blocks and released after them, with no call in
+        // between that could run other AMX code on this thread.
+        unsafe {
+            std::arch::asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly));
+            let mut edge = [0f32; 32 * 32];
+            for jb in ch * chunk..((ch + 1) * chunk).min(nb) {
+                let b0 = pb.as_ptr().add(jb * 2 * kch * TILE);
+                let b1 = b0.add(kch * TILE);
+                for ib in g * 8..((g + 1) * 8).min(mb) {
+                    let a0 = pa.as_ptr().add(ib * 2 * kch * TILE);
+                    let a1 = a0.add(kch * TILE);
+                    let (rows, cols) = ((m - ib * 32).min(32), (n - jb * 32).min(32));
+                    if rows == 32 && cols == 32 {
+                        block(kch, a0, a1, b0, b1, out.add(ib * 32 * n + jb * 32), n * 4);
+                    } else {
+                        block(kch, a0, a1, b0, b1, edge.as_mut_ptr(), 32 * 4);
+                        for r in 0..rows {
+                            let dst = out.add((ib * 32 + r) * n + jb * 32);
+                            std::ptr::copy_nonoverlapping(edge.as_ptr().add(r * 32), dst, cols);
+                        }
+                    }
+                }
+            }
+            std::arch::asm!("tilerelease", options(nostack, nomem));
+        }
+    });
+    // SAFETY: the blocks above wrote all m x n elements (whole blocks, and the valid part of
+    // edge blocks), and rayon joined every task.
+    unsafe {
+        c.set_len(m * n);
+        let mut c = std::mem::ManuallyDrop::new(c);
+        Vec::from_raw_parts(c.as_mut_ptr().cast::<f32>(), c.len(), c.capacity())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bf16_rounds_to_nearest_even() {
+        // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties go to the even mantissa (1.0).
+        assert_eq!(to_bf16(1.0 + 1.0 / 256.0), 0x3f80);
+        assert_eq!(to_bf16(1.0 + 3.0 / 256.0), 0x3f82);
+        assert_eq!(to_bf16(-2.0), 0xc000);
+        assert!(f32::from_bits((to_bf16(f32::NAN) as u32) << 16).is_nan());
+    }
+
+    /// Against a product of the bf16-rounded operands in f64: the only difference left is
+    /// the order of f32 sums. Every layout the linear op's forward and backward use, and
+    /// sizes that are not multiples of the tiles.
+    #[test]
+    fn products_equal_the_rounded_operands_product() {
+        if !available() {
+            eprintln!("no AMX on this CPU: skipped");
+            return;
+        }
+        let round = |x: f32| f32::from_bits((to_bf16(x) as u32) << 16) as f64;
+        for (m, n, k) in [(64, 48, 40), (100, 33, 70), (257, 96, 576), (32, 1000, 31)] {
+            let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| ((i * 104729) % 97) as f32 / 48.0 - 1.0).collect();
+            for (ars, acs) in [(k, 1), (1, m)] {
+                for (brs, bcs) in [(n, 1), (1, k)] {
+                    let ao = Operand { data: &a[..], row_stride: ars, col_stride: acs };
+                    let bo = Operand { data: &b[..], row_stride: brs, col_stride: bcs };
+                    let got = matmul(m, n, k, ao, bo);
+                    let mut err = 0f64;
+                    for i in 0..m {
+                        for j in 0..n {
+                            let want: f64 =
+                                (0..k).map(|l| round(a[i * ars + l * acs]) * round(b[l * brs + j * bcs])).sum();
+                            err = err.max((got[i * n + j] as f64 - want).abs());
+                        }
+                    }
+                    assert!(err < 1e-3, "{m}x{n}x{k} a {ars},{acs} b {brs},{bcs}: {err}");
+                }
+            }
+        }
+    }
+}

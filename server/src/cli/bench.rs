@@ -176,7 +176,7 @@ fn load(spec: &str, a: &ModelArgs) -> Result<Checkpoint> {
     let dtype = parse_dtype(&a.dtype)?;
     if device.is_cpu() {
         super::offer_cached_blas(&a.cache.dir(), spec == "default");
-        apl_engine::model::cpu::amx::set_products(a.products);
+        apl_engine::model::cpu::amx::set_products(a.products.unwrap_or_default());
     }
     Ok(if random::is_random(spec) {
         random::random_checkpoint(spec, dtype, &device, 0)?

@@ -274,6 +274,9 @@ pub fn resolve(a: &Args) -> Result<ExperimentConfig> {
     if let Some(m) = &a.model.model {
         cfg.model = Some(m.clone());
     }
+    if let Some(p) = a.model.products {
+        cfg.products = p;
+    }
     cfg.validate()?;
     Ok(cfg)
 }
@@ -355,7 +358,7 @@ pub fn run(a: Args) -> Result<()> {
     let device = parse_device(&a.model.device)?;
     if device.is_cpu() {
         super::offer_cached_blas(&cache, cfg.model.is_none());
-        apl_engine::model::cpu::amx::set_products(a.model.products);
+        apl_engine::model::cpu::amx::set_products(cfg.products);
     }
     let base = Checkpoint::load(&model_path, parse_dtype(&a.model.dtype)?, &device)?;
     let t = std::time::Instant::now();

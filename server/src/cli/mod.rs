@@ -89,8 +89,9 @@ pub struct ModelArgs {
     pub decode_weights: String,
     /// Matrix products on the CPU: f32, or bf16 (operands rounded to bf16, sums in f32) on
     /// Intel AMX where the CPU has it (f32 elsewhere).
-    #[arg(long, default_value = "f32", env = "APL_PRODUCTS")]
-    pub products: Products,
+    /// [default: f32; an experiment's stored setting when it resumes]
+    #[arg(long, env = "APL_PRODUCTS")]
+    pub products: Option<Products>,
     #[command(flatten)]
     pub cache: CacheArgs,
 }
@@ -116,7 +117,7 @@ impl ModelArgs {
         let device = parse_device(&self.device)?;
         if device.is_cpu() {
             offer_cached_blas(&self.cache.dir(), self.model.is_none());
-            set_products(self.products);
+            set_products(self.products.unwrap_or_default());
         }
         let dtype = parse_dtype(&self.dtype)?;
         let t = Instant::now();

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use apl_shared::settings::{JudgeTask, LoopSettings, RaterNoise};
+use apl_shared::settings::{JudgeTask, LoopSettings, Products, RaterNoise};
 use apl_shared::{Acquisition, Labeller, Preset, Task, Vocabulary};
 use serde::{Deserialize, Serialize};
 
@@ -71,6 +71,9 @@ pub struct ExperimentConfig {
     /// Train each phase with this command (TRL; `trl`'s module header has its placeholders)
     /// instead of this engine's DPO. The operator's own text: experiments run on their machine.
     pub trainer_command: Option<String>,
+    /// The precision of this engine's matrix products on the CPU (`--products`): bf16 on AMX
+    /// is faster and moves log-probs by a few hundredths of a nat (`apl bench` measures it).
+    pub products: Products,
     /// The learning loop: acquisition factors, labeller, training, evaluation.
     pub settings: LoopSettings,
 }
@@ -106,6 +109,7 @@ impl ExperimentConfig {
             rater_noise: None,
             held_out_judge: false,
             trainer_command: None,
+            products: Products::F32,
             settings,
         }
     }

@@ -106,11 +106,19 @@ fn pack_a(a: Operand<f32>, m: usize, k: usize, row_tiles: usize, kch: usize) -> 
             }
         } else {
             // A transposed (a weight gradient's dy^T): rows of one column are adjacent.
+            let mut buf = [0u16; 16];
             for l in 0..k {
                 let col = &a.data[l * a.col_stride + it * 16 * a.row_stride..];
+                if a.row_stride == 1 && rows == 16 {
+                    convert(&col[..16], &mut buf);
+                } else {
+                    for (r, b) in buf[..rows].iter_mut().enumerate() {
+                        *b = to_bf16(col[r * a.row_stride]);
+                    }
+                }
                 let t = &mut tiles[(l / 32) * TILE + l % 32..];
-                for r in 0..rows {
-                    t[r * 32] = to_bf16(col[r * a.row_stride]);
+                for (r, &b) in buf[..rows].iter().enumerate() {
+                    t[r * 32] = b;
                 }
             }
         }
@@ -146,6 +154,12 @@ fn pack_b(b: Operand<f32>, k: usize, n: usize, col_tiles: usize, kch: usize) -> 
         } else {
             let (mut r0, mut r1) = ([0u16; 16], [0u16; 16]);
             for l in (0..k).step_by(2) {
+                let t = &mut tiles[(l / 32) * TILE + (l % 32 / 2) * 32..];
+                if cols == 16 && l + 1 < k && b.col_stride == 1 {
+                    let at = |l: usize| &b.data[l * b.row_stride + jt * 16..][..16];
+                    interleave(at(l), at(l + 1), &mut t[..32]);
+                    continue;
+                }
                 let row = |l: usize, out: &mut [u16; 16]| {
                     if l < k && b.col_stride == 1 {
                         convert(&b.data[l * b.row_stride + jt * 16..][..cols], &mut out[..cols]);
@@ -159,7 +173,6 @@ fn pack_b(b: Operand<f32>, k: usize, n: usize, col_tiles: usize, kch: usize) -> 
                 };
                 row(l, &mut r0);
                 row(l + 1, &mut r1);
-                let t = &mut tiles[(l / 32) * TILE + (l % 32 / 2) * 32..];
                 for j in 0..cols {
                     t[j * 2] = r0[j];
                     t[j * 2 + 1] = r1[j];
@@ -168,6 +181,46 @@ fn pack_b(b: Operand<f32>, k: usize, n: usize, col_tiles: usize, kch: usize) -> 
         }
     });
     out
+}
+
+/// Two rows of 16 values to bf16, side by side by column: `out = [r0[0], r1[0], r0[1], ..]`
+/// (AMX's pair layout).
+fn interleave(r0: &[f32], r1: &[f32], out: &mut [u16]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512bf16") && std::arch::is_x86_feature_detected!("avx512bw") {
+        // SAFETY: the CPU has the features; 16 values in from each row, 32 out.
+        unsafe { interleave16(r0, r1, out) };
+        return;
+    }
+    for j in 0..16 {
+        out[2 * j] = to_bf16(r0[j]);
+        out[2 * j + 1] = to_bf16(r1[j]);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn interleave16(r0: &[f32], r1: &[f32], out: &mut [u16]) {
+    use std::arch::x86_64::*;
+    assert!(r0.len() >= 16 && r1.len() >= 16 && out.len() >= 32);
+    // Lane i of the result takes lane ORDER[i] of [r0 as bf16 (0..16), r1 as bf16 (16..32)].
+    static ORDER: [u16; 32] = {
+        let mut o = [0u16; 32];
+        let mut j = 0;
+        while j < 16 {
+            o[2 * j] = j as u16;
+            o[2 * j + 1] = 16 + j as u16;
+            j += 1;
+        }
+        o
+    };
+    // SAFETY: the lengths were checked above.
+    unsafe {
+        let both: __m512i =
+            std::mem::transmute(_mm512_cvtne2ps_pbh(_mm512_loadu_ps(r1.as_ptr()), _mm512_loadu_ps(r0.as_ptr())));
+        let order = _mm512_loadu_si512(ORDER.as_ptr().cast());
+        _mm512_storeu_si512(out.as_mut_ptr().cast(), _mm512_permutexvar_epi16(order, both));
+    }
 }
 
 /// `x` to bf16 into `out` (same length): 32 values at a time with AVX-512 BF16's
@@ -179,8 +232,26 @@ fn convert(x: &[f32], out: &mut [u16]) {
         unsafe { convert32(x, out) };
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if x.len() == 16 && std::arch::is_x86_feature_detected!("avx512bf16") {
+        // SAFETY: the CPU has the features; 16 values in and out.
+        unsafe { convert16(x, out) };
+        return;
+    }
     for (o, &v) in out.iter_mut().zip(x) {
         *o = to_bf16(v);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn convert16(x: &[f32], out: &mut [u16]) {
+    use std::arch::x86_64::*;
+    assert!(x.len() >= 16 && out.len() >= 16);
+    // SAFETY: 16 values read and written (checked above).
+    unsafe {
+        let v: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(x.as_ptr())));
+        _mm256_storeu_si256(out.as_mut_ptr().cast(), v);
     }
 }
 
@@ -233,10 +304,10 @@ unsafe fn block(kch: usize, a0: *const u16, a1: *const u16, b0: *const u16, b1: 
             "2:",
             "tileloadd tmm4, [{a0} + {s}]",
             "tileloadd tmm6, [{b0} + {s}]",
-            "tileloadd tmm5, [{a1} + {s}]",
-            "tileloadd tmm7, [{b1} + {s}]",
             "tdpbf16ps tmm0, tmm4, tmm6",
+            "tileloadd tmm7, [{b1} + {s}]",
             "tdpbf16ps tmm1, tmm4, tmm7",
+            "tileloadd tmm5, [{a1} + {s}]",
             "tdpbf16ps tmm2, tmm5, tmm6",
             "tdpbf16ps tmm3, tmm5, tmm7",
             "add {a0}, 1024",
@@ -375,6 +446,35 @@ mod tests {
                     assert!(err < 1e-3, "{m}x{n}x{k} a {ars},{acs} b {brs},{bcs}: {err}");
                 }
             }
+        }
+    }
+
+    /// Throughput on SmolLM2's layer shapes for 2,048 rows (a DPO micro-batch), against BLAS:
+    /// `cargo test --release -p apl-engine --lib amx::tests::speed -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn speed() {
+        if !available() {
+            return;
+        }
+        let m = 2048;
+        for (k, n) in [(576, 576), (576, 1536), (1536, 576), (576, 49152 / 8)] {
+            let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0).collect();
+            let w: Vec<f32> = (0..k * n).map(|i| ((i * 104729) % 97) as f32 / 48.0 - 1.0).collect();
+            let ao = Operand { data: &a[..], row_stride: k, col_stride: 1 };
+            let bo = Operand { data: &w[..], row_stride: 1, col_stride: k };
+            let flops = 2.0 * (m * n * k) as f64;
+            let time = |f: &dyn Fn() -> Vec<f32>| {
+                f();
+                let t = std::time::Instant::now();
+                for _ in 0..5 {
+                    std::hint::black_box(f());
+                }
+                flops * 5.0 / t.elapsed().as_secs_f64() / 1e9
+            };
+            let amx = time(&|| matmul(m, n, k, ao, bo));
+            let blas = time(&|| super::super::blas::matmul(m, n, k, ao, bo, true));
+            eprintln!("{m}x{k} @ {k}x{n}: AMX {amx:.0} GFLOP/s, f32 {blas:.0} GFLOP/s");
         }
     }
 }

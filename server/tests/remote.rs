@@ -231,7 +231,8 @@ async fn busy_servers_are_retried_and_cancelled_calls_dropped() {
 
     // A reply without end is read up to the cap, and not asked for again.
     let (url, mock) = start(Faults { endless: true, ..Default::default() }).await;
-    let s = settings(&url, ServerKind::Vllm);
+    // Time enough to read 64 MiB on a loaded machine: the cap, not the timeout, must stop it.
+    let s = RemoteBackend { timeout_seconds: 120.0, ..settings(&url, ServerKind::Vllm) };
     let e = blocking(move || remote(s).check().unwrap_err().to_string()).await;
     assert!(e.contains("the model server's reply is over 67108864 bytes; it was not read further"), "{e}");
     assert_eq!(mock.bodies.lock().unwrap().len(), 1);

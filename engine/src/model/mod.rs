@@ -180,12 +180,12 @@ impl Model {
         dispatch!(self, m => m.final_norm(&xs))
     }
 
-    /// Output head: (..., hidden) -> (..., vocab).
     /// The output head's layer (the embedding's weight when tied).
     pub fn head(&self) -> &ops::Linear {
         dispatch!(self, m => m.head())
     }
 
+    /// Output head: (..., hidden) -> (..., vocab).
     pub fn lm_head(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
         dispatch!(self, m => m.lm_head(hidden))
     }

@@ -360,6 +360,10 @@ pub fn run(a: Args) -> Result<()> {
         super::offer_cached_blas(&cache, cfg.model.is_none());
         apl_engine::model::cpu::amx::set_products(cfg.products);
     }
+    // The record says what ran: bf16 products only where they do.
+    if cfg.products != apl_engine::model::cpu::amx::products() {
+        bail!("products bf16 needs a CPU with AMX (Intel Sapphire Rapids or later, Linux); this run would be f32");
+    }
     let base = Checkpoint::load(&model_path, parse_dtype(&a.model.dtype)?, &device)?;
     let t = std::time::Instant::now();
     let env = JudgeEnv { log: Some(out.join("judge.jsonl")), secrets_file: a.secrets_file.clone() };

@@ -89,7 +89,7 @@ pub struct ModelArgs {
     pub decode_weights: String,
     /// Matrix products on the CPU: f32, or bf16 (operands rounded to bf16, sums in f32) on
     /// Intel AMX where the CPU has it (f32 elsewhere).
-    /// [default: f32; an experiment's stored setting when it resumes]
+    /// [default: f32; a resumed experiment must be given its own again]
     #[arg(long, env = "APL_PRODUCTS")]
     pub products: Option<Products>,
     #[command(flatten)]
@@ -118,6 +118,9 @@ impl ModelArgs {
         if device.is_cpu() {
             offer_cached_blas(&self.cache.dir(), self.model.is_none());
             set_products(self.products.unwrap_or_default());
+            if self.products == Some(Products::Bf16) && !apl_engine::model::cpu::amx::available() {
+                tracing::warn!("--products bf16: this CPU has no AMX (or Linux refused it); products stay f32");
+            }
         }
         let dtype = parse_dtype(&self.dtype)?;
         let t = Instant::now();

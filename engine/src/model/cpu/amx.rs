@@ -67,7 +67,12 @@ fn detect() -> bool {
     // XFEATURE_XTILEDATA (18), once per process.
     const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
     // SAFETY: arch_prctl with this code takes a feature number and touches no memory.
-    unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, 18 as libc::c_long) == 0 }
+    let granted = unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, 18 as libc::c_long) == 0 };
+    if !granted {
+        let e = std::io::Error::last_os_error();
+        tracing::warn!("the CPU has AMX but Linux refused its tile state ({e}): products stay f32");
+    }
+    granted
 }
 
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
@@ -223,8 +228,9 @@ unsafe fn interleave16(r0: &[f32], r1: &[f32], out: &mut [u16]) {
     }
 }
 
-/// `x` to bf16 into `out` (same length): 32 values at a time with AVX-512 BF16's
-/// `vcvtne2ps2bf16` (round to nearest even, as `to_bf16`), the rest one by one.
+/// `x` to bf16 into `out` (same length): 32 or 16 values at a time with AVX-512 BF16's
+/// `vcvtne[2]ps2bf16` (round to nearest even, as `to_bf16`, except that subnormals become
+/// zero, which `tdpbf16ps` does with them anyway), otherwise one by one.
 fn convert(x: &[f32], out: &mut [u16]) {
     #[cfg(target_arch = "x86_64")]
     if x.len() == 32 && std::arch::is_x86_feature_detected!("avx512bf16") {
@@ -428,10 +434,12 @@ mod tests {
         }
         let round = |x: f32| f32::from_bits((to_bf16(x) as u32) << 16) as f64;
         for (m, n, k) in [(64, 48, 40), (100, 33, 70), (257, 96, 576), (32, 1000, 31)] {
-            let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0).collect();
-            let b: Vec<f32> = (0..k * n).map(|i| ((i * 104729) % 97) as f32 / 48.0 - 1.0).collect();
-            for (ars, acs) in [(k, 1), (1, m)] {
-                for (brs, bcs) in [(n, 1), (1, k)] {
+            // Room for the widest strides below.
+            let a: Vec<f32> = (0..3 * m * k + 64).map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0).collect();
+            let b: Vec<f32> = (0..3 * k * n + 64).map(|i| ((i * 104729) % 97) as f32 / 48.0 - 1.0).collect();
+            // Row-major, transposed, padded rows, and neither stride 1 (the scalar paths).
+            for (ars, acs) in [(k, 1), (1, m), (k + 3, 1), (2 * k, 2)] {
+                for (brs, bcs) in [(n, 1), (1, k), (1, k + 5), (2, 2 * k)] {
                     let ao = Operand { data: &a[..], row_stride: ars, col_stride: acs };
                     let bo = Operand { data: &b[..], row_stride: brs, col_stride: bcs };
                     let got = matmul(m, n, k, ao, bo);

@@ -111,6 +111,7 @@ impl CustomOp2 for HeadLogprob {
             bail!("head-logprob: target {t} is beyond the vocabulary of {v}");
         }
         let (h, w) = (contiguous(s1, l1)?, contiguous(s2, l2)?);
+        self.kept.lock().expect("kept lock").clear();
         let mut lse = vec![f32::NEG_INFINITY; n];
         let mut target_logit = vec![0f32; n];
         for (c0, c) in self.chunks(n, v) {
@@ -120,7 +121,9 @@ impl CustomOp2 for HeadLogprob {
                     // This chunk's log-sum-exp, merged into the running one.
                     let part = row[0] - vmath::log_softmax_at(row, 0);
                     let hi = lse.max(part);
-                    if hi > f32::NEG_INFINITY {
+                    if part.is_nan() {
+                        *lse = f32::NAN; // `max` would drop it: a NaN logit makes the row NaN
+                    } else if hi > f32::NEG_INFINITY {
                         *lse = hi + ((*lse - hi).exp() + (part - hi).exp()).ln();
                     }
                     if (c0..c0 + c).contains(&(t as usize)) {

@@ -86,7 +86,11 @@ pub fn describe(device: &Device) -> String {
         Device::Cpu => {
             use crate::model::cpu::amx;
             let bf16 = if amx::products() == amx::Products::Bf16 {
-                format!("bf16 on AMX from {} rows, else ", amx::MIN_ROWS)
+                format!(
+                    "bf16 on AMX from {} rows ({} by a frozen weight, packed once), else ",
+                    amx::MIN_ROWS,
+                    crate::model::cpu::packed::MIN_ROWS
+                )
             } else {
                 String::new()
             };

@@ -241,7 +241,7 @@ pub fn batch_logprobs_from(model: &Model, pairs: &[(&[u32], &[u32])], prefix: Op
     let plain = head.bias.is_none() && head.lora.is_none() && !head.in_out;
     let tokens = if plain && super::cpu::head::takes(&hidden, &head.weight) {
         // Without the (rows, vocab) logits (`cpu/head.rs`).
-        super::cpu::head::logprobs(&hidden, &head.weight, &targets)?
+        super::cpu::head::logprobs(&hidden, &head.weight, &targets, head.packed_now())?
     } else {
         let logits = model.lm_head(&hidden)?;
         token_logprobs(&logits, &Tensor::from_vec(targets, n, dev)?)?

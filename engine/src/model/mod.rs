@@ -21,6 +21,7 @@ use candle_nn::VarBuilder;
 
 use arch::{gpt_neox, gpt2, llama};
 use cpu::half;
+use cpu::packed::PackedWeight;
 
 pub use arch::ArchConfig;
 pub use batch::{Batch, KvCache, Padding};
@@ -69,10 +70,13 @@ impl Model {
         Ok(Self { arch, dtype, device, vocab_size: cfg.vocab_size(), num_layers: cfg.num_layers() })
     }
 
-    /// Builds the model for inference over a checkpoint's tensors (shared, not copied).
+    /// Builds the model for inference over a checkpoint's tensors (shared, not copied), its
+    /// weights frozen (packed for bf16 products when first read: `pack_frozen`).
     pub fn from_checkpoint(ck: &Checkpoint) -> Result<Self> {
         let vb = VarBuilder::from_tensors(ck.tensors.clone(), ck.dtype, &ck.device);
-        Self::new(&ck.config, vb).map_err(|e| ModelError::format(&ck.source, e))
+        let mut model = Self::new(&ck.config, vb).map_err(|e| ModelError::format(&ck.source, e))?;
+        model.pack_frozen(|_| true);
+        Ok(model)
     }
 
     /// Builds the model with the tensors selected by `trainable` turned into variables, and
@@ -94,8 +98,17 @@ impl Model {
             }
         }
         let vb = VarBuilder::from_tensors(tensors, ck.dtype, &ck.device);
-        let model = Self::new(&ck.config, vb).map_err(|e| ModelError::format(&ck.source, e))?;
+        let mut model = Self::new(&ck.config, vb).map_err(|e| ModelError::format(&ck.source, e))?;
+        model.pack_frozen(|name| !vars.iter().any(|(n, _)| n == name));
         Ok((model, vars))
+    }
+
+    fn head_mut(&mut self) -> &mut ops::Linear {
+        match &mut self.arch {
+            Arch::Llama(a) => a.head_mut(),
+            Arch::Gpt2(a) => a.head_mut(),
+            Arch::GptNeoX(a) => a.head_mut(),
+        }
     }
 
     /// Every attention and MLP projection of the model, with its HF module name.
@@ -116,11 +129,7 @@ impl Model {
         if !(m.device.is_cpu() && m.dtype == DType::F32) {
             return Ok(m);
         }
-        let head = match &mut m.arch {
-            Arch::Llama(a) => a.head_mut(),
-            Arch::Gpt2(a) => a.head_mut(),
-            Arch::GptNeoX(a) => a.head_mut(),
-        };
+        let head = m.head_mut();
         if !keep_f32(&head.name) {
             head.half = Some(half::HalfMatrix::from_weight(&head.weight, head.in_out)?);
         }
@@ -130,6 +139,22 @@ impl Model {
             }
         }
         Ok(m)
+    }
+
+    /// Gives every projection and the head whose weight `frozen` names (HF tensor name, e.g.
+    /// `model.layers.3.mlp.up_proj.weight`) forms packed for bf16 products, made when first
+    /// read (`packed.rs`). The caller vouches that those tensors never change in place (a
+    /// detached view of a trained variable does); other devices and dtypes are left as they are.
+    pub fn pack_frozen(&mut self, frozen: impl Fn(&str) -> bool) {
+        let pack = |l: &mut ops::Linear| {
+            if frozen(&format!("{}.weight", l.name)) {
+                l.packed = PackedWeight::of(&l.weight);
+            }
+        };
+        pack(self.head_mut());
+        for l in self.linears_mut() {
+            pack(l);
+        }
     }
 
     pub fn dtype(&self) -> DType {

@@ -13,6 +13,7 @@ use candle_core::{D, DType, Device, Result, Tensor};
 use super::cpu::fused;
 use super::cpu::half::HalfMatrix;
 use super::cpu::linear;
+use super::cpu::packed::PackedWeight;
 
 pub use super::cpu::attend_grad::QkvLayout;
 
@@ -164,7 +165,7 @@ pub fn output_head(
     } else {
         (vb.pp(name).get(embed.dims2()?, "weight")?, vb.pp(name).prefix())
     };
-    Ok(Linear { name, weight, bias: None, in_out: false, lora: None, half: None })
+    Ok(Linear { name, weight, bias: None, in_out: false, lora: None, half: None, packed: None })
 }
 
 /// LayerNorm weights with their epsilon.
@@ -197,6 +198,8 @@ pub struct Linear {
     pub lora: Option<LoraAdapter>,
     /// An f16 copy of a frozen weight for decoding a few rows at a time (see `half.rs`).
     pub half: Option<std::sync::Arc<HalfMatrix>>,
+    /// A frozen weight's forms packed for bf16 products, made when first read (`packed.rs`).
+    pub packed: Option<std::sync::Arc<PackedWeight>>,
 }
 
 /// `y += scale * (x @ a^T) @ b^T`, with `a` (rank, in) and `b` (out, rank), scale = alpha / rank.
@@ -211,14 +214,19 @@ impl Linear {
     pub fn load(vb: &candle_nn::VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
         let weight = vb.get((out_dim, in_dim), "weight")?;
         let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
-        Ok(Self { name: vb.prefix(), weight, bias, in_out: false, lora: None, half: None })
+        Ok(Self { name: vb.prefix(), weight, bias, in_out: false, lora: None, half: None, packed: None })
     }
 
     /// GPT-2's Conv1D: weight (in, out), always with a bias.
     pub fn load_conv1d(vb: &candle_nn::VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
         let weight = vb.get((in_dim, out_dim), "weight")?;
         let bias = Some(vb.get(out_dim, "bias")?);
-        Ok(Self { name: vb.prefix(), weight, bias, in_out: true, lora: None, half: None })
+        Ok(Self { name: vb.prefix(), weight, bias, in_out: true, lora: None, half: None, packed: None })
+    }
+
+    /// The packed forms to read in place of the weight, where they serve it (`packed.rs`).
+    pub fn packed_now(&self) -> Option<std::sync::Arc<PackedWeight>> {
+        self.packed.clone().filter(|p| p.serves(&self.weight))
     }
 
     pub fn in_dim(&self) -> usize {
@@ -235,7 +243,7 @@ impl Linear {
         let half = self.half.as_ref().filter(|_| rows <= SMALL_M && xs.dtype() == DType::F32 && !tracks(&[xs]));
         let ys = if half.is_none() && linear::takes(xs, &self.weight) {
             // One node with the weight as stored (see `linear.rs`).
-            let ys = linear::forward(xs, &self.weight, self.in_out)?;
+            let ys = linear::forward(xs, &self.weight, self.in_out, self.packed_now())?;
             match &self.bias {
                 Some(b) => ys.broadcast_add(b)?,
                 None => ys,
@@ -247,8 +255,8 @@ impl Linear {
         match &self.lora {
             None => Ok(ys),
             Some(l) if linear::takes(xs, &l.a) => {
-                let low = linear::forward(xs, &l.a, false)?;
-                ys + (linear::forward(&low, &l.b, false)? * l.scale)?
+                let low = linear::forward(xs, &l.a, false, None)?;
+                ys + (linear::forward(&low, &l.b, false, None)? * l.scale)?
             }
             Some(l) => {
                 let low = matmul_2d(xs, &l.a.t()?, None)?;
@@ -270,11 +278,14 @@ impl Linear {
         let fits = parts.len() > 1
             && parts.iter().all(|l| l.lora.is_none() && !l.in_out && linear::takes(xs, &l.weight))
             && (parts.iter().all(|l| l.bias.is_some()) || parts.iter().all(|l| l.bias.is_none()));
-        if !training || !fits {
+        // Frozen weights packed for bf16 products are read as packed, one by one: the stacked
+        // weight would be packed afresh on every call.
+        let packed = parts.iter().all(|l| l.packed_now().is_some());
+        if !training || !fits || packed {
             return Ok(None);
         }
         let weights: Vec<&Tensor> = parts.iter().map(|l| &l.weight).collect();
-        let ys = linear::forward(xs, &Tensor::cat(&weights, 0)?, false)?;
+        let ys = linear::forward(xs, &Tensor::cat(&weights, 0)?, false, None)?;
         let biases: Vec<&Tensor> = parts.iter().filter_map(|l| l.bias.as_ref()).collect();
         Ok(Some(if biases.is_empty() { ys } else { ys.broadcast_add(&Tensor::cat(&biases, 0)?)? }))
     }
@@ -765,6 +776,7 @@ pub(crate) mod tests {
                     in_out: false,
                     lora: None,
                     half: None,
+                    packed: None,
                 })
                 .collect();
             let refs: Vec<&Linear> = parts.iter().collect();
@@ -825,6 +837,7 @@ pub(crate) mod tests {
                     in_out,
                     lora: None,
                     half: None,
+                    packed: None,
                 };
                 let g = rand(&[2, 3, o], 34).to_dtype(dtype).unwrap();
                 let ours = layer.forward(x.as_tensor()).unwrap();
@@ -845,7 +858,7 @@ pub(crate) mod tests {
         // A frozen weight: only the input gets a gradient.
         let x = Var::from_tensor(&rand(&[4, 6], 35)).unwrap();
         let w = rand(&[3, 6], 36);
-        let y = linear::forward(x.as_tensor(), &w, false).unwrap();
+        let y = linear::forward(x.as_tensor(), &w, false, None).unwrap();
         let grads = y.sum_all().unwrap().backward().unwrap();
         assert!(grads.get(x.as_tensor()).is_some() && grads.get(&w).is_none());
     }

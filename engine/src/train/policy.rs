@@ -186,7 +186,10 @@ fn detached_view(base: &Checkpoint, vars: &[(String, Var)]) -> Result<Model> {
         tensors.insert(n.clone(), v.as_tensor().detach());
     }
     let vb = VarBuilder::from_tensors(tensors, base.dtype, &base.device);
-    Model::new(&base.config, vb).map_err(|e| ModelError::format(&base.source, e))
+    let mut model = Model::new(&base.config, vb).map_err(|e| ModelError::format(&base.source, e))?;
+    // The trained tensors are views of the variables, which the optimiser overwrites in place.
+    model.pack_frozen(|name| !vars.iter().any(|(n, _)| n == name));
+    Ok(model)
 }
 
 /// A training view, an inference view, and the named variables they share.

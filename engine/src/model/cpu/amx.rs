@@ -9,7 +9,7 @@
 //! rounded inputs, reported by `apl bench --products bf16` as |Δ log p| against f32.
 //!
 //! Shaped for the loop's products (thousands of rows by a weight): both operands are packed
-//! per call into tile order (A: 16 rows x 32 columns a tile; B: the "VNNI" pairs of rows AMX
+//! (B once, for a frozen weight) into tile order (A: 16 rows x 32 columns a tile; B: the "VNNI" pairs of rows AMX
 //! reads, 16 pairs x 16 columns), padded to whole 32x32 blocks with zeros. The kernel keeps a
 //! 32x32 block of C in four tile registers over the whole inner dimension (one asm loop: the
 //! compiler never sees the tile registers), and rayon's threads take (row group, column chunk)
@@ -17,8 +17,9 @@
 //! Each task configures the tiles on its thread and releases them when done.
 //!
 //! Used only where the CPU has AMX and Linux grants the tile state (`available`), for products
-//! of at least `MIN_ROWS` rows (decoding's few rows stay with the f32 kernels, which read each
-//! weight once); `products` chooses it for the whole process.
+//! of at least `MIN_ROWS` rows, or from `packed::MIN_ROWS` rows by a frozen weight packed once
+//! (`PackedB`, `packed.rs`: decoding's 32 or 64 rows a token); `products` chooses it for the
+//! whole process.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -40,7 +41,8 @@ pub fn products() -> Products {
     if PRODUCTS.load(Ordering::Relaxed) == 1 && available() { Products::Bf16 } else { Products::F32 }
 }
 
-/// Fewer rows than this stay f32 (packing B costs as much as a product of ~16 rows).
+/// Fewer rows than this stay f32 when B is packed per call (packing costs as much as a product
+/// of ~16 rows).
 pub const MIN_ROWS: usize = 64;
 
 /// Whether this CPU and OS run AMX bf16 (checked once).
@@ -359,16 +361,100 @@ impl Out {
 /// Callers check `available()` (else this panics).
 pub fn matmul(m: usize, n: usize, k: usize, a: Operand<f32>, b: Operand<f32>) -> Vec<f32> {
     assert!(available(), "AMX products on a CPU without AMX");
-    let (mb, nb, kch) = (m.div_ceil(32), n.div_ceil(32), k.div_ceil(32));
     if m == 0 || n == 0 || k == 0 {
         return vec![0f32; m * n];
     }
+    let kch = k.div_ceil(32);
+    let (pa, pb) = rayon::join(|| pack_a(a, m, k, m.div_ceil(32) * 2, kch), || PackedB::new(b, k, n));
+    product(m, &pa, pb.view())
+}
+
+/// `a (m, k) @ b` for a `b` packed beforehand ([`PackedB`]): only `a` is packed here.
+/// Callers check `available()` (else this panics).
+pub fn matmul_packed(m: usize, a: Operand<f32>, b: PackedView) -> Vec<f32> {
+    assert!(available(), "AMX products on a CPU without AMX");
+    if m == 0 || b.n == 0 || b.k == 0 {
+        return vec![0f32; m * b.n];
+    }
+    let pa = pack_a(a, m, b.k, m.div_ceil(32) * 2, b.k.div_ceil(32));
+    product(m, &pa, b)
+}
+
+/// A `b (k, n)` operand rounded to bf16 and packed once (AMX's pair layout, as `pack_b`), for
+/// products with many `a`s: a frozen weight read at every decoding step, or by every training
+/// step of the layers above it. Packing costs about what a product of ~16 rows does, so a
+/// weight packed per call is what kept decoding's few rows off AMX.
+#[derive(Debug)]
+pub struct PackedB {
+    k: usize,
+    n: usize,
+    data: Vec<u16>,
+}
+
+impl PackedB {
+    pub fn new(b: Operand<f32>, k: usize, n: usize) -> Self {
+        let (kch, col_tiles) = (k.div_ceil(32), n.div_ceil(32) * 2);
+        Self { k, n, data: pack_b(b, k, n, col_tiles, kch) }
+    }
+
+    /// The whole operand.
+    pub fn view(&self) -> PackedView<'_> {
+        PackedView { data: &self.data, k: self.k, n: self.n, stride: self.k.div_ceil(32) }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.data.len() * 2
+    }
+}
+
+/// Part of a [`PackedB`]: a range of its columns or of its rows (the output head's vocabulary
+/// chunks, forward and backward), each starting at a multiple of 32.
+#[derive(Debug, Clone, Copy)]
+pub struct PackedView<'a> {
+    /// From the first tile of the view's first column tile.
+    data: &'a [u16],
+    k: usize,
+    n: usize,
+    /// Tiles from one column tile to the next (the whole operand's row chunks).
+    stride: usize,
+}
+
+impl<'a> PackedView<'a> {
+    pub fn dims(&self) -> (usize, usize) {
+        (self.k, self.n)
+    }
+
+    /// Columns `c0..c0 + c`; `c0` a multiple of 32.
+    pub fn columns(self, c0: usize, c: usize) -> Self {
+        assert!(c0.is_multiple_of(32) && c0 + c <= self.n, "packed columns {c0}+{c} of {}", self.n);
+        Self { data: &self.data[(c0 / 16) * self.stride * TILE..], n: c, ..self }
+    }
+
+    /// Rows `r0..r0 + r`; `r0` a multiple of 32, and `r` too unless the view ends at the last
+    /// row (the rows after it in the last chunk would meet `a`'s zero padding: 0 x inf is NaN).
+    pub fn rows(self, r0: usize, r: usize) -> Self {
+        let fits = r0.is_multiple_of(32) && (r.is_multiple_of(32) || r0 + r == self.k) && r0 + r <= self.k;
+        assert!(fits, "packed rows {r0}+{r} of {}", self.k);
+        Self { data: &self.data[(r0 / 32) * TILE..], k: r, ..self }
+    }
+}
+
+/// `pa` (packed by `pack_a` for `m` rows and `b.k` columns) by `b`, into a new (m, b.n) buffer.
+fn product(m: usize, pa: &[u16], b: PackedView) -> Vec<f32> {
+    let (n, kch) = (b.n, b.k.div_ceil(32));
+    let (mb, nb) = (m.div_ceil(32), n.div_ceil(32));
+    // Every block's tiles are in bounds (the pointer arithmetic below relies on it).
+    assert!(pa.len() >= mb * 2 * kch * TILE, "packed A too short");
+    assert!(b.data.len() >= ((nb * 2 - 1) * b.stride + kch) * TILE, "packed B too short");
     // Every element is written by a block below; a memset of (rows, vocab) logits is not free.
     let mut c: Vec<std::mem::MaybeUninit<f32>> = Vec::with_capacity(m * n);
-    let (pa, pb) = rayon::join(|| pack_a(a, m, k, mb * 2, kch), || pack_b(b, k, n, nb * 2, kch));
     // Column chunks whose packed B fits in ~256 KiB of L2; row groups of 8 blocks (256 rows).
-    let chunk = (256 * 1024 / (kch * 2 * TILE * 2)).clamp(1, nb);
-    let (groups, chunks) = (mb.div_ceil(8), nb.div_ceil(chunk));
+    // A few rows (decoding) make few tasks: chunks are then cut so each thread gets several.
+    let groups = mb.div_ceil(8);
+    let want = (4 * rayon::current_num_threads()).div_ceil(groups);
+    let chunk = (256 * 1024 / (kch * 2 * TILE * 2)).clamp(1, nb).min(nb.div_ceil(want).max(1));
+    let chunks = nb.div_ceil(chunk);
     let out = Out(c.as_mut_ptr().cast::<f32>());
     (0..groups * chunks).into_par_iter().for_each(|task| {
         let out = out.ptr();
@@ -376,13 +462,14 @@ pub fn matmul(m: usize, n: usize, k: usize, a: Operand<f32>, b: Operand<f32>) ->
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AMX is available and its state granted (`available`); the configuration is
         // loaded on this thread before the blocks and released after them, with no call in
-        // between that could run other AMX code on this thread.
+        // between that could run other AMX code on this thread. Tiles read are in bounds
+        // (asserted above).
         unsafe {
             std::arch::asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly));
             let mut edge = [0f32; 32 * 32];
             for jb in ch * chunk..((ch + 1) * chunk).min(nb) {
-                let b0 = pb.as_ptr().add(jb * 2 * kch * TILE);
-                let b1 = b0.add(kch * TILE);
+                let b0 = b.data.as_ptr().add(jb * 2 * b.stride * TILE);
+                let b1 = b0.add(b.stride * TILE);
                 for ib in g * 8..((g + 1) * 8).min(mb) {
                     let a0 = pa.as_ptr().add(ib * 2 * kch * TILE);
                     let a1 = a0.add(kch * TILE);
@@ -453,6 +540,78 @@ mod tests {
                     }
                     assert!(err < 1e-3, "{m}x{n}x{k} a {ars},{acs} b {brs},{bcs}: {err}");
                 }
+            }
+        }
+    }
+
+    /// A weight packed once, then read whole and by column and row ranges (the head's
+    /// vocabulary chunks), against the same products packed per call.
+    #[test]
+    fn packed_operands_and_their_views_equal_products_packed_per_call() {
+        if !available() {
+            eprintln!("no AMX on this CPU: skipped");
+            return;
+        }
+        let (k, n) = (100, 200);
+        let w: Vec<f32> = (0..k * n).map(|i| ((i * 104729) % 97) as f32 / 48.0 - 1.0).collect();
+        // An HF weight (n, k) read as W^T, and the same weight as (n, k) rows for a backward.
+        let wt = Operand { data: &w[..], row_stride: 1, col_stride: k };
+        let wr = Operand { data: &w[..], row_stride: k, col_stride: 1 };
+        let (fwd, bwd) = (PackedB::new(wt, k, n), PackedB::new(wr, n, k));
+        for m in [1, 7, 32, 64, 100] {
+            let x: Vec<f32> = (0..m * n).map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0).collect();
+            let xo = |cols: usize| Operand { data: &x[..], row_stride: cols, col_stride: 1 };
+            assert_eq!(matmul_packed(m, xo(k), fwd.view()), matmul(m, n, k, xo(k), wt), "m {m}");
+            assert_eq!(matmul_packed(m, xo(n), bwd.view()), matmul(m, k, n, xo(n), wr), "m {m}");
+            for (c0, c) in [(0, 64), (64, 40), (160, 40), (32, 168)] {
+                let sub = Operand { data: &w[c0 * k..], row_stride: 1, col_stride: k };
+                let want = matmul(m, c, k, xo(k), sub);
+                assert_eq!(matmul_packed(m, xo(k), fwd.view().columns(c0, c)), want, "m {m} columns {c0}+{c}");
+            }
+            // Row ranges of whole chunks, or running to the last row.
+            for (c0, c) in [(0, 64), (64, 96), (160, 40), (32, 168)] {
+                let x_sub = Operand { data: &x[..], row_stride: c, col_stride: 1 };
+                let w_sub = Operand { data: &w[c0 * k..], row_stride: k, col_stride: 1 };
+                let want = matmul(m, k, c, x_sub, w_sub);
+                assert_eq!(matmul_packed(m, x_sub, bwd.view().rows(c0, c)), want, "m {m} rows {c0}+{c}");
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "packed rows")]
+    fn a_row_view_that_would_read_past_its_rows_is_refused() {
+        let w = vec![1f32; 100 * 64];
+        let b = PackedB::new(Operand { data: &w, row_stride: 64, col_stride: 1 }, 100, 64);
+        let _ = b.view().rows(32, 40);
+    }
+
+    /// A weight packed once against the f32 few-row kernel, rows as decoding has them:
+    /// `cargo test --release -p apl-engine --lib amx::tests::few_rows -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn few_rows_speed() {
+        if !available() {
+            return;
+        }
+        for (k, n) in [(576, 576), (576, 1536), (1536, 576), (576, 49152)] {
+            let w: Vec<f32> = (0..k * n).map(|i| ((i * 104729) % 97) as f32 / 48.0 - 1.0).collect();
+            let bo = Operand { data: &w[..], row_stride: 1, col_stride: k };
+            let packed = PackedB::new(bo, k, n);
+            for m in [1, 8, 16, 32, 64] {
+                let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0).collect();
+                let ao = Operand { data: &a[..], row_stride: k, col_stride: 1 };
+                let time = |f: &dyn Fn() -> Vec<f32>| {
+                    f();
+                    let t = std::time::Instant::now();
+                    for _ in 0..20 {
+                        std::hint::black_box(f());
+                    }
+                    t.elapsed().as_secs_f64() / 20.0 * 1e6
+                };
+                let amx = time(&|| matmul_packed(m, ao, packed.view()));
+                let f32 = time(&|| super::super::blas::matmul(m, n, k, ao, bo, true));
+                eprintln!("{m:>3} x {k} @ {k}x{n}: packed AMX {amx:>8.0} us, f32 {f32:>8.0} us");
             }
         }
     }

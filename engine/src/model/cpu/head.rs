@@ -15,14 +15,17 @@
 //! log-sum-exp and adds the chunk's part of `dh = dz W` (and writes its rows of `dW = dz^T h`
 //! when the head trains). Blocks of 8 MiB come back from the allocator's free lists on the next
 //! step instead of being mapped afresh; nothing of the logits' size is zeroed or added. Products
-//! go through `blas::matmul`: BLAS, or bf16 on AMX when chosen.
+//! go through `blas::matmul`: BLAS, or bf16 on AMX when chosen, where a frozen head reads its
+//! packed forms (`packed.rs`) chunk by chunk instead of packing them on every call.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor, bail};
 use rayon::prelude::*;
 
+use super::amx;
 use super::blas::{Operand, matmul};
+use super::packed::PackedWeight;
 use super::vmath;
 
 /// Logits computed at a time, rows x columns.
@@ -39,12 +42,24 @@ pub fn takes(hidden: &Tensor, weight: &Tensor) -> bool {
         && hidden.dim(1).ok() == weight.dim(1).ok()
 }
 
-/// `log_softmax(hidden @ weight^T)[targets]`, one value a row, differentiable in both operands.
-pub fn logprobs(hidden: &Tensor, weight: &Tensor, targets: &[u32]) -> Result<Tensor> {
-    logprobs_in_chunks(hidden, weight, targets, CHUNK)
+/// `log_softmax(hidden @ weight^T)[targets]`, one value a row, differentiable in both operands;
+/// `packed`: the weight's packed forms (`PackedSlot::get`), read in its place.
+pub fn logprobs(
+    hidden: &Tensor,
+    weight: &Tensor,
+    targets: &[u32],
+    packed: Option<Arc<PackedWeight>>,
+) -> Result<Tensor> {
+    logprobs_in_chunks(hidden, weight, targets, CHUNK, packed)
 }
 
-fn logprobs_in_chunks(hidden: &Tensor, weight: &Tensor, targets: &[u32], chunk: usize) -> Result<Tensor> {
+fn logprobs_in_chunks(
+    hidden: &Tensor,
+    weight: &Tensor,
+    targets: &[u32],
+    chunk: usize,
+    packed: Option<Arc<PackedWeight>>,
+) -> Result<Tensor> {
     // In training the chunks' logits are kept for the backward (a recomputed f32 head product
     // costs more than the memory it saves); they are the allocator's reused blocks, not maps.
     let keep = hidden.track_op() || weight.track_op();
@@ -52,6 +67,7 @@ fn logprobs_in_chunks(hidden: &Tensor, weight: &Tensor, targets: &[u32], chunk: 
         targets: targets.to_vec(),
         chunk,
         keep,
+        packed: packed.filter(|_| amx::products() == amx::Products::Bf16),
         lse: Mutex::new(Vec::new()),
         kept: Mutex::new(Vec::new()),
     };
@@ -64,6 +80,8 @@ struct HeadLogprob {
     chunk: usize,
     /// Keep each chunk's logits for the backward.
     keep: bool,
+    /// The frozen weight's packed forms, read in its place.
+    packed: Option<Arc<PackedWeight>>,
     /// Each row's log-sum-exp, from the forward, for the backward.
     lse: Mutex<Vec<f32>>,
     /// The chunks' logits when `keep`, taken by the backward.
@@ -83,11 +101,32 @@ impl HeadLogprob {
     }
 }
 
-/// `h (n, d) @ w[c0..c0 + c]^T`: the logits of columns `c0..c0 + c`, row-major (n, c).
-fn logits(h: &[f32], w: &[f32], n: usize, d: usize, (c0, c): (usize, usize)) -> Vec<f32> {
-    let a = Operand { data: h, row_stride: d, col_stride: 1 };
-    let b = Operand { data: &w[c0 * d..(c0 + c) * d], row_stride: 1, col_stride: d };
-    matmul(n, c, d, a, b, true)
+impl HeadLogprob {
+    /// `h (n, d) @ w[c0..c0 + c]^T`: the logits of columns `c0..c0 + c`, row-major (n, c).
+    fn logits(&self, h: &[f32], w: &[f32], (n, d, v): (usize, usize, usize), (c0, c): (usize, usize)) -> Vec<f32> {
+        let a = Operand { data: h, row_stride: d, col_stride: 1 };
+        if let Some(p) = &self.packed {
+            return amx::matmul_packed(n, a, p.forward(w, false, (d, v)).columns(c0, c));
+        }
+        let b = Operand { data: &w[c0 * d..(c0 + c) * d], row_stride: 1, col_stride: d };
+        matmul(n, c, d, a, b, true)
+    }
+
+    /// `dz (n, c) @ w[c0..c0 + c] (c, d)`: the chunk's part of the hidden rows' gradient.
+    fn hidden_grad(
+        &self,
+        dz: &[f32],
+        w: &[f32],
+        (n, d, v): (usize, usize, usize),
+        (c0, c): (usize, usize),
+    ) -> Vec<f32> {
+        let a = Operand { data: dz, row_stride: c, col_stride: 1 };
+        if let Some(p) = &self.packed {
+            return amx::matmul_packed(n, a, p.backward(w, false, (d, v)).rows(c0, c));
+        }
+        let b = Operand { data: &w[c0 * d..(c0 + c) * d], row_stride: d, col_stride: 1 };
+        matmul(n, d, c, a, b, true)
+    }
 }
 
 fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
@@ -115,7 +154,7 @@ impl CustomOp2 for HeadLogprob {
         let mut lse = vec![f32::NEG_INFINITY; n];
         let mut target_logit = vec![0f32; n];
         for (c0, c) in self.chunks(n, v) {
-            let z = logits(h, w, n, d, (c0, c));
+            let z = self.logits(h, w, (n, d, v), (c0, c));
             z.par_chunks(c).zip(&mut lse).zip(&mut target_logit).zip(&self.targets).for_each(
                 |(((row, lse), zt), &t)| {
                     // This chunk's log-sum-exp, merged into the running one.
@@ -164,7 +203,7 @@ impl CustomOp2 for HeadLogprob {
             // dz = g (onehot - softmax), in place of the forward's logits (or recomputed ones).
             let mut dz = match kept.next() {
                 Some(z) => z,
-                None => logits(hd, wd, n, d, (c0, c)),
+                None => self.logits(hd, wd, (n, d, v), (c0, c)),
             };
             dz.par_chunks_mut(c).enumerate().for_each(|(i, row)| {
                 vmath::scaled_exp(row, lse[i], -g[i]);
@@ -173,11 +212,8 @@ impl CustomOp2 for HeadLogprob {
                     row[t - c0] += g[i];
                 }
             });
-            let dz_rows = Operand { data: &dz[..], row_stride: c, col_stride: 1 };
             if want_dh {
-                // dh += dz (n, c) @ w[c0..c0 + c] (c, d)
-                let w_rows = Operand { data: &wd[c0 * d..(c0 + c) * d], row_stride: d, col_stride: 1 };
-                let part = matmul(n, d, c, dz_rows, w_rows, true);
+                let part = self.hidden_grad(&dz, wd, (n, d, v), (c0, c));
                 dh.par_chunks_mut(d)
                     .zip(part.par_chunks(d))
                     .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
@@ -226,7 +262,7 @@ mod tests {
         };
         // 7 rows: 64 logits a chunk is 32 columns (7 chunks, the last of 8); 1 << 21 is one chunk.
         for chunk in [64, 1 << 21] {
-            let got = logprobs_in_chunks(hv.as_tensor(), wv.as_tensor(), &targets, chunk).unwrap();
+            let got = logprobs_in_chunks(hv.as_tensor(), wv.as_tensor(), &targets, chunk, None).unwrap();
             assert!(max_diff(&got, &composed) < 1e-5, "chunk {chunk}: values");
             let g = (&got * &weights).unwrap().sum_all().unwrap().backward().unwrap();
             for (name, var) in [("dh", &hv), ("dW", &wv)] {
@@ -236,11 +272,11 @@ mod tests {
         }
         // A frozen weight gets no gradient (and costs no product).
         let frozen = wv.as_tensor().detach();
-        let got = logprobs(hv.as_tensor(), &frozen, &targets).unwrap();
+        let got = logprobs(hv.as_tensor(), &frozen, &targets, None).unwrap();
         let g = got.sum_all().unwrap().backward().unwrap();
         assert!(g.get(&frozen).is_none() && g.get(hv.as_tensor()).is_some());
         // Targets past the vocabulary are refused.
-        let e = logprobs(hv.as_tensor(), &frozen, &[0, 1, 2, 3, 4, 5, 200]).unwrap_err().to_string();
+        let e = logprobs(hv.as_tensor(), &frozen, &[0, 1, 2, 3, 4, 5, 200], None).unwrap_err().to_string();
         assert!(e.contains("target 200 is beyond the vocabulary of 200"), "{e}");
     }
 }

@@ -14,15 +14,22 @@
 //!   y = x W,     dx = dy W^T, dW = x^T dy        (Conv1D (in, out))
 //!
 //! Only operands that take part in a gradient graph get one (a frozen weight costs no product).
+//! A frozen weight's bf16 packed forms (`packed.rs`), where the layer has them, stand in for
+//! the weight in the forward and the input's gradient from `packed::MIN_ROWS` rows up.
 //! `ops`' tests check values and gradients against candle's own composed product.
+
+use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor, bail};
 
+use super::amx;
 use super::blas::{Operand, matmul};
+use super::packed::{self, PackedWeight};
 
-/// `xs @ W^T` (`in_out`: `xs @ W`) over the last dimension of `xs`, f32 or f64 on the CPU.
-pub fn forward(xs: &Tensor, weight: &Tensor, in_out: bool) -> Result<Tensor> {
-    xs.contiguous()?.apply_op2(&weight.contiguous()?, CpuLinear { in_out })
+/// `xs @ W^T` (`in_out`: `xs @ W`) over the last dimension of `xs`, f32 or f64 on the CPU;
+/// `packed`: the weight's packed forms (`PackedSlot::get`), read in its place.
+pub fn forward(xs: &Tensor, weight: &Tensor, in_out: bool, packed: Option<Arc<PackedWeight>>) -> Result<Tensor> {
+    xs.contiguous()?.apply_op2(&weight.contiguous()?, CpuLinear { in_out, packed })
 }
 
 /// Whether [`forward`] takes these operands.
@@ -37,9 +44,15 @@ pub fn takes(xs: &Tensor, weight: &Tensor) -> bool {
 
 struct CpuLinear {
     in_out: bool,
+    packed: Option<Arc<PackedWeight>>,
 }
 
 impl CpuLinear {
+    /// The packed weight, for a product of `m` rows where it is faster than the weight itself.
+    fn packed(&self, m: usize) -> Option<&PackedWeight> {
+        self.packed.as_deref().filter(|_| m >= packed::MIN_ROWS && amx::products() == amx::Products::Bf16)
+    }
+
     /// (in, out) of a weight of shape `dims`.
     fn in_out_dims(&self, dims: &[usize]) -> (usize, usize) {
         if self.in_out { (dims[0], dims[1]) } else { (dims[1], dims[0]) }
@@ -81,7 +94,14 @@ impl CustomOp2 for CpuLinear {
         let out = match (s1, s2) {
             (CpuStorage::F32(x), CpuStorage::F32(w)) => {
                 let (x, w) = (slice(x, l1)?, slice(w, l2)?);
-                CpuStorage::F32(product((m, o, i), (x, i, 1), (w, w_stride.0, w_stride.1)))
+                CpuStorage::F32(match self.packed(m) {
+                    Some(p) => amx::matmul_packed(
+                        m,
+                        Operand { data: x, row_stride: i, col_stride: 1 },
+                        p.forward(w, self.in_out, (i, o)),
+                    ),
+                    None => product((m, o, i), (x, i, 1), (w, w_stride.0, w_stride.1)),
+                })
             }
             (CpuStorage::F64(x), CpuStorage::F64(w)) => {
                 let (x, w) = (slice(x, l1)?, slice(w, l2)?);
@@ -110,12 +130,15 @@ impl CustomOp2 for CpuLinear {
         };
         let in_out = self.in_out;
         macro_rules! grads {
-            ($g:expr, $x:expr, $w:expr) => {{
+            ($g:expr, $x:expr, $w:expr, $packed_dx:expr) => {{
                 let (g, x, w) = (slice($g, gl)?, slice($x, xl)?, slice($w, wl)?);
                 // dx (m, in) = dy (m, out) @ [W (out, in) | W^T]
-                let dx = want_dx.then(|| {
-                    let w_op = if in_out { (w, 1, o) } else { (w, i, 1) };
-                    product((m, i, o), (g, o, 1), w_op)
+                let dx = want_dx.then(|| match $packed_dx(g, w) {
+                    Some(dx) => dx,
+                    None => {
+                        let w_op = if in_out { (w, 1, o) } else { (w, i, 1) };
+                        product((m, i, o), (g, o, 1), w_op)
+                    }
                 });
                 // dW: (out, in) = dy^T (out, m) @ x (m, in), or (in, out) = x^T (in, m) @ dy (m, out)
                 let dw = want_dw.then(|| {
@@ -131,14 +154,19 @@ impl CustomOp2 for CpuLinear {
         let dev = x.device();
         match (gs, xs, ws) {
             (CpuStorage::F32(g), CpuStorage::F32(xd), CpuStorage::F32(wd)) => {
-                let (dx, dw) = grads!(g, xd, wd);
+                let packed_dx = |g: &[f32], w: &[f32]| {
+                    let p = self.packed(m)?;
+                    let dy = Operand { data: g, row_stride: o, col_stride: 1 };
+                    Some(amx::matmul_packed(m, dy, p.backward(w, in_out, (i, o))))
+                };
+                let (dx, dw) = grads!(g, xd, wd, packed_dx);
                 Ok((
                     dx.map(|v| Tensor::from_vec(v, x.shape(), dev)).transpose()?,
                     dw.map(|v| Tensor::from_vec(v, w.shape(), dev)).transpose()?,
                 ))
             }
             (CpuStorage::F64(g), CpuStorage::F64(xd), CpuStorage::F64(wd)) => {
-                let (dx, dw) = grads!(g, xd, wd);
+                let (dx, dw) = grads!(g, xd, wd, |_: &[f64], _: &[f64]| None);
                 Ok((
                     dx.map(|v| Tensor::from_vec(v, x.shape(), dev)).transpose()?,
                     dw.map(|v| Tensor::from_vec(v, w.shape(), dev)).transpose()?,

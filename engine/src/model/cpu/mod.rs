@@ -6,6 +6,7 @@
 //! - `vmath`: vectorised softmax, log-softmax, SiLU and the sampler's weights.
 //! - `head`: the output head and the targets' log-softmax as one op, without the logits.
 //! - `half`: f16 copies of weights for batch-1 decoding.
+//! - `packed`: frozen weights packed once for bf16 products, kept with their layer.
 //! - `linear`, `fused`: candle custom ops (with backward) for projections and element-wise work.
 //! - `attend`, `attend_grad`: attention without the (heads, seq, seq) graph of composed ops.
 //!
@@ -20,5 +21,6 @@ pub mod fused;
 pub mod half;
 pub mod head;
 pub mod linear;
+pub mod packed;
 pub mod skinny;
 pub mod vmath;

@@ -9,8 +9,9 @@
 //! rounded inputs, reported by `apl bench --products bf16` as |Δ log p| against f32.
 //!
 //! Shaped for the loop's products (thousands of rows by a weight): both operands are packed
-//! (B once, for a frozen weight) into tile order (A: 16 rows x 32 columns a tile; B: the "VNNI" pairs of rows AMX
-//! reads, 16 pairs x 16 columns), padded to whole 32x32 blocks with zeros. The kernel keeps a
+//! (B once, for a frozen weight) into tile order (A: 16 rows x 32 columns a tile; B: the
+//! "VNNI" pairs of rows AMX reads, 16 pairs x 16 columns), padded to whole 32x32 blocks with
+//! zeros. The kernel keeps a
 //! 32x32 block of C in four tile registers over the whole inner dimension (one asm loop: the
 //! compiler never sees the tile registers), and rayon's threads take (row group, column chunk)
 //! tasks, the column chunk sized so its packed B stays in L2 while a row group's A is reused.

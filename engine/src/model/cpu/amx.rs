@@ -642,7 +642,23 @@ mod tests {
             };
             let amx = time(&|| matmul(m, n, k, ao, bo));
             let blas = time(&|| super::super::blas::matmul(m, n, k, ao, bo, true));
-            eprintln!("{m}x{k} @ {k}x{n}: AMX {amx:.0} GFLOP/s, f32 {blas:.0} GFLOP/s");
+            let packed = PackedB::new(bo, k, n);
+            let pa = pack_a(ao, m, k, m.div_ceil(32) * 2, k.div_ceil(32));
+            let product_only = time(&|| product(m, &pa, packed.view()));
+            let t = std::time::Instant::now();
+            for _ in 0..5 {
+                std::hint::black_box(pack_a(ao, m, k, m.div_ceil(32) * 2, k.div_ceil(32)));
+            }
+            let a_ms = t.elapsed().as_secs_f64() / 5.0 * 1e3;
+            let t = std::time::Instant::now();
+            for _ in 0..5 {
+                std::hint::black_box(PackedB::new(bo, k, n));
+            }
+            let b_ms = t.elapsed().as_secs_f64() / 5.0 * 1e3;
+            eprintln!(
+                "{m}x{k} @ {k}x{n}: AMX {amx:.0} GFLOP/s (product alone {product_only:.0}; packing A {a_ms:.2} ms, \
+                 B {b_ms:.2} ms), f32 {blas:.0} GFLOP/s"
+            );
         }
     }
 }

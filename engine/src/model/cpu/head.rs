@@ -43,7 +43,7 @@ pub fn takes(hidden: &Tensor, weight: &Tensor) -> bool {
 }
 
 /// `log_softmax(hidden @ weight^T)[targets]`, one value a row, differentiable in both operands;
-/// `packed`: the weight's packed forms (`PackedSlot::get`), read in its place.
+/// `packed`: the weight's packed forms (`Linear::packed_now`), read in its place.
 pub fn logprobs(
     hidden: &Tensor,
     weight: &Tensor,

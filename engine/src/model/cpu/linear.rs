@@ -27,7 +27,7 @@ use super::blas::{Operand, matmul};
 use super::packed::{self, PackedWeight};
 
 /// `xs @ W^T` (`in_out`: `xs @ W`) over the last dimension of `xs`, f32 or f64 on the CPU;
-/// `packed`: the weight's packed forms (`PackedSlot::get`), read in its place.
+/// `packed`: the weight's packed forms (`Linear::packed_now`), read in its place.
 pub fn forward(xs: &Tensor, weight: &Tensor, in_out: bool, packed: Option<Arc<PackedWeight>>) -> Result<Tensor> {
     xs.contiguous()?.apply_op2(&weight.contiguous()?, CpuLinear { in_out, packed })
 }

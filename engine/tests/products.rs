@@ -90,32 +90,49 @@ fn bf16_products_stay_close_to_f32() {
 /// The same scores and gradient with the layers above layer 0 and the head frozen, so their
 /// weights are packed once and read packed forward and backward (the gradient of layer 0
 /// flows through both), against every weight a variable and packed per call: the same
-/// products, so the same numbers up to the order of sums.
+/// products, so the same numbers up to the order of sums. GPT-2's Conv1D weights (in, out)
+/// and GPT-NeoX's untied head included.
 #[test]
 fn frozen_weights_packed_once_equal_weights_packed_per_call() {
     let Some(_chosen) = Chosen::new(Products::Bf16) else { return };
-    let ck = load("llama", DType::F32);
-    let (all, all_vars) = Model::trainable(&ck, |_| true).unwrap();
-    let (low, low_vars) = Model::trainable(&ck, |n| n.starts_with("model.layers.0.")).unwrap();
-    assert!(all.head().packed.is_none(), "a trained head must not be packed");
-    let head = low.head().packed_now().expect("the frozen head is packed");
-    assert_eq!(head.bytes(), 0, "packed only when first read");
-    // The all-variables gradient, read for layer 0's variables.
-    let layer0: Vec<_> = all_vars.iter().filter(|(n, _)| n.starts_with("model.layers.0.")).cloned().collect();
-    assert_eq!(layer0.len(), low_vars.len());
-    let (s_all, g_all) = scores_and_gradient_of(&all, &layer0);
-    let (s_low, g_low) = scores_and_gradient_of(&low, &low_vars);
-    // Both of the head's forms were made: forward, and the backward into layer 1's output.
-    let (v, d) = low.head().weight.dims2().unwrap();
-    assert_eq!(head.bytes(), 2 * 2 * v.div_ceil(32) * 32 * d.div_ceil(32) * 32);
-    for (a, b) in s_all.iter().zip(&s_low) {
-        assert!((a - b).abs() < 1e-4, "sums {s_all:?} vs {s_low:?}");
+    for (name, layer0) in
+        [("llama", "model.layers.0."), ("gpt2", "transformer.h.0."), ("gpt_neox", "gpt_neox.layers.0.")]
+    {
+        let ck = load(name, DType::F32);
+        let (all, all_vars) = Model::trainable(&ck, |_| true).unwrap();
+        let (low, low_vars) = Model::trainable(&ck, |n| n.starts_with(layer0)).unwrap();
+        assert!(all.head().packed.is_none(), "{name}: a trained head must not be packed");
+        let head = low.head().packed_now().expect("the frozen head is packed");
+        assert_eq!(head.bytes(), 0, "{name}: packed only when first read");
+        // The all-variables gradient, read for layer 0's variables.
+        let layer0_vars: Vec<_> = all_vars.iter().filter(|(n, _)| n.starts_with(layer0)).cloned().collect();
+        assert_eq!(layer0_vars.len(), low_vars.len());
+        let (s_all, g_all) = scores_and_gradient_of(&all, &layer0_vars);
+        let (s_low, g_low) = scores_and_gradient_of(&low, &low_vars);
+        // Both of the head's forms were made: forward, and the backward into layer 1's output.
+        let (v, d) = low.head().weight.dims2().unwrap();
+        assert_eq!(head.bytes(), 2 * 2 * v.div_ceil(32) * 32 * d.div_ceil(32) * 32, "{name}");
+        for (a, b) in s_all.iter().zip(&s_low) {
+            assert!((a - b).abs() < 1e-4, "{name}: sums {s_all:?} vs {s_low:?}");
+        }
+        let dot: f64 = g_all.iter().zip(&g_low).map(|(a, b)| (*a as f64) * (*b as f64)).sum();
+        let norm = |g: &[f32]| g.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        let cos = dot / (norm(&g_all) * norm(&g_low));
+        assert!(cos > 0.99999, "{name}: cosine {cos}");
+        let ratio = norm(&g_low) / norm(&g_all);
+        assert!((ratio - 1.0).abs() < 1e-4, "{name}: norms {} vs {}", norm(&g_low), norm(&g_all));
     }
-    let dot: f64 = g_all.iter().zip(&g_low).map(|(a, b)| (*a as f64) * (*b as f64)).sum();
-    let norm = |g: &[f32]| g.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    let cos = dot / (norm(&g_all) * norm(&g_low));
-    assert!(cos > 0.99999, "cosine {cos}");
-    assert!((norm(&g_low) / norm(&g_all) - 1.0).abs() < 1e-4, "norms {} vs {}", norm(&g_low), norm(&g_all));
+}
+
+/// The reference and the policy's two views hold the same frozen tensors: one set of packed
+/// forms between them, not three.
+#[test]
+fn a_policy_and_its_reference_share_packed_weights() {
+    let base = load("llama", DType::F32);
+    let policy = Policy::new(base, Trainable::TopLayers { k: 1 }, 0).unwrap();
+    let views = [policy.reference().head(), policy.model().head(), policy.train_model().head()];
+    let packed: Vec<_> = views.iter().map(|l| l.packed.clone().expect("a frozen head is packed")).collect();
+    assert!(packed.windows(2).all(|p| std::sync::Arc::ptr_eq(&p[0], &p[1])));
 }
 
 /// Decoding's few rows (16 here, under `amx::MIN_ROWS`) read the packed weights in bf16:

@@ -71,7 +71,8 @@ impl Model {
     }
 
     /// Builds the model for inference over a checkpoint's tensors (shared, not copied), its
-    /// weights frozen (packed for bf16 products when first read: `pack_frozen`).
+    /// weights frozen (packed for bf16 products when first read: `pack_frozen`), so the
+    /// checkpoint's tensors must never change in place (no views of a trained variable).
     pub fn from_checkpoint(ck: &Checkpoint) -> Result<Self> {
         let vb = VarBuilder::from_tensors(ck.tensors.clone(), ck.dtype, &ck.device);
         let mut model = Self::new(&ck.config, vb).map_err(|e| ModelError::format(&ck.source, e))?;

@@ -164,8 +164,11 @@ impl Policy {
                 }
             }
             _ => {
+                // Copies, not views of the variables: a model built from these (which packs
+                // its weights for bf16 products, `Model::from_checkpoint`) must not see the
+                // optimiser's next step.
                 for (n, v) in &self.vars {
-                    out.insert(n.clone(), v.as_tensor().detach());
+                    out.insert(n.clone(), v.as_tensor().copy()?);
                 }
             }
         }

@@ -413,7 +413,7 @@ impl PackedB {
 /// chunks, forward and backward), each starting at a multiple of 32.
 #[derive(Debug, Clone, Copy)]
 pub struct PackedView<'a> {
-    /// From the first tile of the view's first column tile.
+    /// From the view's first tile: its first column tile's tile at its first row chunk.
     data: &'a [u16],
     k: usize,
     n: usize,
@@ -445,7 +445,9 @@ impl<'a> PackedView<'a> {
 fn product(m: usize, pa: &[u16], b: PackedView) -> Vec<f32> {
     let (n, kch) = (b.n, b.k.div_ceil(32));
     let (mb, nb) = (m.div_ceil(32), n.div_ceil(32));
-    // Every block's tiles are in bounds (the pointer arithmetic below relies on it).
+    // Every block's tiles are in bounds (the pointer arithmetic below relies on it), and the
+    // asm loop runs `kch` >= 1 times.
+    assert!(mb > 0 && nb > 0 && kch > 0, "empty product {m}x{n}x{}", b.k);
     assert!(pa.len() >= mb * 2 * kch * TILE, "packed A too short");
     assert!(b.data.len() >= ((nb * 2 - 1) * b.stride + kch) * TILE, "packed B too short");
     // Every element is written by a block below; a memset of (rows, vocab) logits is not free.
@@ -463,8 +465,8 @@ fn product(m: usize, pa: &[u16], b: PackedView) -> Vec<f32> {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AMX is available and its state granted (`available`); the configuration is
         // loaded on this thread before the blocks and released after them, with no call in
-        // between that could run other AMX code on this thread. Tiles read are in bounds
-        // (asserted above).
+        // between that could run other AMX code on this thread. Tiles read are in bounds and
+        // there is at least one block and one inner step (asserted above).
         unsafe {
             std::arch::asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly));
             let mut edge = [0f32; 32 * 32];
@@ -579,9 +581,10 @@ mod tests {
         }
     }
 
+    /// Its last chunk's other rows would meet `a`'s zero padding (0 x inf is NaN).
     #[test]
     #[should_panic(expected = "packed rows")]
-    fn a_row_view_that_would_read_past_its_rows_is_refused() {
+    fn a_row_view_ending_inside_a_chunk_is_refused() {
         let w = vec![1f32; 100 * 64];
         let b = PackedB::new(Operand { data: &w, row_stride: 64, col_stride: 1 }, 100, 64);
         let _ = b.view().rows(32, 40);

@@ -67,7 +67,7 @@ fn logprobs_in_chunks(
         targets: targets.to_vec(),
         chunk,
         keep,
-        packed: packed.filter(|_| amx::products() == amx::Products::Bf16),
+        packed: packed.filter(|_| amx::products() == amx::Products::Bf16 && targets.len() >= super::packed::MIN_ROWS),
         lse: Mutex::new(Vec::new()),
         kept: Mutex::new(Vec::new()),
     };

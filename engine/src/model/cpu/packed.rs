@@ -33,6 +33,8 @@ pub const MIN_ROWS: usize = 8;
 pub struct PackedWeight {
     /// The tensor they are made from.
     id: TensorId,
+    /// The layout and (in, out) of the first form made: every later read must agree.
+    shape: OnceLock<(bool, usize, usize)>,
     forward: OnceLock<PackedB>,
     backward: OnceLock<PackedB>,
 }
@@ -56,7 +58,12 @@ impl PackedWeight {
             return Some(p);
         }
         registry.retain(|(_, p)| p.strong_count() > 0);
-        let p = Arc::new(Self { id: weight.id(), forward: OnceLock::new(), backward: OnceLock::new() });
+        let p = Arc::new(Self {
+            id: weight.id(),
+            shape: OnceLock::new(),
+            forward: OnceLock::new(),
+            backward: OnceLock::new(),
+        });
         registry.push((weight.id(), Arc::downgrade(&p)));
         Some(p)
     }
@@ -69,21 +76,44 @@ impl PackedWeight {
     /// B of the forward product, (in, out): `w` is the weight's data, (out, in) as HF stores it
     /// or (in, out) when `in_out`. Every call for one weight must pass the same data.
     pub fn forward(&self, w: &[f32], in_out: bool, (i, o): (usize, usize)) -> PackedView<'_> {
+        self.check(w, in_out, (i, o));
         let b = if in_out { rows(w, o) } else { columns(w, i) };
-        self.forward.get_or_init(|| PackedB::new(b, i, o)).view()
+        made(&self.forward, || PackedB::new(b, i, o)).view()
     }
 
     /// B of the input gradient's product, (out, in): `dy W` for HF's layout, `dy W^T` for
     /// Conv1D's.
     pub fn backward(&self, w: &[f32], in_out: bool, (i, o): (usize, usize)) -> PackedView<'_> {
+        self.check(w, in_out, (i, o));
         let b = if in_out { columns(w, o) } else { rows(w, i) };
-        self.backward.get_or_init(|| PackedB::new(b, o, i)).view()
+        made(&self.backward, || PackedB::new(b, o, i)).view()
+    }
+
+    /// One tensor read as two layouts (a Conv1D layer and an HF one sharing it) would give a
+    /// form of the wrong shape: refused.
+    fn check(&self, w: &[f32], in_out: bool, (i, o): (usize, usize)) {
+        assert_eq!(w.len(), i * o, "packed weight: {} values for ({i}, {o})", w.len());
+        let first = *self.shape.get_or_init(|| (in_out, i, o));
+        assert_eq!(first, (in_out, i, o), "packed weight read as two layouts");
     }
 
     /// Bytes held by the forms made so far.
     pub fn bytes(&self) -> usize {
         [&self.forward, &self.backward].iter().filter_map(|p| p.get()).map(PackedB::bytes).sum()
     }
+}
+
+/// The cell's form, made by `make` if it has none yet. Not `OnceLock::get_or_init`: packing
+/// runs on rayon's threads, and a thread waiting for them may take up other queued work, such
+/// as a second sampling call on the same model (`rayon::scope` in `sample.rs`) asking for this
+/// very form; initialising a `OnceLock` from within its own initialiser deadlocks. Here two
+/// callers may both pack; the first to finish is kept.
+fn made(cell: &OnceLock<PackedB>, make: impl FnOnce() -> PackedB) -> &PackedB {
+    if let Some(p) = cell.get() {
+        return p;
+    }
+    let _ = cell.set(make());
+    cell.get().expect("set above, by this caller or another")
 }
 
 /// Row-major data with rows of `cols` values, as a B operand.
@@ -94,4 +124,31 @@ fn rows(data: &[f32], cols: usize) -> Operand<'_, f32> {
 /// Row-major data with rows of `k` values, read transposed (its rows are B's columns).
 fn columns(data: &[f32], k: usize) -> Operand<'_, f32> {
     Operand { data, row_stride: 1, col_stride: k }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A form asked for again while it is being made, on the same thread (what a rayon
+    /// thread waiting inside the packing does when it picks up another sampling call's work):
+    /// `OnceLock::get_or_init` deadlocks here; `made` packs twice and keeps the first done.
+    #[test]
+    fn a_form_asked_for_while_it_is_made_does_not_deadlock() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        // On a thread of its own, so a deadlock fails the test instead of hanging it.
+        std::thread::spawn(move || {
+            let w: Vec<f32> = (0..64 * 32).map(|i| i as f32 / 100.0).collect();
+            let b = Operand { data: &w[..], row_stride: 32, col_stride: 1 };
+            let cell = OnceLock::new();
+            let outer = made(&cell, || {
+                let inner = made(&cell, || PackedB::new(b, 64, 32));
+                assert_eq!(inner.view().dims(), (64, 32));
+                PackedB::new(b, 64, 32)
+            });
+            tx.send(outer.view().dims()).unwrap();
+        });
+        let dims = rx.recv_timeout(std::time::Duration::from_secs(20)).expect("deadlocked");
+        assert_eq!(dims, (64, 32));
+    }
 }

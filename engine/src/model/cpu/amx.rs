@@ -547,6 +547,65 @@ mod tests {
         }
     }
 
+    /// Element (`l`, `j`) of a packed B view, read back from the pair layout.
+    fn packed_at(v: PackedView, l: usize, j: usize) -> u16 {
+        let (jt, jj, kc, ll) = (j / 16, j % 16, l / 32, l % 32);
+        v.data[(jt * v.stride + kc) * TILE + (ll / 2) * 32 + jj * 2 + ll % 2]
+    }
+
+    /// The packing and the views' offsets, read back element by element: on any CPU (the
+    /// products above need AMX), for every operand layout the linear op and the head use, sizes
+    /// that are not multiples of the tiles, and the padding zero.
+    #[test]
+    fn packing_and_views_read_back_on_any_cpu() {
+        let (k, n) = (100, 70);
+        let data: Vec<f32> = (0..3 * k * n + 64).map(|i| ((i * 104729) % 97) as f32 / 48.0 - 1.0).collect();
+        for (rs, cs) in [(n, 1), (1, k), (1, k + 5), (2, 2 * k)] {
+            let b = Operand { data: &data[..], row_stride: rs, col_stride: cs };
+            let packed = PackedB::new(b, k, n);
+            let want = |l: usize, j: usize| to_bf16(data[l * rs + j * cs]);
+            let whole = packed.view();
+            for l in 0..k.div_ceil(32) * 32 {
+                for j in 0..n.div_ceil(32) * 32 {
+                    let w = if l < k && j < n { want(l, j) } else { 0 };
+                    assert_eq!(packed_at(whole, l, j), w, "b {rs},{cs} at ({l}, {j})");
+                }
+            }
+            for (c0, c) in [(32, 38), (64, 6)] {
+                let v = whole.columns(c0, c);
+                assert_eq!(v.dims(), (k, c));
+                for l in 0..k {
+                    for j in 0..c {
+                        assert_eq!(packed_at(v, l, j), want(l, c0 + j), "columns {c0}+{c} at ({l}, {j})");
+                    }
+                }
+            }
+            for (r0, r) in [(32, 32), (64, 36)] {
+                let v = whole.rows(r0, r);
+                assert_eq!(v.dims(), (r, n));
+                for l in 0..r {
+                    for j in 0..n {
+                        assert_eq!(packed_at(v, l, j), want(r0 + l, j), "rows {r0}+{r} at ({l}, {j})");
+                    }
+                }
+            }
+        }
+        // A: tiles of 16 rows x 32 columns, zeros past m and k.
+        let (m, k) = (40, 70);
+        for (rs, cs) in [(k, 1), (1, m), (k + 3, 1), (2 * k, 2)] {
+            let a = Operand { data: &data[..], row_stride: rs, col_stride: cs };
+            let (row_tiles, kch) = (m.div_ceil(32) * 2, k.div_ceil(32));
+            let pa = pack_a(a, m, k, row_tiles, kch);
+            for i in 0..row_tiles * 16 {
+                for l in 0..kch * 32 {
+                    let got = pa[((i / 16) * kch + l / 32) * TILE + (i % 16) * 32 + l % 32];
+                    let w = if i < m && l < k { to_bf16(data[i * rs + l * cs]) } else { 0 };
+                    assert_eq!(got, w, "a {rs},{cs} at ({i}, {l})");
+                }
+            }
+        }
+    }
+
     /// A weight packed once, then read whole and by column and row ranges (the head's
     /// vocabulary chunks), against the same products packed per call.
     #[test]

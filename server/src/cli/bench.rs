@@ -175,8 +175,7 @@ fn load(spec: &str, a: &ModelArgs) -> Result<Checkpoint> {
     let device = parse_device(&a.device)?;
     let dtype = parse_dtype(&a.dtype)?;
     if device.is_cpu() {
-        super::offer_cached_blas(&a.cache.dir(), spec == "default");
-        apl_engine::model::cpu::amx::set_products(a.products.unwrap_or_default());
+        super::set_up_cpu(&a.cache.dir(), spec == "default", a.products.unwrap_or_default());
     }
     Ok(if random::is_random(spec) {
         random::random_checkpoint(spec, dtype, &device, 0)?

@@ -357,8 +357,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     let device = parse_device(&a.model.device)?;
     if device.is_cpu() {
-        super::offer_cached_blas(&cache, cfg.model.is_none());
-        apl_engine::model::cpu::amx::set_products(cfg.products);
+        super::set_up_cpu(&cache, cfg.model.is_none(), cfg.products);
     }
     // The record says what ran: bf16 products only where they do.
     if cfg.products != apl_engine::model::cpu::amx::products() {

@@ -116,11 +116,7 @@ impl ModelArgs {
         let path = self.path()?;
         let device = parse_device(&self.device)?;
         if device.is_cpu() {
-            offer_cached_blas(&self.cache.dir(), self.model.is_none());
-            set_products(self.products.unwrap_or_default());
-            if self.products == Some(Products::Bf16) && !apl_engine::model::cpu::amx::available() {
-                tracing::warn!("--products bf16: this CPU has no AMX (or Linux refused it); products stay f32");
-            }
+            set_up_cpu(&self.cache.dir(), self.model.is_none(), self.products.unwrap_or_default());
         }
         let dtype = parse_dtype(&self.dtype)?;
         let t = Instant::now();
@@ -140,6 +136,16 @@ impl ModelArgs {
             "model loaded"
         );
         Ok(Loaded { checkpoint, model, tokenizer })
+    }
+}
+
+/// The CPU's matrix products for this process: the cached OpenBLAS (`offer_cached_blas`) and
+/// the chosen precision (bf16 only where the CPU runs it: said if not).
+pub fn set_up_cpu(cache_dir: &std::path::Path, fetch_blas: bool, products: Products) {
+    offer_cached_blas(cache_dir, fetch_blas);
+    set_products(products);
+    if products == Products::Bf16 && !apl_engine::model::cpu::amx::available() {
+        tracing::warn!("--products bf16: this CPU has no AMX (or Linux refused it); products stay f32");
     }
 }
 

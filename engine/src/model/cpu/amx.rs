@@ -99,12 +99,7 @@ const TILE: usize = 512;
 /// `a (m, k)` in tiles of 16 rows x 32 columns: tile (row tile `it`, column chunk `kc`) at
 /// `(it * kch + kc) * TILE`, rows of 32 values; zeros past `m` and `k`.
 fn pack_a(a: Operand<f32>, m: usize, k: usize, row_tiles: usize, kch: usize) -> Vec<u16> {
-    let mut out = vec![0u16; row_tiles * kch * TILE];
-    out.par_chunks_mut(kch * TILE).enumerate().for_each(|(it, tiles)| {
-        let rows = m.saturating_sub(it * 16).min(16);
-        if rows == 0 {
-            return; // padding
-        }
+    in_strips(row_tiles, kch, m, |it, rows, tiles| {
         if a.col_stride == 1 {
             for r in 0..rows {
                 let row = &a.data[(it * 16 + r) * a.row_stride..][..k];
@@ -130,6 +125,19 @@ fn pack_a(a: Operand<f32>, m: usize, k: usize, row_tiles: usize, kch: usize) -> 
                 }
             }
         }
+    })
+}
+
+/// A zeroed buffer of `strips` strips of `kch` tiles, each strip (16 rows of A, or 16 columns
+/// of B) filled on rayon's threads by `fill(strip, valid, tiles)`, `valid` its rows or columns
+/// within `extent` (at least 1; strips past `extent` are padding and stay zero).
+fn in_strips(strips: usize, kch: usize, extent: usize, fill: impl Fn(usize, usize, &mut [u16]) + Sync) -> Vec<u16> {
+    let mut out = vec![0u16; strips * kch * TILE];
+    out.par_chunks_mut(kch * TILE).enumerate().for_each(|(strip, tiles)| {
+        let valid = extent.saturating_sub(strip * 16).min(16);
+        if valid > 0 {
+            fill(strip, valid, tiles);
+        }
     });
     out
 }
@@ -138,12 +146,7 @@ fn pack_a(a: Operand<f32>, m: usize, k: usize, row_tiles: usize, kch: usize) -> 
 /// `jt`, row chunk `kc`) at `(jt * kch + kc) * TILE`, where rows `2p` and `2p + 1` of column
 /// `j` sit side by side at `p * 32 + j * 2`; zeros past `k` and `n`.
 fn pack_b(b: Operand<f32>, k: usize, n: usize, col_tiles: usize, kch: usize) -> Vec<u16> {
-    let mut out = vec![0u16; col_tiles * kch * TILE];
-    out.par_chunks_mut(kch * TILE).enumerate().for_each(|(jt, tiles)| {
-        let cols = n.saturating_sub(jt * 16).min(16);
-        if cols == 0 {
-            return; // padding
-        }
+    in_strips(col_tiles, kch, n, |jt, cols, tiles| {
         if b.row_stride == 1 {
             // B = W^T of an HF weight (out, in): each column of B is a row of W.
             let mut buf = [0u16; 32];
@@ -187,8 +190,7 @@ fn pack_b(b: Operand<f32>, k: usize, n: usize, col_tiles: usize, kch: usize) -> 
                 }
             }
         }
-    });
-    out
+    })
 }
 
 /// Two rows of 16 values to bf16, side by side by column: `out = [r0[0], r1[0], r0[1], ..]`

@@ -67,7 +67,8 @@ fn logprobs_in_chunks(
         targets: targets.to_vec(),
         chunk,
         keep,
-        packed: packed.filter(|_| amx::products() == amx::Products::Bf16 && targets.len() >= super::packed::MIN_ROWS),
+        // Given only under bf16 products (`Linear::packed_now`).
+        packed: packed.filter(|_| targets.len() >= super::packed::MIN_ROWS),
         lse: Mutex::new(Vec::new()),
         kept: Mutex::new(Vec::new()),
     };

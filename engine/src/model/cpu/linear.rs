@@ -48,9 +48,10 @@ struct CpuLinear {
 }
 
 impl CpuLinear {
-    /// The packed weight, for a product of `m` rows where it is faster than the weight itself.
+    /// The packed weight (given only under bf16 products: `Linear::packed_now`), for a product
+    /// of `m` rows, where it is faster than the weight itself.
     fn packed(&self, m: usize) -> Option<&PackedWeight> {
-        self.packed.as_deref().filter(|_| m >= packed::MIN_ROWS && amx::products() == amx::Products::Bf16)
+        self.packed.as_deref().filter(|_| m >= packed::MIN_ROWS)
     }
 
     /// (in, out) of a weight of shape `dims`.
